@@ -1,0 +1,75 @@
+/* Maildrop store interface. One backend per file (store_maildir.c, later
+ * store_mbox.c); the session code never knows which backend it talks to.
+ *
+ * Life cycle: store_open() -> (message_open()...) -> expunge() at UPDATE only
+ * -> close(). A store is a snapshot taken at open: messages delivered later are
+ * not seen by this store (design §6); message numbers never change.
+ */
+#ifndef POPBOX_STORE_H
+#define POPBOX_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum store_status {
+	STORE_OK = 0,
+	STORE_IN_USE,   /* another session holds the maildrop lock -> [IN-USE] */
+	STORE_TEMP,     /* I/O or resource error, try later -> [SYS/TEMP] */
+	STORE_PERM,     /* bad location, too many messages, ... -> [SYS/PERM] */
+	STORE_GONE,     /* message_open: the file vanished (expunged elsewhere) */
+};
+
+struct store_message {
+	char *uidl;      /* 1..70 chars in 0x21..0x7E, unique in the maildrop */
+	uint64_t size;   /* exact wire octets of RETR, see common/wire.h */
+	char *name;      /* backend-private (maildir: "cur/<file>" relative) */
+};
+
+struct store_stream {
+	int fd;          /* caller closes */
+	off_t offset;    /* where the message starts in fd */
+	off_t length;    /* bytes of stored message, -1 = until EOF */
+};
+
+struct store;
+
+struct store_backend {
+	const char *scheme; /* "maildir" */
+	/* Open the maildrop at path (expanded, scheme prefix removed), create it
+	 * if it does not exist, take the exclusive session lock, scan it. On
+	 * failure returns status != STORE_OK and sets *error_r (malloc'd, for the
+	 * log; never shown to the client). */
+	enum store_status (*open)(const char *path, struct store **store_r, char **error_r);
+	/* Open message idx (0-based) for reading. */
+	enum store_status (*message_open)(struct store *store, uint32_t idx,
+	    struct store_stream *stream_r, char **error_r);
+	/* UPDATE: remove every message whose deleted[idx] is true, make the
+	 * removal durable (fsync the directories), then return STORE_OK. A
+	 * message already gone counts as removed. Never removes any other. */
+	enum store_status (*expunge)(struct store *store, const bool *deleted, char **error_r);
+	/* Release the lock and free everything. */
+	void (*close)(struct store *store);
+};
+
+/* The common part every backend's store starts with. */
+struct store {
+	const struct store_backend *backend;
+	struct store_message *messages;
+	uint32_t count;
+	uint64_t total_size;
+};
+
+/* "maildir:PATH" -> backend and *path_r pointing into location; NULL if the
+ * scheme is unknown. */
+const struct store_backend *store_backend_for(const char *location, const char **path_r);
+
+/* UIDL for a Maildir base name (the file name up to the first ':'): the name
+ * itself when it is 1..70 chars of 0x21..0x7E, else "H" + 40 hex chars of its
+ * SHA-256 (fixed length, cannot collide with a real name in practice). Returns a
+ * malloc'd string. */
+char *maildir_uidl_from_name(const char *base, size_t len);
+
+extern const struct store_backend store_maildir;
+
+#endif
