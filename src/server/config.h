@@ -1,6 +1,26 @@
 /* popboxd configuration file (design §4, popboxd.conf(5)).
  * Lines "key = value", '#' comments, blank lines. Unknown keys, bad values and
- * duplicate single-valued keys are errors "FILE:LINE: problem". */
+ * duplicate single-valued keys are errors "FILE:LINE: problem".
+ *
+ * Syntax details:
+ * - Comments are whole lines only (first non-blank character '#'): a '#'
+ *   after a value is part of the value, since paths may contain '#'.
+ * - Key and value are trimmed of blanks; a value may be put in double quotes
+ *   (no escapes, so it cannot contain '"'); an empty value is an error.
+ * - listen and listen_tls may repeat and take comma-separated lists of
+ *   "host:port", "[IPv6]:port" or "*:port" (numeric ports). Without any
+ *   listen key, plain POP3 listens on 127.0.0.1:110 (even when listen_tls is
+ *   given); "listen = none" turns that default off for TLS-only set-ups.
+ * - Relative paths in users, tls_cert and tls_key are resolved relative to
+ *   the config file's directory (config_load makes them absolute; for
+ *   config_parse, relative to the directory part of name, if any). mail and
+ *   state_dir are taken as written.
+ * - Booleans: yes/no, true/false, on/off, 1/0 (case-insensitive).
+ *   Durations: seconds, or a number with suffix s, m or h; 1 s to 24 h.
+ *   idle_timeout below 600 s is accepted with a warning (RFC 1939 §3).
+ * - mail must be "maildir:PATH" ("mbox:" is refused: not supported yet);
+ *   only %u %n %d %% and a leading "~" or "~/" are allowed in PATH.
+ * - tls_cert and tls_key: both or neither; listen_tls requires them. */
 #ifndef POPBOX_CONFIG_H
 #define POPBOX_CONFIG_H
 

@@ -1,0 +1,801 @@
+/* popboxd.conf parser. The contract (keys, defaults, syntax) is in config.h;
+ * this file says why the rules are what they are. */
+#include "server/config.h"
+
+#include "common/log.h"
+#include "common/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A config file is written by hand; anything bigger is a mistake (a binary
+ * or a log given with -c), and refusing it keeps the parser's memory bounded. */
+#define CONFIG_FILE_MAX (1024 * 1024)
+/* Longest line: generous for paths and listen lists, still bounded. */
+#define CONFIG_LINE_MAX 4096
+/* Longest value echoed back in an error message (sanitised, truncated). */
+#define CONFIG_ERROR_VALUE_MAX 80
+
+/* Upper bound for durations: a day. Longer timeouts only keep dead sessions. */
+#define CONFIG_DURATION_MAX (24u * 60 * 60)
+/* RFC 1939 §3: the autologout timer MUST be at least 10 minutes. */
+#define CONFIG_IDLE_TIMEOUT_RFC_MIN 600u
+#define CONFIG_IDLE_TIMEOUT_DEFAULT 600u
+#define CONFIG_LOGIN_TIMEOUT_DEFAULT 180u
+/* Workers are per core; more than this is a typo, not a machine. */
+#define CONFIG_WORKERS_MAX 64u
+#define CONFIG_MAX_CONNECTIONS_DEFAULT 10000u
+#define CONFIG_MAX_CONNECTIONS_LIMIT 1000000u
+#define CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT 50u
+#define CONFIG_MAX_BAD_COMMANDS_DEFAULT 20u
+#define CONFIG_MAX_BAD_COMMANDS_LIMIT 10000u
+/* Listening sockets in total: each costs a file descriptor in every worker. */
+#define CONFIG_LISTEN_MAX 64
+#define CONFIG_PORT_MAX 65535u
+
+#define CONFIG_DEFAULT_LISTEN_HOST "127.0.0.1"
+#define CONFIG_DEFAULT_LISTEN_PORT "110"
+#define CONFIG_DEFAULT_STATE_DIR "/run/popbox"
+#define CONFIG_DEFAULT_RUN_AS "popbox"
+#define CONFIG_DEFAULT_TLS_MIN_VERSION "TLSv1.2"
+
+struct config_parser;
+typedef int config_handler(struct config_parser *p, const char *key, const char *value);
+
+struct config_key {
+	const char *name;
+	config_handler *handler;
+	bool repeatable;
+};
+
+struct config_parser {
+	const char *name;      /* file name for messages */
+	const char *base_dir;  /* relative paths resolve here; NULL = leave as is */
+	struct config *config;
+	unsigned line;
+	char *error;
+	/* listen and listen_tls collected apart: the struct lists plain first */
+	struct config_listen *plain, *tls;
+	size_t n_plain, n_tls;
+	bool listen_none;
+	unsigned first_line[32]; /* per config_keys index: line first seen, 0 = never */
+};
+
+static int config_error(struct config_parser *p, const char *fmt, ...) PRINTF_LIKE(2, 3);
+
+static int
+config_error(struct config_parser *p, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		fatalx("out of memory");
+	va_end(ap);
+	free(p->error);
+	if (p->line > 0)
+		p->error = xasprintf("%s:%u: %s", p->name, p->line, msg);
+	else
+		p->error = xasprintf("%s: %s", p->name, msg);
+	free(msg);
+	return -1;
+}
+
+/* Values are echoed into errors that end up in logs and terminals: never
+ * raw control bytes, never unbounded. */
+static void
+config_sanitize(char *dst, size_t size, const char *s)
+{
+	size_t len = strlen(s);
+	str_sanitize(dst, size, s, len);
+	if (len >= size && size > 4)
+		memcpy(dst + size - 4, "...", 4);
+}
+
+static int
+config_bad_value(struct config_parser *p, const char *key, const char *value,
+    const char *expected)
+{
+	char v[CONFIG_ERROR_VALUE_MAX + 1];
+	config_sanitize(v, sizeof(v), value);
+	return config_error(p, "bad value '%s' for key '%s': expected %s", v, key, expected);
+}
+
+static bool
+config_is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Resolve a path relative to the config file's directory, so that a config
+ * and its users file can be moved together and the daemon may chdir("/"). */
+static char *
+config_resolve_path(struct config_parser *p, const char *value)
+{
+	if (value[0] == '/' || p->base_dir == NULL)
+		return xstrdup(value);
+	return xasprintf("%s/%s", p->base_dir, value);
+}
+
+static int
+config_set_string(char **field, char *value)
+{
+	free(*field);
+	*field = value;
+	return 0;
+}
+
+static int
+config_parse_bool(struct config_parser *p, const char *key, const char *value, bool *out)
+{
+	static const char *const yes[] = { "yes", "true", "on", "1" };
+	static const char *const no[] = { "no", "false", "off", "0" };
+
+	for (size_t i = 0; i < N_ELEMENTS(yes); i++) {
+		if (strcasecmp(value, yes[i]) == 0) {
+			*out = true;
+			return 0;
+		}
+		if (strcasecmp(value, no[i]) == 0) {
+			*out = false;
+			return 0;
+		}
+	}
+	return config_bad_value(p, key, value, "yes or no");
+}
+
+/* "600", "600s", "10m", "1h": seconds unless suffixed. Strict like popa3d's
+ * number parsing: no sign, no spaces, no fractions, no overflow. */
+static int
+config_parse_duration(struct config_parser *p, const char *key, const char *value,
+    unsigned *out)
+{
+	size_t len = strlen(value);
+	unsigned mult = 1;
+	char digits[16];
+	uint32_t n;
+
+	if (len > 0) {
+		switch (value[len - 1]) {
+		case 's': mult = 1; len--; break;
+		case 'm': mult = 60; len--; break;
+		case 'h': mult = 3600; len--; break;
+		default: break;
+		}
+	}
+	if (len == 0 || len >= sizeof(digits))
+		goto bad;
+	memcpy(digits, value, len);
+	digits[len] = '\0';
+	if (!parse_u32(digits, CONFIG_DURATION_MAX, &n) || n == 0 ||
+	    n > CONFIG_DURATION_MAX / mult)
+		goto bad;
+	*out = n * mult;
+	return 0;
+bad:
+	return config_bad_value(p, key, value,
+	    "a duration of 1 second to 24 hours: seconds, or a number with s, m or h");
+}
+
+static int
+config_parse_number(struct config_parser *p, const char *key, const char *value,
+    unsigned min, unsigned max, unsigned *out)
+{
+	uint32_t n;
+	char expected[64];
+
+	if (!parse_u32(value, max, &n) || n < min) {
+		snprintf(expected, sizeof(expected), "a number from %u to %u", min, max);
+		return config_bad_value(p, key, value, expected);
+	}
+	*out = n;
+	return 0;
+}
+
+/* One "host:port" item. Hosts are kept unresolved (the listener resolves
+ * them), but their shape is checked here so typos fail at start-up. */
+static int
+config_parse_listen_item(struct config_parser *p, const char *key, const char *item,
+    bool tls)
+{
+	const char *expected = "host:port, [IPv6]:port or *:port";
+	const char *colon;
+	char *host;
+	uint32_t port;
+	struct config_listen **list = tls ? &p->tls : &p->plain;
+	size_t *n = tls ? &p->n_tls : &p->n_plain;
+
+	if (item[0] == '[') {
+		const char *end = strchr(item, ']');
+		struct in6_addr a6;
+		if (end == NULL || end[1] != ':')
+			return config_bad_value(p, key, item, expected);
+		host = xstrndup(item + 1, (size_t)(end - item - 1));
+		colon = end + 1;
+		if (inet_pton(AF_INET6, host, &a6) != 1) {
+			free(host);
+			return config_bad_value(p, key, item, "a valid IPv6 address in [...]:port");
+		}
+	} else {
+		colon = strrchr(item, ':');
+		if (colon == NULL || colon == item)
+			return config_bad_value(p, key, item, expected);
+		host = xstrndup(item, (size_t)(colon - item));
+		if (strchr(host, ':') != NULL) {
+			free(host);
+			return config_bad_value(p, key, item, "IPv6 addresses in brackets, e.g. [::1]:110");
+		}
+		if (strcmp(host, "*") != 0) {
+			for (const char *c = host; *c != '\0'; c++) {
+				if (!(*c >= 'a' && *c <= 'z') && !(*c >= 'A' && *c <= 'Z') &&
+				    !(*c >= '0' && *c <= '9') && *c != '.' && *c != '-' && *c != '_') {
+					free(host);
+					return config_bad_value(p, key, item, expected);
+				}
+			}
+		}
+	}
+	if (!parse_u32(colon + 1, CONFIG_PORT_MAX, &port) || port == 0) {
+		free(host);
+		return config_bad_value(p, key, item, "a port from 1 to 65535");
+	}
+	if (p->n_plain + p->n_tls >= CONFIG_LISTEN_MAX) {
+		free(host);
+		return config_error(p, "too many listen addresses (at most %d)", CONFIG_LISTEN_MAX);
+	}
+	/* Two sockets on one address would fail at bind time with a less
+	 * helpful message; catch it here with the line number. */
+	for (int pass = 0; pass < 2; pass++) {
+		const struct config_listen *l = pass ? p->tls : p->plain;
+		size_t cnt = pass ? p->n_tls : p->n_plain;
+		for (size_t i = 0; i < cnt; i++) {
+			if (strcmp(l[i].host, host) == 0 && (uint32_t)atoi(l[i].port) == port) {
+				char v[CONFIG_ERROR_VALUE_MAX + 1];
+				config_sanitize(v, sizeof(v), item);
+				free(host);
+				return config_error(p, "listen address '%s' given twice", v);
+			}
+		}
+	}
+	*list = xrealloc(*list, (*n + 1) * sizeof(**list));
+	(*list)[*n].host = host;
+	(*list)[*n].port = xasprintf("%u", port);
+	(*list)[*n].tls = tls;
+	(*n)++;
+	return 0;
+}
+
+static int
+config_parse_listen_list(struct config_parser *p, const char *key, const char *value, bool tls)
+{
+	const char *s = value;
+
+	while (*s != '\0') {
+		const char *comma = strchr(s, ',');
+		size_t len = comma ? (size_t)(comma - s) : strlen(s);
+		while (len > 0 && config_is_space(*s)) {
+			s++;
+			len--;
+		}
+		while (len > 0 && config_is_space(s[len - 1]))
+			len--;
+		if (len == 0)
+			return config_bad_value(p, key, value, "a comma-separated list without empty items");
+		char *item = xstrndup(s, len);
+		int r = config_parse_listen_item(p, key, item, tls);
+		free(item);
+		if (r < 0)
+			return -1;
+		if (comma == NULL)
+			break;
+		s = comma + 1;
+		if (*s == '\0')
+			return config_bad_value(p, key, value, "a comma-separated list without empty items");
+	}
+	return 0;
+}
+
+static int
+config_key_listen(struct config_parser *p, const char *key, const char *value)
+{
+	/* "none": TLS-only set-ups must be able to turn the default off. */
+	if (strcasecmp(value, "none") == 0) {
+		if (p->n_plain > 0)
+			return config_error(p, "'listen = none' cannot be combined with other listen addresses");
+		p->listen_none = true;
+		return 0;
+	}
+	if (p->listen_none)
+		return config_error(p, "'listen = none' cannot be combined with other listen addresses");
+	return config_parse_listen_list(p, key, value, false);
+}
+
+static int
+config_key_listen_tls(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_listen_list(p, key, value, true);
+}
+
+static int
+config_key_tls_cert(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->tls_cert, config_resolve_path(p, value));
+}
+
+static int
+config_key_tls_key(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->tls_key, config_resolve_path(p, value));
+}
+
+static int
+config_key_tls_min_version(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcasecmp(value, "TLSv1.2") == 0)
+		return config_set_string(&p->config->tls_min_version, xstrdup("TLSv1.2"));
+	if (strcasecmp(value, "TLSv1.3") == 0)
+		return config_set_string(&p->config->tls_min_version, xstrdup("TLSv1.3"));
+	return config_bad_value(p, key, value, "TLSv1.2 or TLSv1.3");
+}
+
+static int
+config_key_users(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->users, config_resolve_path(p, value));
+}
+
+static int
+config_key_mail(struct config_parser *p, const char *key, const char *value)
+{
+	static const char maildir[] = "maildir:";
+	const char *path;
+
+	if (strncasecmp(value, "mbox:", 5) == 0) {
+		char v[CONFIG_ERROR_VALUE_MAX + 1];
+		config_sanitize(v, sizeof(v), value);
+		return config_error(p, "mbox is not supported yet (mail = %s); use maildir:PATH", v);
+	}
+	if (strncmp(value, maildir, sizeof(maildir) - 1) != 0 || value[sizeof(maildir) - 1] == '\0')
+		return config_bad_value(p, key, value, "maildir:PATH");
+	path = value + sizeof(maildir) - 1;
+	/* Catch template typos now instead of at every login. */
+	for (const char *c = path; *c != '\0'; c++) {
+		if (*c == '~' && c != path)
+			return config_bad_value(p, key, value, "'~' only at the start of the path");
+		if (*c == '~' && c[1] != '\0' && c[1] != '/')
+			return config_bad_value(p, key, value, "'~' or '~/...' (the user's home)");
+		if (*c != '%')
+			continue;
+		c++;
+		if (*c != 'u' && *c != 'n' && *c != 'd' && *c != '%')
+			return config_bad_value(p, key, value, "variables %u, %n, %d or %%");
+	}
+	return config_set_string(&p->config->mail, xstrdup(value));
+}
+
+static int
+config_key_state_dir(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->state_dir, xstrdup(value));
+}
+
+static int
+config_key_run_as(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->run_as, xstrdup(value));
+}
+
+static int
+config_key_plaintext_auth(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcmp(value, "tls-or-loopback") == 0)
+		p->config->plaintext_auth = PLAINTEXT_TLS_OR_LOOPBACK;
+	else if (strcmp(value, "always") == 0)
+		p->config->plaintext_auth = PLAINTEXT_ALWAYS;
+	else if (strcmp(value, "never") == 0)
+		p->config->plaintext_auth = PLAINTEXT_NEVER;
+	else
+		return config_bad_value(p, key, value, "tls-or-loopback, always or never");
+	return 0;
+}
+
+static int
+config_key_workers(struct config_parser *p, const char *key, const char *value)
+{
+	uint32_t n;
+
+	if (strcmp(value, "auto") == 0) {
+		p->config->workers = 0;
+		return 0;
+	}
+	if (!parse_u32(value, CONFIG_WORKERS_MAX, &n) || n == 0)
+		return config_bad_value(p, key, value, "auto or a number from 1 to 64");
+	p->config->workers = n;
+	return 0;
+}
+
+static int
+config_key_apop(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->apop);
+}
+
+static int
+config_key_log_debug(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->log_debug);
+}
+
+static int
+config_key_idle_timeout(struct config_parser *p, const char *key, const char *value)
+{
+	if (config_parse_duration(p, key, value, &p->config->idle_timeout) < 0)
+		return -1;
+	/* Allowed (tests, hostile networks), but it breaks the RFC: say so. */
+	if (p->config->idle_timeout < CONFIG_IDLE_TIMEOUT_RFC_MIN)
+		log_warnx("%s:%u: idle_timeout %u s is below the 10 minutes RFC 1939 section 3 requires",
+		    p->name, p->line, p->config->idle_timeout);
+	return 0;
+}
+
+static int
+config_key_login_timeout(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_duration(p, key, value, &p->config->login_timeout);
+}
+
+static int
+config_key_max_connections(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, CONFIG_MAX_CONNECTIONS_LIMIT,
+	    &p->config->max_connections);
+}
+
+static int
+config_key_max_connections_per_ip(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, CONFIG_MAX_CONNECTIONS_LIMIT,
+	    &p->config->max_connections_per_ip);
+}
+
+static int
+config_key_max_bad_commands(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, CONFIG_MAX_BAD_COMMANDS_LIMIT,
+	    &p->config->max_bad_commands);
+}
+
+enum {
+	CONFIG_KEY_LISTEN_TLS = 1,
+	CONFIG_KEY_TLS_CERT = 2,
+	CONFIG_KEY_TLS_KEY = 3,
+	CONFIG_KEY_USERS = 5,
+	CONFIG_KEY_MAIL = 6,
+};
+
+/* Indexes above must match this table's order. */
+static const struct config_key config_keys[] = {
+	{ "listen", config_key_listen, true },
+	{ "listen_tls", config_key_listen_tls, true },
+	{ "tls_cert", config_key_tls_cert, false },
+	{ "tls_key", config_key_tls_key, false },
+	{ "tls_min_version", config_key_tls_min_version, false },
+	{ "users", config_key_users, false },
+	{ "mail", config_key_mail, false },
+	{ "state_dir", config_key_state_dir, false },
+	{ "run_as", config_key_run_as, false },
+	{ "plaintext_auth", config_key_plaintext_auth, false },
+	{ "workers", config_key_workers, false },
+	{ "apop", config_key_apop, false },
+	{ "idle_timeout", config_key_idle_timeout, false },
+	{ "login_timeout", config_key_login_timeout, false },
+	{ "max_connections", config_key_max_connections, false },
+	{ "max_connections_per_ip", config_key_max_connections_per_ip, false },
+	{ "max_bad_commands", config_key_max_bad_commands, false },
+	{ "log_debug", config_key_log_debug, false },
+};
+
+_Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
+
+/* One non-blank, non-comment line, already trimmed. */
+static int
+config_parse_line(struct config_parser *p, char *line)
+{
+	char *eq = strchr(line, '=');
+	char *key, *value, *end;
+	char v[CONFIG_ERROR_VALUE_MAX + 1];
+	size_t i;
+
+	if (eq == NULL) {
+		config_sanitize(v, sizeof(v), line);
+		return config_error(p, "missing '=' in '%s' (expected key = value)", v);
+	}
+	key = line;
+	end = eq;
+	while (end > key && config_is_space(end[-1]))
+		end--;
+	*end = '\0';
+	value = eq + 1;
+	while (config_is_space(*value))
+		value++;
+	/* The line is trimmed already, so the value's end is the line's end. */
+	if (*key == '\0')
+		return config_error(p, "missing key before '='");
+
+	for (i = 0; i < N_ELEMENTS(config_keys); i++)
+		if (strcmp(key, config_keys[i].name) == 0)
+			break;
+	if (i == N_ELEMENTS(config_keys)) {
+		config_sanitize(v, sizeof(v), key);
+		return config_error(p, "unknown key '%s'", v);
+	}
+
+	/* Double quotes keep leading/trailing spaces and make intent explicit;
+	 * there are no escapes, so a value cannot contain '"'. */
+	if (*value == '"') {
+		size_t len = strlen(value);
+		if (len < 2 || value[len - 1] != '"' || memchr(value + 1, '"', len - 2) != NULL) {
+			config_sanitize(v, sizeof(v), value);
+			return config_error(p, "bad quoting in value '%s' for key '%s'", v, key);
+		}
+		value[len - 1] = '\0';
+		value++;
+	}
+	if (*value == '\0')
+		return config_error(p, "empty value for key '%s'", key);
+	for (const char *c = value; *c != '\0'; c++) {
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			return config_bad_value(p, key, value, "no control characters");
+	}
+
+	if (p->first_line[i] != 0 && !config_keys[i].repeatable)
+		return config_error(p, "duplicate key '%s' (first set on line %u)", key,
+		    p->first_line[i]);
+	if (p->first_line[i] == 0)
+		p->first_line[i] = p->line;
+	return config_keys[i].handler(p, key, value);
+}
+
+static struct config *
+config_new(const char *name)
+{
+	struct config *c = xcalloc(1, sizeof(*c));
+	c->path = xstrdup(name);
+	c->tls_min_version = xstrdup(CONFIG_DEFAULT_TLS_MIN_VERSION);
+	c->state_dir = xstrdup(CONFIG_DEFAULT_STATE_DIR);
+	c->run_as = xstrdup(CONFIG_DEFAULT_RUN_AS);
+	c->plaintext_auth = PLAINTEXT_TLS_OR_LOOPBACK;
+	c->workers = 0;
+	c->apop = false;
+	c->idle_timeout = CONFIG_IDLE_TIMEOUT_DEFAULT;
+	c->login_timeout = CONFIG_LOGIN_TIMEOUT_DEFAULT;
+	c->max_connections = CONFIG_MAX_CONNECTIONS_DEFAULT;
+	c->max_connections_per_ip = CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT;
+	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
+	c->log_debug = false;
+	return c;
+}
+
+static void
+config_listens_free(struct config_listen *l, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(l[i].host);
+		free(l[i].port);
+	}
+	free(l);
+}
+
+/* Checks that need the whole file. Line numbers point at the key that
+ * needs the missing one, so the message leads the admin to the right place. */
+static int
+config_finish(struct config_parser *p)
+{
+	struct config *c = p->config;
+
+	p->line = 0;
+	if (c->users == NULL)
+		return config_error(p, "missing required key 'users'");
+	if (c->mail == NULL)
+		return config_error(p, "missing required key 'mail'");
+	if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
+		bool has_cert = c->tls_cert != NULL;
+		p->line = p->first_line[has_cert ? CONFIG_KEY_TLS_CERT : CONFIG_KEY_TLS_KEY];
+		return config_error(p, "%s is set but %s is missing (give both or neither)",
+		    has_cert ? "tls_cert" : "tls_key", has_cert ? "tls_key" : "tls_cert");
+	}
+	if (p->n_tls > 0 && c->tls_cert == NULL) {
+		p->line = p->first_line[CONFIG_KEY_LISTEN_TLS];
+		return config_error(p, "listen_tls requires tls_cert and tls_key");
+	}
+	if (!p->listen_none && p->n_plain == 0) {
+		p->plain = xcalloc(1, sizeof(*p->plain));
+		p->plain[0].host = xstrdup(CONFIG_DEFAULT_LISTEN_HOST);
+		p->plain[0].port = xstrdup(CONFIG_DEFAULT_LISTEN_PORT);
+		p->plain[0].tls = false;
+		p->n_plain = 1;
+	}
+	if (p->n_plain + p->n_tls == 0)
+		return config_error(p, "no listen addresses ('listen = none' and no listen_tls)");
+
+	c->n_listens = p->n_plain + p->n_tls;
+	c->listens = xcalloc(c->n_listens, sizeof(*c->listens));
+	if (p->n_plain > 0)
+		memcpy(c->listens, p->plain, p->n_plain * sizeof(*p->plain));
+	if (p->n_tls > 0)
+		memcpy(c->listens + p->n_plain, p->tls, p->n_tls * sizeof(*p->tls));
+	free(p->plain);
+	free(p->tls);
+	p->plain = p->tls = NULL;
+	p->n_plain = p->n_tls = 0;
+	return 0;
+}
+
+static int
+config_parse_text(const char *name, const char *base_dir, const char *text, size_t len,
+    struct config **config_r, char **error_r)
+{
+	struct config_parser p;
+	const char *s = text, *end = text + len;
+	char *line;
+	int ret = 0;
+
+	memset(&p, 0, sizeof(p));
+	p.name = name;
+	p.base_dir = base_dir;
+	p.config = config_new(name);
+	line = xmalloc(CONFIG_LINE_MAX + 1);
+
+	while (s < end && ret == 0) {
+		const char *nl = memchr(s, '\n', (size_t)(end - s));
+		size_t n = nl ? (size_t)(nl - s) : (size_t)(end - s);
+		char *a, *b;
+
+		p.line++;
+		if (n > CONFIG_LINE_MAX) {
+			ret = config_error(&p, "line too long (more than %d bytes)", CONFIG_LINE_MAX);
+			break;
+		}
+		if (memchr(s, '\0', n) != NULL) {
+			ret = config_error(&p, "NUL byte in line");
+			break;
+		}
+		memcpy(line, s, n);
+		line[n] = '\0';
+		s = nl ? nl + 1 : end;
+
+		a = line;
+		while (config_is_space(*a))
+			a++;
+		b = a + strlen(a);
+		while (b > a && config_is_space(b[-1]))
+			b--;
+		*b = '\0';
+		/* Comments are whole lines only: values (paths, hashes in
+		 * future keys) may legitimately contain '#'. */
+		if (*a == '\0' || *a == '#')
+			continue;
+		ret = config_parse_line(&p, a);
+	}
+	free(line);
+	if (ret == 0)
+		ret = config_finish(&p);
+	config_listens_free(p.plain, p.n_plain);
+	config_listens_free(p.tls, p.n_tls);
+	if (ret < 0) {
+		config_free(p.config);
+		*config_r = NULL;
+		*error_r = p.error;
+		return -1;
+	}
+	*config_r = p.config;
+	return 0;
+}
+
+/* The directory part of name as written, or NULL when it has none (then
+ * relative paths stay relative to the current directory). */
+static char *
+config_dir_of(const char *name)
+{
+	const char *slash = strrchr(name, '/');
+	if (slash == NULL)
+		return NULL;
+	if (slash == name)
+		return xstrdup("/");
+	return xstrndup(name, (size_t)(slash - name));
+}
+
+int
+config_parse(const char *name, const char *text, struct config **config_r, char **error_r)
+{
+	char *dir = config_dir_of(name);
+	int r = config_parse_text(name, dir, text, strlen(text), config_r, error_r);
+	free(dir);
+	return r;
+}
+
+int
+config_load(const char *path, struct config **config_r, char **error_r)
+{
+	char *buf, *dir, *absdir;
+	size_t len = 0;
+	struct stat st;
+	int fd, r;
+
+	*config_r = NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		*error_r = xasprintf("%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		*error_r = xasprintf("%s: not a regular file", path);
+		close(fd);
+		return -1;
+	}
+	buf = xmalloc(CONFIG_FILE_MAX + 1);
+	for (;;) {
+		ssize_t n = read(fd, buf + len, CONFIG_FILE_MAX + 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			*error_r = xasprintf("%s: cannot read: %s", path, strerror(errno));
+			free(buf);
+			close(fd);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > CONFIG_FILE_MAX) {
+			*error_r = xasprintf("%s: file too large (more than %d bytes)", path,
+			    CONFIG_FILE_MAX);
+			free(buf);
+			close(fd);
+			return -1;
+		}
+	}
+	close(fd);
+
+	/* Absolute, so paths stay valid after the daemon changes directory. */
+	dir = config_dir_of(path);
+	absdir = realpath(dir != NULL ? dir : ".", NULL);
+	if (absdir == NULL) {
+		*error_r = xasprintf("%s: cannot resolve its directory: %s", path, strerror(errno));
+		free(dir);
+		free(buf);
+		return -1;
+	}
+	r = config_parse_text(path, absdir, buf, len, config_r, error_r);
+	free(absdir);
+	free(dir);
+	free(buf);
+	return r;
+}
+
+void
+config_free(struct config *config)
+{
+	if (config == NULL)
+		return;
+	free(config->path);
+	config_listens_free(config->listens, config->n_listens);
+	free(config->tls_cert);
+	free(config->tls_key);
+	free(config->tls_min_version);
+	free(config->users);
+	free(config->mail);
+	free(config->state_dir);
+	free(config->run_as);
+	free(config);
+}
