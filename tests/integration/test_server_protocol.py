@@ -1,0 +1,604 @@
+"""RFC 1939 / RFC 2449 commands in every state, over raw sockets and poplib."""
+
+import os
+import poplib
+import socket
+import time
+
+import pytest
+
+from popbox_server import ConnectionClosed, apop_digest, dot_stuff_inverse
+
+MSG1 = b"From: a@example.org\nTo: alice@example.org\nSubject: one\n\nbody one\nline two\n"
+MSG2 = b"From: b@example.org\nSubject: two\n\nsecond\n"
+MSG3 = b"Subject: three\n\n.starts with a dot\n..two dots\n.\nend\n"
+
+
+@pytest.fixture
+def loaded(server):
+    """server with alice holding MSG1..3; returns (server, {uidl: data})."""
+    msgs = {}
+    for data in (MSG1, MSG2, MSG3):
+        msgs[server.deliver(data)] = data
+    return server, msgs
+
+
+def is_ok(line):
+    return line.startswith(b"+OK")
+
+
+def is_err(line):
+    return line.startswith(b"-ERR")
+
+
+# ------------------------------------------------------------------ greeting, CAPA
+
+def test_greeting_is_ok_without_timestamp_by_default(server):
+    with server.connect() as c:
+        assert c.greeting.startswith(b"+OK")
+        assert b"<" not in c.greeting, "APOP is off by default: no <timestamp> expected"
+        assert len(c.greeting) + 2 <= 512
+
+
+def capa(c):
+    st, body = c.multi("CAPA")
+    assert is_ok(st), st
+    return [l.decode() for l in dot_stuff_inverse(body).split(b"\r\n") if l]
+
+
+def test_capa_in_authorization(server):
+    with server.connect() as c:
+        caps = capa(c)
+        words = {l.split()[0].upper() for l in caps}
+        for need in ("TOP", "USER", "UIDL", "RESP-CODES", "PIPELINING", "IMPLEMENTATION"):
+            assert need in words, (need, caps)
+        assert "STLS" not in words, "no TLS configured, STLS must not be offered"
+        # still in AUTHORIZATION after CAPA
+        c.login()
+
+
+def test_capa_in_transaction(loaded):
+    server, _ = loaded
+    with server.session() as c:
+        words = {l.split()[0].upper() for l in capa(c)}
+        for need in ("TOP", "UIDL", "RESP-CODES", "PIPELINING"):
+            assert need in words
+        assert c.stat()[0] == 3
+
+
+def test_capa_without_user_when_plaintext_never(server_factory):
+    srv = server_factory(config={"plaintext_auth": "never"})
+    with srv.connect() as c:
+        words = {l.split()[0].upper() for l in capa(c)}
+        assert "USER" not in words
+        st = c.cmd("USER alice")
+        if is_ok(st):
+            st = c.cmd("PASS secret")
+        assert is_err(st) and b"[AUTH]" in st, st
+
+
+def test_plaintext_always_allows_user_pass(server_factory):
+    srv = server_factory(config={"plaintext_auth": "always"})
+    with srv.session() as c:
+        assert c.stat() == (0, 0)
+
+
+# ------------------------------------------------------------------ AUTHORIZATION
+
+AUTH_STATE_WRONG = ["STAT", "LIST", "LIST 1", "RETR 1", "DELE 1", "NOOP", "RSET",
+                    "TOP 1 0", "UIDL", "UIDL 1", "PASS secret"]
+
+
+def test_wrong_state_commands_in_authorization(loaded):
+    server, _ = loaded
+    with server.connect() as c:
+        for cmd in AUTH_STATE_WRONG:
+            st = c.cmd(cmd)
+            assert is_err(st), (cmd, st)
+        # the session goes on and can still log in
+        c.login()
+        assert c.stat()[0] == 3
+
+
+def test_unknown_and_empty_commands(server):
+    with server.connect() as c:
+        assert is_err(c.cmd("XYZZY"))
+        assert is_err(c.cmd("USERX alice"))
+        assert is_err(c.cmd(""))
+        c.login()
+        assert is_err(c.cmd("XYZZY 1"))
+        assert is_ok(c.cmd("NOOP"))
+
+
+def test_user_requires_argument(server):
+    with server.connect() as c:
+        assert is_err(c.cmd("USER"))
+        assert is_err(c.cmd("PASS"))
+        c.login()
+
+
+def test_keywords_case_insensitive(loaded):
+    server, _ = loaded
+    with server.connect() as c:
+        assert is_ok(c.cmd("user alice"))
+        assert is_ok(c.cmd("pAsS secret"))
+        assert c.cmd("stat").startswith(b"+OK 3 ")
+        st, body = c.multi("list")
+        assert is_ok(st) and len(body.split(b"\r\n")) == 4
+        assert is_ok(c.cmd("Noop"))
+        assert is_ok(c.cmd("quit"))
+
+
+def test_password_is_case_sensitive_and_username_exact(server):
+    with server.connect() as c:
+        assert is_ok(c.cmd("USER alice"))
+        assert is_err(c.cmd("PASS SECRET"))
+    with server.connect() as c:
+        c.cmd("USER ALICE")
+        assert is_err(c.cmd("PASS secret")), "user names are case-sensitive"
+
+
+def test_wrong_password_and_unknown_user_same_answer(server):
+    with server.connect() as c:
+        st_user_known = c.cmd("USER alice")
+        wrong_pw = c.cmd("PASS wrong")
+    with server.connect() as c:
+        st_user_unknown = c.cmd("USER nosuchuser")
+        if is_err(st_user_unknown):
+            pytest.fail("USER for an unknown user must not reveal it: %r" % st_user_unknown)
+        unknown = c.cmd("PASS wrong")
+    assert is_ok(st_user_known) and is_ok(st_user_unknown)
+    assert st_user_known == st_user_unknown.replace(b"nosuchuser", b"alice")
+    assert is_err(wrong_pw) and is_err(unknown)
+    assert wrong_pw == unknown, (wrong_pw, unknown)
+
+
+def test_login_after_failed_password(loaded):
+    server, _ = loaded
+    with server.connect() as c:
+        assert is_ok(c.cmd("USER alice"))
+        assert is_err(c.cmd("PASS bad"))
+        # RFC 1939: a failed PASS leaves the session in AUTHORIZATION
+        c.login()
+        assert c.stat()[0] == 3
+
+
+def test_pass_without_user(server):
+    with server.connect() as c:
+        assert is_err(c.cmd("PASS secret"))
+        c.login()
+
+
+def test_quit_in_authorization(server):
+    with server.connect() as c:
+        assert is_ok(c.cmd("QUIT"))
+        assert c.wait_closed() == b""
+
+
+def test_password_with_spaces(server_factory):
+    srv = server_factory(users={"alice": "secret", "sp": "two words here"})
+    with srv.connect() as c:
+        c.login("sp", "two words here")
+        assert c.stat() == (0, 0)
+
+
+def test_sha512_crypt_and_bare_crypt_users(server_factory):
+    srv = server_factory(start=False)
+    srv.add_user("carol", "c-pass", scheme="SHA512-CRYPT")
+    srv.add_user("dave", "d-pass", scheme="BARE-CRYPT")
+    srv.start()
+    for user, pw in (("carol", "c-pass"), ("dave", "d-pass")):
+        with srv.connect() as c:
+            c.login(user, pw)
+            assert c.stat() == (0, 0)
+        with srv.connect() as c:
+            assert is_ok(c.cmd("USER " + user))
+            assert is_err(c.cmd("PASS nope"))
+
+
+def test_user_at_domain_with_percent_d_percent_n(server_factory):
+    srv = server_factory(users={"bob@example.org": "bobpw"}, start=False)
+    srv.config["mail"] = "maildir:%s/%%d/%%n" % srv.mail_root
+    os.makedirs(os.path.join(srv.mail_root, "example.org"), exist_ok=True)
+    srv._own(os.path.join(srv.mail_root, "example.org"))
+    name = srv.deliver(b"Subject: for bob\n\nhi bob\n", user="example.org/bob")
+    srv.start()
+    with srv.session("bob@example.org", "bobpw") as c:
+        assert c.uidl() == {1: name}
+        assert c.retr(1) == b"Subject: for bob\r\n\r\nhi bob\r\n"
+
+
+def test_home_directory_mail_location(server_factory):
+    srv = server_factory(start=False)
+    home = os.path.join(srv.base, "home", "erin")
+    os.makedirs(home)
+    srv._own(home)
+    # user:password:uid:gid:gecos:home:shell with uid, gid, gecos, shell empty
+    srv.add_user("erin", "erinpw", extra="::::%s:" % home)
+    srv.config["mail"] = "maildir:~/Maildir"
+    srv.start()
+    with srv.session("erin", "erinpw") as c:
+        assert c.stat() == (0, 0)
+        c.quit()
+    assert os.path.isdir(os.path.join(home, "Maildir")), "Maildir should be created on login"
+
+
+# ------------------------------------------------------------------ TRANSACTION
+
+TRANS_STATE_WRONG = ["USER alice", "PASS secret", "APOP alice 0123456789abcdef0123456789abcdef"]
+
+
+def test_wrong_state_commands_in_transaction(loaded):
+    server, _ = loaded
+    with server.session() as c:
+        for cmd in TRANS_STATE_WRONG:
+            assert is_err(c.cmd(cmd)), cmd
+        assert c.stat()[0] == 3
+
+
+def test_stat_list_uidl(loaded):
+    server, msgs = loaded
+    with server.session() as c:
+        n, total = c.stat()
+        sizes = c.list()
+        uidls = c.uidl()
+        assert n == 3 and sorted(sizes) == [1, 2, 3] and sorted(uidls) == [1, 2, 3]
+        assert total == sum(sizes.values())
+        assert set(uidls.values()) == set(msgs)
+        for i, u in uidls.items():
+            data = msgs[u]
+            assert sizes[i] == len(data) + data.count(b"\n")  # LF -> CRLF
+            st = c.cmd("LIST %d" % i)
+            assert st == b"+OK %d %d" % (i, sizes[i]), st
+            st = c.cmd("UIDL %d" % i)
+            assert st == b"+OK %d %s" % (i, u.encode()), st
+
+
+def test_empty_maildrop(server):
+    with server.session() as c:
+        assert c.stat() == (0, 0)
+        assert c.list() == {}
+        assert c.uidl() == {}
+        for cmd in ("LIST 1", "RETR 1", "DELE 1", "TOP 1 0", "UIDL 1"):
+            assert is_err(c.cmd(cmd)), cmd
+        assert is_ok(c.cmd("QUIT"))
+
+
+def test_maildrop_missing_is_created_empty(server):
+    # no Maildir exists for alice at all
+    assert not server.message_files()
+    with server.session() as c:
+        assert c.stat() == (0, 0)
+
+
+@pytest.mark.parametrize("arg", ["0", "4", "-1", "+1", "1x", "x", "01x", "4294967297",
+                                 "4294967296", "18446744073709551617", "1 2", " ", "1.0", "0x1"])
+def test_strict_message_numbers(loaded, arg):
+    server, _ = loaded
+    with server.session() as c:
+        for verb in ("LIST", "RETR", "DELE", "UIDL"):
+            st = c.cmd("%s %s" % (verb, arg))
+            assert is_err(st), ("%s %s" % (verb, arg), st)
+        st = c.cmd("TOP %s 1" % arg)
+        assert is_err(st), st
+        # nothing was deleted by the bad DELEs
+        assert c.stat()[0] == 3
+        assert is_ok(c.cmd("NOOP"))
+
+
+def test_top_needs_two_numbers(loaded):
+    server, _ = loaded
+    with server.session() as c:
+        for cmd in ("TOP", "TOP 1", "TOP 1 -1", "TOP 1 x", "TOP 1 +2", "TOP 1 4294967297x"):
+            assert is_err(c.cmd(cmd)), cmd
+        st, body = c.multi("TOP 1 0")
+        assert is_ok(st) and body is not None
+
+
+def test_dele_rset(loaded):
+    server, msgs = loaded
+    with server.session() as c:
+        sizes = c.list()
+        assert is_ok(c.cmd("DELE 2"))
+        assert is_err(c.cmd("DELE 2")), "deleting twice is an error"
+        assert is_err(c.cmd("RETR 2"))
+        assert is_err(c.cmd("TOP 2 0"))
+        assert is_err(c.cmd("LIST 2"))
+        assert is_err(c.cmd("UIDL 2"))
+        assert c.stat() == (2, sizes[1] + sizes[3])
+        assert sorted(c.list()) == [1, 3]
+        assert sorted(c.uidl()) == [1, 3]
+        st = c.cmd("RSET")
+        assert is_ok(st)
+        assert c.stat() == (3, sum(sizes.values()))
+        assert sorted(c.list()) == [1, 2, 3]
+        assert is_ok(c.cmd("QUIT"))
+    assert len(server.message_files()) == 3
+
+
+def test_noop(loaded):
+    server, _ = loaded
+    with server.session() as c:
+        assert c.cmd("NOOP").startswith(b"+OK")
+        assert c.stat()[0] == 3
+
+
+def test_retr_and_top_basic(loaded):
+    server, msgs = loaded
+    with server.session() as c:
+        for i, u in c.uidl().items():
+            data = msgs[u]
+            assert c.retr(i) == data.replace(b"\n", b"\r\n")
+            st, body = c.multi("TOP %d 0" % i)
+            assert is_ok(st)
+            head = data.split(b"\n\n", 1)[0] + b"\n\n"
+            assert dot_stuff_inverse(body) == head.replace(b"\n", b"\r\n")
+
+
+def test_quit_from_transaction_answers_ok_and_closes(loaded):
+    server, _ = loaded
+    with server.session() as c:
+        assert is_ok(c.cmd("QUIT"))
+        assert c.wait_closed() == b""
+
+
+# ------------------------------------------------------------------ limits
+
+def test_overlong_command_line_one_error_session_goes_on(loaded):
+    server, _ = loaded
+    with server.connect() as c:
+        c.send(b"USER " + b"a" * 300 + b"\r\n")
+        st = c.readline()
+        assert is_err(st), st
+        c.send(b"NOOP " + b"x" * 100000 + b"\r\n")
+        st = c.readline()
+        assert is_err(st), st
+        # exactly one answer per over-long line: the next answer is for USER
+        c.login()
+        assert c.stat()[0] == 3
+
+
+def test_overlong_line_in_transaction(loaded):
+    server, _ = loaded
+    with server.session() as c:
+        st = c.cmd(b"LIST " + b"1" * 1000)
+        assert is_err(st)
+        assert c.cmd("LIST 1").startswith(b"+OK 1 ")
+
+
+def test_command_line_within_limit_is_accepted(server):
+    with server.connect() as c:
+        # 255 octets including CRLF is the RFC 2449 limit
+        st = c.cmd("USER " + "a" * 40)
+        assert is_ok(st), st
+
+
+def test_nul_in_command_is_rejected(loaded):
+    server, _ = loaded
+    with server.connect() as c:
+        c.send(b"USER alice\x00evil\r\n")
+        st = c.readline()
+        if is_ok(st):
+            assert is_err(c.cmd("PASS secret")), "text after NUL must not be ignored"
+        with server.connect() as c2:
+            c2.login()
+
+
+def test_bare_lf_terminated_commands(loaded):
+    """Lenient clients send LF only; either they work or get -ERR, never a hang."""
+    server, _ = loaded
+    with server.connect() as c:
+        c.send(b"NOOP\n")
+        c.sock.settimeout(5)
+        try:
+            st = c.readline()
+            assert st.startswith((b"+OK", b"-ERR"))
+        except socket.timeout:
+            pytest.fail("no answer to an LF-terminated line")
+
+
+# ------------------------------------------------------------------ pipelining
+
+def test_pipelined_commands_answered_in_order(loaded):
+    server, msgs = loaded
+    with server.connect() as c:
+        c.send(b"USER alice\r\nPASS secret\r\nSTAT\r\nLIST\r\nUIDL\r\nRETR 1\r\nTOP 3 1\r\n"
+               b"BOGUS\r\nLIST 9\r\nDELE 1\r\nSTAT\r\nRSET\r\nNOOP\r\nRETR 2\r\nQUIT\r\n")
+        assert is_ok(c.readline())                      # USER
+        assert is_ok(c.readline())                      # PASS
+        stat = c.readline()
+        assert stat.startswith(b"+OK 3 ")               # STAT
+        assert is_ok(c.readline())
+        lst = c.read_multiline_raw()                    # LIST
+        assert len(lst.split(b"\r\n")) == 4
+        assert is_ok(c.readline())
+        uidl = c.read_multiline_raw()                   # UIDL
+        uidls = {int(l.split()[0]): l.split()[1].decode() for l in uidl.split(b"\r\n") if l}
+        assert is_ok(c.readline())
+        assert dot_stuff_inverse(c.read_multiline_raw()) == msgs[uidls[1]].replace(b"\n", b"\r\n")
+        assert is_ok(c.readline())
+        top = dot_stuff_inverse(c.read_multiline_raw())   # TOP 3 1
+        d3 = msgs[uidls[3]]
+        h, b = d3.split(b"\n\n", 1)
+        assert top == (h + b"\n\n" + b.split(b"\n")[0] + b"\n").replace(b"\n", b"\r\n")
+        assert is_err(c.readline())                     # BOGUS
+        assert is_err(c.readline())                     # LIST 9
+        assert is_ok(c.readline())                      # DELE 1
+        assert c.readline().startswith(b"+OK 2 ")       # STAT
+        assert is_ok(c.readline())                      # RSET
+        assert is_ok(c.readline())                      # NOOP
+        assert is_ok(c.readline())
+        assert dot_stuff_inverse(c.read_multiline_raw()) == msgs[uidls[2]].replace(b"\n", b"\r\n")
+        assert is_ok(c.readline())                      # QUIT
+        assert c.wait_closed() == b""
+    assert len(server.message_files()) == 3             # RSET undid the DELE
+
+
+def test_pipelined_many_retr_in_one_send(loaded):
+    server, msgs = loaded
+    with server.session() as c:
+        uidls = c.uidl()
+        reqs = [1 + i % 3 for i in range(200)]
+        c.send(b"".join(b"RETR %d\r\n" % i for i in reqs))
+        for i in reqs:
+            assert is_ok(c.readline())
+            assert dot_stuff_inverse(c.read_multiline_raw()) == msgs[uidls[i]].replace(b"\n", b"\r\n")
+        assert is_ok(c.cmd("NOOP"))
+
+
+def test_pipelined_byte_by_byte(loaded):
+    server, _ = loaded
+    with server.connect() as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for b in b"USER alice\r\nPASS secret\r\nSTAT\r\n":
+            c.send(bytes([b]))
+        assert is_ok(c.readline())
+        assert is_ok(c.readline())
+        assert c.readline().startswith(b"+OK 3 ")
+
+
+# ------------------------------------------------------------------ APOP
+
+def test_apop_disabled_by_default(server):
+    with server.connect() as c:
+        st = c.cmd("APOP alice 0123456789abcdef0123456789abcdef")
+        assert is_err(st)
+        c.login()
+
+
+def test_apop_enabled(server_factory):
+    srv = server_factory(config={"apop": "yes"})
+    srv.deliver(MSG1)
+    with srv.connect() as c:
+        assert c.greeting.startswith(b"+OK") and b"<" in c.greeting and b"@" in c.greeting
+        assert c.greeting.rstrip().endswith(b">") or b"> " in c.greeting
+        st = c.cmd("APOP alice " + apop_digest(c.greeting, "secret"))
+        assert is_ok(st), st
+        assert c.stat()[0] == 1
+        assert is_err(c.cmd("APOP alice " + apop_digest(c.greeting, "secret")))
+    with srv.connect() as c:
+        assert is_err(c.cmd("APOP alice " + apop_digest(c.greeting, "wrong")))
+    with srv.connect() as c:
+        assert is_err(c.cmd("APOP alice"))
+    # timestamps differ per connection
+    with srv.connect() as a, srv.connect() as b:
+        assert a.greeting != b.greeting
+    # poplib's apop
+    p = srv.poplib()
+    try:
+        p.apop("alice", "secret")
+        assert p.stat()[0] == 1
+    finally:
+        p.quit()
+
+
+def test_apop_not_for_hashed_secret(server_factory):
+    srv = server_factory(config={"apop": "yes"}, start=False)
+    srv.add_user("carol", "c-pass", scheme="SHA512-CRYPT")
+    srv.start()
+    with srv.connect() as c:
+        assert is_err(c.cmd("APOP carol " + apop_digest(c.greeting, "c-pass")))
+    with srv.connect() as c:
+        c.login("carol", "c-pass")
+
+
+# ------------------------------------------------------------------ poplib end to end
+
+def test_poplib_session(loaded):
+    server, msgs = loaded
+    p = server.poplib()
+    try:
+        assert p.getwelcome().startswith(b"+OK")
+        caps = p.capa()
+        assert "UIDL" in caps and "TOP" in caps
+        p.user("alice")
+        p.pass_("secret")
+        n, size = p.stat()
+        assert n == 3
+        resp, listing, octets = p.list()
+        resp, uidls, _ = p.uidl()
+        bynum = {int(l.split()[0]): l.split()[1].decode() for l in uidls}
+        sizes = {int(l.split()[0]): int(l.split()[1]) for l in listing}
+        for i in range(1, 4):
+            resp, lines, octets = p.retr(i)
+            assert octets == sizes[i]
+            assert b"\r\n".join(lines) + b"\r\n" == msgs[bynum[i]].replace(b"\n", b"\r\n")
+            resp, lines, octets = p.top(i, 0)
+        p.dele(1)
+        assert p.stat()[0] == 2
+        p.rset()
+        assert p.stat()[0] == 3
+        p.noop()
+        with pytest.raises(poplib.error_proto):
+            p.retr(7)
+    finally:
+        p.quit()
+
+
+# ------------------------------------------------------------------ limits from config
+
+def test_idle_timeout_closes_without_update(server_factory):
+    srv = server_factory(config={"idle_timeout": "2s"})
+    srv.deliver(MSG1)
+    with srv.session() as c:
+        assert is_ok(c.cmd("DELE 1"))
+        t0 = time.monotonic()
+        c.wait_closed(timeout=15)
+        assert time.monotonic() - t0 < 14, "idle session was not closed"
+    assert len(srv.message_files()) == 1, "a timed-out session must not enter UPDATE"
+
+
+def test_login_timeout(server_factory):
+    srv = server_factory(config={"login_timeout": "2"})
+    with srv.connect() as c:
+        t0 = time.monotonic()
+        c.wait_closed(timeout=15)
+        assert time.monotonic() - t0 < 14
+
+
+def test_max_bad_commands(server_factory):
+    srv = server_factory(config={"max_bad_commands": "3"})
+    with srv.connect() as c:
+        closed = False
+        try:
+            for _ in range(10):
+                st = c.cmd("BOGUS")
+                assert is_err(st), st
+        except (ConnectionClosed, ConnectionResetError, BrokenPipeError):
+            closed = True
+        assert closed, "session with 10 bad commands (max_bad_commands = 3) should be closed"
+
+
+def test_max_connections_per_ip(server_factory):
+    srv = server_factory(config={"max_connections_per_ip": "3"})
+    conns = [srv.connect() for _ in range(3)]
+    try:
+        for c in conns:
+            assert is_ok(c.greeting)
+        s = socket.create_connection((srv.host, srv.port), timeout=10)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(1000)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n" in data:
+                    break
+        except ConnectionResetError:
+            pass
+        finally:
+            s.close()
+        assert not data.startswith(b"+OK"), "4th connection from one IP accepted: %r" % data
+    finally:
+        for c in conns:
+            c.close()
+    # and once they are gone, new connections work again
+    deadline = time.monotonic() + 5
+    while True:
+        with srv.connect() as c:
+            if c.greeting.startswith(b"+OK"):
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
