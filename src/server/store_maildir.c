@@ -1,0 +1,1138 @@
+/* Maildir backend of the store interface (store.h; rules in reliability §3.4).
+ *
+ * The maildrop is read through directory descriptors opened once with
+ * O_NOFOLLOW, and every message is opened relative to them with O_NOFOLLOW, so
+ * a symlink planted in the maildrop (or a renamed cur/) cannot redirect reads
+ * or unlinks outside it (reliability §4.5 #49).
+ *
+ * Sizes come from the file through the wire encoder, cached in popbox.index so
+ * that logging in to a big maildrop does not read every message. The cache
+ * only ever supplies sizes: which messages exist is always what readdir says.
+ */
+#include "server/store.h"
+#include "server/lock.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/wire.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Bounds the memory of one session (~150 bytes per message) and the time a
+ * login may take; a bigger maildrop is refused with SYS/PERM rather than shown
+ * partly, which would look like lost mail. */
+#define MAILDIR_MAX_MESSAGES 1000000
+/* New directories: the maildrop is private to its owner. */
+#define MAILDIR_DIR_MODE 0700
+/* Session lock and index cache live in the maildrop root, where Maildir
+ * readers never look for messages (only new/ and cur/ hold mail). */
+#define MAILDIR_LOCK_NAME "popbox.lock"
+#define MAILDIR_INDEX_NAME "popbox.index"
+/* One fixed temp name is safe: writers hold the session lock. */
+#define MAILDIR_INDEX_TMP_NAME "popbox.index.tmp"
+/* First line of the index; bump the number when the format changes, so an
+ * old or foreign file is rebuilt instead of misread. */
+#define MAILDIR_INDEX_HEADER "popbox-index 1"
+/* Longest valid index line: 20-digit size, space, a NAME_MAX-byte name with
+ * every byte %-escaped, newline. Longer means damage. */
+#define MAILDIR_INDEX_LINE_MAX (20 + 1 + 3 * NAME_MAX + 1)
+/* Read size when computing a message's wire size: large enough that syscall
+ * cost vanishes, small enough for a worker thread's stack-free heap buffer. */
+#define MAILDIR_READ_CHUNK (64 * 1024)
+/* A message renamed by a concurrent reader (IMAP flag change) can be renamed
+ * again between our lookup and open; a few retries, then report it gone. */
+#define MAILDIR_REOPEN_TRIES 3
+
+enum maildir_subdir {
+	MAILDIR_NEW = 0,
+	MAILDIR_CUR = 1,
+	MAILDIR_SUBDIRS
+};
+/* Same length on purpose: store_message.name is "<sub>/<file>" and the file
+ * part starts at a fixed offset. */
+static const char *const maildir_subdir_names[MAILDIR_SUBDIRS] = { "new", "cur" };
+#define MAILDIR_SUBDIR_PREFIX_LEN 4
+
+/* A second file with the base name of a kept message (left by a crash between
+ * link and unlink of a new/ -> cur/ move): not shown, but removed with it. */
+struct maildir_duplicate {
+	uint32_t idx;
+	enum maildir_subdir subdir;
+	char *file;
+};
+
+struct maildir_store {
+	struct store store;      /* must be first: store.h hands out &store */
+	char *path;
+	int root_fd;
+	int sub_fd[MAILDIR_SUBDIRS];
+	struct lock *lock;
+	struct maildir_duplicate *dups;
+	size_t n_dups;
+};
+
+/* One directory entry found by the scan. */
+struct maildir_entry {
+	char *file;
+	size_t base_len;          /* file name up to the first ':' */
+	uint64_t time;            /* leading decimal seconds, UINT64_MAX if none */
+	uint64_t size;
+	bool have_size;
+	enum maildir_subdir subdir;
+};
+
+struct maildir_index_entry {
+	char *base;               /* NUL-terminated, no NUL inside */
+	size_t base_len;
+	uint64_t size;
+	bool used;
+};
+
+struct maildir_index {
+	struct maildir_index_entry *entries;
+	size_t count;
+};
+
+struct maildir_base_key {
+	const char *base;
+	size_t len;
+};
+
+static enum store_status
+store_maildir_errno_status(int err)
+{
+	/* Conditions an administrator must fix are permanent; anything else
+	 * (EIO, EMFILE, ENOSPC, a parent not mounted yet...) may pass. */
+	switch (err) {
+	case EACCES:
+	case EPERM:
+	case ELOOP:
+	case ENOTDIR:
+	case ENAMETOOLONG:
+	case EROFS:
+		return STORE_PERM;
+	default:
+		return STORE_TEMP;
+	}
+}
+
+static size_t
+store_maildir_base_len(const char *file)
+{
+	const char *colon = strchr(file, ':');
+	return colon != NULL ? (size_t)(colon - file) : strlen(file);
+}
+
+static int
+store_maildir_base_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int r = memcmp(a, b, alen < blen ? alen : blen);
+	if (r != 0)
+		return r;
+	return alen < blen ? -1 : alen > blen ? 1 : 0;
+}
+
+/* Delivery time from the name (cr.yp.to: "time.unique.host"); used only for
+ * ordering, so a name without it just sorts after the ones with it. */
+static uint64_t
+store_maildir_name_time(const char *file)
+{
+	uint64_t t = 0;
+	const char *p = file;
+
+	if (*p < '0' || *p > '9')
+		return UINT64_MAX;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (t > (UINT64_MAX - 1 - d) / 10)
+			return UINT64_MAX;
+		t = t * 10 + d;
+	}
+	return t;
+}
+
+static int
+store_maildir_entry_cmp(const void *pa, const void *pb)
+{
+	const struct maildir_entry *a = pa, *b = pb;
+	int r;
+
+	if (a->time != b->time)
+		return a->time < b->time ? -1 : 1;
+	r = store_maildir_base_cmp(a->file, a->base_len, b->file, b->base_len);
+	if (r != 0)
+		return r;
+	/* Same message twice: cur/ first, so the copy kept is the one that
+	 * finished its move out of new/. */
+	if (a->subdir != b->subdir)
+		return a->subdir == MAILDIR_CUR ? -1 : 1;
+	return strcmp(a->file, b->file);
+}
+
+static void
+store_maildir_log_name(char *dst, size_t size, const char *file)
+{
+	str_sanitize(dst, size, file, strlen(file));
+}
+
+/* ---- index cache ---- */
+
+static int
+store_maildir_index_entry_cmp(const void *pa, const void *pb)
+{
+	const struct maildir_index_entry *a = pa, *b = pb;
+	return store_maildir_base_cmp(a->base, a->base_len, b->base, b->base_len);
+}
+
+static int
+store_maildir_index_key_cmp(const void *pkey, const void *pentry)
+{
+	const struct maildir_base_key *key = pkey;
+	const struct maildir_index_entry *e = pentry;
+	return store_maildir_base_cmp(key->base, key->len, e->base, e->base_len);
+}
+
+static void
+store_maildir_index_free(struct maildir_index *index)
+{
+	for (size_t i = 0; i < index->count; i++)
+		free(index->entries[i].base);
+	free(index->entries);
+	index->entries = NULL;
+	index->count = 0;
+}
+
+static int
+store_maildir_hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Names may hold any byte but NUL and '/': escape everything that would break
+ * the line format (space, newline, controls, 8-bit) and '%' itself. */
+static bool
+store_maildir_index_needs_escape(unsigned char c)
+{
+	return c <= 0x20 || c >= 0x7f || c == '%';
+}
+
+/* Parse "SIZE NAME" (NAME escaped). Returns false on any deviation. */
+static bool
+store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
+{
+	char *sp = strchr(line, ' ');
+	char *name, *out;
+
+	if (sp == NULL)
+		return false;
+	*sp = '\0';
+	if (!parse_u64(line, UINT64_MAX, &e->size))
+		return false;
+	name = sp + 1;
+	if (*name == '\0')
+		return false;
+	e->base = out = xmalloc(strlen(name) + 1);
+	for (const char *p = name; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c == '%') {
+			int hi = store_maildir_hex_value(p[1]);
+			int lo = hi < 0 ? -1 : store_maildir_hex_value(p[2]);
+			if (lo < 0)
+				goto bad;
+			c = (unsigned char)(hi << 4 | lo);
+			if (!store_maildir_index_needs_escape(c) || c == '\0' || c == '/')
+				goto bad;   /* not how we write it: damage */
+			p += 2;
+		} else if (store_maildir_index_needs_escape(c) || c == '/' || c == ':') {
+			goto bad;
+		}
+		*out++ = (char)c;
+	}
+	*out = '\0';
+	e->base_len = (size_t)(out - e->base);
+	if (memchr(e->base, ':', e->base_len) != NULL)
+		goto bad;
+	return true;
+bad:
+	free(e->base);
+	e->base = NULL;
+	return false;
+}
+
+/* Read popbox.index. Missing, damaged or foreign: returns false (the caller
+ * rebuilds); the reason is logged at debug level, damage at info. */
+static bool
+store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
+{
+	struct stat st;
+	FILE *fp;
+	char *line = NULL;
+	size_t cap = 0, alloc = 0;
+	ssize_t n;
+	uint64_t end_count;
+	bool header = false, ended = false, ok = false;
+	int fd;
+
+	index->entries = NULL;
+	index->count = 0;
+	fd = openat(ms->root_fd, MAILDIR_INDEX_NAME,
+	    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno != ENOENT)
+			log_warn("maildir %s: open %s", ms->path, MAILDIR_INDEX_NAME);
+		return false;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		log_warnx("maildir %s: %s is not a regular file, ignored",
+		    ms->path, MAILDIR_INDEX_NAME);
+		close(fd);
+		return false;
+	}
+	fp = fdopen(fd, "r");
+	if (fp == NULL) {
+		close(fd);
+		return false;
+	}
+	while ((n = getline(&line, &cap, fp)) >= 0) {
+		if (n == 0 || line[n - 1] != '\n' || (size_t)n > MAILDIR_INDEX_LINE_MAX ||
+		    memchr(line, '\0', (size_t)n) != NULL)
+			goto done;       /* truncated, over-long or binary */
+		line[n - 1] = '\0';
+		if (ended)
+			goto done;       /* data after the end line */
+		if (!header) {
+			if (strcmp(line, MAILDIR_INDEX_HEADER) != 0)
+				goto done;
+			header = true;
+			continue;
+		}
+		if (strncmp(line, "end ", 4) == 0) {
+			if (!parse_u64(line + 4, MAILDIR_MAX_MESSAGES, &end_count) ||
+			    end_count != index->count)
+				goto done;
+			ended = true;
+			continue;
+		}
+		if (index->count >= MAILDIR_MAX_MESSAGES)
+			goto done;
+		if (index->count == alloc) {
+			alloc = alloc == 0 ? 1024 : alloc * 2;
+			index->entries = xrealloc(index->entries,
+			    alloc * sizeof(*index->entries));
+		}
+		struct maildir_index_entry *e = &index->entries[index->count];
+		memset(e, 0, sizeof(*e));
+		if (!store_maildir_index_parse_line(line, e))
+			goto done;
+		index->count++;
+	}
+	if (ferror(fp) || !ended)
+		goto done;
+	qsort(index->entries, index->count, sizeof(*index->entries),
+	    store_maildir_index_entry_cmp);
+	for (size_t i = 1; i < index->count; i++) {
+		if (store_maildir_index_entry_cmp(&index->entries[i - 1], &index->entries[i]) == 0)
+			goto done;   /* we never write a name twice */
+	}
+	ok = true;
+done:
+	free(line);
+	fclose(fp);
+	if (!ok) {
+		log_info("maildir %s: %s damaged, rebuilding it", ms->path,
+		    MAILDIR_INDEX_NAME);
+		store_maildir_index_free(index);
+	}
+	return ok;
+}
+
+static void
+store_maildir_index_write_name(FILE *fp, const char *base, size_t len)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)base[i];
+		if (store_maildir_index_needs_escape(c)) {
+			putc('%', fp);
+			putc(hex[c >> 4], fp);
+			putc(hex[c & 0x0f], fp);
+		} else {
+			putc(c, fp);
+		}
+	}
+}
+
+/* Replace popbox.index by the sizes of the current messages: temp file, then
+ * rename, so a reader sees the old or the new file whole. No fsync: after a
+ * crash a lost or torn index is detected (header, end line) and rebuilt, and
+ * the cost would be paid on every login that saw new mail. Failure only costs
+ * speed at the next login, so it is logged, not returned. */
+static void
+store_maildir_index_write(struct maildir_store *ms, const struct maildir_entry *entries,
+    size_t count)
+{
+	FILE *fp;
+	int fd;
+
+	fd = openat(ms->root_fd, MAILDIR_INDEX_TMP_NAME,
+	    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		log_warn("maildir %s: create %s", ms->path, MAILDIR_INDEX_TMP_NAME);
+		return;
+	}
+	fp = fdopen(fd, "w");
+	if (fp == NULL) {
+		log_warn("maildir %s: fdopen", ms->path);
+		close(fd);
+		goto fail;
+	}
+	fprintf(fp, "%s\n", MAILDIR_INDEX_HEADER);
+	for (size_t i = 0; i < count; i++) {
+		fprintf(fp, "%llu ", (unsigned long long)entries[i].size);
+		store_maildir_index_write_name(fp, entries[i].file, entries[i].base_len);
+		putc('\n', fp);
+	}
+	fprintf(fp, "end %zu\n", count);
+	if (fflush(fp) != 0 || ferror(fp)) {
+		log_warn("maildir %s: write %s", ms->path, MAILDIR_INDEX_TMP_NAME);
+		fclose(fp);
+		goto fail;
+	}
+	if (fclose(fp) != 0) {
+		log_warn("maildir %s: close %s", ms->path, MAILDIR_INDEX_TMP_NAME);
+		goto fail;
+	}
+	if (renameat(ms->root_fd, MAILDIR_INDEX_TMP_NAME, ms->root_fd,
+	    MAILDIR_INDEX_NAME) < 0) {
+		log_warn("maildir %s: rename %s", ms->path, MAILDIR_INDEX_TMP_NAME);
+		goto fail;
+	}
+	return;
+fail:
+	unlinkat(ms->root_fd, MAILDIR_INDEX_TMP_NAME, 0);
+}
+
+/* ---- scanning ---- */
+
+/* Wire size of one message file, read through the encoder (exact; the ,S= and
+ * ,W= tags of the name are written by others and not trusted). Returns 0, or
+ * -1 with errno (EINVAL: not a regular file). */
+static int
+store_maildir_file_wire_size(int dir_fd, const char *file, char *inbuf, char *outbuf,
+    uint64_t *size_r)
+{
+	struct wire_encoder enc;
+	struct stat st;
+	ssize_t n;
+	int fd, saved;
+
+	/* O_NONBLOCK: a FIFO planted in the maildrop must not hang us. */
+	fd = openat(dir_fd, file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0)
+		goto fail;
+	if (!S_ISREG(st.st_mode)) {
+		errno = EINVAL;
+		goto fail;
+	}
+	wire_encoder_init(&enc, -1);
+	for (;;) {
+		n = read(fd, inbuf, MAILDIR_READ_CHUNK);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		wire_encode(&enc, inbuf, (size_t)n, outbuf);
+	}
+	wire_encode_finish(&enc, outbuf);
+	close(fd);
+	*size_r = enc.emitted - enc.stuffed;
+	return 0;
+fail:
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+static void
+store_maildir_entries_free(struct maildir_entry *entries, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		free(entries[i].file);
+	free(entries);
+}
+
+/* Read one of new/ and cur/ into *entries. Dot files are Maildir's (and
+ * popbox's) own, not mail; non-regular entries are skipped and logged; a file
+ * that vanishes meanwhile is simply not there. */
+static enum store_status
+store_maildir_scan_dir(struct maildir_store *ms, enum maildir_subdir sub,
+    struct maildir_entry **entries, size_t *count, size_t *alloc, char **error_r)
+{
+	const char *subname = maildir_subdir_names[sub];
+	struct dirent *d;
+	DIR *dir;
+	int fd;
+
+	/* A fresh open file description, so the readdir position is ours. */
+	fd = openat(ms->sub_fd[sub], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || (dir = fdopendir(fd)) == NULL) {
+		int saved = errno;
+		if (fd >= 0)
+			close(fd);
+		*error_r = xasprintf("maildir %s: open %s/: %s", ms->path, subname,
+		    strerror(saved));
+		return store_maildir_errno_status(saved);
+	}
+	for (;;) {
+		errno = 0;
+		d = readdir(dir);
+		if (d == NULL) {
+			if (errno != 0) {
+				int saved = errno;
+				*error_r = xasprintf("maildir %s: readdir %s/: %s",
+				    ms->path, subname, strerror(saved));
+				closedir(dir);
+				return STORE_TEMP;
+			}
+			break;
+		}
+		if (d->d_name[0] == '.')
+			continue;
+		if (d->d_type != DT_REG) {
+			struct stat st;
+			if (d->d_type == DT_UNKNOWN) {
+				if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+					if (errno == ENOENT)
+						continue;
+					int saved = errno;
+					*error_r = xasprintf("maildir %s: stat %s/...: %s",
+					    ms->path, subname, strerror(saved));
+					closedir(dir);
+					return STORE_TEMP;
+				}
+			}
+			if (d->d_type != DT_UNKNOWN || !S_ISREG(st.st_mode)) {
+				char name[64];
+				store_maildir_log_name(name, sizeof(name), d->d_name);
+				log_warnx("maildir %s: %s/%s is not a regular file, skipped",
+				    ms->path, subname, name);
+				continue;
+			}
+		}
+		if (*count >= MAILDIR_MAX_MESSAGES) {
+			*error_r = xasprintf("maildir %s: more than %d messages",
+			    ms->path, MAILDIR_MAX_MESSAGES);
+			closedir(dir);
+			return STORE_PERM;
+		}
+		if (*count == *alloc) {
+			*alloc = *alloc == 0 ? 256 : *alloc * 2;
+			*entries = xrealloc(*entries, *alloc * sizeof(**entries));
+		}
+		struct maildir_entry *e = &(*entries)[(*count)++];
+		memset(e, 0, sizeof(*e));
+		e->file = xstrdup(d->d_name);
+		e->base_len = store_maildir_base_len(e->file);
+		e->time = store_maildir_name_time(e->file);
+		e->subdir = sub;
+	}
+	closedir(dir);
+	return STORE_OK;
+}
+
+static enum store_status
+store_maildir_scan(struct maildir_store *ms, char **error_r)
+{
+	struct maildir_entry *entries = NULL;
+	struct maildir_index index;
+	size_t count = 0, alloc = 0, kept = 0, computed = 0, used = 0;
+	bool index_valid;
+	char *inbuf = NULL, *outbuf = NULL;
+	enum store_status status;
+
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+		status = store_maildir_scan_dir(ms, (enum maildir_subdir)sub, &entries,
+		    &count, &alloc, error_r);
+		if (status != STORE_OK) {
+			store_maildir_entries_free(entries, count);
+			return status;
+		}
+	}
+	qsort(entries, count, sizeof(*entries), store_maildir_entry_cmp);
+
+	index_valid = store_maildir_index_read(ms, &index);
+
+	/* One pass in final order: keep one readable file per base name, take
+	 * its size from the cache or the file. Entries are compacted in place;
+	 * a copy of a kept message is remembered as its duplicate. */
+	for (size_t i = 0; i < count; i++) {
+		struct maildir_entry e = entries[i];
+		char name[64];
+
+		if (kept > 0 && store_maildir_base_cmp(entries[kept - 1].file,
+		    entries[kept - 1].base_len, e.file, e.base_len) == 0) {
+			store_maildir_log_name(name, sizeof(name), e.file);
+			log_info("maildir %s: %s/%s is a second copy of a message in %s/, hidden",
+			    ms->path, maildir_subdir_names[e.subdir], name,
+			    maildir_subdir_names[entries[kept - 1].subdir]);
+			ms->dups = xrealloc(ms->dups, (ms->n_dups + 1) * sizeof(*ms->dups));
+			ms->dups[ms->n_dups].idx = (uint32_t)(kept - 1);
+			ms->dups[ms->n_dups].subdir = e.subdir;
+			ms->dups[ms->n_dups].file = e.file;
+			ms->n_dups++;
+			continue;
+		}
+		if (index_valid) {
+			struct maildir_base_key key = { e.file, e.base_len };
+			struct maildir_index_entry *ie = bsearch(&key, index.entries,
+			    index.count, sizeof(*index.entries), store_maildir_index_key_cmp);
+			if (ie != NULL) {
+				e.size = ie->size;
+				e.have_size = true;
+				if (!ie->used)
+					used++;
+				ie->used = true;
+			}
+		}
+		if (!e.have_size) {
+			if (inbuf == NULL) {
+				inbuf = xmalloc(MAILDIR_READ_CHUNK);
+				outbuf = xmalloc(WIRE_ENCODE_MAX(MAILDIR_READ_CHUNK));
+			}
+			if (store_maildir_file_wire_size(ms->sub_fd[e.subdir], e.file,
+			    inbuf, outbuf, &e.size) < 0) {
+				int saved = errno;
+				store_maildir_log_name(name, sizeof(name), e.file);
+				if (saved == ENOENT) {
+					/* Vanished since readdir: not there. */
+				} else if (saved == EACCES || saved == EPERM ||
+				    saved == ELOOP || saved == EINVAL) {
+					/* Unreadable or not a file: it stays in
+					 * place for the admin, unseen by us. */
+					errno = saved;
+					log_warn("maildir %s: %s/%s skipped", ms->path,
+					    maildir_subdir_names[e.subdir], name);
+				} else {
+					*error_r = xasprintf("maildir %s: read %s/%s: %s",
+					    ms->path, maildir_subdir_names[e.subdir],
+					    name, strerror(saved));
+					status = STORE_TEMP;
+					/* Free the not yet compacted rest too. */
+					for (size_t j = i; j < count; j++)
+						free(entries[j].file);
+					count = kept;
+					goto out;
+				}
+				free(e.file);
+				continue;
+			}
+			e.have_size = true;
+			computed++;
+		}
+		entries[kept++] = e;
+	}
+	count = kept;
+
+	if (!index_valid || computed > 0 || used != index.count)
+		store_maildir_index_write(ms, entries, count);
+
+	ms->store.messages = xcalloc(count, sizeof(*ms->store.messages));
+	ms->store.count = (uint32_t)count;
+	ms->store.total_size = 0;
+	for (size_t i = 0; i < count; i++) {
+		struct store_message *m = &ms->store.messages[i];
+		m->uidl = maildir_uidl_from_name(entries[i].file, entries[i].base_len);
+		m->size = entries[i].size;
+		m->name = xasprintf("%s/%s", maildir_subdir_names[entries[i].subdir],
+		    entries[i].file);
+		ms->store.total_size += m->size;
+	}
+	status = STORE_OK;
+out:
+	store_maildir_entries_free(entries, count);
+	store_maildir_index_free(&index);
+	free(inbuf);
+	free(outbuf);
+	return status;
+}
+
+/* ---- the backend ---- */
+
+static void
+store_maildir_close(struct store *store)
+{
+	struct maildir_store *ms = (struct maildir_store *)store;
+
+	if (ms == NULL)
+		return;
+	for (uint32_t i = 0; i < ms->store.count; i++) {
+		free(ms->store.messages[i].uidl);
+		free(ms->store.messages[i].name);
+	}
+	free(ms->store.messages);
+	for (size_t i = 0; i < ms->n_dups; i++)
+		free(ms->dups[i].file);
+	free(ms->dups);
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+		if (ms->sub_fd[sub] >= 0)
+			close(ms->sub_fd[sub]);
+	}
+	/* Release the lock last: until then no other session may start on
+	 * this maildrop. */
+	lock_release(ms->lock);
+	if (ms->root_fd >= 0)
+		close(ms->root_fd);
+	free(ms->path);
+	free(ms);
+}
+
+/* Create dir (relative to dir_fd) unless it exists. Never creates parents:
+ * a missing parent may be a file system not mounted yet, and mail delivered
+ * into a directory on the mount point would be hidden later. */
+static int
+store_maildir_mkdir(int dir_fd, const char *name)
+{
+	if (mkdirat(dir_fd, name, MAILDIR_DIR_MODE) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+/* The maildrop must belong to us and be writable by nobody else: another
+ * user able to write there could plant or remove mail (reliability §4.5 #50). */
+static bool
+store_maildir_check_owner(int fd, const char *path, const char *what, char **error_r)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0) {
+		*error_r = xasprintf("maildir %s: fstat %s: %s", path, what,
+		    strerror(errno));
+		return false;
+	}
+	if (st.st_uid != geteuid()) {
+		*error_r = xasprintf("maildir %s: %s is owned by uid %lu, not by uid %lu",
+		    path, what, (unsigned long)st.st_uid, (unsigned long)geteuid());
+		return false;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		*error_r = xasprintf("maildir %s: %s is group or world writable (mode %03o)",
+		    path, what, (unsigned)(st.st_mode & 0777));
+		return false;
+	}
+	return true;
+}
+
+static enum store_status
+store_maildir_open(const char *path, struct store **store_r, char **error_r)
+{
+	struct maildir_store *ms;
+	enum store_status status;
+	int saved;
+
+	*store_r = NULL;
+	ms = xcalloc(1, sizeof(*ms));
+	ms->store.backend = &store_maildir;
+	ms->path = xstrdup(path);
+	ms->root_fd = -1;
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++)
+		ms->sub_fd[sub] = -1;
+
+	if (*path == '\0') {
+		*error_r = xasprintf("maildir: empty path");
+		status = STORE_PERM;
+		goto fail;
+	}
+	if (store_maildir_mkdir(AT_FDCWD, path) < 0) {
+		saved = errno;
+		*error_r = xasprintf("maildir %s: mkdir: %s", path, strerror(saved));
+		status = store_maildir_errno_status(saved);
+		goto fail;
+	}
+	/* O_NOFOLLOW: a symlinked maildrop is refused (reliability §4.5 #49). */
+	ms->root_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (ms->root_fd < 0) {
+		saved = errno;
+		*error_r = xasprintf("maildir %s: open: %s", path, strerror(saved));
+		status = store_maildir_errno_status(saved);
+		goto fail;
+	}
+	if (!store_maildir_check_owner(ms->root_fd, path, "the maildrop", error_r)) {
+		status = STORE_PERM;
+		goto fail;
+	}
+
+	switch (lock_acquire(ms->root_fd, MAILDIR_LOCK_NAME, &ms->lock, error_r)) {
+	case LOCK_OK:
+		break;
+	case LOCK_HELD:
+		*error_r = xasprintf("maildir %s: locked by another session", path);
+		status = STORE_IN_USE;
+		goto fail;
+	case LOCK_ERROR: {
+		saved = errno;
+		char *msg = *error_r;
+		*error_r = xasprintf("maildir %s: %s", path, msg);
+		free(msg);
+		status = store_maildir_errno_status(saved);
+		goto fail;
+	}
+	}
+
+	if (store_maildir_mkdir(ms->root_fd, "tmp") < 0) {
+		saved = errno;
+		*error_r = xasprintf("maildir %s: mkdir tmp: %s", path, strerror(saved));
+		status = store_maildir_errno_status(saved);
+		goto fail;
+	}
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+		const char *subname = maildir_subdir_names[sub];
+		if (store_maildir_mkdir(ms->root_fd, subname) < 0 ||
+		    (ms->sub_fd[sub] = openat(ms->root_fd, subname,
+		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+			saved = errno;
+			*error_r = xasprintf("maildir %s: %s/: %s", path, subname,
+			    strerror(saved));
+			status = store_maildir_errno_status(saved);
+			goto fail;
+		}
+		if (!store_maildir_check_owner(ms->sub_fd[sub], path, subname, error_r)) {
+			status = STORE_PERM;
+			goto fail;
+		}
+	}
+
+	status = store_maildir_scan(ms, error_r);
+	if (status != STORE_OK)
+		goto fail;
+	*store_r = &ms->store;
+	return STORE_OK;
+fail:
+	store_maildir_close(&ms->store);
+	return status;
+}
+
+/* Find the file that now holds base name key (a concurrent reader may have
+ * moved it from new/ to cur/ or changed its flags). cur/ first: that is where
+ * messages move to. Returns "<sub>/<file>" (malloc'd), or NULL with errno
+ * (ENOENT: not in either directory). */
+static char *
+store_maildir_find_base(struct maildir_store *ms, const char *base, size_t len)
+{
+	static const enum maildir_subdir order[] = { MAILDIR_CUR, MAILDIR_NEW };
+
+	for (size_t k = 0; k < N_ELEMENTS(order); k++) {
+		enum maildir_subdir sub = order[k];
+		struct dirent *d;
+		DIR *dir;
+		int fd = openat(ms->sub_fd[sub], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		if (fd < 0)
+			return NULL;
+		if ((dir = fdopendir(fd)) == NULL) {
+			int saved = errno;
+			close(fd);
+			errno = saved;
+			return NULL;
+		}
+		for (;;) {
+			errno = 0;
+			if ((d = readdir(dir)) == NULL) {
+				if (errno != 0) {
+					int saved = errno;
+					closedir(dir);
+					errno = saved;
+					return NULL;
+				}
+				break;
+			}
+			if (d->d_name[0] == '.')
+				continue;
+			if (store_maildir_base_cmp(d->d_name, store_maildir_base_len(d->d_name),
+			    base, len) == 0) {
+				char *name = xasprintf("%s/%s",
+				    maildir_subdir_names[sub], d->d_name);
+				closedir(dir);
+				return name;
+			}
+		}
+		closedir(dir);
+	}
+	errno = ENOENT;
+	return NULL;
+}
+
+static enum maildir_subdir
+store_maildir_name_subdir(const char *name)
+{
+	return strncmp(name, "cur/", MAILDIR_SUBDIR_PREFIX_LEN) == 0 ?
+	    MAILDIR_CUR : MAILDIR_NEW;
+}
+
+static enum store_status
+store_maildir_message_open(struct store *store, uint32_t idx, struct store_stream *stream_r,
+    char **error_r)
+{
+	struct maildir_store *ms = (struct maildir_store *)store;
+	struct store_message *m;
+	struct stat st;
+	int fd, saved;
+
+	if (idx >= ms->store.count) {
+		*error_r = xasprintf("maildir %s: no message index %u", ms->path, idx);
+		return STORE_PERM;
+	}
+	m = &ms->store.messages[idx];
+	for (int tries = 0; ; tries++) {
+		const char *file = m->name + MAILDIR_SUBDIR_PREFIX_LEN;
+		enum maildir_subdir sub = store_maildir_name_subdir(m->name);
+
+		/* O_NONBLOCK: opening a FIFO must not block the worker. */
+		fd = openat(ms->sub_fd[sub], file,
+		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd >= 0)
+			break;
+		saved = errno;
+		if (saved != ENOENT || tries >= MAILDIR_REOPEN_TRIES) {
+			if (saved == ENOENT)
+				return STORE_GONE;
+			*error_r = xasprintf("maildir %s: open message %u: %s",
+			    ms->path, idx + 1, strerror(saved));
+			return store_maildir_errno_status(saved);
+		}
+		char *found = store_maildir_find_base(ms, file, store_maildir_base_len(file));
+		if (found == NULL) {
+			if (errno == ENOENT)
+				return STORE_GONE;
+			saved = errno;
+			*error_r = xasprintf("maildir %s: looking for message %u: %s",
+			    ms->path, idx + 1, strerror(saved));
+			return STORE_TEMP;
+		}
+		/* Remember where it is now, so expunge removes that file. */
+		free(m->name);
+		m->name = found;
+	}
+	if (fstat(fd, &st) < 0) {
+		saved = errno;
+		close(fd);
+		*error_r = xasprintf("maildir %s: fstat message %u: %s", ms->path,
+		    idx + 1, strerror(saved));
+		return STORE_TEMP;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		*error_r = xasprintf("maildir %s: message %u is not a regular file",
+		    ms->path, idx + 1);
+		return STORE_PERM;
+	}
+	/* Back to blocking reads; for a regular file it changes nothing, but
+	 * callers need not know we ever set it. */
+	int flags = fcntl(fd, F_GETFL);
+	if (flags >= 0)
+		(void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+	stream_r->fd = fd;
+	stream_r->offset = 0;
+	stream_r->length = -1;
+	return STORE_OK;
+}
+
+/* A deleted message whose file was not where the scan saw it. */
+struct maildir_missing {
+	const char *base;
+	size_t len;
+	uint32_t idx;
+	bool found;
+};
+
+static int
+store_maildir_missing_cmp(const void *pa, const void *pb)
+{
+	const struct maildir_missing *a = pa, *b = pb;
+	return store_maildir_base_cmp(a->base, a->len, b->base, b->len);
+}
+
+static int
+store_maildir_missing_key_cmp(const void *pkey, const void *pentry)
+{
+	const struct maildir_base_key *key = pkey;
+	const struct maildir_missing *e = pentry;
+	return store_maildir_base_cmp(key->base, key->len, e->base, e->len);
+}
+
+/* Messages renamed since the scan (flags changed by an IMAP server on the
+ * same Maildir) are still the messages the user deleted: one pass over cur/
+ * and new/ removes every file with their base names. Returns the number of
+ * failed unlinks, or -1 with errno if a directory could not be read. */
+static int
+store_maildir_unlink_moved(struct maildir_store *ms, struct maildir_missing *missing,
+    size_t n_missing)
+{
+	int failed = 0;
+
+	qsort(missing, n_missing, sizeof(*missing), store_maildir_missing_cmp);
+	for (int sub = MAILDIR_SUBDIRS - 1; sub >= 0; sub--) {
+		struct dirent *d;
+		DIR *dir;
+		int fd = openat(ms->sub_fd[sub], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		if (fd < 0)
+			return -1;
+		if ((dir = fdopendir(fd)) == NULL) {
+			int saved = errno;
+			close(fd);
+			errno = saved;
+			return -1;
+		}
+		for (;;) {
+			errno = 0;
+			if ((d = readdir(dir)) == NULL) {
+				if (errno != 0) {
+					int saved = errno;
+					closedir(dir);
+					errno = saved;
+					return -1;
+				}
+				break;
+			}
+			if (d->d_name[0] == '.')
+				continue;
+			struct maildir_base_key key = { d->d_name, store_maildir_base_len(d->d_name) };
+			struct maildir_missing *mm = bsearch(&key, missing, n_missing,
+			    sizeof(*missing), store_maildir_missing_key_cmp);
+			if (mm == NULL)
+				continue;
+			if (unlinkat(ms->sub_fd[sub], d->d_name, 0) < 0) {
+				if (errno == ENOENT)
+					continue;
+				log_warn("maildir %s: unlink %s/ file of message %u",
+				    ms->path, maildir_subdir_names[sub], mm->idx + 1);
+				failed++;
+			}
+			mm->found = true;
+		}
+		closedir(dir);
+	}
+	return failed;
+}
+
+static enum store_status
+store_maildir_expunge(struct store *store, const bool *deleted, char **error_r)
+{
+	struct maildir_store *ms = (struct maildir_store *)store;
+	struct maildir_missing *missing = NULL;
+	size_t n_missing = 0, removed = 0;
+	unsigned failed = 0;
+	int first_errno = 0;
+	bool any = false;
+
+	for (uint32_t i = 0; i < ms->store.count; i++) {
+		struct store_message *m = &ms->store.messages[i];
+		const char *file = m->name + MAILDIR_SUBDIR_PREFIX_LEN;
+
+		if (!deleted[i])
+			continue;
+		any = true;
+		if (unlinkat(ms->sub_fd[store_maildir_name_subdir(m->name)], file, 0) == 0) {
+			removed++;
+			continue;
+		}
+		if (errno == ENOENT) {
+			if (missing == NULL)
+				missing = xcalloc(ms->store.count, sizeof(*missing));
+			missing[n_missing].base = file;
+			missing[n_missing].len = store_maildir_base_len(file);
+			missing[n_missing].idx = i;
+			n_missing++;
+			continue;
+		}
+		/* Keep going: every message we can remove now is one the
+		 * client will not download again. */
+		if (first_errno == 0)
+			first_errno = errno;
+		log_warn("maildir %s: unlink message %u (%s)", ms->path, i + 1, m->uidl);
+		failed++;
+	}
+	for (size_t k = 0; k < ms->n_dups; k++) {
+		struct maildir_duplicate *dup = &ms->dups[k];
+		if (!deleted[dup->idx])
+			continue;
+		if (unlinkat(ms->sub_fd[dup->subdir], dup->file, 0) < 0 && errno != ENOENT) {
+			if (first_errno == 0)
+				first_errno = errno;
+			log_warn("maildir %s: unlink second copy of message %u",
+			    ms->path, dup->idx + 1);
+			failed++;
+		}
+	}
+	if (n_missing > 0) {
+		int r = store_maildir_unlink_moved(ms, missing, n_missing);
+		if (r < 0) {
+			if (first_errno == 0)
+				first_errno = errno;
+			log_warn("maildir %s: looking for moved messages", ms->path);
+			failed++;
+		} else {
+			failed += (unsigned)r;
+			for (size_t k = 0; k < n_missing; k++) {
+				if (missing[k].found) {
+					removed++;
+					continue;
+				}
+				/* Expunged by someone else: the goal is met. */
+				log_info("maildir %s: message %u (%s) was already gone",
+				    ms->path, missing[k].idx + 1,
+				    ms->store.messages[missing[k].idx].uidl);
+			}
+		}
+		if (r != 0 && first_errno == 0)
+			first_errno = EIO;
+	}
+	free(missing);
+
+	/* Removal is durable only once the directories are on disk; the
+	 * client forgets its copy of nothing, but must not see deleted mail
+	 * again after a crash (reliability §3.4). */
+	if (any) {
+		for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+			if (fsync(ms->sub_fd[sub]) < 0) {
+				if (first_errno == 0)
+					first_errno = errno;
+				log_warn("maildir %s: fsync %s/", ms->path,
+				    maildir_subdir_names[sub]);
+				failed++;
+			}
+		}
+	}
+	if (failed > 0) {
+		*error_r = xasprintf("maildir %s: expunge: %u failure(s), first: %s",
+		    ms->path, failed, strerror(first_errno));
+		return STORE_TEMP;
+	}
+	log_debug("maildir %s: expunged %zu message(s)", ms->path, removed);
+	return STORE_OK;
+}
+
+const struct store_backend store_maildir = {
+	.scheme = "maildir",
+	.open = store_maildir_open,
+	.message_open = store_maildir_message_open,
+	.expunge = store_maildir_expunge,
+	.close = store_maildir_close,
+};
