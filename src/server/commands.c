@@ -1,0 +1,374 @@
+/* POP3 commands (RFC 1939, RFC 2449 CAPA): one table, checked before any
+ * handler runs (state, argument count), one reply per command line. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+
+#include "common/log.h"
+#include "server/ipc.h"
+#include "server/session.h"
+
+/* RFC 1939 §3: keywords are 3 or 4 characters; anything longer is junk. */
+#define COMMAND_MAX_KEYWORD 4
+/* RFC 1939 §3 and §7: at most two arguments for any command (TOP, APOP). */
+#define COMMAND_MAX_ARGS 2
+
+#define ST_AUTH (1u << SESSION_AUTHORIZATION)
+#define ST_TRANS (1u << SESSION_TRANSACTION)
+
+struct command {
+	const char *name;
+	unsigned states;
+	int min_args, max_args;   /* max_args -1: the rest of the line is one argument */
+	void (*handler)(struct session *s, int argc, char **argv);
+};
+
+static uint32_t
+live_count(const struct session *s)
+{
+	return s->store->count - s->deleted_count;
+}
+
+static uint64_t
+live_size(const struct session *s)
+{
+	return s->store->total_size - s->deleted_size;
+}
+
+/* Parse a message number argument strictly and check it names a message that
+ * exists and is not deleted; answers -ERR itself when not. */
+static bool
+message_arg(struct session *s, const char *arg, uint32_t *idx_r)
+{
+	uint32_t n;
+	if (!parse_u32(arg, UINT32_MAX, &n)) {
+		session_reply(s, "-ERR Invalid message number");
+		return false;
+	}
+	if (n == 0 || n > s->store->count) {
+		session_reply(s, "-ERR There is no message %u", n);
+		return false;
+	}
+	if (s->deleted[n - 1]) {
+		session_reply(s, "-ERR Message %u is deleted", n);
+		return false;
+	}
+	*idx_r = n - 1;
+	return true;
+}
+
+static void
+cmd_capa(struct session *s, int argc, char **argv)
+{
+	session_reply(s, "+OK Capability list follows");
+	session_reply(s, "TOP");
+	session_reply(s, "UIDL");
+	session_reply(s, "RESP-CODES");
+	session_reply(s, "AUTH-RESP-CODE");
+	session_reply(s, "PIPELINING");
+	if (s->state == SESSION_AUTHORIZATION && session_plaintext_allowed(s))
+		session_reply(s, "USER");
+	session_reply(s, "IMPLEMENTATION popbox");
+	session_reply(s, ".");
+}
+
+static void
+cmd_user(struct session *s, int argc, char **argv)
+{
+	if (!session_plaintext_allowed(s)) {
+		session_reply(s, "-ERR [AUTH] Plaintext authentication is not allowed on an unencrypted connection");
+		return;
+	}
+	free(s->user);
+	s->user = xstrdup(argv[0]);
+	session_reply(s, "+OK");
+}
+
+static void
+cmd_pass(struct session *s, int argc, char **argv)
+{
+	if (!session_plaintext_allowed(s)) {
+		session_reply(s, "-ERR [AUTH] Plaintext authentication is not allowed on an unencrypted connection");
+		return;
+	}
+	if (s->user == NULL) {
+		session_reply(s, "-ERR USER first");
+		return;
+	}
+	const char *fields[] = { s->user, argv[0], s->peer_ip };
+	session_auth_request(s, IPC_AUTH_PASS, fields, 3);
+}
+
+static void
+cmd_apop(struct session *s, int argc, char **argv)
+{
+	if (s->apop_stamp[0] == '\0') {
+		session_reply(s, "-ERR APOP is not enabled on this server");
+		return;
+	}
+	size_t dlen = strlen(argv[1]);
+	if (dlen != 32 || strspn(argv[1], "0123456789abcdefABCDEF") != dlen) {
+		session_reply(s, "-ERR [AUTH] Authentication failed");
+		return;
+	}
+	free(s->user);
+	s->user = xstrdup(argv[0]);
+	const char *fields[] = { s->user, s->apop_stamp, argv[1], s->peer_ip };
+	session_auth_request(s, IPC_AUTH_APOP, fields, 4);
+}
+
+void
+commands_login_done(struct session *s, const char *user, const char *location)
+{
+	const char *path;
+	char *error = NULL;
+	const struct store_backend *backend = store_backend_for(location, &path);
+
+	free(s->user);
+	s->user = xstrdup(user);
+	if (backend == NULL) {
+		log_warnx("session %016llx: user %s: unknown mail location scheme", (unsigned long long)s->id, user);
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [SYS/PERM] Mailbox is not available, contact the administrator");
+		return;
+	}
+	enum store_status r = backend->open(path, &s->store, &error);
+	if (r != STORE_OK) {
+		if (error != NULL) {
+			log_warnx("session %016llx: user %s: %s", (unsigned long long)s->id, user, error);
+			free(error);
+		}
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		s->store = NULL;
+		switch (r) {
+		case STORE_IN_USE:
+			session_reply(s, "-ERR [IN-USE] Mailbox is locked by another POP3 session");
+			break;
+		case STORE_PERM:
+			session_reply(s, "-ERR [SYS/PERM] Mailbox is not available, contact the administrator");
+			break;
+		default:
+			session_reply(s, "-ERR [SYS/TEMP] Mailbox is temporarily unavailable, try again later");
+			break;
+		}
+		return;
+	}
+	s->deleted = xcalloc(s->store->count ? s->store->count : 1, sizeof(bool));
+	s->deleted_count = 0;
+	s->deleted_size = 0;
+	session_enter_state(s, SESSION_TRANSACTION);
+	log_info("session %016llx: login user=%s peer=%s messages=%u", (unsigned long long)s->id,
+	    user, s->peer, s->store->count);
+	session_reply(s, "+OK Logged in, %u messages (%llu octets)", s->store->count,
+	    (unsigned long long)s->store->total_size);
+}
+
+static void
+cmd_stat(struct session *s, int argc, char **argv)
+{
+	session_reply(s, "+OK %u %llu", live_count(s), (unsigned long long)live_size(s));
+}
+
+static void
+cmd_list(struct session *s, int argc, char **argv)
+{
+	uint32_t idx;
+	if (argc == 1) {
+		if (message_arg(s, argv[0], &idx))
+			session_reply(s, "+OK %u %llu", idx + 1, (unsigned long long)s->store->messages[idx].size);
+		return;
+	}
+	session_reply(s, "+OK %u messages (%llu octets)", live_count(s), (unsigned long long)live_size(s));
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	for (uint32_t i = 0; i < s->store->count; i++)
+		if (!s->deleted[i])
+			evbuffer_add_printf(out, "%u %llu\r\n", i + 1,
+			    (unsigned long long)s->store->messages[i].size);
+	session_write(s, ".\r\n", 3);
+}
+
+static void
+cmd_uidl(struct session *s, int argc, char **argv)
+{
+	uint32_t idx;
+	if (argc == 1) {
+		if (message_arg(s, argv[0], &idx))
+			session_reply(s, "+OK %u %s", idx + 1, s->store->messages[idx].uidl);
+		return;
+	}
+	session_reply(s, "+OK Unique-ID listing follows");
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	for (uint32_t i = 0; i < s->store->count; i++)
+		if (!s->deleted[i])
+			evbuffer_add_printf(out, "%u %s\r\n", i + 1, s->store->messages[i].uidl);
+	session_write(s, ".\r\n", 3);
+}
+
+static void
+cmd_retr(struct session *s, int argc, char **argv)
+{
+	uint32_t idx;
+	if (!message_arg(s, argv[0], &idx))
+		return;
+	s->retr_count++;
+	session_stream_start(s, idx, -1);
+}
+
+static void
+cmd_top(struct session *s, int argc, char **argv)
+{
+	uint32_t idx, lines;
+	if (!message_arg(s, argv[0], &idx))
+		return;
+	if (!parse_u32(argv[1], UINT32_MAX, &lines)) {
+		session_reply(s, "-ERR Invalid number of lines");
+		return;
+	}
+	s->top_count++;
+	session_stream_start(s, idx, (int64_t)lines);
+}
+
+static void
+cmd_dele(struct session *s, int argc, char **argv)
+{
+	uint32_t idx;
+	if (!message_arg(s, argv[0], &idx))
+		return;
+	s->deleted[idx] = true;
+	s->deleted_count++;
+	s->deleted_size += s->store->messages[idx].size;
+	session_reply(s, "+OK Message %u deleted", idx + 1);
+}
+
+static void
+cmd_noop(struct session *s, int argc, char **argv)
+{
+	session_reply(s, "+OK");
+}
+
+static void
+cmd_rset(struct session *s, int argc, char **argv)
+{
+	memset(s->deleted, 0, s->store->count * sizeof(bool));
+	s->deleted_count = 0;
+	s->deleted_size = 0;
+	session_reply(s, "+OK %u messages (%llu octets)", s->store->count,
+	    (unsigned long long)s->store->total_size);
+}
+
+static void
+cmd_quit(struct session *s, int argc, char **argv)
+{
+	if (s->state == SESSION_AUTHORIZATION) {
+		session_reply(s, "+OK Bye");
+		session_close_after_reply(s, "quit");
+		return;
+	}
+	/* RFC 1939 §6: UPDATE only after QUIT from TRANSACTION. The reply says
+	 * +OK only once the removals are durable. */
+	session_enter_state(s, SESSION_UPDATE);
+	uint32_t removed = s->deleted_count;
+	if (removed > 0) {
+		char *error = NULL;
+		enum store_status r = s->store->backend->expunge(s->store, s->deleted, &error);
+		if (r != STORE_OK) {
+			log_warnx("session %016llx: user %s: removing messages: %s", (unsigned long long)s->id,
+			    s->user, error ? error : "failed");
+			free(error);
+			session_reply(s, "-ERR [SYS/TEMP] Some deleted messages could not be removed");
+			session_close_after_reply(s, "quit-expunge-failed");
+			return;
+		}
+	}
+	s->dele_count = removed;
+	session_reply(s, "+OK Bye, %u messages deleted", removed);
+	session_close_after_reply(s, "quit");
+}
+
+static const struct command command_table[] = {
+	{ "CAPA", ST_AUTH | ST_TRANS, 0, 0, cmd_capa },
+	{ "USER", ST_AUTH, 1, 1, cmd_user },
+	{ "PASS", ST_AUTH, 1, -1, cmd_pass },
+	{ "APOP", ST_AUTH, 2, 2, cmd_apop },
+	{ "QUIT", ST_AUTH | ST_TRANS, 0, 0, cmd_quit },
+	{ "STAT", ST_TRANS, 0, 0, cmd_stat },
+	{ "LIST", ST_TRANS, 0, 1, cmd_list },
+	{ "UIDL", ST_TRANS, 0, 1, cmd_uidl },
+	{ "RETR", ST_TRANS, 1, 1, cmd_retr },
+	{ "TOP",  ST_TRANS, 2, 2, cmd_top },
+	{ "DELE", ST_TRANS, 1, 1, cmd_dele },
+	{ "NOOP", ST_TRANS, 0, 0, cmd_noop },
+	{ "RSET", ST_TRANS, 0, 0, cmd_rset },
+};
+
+static void
+bad_command(struct session *s, const char *what, const char *arg)
+{
+	session_reply(s, "-ERR %s %s", what, arg);
+	if (++s->bad_commands >= s->worker->config->max_bad_commands) {
+		session_reply(s, "-ERR Too many bad commands, closing connection");
+		session_close_after_reply(s, "bad-commands");
+	}
+}
+
+void
+commands_dispatch(struct session *s, char *line, size_t len)
+{
+	char *argv[COMMAND_MAX_ARGS + 1];
+	int argc = 0;
+	char *p = strchr(line, ' ');
+	size_t klen = p ? (size_t)(p - line) : len;
+	const struct command *cmd = NULL;
+
+	if (klen >= 3 && klen <= COMMAND_MAX_KEYWORD) {
+		for (size_t i = 0; i < N_ELEMENTS(command_table); i++)
+			if (strlen(command_table[i].name) == klen &&
+			    strncasecmp(command_table[i].name, line, klen) == 0) {
+				cmd = &command_table[i];
+				break;
+			}
+	}
+	if (cmd == NULL) {
+		char name[16];
+		str_sanitize(name, sizeof(name), line, klen > 8 ? 8 : klen);
+		bad_command(s, "Unknown command", name);
+		return;
+	}
+	if (!(cmd->states & (1u << s->state))) {
+		bad_command(s, "Not allowed in this state:", cmd->name);
+		return;
+	}
+	if (p != NULL) {
+		*p++ = '\0';
+		if (cmd->max_args < 0) {
+			argv[argc++] = p;       /* PASS: spaces belong to the password */
+		} else {
+			/* Arguments are separated by single spaces (RFC 1939 §3);
+			 * trailing spaces are tolerated, empty arguments are not. */
+			size_t end = strlen(p);
+			while (end > 0 && p[end - 1] == ' ')
+				p[--end] = '\0';
+			while (*p != '\0') {
+				if (argc == COMMAND_MAX_ARGS + 1 || *p == ' ') {
+					argc = COMMAND_MAX_ARGS + 1;
+					break;
+				}
+				argv[argc++] = p;
+				char *sp = strchr(p, ' ');
+				if (sp == NULL)
+					break;
+				*sp = '\0';
+				p = sp + 1;
+			}
+		}
+	}
+	int max = cmd->max_args < 0 ? 1 : cmd->max_args;
+	if (argc < cmd->min_args || argc > max) {
+		bad_command(s, "Wrong number of arguments for", cmd->name);
+		return;
+	}
+	cmd->handler(s, argc, argv);
+}

@@ -1,0 +1,50 @@
+/* Messages between popboxd processes (design §3).
+ *
+ * Transport: SOCK_SEQPACKET socketpairs, so one send() is one message and a
+ * message is never split or merged. A message is a fixed header followed by
+ * up to IPC_MAX_FIELDS NUL-terminated string fields. The receiver treats every
+ * message as hostile: ipc_parse() checks the size, the type range, that every
+ * field is NUL-terminated and that the field count is what the type needs. */
+#ifndef POPBOX_IPC_H
+#define POPBOX_IPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Big enough for a SASL step (base64 of 8 KiB) plus user name and peer; and
+ * for a config reload carrying the config text. */
+#define IPC_MAX_MSG   (256 * 1024)
+#define IPC_MAX_FIELDS 8
+
+enum ipc_type {
+	/* worker -> auth */
+	IPC_AUTH_PASS = 1,  /* id; user, password, peer address */
+	IPC_AUTH_APOP,      /* id; user, greeting timestamp, hex digest, peer */
+	/* auth -> worker */
+	IPC_AUTH_RESULT,    /* id; status ("ok"|"fail"|"temp"), user, mail location */
+	/* master -> worker/auth */
+	IPC_RELOAD,         /* 0; config file path, config text */
+	IPC_TYPE_MAX,
+};
+
+struct ipc_header {
+	uint32_t type;
+	uint32_t nfields;
+	uint64_t id;        /* request id chosen by the requester */
+};
+
+struct ipc_msg {
+	uint32_t type;
+	uint64_t id;
+	uint32_t nfields;
+	const char *fields[IPC_MAX_FIELDS];
+	size_t lens[IPC_MAX_FIELDS];   /* strlen of each field */
+};
+
+/* Send one message; returns 0, or -1 with errno (EAGAIN on a full socket). */
+int ipc_send(int fd, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields);
+/* Parse buf[0..len) (from one recv) into msg, fields point into buf.
+ * Returns 0 or -1 when malformed. expected_fields is checked by the caller. */
+int ipc_parse(const void *buf, size_t len, struct ipc_msg *msg);
+
+#endif

@@ -1,0 +1,473 @@
+/* The master process: binds the listeners, forks the auth process and the
+ * workers, restarts a child that dies (with back-off), forwards reloads and
+ * stops everything on SIGTERM. It never reads a byte from the network and never
+ * reads a password, so it is the only part that may keep root. */
+#include "server/master.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "common/log.h"
+#include "server/ipc.h"
+#include "server/popboxd.h"
+
+/* Listen backlog: bursts of connects queue in the kernel, not in us. */
+#define MASTER_LISTEN_BACKLOG 1024
+/* Restart back-off for a child that died: starts here, doubles while the child
+ * keeps dying young, capped so a fixed fault is picked up within half a minute. */
+#define MASTER_BACKOFF_MIN_MS 100
+#define MASTER_BACKOFF_MAX_MS 30000
+/* A child that ran this long was healthy: reset its back-off. */
+#define MASTER_HEALTHY_SECONDS 10
+/* On SIGTERM, how long children get before SIGKILL. */
+#define MASTER_STOP_GRACE_SECONDS 5
+/* A config file larger than this is refused at reload (it is sent over IPC). */
+#define MASTER_MAX_CONFIG_BYTES (128 * 1024)
+
+enum child_role { ROLE_AUTH, ROLE_WORKER };
+
+struct child {
+	enum child_role role;
+	unsigned slot;
+	pid_t pid;              /* 0 = not running */
+	int control_master;     /* master's end of the control socketpair */
+	int control_child;
+	time_t started;
+	unsigned backoff_ms;
+	struct event *restart_timer;
+};
+
+static struct {
+	struct event_base *base;
+	struct config *config;
+	struct child_env env;
+	struct child children[1 + POPBOXD_MAX_WORKERS];
+	size_t n_children;
+	char *pid_path;
+	bool stopping;
+} master;
+
+static void child_start(struct child *c);
+
+static int
+resolve_run_as(const struct config *config, uid_t *uid, gid_t *gid, char **error_r)
+{
+	struct passwd *pw = getpwnam(config->run_as);
+	if (pw == NULL) {
+		*error_r = xasprintf("%s: run_as user '%s' does not exist", config->path, config->run_as);
+		return -1;
+	}
+	if (pw->pw_uid == 0) {
+		*error_r = xasprintf("%s: run_as user '%s' is root; workers must not run as root",
+		    config->path, config->run_as);
+		return -1;
+	}
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	return 0;
+}
+
+int
+master_check(const struct config *config, char **error_r)
+{
+	uid_t uid;
+	gid_t gid;
+	if (geteuid() == 0 && resolve_run_as(config, &uid, &gid, error_r) < 0)
+		return -1;
+	if (access(config->users, R_OK) < 0) {
+		*error_r = xasprintf("%s: users file %s: %s", config->path, config->users, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+listener_bind(const struct config_listen *cl, struct listener *out, char **error_r)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST };
+	struct addrinfo *res;
+	const char *host = cl->host;
+	int r, fd, one = 1;
+
+	if (strcmp(host, "*") == 0) {
+		host = NULL;
+		hints.ai_family = AF_INET;
+	}
+	r = getaddrinfo(host, cl->port, &hints, &res);
+	if (r != 0) {
+		*error_r = xasprintf("listen %s:%s: %s", cl->host, cl->port, gai_strerror(r));
+		return -1;
+	}
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*error_r = xasprintf("listen %s:%s: socket: %s", cl->host, cl->port, strerror(errno));
+		freeaddrinfo(res);
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (res->ai_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, MASTER_LISTEN_BACKLOG) < 0) {
+		*error_r = xasprintf("listen %s:%s: %s", cl->host, cl->port, strerror(errno));
+		close(fd);
+		freeaddrinfo(res);
+		return -1;
+	}
+	freeaddrinfo(res);
+	out->fd = fd;
+	out->tls = cl->tls;
+	out->name = strchr(cl->host, ':') ? xasprintf("[%s]:%s", cl->host, cl->port)
+	    : xasprintf("%s:%s", cl->host, cl->port);
+	return 0;
+}
+
+void
+privileges_drop(const struct child_env *env)
+{
+	if (!env->drop_privileges)
+		return;
+	if (setgroups(1, &env->gid) < 0 || setresgid(env->gid, env->gid, env->gid) < 0 ||
+	    setresuid(env->uid, env->uid, env->uid) < 0)
+		fatal("cannot drop privileges to uid %u", (unsigned)env->uid);
+	if (setuid(0) == 0 || geteuid() == 0)
+		fatalx("privileges were not dropped");
+	/* Dropping ids clears the dumpable flag; keep it off so no one attaches. */
+}
+
+static unsigned
+workers_wanted(const struct config *config)
+{
+	long n = config->workers ? (long)config->workers : sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > POPBOXD_MAX_WORKERS)
+		n = POPBOXD_MAX_WORKERS;
+	return (unsigned)n;
+}
+
+static void
+child_restart_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct child *c = arg;
+	if (!master.stopping)
+		child_start(c);
+}
+
+static void
+child_start(struct child *c)
+{
+	pid_t pid = fork();
+	if (pid < 0) {
+		log_warn("fork");
+		struct timeval tv = { .tv_sec = 1 };
+		evtimer_add(c->restart_timer, &tv);
+		return;
+	}
+	if (pid == 0) {
+		/* Child: close every control end but our own, and the master's loop. */
+		for (size_t i = 0; i < master.n_children; i++) {
+			close(master.children[i].control_master);
+			if (&master.children[i] != c)
+				close(master.children[i].control_child);
+		}
+		/* Give the child a clean slate: the master's loop and its signal
+		 * handlers must not fire here. reinit first so that freeing does not
+		 * touch the epoll instance shared with the master. */
+		event_reinit(master.base);
+		event_base_free(master.base);
+		master.base = NULL;
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
+		signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
+		master.env.control_fd = c->control_child;
+		master.env.slot = c->slot;
+		master.env.config = master.config;
+		signal(SIGCHLD, SIG_DFL);
+		signal(SIGPIPE, SIG_IGN);
+		if (c->role == ROLE_AUTH)
+			auth_main(&master.env);
+		worker_main(&master.env);
+	}
+	c->pid = pid;
+	c->started = time(NULL);
+	log_debug("started %s %u as pid %d", c->role == ROLE_AUTH ? "auth" : "worker",
+	    c->slot, (int)pid);
+}
+
+static void
+child_reaped(pid_t pid, int status)
+{
+	for (size_t i = 0; i < master.n_children; i++) {
+		struct child *c = &master.children[i];
+		if (c->pid != pid)
+			continue;
+		c->pid = 0;
+		if (master.stopping)
+			return;
+		const char *what = c->role == ROLE_AUTH ? "auth process" : "worker";
+		if (WIFSIGNALED(status))
+			log_warnx("%s %u (pid %d) killed by signal %d; restarting", what, c->slot,
+			    (int)pid, WTERMSIG(status));
+		else
+			log_warnx("%s %u (pid %d) exited with status %d; restarting", what, c->slot,
+			    (int)pid, WEXITSTATUS(status));
+		if (time(NULL) - c->started >= MASTER_HEALTHY_SECONDS)
+			c->backoff_ms = MASTER_BACKOFF_MIN_MS;
+		struct timeval tv = { .tv_sec = c->backoff_ms / 1000,
+		    .tv_usec = (c->backoff_ms % 1000) * 1000 };
+		evtimer_add(c->restart_timer, &tv);
+		c->backoff_ms *= 2;
+		if (c->backoff_ms > MASTER_BACKOFF_MAX_MS)
+			c->backoff_ms = MASTER_BACKOFF_MAX_MS;
+		return;
+	}
+}
+
+static void
+sigchld_cb(evutil_socket_t sig, short what, void *arg)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+		child_reaped(pid, status);
+}
+
+static char *
+read_small_file(const char *path, char **error_r)
+{
+	FILE *f = fopen(path, "re");
+	if (f == NULL) {
+		*error_r = xasprintf("%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char *buf = xmalloc(MASTER_MAX_CONFIG_BYTES + 1);
+	size_t n = fread(buf, 1, MASTER_MAX_CONFIG_BYTES + 1, f);
+	bool err = ferror(f);
+	fclose(f);
+	if (err || n > MASTER_MAX_CONFIG_BYTES) {
+		*error_r = xasprintf("%s: %s", path, err ? "read error" : "file too large");
+		free(buf);
+		return NULL;
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static void
+sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	char *error = NULL;
+	char *text = read_small_file(master.config->path, &error);
+	struct config *next;
+	if (text == NULL || config_parse(master.config->path, text, &next, &error) < 0) {
+		log_warnx("reload failed, keeping the running configuration: %s", error);
+		free(error);
+		free(text);
+		return;
+	}
+	/* What needs new sockets or processes cannot change in place. */
+	bool same_listen = next->n_listens == master.config->n_listens;
+	for (size_t i = 0; same_listen && i < next->n_listens; i++)
+		same_listen = strcmp(next->listens[i].host, master.config->listens[i].host) == 0 &&
+		    strcmp(next->listens[i].port, master.config->listens[i].port) == 0 &&
+		    next->listens[i].tls == master.config->listens[i].tls;
+	if (!same_listen)
+		log_warnx("reload: listen addresses changed; restart popboxd to apply them");
+	if (strcmp(next->run_as, master.config->run_as) != 0 ||
+	    workers_wanted(next) != master.env.n_workers)
+		log_warnx("reload: run_as and workers changes need a restart of popboxd");
+	config_free(master.config);
+	master.config = next;
+	master.env.config = next;
+	const char *fields[] = { next->path, text };
+	for (size_t i = 0; i < master.n_children; i++) {
+		struct child *c = &master.children[i];
+		if (c->pid != 0 && ipc_send(c->control_master, IPC_RELOAD, 0, fields, 2) < 0)
+			log_warn("reload: cannot notify child %d", (int)c->pid);
+	}
+	free(text);
+	log_info("configuration reloaded");
+}
+
+static void
+sigterm_cb(evutil_socket_t sig, short what, void *arg)
+{
+	master.stopping = true;
+	log_info("stopping on signal %d", (int)sig);
+	for (size_t i = 0; i < master.n_children; i++)
+		if (master.children[i].pid > 0)
+			kill(master.children[i].pid, SIGTERM);
+	event_base_loopbreak(master.base);
+}
+
+static void
+master_wait_children(void)
+{
+	time_t deadline = time(NULL) + MASTER_STOP_GRACE_SECONDS;
+	for (;;) {
+		bool any = false;
+		for (size_t i = 0; i < master.n_children; i++)
+			any |= master.children[i].pid > 0;
+		if (!any)
+			return;
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid > 0) {
+			for (size_t i = 0; i < master.n_children; i++)
+				if (master.children[i].pid == pid)
+					master.children[i].pid = 0;
+			continue;
+		}
+		if (pid < 0 && errno == ECHILD)
+			return;
+		if (time(NULL) >= deadline) {
+			for (size_t i = 0; i < master.n_children; i++)
+				if (master.children[i].pid > 0)
+					kill(master.children[i].pid, SIGKILL);
+			deadline = time(NULL) + 60;
+		}
+		struct timespec ts = { 0, 20 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
+static int
+state_dir_prepare(const struct config *config, char **error_r)
+{
+	if (mkdir(config->state_dir, 0755) < 0 && errno != EEXIST) {
+		*error_r = xasprintf("state_dir %s: %s", config->state_dir, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+pid_file_write(const char *path)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "we");
+	if (f == NULL)
+		return -1;
+	fprintf(f, "%d\n", (int)getpid());
+	if (fclose(f) != 0 || rename(tmp, path) < 0)
+		return -1;
+	return 0;
+}
+
+int
+master_run(struct config *config, bool foreground)
+{
+	char *error = NULL;
+
+	memset(&master, 0, sizeof(master));
+	master.config = config;
+	master.env.config = config;
+
+	if (getuid() == 0 || geteuid() == 0) {
+		if (resolve_run_as(config, &master.env.uid, &master.env.gid, &error) < 0) {
+			log_warnx("%s", error);
+			return 1;
+		}
+		master.env.drop_privileges = true;
+	}
+	if (state_dir_prepare(config, &error) < 0) {
+		log_warnx("%s", error);
+		return 1;
+	}
+	master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
+	for (size_t i = 0; i < config->n_listens; i++) {
+		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
+			log_warnx("%s", error);
+			return 1;
+		}
+		master.env.n_listeners++;
+	}
+	master.env.n_workers = workers_wanted(config);
+	for (unsigned i = 0; i < master.env.n_workers; i++) {
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+			fatal("socketpair");
+		master.env.auth_fds[i] = sv[0];
+		master.env.worker_fds[i] = sv[1];
+	}
+	if (!foreground && daemon(0, 0) < 0)
+		fatal("daemon");
+
+	master.pid_path = xasprintf("%s/popboxd.pid", config->state_dir);
+	if (pid_file_write(master.pid_path) < 0)
+		log_warn("cannot write %s", master.pid_path);
+
+	master.base = event_base_new();
+	if (master.base == NULL)
+		fatalx("event_base_new failed");
+	signal(SIGPIPE, SIG_IGN);
+
+	master.n_children = 1 + master.env.n_workers;
+	for (size_t i = 0; i < master.n_children; i++) {
+		struct child *c = &master.children[i];
+		int sv[2];
+		c->role = i == 0 ? ROLE_AUTH : ROLE_WORKER;
+		c->slot = i == 0 ? 0 : (unsigned)(i - 1);
+		c->backoff_ms = MASTER_BACKOFF_MIN_MS;
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+			fatal("socketpair");
+		c->control_master = sv[0];
+		c->control_child = sv[1];
+		c->restart_timer = evtimer_new(master.base, child_restart_cb, c);
+	}
+
+	struct event *ev_chld = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
+	struct event *ev_hup = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
+	struct event *ev_term = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
+	struct event *ev_int = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
+	evsignal_add(ev_chld, NULL);
+	evsignal_add(ev_hup, NULL);
+	evsignal_add(ev_term, NULL);
+	evsignal_add(ev_int, NULL);
+
+	for (size_t i = 0; i < master.n_children; i++)
+		child_start(&master.children[i]);
+
+	log_info("popboxd %s started: %u workers, %zu listeners (%s%s)", POPBOXD_VERSION,
+	    master.env.n_workers, master.env.n_listeners,
+	    master.env.n_listeners ? master.env.listeners[0].name : "",
+	    master.env.n_listeners > 1 ? ", ..." : "");
+
+	event_base_dispatch(master.base);
+
+	master_wait_children();
+	unlink(master.pid_path);
+	log_info("stopped");
+	event_free(ev_chld);
+	event_free(ev_hup);
+	event_free(ev_term);
+	event_free(ev_int);
+	for (size_t i = 0; i < master.n_children; i++)
+		event_free(master.children[i].restart_timer);
+	event_base_free(master.base);
+	free(master.pid_path);
+	for (size_t i = 0; i < master.env.n_listeners; i++) {
+		close(master.env.listeners[i].fd);
+		free(master.env.listeners[i].name);
+	}
+	free(master.env.listeners);
+	config_free(master.config);
+	return 0;
+}

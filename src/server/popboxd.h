@@ -1,0 +1,43 @@
+/* popboxd process roles (design §3): master.c supervises, auth.c alone reads
+ * secrets, worker.c runs the POP3 sessions on a libevent loop. */
+#ifndef POPBOX_POPBOXD_H
+#define POPBOX_POPBOXD_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "server/config.h"
+
+#define POPBOXD_VERSION "0.1"
+#define POPBOXD_MAX_WORKERS 64
+
+/* A bound listening socket, inherited by every worker. */
+struct listener {
+	int fd;
+	bool tls;
+	char *name;         /* "127.0.0.1:110" for logs */
+};
+
+/* What a child process is handed by the master at fork. */
+struct child_env {
+	struct config *config;
+	struct listener *listeners;
+	size_t n_listeners;
+	int auth_fds[POPBOXD_MAX_WORKERS]; /* auth ends, one per worker slot */
+	int worker_fds[POPBOXD_MAX_WORKERS];
+	unsigned n_workers;
+	int control_fd;      /* master <-> this child, SOCK_SEQPACKET */
+	unsigned slot;       /* worker slot number */
+	uid_t uid;           /* run_as (only used when started as root) */
+	gid_t gid;
+	bool drop_privileges;
+};
+
+/* Each never returns. */
+void auth_main(struct child_env *env) __attribute__((noreturn));
+void worker_main(struct child_env *env) __attribute__((noreturn));
+
+/* Drop to env->uid/gid when env->drop_privileges; fatal on any failure. */
+void privileges_drop(const struct child_env *env);
+
+#endif

@@ -1,0 +1,515 @@
+/* POP3 session I/O inside a worker: line framing with hard limits, the one
+ * state setter, replies, streaming of message bodies with back-pressure, the
+ * timers, and the per-session log line. The commands live in commands.c. */
+#include "server/session.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+
+#include "common/log.h"
+#include "server/ipc.h"
+
+static void session_process_input(struct session *s);
+static void session_destroy_later(struct session *s, const char *reason);
+
+static const char *
+state_name(enum session_state st)
+{
+	switch (st) {
+	case SESSION_AUTHORIZATION: return "AUTHORIZATION";
+	case SESSION_AUTH_WAIT: return "AUTH-WAIT";
+	case SESSION_TRANSACTION: return "TRANSACTION";
+	case SESSION_UPDATE: return "UPDATE";
+	case SESSION_CLOSING: return "CLOSING";
+	}
+	return "?";
+}
+
+static void
+session_timer_arm(struct session *s)
+{
+	const struct config *c = s->worker->config;
+	unsigned secs;
+	switch (s->state) {
+	case SESSION_AUTH_WAIT: secs = SESSION_AUTH_TIMEOUT_SECONDS; break;
+	case SESSION_TRANSACTION: case SESSION_UPDATE: secs = c->idle_timeout; break;
+	default: secs = c->login_timeout; break;
+	}
+	struct timeval tv = { .tv_sec = secs };
+	evtimer_add(s->timer, &tv);
+}
+
+void
+session_enter_state(struct session *s, enum session_state state)
+{
+	log_debug("session %016llx: %s -> %s", (unsigned long long)s->id, state_name(s->state),
+	    state_name(state));
+	s->state = state;
+	session_timer_arm(s);
+}
+
+void
+session_write(struct session *s, const void *data, size_t len)
+{
+	if (s->freed_pending)
+		return;
+	bufferevent_write(s->bev, data, len);
+	s->bytes_out += len;
+}
+
+void
+session_reply(struct session *s, const char *fmt, ...)
+{
+	/* RFC 1939 §3: responses up to 512 octets including CRLF. */
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)sizeof(line) - 3;
+	line[n++] = '\r';
+	line[n++] = '\n';
+	session_write(s, line, (size_t)n);
+}
+
+bool
+session_plaintext_allowed(const struct session *s)
+{
+	switch (s->worker->config->plaintext_auth) {
+	case PLAINTEXT_ALWAYS: return true;
+	case PLAINTEXT_NEVER: return s->tls;
+	case PLAINTEXT_TLS_OR_LOOPBACK: return s->tls || s->loopback;
+	}
+	return false;
+}
+
+static void
+session_log_end(struct session *s)
+{
+	char user[64] = "-";
+	if (s->user != NULL)
+		str_sanitize(user, sizeof(user), s->user, strlen(s->user));
+	log_info("session %016llx: user=%s peer=%s retr=%u top=%u dele=%u bytes=%llu end=%s",
+	    (unsigned long long)s->id, user, s->peer, s->retr_count, s->top_count,
+	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
+}
+
+static void
+session_stream_stop(struct session *s)
+{
+	if (s->streaming) {
+		close(s->stream.fd);
+		s->streaming = false;
+	}
+}
+
+static void
+auth_pending_remove(struct session *s)
+{
+	if (s->auth_request == 0)
+		return;
+	if (s->auth_prev)
+		s->auth_prev->auth_next = s->auth_next;
+	else
+		s->worker->auth_pending = s->auth_next;
+	if (s->auth_next)
+		s->auth_next->auth_prev = s->auth_prev;
+	s->auth_next = s->auth_prev = NULL;
+	s->auth_request = 0;
+}
+
+static void
+session_free(struct session *s)
+{
+	struct worker *w = s->worker;
+	session_log_end(s);
+	auth_pending_remove(s);
+	session_stream_stop(s);
+	if (s->store != NULL)
+		s->store->backend->close(s->store);   /* no UPDATE: nothing removed */
+	free(s->deleted);
+	free(s->user);
+	if (s->bev != NULL)
+		bufferevent_free(s->bev);
+	event_free(s->timer);
+	if (s->all_prev)
+		s->all_prev->all_next = s->all_next;
+	else
+		w->all = s->all_next;
+	if (s->all_next)
+		s->all_next->all_prev = s->all_prev;
+	w->sessions--;
+	free(s);
+}
+
+static void
+session_destroy_cb(evutil_socket_t fd, short what, void *arg)
+{
+	session_free(arg);
+}
+
+/* Never free a session inside its own callback (style.md §9): stop all
+ * activity now, free from a fresh event loop iteration. */
+static void
+session_destroy_later(struct session *s, const char *reason)
+{
+	if (s->freed_pending)
+		return;
+	s->freed_pending = true;
+	if (s->end_reason == NULL)
+		s->end_reason = reason;
+	bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+	evtimer_del(s->timer);
+	session_stream_stop(s);
+	struct timeval zero = { 0, 0 };
+	if (event_base_once(s->worker->base, -1, EV_TIMEOUT, session_destroy_cb, s, &zero) < 0)
+		fatalx("event_base_once failed");
+}
+
+void
+session_close_after_reply(struct session *s, const char *reason)
+{
+	if (s->end_reason == NULL)
+		s->end_reason = reason;
+	session_enter_state(s, SESSION_CLOSING);
+	bufferevent_disable(s->bev, EV_READ);
+	/* Called back when everything queued has been written. */
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		session_destroy_later(s, reason);
+}
+
+void
+session_close_all(struct worker *w, const char *reason)
+{
+	for (struct session *s = w->all; s != NULL; s = s->all_next)
+		if (!s->freed_pending) {
+			s->end_reason = reason;
+			session_destroy_later(s, reason);
+		}
+}
+
+/* Fill the output buffer from the message file until it is full enough, the
+ * message ends, or (TOP) the line limit is reached. Returns false when the
+ * session was ended because the file could not be read. */
+static bool
+session_stream_fill(struct session *s)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	char *buf = s->worker->read_buf;
+
+	while (s->streaming && evbuffer_get_length(out) < SESSION_OUTPUT_HIGH) {
+		size_t want = SESSION_READ_CHUNK;
+		if (s->stream.length >= 0 && (off_t)want > s->stream.length - s->stream_pos)
+			want = (size_t)(s->stream.length - s->stream_pos);
+		ssize_t n = 0;
+		if (want > 0) {
+			do {
+				n = pread(s->stream.fd, buf, want, s->stream.offset + s->stream_pos);
+			} while (n < 0 && errno == EINTR);
+		}
+		if (n < 0) {
+			/* Half a message was sent; there is no way to say -ERR now. */
+			log_warn("session %016llx: reading message", (unsigned long long)s->id);
+			session_destroy_later(s, "read-error");
+			return false;
+		}
+		struct evbuffer_iovec v;
+		size_t need = n > 0 ? WIRE_ENCODE_MAX((size_t)n) : 8;
+		if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1)
+			fatalx("evbuffer_reserve_space failed");
+		size_t produced = 0;
+		if (n > 0) {
+			produced = wire_encode(&s->enc, buf, (size_t)n, v.iov_base);
+			s->stream_pos += n;
+		}
+		if (n == 0 || s->enc.done) {
+			produced += wire_encode_finish(&s->enc, (char *)v.iov_base + produced);
+			memcpy((char *)v.iov_base + produced, ".\r\n", 3);
+			produced += 3;
+			session_stream_stop(s);
+		}
+		v.iov_len = produced;
+		evbuffer_commit_space(out, &v, 1);
+		s->bytes_out += produced;
+	}
+	return true;
+}
+
+void
+session_stream_start(struct session *s, uint32_t idx, int64_t top_lines)
+{
+	struct store_stream st;
+	char *error = NULL;
+	enum store_status r = s->store->backend->message_open(s->store, idx, &st, &error);
+	if (r != STORE_OK) {
+		if (error != NULL) {
+			log_warnx("session %016llx: message %u: %s", (unsigned long long)s->id, idx + 1, error);
+			free(error);
+		}
+		if (r == STORE_GONE)
+			session_reply(s, "-ERR Message %u was removed by another program", idx + 1);
+		else
+			session_reply(s, "-ERR [SYS/TEMP] Cannot read message %u, try again later", idx + 1);
+		return;
+	}
+	if (top_lines < 0)
+		session_reply(s, "+OK %llu octets", (unsigned long long)s->store->messages[idx].size);
+	else
+		session_reply(s, "+OK Top of message %u follows", idx + 1);
+	s->stream = st;
+	s->stream_pos = 0;
+	s->streaming = true;
+	wire_encoder_init(&s->enc, top_lines);
+	session_stream_fill(s);
+}
+
+void
+session_auth_request(struct session *s, uint32_t type, const char *const *fields, uint32_t n)
+{
+	struct worker *w = s->worker;
+	uint64_t id = ++w->next_request;
+	if (ipc_send(w->auth_fd, type, id, fields, n) < 0) {
+		log_warn("session %016llx: cannot reach the auth process", (unsigned long long)s->id);
+		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable");
+		return;
+	}
+	s->auth_request = id;
+	s->auth_prev = NULL;
+	s->auth_next = w->auth_pending;
+	if (w->auth_pending)
+		w->auth_pending->auth_prev = s;
+	w->auth_pending = s;
+	session_enter_state(s, SESSION_AUTH_WAIT);
+}
+
+void
+session_auth_result(struct worker *w, uint64_t id, const char *status, const char *user,
+    const char *location)
+{
+	struct session *s;
+	for (s = w->auth_pending; s != NULL; s = s->auth_next)
+		if (s->auth_request == id)
+			break;
+	if (s == NULL)
+		return;  /* session gone, or an answer to a previous incarnation */
+	auth_pending_remove(s);
+	if (strcmp(status, "ok") == 0) {
+		commands_login_done(s, user, location);
+	} else {
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		free(s->user);
+		s->user = NULL;
+		s->auth_failures++;
+		if (strcmp(status, "temp") == 0)
+			session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
+		else
+			session_reply(s, "-ERR [AUTH] Authentication failed");
+	}
+	if (!s->freed_pending)
+		session_process_input(s);
+}
+
+/* Frame and dispatch complete lines while the session can take a command:
+ * not waiting for the auth process, not streaming, output not backed up. */
+static void
+session_process_input(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	char line[SESSION_MAX_LINE + 1];
+
+	while (!s->freed_pending && !s->streaming &&
+	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION) &&
+	    evbuffer_get_length(out) < SESSION_OUTPUT_HIGH) {
+		size_t eol_len;
+		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (p.pos < 0) {
+			size_t len = evbuffer_get_length(in);
+			/* No end of line yet: an over-long line is consumed as it
+			 * comes and answered once when it ends. */
+			if (s->discarding || len >= SESSION_MAX_LINE) {
+				evbuffer_drain(in, len);
+				s->discarding = true;
+			}
+			return;
+		}
+		size_t len = (size_t)p.pos;
+		if (s->discarding || len + 1 > SESSION_MAX_LINE) {
+			evbuffer_drain(in, len + 1);
+			s->discarding = false;
+			session_timer_arm(s);
+			session_reply(s, "-ERR Command line too long (at most %d octets)", SESSION_MAX_LINE);
+			if (++s->bad_commands >= s->worker->config->max_bad_commands) {
+				session_reply(s, "-ERR Too many bad commands, closing connection");
+				session_close_after_reply(s, "bad-commands");
+			}
+			continue;
+		}
+		evbuffer_remove(in, line, len + 1);
+		if (len > 0 && line[len - 1] == '\r')
+			len--;
+		line[len] = '\0';
+		session_timer_arm(s);
+		if (memchr(line, '\0', len) != NULL) {
+			session_reply(s, "-ERR NUL byte in command");
+			if (++s->bad_commands >= s->worker->config->max_bad_commands) {
+				session_reply(s, "-ERR Too many bad commands, closing connection");
+				session_close_after_reply(s, "bad-commands");
+			}
+			secure_wipe(line, len);
+			continue;
+		}
+		commands_dispatch(s, line, len);
+		secure_wipe(line, len);   /* it may have been a password */
+	}
+}
+
+static void
+session_read_cb(struct bufferevent *bev, void *arg)
+{
+	session_process_input(arg);
+}
+
+static void
+session_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	if (s->freed_pending)
+		return;
+	session_timer_arm(s);  /* the client is reading: not idle */
+	if (s->state == SESSION_CLOSING) {
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			session_destroy_later(s, NULL);
+		return;
+	}
+	if (s->streaming && !session_stream_fill(s))
+		return;
+	if (!s->streaming)
+		session_process_input(s);
+}
+
+static void
+session_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	if (what & BEV_EVENT_EOF)
+		session_destroy_later(s, s->state == SESSION_CLOSING ? NULL : "disconnected");
+	else if (what & BEV_EVENT_ERROR)
+		session_destroy_later(s, s->state == SESSION_CLOSING ? NULL : "connection-error");
+}
+
+static void
+session_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	if (s->state == SESSION_AUTH_WAIT) {
+		auth_pending_remove(s);
+		log_warnx("session %016llx: no answer from the auth process", (unsigned long long)s->id);
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		free(s->user);
+		s->user = NULL;
+		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
+		session_process_input(s);
+		return;
+	}
+	/* RFC 1939 §3: on the autologout timer, close without a response and
+	 * without entering UPDATE. */
+	session_destroy_later(s, s->state == SESSION_TRANSACTION ? "idle-timeout" : "login-timeout");
+}
+
+static bool
+addr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return true;
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+			return in6->sin6_addr.s6_addr[12] == 127;
+	}
+	return false;
+}
+
+void
+session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener)
+{
+	struct session *s = xcalloc(1, sizeof(*s));
+	char host[NI_MAXHOST], serv[NI_MAXSERV];
+	int one = 1;
+
+	s->worker = w;
+	s->id = ++w->next_session;
+	s->tls_listener = tls_listener;
+	if (getnameinfo(sa, (socklen_t)salen, host, sizeof(host), serv, sizeof(serv),
+	    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+		snprintf(host, sizeof(host), "unknown");
+		snprintf(serv, sizeof(serv), "0");
+	}
+	snprintf(s->peer_ip, sizeof(s->peer_ip), "%.46s", host);
+	if (strchr(host, ':'))
+		snprintf(s->peer, sizeof(s->peer), "[%.46s]:%.8s", host, serv);
+	else
+		snprintf(s->peer, sizeof(s->peer), "%.46s:%.8s", host, serv);
+	s->loopback = addr_is_loopback(sa);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		close(fd);
+		free(s);
+		return;
+	}
+	s->timer = evtimer_new(w->base, session_timer_cb, s);
+	s->all_next = w->all;
+	if (w->all)
+		w->all->all_prev = s;
+	w->all = s;
+	w->sessions++;
+	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH);
+	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->state = SESSION_AUTHORIZATION;
+	session_timer_arm(s);
+	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
+
+	if (w->config->max_connections > 0 &&
+	    w->sessions > (w->config->max_connections + w->n_workers - 1) / w->n_workers) {
+		session_reply(s, "-ERR [SYS/TEMP] Too many connections, try again later");
+		session_close_after_reply(s, "too-many-connections");
+		return;
+	}
+	if (w->config->apop) {
+		uint64_t rnd = 0;
+		char hostname[64];
+		if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+			rnd = (uint64_t)s->id;
+		if (gethostname(hostname, sizeof(hostname)) < 0)
+			snprintf(hostname, sizeof(hostname), "localhost");
+		hostname[sizeof(hostname) - 1] = '\0';
+		snprintf(s->apop_stamp, sizeof(s->apop_stamp), "<%d.%016llx@%s>", (int)getpid(),
+		    (unsigned long long)rnd, hostname);
+		session_reply(s, "+OK popbox ready. %s", s->apop_stamp);
+	} else {
+		session_reply(s, "+OK popbox ready.");
+	}
+}

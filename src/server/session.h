@@ -1,0 +1,127 @@
+/* One POP3 session (RFC 1939) inside a worker. Created on accept, freed when
+ * the connection ends. Only session_enter_state() changes s->state. */
+#ifndef POPBOX_SESSION_H
+#define POPBOX_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "common/wire.h"
+#include "server/config.h"
+#include "server/store.h"
+
+/* RFC 2449 §4: command lines up to 255 octets including CRLF. */
+#define SESSION_MAX_LINE 255
+/* Output queued beyond this pauses RETR streaming and command processing
+ * until the client reads: a slow or hostile reader costs us at most this. */
+#define SESSION_OUTPUT_HIGH (256 * 1024)
+/* Unprocessed pipelined input beyond this stops reading from the socket. */
+#define SESSION_INPUT_HIGH (64 * 1024)
+/* File read size while streaming a message. */
+#define SESSION_READ_CHUNK (64 * 1024)
+/* How long a worker waits for the auth process before answering [SYS/TEMP]. */
+#define SESSION_AUTH_TIMEOUT_SECONDS 30
+
+enum session_state {
+	SESSION_AUTHORIZATION = 0,
+	SESSION_AUTH_WAIT,      /* credentials sent to the auth process */
+	SESSION_TRANSACTION,
+	SESSION_UPDATE,
+	SESSION_CLOSING,        /* flushing the last reply, then free */
+};
+
+struct session {
+	uint64_t id;
+	struct worker *worker;
+	struct bufferevent *bev;
+	struct event *timer;          /* idle / login timeout */
+	enum session_state state;
+	char peer[64];                /* "127.0.0.1:1234" */
+	char peer_ip[48];
+	bool loopback;
+	bool tls;                     /* connection is encrypted */
+	bool tls_listener;
+
+	/* AUTHORIZATION */
+	char *user;                   /* from USER, or the logged-in user */
+	char apop_stamp[128];         /* greeting timestamp, "" if APOP off */
+	uint64_t auth_request;        /* pending request id, 0 = none */
+	struct session *auth_next, *auth_prev;  /* worker's pending list */
+	unsigned bad_commands;
+	unsigned auth_failures;
+
+	/* TRANSACTION */
+	struct store *store;
+	bool *deleted;
+	uint32_t deleted_count;
+	uint64_t deleted_size;
+
+	/* streaming RETR/TOP */
+	bool streaming;
+	struct store_stream stream;
+	off_t stream_pos;
+	struct wire_encoder enc;
+
+	/* input framing */
+	bool discarding;              /* inside an over-long line */
+
+	/* accounting for the session log line */
+	unsigned retr_count, top_count, dele_count;
+	uint64_t bytes_out;
+	const char *end_reason;
+	bool freed_pending;
+	struct session *all_next, *all_prev;    /* worker's list of sessions */
+};
+
+struct worker {
+	struct event_base *base;
+	struct config *config;
+	unsigned slot;
+	unsigned n_workers;
+	int auth_fd;
+	struct event *auth_ev;
+	uint64_t next_request;
+	uint64_t next_session;
+	struct session *auth_pending;  /* sessions waiting for the auth process */
+	struct session *all;           /* every live session */
+	char *read_buf;                /* SESSION_READ_CHUNK bytes, shared by sessions */
+	unsigned sessions;
+	struct evconnlistener **listeners;
+	size_t n_listeners;
+	bool stopping;
+};
+
+/* Accept path: take ownership of fd. */
+void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener);
+/* The auth process answered request id. */
+void session_auth_result(struct worker *w, uint64_t id, const char *status,
+    const char *user, const char *location);
+/* Worker shutdown: end every session without UPDATE. */
+void session_close_all(struct worker *w, const char *reason);
+
+/* --- used by commands.c --------------------------------------------------- */
+void session_enter_state(struct session *s, enum session_state state);
+/* Queue one response line; CRLF is appended. */
+void session_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Queue raw bytes (multi-line bodies). */
+void session_write(struct session *s, const void *data, size_t len);
+/* Flush what is queued, then close: no UPDATE unless done before. */
+void session_close_after_reply(struct session *s, const char *reason);
+/* Whether USER/PASS may be used on this connection now. */
+bool session_plaintext_allowed(const struct session *s);
+/* Send credentials to the auth process; the result arrives in
+ * session_auth_result(). */
+void session_auth_request(struct session *s, uint32_t type, const char *const *fields, uint32_t n);
+/* Start streaming message idx (RETR when top_lines < 0, else TOP). The +OK line
+ * must already be queued. */
+void session_stream_start(struct session *s, uint32_t idx, int64_t top_lines);
+/* Dispatch one command line (NUL-terminated, without CRLF). */
+void commands_dispatch(struct session *s, char *line, size_t len);
+/* After a successful login: open the maildrop and answer. */
+void commands_login_done(struct session *s, const char *user, const char *location);
+
+#endif

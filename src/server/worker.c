@@ -1,0 +1,181 @@
+/* A worker process: accepts connections on the inherited listeners and runs
+ * every POP3 session on one libevent loop (design §3). It holds no secrets:
+ * credentials go to the auth process, which answers asynchronously. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "common/log.h"
+#include "server/ipc.h"
+#include "server/popboxd.h"
+#include "server/session.h"
+
+/* After accept() fails for lack of descriptors, stop accepting this long so
+ * the loop does not spin; sessions ending meanwhile free descriptors. */
+#define WORKER_ACCEPT_PAUSE_MS 500
+
+static struct worker worker;
+static struct event *accept_resume_ev;
+
+struct listener_arg {
+	struct worker *w;
+	bool tls;
+};
+
+static void
+accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	struct listener_arg *la = arg;
+	if (la->w->stopping) {
+		close(fd);
+		return;
+	}
+	session_create(la->w, fd, sa, salen, la->tls);
+}
+
+static void
+accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	for (size_t i = 0; i < worker.n_listeners; i++)
+		evconnlistener_enable(worker.listeners[i]);
+}
+
+static void
+accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		log_warnx("accept: %s; pausing new connections", strerror(err));
+		for (size_t i = 0; i < worker.n_listeners; i++)
+			evconnlistener_disable(worker.listeners[i]);
+		struct timeval tv = { 0, WORKER_ACCEPT_PAUSE_MS * 1000 };
+		evtimer_add(accept_resume_ev, &tv);
+	} else if (err != EAGAIN && err != ECONNABORTED && err != EINTR) {
+		log_warnx("accept: %s", strerror(err));
+	}
+}
+
+static void
+auth_channel_cb(evutil_socket_t fd, short what, void *arg)
+{
+	static char buf[IPC_MAX_MSG];
+	struct ipc_msg msg;
+	for (int i = 0; i < 256; i++) {
+		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n <= 0)
+			return;
+		if (ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_AUTH_RESULT || msg.nfields != 3) {
+			log_warnx("malformed message from the auth process, ignored");
+			continue;
+		}
+		session_auth_result(&worker, msg.id, msg.fields[0], msg.fields[1], msg.fields[2]);
+	}
+}
+
+static void
+control_cb(evutil_socket_t fd, short what, void *arg)
+{
+	static char buf[IPC_MAX_MSG];
+	struct ipc_msg msg;
+	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+	if (n == 0) {
+		log_warnx("master went away, closing sessions and exiting");
+		session_close_all(&worker, "shutdown");
+		event_base_loopexit(worker.base, NULL);
+		worker.stopping = true;
+		return;
+	}
+	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields != 2)
+		return;
+	struct config *next;
+	char *error = NULL;
+	if (config_parse(msg.fields[0], msg.fields[1], &next, &error) < 0) {
+		log_warnx("reload: %s", error);
+		free(error);
+		return;
+	}
+	/* Sessions read settings through worker.config at each use, so the old
+	 * one can go now. */
+	config_free(worker.config);
+	worker.config = next;
+}
+
+static void
+sigterm_cb(evutil_socket_t sig, short what, void *arg)
+{
+	/* End every session without UPDATE: nothing is deleted (RFC 1939 §6). */
+	worker.stopping = true;
+	for (size_t i = 0; i < worker.n_listeners; i++)
+		evconnlistener_disable(worker.listeners[i]);
+	session_close_all(&worker, "shutdown");
+	event_base_loopexit(worker.base, NULL);
+}
+
+void
+worker_main(struct child_env *env)
+{
+	char name[32];
+	snprintf(name, sizeof(name), "popboxd-worker");
+	prctl(PR_SET_NAME, name);
+	snprintf(name, sizeof(name), "popboxd-worker-%u", env->slot);
+	log_set_procname(name);
+
+	for (unsigned i = 0; i < env->n_workers; i++) {
+		close(env->auth_fds[i]);
+		if (i != env->slot)
+			close(env->worker_fds[i]);
+	}
+	privileges_drop(env);
+
+	worker.config = env->config;
+	worker.slot = env->slot;
+	worker.n_workers = env->n_workers;
+	worker.auth_fd = env->worker_fds[env->slot];
+	worker.read_buf = xmalloc(SESSION_READ_CHUNK);
+	/* Request and session ids start at random points so that a late answer
+	 * meant for a previous incarnation of this worker matches nothing. */
+	uint64_t rnd[2] = { 0, 0 };
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
+		rnd[0] = rnd[1] = (uint64_t)getpid() << 20;
+	worker.next_request = rnd[0] >> 1;
+	worker.next_session = ((uint64_t)env->slot << 56) | (rnd[1] >> 16);
+
+	worker.base = event_base_new();
+	if (worker.base == NULL)
+		fatalx("event_base_new failed");
+	accept_resume_ev = evtimer_new(worker.base, accept_resume_cb, NULL);
+
+	worker.listeners = xcalloc(env->n_listeners, sizeof(*worker.listeners));
+	for (size_t i = 0; i < env->n_listeners; i++) {
+		struct listener_arg *la = xcalloc(1, sizeof(*la));
+		la->w = &worker;
+		la->tls = env->listeners[i].tls;
+		worker.listeners[i] = evconnlistener_new(worker.base, accept_cb, la,
+		    LEV_OPT_CLOSE_ON_EXEC, -1, env->listeners[i].fd);
+		if (worker.listeners[i] == NULL)
+			fatalx("cannot listen on %s", env->listeners[i].name);
+		evconnlistener_set_error_cb(worker.listeners[i], accept_error_cb);
+	}
+	worker.n_listeners = env->n_listeners;
+
+	worker.auth_ev = event_new(worker.base, worker.auth_fd, EV_READ | EV_PERSIST, auth_channel_cb, NULL);
+	event_add(worker.auth_ev, NULL);
+	struct event *cev = event_new(worker.base, env->control_fd, EV_READ | EV_PERSIST, control_cb, NULL);
+	event_add(cev, NULL);
+	struct event *tev = evsignal_new(worker.base, SIGTERM, sigterm_cb, NULL);
+	evsignal_add(tev, NULL);
+
+	event_base_dispatch(worker.base);
+	/* Free sessions whose destruction was scheduled by the shutdown. */
+	event_base_loop(worker.base, EVLOOP_NONBLOCK);
+	exit(0);
+}
