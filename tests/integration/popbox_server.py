@@ -301,6 +301,7 @@ class PopboxServer:
         self.state_dir = os.path.join(base, "state")
         self.log_path = os.path.join(base, "popboxd.log")
         self.host = "127.0.0.1"
+        self.cwd = base          # working directory of popboxd
         self.port = None
         self.proc = None
         self.logf = None
@@ -427,7 +428,7 @@ class PopboxServer:
             self.log_offset = self.logf.tell()
             self.proc = subprocess.Popen(self.command(*extra_args), stdin=subprocess.DEVNULL,
                                          stdout=self.logf, stderr=subprocess.STDOUT,
-                                         cwd=self.base)
+                                         cwd=self.cwd)
             if not wait:
                 return self
             try:

@@ -1,0 +1,363 @@
+"""Maildrop semantics: UIDL stability, UPDATE only after QUIT, the exclusive
+lock, snapshot at login, the index cache."""
+
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from popbox_server import ConnectionClosed, wire_form
+
+UIDL_RE = re.compile(rb"^[\x21-\x7e]{1,70}$")
+
+
+def fill(server, n=5, user="alice"):
+    names = {}
+    for i in range(n):
+        data = b"Subject: message %d\n\nbody %d\n" % (i, i)
+        names[server.deliver(data, user=user)] = data
+    return names
+
+
+def login_retry(server, user="alice", password="secret", timeout=5.0):
+    """Log in, retrying while the previous session's lock is being released."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = server.connect()
+        assert c.cmd("USER " + user).startswith(b"+OK")
+        st = c.cmd("PASS " + password)
+        if st.startswith(b"+OK"):
+            return c
+        c.close()
+        if b"[IN-USE]" not in st or time.monotonic() > deadline:
+            raise AssertionError("login failed: %r" % st)
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------ UIDL
+
+def test_uidl_is_maildir_base_name(server):
+    names = fill(server, 3)
+    server.deliver(b"Subject: seen\n\nx\n", name="1699999999.Vfd01I42M1.host", subdir="cur", info="2,S")
+    with server.session() as c:
+        got = set(c.uidl().values())
+    assert got == set(names) | {"1699999999.Vfd01I42M1.host"}
+
+
+def test_uidl_for_unsuitable_names_is_fixed_length_digest(server):
+    long1 = "1700000000.M1P1." + "h" * 80
+    long2 = "1700000000.M1P1." + "h" * 79 + "i"
+    spaced = "1700000000.M2P2.host name with spaces"
+    eight = "1700000000.M3P3.h\xf6st"
+    for n in (long1, long2, spaced, eight):
+        server.deliver(b"Subject: x\n\n" + n.encode() + b"\n", name=n)
+    with server.session() as c:
+        uidls = c.uidl()
+        assert len(uidls) == 4
+        vals = list(uidls.values())
+        assert len(set(vals)) == 4, "UIDLs must be unique"
+        for u in vals:
+            assert UIDL_RE.match(u.encode()), u
+        assert len({len(u) for u in vals}) == 1, "digest UIDLs have one fixed length: %r" % vals
+        for n in (long1, long2, spaced):
+            assert n not in vals
+        first = dict(uidls)
+        c.quit()
+    with server.session() as c:
+        assert c.uidl() == first
+
+
+def test_uidl_stable_across_sessions_restart_and_index_loss(server):
+    fill(server, 6)
+    server.deliver(b"Subject: y\n\nx\n", name="x" * 75)  # digest UIDL too
+    with server.session() as c:
+        first = c.uidl()
+        sizes = c.list()
+        c.quit()
+    assert len(set(first.values())) == 7
+
+    def again():
+        with login_retry(server) as c:
+            assert set(c.uidl().values()) == set(first.values())
+            assert sorted(c.list().values()) == sorted(sizes.values())
+            c.quit()
+
+    again()
+    server.restart()
+    again()
+    index = os.path.join(server.maildir(), "popbox.index")
+    assert os.path.exists(index), "the index cache should exist after a session"
+    os.unlink(index)
+    again()
+    server.restart()
+    os.unlink(index)
+    again()
+
+
+def test_damaged_index_cache_is_rebuilt(server):
+    names = fill(server, 4)
+    with server.session() as c:
+        first = c.uidl()
+        sizes = c.list()
+        c.quit()
+    index = os.path.join(server.maildir(), "popbox.index")
+    assert os.path.exists(index)
+    for garbage in (b"", b"\x00" * 100, b"garbage\nmore garbage 1 2 3\n",
+                    open(index, "rb").read()[: max(1, os.path.getsize(index) // 2)]):
+        with open(index, "wb") as f:
+            f.write(garbage)
+        with login_retry(server) as c:
+            assert sorted(c.uidl().values()) == sorted(first.values())
+            assert sorted(c.list().values()) == sorted(sizes.values())
+            for n, u in c.uidl().items():
+                assert c.retr(n) == wire_form(names[u])
+            c.quit()
+
+
+def test_uidl_kept_when_message_moves_from_new_to_cur(server):
+    name = server.deliver(b"Subject: moving\n\nbody\n")
+    with server.session() as c:
+        u1 = c.uidl()
+        c.quit()
+    md = server.maildir()
+    src = server.message_files()[name]
+    os.rename(src, os.path.join(md, "cur", name + ":2,S"))
+    with login_retry(server) as c:
+        assert c.uidl() == u1
+        assert c.retr(1) == b"Subject: moving\r\n\r\nbody\r\n"
+
+
+# ------------------------------------------------------------------ UPDATE
+
+def test_quit_deletes_marked_messages_and_files_are_gone(server):
+    names = fill(server, 5)
+    with server.session() as c:
+        uidls = c.uidl()
+        gone = {uidls[2], uidls[4]}
+        assert c.cmd("DELE 2").startswith(b"+OK")
+        assert c.cmd("DELE 4").startswith(b"+OK")
+        # not yet: deletions happen in UPDATE only
+        assert set(server.message_files()) == set(names)
+        assert c.cmd("QUIT").startswith(b"+OK")
+        c.wait_closed()
+    assert set(server.message_files()) == set(names) - gone
+    with login_retry(server) as c:
+        assert set(c.uidl().values()) == set(names) - gone
+        assert c.stat()[0] == 3
+
+
+def test_dropped_connection_deletes_nothing(server):
+    names = fill(server, 3)
+    c = server.session()
+    for i in (1, 2, 3):
+        assert c.cmd("DELE %d" % i).startswith(b"+OK")
+    c.close()  # no QUIT
+    time.sleep(0.3)
+    assert set(server.message_files()) == set(names)
+    with login_retry(server) as c2:
+        assert c2.stat()[0] == 3
+        c2.quit()
+    assert set(server.message_files()) == set(names)
+
+
+def test_half_closed_connection_deletes_nothing(server):
+    names = fill(server, 2)
+    c = server.session()
+    c.send(b"DELE 1\r\n")
+    assert c.readline().startswith(b"+OK")
+    c.sock.shutdown(socket.SHUT_WR)   # EOF without QUIT
+    c.wait_closed()
+    c.close()
+    with login_retry(server) as c2:
+        assert c2.stat()[0] == 2
+    assert set(server.message_files()) == set(names)
+
+
+def test_rset_then_quit_deletes_nothing(server):
+    names = fill(server, 3)
+    with server.session() as c:
+        c.cmd("DELE 1")
+        c.cmd("DELE 3")
+        assert c.cmd("RSET").startswith(b"+OK")
+        c.quit()
+    assert set(server.message_files()) == set(names)
+
+
+def test_sigterm_during_session_deletes_nothing(server):
+    names = fill(server, 3)
+    c = server.session()
+    assert c.cmd("DELE 1").startswith(b"+OK")
+    server.signal(signal.SIGTERM)
+    try:
+        server.proc.wait(15)
+    finally:
+        c.close()
+    assert set(server.message_files()) == set(names)
+
+
+def test_message_deleted_behind_the_servers_back(server):
+    """Another agent removes a message file during the session: RETR gets -ERR
+    (not a crash), QUIT still succeeds and removes the other marked messages."""
+    names = fill(server, 3)
+    with server.session() as c:
+        uidls = c.uidl()
+        os.unlink(server.message_files()[uidls[1]])
+        st = c.cmd("RETR 1")
+        if st.startswith(b"+OK"):
+            c.read_multiline_raw()
+        else:
+            assert st.startswith(b"-ERR")
+        assert c.cmd("DELE 1").startswith(b"+OK")
+        assert c.cmd("DELE 2").startswith(b"+OK")
+        assert c.cmd("QUIT").startswith(b"+OK")
+    assert set(server.message_files()) == set(names) - {uidls[1], uidls[2]}
+
+
+# ------------------------------------------------------------------ lock, snapshot
+
+def test_second_login_gets_in_use(server):
+    fill(server, 2)
+    a = server.session()
+    try:
+        with server.connect() as b:
+            assert b.cmd("USER alice").startswith(b"+OK")
+            st = b.cmd("PASS secret")
+            assert st.startswith(b"-ERR [IN-USE]"), st
+        # the first session is undisturbed
+        assert a.stat()[0] == 2
+        assert a.cmd("QUIT").startswith(b"+OK")
+        a.wait_closed()
+    finally:
+        a.close()
+    with login_retry(server) as b:
+        assert b.stat()[0] == 2
+
+
+def test_in_use_across_many_connections(server):
+    """Whichever worker gets each connection, only one session holds the lock."""
+    fill(server, 1)
+    a = server.session()
+    try:
+        for _ in range(8):
+            with server.connect() as b:
+                b.cmd("USER alice")
+                assert b.cmd("PASS secret").startswith(b"-ERR [IN-USE]")
+    finally:
+        a.close()
+
+
+def test_other_users_not_blocked_by_lock(server_factory):
+    srv = server_factory(users={"alice": "secret", "bob": "bobpw"})
+    fill(srv, 1, user="alice")
+    fill(srv, 2, user="bob")
+    with srv.session() as a, srv.session("bob", "bobpw") as b:
+        assert a.stat()[0] == 1
+        assert b.stat()[0] == 2
+
+
+def test_delivery_during_session_invisible_until_next_login(server):
+    names = fill(server, 2)
+    with server.session() as c:
+        before = c.uidl()
+        n, size = c.stat()
+        new = server.deliver(b"Subject: late\n\narrived during the session\n")
+        new_cur = server.deliver(b"Subject: late2\n\nin cur\n", subdir="cur", info="2,")
+        assert c.stat() == (n, size)
+        assert c.uidl() == before
+        assert c.cmd("LIST 3").startswith(b"-ERR")
+        assert c.cmd("RETR 3").startswith(b"-ERR")
+        assert c.cmd("DELE 1").startswith(b"+OK")
+        assert c.cmd("QUIT").startswith(b"+OK")
+        c.wait_closed()
+    remaining = set(server.message_files())
+    assert remaining == (set(names) - {before[1]}) | {new, new_cur}
+    with login_retry(server) as c:
+        assert set(c.uidl().values()) == remaining
+
+
+def test_tmp_files_are_not_messages(server):
+    fill(server, 1)
+    md = server.maildir()
+    with open(os.path.join(md, "tmp", "1700000000.M1P1.inprogress"), "wb") as f:
+        f.write(b"Subject: partial\n\n")
+    with server.session() as c:
+        assert c.stat()[0] == 1
+
+
+def test_dot_files_and_directories_ignored(server):
+    fill(server, 1)
+    md = server.maildir()
+    os.mkdir(os.path.join(md, "new", "subdir"))
+    with open(os.path.join(md, "new", ".hidden"), "wb") as f:
+        f.write(b"Subject: hidden\n\n")
+    with server.session() as c:
+        assert c.stat()[0] == 1
+        assert c.cmd("QUIT").startswith(b"+OK")
+
+
+def test_many_messages(server):
+    md = server.maildir()
+    for i in range(2000):
+        name = "1700000000.M%dP1.many" % i
+        p = os.path.join(md, "new", name)
+        with open(p, "wb") as f:
+            f.write(b"Subject: %d\n\n%d\n" % (i, i))
+        server._own(p)
+    with server.session() as c:
+        assert c.stat()[0] == 2000
+        assert len(set(c.uidl().values())) == 2000
+        for i in range(1, 2001, 3):
+            c.send(b"DELE %d\r\n" % i)
+        for i in range(1, 2001, 3):
+            assert c.readline().startswith(b"+OK")
+        c.quit()
+    assert len(server.message_files()) == 2000 - len(range(1, 2001, 3))
+
+
+def test_relative_paths_resolved_against_config_dir(server_factory):
+    srv = server_factory(start=False)
+    srv.config["users"] = "users"
+    srv.config["state_dir"] = "state"
+    srv.config["mail"] = "maildir:mail/%u"
+    srv.deliver(b"Subject: rel\n\nrelative\n", name="relmsg")
+    # start from another working directory so only the config's dir can help
+    srv.cwd = "/"
+    srv.start()
+    with srv.session() as c:
+        assert c.uidl() == {1: "relmsg"}
+    assert os.path.exists(os.path.join(srv.state_dir, "popboxd.pid"))
+
+
+def test_maildrop_session_survives_other_session_errors(server_factory):
+    srv = server_factory(users={"alice": "secret", "bob": "bobpw"})
+    fill(srv, 2)
+    with srv.session() as a:
+        with srv.connect() as b:
+            try:
+                b.send(b"USER bob\r\nPASS bobpw\r\nRETR 99999999999\r\n" + b"Z" * 5000 + b"\r\n")
+                b.readline()
+            except ConnectionClosed:
+                pass
+        assert a.stat()[0] == 2
+
+
+def test_pid_file(server):
+    pidfile = os.path.join(server.state_dir, "popboxd.pid")
+    assert os.path.exists(pidfile)
+    with open(pidfile) as f:
+        assert int(f.read().strip()) == server.pid
+
+
+@pytest.mark.parametrize("user", ["../alice", "al/ice", ".hidden"])
+def test_path_traversal_user_names_refused(server_factory, user):
+    srv = server_factory(start=False)
+    srv.add_user(user, "pw")
+    srv.start()
+    with srv.connect() as c:
+        st = c.cmd("USER " + user)
+        if st.startswith(b"+OK"):
+            st = c.cmd("PASS pw")
+        assert st.startswith(b"-ERR"), st
