@@ -20,7 +20,15 @@ struct passwd_db;
 
 /* Load a users file. Lines that cannot be parsed are skipped with a warning
  * naming the line (a typo must not lock out every user). Returns -1 and
- * *error_r only when the file cannot be read at all. */
+ * *error_r only when the file cannot be read at all.
+ * Details: the user name must be non-empty, at most 320 bytes, without
+ * whitespace or control characters; a line needs at least "user:" (an empty
+ * password disables the account); fields after home are ignored; lines whose
+ * first non-blank character is '#' are comments; CRLF is accepted. For a
+ * duplicate user the first line wins and the later one is logged. Lines over
+ * 16 KiB are skipped; at most 10 million users are loaded. Warnings name
+ * FILE:LINE and never contain passwords. passwd_db_parse copies text, never
+ * fails, and uses name in warnings. */
 int passwd_db_load(const char *path, struct passwd_db **db_r, char **error_r);
 int passwd_db_parse(const char *name, const char *text, struct passwd_db **db_r, char **error_r);
 void passwd_db_free(struct passwd_db *db);
@@ -37,12 +45,26 @@ enum password_result {
 /* Verify plain against a stored secret: {PLAIN}, {CLEARTEXT}, {CRYPT},
  * {SHA512-CRYPT}, {SHA256-CRYPT}, {MD5-CRYPT}, {BLF-CRYPT} and bare crypt(3)
  * strings (anything crypt_r verifies), comparisons in constant time. May take
- * tens of milliseconds (strong hashes): never call on an event loop thread. */
+ * tens of milliseconds (strong hashes): never call on an event loop thread.
+ * Details: scheme names are case-insensitive; {PLAIN.B64}/{PLAIN.HEX} (and
+ * CLEARTEXT) are decoded; the named *-CRYPT schemes require their method's
+ * prefix ($1$, $5$, $6$, $2a$/$2b$/$2y$), else PASSWORD_BAD_SCHEME. An empty
+ * secret, or one starting with '!' or '*' (locked, as in shadow(5)), gives
+ * PASSWORD_MISMATCH for every password ("!hash" still costs a verify of hash).
+ * An empty plain, or one over 4096 bytes, never matches. Nothing secret is
+ * logged. An empty secret returns at once: callers that care about timing
+ * call password_verify_dummy for such entries too. */
 enum password_result password_verify(const char *stored, const char *plain);
 
 /* Burn the same time as verifying against the users of db would, for an
  * unknown user (no user enumeration by timing). */
 void password_verify_dummy(const struct passwd_db *db, const char *plain);
+
+/* The secret password_verify_dummy verifies against: a hash of a fixed
+ * phrase with the method, cost and {SCHEME} prefix most users of db have
+ * (e.g. "{SHA512-CRYPT}$6$rounds=10000$..."), "{PLAIN}..." when most are
+ * plaintext, NULL for a db without verifiable users. For tests. */
+const char *passwd_db_dummy_secret(const struct passwd_db *db);
 
 /* The plaintext of a {PLAIN}/{CLEARTEXT} secret (APOP, CRAM-MD5), else NULL. */
 const char *password_plaintext(const char *stored);
@@ -51,7 +73,13 @@ const char *password_plaintext(const char *stored);
  * %d domain (empty without '@'), %% percent, a leading "~" or "~/" the home
  * field (error if home is empty). Users with '/' or a leading '.' in a
  * component used by %u/%n/%d are refused (path traversal). Returns malloc'd
- * string or NULL with *error_r. */
+ * string or NULL with *error_r.
+ * Details: a leading "type:" prefix ([a-z]+:, e.g. "maildir:") is copied and
+ * "~" is recognised right after it; home must be an absolute path. %d may be
+ * empty, %u and %n may not. Values containing control characters are refused
+ * too, and so is any result with a "." or ".." path component (wherever it
+ * came from) or longer than PATH_MAX. The local part and domain split at the
+ * first '@'. Messages in *error_r name the (sanitised) user, never a secret. */
 char *mail_location_expand(const char *template, const struct passwd_entry *entry, char **error_r);
 
 #endif
