@@ -1,0 +1,677 @@
+/* Unit tests for the Maildir store backend (server/store.h, store_maildir.c). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "common/wire.h"
+#include "server/store.h"
+
+struct fixture {
+	char base[64];      /* mkdtemp directory, removed at teardown */
+	char *maildir;      /* base/Maildir */
+};
+
+static int
+rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st; (void)flag; (void)ftw;
+	chmod(path, 0700);     /* undo tests that make directories read-only */
+	return remove(path);
+}
+
+static int
+setup(void **state)
+{
+	struct fixture *f = xcalloc(1, sizeof(*f));
+	snprintf(f->base, sizeof(f->base), "/tmp/popbox-test-maildir.XXXXXX");
+	if (mkdtemp(f->base) == NULL)
+		return -1;
+	f->maildir = xasprintf("%s/Maildir", f->base);
+	*state = f;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	struct fixture *f = *state;
+	/* chmod back first so nftw can descend into read-only dirs. */
+	char *cur = xasprintf("%s/cur", f->maildir);
+	chmod(cur, 0700);
+	free(cur);
+	nftw(f->base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	free(f->maildir);
+	free(f);
+	return 0;
+}
+
+static void
+make_dirs(struct fixture *f)
+{
+	const char *subs[] = { "", "/new", "/cur", "/tmp" };
+	for (size_t i = 0; i < N_ELEMENTS(subs); i++) {
+		char *p = xasprintf("%s%s", f->maildir, subs[i]);
+		assert_true(mkdir(p, 0700) == 0 || errno == EEXIST);
+		free(p);
+	}
+}
+
+static void
+write_file(struct fixture *f, const char *rel, const char *data, size_t len)
+{
+	char *p = xasprintf("%s/%s", f->maildir, rel);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, data, len), (ssize_t)len);
+	close(fd);
+	free(p);
+}
+
+static void
+write_str(struct fixture *f, const char *rel, const char *data)
+{
+	write_file(f, rel, data, strlen(data));
+}
+
+static char *
+read_all(const char *path, size_t *len_r)
+{
+	FILE *fp = fopen(path, "r");
+	if (fp == NULL)
+		return NULL;
+	size_t cap = 4096, len = 0;
+	char *buf = xmalloc(cap + 1);
+	size_t n;
+	while ((n = fread(buf + len, 1, cap - len, fp)) > 0) {
+		len += n;
+		if (len == cap)
+			buf = xrealloc(buf, (cap *= 2) + 1);
+	}
+	fclose(fp);
+	buf[len] = '\0';
+	if (len_r != NULL)
+		*len_r = len;
+	return buf;
+}
+
+static char *
+read_index(struct fixture *f)
+{
+	char *p = xasprintf("%s/popbox.index", f->maildir);
+	char *s = read_all(p, NULL);
+	free(p);
+	return s;
+}
+
+static void
+put_index(struct fixture *f, const char *text)
+{
+	write_str(f, "popbox.index", text);
+}
+
+static bool
+exists(struct fixture *f, const char *rel)
+{
+	char *p = xasprintf("%s/%s", f->maildir, rel);
+	struct stat st;
+	bool r = lstat(p, &st) == 0;
+	free(p);
+	return r;
+}
+
+static struct store *
+open_ok(struct fixture *f)
+{
+	struct store *store = NULL;
+	char *error = NULL;
+	enum store_status st = store_maildir.open(f->maildir, &store, &error);
+	if (st != STORE_OK)
+		fprintf(stderr, "open: %d %s\n", st, error != NULL ? error : "");
+	assert_int_equal(st, STORE_OK);
+	assert_non_null(store);
+	assert_ptr_equal(store->backend, &store_maildir);
+	return store;
+}
+
+/* Read a message through message_open. */
+static char *
+read_message(struct store *store, uint32_t idx, size_t *len_r)
+{
+	struct store_stream stream;
+	char *error = NULL;
+	assert_int_equal(store->backend->message_open(store, idx, &stream, &error), STORE_OK);
+	assert_int_equal(stream.offset, 0);
+	size_t cap = 4096, len = 0;
+	char *buf = xmalloc(cap);
+	ssize_t n;
+	while ((n = read(stream.fd, buf + len, cap - len)) > 0) {
+		len += (size_t)n;
+		if (len == cap)
+			buf = xrealloc(buf, cap *= 2);
+	}
+	assert_true(n == 0);
+	close(stream.fd);
+	*len_r = len;
+	return buf;
+}
+
+/* Messages used by several tests. */
+static const char msg_lf[] = "From: a@example.org\nSubject: lf\n\nbody\n.dot line\n";
+static const char msg_crlf[] = "From: a@example.org\r\nSubject: crlf\r\n\r\nbody\r\n";
+static const char msg_nonl[] = "Subject: no newline\n\nlast";
+
+static void
+populate(struct fixture *f)
+{
+	make_dirs(f);
+	/* Delivery order by time: 1000 < 1500 < 2000 < 2000 (tie -> name). */
+	write_str(f, "cur/2000.B.host:2,S", msg_crlf);
+	write_str(f, "new/1000.A.host", msg_lf);
+	write_str(f, "cur/1500.Z.host:2,", msg_nonl);
+	write_str(f, "new/2000.A.host", msg_lf);
+}
+
+static void
+test_create_empty(void **state)
+{
+	struct fixture *f = *state;
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 0);
+	assert_int_equal(store->total_size, 0);
+	assert_true(exists(f, "new"));
+	assert_true(exists(f, "cur"));
+	assert_true(exists(f, "tmp"));
+	struct stat st;
+	char *cur = xasprintf("%s/cur", f->maildir);
+	assert_int_equal(stat(cur, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0700);
+	free(cur);
+	store->backend->close(store);
+
+	/* Never creates a missing parent (maybe an unmounted file system). */
+	struct store *s2 = NULL;
+	char *error = NULL;
+	char *deep = xasprintf("%s/missing/Maildir", f->base);
+	assert_int_not_equal(store_maildir.open(deep, &s2, &error), STORE_OK);
+	assert_null(s2);
+	assert_non_null(error);
+	free(error);
+	free(deep);
+}
+
+static void
+test_scan_sizes_and_order(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	struct store *store = open_ok(f);
+
+	assert_int_equal(store->count, 4);
+	const char *uidls[] = { "1000.A.host", "1500.Z.host", "2000.A.host", "2000.B.host" };
+	const char *names[] = { "new/1000.A.host", "cur/1500.Z.host:2,",
+	    "new/2000.A.host", "cur/2000.B.host:2,S" };
+	const char *bodies[] = { msg_lf, msg_nonl, msg_lf, msg_crlf };
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < store->count; i++) {
+		assert_string_equal(store->messages[i].uidl, uidls[i]);
+		assert_string_equal(store->messages[i].name, names[i]);
+		assert_int_equal(store->messages[i].size,
+		    wire_size_of(bodies[i], strlen(bodies[i])));
+		total += store->messages[i].size;
+		size_t len;
+		char *data = read_message(store, i, &len);
+		assert_int_equal(len, strlen(bodies[i]));
+		assert_memory_equal(data, bodies[i], len);
+		free(data);
+	}
+	assert_int_equal(store->total_size, total);
+	/* Exact values, computed by hand: CRLF lines, final newline added,
+	 * dots not counted. */
+	assert_int_equal(store->messages[0].size, 19 + 2 + 11 + 2 + 2 + 4 + 2 + 9 + 2);
+	assert_int_equal(store->messages[1].size, 19 + 2 + 2 + 4 + 2);
+	/* LF-stored and CRLF-stored forms of one message have one size. */
+	assert_int_equal(wire_size_of(msg_lf, strlen(msg_lf)),
+	    store->messages[2].size);
+
+	struct store_stream stream;
+	char *error = NULL;
+	assert_int_not_equal(store->backend->message_open(store, 4, &stream, &error), STORE_OK);
+	free(error);
+	store->backend->close(store);
+}
+
+static void
+test_skips_non_messages(void **state)
+{
+	struct fixture *f = *state;
+	make_dirs(f);
+	write_str(f, "new/1.ok", "a\n");
+	write_str(f, "new/.hidden", "x\n");
+	write_str(f, "cur/.2.dotfile:2,", "x\n");
+	write_str(f, "tmp/3.in-delivery", "x\n");
+	char *p = xasprintf("%s/cur/4.dir", f->maildir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	free(p);
+	p = xasprintf("%s/cur/5.fifo", f->maildir);
+	assert_int_equal(mkfifo(p, 0600), 0);
+	free(p);
+	p = xasprintf("%s/new/6.link", f->maildir);
+	assert_int_equal(symlink("/etc/passwd", p), 0);
+	free(p);
+
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 1);
+	assert_string_equal(store->messages[0].uidl, "1.ok");
+	assert_int_equal(store->messages[0].size, 3);
+	store->backend->close(store);
+}
+
+static void
+test_odd_names(void **state)
+{
+	struct fixture *f = *state;
+	make_dirs(f);
+	write_str(f, "new/10 with space%25", "a\n");
+	write_str(f, "cur/11.\xff\x01line\nbreak:2,S", "bb\n");
+	write_str(f, "new/noTime", "ccc\n");
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 3);
+	/* Ordered by time; a name without one comes last. */
+	assert_int_equal(store->messages[0].size, 3);
+	assert_int_equal(store->messages[1].size, 4);
+	assert_string_equal(store->messages[2].uidl, "noTime");
+	assert_int_equal(strlen(store->messages[0].uidl), 41);
+	assert_int_equal(strlen(store->messages[1].uidl), 41);
+	char *u0 = xstrdup(store->messages[0].uidl);
+	store->backend->close(store);
+
+	/* The escaped names come back from the index: nothing is recomputed,
+	 * so the index is not rewritten. */
+	char *before = read_index(f);
+	assert_non_null(before);
+	assert_non_null(strstr(before, "3 10%20with%20space%2525\n"));
+	store = open_ok(f);
+	assert_int_equal(store->count, 3);
+	assert_string_equal(store->messages[0].uidl, u0);
+	assert_int_equal(store->messages[1].size, 4);
+	store->backend->close(store);
+	char *after = read_index(f);
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+	free(u0);
+}
+
+static void
+test_duplicate_base_name(void **state)
+{
+	struct fixture *f = *state;
+	make_dirs(f);
+	write_str(f, "new/100.dup.host", msg_lf);
+	write_str(f, "cur/100.dup.host:2,S", msg_lf);
+	write_str(f, "cur/200.other.host:2,", msg_crlf);
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 2);
+	assert_string_equal(store->messages[0].uidl, "100.dup.host");
+	assert_string_equal(store->messages[0].name, "cur/100.dup.host:2,S");
+	assert_string_equal(store->messages[1].uidl, "200.other.host");
+
+	/* Deleting the message removes both copies, and nothing else. */
+	bool deleted[2] = { true, false };
+	char *error = NULL;
+	assert_int_equal(store->backend->expunge(store, deleted, &error), STORE_OK);
+	store->backend->close(store);
+	assert_false(exists(f, "new/100.dup.host"));
+	assert_false(exists(f, "cur/100.dup.host:2,S"));
+	assert_true(exists(f, "cur/200.other.host:2,"));
+}
+
+static void
+test_index_written_and_reused(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	struct store *store = open_ok(f);
+	uint64_t size0 = store->messages[0].size;
+	store->backend->close(store);
+
+	char *index = read_index(f);
+	assert_non_null(index);
+	char *want = xasprintf("popbox-index 1\n%llu 1000.A.host\n", (unsigned long long)size0);
+	assert_memory_equal(index, want, strlen(want));
+	assert_non_null(strstr(index, "\nend 4\n"));
+	assert_int_equal(index[strlen(index) - 1], '\n');
+	assert_null(strstr(index, ":2,"));   /* base names only */
+	free(want);
+
+	/* Reused: a size planted in the cache is what open reports (it did
+	 * not read the file), and an unchanged cache is not rewritten. */
+	char *planted = xstrdup(index);
+	char *p = strstr(planted, "\n");
+	char *line_end = strchr(p + 1, '\n');
+	char *fake = xasprintf("popbox-index 1\n777 1000.A.host%s", line_end);
+	put_index(f, fake);
+	char *idx_path = xasprintf("%s/popbox.index", f->maildir);
+	struct stat st1, st2;
+	assert_int_equal(stat(idx_path, &st1), 0);
+	store = open_ok(f);
+	assert_int_equal(store->messages[0].size, 777);
+	store->backend->close(store);
+	assert_int_equal(stat(idx_path, &st2), 0);
+	assert_int_equal(st1.st_ino, st2.st_ino);   /* not replaced */
+	free(idx_path);
+	free(planted);
+	free(fake);
+	free(index);
+}
+
+/* Each damaged cache is ignored: sizes come from the files again and a good
+ * cache is written. */
+static void
+test_index_damaged(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	struct store *store = open_ok(f);
+	uint64_t sizes[4];
+	for (int i = 0; i < 4; i++)
+		sizes[i] = store->messages[i].size;
+	store->backend->close(store);
+	char *good = read_index(f);
+
+	char *truncated = xstrndup(good, strlen(good) - 4);
+	char *no_end = xstrndup(good, (size_t)(strstr(good, "end ") - good));
+	char *torn_line = xstrndup(good, 30);
+	const char *bad[] = {
+		"",
+		"garbage\x01\x02\n",
+		"popbox-index 2\nend 0\n",
+		"popbox-index 1\n777 1000.A.host\n1 1500.Z.host\n2 2000.A.host\n3 2000.B.host\nend 5\n",
+		"popbox-index 1\n777x 1000.A.host\n1 1500.Z.host\nend 2\n",
+		"popbox-index 1\n-5 1000.A.host\nend 1\n",
+		"popbox-index 1\n 777 1000.A.host\nend 1\n",
+		"popbox-index 1\n777\nend 1\n",
+		"popbox-index 1\n777 1000.A.host\n778 1000.A.host\nend 2\n",
+		"popbox-index 1\n777 1000.A.host:2,S\nend 1\n",
+		"popbox-index 1\n777 1000%zzA.host\nend 1\n",
+		"popbox-index 1\n99999999999999999999999 1000.A.host\nend 1\n",
+		"popbox-index 1\n777 1000.A.host\nend 1\nextra\n",
+		truncated, no_end, torn_line,
+	};
+	for (size_t k = 0; k < N_ELEMENTS(bad); k++) {
+		put_index(f, bad[k]);
+		store = open_ok(f);
+		assert_int_equal(store->count, 4);
+		for (int i = 0; i < 4; i++)
+			assert_int_equal(store->messages[i].size, sizes[i]);
+		store->backend->close(store);
+		char *now = read_index(f);
+		assert_string_equal(now, good);
+		free(now);
+	}
+
+	/* Missing cache, or a directory in its place. */
+	char *p = xasprintf("%s/popbox.index", f->maildir);
+	unlink(p);
+	store = open_ok(f);
+	store->backend->close(store);
+	char *now = read_index(f);
+	assert_string_equal(now, good);
+	free(now);
+	free(p);
+	free(truncated);
+	free(no_end);
+	free(torn_line);
+	free(good);
+}
+
+/* The cache never decides which messages exist. */
+static void
+test_index_not_source_of_truth(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	put_index(f, "popbox-index 1\n10 0.ghost\n25 1000.A.host\nend 2\n");
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 4);
+	assert_string_equal(store->messages[0].uidl, "1000.A.host");
+	assert_int_equal(store->messages[0].size, 25);
+	store->backend->close(store);
+	char *index = read_index(f);
+	assert_null(strstr(index, "ghost"));   /* vanished entries dropped */
+	assert_non_null(strstr(index, "\nend 4\n"));
+	free(index);
+
+	/* A message removed behind our back drops out of the cache. */
+	char *gone = xasprintf("%s/new/2000.A.host", f->maildir);
+	assert_int_equal(unlink(gone), 0);
+	free(gone);
+	store = open_ok(f);
+	assert_int_equal(store->count, 3);
+	store->backend->close(store);
+	index = read_index(f);
+	assert_null(strstr(index, "2000.A.host"));
+	assert_non_null(strstr(index, "\nend 3\n"));
+	free(index);
+}
+
+static void
+test_vanished_and_moved(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	struct store *store = open_ok(f);
+	struct store_stream stream;
+	char *error = NULL;
+
+	/* Expunged elsewhere: STORE_GONE. */
+	char *p = xasprintf("%s/cur/1500.Z.host:2,", f->maildir);
+	assert_int_equal(unlink(p), 0);
+	free(p);
+	assert_int_equal(store->backend->message_open(store, 1, &stream, &error), STORE_GONE);
+
+	/* Moved new/ -> cur/ with flags by another reader: still found. */
+	char *from = xasprintf("%s/new/1000.A.host", f->maildir);
+	char *to = xasprintf("%s/cur/1000.A.host:2,RS", f->maildir);
+	assert_int_equal(rename(from, to), 0);
+	size_t len;
+	char *data = read_message(store, 0, &len);
+	assert_int_equal(len, strlen(msg_lf));
+	assert_memory_equal(data, msg_lf, len);
+	free(data);
+	assert_string_equal(store->messages[0].name, "cur/1000.A.host:2,RS");
+
+	/* Flags changed within cur/ after our scan, then expunged: the file
+	 * under its new name is removed; the vanished one counts as removed. */
+	char *from2 = xasprintf("%s/cur/2000.B.host:2,S", f->maildir);
+	char *to2 = xasprintf("%s/cur/2000.B.host:2,ST", f->maildir);
+	assert_int_equal(rename(from2, to2), 0);
+	bool deleted[4] = { false, true, false, true };
+	assert_int_equal(store->backend->expunge(store, deleted, &error), STORE_OK);
+	assert_false(exists(f, "cur/2000.B.host:2,ST"));
+	assert_true(exists(f, "cur/1000.A.host:2,RS"));
+	assert_true(exists(f, "new/2000.A.host"));
+	store->backend->close(store);
+	free(from);
+	free(to);
+	free(from2);
+	free(to2);
+}
+
+static void
+test_expunge_only_marked(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	write_str(f, "new/3000.late.host", msg_lf);   /* counted: before open */
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 5);
+	/* Delivered after the snapshot: never touched. */
+	write_str(f, "new/0500.after-open.host", msg_lf);
+	bool deleted[5] = { true, false, true, false, false };
+	char *error = NULL;
+	assert_int_equal(store->backend->expunge(store, deleted, &error), STORE_OK);
+	store->backend->close(store);
+	assert_false(exists(f, "new/1000.A.host"));
+	assert_true(exists(f, "cur/1500.Z.host:2,"));
+	assert_false(exists(f, "new/2000.A.host"));
+	assert_true(exists(f, "cur/2000.B.host:2,S"));
+	assert_true(exists(f, "new/3000.late.host"));
+	assert_true(exists(f, "new/0500.after-open.host"));
+
+	/* Nothing marked: nothing removed. */
+	store = open_ok(f);
+	assert_int_equal(store->count, 4);
+	bool none[4] = { false, false, false, false };
+	assert_int_equal(store->backend->expunge(store, none, &error), STORE_OK);
+	store->backend->close(store);
+	store = open_ok(f);
+	assert_int_equal(store->count, 4);
+	store->backend->close(store);
+}
+
+static void
+test_expunge_failure_reported(void **state)
+{
+	struct fixture *f = *state;
+	populate(f);
+	struct store *store = open_ok(f);
+	/* Replace message 4's file by a directory after the scan: unlink fails
+	 * with EISDIR (works as root too, unlike a read-only cur/). */
+	char *p = xasprintf("%s/cur/2000.B.host:2,S", f->maildir);
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(mkdir(p, 0700), 0);
+	/* 1, 2 and 4 marked: the failure is reported, the others still go. */
+	bool deleted[4] = { true, true, false, true };
+	char *error = NULL;
+	assert_int_equal(store->backend->expunge(store, deleted, &error), STORE_TEMP);
+	assert_non_null(error);
+	free(error);
+	store->backend->close(store);
+	assert_false(exists(f, "new/1000.A.host"));
+	assert_false(exists(f, "cur/1500.Z.host:2,"));
+	assert_true(exists(f, "new/2000.A.host"));
+	assert_true(exists(f, "cur/2000.B.host:2,S"));
+	free(p);
+}
+
+static void
+test_lock(void **state)
+{
+	struct fixture *f = *state;
+	struct store *s1 = open_ok(f), *s2 = NULL;
+	char *error = NULL;
+
+	assert_int_equal(store_maildir.open(f->maildir, &s2, &error), STORE_IN_USE);
+	assert_null(s2);
+	free(error);
+	error = NULL;
+	/* Another spelling of the same path is the same lock. */
+	char *alias = xasprintf("%s/./Maildir", f->base);
+	assert_int_equal(store_maildir.open(alias, &s2, &error), STORE_IN_USE);
+	free(error);
+	error = NULL;
+	s1->backend->close(s1);
+	s2 = open_ok(f);
+	s2->backend->close(s2);
+
+	/* A lock held by another process (another worker or node). */
+	int ready[2], release[2];
+	assert_int_equal(pipe(ready), 0);
+	assert_int_equal(pipe(release), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char *lp = xasprintf("%s/popbox.lock", f->maildir);
+		int fd = open(lp, O_RDWR);
+		char c = flock(fd, LOCK_EX | LOCK_NB) == 0 ? 'y' : 'n';
+		(void)!write(ready[1], &c, 1);
+		(void)!read(release[0], &c, 1);
+		_exit(0);
+	}
+	char c = 0;
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	assert_int_equal(c, 'y');
+	assert_int_equal(store_maildir.open(alias, &s2, &error), STORE_IN_USE);
+	free(error);
+	error = NULL;
+	assert_int_equal(write(release[1], "x", 1), 1);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	s2 = open_ok(f);
+	s2->backend->close(s2);
+	close(ready[0]); close(ready[1]); close(release[0]); close(release[1]);
+	free(alias);
+}
+
+static void
+test_refuses_unsafe_maildrop(void **state)
+{
+	struct fixture *f = *state;
+	struct store *store = NULL;
+	char *error = NULL;
+	make_dirs(f);
+
+	assert_int_equal(chmod(f->maildir, 0770), 0);
+	assert_int_equal(store_maildir.open(f->maildir, &store, &error), STORE_PERM);
+	free(error);
+	error = NULL;
+	assert_int_equal(chmod(f->maildir, 0700), 0);
+
+	char *cur = xasprintf("%s/cur", f->maildir);
+	assert_int_equal(chmod(cur, 0702), 0);
+	assert_int_equal(store_maildir.open(f->maildir, &store, &error), STORE_PERM);
+	free(error);
+	error = NULL;
+	assert_int_equal(chmod(cur, 0700), 0);
+	free(cur);
+
+	/* A symlinked maildrop is not followed. */
+	char *link = xasprintf("%s/link", f->base);
+	assert_int_equal(symlink(f->maildir, link), 0);
+	assert_int_equal(store_maildir.open(link, &store, &error), STORE_PERM);
+	assert_null(store);
+	free(error);
+	free(link);
+
+	store = open_ok(f);
+	store->backend->close(store);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_create_empty, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan_sizes_and_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_skips_non_messages, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_duplicate_base_name, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_written_and_reused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_damaged, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_not_source_of_truth, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_vanished_and_moved, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_expunge_only_marked, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_expunge_failure_reported, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_unsafe_maildrop, setup, teardown),
+	};
+	log_init("test_store_maildir", true, false);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
