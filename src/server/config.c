@@ -558,9 +558,11 @@ config_parse_line(struct config_parser *p, char *line)
 			return config_bad_value(p, key, value, "no control characters");
 	}
 
-	if (p->first_line[i] != 0 && !config_keys[i].repeatable)
-		return config_error(p, "duplicate key '%s' (first set on line %u)", key,
-		    p->first_line[i]);
+	if (p->first_line[i] != 0 && !config_keys[i].repeatable) {
+		config_sanitize(v, sizeof(v), value);
+		return config_error(p, "duplicate key '%s' = '%s' (first set on line %u)", key,
+		    v, p->first_line[i]);
+	}
 	if (p->first_line[i] == 0)
 		p->first_line[i] = p->line;
 	return config_keys[i].handler(p, key, value);

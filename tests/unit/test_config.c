@@ -352,9 +352,9 @@ test_syntax(void **state)
 	expect_error("users = /u\n\n\nfrobnicate = 1\n", "test.conf:4: unknown key 'frobnicate'");
 	expect_error("Users = /u\n", "test.conf:1: unknown key 'Users'");
 	expect_error("users = /u\nusers = /v\n",
-	    "test.conf:2: duplicate key 'users' (first set on line 1)");
+	    "test.conf:2: duplicate key 'users' = '/v' (first set on line 1)");
 	expect_error(REQUIRED "workers = 2\n\nworkers = 3\n",
-	    "test.conf:5: duplicate key 'workers' (first set on line 3)");
+	    "test.conf:5: duplicate key 'workers' = '3' (first set on line 3)");
 	expect_error(REQUIRED "run_as =\n", "test.conf:3: empty value for key 'run_as'");
 	expect_error(REQUIRED "run_as = \"\"\n", "test.conf:3: empty value for key 'run_as'");
 	expect_error(REQUIRED "run_as = \"abc\n",
