@@ -339,8 +339,9 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 	}
 	if (ferror(fp) || !ended)
 		goto done;
-	qsort(index->entries, index->count, sizeof(*index->entries),
-	    store_maildir_index_entry_cmp);
+	if (index->count > 0)   /* qsort(NULL, 0) is undefined */
+		qsort(index->entries, index->count, sizeof(*index->entries),
+		    store_maildir_index_entry_cmp);
 	for (size_t i = 1; i < index->count; i++) {
 		if (store_maildir_index_entry_cmp(&index->entries[i - 1], &index->entries[i]) == 0)
 			goto done;   /* we never write a name twice */
@@ -575,7 +576,8 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 			return status;
 		}
 	}
-	qsort(entries, count, sizeof(*entries), store_maildir_entry_cmp);
+	if (count > 0)
+		qsort(entries, count, sizeof(*entries), store_maildir_entry_cmp);
 
 	index_valid = store_maildir_index_read(ms, &index);
 
@@ -599,7 +601,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 			ms->n_dups++;
 			continue;
 		}
-		if (index_valid) {
+		if (index_valid && index.count > 0) {
 			struct maildir_base_key key = { e.file, e.base_len };
 			struct maildir_index_entry *ie = bsearch(&key, index.entries,
 			    index.count, sizeof(*index.entries), store_maildir_index_key_cmp);
