@@ -1,0 +1,72 @@
+/* Accounts: the [account NAME] sections of accounts.conf (popbox-accounts.conf(5))
+ * and the same keys given as command-line options (--key-with-dashes). */
+#ifndef POPBOX_ACCOUNT_H
+#define POPBOX_ACCOUNT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client/fetch_error.h"
+
+enum account_tls { TLS_DEFAULT = 0, TLS_IMPLICIT, TLS_STARTTLS, TLS_OFF };
+enum deliver_kind { DELIVER_NONE = 0, DELIVER_MAILDIR, DELIVER_MBOX, DELIVER_MDA };
+
+/* Every field is "unset" (NULL / -1) until a file or an option sets it, so
+ * command-line options can override file values key by key. */
+struct account {
+	char *name;
+	char *source;              /* "FILE:LINE" of the section, or "command line" */
+	char *host, *port;
+	enum account_tls tls;
+	char *tls_trust_file, *tls_fingerprint;
+	int insecure;              /* -1 unset, 0, 1 */
+	char *user, *password, *password_command;
+	char *auth;                /* "auto" or a mechanism name (upper case) */
+	enum deliver_kind deliver_kind;
+	char *deliver_target;      /* path or command */
+	int keep;                  /* -1 unset, 0, 1 */
+	int64_t keep_days;         /* -1: keep forever */
+	int64_t max_size;          /* -1: no limit */
+	int64_t timeout;           /* seconds, -1: default */
+	int allow_plaintext;       /* -1 unset, 0, 1 */
+	int pipelining;            /* -1 auto, 0 off, 1 on (if offered) */
+};
+
+#define ACCOUNT_DEFAULT_TIMEOUT 60
+
+void account_init(struct account *a);
+void account_free(struct account *a);
+
+/* Set key (underscore form) to value from `where` (for messages).
+ * allow_password: false for the command line. */
+bool account_set(struct account *a, const char *key, const char *value,
+    const char *where, bool allow_password, struct fetch_error *err);
+
+/* Copy every set field of src over dst. */
+void account_override(struct account *dst, const struct account *src);
+
+/* Fill defaults and check that the account is complete (host, user,
+ * deliver). Expands ~ in paths. EX_CONFIG on failure. */
+bool account_finish(struct account *a, struct fetch_error *err);
+
+/* Read accounts.conf. Refuses (EX_CONFIG) a file that holds a password key
+ * and is readable by group or others. Returns the number of accounts in
+ * *out (xmalloc'd array) or false. A missing file with must_exist false is
+ * zero accounts. */
+bool account_load_file(const char *path, bool must_exist, struct account **out,
+    int *count, struct fetch_error *err);
+
+/* Default config path: $XDG_CONFIG_HOME/popbox/accounts.conf or
+ * ~/.config/popbox/accounts.conf (xmalloc'd). */
+char *account_default_config_path(void);
+
+/* Get the password: the password key, or the first line of
+ * password_command's output (run with /bin/sh -c). Caller frees with
+ * free_secret(). */
+bool account_get_password(const struct account *a, char **password,
+    struct fetch_error *err);
+
+/* Parse "123", "10K", "5M" (1024-based) into octets. */
+bool account_parse_size(const char *s, int64_t *out);
+
+#endif

@@ -1,0 +1,597 @@
+#include "client/pop3c.h"
+#include "common/base64.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <gsasl.h>
+#include <openssl/evp.h>
+
+/* RFC 2449 §4 / RFC 5034 §4: a command line is at most 255 octets incl.
+ * CRLF; a longer SASL initial response is sent after an empty challenge. */
+#define POP3_MAX_COMMAND 255
+/* A SASL challenge or response line: RFC 5034 does not bound it; XOAUTH2
+ * tokens run to a few KB. Anything longer is refused. */
+#define POP3_MAX_SASL_LINE 16384
+/* Auto mode tries at most this many mechanisms (a SCRAM refusal because
+ * the server has no SCRAM secret is common; endless retries are not). */
+#define AUTH_MAX_ATTEMPTS 3
+
+static void
+trace(const char *dir, const char *line, int secret_from)
+{
+	char clean[600];
+	if (!fetch_trace)
+		return;
+	size_t len = strlen(line);
+	if (secret_from >= 0 && (size_t)secret_from < len)
+		len = (size_t)secret_from;
+	str_sanitize(clean, sizeof(clean), line, len);
+	fprintf(stderr, "%s %s%s\n", dir, clean, secret_from >= 0 ? "********" : "");
+}
+
+bool
+pop3c_send(struct pop3c *s, const char *line, int secret_from, struct fetch_error *err)
+{
+	size_t len = strlen(line);
+	char *buf = xmalloc(len + 3);
+	memcpy(buf, line, len);
+	memcpy(buf + len, "\r\n", 3);
+	trace("C:", line, secret_from);
+	bool ok = conn_write(s->conn, buf, len + 2, err);
+	secure_wipe(buf, len + 2);
+	free(buf);
+	return ok;
+}
+
+enum pop3_status
+pop3c_status(struct pop3c *s, struct fetch_error *err)
+{
+	if (!conn_read_line(s->conn, s->line, sizeof(s->line), err))
+		return POP3_INVALID;
+	trace("S:", s->line, -1);
+	enum pop3_status st = pop3_parse_status(s->line, &s->text, &s->code);
+	if (st == POP3_INVALID) {
+		char clean[80];
+		str_sanitize(clean, sizeof(clean), s->line, strlen(s->line));
+		fetch_error_set(err, EX_PROTOCOL, "the server sent an invalid response: %s", clean);
+	}
+	return st;
+}
+
+enum pop3_status
+pop3c_command(struct pop3c *s, const char *cmd, struct fetch_error *err)
+{
+	if (!pop3c_send(s, cmd, -1, err))
+		return POP3_INVALID;
+	return pop3c_status(s, err);
+}
+
+bool
+pop3c_read_lines(struct pop3c *s, uint32_t max_lines,
+    bool (*fn)(void *ctx, const char *line, struct fetch_error *err), void *ctx,
+    struct fetch_error *err)
+{
+	char line[POP3_MAX_RESPONSE_LINE + 512];
+	for (uint32_t n = 0;; n++) {
+		if (!conn_read_line(s->conn, line, sizeof(line), err))
+			return false;
+		if (line[0] == '.') {
+			if (line[1] == '\0')
+				return true;
+		}
+		if (n >= max_lines)
+			return fetch_error_set(err, EX_PROTOCOL,
+			    "the server sent more than %u lines in a listing", max_lines);
+		if (fn != NULL && !fn(ctx, line[0] == '.' ? line + 1 : line, err))
+			return false;
+	}
+}
+
+bool
+pop3c_fail(struct pop3c *s, int code, const char *what, struct fetch_error *err)
+{
+	char clean[200];
+	str_sanitize(clean, sizeof(clean), s->text, strlen(s->text));
+	if (pop3_code_is_temporary(s->code))
+		code = EX_TEMPFAIL;
+	else if (s->code == POP3_CODE_SYS_PERM)
+		code = EX_UNAVAILABLE;
+	return fetch_error_set(err, code, "%s: the server said: %s", what, clean);
+}
+
+static bool
+capa_line(void *ctx, const char *line, struct fetch_error *err)
+{
+	pop3_capa_add_line(ctx, line);
+	return true;
+}
+
+static bool
+read_capa(struct pop3c *s, struct fetch_error *err)
+{
+	pop3_capa_init(&s->capa);
+	enum pop3_status st = pop3c_command(s, "CAPA", err);
+	if (st == POP3_INVALID)
+		return false;
+	if (st != POP3_OK)
+		return true;	/* RFC 1939-only server: no capabilities known */
+	s->capa.have_capa = true;
+	return pop3c_read_lines(s, 1000, capa_line, &s->capa, err);
+}
+
+/* ---- authentication ---- */
+
+struct sasl_ctx {
+	const char *user, *password;
+};
+
+static int
+sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
+{
+	struct sasl_ctx *sc = gsasl_session_hook_get(sctx);
+	switch (prop) {
+	case GSASL_AUTHID:
+		gsasl_property_set(sctx, prop, sc->user);
+		return GSASL_OK;
+	case GSASL_PASSWORD:
+		gsasl_property_set(sctx, prop, sc->password);
+		return GSASL_OK;
+	default:
+		return GSASL_NO_CALLBACK;
+	}
+}
+
+static Gsasl *
+sasl_library(void)
+{
+	static Gsasl *lib;
+	if (lib == NULL) {
+		if (gsasl_init(&lib) != GSASL_OK)
+			fatalx("cannot initialise GNU SASL");
+		gsasl_callback_set(lib, sasl_callback);
+	}
+	return lib;
+}
+
+/* Does mech need the password to be protected by TLS? */
+static bool
+mech_exposes_secret(const char *mech)
+{
+	return !strcmp(mech, "PLAIN") || !strcmp(mech, "LOGIN") || !strcmp(mech, "USER") ||
+	    !strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER");
+}
+
+/* Mechanisms whose first message comes from the client (initial response). */
+static bool
+mech_client_first(const char *mech)
+{
+	return !strcmp(mech, "PLAIN") || !strncmp(mech, "SCRAM-", 6) ||
+	    !strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER");
+}
+
+static bool
+read_sasl_challenge(struct pop3c *s, char **challenge, enum pop3_status *st,
+    struct fetch_error *err)
+{
+	char *line = xmalloc(POP3_MAX_SASL_LINE);
+	*challenge = NULL;
+	if (!conn_read_line(s->conn, line, POP3_MAX_SASL_LINE, err)) {
+		free(line);
+		return false;
+	}
+	trace("S:", line, -1);
+	snprintf(s->line, sizeof(s->line), "%s", line);
+	*st = pop3_parse_status(s->line, &s->text, &s->code);
+	if (*st == POP3_INVALID) {
+		free(line);
+		return fetch_error_set(err, EX_PROTOCOL, "invalid response during AUTH");
+	}
+	if (*st == POP3_CONT)
+		*challenge = xstrdup(line[1] == ' ' ? line + 2 : line + 1);
+	free(line);
+	return true;
+}
+
+/* The AUTH command, with the initial response inline when it fits. */
+static bool
+sasl_send_initial(struct pop3c *s, const char *mech, const char *ir, struct fetch_error *err)
+{
+	char *cmd;
+	if (ir == NULL) {
+		cmd = xasprintf("AUTH %s", mech);
+		bool ok = pop3c_send(s, cmd, -1, err);
+		free(cmd);
+		return ok;
+	}
+	size_t irlen = strlen(ir);
+	if (strlen(mech) + irlen + 8 <= POP3_MAX_COMMAND) {
+		cmd = xasprintf("AUTH %s %s", mech, irlen ? ir : "=");
+		bool ok = pop3c_send(s, cmd, (int)strlen(mech) + 6, err);
+		free_secret(cmd);
+		return ok;
+	}
+	cmd = xasprintf("AUTH %s", mech);
+	bool ok = pop3c_send(s, cmd, -1, err);
+	free(cmd);
+	if (!ok)
+		return false;
+	char *ch;
+	enum pop3_status st;
+	if (!read_sasl_challenge(s, &ch, &st, err))
+		return false;
+	free(ch);
+	if (st != POP3_CONT)
+		return pop3c_fail(s, EX_NOPERM, "authentication refused", err);
+	return pop3c_send(s, ir, 0, err);
+}
+
+/* XOAUTH2 / OAUTHBEARER: one client message with the bearer token; on
+ * failure the server sends an error challenge we must answer. */
+static enum pop3_status
+auth_oauth(struct pop3c *s, const char *mech, const char *user, const char *token,
+    struct fetch_error *err)
+{
+	char *raw;
+	if (!strcmp(mech, "XOAUTH2"))
+		raw = xasprintf("user=%s\001auth=Bearer %s\001\001", user, token);
+	else
+		raw = xasprintf("n,a=%s,\001host=%s\001port=%s\001auth=Bearer %s\001\001", user,
+		    s->account->host, s->account->port, token);
+	char *b64 = base64_encode(raw, strlen(raw));
+	free_secret(raw);
+	bool ok = sasl_send_initial(s, mech, b64, err);
+	free_secret(b64);
+	if (!ok)
+		return POP3_INVALID;
+	for (int round = 0; round < 2; round++) {
+		char *ch;
+		enum pop3_status st;
+		if (!read_sasl_challenge(s, &ch, &st, err))
+			return POP3_INVALID;
+		if (st != POP3_CONT)
+			return st;
+		free(ch);
+		/* error details were sent; finish the exchange (RFC 7628 §3.2.3) */
+		if (!pop3c_send(s, !strcmp(mech, "XOAUTH2") ? "" : "AQ==", -1, err))
+			return POP3_INVALID;
+	}
+	fetch_error_set(err, EX_PROTOCOL, "the server did not finish the %s exchange", mech);
+	return POP3_INVALID;
+}
+
+static enum pop3_status
+auth_sasl(struct pop3c *s, const char *mech, const char *user, const char *password,
+    struct fetch_error *err)
+{
+	if (!strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER"))
+		return auth_oauth(s, mech, user, password, err);
+
+	Gsasl_session *ss;
+	struct sasl_ctx sc = { user, password };
+	if (gsasl_client_start(sasl_library(), mech, &ss) != GSASL_OK) {
+		fetch_error_set(err, EX_SOFTWARE, "GNU SASL cannot do %s", mech);
+		return POP3_INVALID;
+	}
+	gsasl_session_hook_set(ss, &sc);
+	enum pop3_status st = POP3_INVALID;
+	char *out = NULL;
+	int rc = GSASL_NEEDS_MORE;
+	bool ok;
+
+	if (mech_client_first(mech)) {
+		rc = gsasl_step64(ss, "", &out);
+		if (rc != GSASL_OK && rc != GSASL_NEEDS_MORE) {
+			fetch_error_set(err, EX_SOFTWARE, "SASL %s: %s", mech, gsasl_strerror(rc));
+			goto done;
+		}
+		ok = sasl_send_initial(s, mech, out, err);
+	} else {
+		ok = sasl_send_initial(s, mech, NULL, err);
+	}
+	gsasl_free(out);
+	out = NULL;
+	if (!ok)
+		goto done;
+	/* bounded: a SASL exchange that does not end in a few rounds is hostile */
+	for (int round = 0; round < 10; round++) {
+		char *ch;
+		if (!read_sasl_challenge(s, &ch, &st, err)) {
+			st = POP3_INVALID;
+			goto done;
+		}
+		if (st != POP3_CONT) {
+			if (st == POP3_OK && rc != GSASL_OK && !strncmp(mech, "SCRAM-", 6)) {
+				/* success without the server's proof: not mutual auth */
+				fetch_error_set(err, EX_PROTOCOL,
+				    "the server accepted %s without proving it knows the password",
+				    mech);
+				st = POP3_INVALID;
+			}
+			goto done;
+		}
+		unsigned char *dec;
+		size_t declen;
+		if (!base64_decode(ch, strlen(ch), &dec, &declen)) {
+			free(ch);
+			pop3c_send(s, "*", -1, err);
+			fetch_error_set(err, EX_PROTOCOL, "invalid base64 in SASL challenge");
+			st = POP3_INVALID;
+			goto done;
+		}
+		free(dec);
+		rc = gsasl_step64(ss, ch, &out);
+		free(ch);
+		if (rc != GSASL_OK && rc != GSASL_NEEDS_MORE) {
+			gsasl_free(out);
+			out = NULL;
+			pop3c_send(s, "*", -1, err);
+			fetch_error_set(err, EX_PROTOCOL, "SASL %s failed: %s (server not trusted)",
+			    mech, gsasl_strerror(rc));
+			st = POP3_INVALID;
+			goto done;
+		}
+		ok = pop3c_send(s, out != NULL ? out : "", 0, err);
+		if (out != NULL)
+			secure_wipe(out, strlen(out));
+		gsasl_free(out);
+		out = NULL;
+		if (!ok) {
+			st = POP3_INVALID;
+			goto done;
+		}
+	}
+	fetch_error_set(err, EX_PROTOCOL, "SASL %s: too many rounds", mech);
+	st = POP3_INVALID;
+done:
+	gsasl_finish(ss);
+	return st;
+}
+
+static enum pop3_status
+auth_apop(struct pop3c *s, const char *user, const char *password, struct fetch_error *err)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char hex[2 * EVP_MAX_MD_SIZE + 1];
+	EVP_MD_CTX *m = EVP_MD_CTX_new();
+
+	if (m == NULL || !EVP_DigestInit_ex(m, EVP_md5(), NULL) ||
+	    !EVP_DigestUpdate(m, s->timestamp, strlen(s->timestamp)) ||
+	    !EVP_DigestUpdate(m, password, strlen(password)) ||
+	    !EVP_DigestFinal_ex(m, md, &mdlen)) {
+		EVP_MD_CTX_free(m);
+		fetch_error_set(err, EX_SOFTWARE, "MD5 unavailable for APOP");
+		return POP3_INVALID;
+	}
+	EVP_MD_CTX_free(m);
+	for (unsigned i = 0; i < mdlen; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	char *cmd = xasprintf("APOP %s %s", user, hex);
+	enum pop3_status st = POP3_INVALID;
+	if (pop3c_send(s, cmd, (int)strlen(user) + 6, err))
+		st = pop3c_status(s, err);
+	free_secret(cmd);
+	return st;
+}
+
+static enum pop3_status
+auth_userpass(struct pop3c *s, const char *user, const char *password, struct fetch_error *err)
+{
+	char *cmd = xasprintf("USER %s", user);
+	enum pop3_status st = pop3c_command(s, cmd, err);
+	free(cmd);
+	if (st != POP3_OK)
+		return st;
+	cmd = xasprintf("PASS %s", password);
+	st = POP3_INVALID;
+	if (pop3c_send(s, cmd, 5, err))
+		st = pop3c_status(s, err);
+	free_secret(cmd);
+	return st;
+}
+
+static bool
+gsasl_has(const char *mech)
+{
+	return gsasl_client_support_p(sasl_library(), mech) != 0;
+}
+
+/* Is mech usable here: offered by the server and supported by us? */
+static bool
+mech_available(struct pop3c *s, const char *mech)
+{
+	if (!strcmp(mech, "APOP"))
+		return s->timestamp[0] != '\0';
+	if (!strcmp(mech, "USER"))
+		return !s->capa.have_capa || s->capa.user;
+	if (!pop3_capa_has_sasl(&s->capa, mech))
+		return false;
+	if (!strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER"))
+		return true;
+	return gsasl_has(mech);
+}
+
+static bool
+authenticate(struct pop3c *s, const char *password, struct fetch_error *err)
+{
+	static const char *const order[] = { "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN",
+	    "APOP", "USER" };
+	const struct account *a = s->account;
+	const char *cands[N_ELEMENTS(order)];
+	size_t n = 0;
+	bool clear_ok = conn_is_tls(s->conn) || a->allow_plaintext;
+	bool refused_clear = false;
+
+	if (password == NULL)
+		return fetch_error_set(err, EX_CONFIG,
+		    "account %s: no password or password_command", a->name);
+	if (strpbrk(password, "\r\n") != NULL)
+		return fetch_error_set(err, EX_CONFIG,
+		    "account %s: the password contains a line break; refusing to send it",
+		    a->name);
+	if (strcasecmp(a->auth, "auto") != 0) {
+		if (mech_exposes_secret(a->auth) && !clear_ok)
+			return fetch_error_set(err, EX_CONFIG,
+			    "account %s: auth %s would send the password in clear over an "
+			    "unencrypted connection; use tls = starttls or implicit, or set "
+			    "allow_plaintext = yes if you accept that", a->name, a->auth);
+		if (!strcmp(a->auth, "CRAM-MD5") ? !pop3_capa_has_sasl(&s->capa, "CRAM-MD5") :
+		    !mech_available(s, a->auth))
+			return fetch_error_set(err, EX_UNAVAILABLE,
+			    "account %s: the server does not offer auth %s (it offers: %s%s%s)",
+			    a->name, a->auth, s->capa.sasl, s->timestamp[0] ? "APOP " : "",
+			    !s->capa.have_capa || s->capa.user ? "USER" : "");
+		cands[n++] = a->auth;
+	} else {
+		for (size_t i = 0; i < N_ELEMENTS(order); i++) {
+			if (!mech_available(s, order[i]))
+				continue;
+			if (mech_exposes_secret(order[i]) && !clear_ok) {
+				refused_clear = true;
+				continue;
+			}
+			/* PLAIN and LOGIN are the same secret; try one of them */
+			if (!strcmp(order[i], "LOGIN") && n > 0 && !strcmp(cands[n - 1], "PLAIN"))
+				continue;
+			cands[n++] = order[i];
+		}
+		if (n == 0 && refused_clear)
+			return fetch_error_set(err, EX_CONFIG,
+			    "account %s: the server offers only mechanisms that send the password "
+			    "in clear, and the connection is not encrypted; refusing. Use tls = "
+			    "starttls or implicit, or set allow_plaintext = yes if you accept that",
+			    a->name);
+		if (n == 0)
+			return fetch_error_set(err, EX_UNAVAILABLE,
+			    "account %s: no authentication mechanism in common with the server",
+			    a->name);
+	}
+	for (size_t i = 0; i < n && i < AUTH_MAX_ATTEMPTS; i++) {
+		const char *mech = cands[i];
+		enum pop3_status st;
+		if (!strcmp(mech, "APOP"))
+			st = auth_apop(s, a->user, password, err);
+		else if (!strcmp(mech, "USER"))
+			st = auth_userpass(s, a->user, password, err);
+		else
+			st = auth_sasl(s, mech, a->user, password, err);
+		if (st == POP3_OK) {
+			snprintf(s->mechanism, sizeof(s->mechanism), "%s", mech);
+			return true;
+		}
+		if (st == POP3_INVALID)
+			return false;
+		/* -ERR: temporary trouble or last candidate ends it */
+		if (pop3_code_is_temporary(s->code) || s->code == POP3_CODE_SYS_PERM ||
+		    i + 1 == n || i + 1 == AUTH_MAX_ATTEMPTS) {
+			char *what = xasprintf("login as %s with %s refused", a->user, mech);
+			pop3c_fail(s, EX_NOPERM, what, err);
+			free(what);
+			return false;
+		}
+		if (fetch_trace)
+			fprintf(stderr, "popbox: %s refused, trying %s\n", mech, cands[i + 1]);
+	}
+	return fetch_error_set(err, EX_NOPERM, "authentication failed");
+}
+
+struct pop3c *
+pop3c_open(const struct account *a, const char *password, struct fetch_error *err)
+{
+	struct pop3c *s = xcalloc(1, sizeof(*s));
+	struct tls_options topt = {
+		.trust_file = a->tls_trust_file,
+		.fingerprint = a->tls_fingerprint,
+		.insecure = a->insecure == 1,
+		.host = a->host,
+	};
+
+	s->account = a;
+	s->conn = conn_connect(a->host, a->port, (int)a->timeout, err);
+	if (s->conn == NULL)
+		goto fail;
+	if (a->tls == TLS_IMPLICIT && !conn_start_tls(s->conn, &topt, err))
+		goto fail;
+	enum pop3_status st = pop3c_status(s, err);
+	if (st == POP3_INVALID)
+		goto fail;
+	if (st != POP3_OK) {
+		pop3c_fail(s, EX_TEMPFAIL, "the server refused the connection", err);
+		goto fail;
+	}
+	if (!pop3_greeting_timestamp(s->text, s->timestamp, sizeof(s->timestamp)))
+		s->timestamp[0] = '\0';
+	if (!read_capa(s, err))
+		goto fail;
+	if (a->tls == TLS_STARTTLS) {
+		/* STLS is required: a server that does not offer it (or a
+		 * man in the middle stripping it) gets no credentials. */
+		if (s->capa.have_capa && !s->capa.stls) {
+			fetch_error_set(err, EX_UNAVAILABLE,
+			    "%s does not offer STLS; refusing to continue without TLS "
+			    "(use tls = implicit for port 995, or tls = off with allow_plaintext "
+			    "if you really want no encryption)", a->host);
+			goto fail;
+		}
+		st = pop3c_command(s, "STLS", err);
+		if (st == POP3_INVALID)
+			goto fail;
+		if (st != POP3_OK) {
+			pop3c_fail(s, EX_UNAVAILABLE, "STLS refused; not continuing without TLS", err);
+			goto fail;
+		}
+		/* anything sent after the +OK but before the handshake is an
+		 * injection attempt (CVE-2011-0411 class, curl CVE-2021-22947) */
+		if (conn_buffered(s->conn) > 0) {
+			log_warnx("%s: discarding %zu bytes the server sent before the TLS handshake",
+			    a->name, conn_buffered(s->conn));
+			conn_discard_buffer(s->conn);
+		}
+		if (!conn_start_tls(s->conn, &topt, err))
+			goto fail;
+		if (!read_capa(s, err))
+			goto fail;
+	}
+	if (fetch_trace && conn_is_tls(s->conn))
+		fprintf(stderr, "popbox: TLS %s\n", conn_tls_description(s->conn));
+	if (!authenticate(s, password, err))
+		goto fail;
+	/* capabilities may change after login (RFC 2449 §5); best effort */
+	if (s->capa.have_capa) {
+		struct pop3_capa before = s->capa;
+		if (!read_capa(s, err))
+			goto fail;
+		if (!s->capa.have_capa)
+			s->capa = before;
+	}
+	return s;
+fail:
+	pop3c_abort(s);
+	return NULL;
+}
+
+bool
+pop3c_quit(struct pop3c *s, struct fetch_error *err)
+{
+	enum pop3_status st = pop3c_command(s, "QUIT", err);
+	bool ok = st == POP3_OK;
+	if (st == POP3_ERR)
+		pop3c_fail(s, EX_TEMPFAIL, "QUIT failed, deletions not committed", err);
+	conn_close(s->conn);
+	free(s);
+	return ok;
+}
+
+void
+pop3c_abort(struct pop3c *s)
+{
+	if (s == NULL)
+		return;
+	conn_close(s->conn);
+	free(s);
+}

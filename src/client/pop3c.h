@@ -1,0 +1,61 @@
+/* POP3 client session: greeting, CAPA, STLS, authentication, and the
+ * request/response primitives fetch.c drives (including pipelining). */
+#ifndef POPBOX_POP3C_H
+#define POPBOX_POP3C_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client/account.h"
+#include "client/conn.h"
+#include "common/pop3_proto.h"
+
+struct pop3c {
+	struct conn *conn;
+	const struct account *account;
+	struct pop3_capa capa;
+	char timestamp[POP3_MAX_RESPONSE_LINE];  /* APOP, "" if none */
+	char line[POP3_MAX_RESPONSE_LINE + 512]; /* last status line */
+	const char *text;                       /* text after +OK/-ERR in line */
+	enum pop3_resp_code code;
+	char mechanism[32];                      /* what authenticated us */
+};
+
+/* Connect, TLS per account (implicit, or STLS which is then mandatory:
+ * a server without it is refused before any credentials are sent), read
+ * the greeting, CAPA, authenticate. password may be NULL only if the
+ * account needs none. On failure the session is closed and NULL returned
+ * with err set. */
+struct pop3c *pop3c_open(const struct account *a, const char *password,
+    struct fetch_error *err);
+
+/* Send one command line (CRLF appended). secret_from: index in line from
+ * which the trace shows asterisks (-1: show all). */
+bool pop3c_send(struct pop3c *s, const char *line, int secret_from,
+    struct fetch_error *err);
+
+/* Read one status line. Returns POP3_OK/POP3_ERR/POP3_CONT; anything
+ * else is EX_PROTOCOL (returned as POP3_INVALID with err set). */
+enum pop3_status pop3c_status(struct pop3c *s, struct fetch_error *err);
+
+/* Send cmd and read its status line. */
+enum pop3_status pop3c_command(struct pop3c *s, const char *cmd, struct fetch_error *err);
+
+/* Read the body of a multi-line response line by line (unstuffed, CRLF
+ * removed), calling fn for each; at most max_lines lines. */
+bool pop3c_read_lines(struct pop3c *s, uint32_t max_lines,
+    bool (*fn)(void *ctx, const char *line, struct fetch_error *err), void *ctx,
+    struct fetch_error *err);
+
+/* Turn the last -ERR into an error: temporary codes -> EX_TEMPFAIL,
+ * [SYS/PERM] -> EX_UNAVAILABLE, otherwise `code`. */
+bool pop3c_fail(struct pop3c *s, int code, const char *what, struct fetch_error *err);
+
+/* QUIT and close; returns true if the server confirmed with +OK (its
+ * UPDATE state ran: deletions are committed). */
+bool pop3c_quit(struct pop3c *s, struct fetch_error *err);
+
+/* Close without QUIT: the server deletes nothing (RFC 1939 §6). */
+void pop3c_abort(struct pop3c *s);
+
+#endif

@@ -1,0 +1,203 @@
+#include "client/uidl_state.h"
+#include "common/pop3_proto.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A state file line: time, size, UIDL (<= 70) and separators. */
+#define UIDL_STATE_MAX_LINE 256
+
+static uint64_t
+hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;	/* FNV-1a */
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static void
+reindex(struct uidl_state *st)
+{
+	free(st->index);
+	st->index_cap = 64;
+	while (st->index_cap < st->count * 2 + 16)
+		st->index_cap *= 2;
+	st->index = xcalloc(st->index_cap, sizeof(size_t));
+	for (size_t i = 0; i < st->count; i++) {
+		size_t h = (size_t)hash_str(st->e[i].uidl) & (st->index_cap - 1);
+		while (st->index[h] != 0)
+			h = (h + 1) & (st->index_cap - 1);
+		st->index[h] = i + 1;
+	}
+}
+
+struct uidl_entry *
+uidl_state_find(struct uidl_state *st, const char *uidl)
+{
+	if (st->index_cap == 0)
+		return NULL;
+	size_t h = (size_t)hash_str(uidl) & (st->index_cap - 1);
+	while (st->index[h] != 0) {
+		struct uidl_entry *e = &st->e[st->index[h] - 1];
+		if (!strcmp(e->uidl, uidl))
+			return e;
+		h = (h + 1) & (st->index_cap - 1);
+	}
+	return NULL;
+}
+
+struct uidl_entry *
+uidl_state_add(struct uidl_state *st, const char *uidl, int64_t when, uint64_t size)
+{
+	struct uidl_entry *e = uidl_state_find(st, uidl);
+	st->dirty = true;
+	if (e != NULL) {
+		e->size = size;
+		return e;
+	}
+	if (st->count == st->cap) {
+		st->cap = st->cap ? st->cap * 2 : 64;
+		st->e = xrealloc(st->e, st->cap * sizeof(*st->e));
+	}
+	e = &st->e[st->count++];
+	e->uidl = xstrdup(uidl);
+	e->first_seen = when;
+	e->size = size;
+	e->on_server = true;
+	if (st->count * 2 + 16 > st->index_cap) {
+		reindex(st);
+	} else {
+		size_t h = (size_t)hash_str(uidl) & (st->index_cap - 1);
+		while (st->index[h] != 0)
+			h = (h + 1) & (st->index_cap - 1);
+		st->index[h] = st->count;
+	}
+	return e;
+}
+
+bool
+uidl_state_load(struct uidl_state *st, const char *path, const char *header,
+    struct fetch_error *err)
+{
+	memset(st, 0, sizeof(*st));
+	st->path = xstrdup(path);
+	st->header = xstrdup(header);
+	reindex(st);
+	FILE *f = fopen(path, "re");
+	if (f == NULL) {
+		if (errno == ENOENT)
+			return true;
+		return fetch_error_set(err, EX_IOERR, "cannot read state file %s: %s", path,
+		    strerror(errno));
+	}
+	char line[UIDL_STATE_MAX_LINE + 2];
+	int lineno = 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		lineno++;
+		size_t n = strcspn(line, "\n");
+		if (line[n] != '\n' && !feof(f)) {
+			fclose(f);
+			return fetch_error_set(err, EX_CONFIG, "state file %s:%d: line too long "
+			    "(fix or remove it; --rebuild-state recreates it from a Maildir)",
+			    path, lineno);
+		}
+		line[n] = '\0';
+		if (line[0] == '#' || line[0] == '\0')
+			continue;
+		char t[24], sz[24], uidl[POP3_MAX_UIDL_LEN + 2];
+		uint64_t tv, sv;
+		if (sscanf(line, "%23s %23s %71s", t, sz, uidl) != 3 ||
+		    !parse_u64(t, INT64_MAX, &tv) || !parse_u64(sz, UINT64_MAX / 4, &sv) ||
+		    !pop3_uidl_valid(uidl)) {
+			fclose(f);
+			return fetch_error_set(err, EX_CONFIG, "state file %s:%d: invalid entry "
+			    "(fix or remove it; --rebuild-state recreates it from a Maildir)",
+			    path, lineno);
+		}
+		struct uidl_entry *e = uidl_state_add(st, uidl, (int64_t)tv, sv);
+		e->on_server = false;
+	}
+	fclose(f);
+	st->dirty = false;
+	return true;
+}
+
+void
+uidl_state_prune(struct uidl_state *st)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < st->count; i++) {
+		if (st->e[i].on_server)
+			st->e[o++] = st->e[i];
+		else {
+			free(st->e[i].uidl);
+			st->dirty = true;
+		}
+	}
+	st->count = o;
+	reindex(st);
+}
+
+bool
+uidl_state_save(struct uidl_state *st, struct fetch_error *err)
+{
+	char *tmp = xasprintf("%s.tmp.%ld", st->path, (long)getpid());
+	int fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		goto fail;
+	FILE *f = fdopen(fd, "w");
+	if (f == NULL) {
+		close(fd);
+		goto fail;
+	}
+	fprintf(f, "# popbox state v1: <first delivered, unix time> <size> <UIDL>\n# %s\n",
+	    st->header);
+	for (size_t i = 0; i < st->count; i++)
+		fprintf(f, "%" PRId64 " %" PRIu64 " %s\n", st->e[i].first_seen, st->e[i].size,
+		    st->e[i].uidl);
+	if (fflush(f) != 0 || fsync(fd) != 0) {
+		fclose(f);
+		goto fail;
+	}
+	if (fclose(f) != 0)
+		goto fail;
+	if (rename(tmp, st->path) != 0)
+		goto fail;
+	free(tmp);
+	char *dir = xstrdup(st->path);
+	char *slash = strrchr(dir, '/');
+	if (slash != NULL) {
+		*slash = '\0';
+		(void)fsync_dir(dir[0] ? dir : "/");
+	}
+	free(dir);
+	st->dirty = false;
+	return true;
+fail:
+	fetch_error_set(err, EX_IOERR, "cannot write state file %s: %s", st->path,
+	    strerror(errno));
+	unlink(tmp);
+	free(tmp);
+	return false;
+}
+
+void
+uidl_state_free(struct uidl_state *st)
+{
+	for (size_t i = 0; i < st->count; i++)
+		free(st->e[i].uidl);
+	free(st->e);
+	free(st->index);
+	free(st->path);
+	free(st->header);
+	memset(st, 0, sizeof(*st));
+}

@@ -1,0 +1,49 @@
+/* Per-account state: which UIDLs were delivered, and when first.
+ *
+ * File format (popbox-accounts.conf(5), "STATE FILE"), text, one entry a line:
+ *     # popbox state v1
+ *     # account NAME server USER@HOST:PORT
+ *     <first-delivered unix time> <LIST size in octets> <UIDL>
+ * Lines starting with '#' are comments. Written to a temporary file in the
+ * same directory, fsynced, renamed over the old one, directory fsynced: a
+ * crash leaves the old or the new file, never a mix.
+ */
+#ifndef POPBOX_UIDL_STATE_H
+#define POPBOX_UIDL_STATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client/fetch_error.h"
+
+struct uidl_entry {
+	char *uidl;
+	int64_t first_seen;
+	uint64_t size;
+	bool on_server;   /* listed by the server in this session */
+};
+
+struct uidl_state {
+	char *path;
+	char *header;      /* second comment line */
+	struct uidl_entry *e;
+	size_t count, cap;
+	size_t *index;     /* open-addressing hash table of entry indexes + 1 */
+	size_t index_cap;
+	bool dirty;
+};
+
+/* Load path (a missing file is an empty state). EX_IOERR/EX_CONFIG on error. */
+bool uidl_state_load(struct uidl_state *st, const char *path, const char *header,
+    struct fetch_error *err);
+struct uidl_entry *uidl_state_find(struct uidl_state *st, const char *uidl);
+/* Add (or update) an entry. */
+struct uidl_entry *uidl_state_add(struct uidl_state *st, const char *uidl, int64_t when,
+    uint64_t size);
+/* Drop every entry not marked on_server (call only after a full UIDL list). */
+void uidl_state_prune(struct uidl_state *st);
+/* Write atomically. */
+bool uidl_state_save(struct uidl_state *st, struct fetch_error *err);
+void uidl_state_free(struct uidl_state *st);
+
+#endif
