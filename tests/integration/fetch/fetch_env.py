@@ -71,6 +71,15 @@ class TestCA:
         out = run(["openssl", "x509", "-in", self.cert, "-noout", "-fingerprint",
                    "-sha256"]).stdout.decode()
         self.fingerprint = out.strip().split("=", 1)[1]
+        # signed by the CA, but for another name
+        self.wrong_cert, self.wrong_key = p("wrong.pem"), p("wrong.key")
+        run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", self.wrong_key,
+             "-out", p("wrong.csr"), "-subj", "/CN=mail.wrong.example"])
+        with open(p("ext2"), "w") as f:
+            f.write("subjectAltName=DNS:mail.wrong.example\n")
+        run(["openssl", "x509", "-req", "-in", p("wrong.csr"), "-CA", self.ca, "-CAkey",
+             self.ca_key, "-CAcreateserial", "-out", self.wrong_cert, "-days", "3",
+             "-extfile", p("ext2")])
 
 
 class Dovecot:
