@@ -1,0 +1,125 @@
+"""Data safety: kill -9 at random moments (exactly once into Maildir), a
+failing mda: command, a full destination file system."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from fetch_env import digest_counts, make_message, read_maildir, read_mboxrd
+
+KILLS_REQUIRED = 20
+MAX_ROUNDS = 80
+
+
+def crash_loop(client, mailbox, expected, batch_start, rnd, kills_required):
+    """Start fetches and SIGKILL them at random moments until enough kills
+    landed while the fetch was still running. Refills the server if a run
+    managed to finish. Returns (kills, rounds)."""
+    kills = rounds = 0
+    while kills < kills_required and rounds < MAX_ROUNDS:
+        rounds += 1
+        if mailbox.count() == 0:
+            more = [make_message(i, body_size=rnd.randrange(200, 3000))
+                    for i in range(batch_start, batch_start + 100)]
+            batch_start += 100
+            mailbox.deliver_many(more)
+            expected.extend(more)
+        p = client.popen()
+        time.sleep(rnd.uniform(0.0, 0.12))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+    return kills, rounds
+
+
+def test_kill_9_during_fetch_maildir_exactly_once(client, mailbox, account_conf, tmp_path):
+    rnd = random.Random(int(os.environ.get("POPBOX_CRASH_SEED", "4711")))
+    expected = [make_message(i, body_size=rnd.randrange(200, 3000)) for i in range(300)]
+    mailbox.deliver_many(expected)
+    account_conf(mailbox, tls="implicit")
+    kills, rounds = crash_loop(client, mailbox, expected, 1000, rnd, KILLS_REQUIRED)
+    assert kills >= KILLS_REQUIRED, "only %d kills landed in %d rounds" % (kills, rounds)
+    client.fetch(check=0)
+    got = read_maildir(str(tmp_path / "Mail"))
+    counts = digest_counts(got.values())
+    want = digest_counts(expected)
+    missing = set(want) - set(counts)
+    dups = [h for h, n in counts.items() if n > 1]
+    extra = set(counts) - set(want)
+    assert not missing and not dups and not extra, (
+        "%d missing, %d duplicated, %d unknown after %d kills" % (
+            len(missing), len(dups), len(extra), kills))
+    assert mailbox.count() == 0
+
+
+def test_kill_9_during_fetch_mbox_at_least_once(client, mailbox, account_conf, tmp_path):
+    rnd = random.Random(815)
+    expected = [make_message(i, body_size=rnd.randrange(200, 3000)) for i in range(200)]
+    mailbox.deliver_many(expected)
+    mbox = tmp_path / "mbox"
+    account_conf(mailbox, deliver="mbox:%s" % mbox)
+    kills, _ = crash_loop(client, mailbox, expected, 5000, rnd, 10)
+    client.fetch(check=0)
+    got = read_mboxrd(str(mbox))
+    counts = digest_counts(got)
+    assert set(digest_counts(expected)) <= set(counts), "a message was lost"
+    # no partial message survives: everything in the mbox is a whole message
+    assert set(counts) <= set(digest_counts(expected))
+    assert mailbox.count() == 0
+
+
+def test_failing_mda_leaves_message_on_server(client, mailbox, account_conf, tmp_path):
+    msgs = [make_message(i) for i in range(5)]
+    mailbox.deliver_many(msgs)
+    account_conf(mailbox, deliver="mda:exit 1")
+    p = client.fetch(check=74)
+    assert "left on the server" in p.err
+    assert mailbox.count() == 5
+    account_conf(mailbox, deliver="mda:cat >/dev/null; exit 75")
+    client.fetch(check=75)
+    assert mailbox.count() == 5
+    # one message refused, the others delivered and deleted
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = ("mda:t=$(mktemp %s/m.XXXXXX); cat > $t; "
+           "if grep -q 'test message 3$' $t; then rm $t; exit 1; fi" % out)
+    account_conf(mailbox, deliver=cmd)
+    client.fetch(check=74)
+    got = [open(os.path.join(out, n), "rb").read() for n in os.listdir(out)]
+    assert digest_counts(got) == digest_counts(msgs[:3] + msgs[4:])
+    assert mailbox.count() == 1
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "popbox-test", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("mount not permitted here: %s" % r.stderr.decode().strip())
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox"])
+def test_full_file_system_exits_74_and_deletes_nothing(client, mailbox, account_conf,
+                                                      small_tmpfs, kind):
+    msgs = [make_message(i, body_size=20000) for i in range(30)]  # ~600 KB > 256 KB
+    mailbox.deliver_many(msgs)
+    target = small_tmpfs / ("Mail" if kind == "maildir" else "mbox")
+    account_conf(mailbox, deliver="%s:%s" % (kind, target))
+    p = client.fetch(check=74)
+    assert "No space left on device" in p.err and "nothing deleted" in p.err, p.err
+    assert mailbox.count() == 30
+    if kind == "mbox":
+        # no partial message left behind
+        got = read_mboxrd(str(target))
+        assert set(digest_counts(got)) <= set(digest_counts(msgs))
