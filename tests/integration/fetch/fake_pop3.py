@@ -10,7 +10,8 @@ import threading
 class FakePop3:
     def __init__(self, messages=(), capa=("USER", "UIDL", "TOP"), uidl=True,
                  greeting="+OK fake ready", stls_reply=None, retr_hook=None,
-                 pass_reply="+OK logged in", tls_context=None):
+                 pass_reply="+OK logged in", tls_context=None, stls_context=None,
+                 stls_inject=b"", uidl_fn=None):
         self.messages = [bytes(m) for m in messages]
         self.deleted = set()
         self.capa = capa          # None: CAPA answered with -ERR
@@ -20,7 +21,10 @@ class FakePop3:
         self.retr_hook = retr_hook
         self.pass_reply = pass_reply
         self.tls_context = tls_context
+        self.stls_context = stls_context    # STLS upgrades with this context
+        self.stls_inject = stls_inject      # bytes sent right after +OK to STLS
         self.received = []
+        self.uidl_fn = uidl_fn or (lambda i: "uid-%d" % i)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -83,6 +87,11 @@ class FakePop3:
                     send(b"-ERR unknown command\r\n")
                 else:
                     send(b"+OK\r\n" + b"".join(c.encode() + b"\r\n" for c in self.capa) + b".\r\n")
+            elif cmd == "STLS" and self.stls_context is not None:
+                send(b"+OK begin TLS\r\n" + self.stls_inject)
+                conn = self.stls_context.wrap_socket(conn, server_side=True)
+                f = conn.makefile("rb")
+                send = conn.sendall
             elif cmd == "STLS":
                 send((self.stls_reply or "-ERR no TLS here").encode() + b"\r\n")
             elif cmd == "USER":
@@ -97,7 +106,7 @@ class FakePop3:
                 send(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (n + 1, len(self.wire(self.messages[i])))
                                             for n, i in enumerate(live)) + b".\r\n")
             elif cmd == "UIDL" and self.uidl:
-                send(b"+OK\r\n" + b"".join(b"%d uid-%d\r\n" % (n + 1, i)
+                send(b"+OK\r\n" + b"".join(b"%d %s\r\n" % (n + 1, self.uidl_fn(i).encode())
                                             for n, i in enumerate(live)) + b".\r\n")
             elif cmd == "RETR":
                 i = live[int(arg) - 1]
