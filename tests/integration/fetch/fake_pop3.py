@@ -24,6 +24,8 @@ class FakePop3:
         self.stls_context = stls_context    # STLS upgrades with this context
         self.stls_inject = stls_inject      # bytes sent right after +OK to STLS
         self.received = []
+        self.token = "tok-123"
+        self.auth_payload = b""
         self.uidl_fn = uidl_fn or (lambda i: "uid-%d" % i)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -98,6 +100,12 @@ class FakePop3:
                 send(b"+OK\r\n")
             elif cmd == "PASS":
                 send(self.pass_reply.encode() + b"\r\n")
+            elif cmd == "AUTH" and arg.upper().startswith(("XOAUTH2 ", "OAUTHBEARER ")):
+                import base64
+                mech, _, ir = arg.partition(" ")
+                self.auth_payload = base64.b64decode(ir)
+                ok = b"auth=Bearer " + self.token.encode() + b"\x01\x01" in self.auth_payload
+                send(b"+OK welcome\r\n" if ok else b"-ERR [AUTH] bad token\r\n")
             elif cmd == "AUTH":
                 send(b"-ERR no\r\n")
             elif cmd == "STAT":
