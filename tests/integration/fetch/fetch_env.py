@@ -50,7 +50,7 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, **kw)
 
 
-class TestCA:
+class CertAuthority:
     """A CA and a server certificate for localhost / 127.0.0.1, plus a
     self-signed certificate nobody trusts."""
 
@@ -87,7 +87,7 @@ class Dovecot:
                  lock_session=False):
         self.dir = tempfile.mkdtemp(prefix="popbox-dovecot-")
         os.chmod(self.dir, 0o755)  # login/auth processes run as other users
-        self.ca = TestCA(self.dir)
+        self.ca = CertAuthority(self.dir)
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
         self.users_file = os.path.join(self.dir, "users")
