@@ -648,7 +648,8 @@ fetch_account(struct account *a, const struct fetch_options *o)
 	if (a->deliver_kind == DELIVER_MAILDIR && r.have_uidl) {
 		if (!deliver_maildir_scan(a->deliver_target, marker_add, &r, &err))
 			goto out;
-		qsort(r.markers, r.nmarkers, sizeof(*r.markers), marker_cmp);
+		if (r.nmarkers > 0)
+			qsort(r.markers, r.nmarkers, sizeof(*r.markers), marker_cmp);
 	}
 	if (o->rebuild) {
 		uint32_t found = 0;
@@ -855,6 +856,7 @@ fetch_main(int argc, char **argv)
 			break;
 		case 'h':
 			usage(stdout);
+			account_free(&o.over);
 			return 0;
 		default:
 			if (c >= OPT_KEY && c < OPT_KEY + (int)N_ELEMENTS(keyopts)) {
@@ -864,12 +866,14 @@ fetch_main(int argc, char **argv)
 				if (!account_set(&o.over, k->key, optarg ? optarg : "yes", where, false,
 				    &err)) {
 					fprintf(stderr, "popbox: %s\n", err.msg);
+					account_free(&o.over);
 					return err.code;
 				}
 				o.have_over = true;
 				break;
 			}
 			usage(stderr);
+			account_free(&o.over);
 			return EX_USAGE;
 		}
 	}
