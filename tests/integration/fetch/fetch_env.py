@@ -80,6 +80,22 @@ class CertAuthority:
         run(["openssl", "x509", "-req", "-in", p("wrong.csr"), "-CA", self.ca, "-CAkey",
              self.ca_key, "-CAcreateserial", "-out", self.wrong_cert, "-days", "3",
              "-extfile", p("ext2")])
+        # signed by the CA, right name, expired in 2020
+        self.expired_cert, self.expired_key = p("expired.pem"), p("expired.key")
+        run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", self.expired_key,
+             "-out", p("expired.csr"), "-subj", "/CN=localhost"])
+        os.makedirs(p("newcerts"), exist_ok=True)
+        open(p("index.txt"), "w").close()
+        with open(p("serial"), "w") as f:
+            f.write("1000\n")
+        with open(p("ca.cnf"), "w") as f:
+            f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = %s\nnew_certs_dir = %s\n"
+                    "serial = %s\ndefault_md = sha256\npolicy = p\n[p]\n"
+                    "commonName = supplied\n" % (p("index.txt"), p("newcerts"), p("serial")))
+        run(["openssl", "ca", "-batch", "-config", p("ca.cnf"), "-cert", self.ca, "-keyfile",
+             self.ca_key, "-in", p("expired.csr"), "-out", self.expired_cert,
+             "-startdate", "20200101000000Z", "-enddate", "20200201000000Z",
+             "-extfile", p("ext")])
 
 
 class Dovecot:
@@ -344,3 +360,74 @@ class Client:
 
     def state_file(self, account):
         return os.path.join(self.state_dir, account + ".state")
+
+
+class LatencyProxy:
+    """A TCP relay on 127.0.0.1 that delays every chunk by `delay` seconds in
+    each direction: a long link, to show what pipelining buys."""
+
+    def __init__(self, target_port, delay=0.02):
+        import threading
+        self.delay = delay
+        self.target_port = target_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.threading = threading
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target_port))
+            self._pump(c, s)
+            self._pump(s, c)
+
+    def _pump(self, src, dst):
+        q = []
+        cv = self.threading.Condition()
+
+        def reader():
+            while True:
+                try:
+                    data = src.recv(65536)
+                except OSError:
+                    data = b""
+                with cv:
+                    q.append((time.monotonic() + self.delay, data))
+                    cv.notify()
+                if not data:
+                    return
+
+        def writer():
+            while True:
+                with cv:
+                    while not q:
+                        cv.wait(timeout=30)
+                    due, data = q.pop(0)
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    if not data:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
+                    dst.sendall(data)
+                except OSError:
+                    return
+        self.threading.Thread(target=reader, daemon=True).start()
+        self.threading.Thread(target=writer, daemon=True).start()

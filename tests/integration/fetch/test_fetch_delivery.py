@@ -2,6 +2,7 @@
 mda: command, byte-exact; pipelining on and off give the same result."""
 
 import os
+import time
 
 from fetch_env import digest_counts, make_message, read_maildir, read_mboxrd
 
@@ -106,3 +107,28 @@ def test_apop_and_user_pass(client, dovecot, account_conf, tmp_path):
         assert mb.count() == 0, mech
         assert mb.password not in p.err
         assert len(read_maildir(str(tmp_path / mech))) == 2
+
+
+def test_pipelining_is_faster_on_a_slow_link(client, dovecot, tmp_path):
+    """40 ms round trip: without pipelining every RETR and DELE costs a round
+    trip; with it the window hides them."""
+    from fetch_env import LatencyProxy
+    proxy = LatencyProxy(dovecot.pop3_port, delay=0.02)
+    took = {}
+    try:
+        for mode in ("yes", "no"):
+            mb = dovecot.add_user()
+            mb.deliver_many(messages(60))
+            account_conf_text = ("[account t]\nhost = 127.0.0.1\nport = %d\ntls = off\n"
+                                 "allow_plaintext = yes\nuser = %s\npassword = %s\n"
+                                 "deliver = maildir:%s\npipelining = %s\n" % (
+                                     proxy.port, mb.user, mb.password,
+                                     tmp_path / ("M" + mode), mode))
+            client.write_config(account_conf_text)
+            t = time.monotonic()
+            client.fetch(check=0)
+            took[mode] = time.monotonic() - t
+            assert mb.count() == 0
+    finally:
+        proxy.stop()
+    assert took["yes"] * 3 < took["no"], took

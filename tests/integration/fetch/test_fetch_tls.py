@@ -37,16 +37,17 @@ def test_trust_file_and_fingerprint_pin(client, dovecot, mailbox, account_conf, 
     assert mailbox.count() == 1
 
 
-def test_name_mismatch_refused(client, dovecot, tmp_path):
+@pytest.mark.parametrize("which,reason", [("wrong", "name mismatch"), ("expired", "expired")])
+def test_bad_certificate_refused(client, dovecot, tmp_path, which, reason):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(dovecot.ca.wrong_cert, dovecot.ca.wrong_key)
+    ctx.load_cert_chain(getattr(dovecot.ca, which + "_cert"), getattr(dovecot.ca, which + "_key"))
     srv = FakePop3(messages=[make_message(1)], tls_context=ctx)
     try:
         p = client.fetch("--host", "127.0.0.1", "--port", str(srv.port), "--tls", "implicit",
                          "--tls-trust-file", dovecot.ca.ca, "--user", "u",
                          "--password-command", "echo pw",
                          "--deliver", "maildir:%s" % (tmp_path / "M"), check=69)
-        assert "name mismatch" in p.err
+        assert reason in p.err, p.err
         assert not any(c.startswith(("USER", "PASS")) for c in srv.received)
     finally:
         srv.stop()
