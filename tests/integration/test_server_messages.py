@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from popbox_server import dot_stuff, dot_stuff_inverse, top_form, wire_form
+from popbox_server import dot_stuff, dot_stuff_inverse, socket_owner, top_form, wire_form
 
 # name -> stored bytes. Names are the Maildir base names, hence the UIDLs.
 DIFFICULT = {
@@ -172,16 +172,35 @@ def test_20mib_message_raw_and_poplib(server, big):
         p.quit()
 
 
+def vm_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def test_slow_reader_of_big_message(server, big):
-    """A client that reads slowly still gets every byte (back-pressure)."""
+    """A client that stops reading: the worker does not buffer the message
+    (its memory stays bounded), and resumes when the client reads again."""
     server.deliver(big, name="big")
+    workers = server.children_by_comm("popboxd-worker")
     with server.session() as c:
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        owner = socket_owner(server.port, c.sock, workers)
+        assert owner, "cannot find the worker serving the session"
+        before = vm_rss_kib(owner)
         c.send(b"RETR 1\r\n")
-        time.sleep(1.0)      # let the server fill the socket buffers and stall
+        time.sleep(1.5)      # the server fills the socket buffers and must pause
+        during = vm_rss_kib(owner)
+        assert during - before < 8 * 1024, "worker grew by %d KiB while the reader stalled" % (during - before)
         assert c.readline().startswith(b"+OK")
+        c.sock.setblocking(True)
+        c.sock.settimeout(30)
+        for _ in range(20):  # read a little, pause, read again
+            c.buf += c.sock.recv(65536)
+            time.sleep(0.02)
         raw = c.read_multiline_raw()
-        assert len(dot_stuff_inverse(raw)) == len(wire_form(big))
+        assert hashlib.sha256(raw).digest() == hashlib.sha256(dot_stuff(wire_form(big))).digest()
         assert c.cmd("NOOP").startswith(b"+OK")
 
 
