@@ -428,7 +428,7 @@ class PopboxServer:
             self.log_offset = self.logf.tell()
             self.proc = subprocess.Popen(self.command(*extra_args), stdin=subprocess.DEVNULL,
                                          stdout=self.logf, stderr=subprocess.STDOUT,
-                                         cwd=self.cwd)
+                                         cwd=self.cwd, preexec_fn=_die_with_parent)
             if not wait:
                 return self
             try:
@@ -566,6 +566,18 @@ class PopboxServer:
 
     def __exit__(self, *exc):
         self.cleanup()
+
+
+def _die_with_parent():
+    """preexec_fn: SIGTERM popboxd when the test process dies (e.g. killed by a
+    timeout), so no server outlives its test run."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:
+        pass
 
 
 def children_of(pid):
