@@ -1,0 +1,97 @@
+"""The documentation matches the server: every config key documented, man
+pages render without warnings, the README's commands exist, demo.sh is sh."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from popbox_server import REPO, popboxd_path
+
+
+def read(rel):
+    with open(os.path.join(REPO, rel), encoding="utf-8") as f:
+        return f.read()
+
+
+def config_keys():
+    keys = re.findall(r'\{\s*"([a-z_]+)",\s*config_key_', read("src/server/config.c"))
+    assert len(keys) >= 15, keys
+    return keys
+
+
+def man_text(rel):
+    """The man page with font escapes and hyphen escapes removed."""
+    t = read(rel)
+    return re.sub(r"\\f[BIRP]", "", t).replace("\\-", "-")
+
+
+@pytest.mark.parametrize("key", config_keys())
+def test_every_config_key_documented(key):
+    assert re.search(r"^\.BI? %s\b" % re.escape(key), man_text("docs/popboxd.conf.5"), re.M), \
+        "%s missing from docs/popboxd.conf.5" % key
+    assert "`%s`" % key in read("README.md"), "%s missing from the README's table" % key
+
+
+def documented_keys():
+    return sorted(set(re.findall(r"^\.BI? ([a-z_]+) (?:\" = |=)", man_text("docs/popboxd.conf.5"), re.M)))
+
+
+def test_documented_keys_found():
+    assert len(documented_keys()) >= 15, documented_keys()
+
+
+@pytest.mark.parametrize("key", documented_keys())
+def test_documented_keys_are_known_to_the_server(server_factory, key):
+    """No key is documented that the server would reject as unknown."""
+    srv = server_factory(start=False)
+    srv.port = 1
+    srv.write_config(extra_lines=["%s = @@@" % key])
+    r = subprocess.run([popboxd_path(), "-t", "-c", srv.conf_path], capture_output=True, timeout=20)
+    assert b"unknown key" not in r.stderr, r.stderr
+
+
+def test_every_option_documented():
+    usage = subprocess.run([popboxd_path(), "-h"], capture_output=True, timeout=20).stdout.decode()
+    opts = set(re.findall(r"(?<![\w-])-([a-zA-Z])\b", usage))
+    assert {"c", "f", "t", "d"} <= opts, usage
+    page = man_text("docs/popboxd.8")
+    for o in opts:
+        assert re.search(r"^\.(B|BI|TP)?\s*-%s\b" % o, page, re.M) or ".B -%s" % o in page, o
+
+
+@pytest.mark.parametrize("page", ["docs/popboxd.8", "docs/popboxd.conf.5"])
+def test_man_page_renders_without_warnings(page):
+    groff = shutil.which("groff")
+    if groff is None:
+        pytest.skip("groff not installed (groff-base)")
+    r = subprocess.run([groff, "-man", "-Tutf8", "-ww", "-z", os.path.join(REPO, page)],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
+
+
+def test_readme_commands():
+    readme = read("README.md")
+    assert "make demo" in readme and "make check" in readme
+    assert "curl pop3://alice:secret@127.0.0.1:1110/1" in readme
+    assert "## Fetching mail: popbox fetch" in readme
+    make = read("Makefile")
+    for target in ("demo", "check", "sanitize", "install"):
+        assert re.search(r"^%s:" % target, make, re.M), target
+
+
+def test_demo_script_is_posix_sh():
+    r = subprocess.run(["sh", "-n", os.path.join(REPO, "tools/demo.sh")], capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    if shutil.which("checkbashisms"):
+        r = subprocess.run(["checkbashisms", os.path.join(REPO, "tools/demo.sh")],
+                           capture_output=True, timeout=20)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ci_runs_make_check():
+    ci = read(".ci/run")
+    assert ci.rstrip().endswith("make check")
+    assert "tools/debian-packages.txt" in ci
