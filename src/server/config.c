@@ -380,13 +380,31 @@ config_key_mail(struct config_parser *p, const char *key, const char *value)
 		if (*c != 'u' && *c != 'n' && *c != 'd' && *c != '%')
 			return config_bad_value(p, key, value, "variables %u, %n, %d or %%");
 	}
+	/* A relative maildir path is relative to the config file, like users:
+	 * the daemon's working directory is not something admins control. The
+	 * directory is a literal, so its '%' are escaped for the template. */
+	if (path[0] != '/' && path[0] != '~' && p->base_dir != NULL) {
+		size_t n = 0;
+		for (const char *c = p->base_dir; *c != '\0'; c++)
+			n += *c == '%' ? 2 : 1;
+		char *dir = xmalloc(n + 1), *d = dir;
+		for (const char *c = p->base_dir; *c != '\0'; c++) {
+			*d++ = *c;
+			if (*c == '%')
+				*d++ = '%';
+		}
+		*d = '\0';
+		char *mail = xasprintf("%s%s/%s", maildir, dir, path);
+		free(dir);
+		return config_set_string(&p->config->mail, mail);
+	}
 	return config_set_string(&p->config->mail, xstrdup(value));
 }
 
 static int
 config_key_state_dir(struct config_parser *p, const char *key, const char *value)
 {
-	return config_set_string(&p->config->state_dir, xstrdup(value));
+	return config_set_string(&p->config->state_dir, config_resolve_path(p, value));
 }
 
 static int
@@ -428,6 +446,38 @@ static int
 config_key_apop(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_bool(p, key, value, &p->config->apop);
+}
+
+/* SASL mechanisms popboxd can serve (GNU SASL in the auth process). */
+static const char *const config_known_mechanisms[] = {
+	"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-1",
+	"PLAIN", "LOGIN", "CRAM-MD5",
+};
+
+static int
+config_key_auth_mechanisms(struct config_parser *p, const char *key, const char *value)
+{
+	char *copy = xstrdup(value), *out = xcalloc(1, strlen(value) + 1);
+	size_t len = 0;
+	for (char *save = NULL, *m = strtok_r(copy, " ,\t", &save); m != NULL;
+	    m = strtok_r(NULL, " ,\t", &save)) {
+		for (char *c = m; *c != '\0'; c++)
+			if (*c >= 'a' && *c <= 'z')
+				*c = (char)(*c - 32);
+		bool known = false;
+		for (size_t i = 0; i < N_ELEMENTS(config_known_mechanisms); i++)
+			known |= strcmp(m, config_known_mechanisms[i]) == 0;
+		if (!known) {
+			int r = config_bad_value(p, key, m,
+			    "SCRAM-SHA-256[-PLUS], SCRAM-SHA-1[-PLUS], PLAIN, LOGIN or CRAM-MD5");
+			free(copy);
+			free(out);
+			return r;
+		}
+		len += (size_t)sprintf(out + len, "%s%s", len ? " " : "", m);
+	}
+	free(copy);
+	return config_set_string(&p->config->auth_mechanisms, out);
 }
 
 static int
@@ -503,6 +553,7 @@ static const struct config_key config_keys[] = {
 	{ "max_connections_per_ip", config_key_max_connections_per_ip, false },
 	{ "max_bad_commands", config_key_max_bad_commands, false },
 	{ "log_debug", config_key_log_debug, false },
+	{ "auth_mechanisms", config_key_auth_mechanisms, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -585,6 +636,7 @@ config_new(const char *name)
 	c->max_connections_per_ip = CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT;
 	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
 	c->log_debug = false;
+	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);
 	return c;
 }
 
@@ -795,6 +847,7 @@ config_free(struct config *config)
 	free(config->tls_cert);
 	free(config->tls_key);
 	free(config->tls_min_version);
+	free(config->auth_mechanisms);
 	free(config->users);
 	free(config->mail);
 	free(config->state_dir);

@@ -11,10 +11,11 @@
  *   "host:port", "[IPv6]:port" or "*:port" (numeric ports). Without any
  *   listen key, plain POP3 listens on 127.0.0.1:110 (even when listen_tls is
  *   given); "listen = none" turns that default off for TLS-only set-ups.
- * - Relative paths in users, tls_cert and tls_key are resolved relative to
- *   the config file's directory (config_load makes them absolute; for
- *   config_parse, relative to the directory part of name, if any). mail and
- *   state_dir are taken as written.
+ * - Relative paths in users, tls_cert, tls_key, state_dir and the maildir
+ *   path of mail (unless it starts with '~') are resolved relative to the
+ *   config file's directory, so the daemon's working directory never
+ *   matters: config_load makes them absolute; config_parse uses the
+ *   directory part of name, if any, else leaves them as written.
  * - Booleans: yes/no, true/false, on/off, 1/0 (case-insensitive).
  *   Durations: seconds, or a number with suffix s, m or h; 1 s to 24 h.
  *   idle_timeout below 600 s is accepted with a warning (RFC 1939 §3).
@@ -58,7 +59,14 @@ struct config {
 	unsigned max_connections_per_ip;/* default 50 */
 	unsigned max_bad_commands;      /* per session, default 20 */
 	bool log_debug;                 /* default no */
+	/* SASL mechanisms offered (upper case, space separated); PLAIN and LOGIN
+	 * only where plaintext_auth allows, -PLUS only over TLS. CRAM-MD5 is off by
+	 * default: it needs plaintext-equivalent secrets. */
+	char *auth_mechanisms;
 };
+
+#define CONFIG_DEFAULT_AUTH_MECHANISMS \
+	"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 PLAIN LOGIN"
 
 /* Parse FILE. On error returns -1 and *error_r = "FILE:LINE: problem". */
 int config_load(const char *path, struct config **config_r, char **error_r);

@@ -270,16 +270,36 @@ test_relative_paths(void **state)
 	char *error = NULL;
 
 	c = parse_ok("users = ./users\nmail = maildir:/m/%u\ntls_cert = certs/c.pem\n"
-	    "tls_key = /abs/k.pem\n");
+	    "tls_key = /abs/k.pem\nstate_dir = /run/x\n");
 	assert_string_equal(c->users, "/etc/popbox/./users");
+	assert_string_equal(c->mail, "maildir:/m/%u");
+	assert_string_equal(c->state_dir, "/run/x");
 	assert_string_equal(c->tls_cert, "/etc/popbox/certs/c.pem");
 	assert_string_equal(c->tls_key, "/abs/k.pem");
+	config_free(c);
+
+	c = parse_ok("users = u\nmail = maildir:mail/%u\nstate_dir = state\n");
+	assert_string_equal(c->mail, "maildir:/etc/popbox/mail/%u");
+	assert_string_equal(c->state_dir, "/etc/popbox/state");
+	config_free(c);
+	c = parse_ok("users = u\nmail = maildir:~/Maildir\n");
+	assert_string_equal(c->mail, "maildir:~/Maildir");
+	config_free(c);
+	/* '%' in the directory is a literal, escaped for the mail template */
+	assert_int_equal(config_parse("/etc/100%/p.conf", "users = u\nmail = maildir:%u\n",
+	    &c, &error), 0);
+	assert_string_equal(c->mail, "maildir:/etc/100%%/%u");
+	assert_string_equal(c->users, "/etc/100%/u");
 	config_free(c);
 
 	/* a name without a directory leaves them as written */
 	assert_int_equal(config_parse("popboxd.conf", "users = u\nmail = maildir:/m\n",
 	    &c, &error), 0);
 	assert_string_equal(c->users, "u");
+	config_free(c);
+	assert_int_equal(config_parse("popboxd.conf", "users = u\nmail = maildir:m/%u\n",
+	    &c, &error), 0);
+	assert_string_equal(c->mail, "maildir:m/%u");
 	config_free(c);
 
 	/* config_load makes them absolute via the file's real directory */
