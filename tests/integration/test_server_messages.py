@@ -210,7 +210,7 @@ CURL = shutil.which("curl")
 
 
 def curl(server, path, *extra):
-    r = subprocess.run([CURL, "-s", "-S", "--max-time", "30",
+    r = subprocess.run([CURL, "-s", "-S", "--max-time", "10",
                         "pop3://127.0.0.1:%d/%s" % (server.port, path), "-u", "alice:secret"]
                        + list(extra), capture_output=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr)
@@ -234,7 +234,7 @@ def test_curl_list_and_retr(difficult):
 
 @pytest.mark.skipif(CURL is None, reason="curl not installed (tools/debian-packages.txt)")
 def test_curl_uidl_and_url_credentials(difficult):
-    out = subprocess.run([CURL, "-s", "-S", "--max-time", "30", "-X", "UIDL",
+    out = subprocess.run([CURL, "-s", "-S", "--max-time", "10", "-X", "UIDL",
                           "pop3://alice:secret@127.0.0.1:%d/" % difficult.port],
                          capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -244,7 +244,7 @@ def test_curl_uidl_and_url_credentials(difficult):
 
 @pytest.mark.skipif(CURL is None, reason="curl not installed (tools/debian-packages.txt)")
 def test_curl_wrong_password_fails(server):
-    r = subprocess.run([CURL, "-s", "--max-time", "30", "pop3://127.0.0.1:%d/" % server.port,
+    r = subprocess.run([CURL, "-s", "--max-time", "10", "pop3://127.0.0.1:%d/" % server.port,
                         "-u", "alice:wrong"], capture_output=True, timeout=60)
     assert r.returncode == 67, r  # CURLE_LOGIN_DENIED
 

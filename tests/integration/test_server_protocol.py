@@ -624,3 +624,32 @@ def test_auth_command_is_always_answered(server):
         else:
             assert st.startswith(b"-ERR"), st
             c.login()
+
+
+def test_unknown_user_costs_as_much_as_wrong_password(server_factory):
+    """No user enumeration by timing: with a slow hash (200000 SHA-512 rounds),
+    PASS for an unknown user takes as long as a wrong password."""
+    import statistics
+    import subprocess
+    from popbox_server import build_dir
+    popbox = os.path.join(build_dir(), "popbox")
+    if not os.access(popbox, os.X_OK):
+        pytest.skip("build/popbox (popbox hash) not built")
+    r = subprocess.run([popbox, "hash", "--rounds", "200000"], input=b"c-pass\n",
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    srv = server_factory(users={}, start=False)
+    srv.add_user("carol", r.stdout.decode().strip(), scheme="RAW")
+    srv.start()
+    times = {"carol": [], "nosuchuser": []}
+    for _ in range(5):
+        for user in times:
+            with srv.connect() as c:
+                assert c.cmd("USER " + user).startswith(b"+OK")
+                t0 = time.monotonic()
+                assert c.cmd("PASS wrong").startswith(b"-ERR")
+                times[user].append(time.monotonic() - t0)
+    known = statistics.median(times["carol"])
+    unknown = statistics.median(times["nosuchuser"])
+    assert known > 0.005, "hash unexpectedly fast: %r" % times
+    assert unknown > 0.5 * known, times
