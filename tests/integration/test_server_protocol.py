@@ -653,3 +653,29 @@ def test_unknown_user_costs_as_much_as_wrong_password(server_factory):
     unknown = statistics.median(times["nosuchuser"])
     assert known > 0.005, "hash unexpectedly fast: %r" % times
     assert unknown > 0.5 * known, times
+
+
+def test_max_connections(server_factory):
+    srv = server_factory(config={"max_connections": "2"}, workers=1)
+    conns = [srv.connect() for _ in range(2)]
+    try:
+        for c in conns:
+            assert is_ok(c.greeting)
+        s = socket.create_connection((srv.host, srv.port), timeout=10)
+        try:
+            data = s.recv(1000)
+        except ConnectionResetError:
+            data = b""
+        finally:
+            s.close()
+        assert not data.startswith(b"+OK"), "connection over max_connections accepted: %r" % data
+    finally:
+        for c in conns:
+            c.close()
+    deadline = time.monotonic() + 5
+    while True:
+        with srv.connect() as c:
+            if c.greeting.startswith(b"+OK"):
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
