@@ -361,3 +361,43 @@ def test_path_traversal_user_names_refused(server_factory, user):
         if st.startswith(b"+OK"):
             st = c.cmd("PASS pw")
         assert st.startswith(b"-ERR"), st
+
+
+def test_client_vanishes_during_big_retr(server):
+    """Closing the connection in the middle of a RETR: nothing deleted, the
+    worker survives, the lock is released."""
+    body = b"".join(b"%07d line of a big message\n" % i for i in range(300000))  # ~10 MB
+    server.deliver(b"Subject: big\n\n" + body, name="big")
+    server.deliver(b"Subject: small\n\nx\n", name="small")
+    workers = server.children_by_comm("popboxd-worker")
+    for _ in range(3):
+        c = server.session()
+        assert c.cmd("DELE 2").startswith(b"+OK")
+        c.send(b"RETR 1\r\n")
+        c.sock.recv(100000)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()   # RST while the server is streaming
+    with login_retry(server) as c:
+        assert c.stat()[0] == 2
+        c.quit()
+    assert server.children_by_comm("popboxd-worker") == workers
+    assert set(server.message_files()) == {"big", "small"}
+
+
+def test_many_concurrent_connections(server_factory):
+    srv = server_factory(config={"max_connections_per_ip": "1000"}, workers=2)
+    fill(srv, 2)
+    conns = []
+    try:
+        for _ in range(300):
+            conns.append(srv.connect())
+        assert all(c.greeting.startswith(b"+OK") for c in conns)
+        with srv.session() as s:
+            assert s.stat()[0] == 2
+            assert len(s.retr(1)) > 0
+            s.quit()
+        for c in conns[::10]:
+            assert c.cmd("NOOP").startswith(b"-ERR")   # wrong state, still served
+    finally:
+        for c in conns:
+            c.close()

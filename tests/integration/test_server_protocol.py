@@ -482,6 +482,11 @@ def test_apop_enabled(server_factory):
         assert is_err(c.cmd("APOP alice " + apop_digest(c.greeting, "wrong")))
     with srv.connect() as c:
         assert is_err(c.cmd("APOP alice"))
+    with srv.connect() as c:
+        wrong = c.cmd("APOP alice " + apop_digest(c.greeting, "wrong"))
+    with srv.connect() as c:
+        unknown = c.cmd("APOP nosuchuser " + apop_digest(c.greeting, "secret"))
+    assert is_err(wrong) and wrong == unknown, (wrong, unknown)
     # timestamps differ per connection
     with srv.connect() as a, srv.connect() as b:
         assert a.greeting != b.greeting
