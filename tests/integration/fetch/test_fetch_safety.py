@@ -135,3 +135,26 @@ def test_full_file_system_exits_74_and_deletes_nothing(client, mailbox, account_
         # no partial message left behind
         got = read_mboxrd(str(target))
         assert set(digest_counts(got)) <= set(digest_counts(msgs))
+
+
+def test_kill_9_during_keep_mode_fetch(client, mailbox, account_conf, tmp_path):
+    rnd = random.Random(99)
+    expected = [make_message(i, body_size=rnd.randrange(200, 3000)) for i in range(200)]
+    mailbox.deliver_many(expected)
+    account_conf(mailbox, extra={"keep": "yes"})
+    kills = 0
+    for _ in range(40):
+        p = client.popen()
+        time.sleep(rnd.uniform(0.0, 0.1))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+        if kills >= 10:
+            break
+    finish(client)
+    p = finish(client)
+    assert "fetched 0" in p.out
+    counts = digest_counts(read_maildir(str(tmp_path / "Mail")).values())
+    assert counts == digest_counts(expected)
+    assert mailbox.count() == 200
