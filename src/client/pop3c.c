@@ -231,7 +231,9 @@ sasl_send_initial(struct pop3c *s, const char *mech, const char *ir, struct fetc
 }
 
 /* XOAUTH2 / OAUTHBEARER: one client message with the bearer token; on
- * failure the server sends an error challenge we must answer. */
+ * failure the server sends an error challenge we must answer. Done here
+ * rather than in GNU SASL because the libgsasl in Debian 12 (2.2.0) has
+ * neither mechanism; the exchange is a single formatted message. */
 static enum pop3_status
 auth_oauth(struct pop3c *s, const char *mech, const char *user, const char *token,
     struct fetch_error *err)

@@ -113,13 +113,22 @@ def test_wrong_password_is_77(client, tmp_path):
         srv.stop()
 
 
-def test_in_use_is_temporary(client, tmp_path):
+@pytest.mark.parametrize("reply,code", [
+    ("-ERR [IN-USE] mailbox locked by another session", 75),
+    ("-ERR [LOGIN-DELAY] wait 10 minutes between logins", 75),
+    ("-ERR [SYS/TEMP] storage unavailable", 75),
+    ("-ERR [SYS/PERM] account disabled", 69),
+    ("-ERR [AUTH] invalid credentials", 77),
+    ("-ERR bad password", 77),
+])
+def test_response_codes_map_to_exit_status(client, tmp_path, reply, code):
     srv = FakePop3(messages=[make_message(1)], capa=("USER", "UIDL", "RESP-CODES"),
-                   pass_reply="-ERR [IN-USE] mailbox locked by another session")
+                   pass_reply=reply)
     try:
         p = client.fetch("--host", "127.0.0.1", "--port", str(srv.port), "--tls", "off",
                          "--allow-plaintext", "--user", "u", "--password-command", "echo pw",
-                         "--deliver", "maildir:%s" % (tmp_path / "M"), check=75)
-        assert "IN-USE" in p.err
+                         "--deliver", "maildir:%s" % (tmp_path / "M"), check=code)
+        assert reply.split("] ")[-1].replace("-ERR ", "") in p.err
+        assert not (tmp_path / "M").exists()
     finally:
         srv.stop()
