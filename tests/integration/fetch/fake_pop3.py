@@ -89,6 +89,11 @@ class FakePop3:
                     send(b"-ERR unknown command\r\n")
                 else:
                     send(b"+OK\r\n" + b"".join(c.encode() + b"\r\n" for c in self.capa) + b".\r\n")
+            elif cmd == "STLS" and self.stls_context == "silent":
+                send(b"+OK begin TLS\r\n")
+                while conn.recv(4096):   # swallow the ClientHello, answer nothing
+                    pass
+                return
             elif cmd == "STLS" and self.stls_context is not None:
                 send(b"+OK begin TLS\r\n" + self.stls_inject)
                 conn = self.stls_context.wrap_socket(conn, server_side=True)

@@ -114,3 +114,16 @@ def test_hostile_uidl_never_becomes_a_path(client, tmp_path):
         assert not os.path.exists("/tmp/evil0")
     finally:
         srv.stop()
+
+
+def test_silence_after_stls_times_out(client, tmp_path):
+    srv = FakePop3(messages=[make_message(1)], capa=("USER", "UIDL", "STLS"),
+                   stls_context="silent")   # +OK, then never a ServerHello
+    try:
+        p = client.fetch("--host", "127.0.0.1", "--port", str(srv.port), "--tls", "starttls",
+                         "--user", "u", "--password-command", "echo pw", "--timeout", "1",
+                         "--deliver", "maildir:%s" % (tmp_path / "M"), check=75, timeout=30)
+        assert "timed out" in p.err, p.err
+        assert not any(c.startswith(("USER", "PASS")) for c in srv.received)
+    finally:
+        srv.stop()
