@@ -525,6 +525,8 @@ run_transaction(struct run *r, struct fetch_error *err)
 				pop3_unstuff(&u, s->conn->buf + s->conn->start,
 				    s->conn->end - s->conn->start, sink, &used);
 				s->conn->start += used;
+				if (u.in_bytes > m->size * 2 + FETCH_BODY_SLACK)
+					goto out;	/* endless body: just drop the session */
 			}
 			continue;
 		}
