@@ -510,6 +510,11 @@ run_transaction(struct run *r, struct fetch_error *err)
 			log_warnx("%s: RETR %u refused: %s", r->a->name, i + 1, clean);
 			m->failed = true;
 			r->n_failed++;
+			/* left on the server: tell cron to come back */
+			if (r->soft_code == 0) {
+				r->soft_code = EX_TEMPFAIL;
+				snprintf(r->soft_msg, sizeof(r->soft_msg), "RETR %u refused", i + 1);
+			}
 			continue;
 		}
 		struct fetch_error local = { 0 };
