@@ -167,6 +167,8 @@ def test_privileges_dropped(server):
             assert all(int(g) != 0 for g in gids), (comm_of(pid), gids)
             groups = status.get("Groups", "").split()
             assert "0" not in groups, (comm_of(pid), groups)
+            assert int(status["CapEff"].strip(), 16) == 0, (comm_of(pid), status["CapEff"])
+            assert int(status["CapPrm"].strip(), 16) == 0, (comm_of(pid), status["CapPrm"])
 
 
 def test_workers_auto(server_factory):
