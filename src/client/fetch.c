@@ -634,8 +634,10 @@ fetch_account(struct account *a, const struct fetch_options *o)
 	char *header = xasprintf("account %s server %s@%s:%s", a->name, a->user, a->host, a->port);
 	bool loaded = uidl_state_load(&r.st, state_path, header, &err);
 	free(header);
-	if (!loaded)
+	if (!loaded) {
+		uidl_state_free(&r.st);
 		goto out;
+	}
 	r.have_state = true;
 	if (!account_get_password(a, &password, &err))
 		goto out;
