@@ -41,6 +41,10 @@ def test_delete_mode_mbox(client, mailbox, account_conf, tmp_path):
     got = read_mboxrd(str(mbox))
     assert digest_counts(got) == digest_counts(msgs)
     assert mailbox.count() == 0
+    # an independent mbox reader sees the same messages
+    import mailbox as pymailbox
+    subjects = sorted(m["Subject"] for m in pymailbox.mbox(str(mbox)))
+    assert subjects == sorted("test message %d" % i for i in range(20))
     # second batch appends
     more = messages(3, start=100)
     mailbox.deliver_many(more)
