@@ -119,3 +119,9 @@ def test_help_and_usage(client):
     assert "--keep-days" in p.out and "--tls-fingerprint" in p.out
     p = subprocess.run([client.bin, "nosuch"], capture_output=True)
     assert p.returncode == 64
+
+
+def test_rebuild_state_needs_a_maildir(client, mailbox, account_conf, tmp_path):
+    account_conf(mailbox, deliver="mbox:%s" % (tmp_path / "mbox"))
+    p = client.fetch("--rebuild-state", "test", check=78)
+    assert "Maildir" in p.err
