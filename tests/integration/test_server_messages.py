@@ -161,6 +161,7 @@ def test_20mib_message_raw_and_poplib(server, big):
         assert c.retr(byname["small"]) == b"Subject: after\r\n\r\nsmall\r\n"
         st, raw = c.multi("TOP %d 3" % n)
         assert raw == dot_stuff(top_form(big, 3))
+        c.quit()  # release the maildrop lock before the poplib login below
     p = server.poplib(timeout=60)
     try:
         p.user("alice")

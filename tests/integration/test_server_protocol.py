@@ -478,6 +478,7 @@ def test_apop_enabled(server_factory):
         assert is_ok(st), st
         assert c.stat()[0] == 1
         assert is_err(c.cmd("APOP alice " + apop_digest(c.greeting, "secret")))
+        c.quit()  # release the maildrop lock before the poplib login below
     with srv.connect() as c:
         assert is_err(c.cmd("APOP alice " + apop_digest(c.greeting, "wrong")))
     with srv.connect() as c:
