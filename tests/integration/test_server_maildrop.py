@@ -371,7 +371,7 @@ def test_client_vanishes_during_big_retr(server):
     server.deliver(b"Subject: small\n\nx\n", name="small")
     workers = server.children_by_comm("popboxd-worker")
     for _ in range(3):
-        c = server.session()
+        c = login_retry(server)   # the previous dropped session may still hold the lock
         assert c.cmd("DELE 2").startswith(b"+OK")
         c.send(b"RETR 1\r\n")
         c.sock.recv(100000)
