@@ -5,7 +5,8 @@ Fixtures:
   server_factory   make(users=None, config=None, start=True, workers=2) -> PopboxServer;
                    every server made is stopped and its tree removed afterwards
   server           a started popboxd with user alice/secret and an empty Maildir
-On a failed test the log of every server it used is printed in the report.
+On a failed test the log of every server it used is printed in the report; a
+sanitizer report (ASan, LSan, UBSan) in any server's log fails the test.
 """
 
 import os
@@ -48,13 +49,21 @@ def server_factory(request, popboxd_bin):
     yield make
     failed = any(getattr(request.node, "rep_" + w, None) is not None
                  and getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
+    reports = []
     for srv in made:
         try:
             srv.stop()
         finally:
-            if failed:
-                sys.stdout.write("\n----- popboxd log (%s) -----\n%s\n" % (srv.base, srv.log()[-20000:]))
+            log = srv.log()
+            found = popbox_server.sanitizer_report(log)
+            if found:
+                reports.append("%s in popboxd (%s):\n%s" % (found, srv.base, log[-20000:]))
+            elif failed:
+                sys.stdout.write("\n----- popboxd log (%s) -----\n%s\n" % (srv.base, log[-20000:]))
             srv.cleanup()
+    if reports:
+        # make sanitize: a sanitizer error in any popboxd process fails the test
+        pytest.fail("\n\n".join(reports), pytrace=False)
 
 
 @pytest.fixture

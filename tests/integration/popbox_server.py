@@ -568,6 +568,18 @@ class PopboxServer:
         self.cleanup()
 
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+
+
+def sanitizer_report(log):
+    """The first sanitizer marker found in a popboxd log, or None."""
+    for m in SANITIZER_MARKERS:
+        if m in log:
+            return m
+    return None
+
+
 def _die_with_parent():
     """preexec_fn: SIGTERM popboxd when the test process dies (e.g. killed by a
     timeout), so no server outlives its test run."""
