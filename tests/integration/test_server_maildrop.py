@@ -401,3 +401,42 @@ def test_many_concurrent_connections(server_factory):
     finally:
         for c in conns:
             c.close()
+
+
+def test_update_failure_reported_and_nothing_else_lost(server):
+    """A message that cannot be removed at UPDATE: QUIT answers -ERR (RFC 1939
+    §6), the other messages are untouched, the next session works."""
+    names = fill(server, 3)
+    md = server.maildir()
+    c = server.session()
+    try:
+        uidls = c.uidl()
+        paths = server.message_files()
+        victim_dir = os.path.dirname(paths[uidls[1]])
+        assert c.cmd("DELE 1").startswith(b"+OK")
+        os.chmod(victim_dir, 0o555)   # unlink in there now fails (also for nobody)
+        if os.geteuid() != 0 and os.access(victim_dir, os.W_OK):
+            pytest.skip("cannot make the directory read-only here")
+        st = c.cmd("QUIT")
+        assert st.startswith(b"-ERR"), st
+        c.wait_closed()
+    finally:
+        c.close()
+        os.chmod(os.path.join(md, "new"), 0o755)
+        os.chmod(os.path.join(md, "cur"), 0o755)
+    assert set(server.message_files()) == set(names)
+    with login_retry(server) as c2:
+        assert c2.stat()[0] == 3
+
+
+def test_broken_maildrop_gives_sys_code_without_leaking_paths(server):
+    path = os.path.join(server.mail_root, "alice")
+    with open(path, "wb") as f:           # a file where the Maildir should be
+        f.write(b"not a directory\n")
+    server._own(path)
+    with server.connect() as c:
+        assert c.cmd("USER alice").startswith(b"+OK")
+        st = c.cmd("PASS secret")
+        assert st.startswith((b"-ERR [SYS/PERM]", b"-ERR [SYS/TEMP]")), st
+        assert server.base.encode() not in st and b"/" not in st.split(b"]", 1)[1], "error leaks a path: %r" % st
+    assert server.alive()
