@@ -3,13 +3,17 @@
 # demo user alice/secret whose Maildir holds three messages. Idempotent: run it
 # again at any time (the three demo messages are put back). Ctrl-C stops it.
 #
-# Environment: DEMO_DIR (default ./demo), DEMO_PORT (default 1110).
+# Environment: DEMO_DIR (default ./demo), DEMO_PORT (default 1110),
+# BUILD (build directory, default build); for the test of this script:
+# DEMO_SKIP_PACKAGES=1 and DEMO_SKIP_BUILD=1.
 set -eu
 
 cd "$(dirname "$0")/.."
 TOP=$(pwd)
 PORT=${DEMO_PORT:-1110}
 DEMO=${DEMO_DIR:-$TOP/demo}
+BUILD=${BUILD:-build}
+POPBOXD=$BUILD/popboxd
 
 # What building and trying the server needs on Debian 12 (the tests need
 # more: tools/debian-packages.txt).
@@ -19,7 +23,7 @@ say() { printf '%s\n' "$*"; }
 
 # ---------------------------------------------------------------- packages
 missing=""
-if command -v dpkg-query >/dev/null 2>&1; then
+if [ -z "${DEMO_SKIP_PACKAGES:-}" ] && command -v dpkg-query >/dev/null 2>&1; then
 	for p in $PACKAGES; do
 		status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
 		case "$status" in
@@ -45,7 +49,9 @@ if [ -n "$missing" ]; then
 fi
 
 # ---------------------------------------------------------------- build
-make -s all
+if [ -z "${DEMO_SKIP_BUILD:-}" ]; then
+	make -s BUILD="$BUILD" all
+fi
 
 # ---------------------------------------------------------------- demo tree
 if [ "$(id -u)" -eq 0 ]; then
@@ -143,7 +149,7 @@ if [ "$(id -u)" -eq 0 ]; then
 	chown -R "$RUN_AS:$GROUP" "$DEMO/mail" "$DEMO/state" "$DEMO/users"
 fi
 
-build/popboxd -t -c "$DEMO/popboxd.conf" >/dev/null
+"$POPBOXD" -t -c "$DEMO/popboxd.conf" >/dev/null
 
 cat <<EOF
 
@@ -163,7 +169,7 @@ EOF
 
 # popboxd runs as a background job so that this script can turn Ctrl-C into
 # SIGTERM (a clean stop that never deletes mail) and wait for it to finish.
-build/popboxd -f -c "$DEMO/popboxd.conf" &
+"$POPBOXD" -f -c "$DEMO/popboxd.conf" &
 pid=$!
 stop() {
 	trap '' INT TERM

@@ -95,3 +95,58 @@ def test_ci_runs_make_check():
     ci = read(".ci/run")
     assert ci.rstrip().endswith("make check")
     assert "tools/debian-packages.txt" in ci
+
+
+def test_make_demo_script(popboxd_bin):
+    """tools/demo.sh (make demo) sets up alice's three messages, serves them
+    on DEMO_PORT, and stops cleanly on SIGTERM; run twice it is the same."""
+    import poplib
+    import signal
+    import socket
+    import tempfile
+    import time
+    from popbox_server import build_dir, free_port
+
+    base = tempfile.mkdtemp(prefix="popbox-demo-test-", dir="/tmp")
+    os.chmod(base, 0o755)
+    try:
+        for run in range(2):
+            port = free_port()
+            env = dict(os.environ, DEMO_DIR=os.path.join(base, "demo"), DEMO_PORT=str(port),
+                       BUILD=build_dir(), DEMO_SKIP_BUILD="1", DEMO_SKIP_PACKAGES="1")
+            out = open(os.path.join(base, "out%d" % run), "w+b")
+            p = subprocess.Popen(["sh", os.path.join(REPO, "tools/demo.sh")], env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 20
+                while True:
+                    assert p.poll() is None, open(out.name, "rb").read().decode(errors="replace")
+                    try:
+                        pop = poplib.POP3("127.0.0.1", port, timeout=10)
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, "demo server not up"
+                        time.sleep(0.1)
+                pop.user("alice")
+                pop.pass_("secret")
+                assert pop.stat()[0] == 3
+                body = b"\n".join(pop.retr(1)[1])
+                assert b"Subject:" in body
+                if run == 0:
+                    pop.dele(1)   # the next run puts it back
+                pop.quit()
+            finally:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    rc = p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    rc = p.wait(5)
+            text = open(out.name, "rb").read().decode(errors="replace")
+            assert rc == 0, text
+            assert "curl pop3://alice:secret@127.0.0.1:%d/1" % port in text
+            assert "poplib" in text
+            with socket.socket() as s:   # the server is gone
+                assert s.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
