@@ -118,8 +118,9 @@ class POP3Raw:
     """A POP3 client on a raw socket that keeps every byte: for byte-exact
     checks, pipelining and deliberately broken input."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT, read_greeting=True):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT, read_greeting=True, source=None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = bytearray()
         self.greeting = self.readline().rstrip(b"\r\n") if read_greeting else None
 
@@ -258,6 +259,19 @@ class POP3Raw:
 # ---------------------------------------------------------------- server
 
 _counter = itertools.count(1)
+_source_counter = itertools.count(1)
+
+
+def fresh_source(host="127.0.0.1"):
+    """A loopback source address not used before in this test run
+    (127.1.0.1, 127.1.0.2, ...). popboxd throttles failed logins per client
+    address; giving every test connection its own address keeps one test's
+    deliberate failures from slowing the next login. All of 127/8 is
+    loopback, so plaintext_auth = tls-or-loopback still allows USER/PASS."""
+    if host != "127.0.0.1":
+        return None
+    n = next(_source_counter)
+    return "127.%d.%d.%d" % (1 + (n >> 16) % 254, (n >> 8) & 255, 1 + (n & 255) % 254)
 
 
 class StartError(Exception):
@@ -549,12 +563,24 @@ class PopboxServer:
         return self.children()
 
     # -- clients
-    def connect(self, **kw):
-        return POP3Raw(self.port, self.host, **kw)
+    def connect(self, source="fresh", **kw):
+        """A POP3Raw connection. source: "fresh" (default) a new loopback
+        source address per connection (see fresh_source), None the kernel's
+        choice (127.0.0.1), or an address."""
+        if source == "fresh":
+            source = fresh_source(self.host)
+        return POP3Raw(self.port, self.host, source=source, **kw)
 
-    def poplib(self, timeout=IO_TIMEOUT):
+    def poplib(self, timeout=IO_TIMEOUT, source="fresh"):
         import poplib
-        return poplib.POP3(self.host, self.port, timeout=timeout)
+        if source == "fresh":
+            source = fresh_source(self.host)
+
+        class POP3(poplib.POP3):
+            def _create_socket(self, t):
+                return socket.create_connection((self.host, self.port), t,
+                                                source_address=(source, 0) if source else None)
+        return POP3(self.host, self.port, timeout=timeout)
 
     def session(self, user="alice", password="secret"):
         c = self.connect()
@@ -646,9 +672,13 @@ def apop_digest(greeting, secret):
 def socket_owner(server_port, client_sock, pids):
     """Which of pids holds the server side of client_sock (via /proc/net/tcp
     inodes), or None."""
-    cport = client_sock.getsockname()[1]
-    want_local = "0100007F:%04X" % server_port
-    want_remote = "0100007F:%04X" % cport
+    caddr, cport = client_sock.getsockname()[:2]
+    saddr = client_sock.getpeername()[0]
+
+    def hexaddr(a):
+        return "%08X" % int.from_bytes(socket.inet_aton(a), "little")
+    want_local = "%s:%04X" % (hexaddr(saddr), server_port)
+    want_remote = "%s:%04X" % (hexaddr(caddr), cport)
     inode = None
     with open("/proc/net/tcp") as f:
         next(f)
