@@ -150,3 +150,20 @@ def test_make_demo_script(popboxd_bin):
                 assert s.connect_ex(("127.0.0.1", port)) != 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_make_install_honours_prefix_and_destdir(popboxd_bin):
+    import tempfile
+    from popbox_server import build_dir
+    dest = tempfile.mkdtemp(prefix="popbox-install-")
+    try:
+        r = subprocess.run(["make", "-s", "-C", REPO, "install", "BUILD=" + build_dir(),
+                            "DESTDIR=" + dest, "PREFIX=/opt/pb"], capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        root = os.path.join(dest, "opt/pb")
+        for rel in ("sbin/popboxd", "bin/popbox", "share/man/man8/popboxd.8",
+                    "share/man/man5/popboxd.conf.5"):
+            assert os.path.exists(os.path.join(root, rel)), rel
+        assert os.access(os.path.join(root, "sbin/popboxd"), os.X_OK)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)

@@ -440,3 +440,25 @@ def test_broken_maildrop_gives_sys_code_without_leaking_paths(server):
         assert st.startswith((b"-ERR [SYS/PERM]", b"-ERR [SYS/TEMP]")), st
         assert server.base.encode() not in st and b"/" not in st.split(b"]", 1)[1], "error leaks a path: %r" % st
     assert server.alive()
+
+
+def test_lock_excludes_sessions_of_another_server(server_factory):
+    """Two popboxd instances on one Maildir tree (design §9: several nodes on
+    shared storage): the maildrop lock holds across processes."""
+    a_srv = server_factory()
+    fill(a_srv, 2)
+    b_srv = server_factory(start=False)
+    b_srv.config["mail"] = a_srv.config["mail"]
+    b_srv.start()
+    a = a_srv.session()
+    try:
+        with b_srv.connect() as b:
+            assert b.cmd("USER alice").startswith(b"+OK")
+            st = b.cmd("PASS secret")
+            assert st.startswith(b"-ERR [IN-USE]"), st
+        assert a.cmd("DELE 1").startswith(b"+OK")
+        a.quit()
+    finally:
+        a.close()
+    with login_retry(b_srv) as b:
+        assert b.stat()[0] == 1

@@ -685,3 +685,15 @@ def test_max_connections(server_factory):
                 break
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_bad_users_file_line_does_not_lock_out_others(server_factory):
+    srv = server_factory(start=False)
+    srv.write_file(srv.users_path, "# users\n\nthis line is broken\n:{PLAIN}noname\n"
+                   "alice:{PLAIN}secret\nbob:{NOSUCHSCHEME}x\n", mode=0o600)
+    srv.start()
+    with srv.session() as c:
+        assert c.stat() == (0, 0)
+    with srv.connect() as c:
+        assert is_ok(c.cmd("USER bob"))
+        assert is_err(c.cmd("PASS x")), "an unknown scheme must not verify"
