@@ -67,14 +67,18 @@ def test_capa_in_transaction(loaded):
 
 
 def test_capa_without_user_when_plaintext_never(server_factory):
+    import base64
     srv = server_factory(config={"plaintext_auth": "never"})
     with srv.connect() as c:
-        words = {l.split()[0].upper() for l in capa(c)}
-        assert "USER" not in words
+        caps = {l.split()[0].upper(): l.upper().split()[1:] for l in capa(c)}
+        assert "USER" not in caps
+        assert "PLAIN" not in caps.get("SASL", []) and "LOGIN" not in caps.get("SASL", []), caps
         st = c.cmd("USER alice")
         if is_ok(st):
             st = c.cmd("PASS secret")
         assert is_err(st) and b"[AUTH]" in st, st
+        st = c.cmd("AUTH PLAIN " + base64.b64encode(b"\0alice\0secret").decode())
+        assert is_err(st), "AUTH PLAIN in clear with plaintext_auth = never: %r" % st
 
 
 def test_plaintext_always_allows_user_pass(server_factory):
