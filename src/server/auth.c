@@ -1,24 +1,36 @@
 /* The auth process: the only process that reads the users file and the
- * password hashes (design §3). Workers send it credentials over their
- * socketpairs; it answers "ok + mail location" or "fail". Hash verification
- * (tens of ms for SHA512-CRYPT or bcrypt) runs on a small thread pool so one
- * slow hash never delays the other logins; {PLAIN} secrets are checked inline. */
+ * password hashes (design §3). Workers send it credentials (USER/PASS, APOP)
+ * or relay SASL lines (RFC 5034, run here with GNU SASL); it answers
+ * "ok + mail location", "continue + challenge" or "fail".
+ *
+ * Anything that may be slow (crypt hashes take tens of ms, SCRAM's PBKDF2 a
+ * few) runs on a small thread pool, so one slow hash never delays the other
+ * logins; {PLAIN} secrets are checked inline. Failed logins make later answers
+ * to the same source address wait (the penalty), on a timer: nothing blocks. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <gsasl.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "common/log.h"
+#include "common/base64.h"
+#include "common/scram.h"
+#include "server/auth_penalty.h"
 #include "server/ipc.h"
 #include "server/passwd.h"
 #include "server/popboxd.h"
@@ -26,9 +38,13 @@
 /* Hashing threads: one per core keeps both cores busy under a login storm;
  * more would only queue inside the kernel. */
 #define AUTH_MAX_THREADS 16
-/* Pending hash jobs beyond this are answered "temp" at once: a flood of
- * logins must not grow memory without bound. */
+/* Pending jobs beyond this are answered "temp" at once: a flood of logins
+ * must not grow memory without bound. */
 #define AUTH_MAX_PENDING 4096
+/* SASL exchanges open at once, and how long one may sit between steps before
+ * it is dropped (the worker's own timeout is shorter). */
+#define AUTH_MAX_SASL 4096
+#define AUTH_SASL_IDLE_SECONDS 300
 
 struct db_ref {
 	struct passwd_db *db;
@@ -36,30 +52,58 @@ struct db_ref {
 	struct stat st;         /* of the users file when loaded */
 };
 
+/* One SASL exchange of one worker session. */
+struct sasl_conv {
+	struct sasl_conv *next;
+	int fd;
+	uint64_t id;
+	Gsasl_session *sctx;
+	struct db_ref *ref;
+	char mech[32];
+	char peer[64];
+	bool busy;              /* a step is on the thread pool */
+	bool validated;         /* PLAIN/LOGIN: password checked by our callback */
+	bool unknown_user;
+	time_t last;
+};
+
+enum job_kind { JOB_PASS, JOB_SASL };
+
 struct job {
 	struct job *next;
+	enum job_kind kind;
 	int fd;                 /* worker channel to answer on */
 	uint64_t id;
 	struct db_ref *ref;
+	char peer[64];
+	/* JOB_PASS */
 	char *user;
 	char *password;         /* wiped and freed after use */
 	char *stored;           /* NULL = unknown user: dummy verify */
 	char *location;
-	char peer[64];
 	enum password_result result;
+	/* JOB_SASL */
+	struct sasl_conv *conv;
+	char *input;            /* base64 from the client; NULL = no input yet */
+	char *output;           /* base64 from gsasl */
+	int rc;
 };
 
 static struct {
 	struct event_base *base;
 	struct config *config;
 	struct db_ref *db;
+	Gsasl *gsasl;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct job *queue_head, *queue_tail;
 	struct job *done;
 	unsigned pending;
 	int done_fd;            /* eventfd: threads -> loop */
-	bool stopping;
+	struct sasl_conv *convs;
+	unsigned n_convs;
+	unsigned char fake_salt_key[32];  /* SCRAM salts for unknown users */
+	struct auth_penalty *penalty;
 } auth;
 
 static void
@@ -105,13 +149,71 @@ auth_db_current(void)
 	return ref;
 }
 
+/* --- answers, with the failed-login penalty ------------------------------ */
+
+struct delayed_reply {
+	int fd;
+	uint64_t id;
+	char *fields[4];
+};
+
 static void
-auth_reply(int fd, uint64_t id, const char *status, const char *user, const char *location)
+reply_send(int fd, uint64_t id, const char *status, const char *user, const char *location,
+    const char *data)
 {
-	const char *fields[] = { status, user ? user : "", location ? location : "" };
-	if (ipc_send(fd, IPC_AUTH_RESULT, id, fields, 3) < 0)
-		log_warn("auth: cannot answer worker");
+	const char *fields[] = { status, user ? user : "", location ? location : "", data ? data : "" };
+	if (ipc_send(fd, IPC_AUTH_RESULT, id, fields, 4) < 0)
+		log_warn("cannot answer worker");
 }
+
+static void
+delayed_reply_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct delayed_reply *d = arg;
+	reply_send(d->fd, d->id, d->fields[0], d->fields[1], d->fields[2], d->fields[3]);
+	for (int i = 0; i < 4; i++)
+		free(d->fields[i]);
+	free(d);
+}
+
+/* Send a final or intermediate answer. Final answers to an address with
+ * recent failures wait; a failure adds to the address's count, a success
+ * clears it (issue: brute-force throttling without blocking anything). */
+static void
+auth_answer(int fd, uint64_t id, const char *peer, const char *status, const char *user,
+    const char *location, const char *data)
+{
+	bool final = strcmp(status, "continue") != 0;
+	unsigned delay_ms = final ? auth_penalty_delay_ms(auth.penalty, peer, time(NULL)) : 0;
+	if (strcmp(status, "fail") == 0)
+		auth_penalty_failed(auth.penalty, peer, time(NULL));
+	else if (strcmp(status, "ok") == 0)
+		auth_penalty_succeeded(auth.penalty, peer);
+	if (delay_ms == 0) {
+		reply_send(fd, id, status, user, location, data);
+		return;
+	}
+	struct delayed_reply *d = xcalloc(1, sizeof(*d));
+	d->fd = fd;
+	d->id = id;
+	d->fields[0] = xstrdup(status);
+	d->fields[1] = xstrdup(user ? user : "");
+	d->fields[2] = xstrdup(location ? location : "");
+	d->fields[3] = xstrdup(data ? data : "");
+	struct timeval tv = { .tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000 };
+	if (event_base_once(auth.base, -1, EV_TIMEOUT, delayed_reply_cb, d, &tv) < 0)
+		delayed_reply_cb(-1, 0, d);
+}
+
+static void
+log_failure(const char *user, const char *peer, const char *why)
+{
+	char u[64];
+	str_sanitize(u, sizeof(u), user ? user : "", user ? strlen(user) : 0);
+	log_info("login failed: user=%s peer=%s: %s", u, peer, why);
+}
+
+/* --- the thread pool ----------------------------------------------------- */
 
 static void
 job_free(struct job *j)
@@ -120,33 +222,19 @@ job_free(struct job *j)
 	free(j->user);
 	free(j->stored);
 	free(j->location);
+	free(j->input);
+	free(j->output);
 	free(j);
 }
 
 static void
-job_finish(struct job *j)
+job_run(struct job *j)
 {
-	if (j->stored != NULL && j->result == PASSWORD_OK) {
-		auth_reply(j->fd, j->id, "ok", j->user, j->location);
-	} else {
-		char user[64];
-		str_sanitize(user, sizeof(user), j->user, strlen(j->user));
-		if (j->stored == NULL)
-			log_info("login failed: user=%s peer=%s: unknown user", user, j->peer);
-		else if (j->result == PASSWORD_BAD_SCHEME)
-			log_warnx("login failed: user=%s peer=%s: unusable password scheme in %s",
-			    user, j->peer, auth.config->users);
-		else
-			log_info("login failed: user=%s peer=%s: wrong password", user, j->peer);
-		auth_reply(j->fd, j->id, "fail", j->user, NULL);
+	if (j->kind == JOB_SASL) {
+		j->output = NULL;
+		j->rc = gsasl_step64(j->conv->sctx, j->input ? j->input : "", &j->output);
+		return;
 	}
-	db_ref_release(j->ref);
-	job_free(j);
-}
-
-static void
-job_verify(struct job *j)
-{
 	if (j->stored == NULL) {
 		password_verify_dummy(j->ref->db, j->password);
 		j->result = PASSWORD_MISMATCH;
@@ -169,7 +257,7 @@ auth_thread(void *arg)
 			auth.queue_tail = NULL;
 		pthread_mutex_unlock(&auth.lock);
 
-		job_verify(j);
+		job_run(j);
 
 		pthread_mutex_lock(&auth.lock);
 		j->next = auth.done;
@@ -177,27 +265,41 @@ auth_thread(void *arg)
 		pthread_mutex_unlock(&auth.lock);
 		uint64_t one = 1;
 		if (write(auth.done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			log_warn("auth: eventfd write");
+			log_warn("eventfd write");
 	}
 	return NULL;
 }
 
 static void
-done_cb(evutil_socket_t fd, short what, void *arg)
+job_queue(struct job *j)
 {
-	uint64_t n;
-	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-		log_warn("auth: eventfd read");
+	auth.pending++;
 	pthread_mutex_lock(&auth.lock);
-	struct job *list = auth.done;
-	auth.done = NULL;
+	j->next = NULL;
+	if (auth.queue_tail != NULL)
+		auth.queue_tail->next = j;
+	else
+		auth.queue_head = j;
+	auth.queue_tail = j;
+	pthread_cond_signal(&auth.cond);
 	pthread_mutex_unlock(&auth.lock);
-	while (list != NULL) {
-		struct job *next = list->next;
-		auth.pending--;
-		job_finish(list);
-		list = next;
+}
+
+/* --- USER/PASS ------------------------------------------------------------ */
+
+static void
+pass_finish(struct job *j)
+{
+	if (j->stored != NULL && j->result == PASSWORD_OK) {
+		auth_answer(j->fd, j->id, j->peer, "ok", j->user, j->location, NULL);
+	} else {
+		log_failure(j->user, j->peer, j->stored == NULL ? "unknown user" :
+		    j->result == PASSWORD_BAD_SCHEME ? "unusable password scheme in the users file" :
+		    "wrong password");
+		auth_answer(j->fd, j->id, j->peer, "fail", j->user, NULL, NULL);
 	}
+	db_ref_release(j->ref);
+	job_free(j);
 }
 
 static bool
@@ -209,22 +311,22 @@ secret_is_cheap(const char *stored)
 static void
 auth_handle_pass(int fd, const struct ipc_msg *msg)
 {
+	char peer[64];
+	str_sanitize(peer, sizeof(peer), msg->fields[2], msg->lens[2]);
 	struct db_ref *ref = auth_db_current();
-	if (ref == NULL) {
-		auth_reply(fd, msg->id, "temp", msg->fields[0], NULL);
-		return;
-	}
-	if (auth.pending >= AUTH_MAX_PENDING) {
-		log_warnx("auth: %u logins pending, refusing more for now", auth.pending);
-		auth_reply(fd, msg->id, "temp", msg->fields[0], NULL);
+	if (ref == NULL || auth.pending >= AUTH_MAX_PENDING) {
+		if (ref != NULL)
+			log_warnx("%u logins pending, refusing more for now", auth.pending);
+		reply_send(fd, msg->id, "temp", msg->fields[0], NULL, NULL);
 		return;
 	}
 	struct job *j = xcalloc(1, sizeof(*j));
+	j->kind = JOB_PASS;
 	j->fd = fd;
 	j->id = msg->id;
 	j->user = xstrdup(msg->fields[0]);
 	j->password = xstrdup(msg->fields[1]);
-	str_sanitize(j->peer, sizeof(j->peer), msg->fields[2], msg->lens[2]);
+	memcpy(j->peer, peer, sizeof(peer));
 	j->ref = ref;
 	ref->refs++;
 	const struct passwd_entry *e = passwd_db_lookup(ref->db, j->user);
@@ -234,29 +336,19 @@ auth_handle_pass(int fd, const struct ipc_msg *msg)
 		if (j->location == NULL) {
 			log_warnx("user %s: mail location: %s", j->user, error);
 			free(error);
-			auth_reply(fd, j->id, "temp", j->user, NULL);
+			reply_send(fd, j->id, "temp", j->user, NULL, NULL);
 			db_ref_release(ref);
 			job_free(j);
 			return;
 		}
 		j->stored = xstrdup(e->password);
 	}
-	/* Plain secrets and unknown users of a plain-secret file are cheap: answer
-	 * now. Anything else goes to the pool. */
-	if (j->stored != NULL ? secret_is_cheap(j->stored) : false) {
-		job_verify(j);
-		job_finish(j);
+	if (j->stored != NULL && secret_is_cheap(j->stored)) {
+		job_run(j);
+		pass_finish(j);
 		return;
 	}
-	auth.pending++;
-	pthread_mutex_lock(&auth.lock);
-	if (auth.queue_tail != NULL)
-		auth.queue_tail->next = j;
-	else
-		auth.queue_head = j;
-	auth.queue_tail = j;
-	pthread_cond_signal(&auth.cond);
-	pthread_mutex_unlock(&auth.lock);
+	job_queue(j);
 }
 
 /* APOP (RFC 1939 §7): digest = MD5(timestamp + shared secret), so it needs the
@@ -265,6 +357,8 @@ static void
 auth_handle_apop(int fd, const struct ipc_msg *msg)
 {
 	const char *user = msg->fields[0], *stamp = msg->fields[1], *digest = msg->fields[2];
+	char peer[64];
+	str_sanitize(peer, sizeof(peer), msg->fields[3], msg->lens[3]);
 	struct db_ref *ref = auth_db_current();
 	const struct passwd_entry *e = ref ? passwd_db_lookup(ref->db, user) : NULL;
 	const char *plain = e ? password_plaintext(e->password) : NULL;
@@ -274,7 +368,7 @@ auth_handle_apop(int fd, const struct ipc_msg *msg)
 	bool ok = false;
 
 	if (!auth.config->apop || ref == NULL) {
-		auth_reply(fd, msg->id, "fail", user, NULL);
+		auth_answer(fd, msg->id, peer, "fail", user, NULL, NULL);
 		return;
 	}
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -294,7 +388,9 @@ auth_handle_apop(int fd, const struct ipc_msg *msg)
 	}
 	EVP_MD_CTX_free(ctx);
 	if (!ok) {
-		auth_reply(fd, msg->id, "fail", user, NULL);
+		log_failure(user, peer, e == NULL ? "unknown user (APOP)" :
+		    plain == NULL ? "APOP needs a {PLAIN} secret" : "wrong APOP digest");
+		auth_answer(fd, msg->id, peer, "fail", user, NULL, NULL);
 		return;
 	}
 	char *error = NULL;
@@ -302,11 +398,328 @@ auth_handle_apop(int fd, const struct ipc_msg *msg)
 	if (location == NULL) {
 		log_warnx("user %s: mail location: %s", user, error);
 		free(error);
-		auth_reply(fd, msg->id, "temp", user, NULL);
+		reply_send(fd, msg->id, "temp", user, NULL, NULL);
 		return;
 	}
-	auth_reply(fd, msg->id, "ok", user, location);
+	auth_answer(fd, msg->id, peer, "ok", user, location, NULL);
 	free(location);
+}
+
+/* --- SASL ------------------------------------------------------------------ */
+
+static struct sasl_conv *
+conv_find(int fd, uint64_t id)
+{
+	for (struct sasl_conv *c = auth.convs; c != NULL; c = c->next)
+		if (c->fd == fd && c->id == id)
+			return c;
+	return NULL;
+}
+
+static void
+conv_free(struct sasl_conv *c)
+{
+	struct sasl_conv **pp = &auth.convs;
+	while (*pp != NULL && *pp != c)
+		pp = &(*pp)->next;
+	if (*pp == c)
+		*pp = c->next;
+	auth.n_convs--;
+	gsasl_finish(c->sctx);
+	db_ref_release(c->ref);
+	free(c);
+}
+
+static char *
+hex_to_base64(const char *hex)
+{
+	unsigned char bin[64];
+	size_t n = strlen(hex) / 2;
+	if (n > sizeof(bin))
+		n = sizeof(bin);
+	for (size_t i = 0; i < n; i++) {
+		unsigned v = 0;
+		sscanf(hex + 2 * i, "%2x", &v);
+		bin[i] = (unsigned char)v;
+	}
+	return base64_encode(bin, n);
+}
+
+/* For a user who does not exist (or has no usable SCRAM secret), answer with
+ * a salt that is stable per user name and keys nobody knows, so the exchange
+ * looks the same as for a real user and fails only at the proof. */
+static int
+scram_fake(Gsasl_session *sctx, Gsasl_property prop, const char *authid, bool sha256)
+{
+	unsigned char mac[EVP_MAX_MD_SIZE], rnd[32];
+	unsigned int maclen = 0;
+	char *s;
+	switch (prop) {
+	case GSASL_SCRAM_ITER:
+		gsasl_property_set(sctx, prop, "4096");
+		return GSASL_OK;
+	case GSASL_SCRAM_SALT:
+		HMAC(EVP_sha256(), auth.fake_salt_key, sizeof(auth.fake_salt_key),
+		    (const unsigned char *)authid, strlen(authid), mac, &maclen);
+		s = base64_encode(mac, 16);
+		gsasl_property_set(sctx, prop, s);
+		free(s);
+		return GSASL_OK;
+	case GSASL_SCRAM_STOREDKEY:
+	case GSASL_SCRAM_SERVERKEY:
+		RAND_bytes(rnd, sizeof(rnd));
+		s = base64_encode(rnd, sha256 ? 32 : 20);
+		gsasl_property_set(sctx, prop, s);
+		free(s);
+		return GSASL_OK;
+	default:
+		return GSASL_NO_CALLBACK;
+	}
+}
+
+/* Runs on a pool thread inside gsasl_step64(); reads only the conversation and
+ * its (immutable, reference-held) users database. */
+static int
+sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
+{
+	struct sasl_conv *c = gsasl_session_hook_get(sctx);
+	const char *authid = gsasl_property_fast(sctx, GSASL_AUTHID);
+	const struct passwd_entry *e = authid ? passwd_db_lookup(c->ref->db, authid) : NULL;
+	bool sha256 = strncasecmp(c->mech, "SCRAM-SHA-256", 13) == 0;
+
+	switch (prop) {
+	case GSASL_VALIDATE_SIMPLE: {
+		const char *pw = gsasl_property_fast(sctx, GSASL_PASSWORD);
+		const char *authzid = gsasl_property_fast(sctx, GSASL_AUTHZID);
+		if (authid == NULL || pw == NULL)
+			return GSASL_AUTHENTICATION_ERROR;
+		if (e == NULL) {
+			password_verify_dummy(c->ref->db, pw);
+			c->unknown_user = true;
+			return GSASL_AUTHENTICATION_ERROR;
+		}
+		if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0)
+			return GSASL_AUTHENTICATION_ERROR;
+		if (password_verify(e->password, pw) != PASSWORD_OK)
+			return GSASL_AUTHENTICATION_ERROR;
+		c->validated = true;
+		return GSASL_OK;
+	}
+	case GSASL_PASSWORD: {
+		/* CRAM-MD5, and SCRAM for users with a {PLAIN} secret. */
+		const char *plain = e ? password_plaintext(e->password) : NULL;
+		if (plain == NULL) {
+			c->unknown_user = e == NULL;
+			return GSASL_NO_CALLBACK;
+		}
+		gsasl_property_set(sctx, prop, plain);
+		return GSASL_OK;
+	}
+	case GSASL_SCRAM_ITER:
+	case GSASL_SCRAM_SALT:
+	case GSASL_SCRAM_STOREDKEY:
+	case GSASL_SCRAM_SERVERKEY: {
+		if (authid == NULL)
+			return GSASL_NO_CALLBACK;
+		if (e != NULL && password_plaintext(e->password) != NULL)
+			return GSASL_NO_CALLBACK;   /* gsasl derives the keys from GSASL_PASSWORD */
+		struct scram_secret sec;
+		char *error = NULL;
+		if (e == NULL || scram_secret_parse(e->password, &sec, &error) < 0) {
+			free(error);
+			c->unknown_user = e == NULL;
+			return scram_fake(sctx, prop, authid, sha256);
+		}
+		bool match = strncasecmp(sec.mech, c->mech, strlen(sec.mech)) == 0 &&
+		    (c->mech[strlen(sec.mech)] == '\0' || strcasecmp(c->mech + strlen(sec.mech), "-PLUS") == 0);
+		int rc = GSASL_OK;
+		if (!match) {
+			rc = scram_fake(sctx, prop, authid, sha256);
+		} else if (prop == GSASL_SCRAM_ITER) {
+			char it[16];
+			snprintf(it, sizeof(it), "%u", sec.iterations);
+			gsasl_property_set(sctx, prop, it);
+		} else if (prop == GSASL_SCRAM_SALT) {
+			gsasl_property_set(sctx, prop, sec.salt_b64);
+		} else {
+			/* GNU SASL 2.2 takes the keys base64-encoded, whatever its
+			 * header says (checked against libgsasl 2.2.0). */
+			char *b64 = hex_to_base64(prop == GSASL_SCRAM_STOREDKEY ? sec.stored_key_hex
+			    : sec.server_key_hex);
+			gsasl_property_set(sctx, prop, b64);
+			free(b64);
+		}
+		scram_secret_clear(&sec);
+		return rc;
+	}
+	default:
+		return GSASL_NO_CALLBACK;
+	}
+}
+
+static void
+sasl_fail(struct sasl_conv *c, const char *why)
+{
+	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
+	log_failure(authid, c->peer, why);
+	auth_answer(c->fd, c->id, c->peer, "fail", authid ? authid : "", NULL, NULL);
+	conv_free(c);
+}
+
+static void
+sasl_finish(struct job *j)
+{
+	struct sasl_conv *c = j->conv;
+	c->busy = false;
+	c->last = time(NULL);
+	if (j->rc == GSASL_NEEDS_MORE) {
+		auth_answer(c->fd, c->id, c->peer, "continue", NULL, NULL, j->output ? j->output : "");
+		return;
+	}
+	if (j->rc != GSASL_OK) {
+		sasl_fail(c, c->unknown_user ? "unknown user (SASL)" : gsasl_strerror(j->rc));
+		return;
+	}
+	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
+	const char *authzid = gsasl_property_fast(c->sctx, GSASL_AUTHZID);
+	const struct passwd_entry *e = authid ? passwd_db_lookup(c->ref->db, authid) : NULL;
+	if (e == NULL || c->unknown_user) {
+		sasl_fail(c, "unknown user (SASL)");
+		return;
+	}
+	if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0) {
+		sasl_fail(c, "authorization identity differs from the user (not supported)");
+		return;
+	}
+	if ((strcasecmp(c->mech, "PLAIN") == 0 || strcasecmp(c->mech, "LOGIN") == 0) && !c->validated) {
+		sasl_fail(c, "password not validated");
+		return;
+	}
+	char *error = NULL;
+	char *location = mail_location_expand(auth.config->mail, e, &error);
+	if (location == NULL) {
+		log_warnx("user %s: mail location: %s", authid, error);
+		free(error);
+		reply_send(c->fd, c->id, "temp", authid, NULL, NULL);
+		conv_free(c);
+		return;
+	}
+	auth_answer(c->fd, c->id, c->peer, "ok", authid, location, j->output ? j->output : "");
+	free(location);
+	conv_free(c);
+}
+
+static void
+sasl_step(struct sasl_conv *c, const char *input)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+	j->kind = JOB_SASL;
+	j->conv = c;
+	j->input = input ? xstrdup(input) : NULL;
+	c->busy = true;
+	job_queue(j);
+}
+
+static void
+auth_handle_sasl_start(int fd, const struct ipc_msg *msg)
+{
+	const char *mech = msg->fields[0];
+	char peer[64];
+	str_sanitize(peer, sizeof(peer), msg->fields[3], msg->lens[3]);
+	struct db_ref *ref = auth_db_current();
+	if (ref == NULL || auth.n_convs >= AUTH_MAX_SASL || auth.pending >= AUTH_MAX_PENDING ||
+	    conv_find(fd, msg->id) != NULL) {
+		reply_send(fd, msg->id, "temp", "", NULL, NULL);
+		return;
+	}
+	struct sasl_conv *c = xcalloc(1, sizeof(*c));
+	if (gsasl_server_start(auth.gsasl, mech, &c->sctx) != GSASL_OK) {
+		free(c);
+		reply_send(fd, msg->id, "fail", "", NULL, NULL);
+		return;
+	}
+	c->fd = fd;
+	c->id = msg->id;
+	c->ref = ref;
+	ref->refs++;
+	snprintf(c->mech, sizeof(c->mech), "%s", mech);
+	memcpy(c->peer, peer, sizeof(peer));
+	c->last = time(NULL);
+	gsasl_session_hook_set(c->sctx, c);
+	if (msg->lens[4] > 0)
+		gsasl_property_set(c->sctx, GSASL_CB_TLS_EXPORTER, msg->fields[4]);
+	if (msg->lens[5] > 0)
+		gsasl_property_set(c->sctx, GSASL_CB_TLS_UNIQUE, msg->fields[5]);
+	c->next = auth.convs;
+	auth.convs = c;
+	auth.n_convs++;
+	sasl_step(c, strcmp(msg->fields[1], "1") == 0 ? msg->fields[2] : NULL);
+}
+
+static void
+auth_handle_sasl_step(int fd, const struct ipc_msg *msg)
+{
+	struct sasl_conv *c = conv_find(fd, msg->id);
+	if (c == NULL || c->busy) {
+		reply_send(fd, msg->id, "fail", "", NULL, NULL);
+		return;
+	}
+	sasl_step(c, msg->fields[0]);
+}
+
+static void
+auth_handle_sasl_abort(int fd, const struct ipc_msg *msg)
+{
+	struct sasl_conv *c = conv_find(fd, msg->id);
+	if (c == NULL)
+		return;
+	if (c->busy) {
+		c->fd = -1;   /* freed when its step comes back */
+		return;
+	}
+	conv_free(c);
+}
+
+static void
+sasl_expire(void)
+{
+	time_t now = time(NULL);
+	struct sasl_conv *c = auth.convs, *next;
+	for (; c != NULL; c = next) {
+		next = c->next;
+		if (!c->busy && now - c->last > AUTH_SASL_IDLE_SECONDS)
+			conv_free(c);
+	}
+}
+
+/* --- event loop ------------------------------------------------------------ */
+
+static void
+done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	uint64_t n;
+	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		log_warn("eventfd read");
+	pthread_mutex_lock(&auth.lock);
+	struct job *list = auth.done;
+	auth.done = NULL;
+	pthread_mutex_unlock(&auth.lock);
+	while (list != NULL) {
+		struct job *next = list->next;
+		auth.pending--;
+		if (list->kind == JOB_PASS) {
+			pass_finish(list);
+		} else {
+			if (list->conv->fd < 0) {
+				list->conv->busy = false;
+				conv_free(list->conv);
+			} else {
+				sasl_finish(list);
+			}
+			job_free(list);
+		}
+		list = next;
+	}
 }
 
 static void
@@ -319,23 +732,36 @@ worker_channel_cb(evutil_socket_t fd, short what, void *arg)
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EINTR)
-				log_warn("auth: recv from worker");
+				log_warn("recv from worker");
 			return;
 		}
 		if (n == 0)
 			return;
 		if (ipc_parse(buf, (size_t)n, &msg) < 0) {
-			log_warnx("auth: malformed message from worker, ignored");
+			log_warnx("malformed message from worker, ignored");
 			continue;
 		}
 		if (msg.type == IPC_AUTH_PASS && msg.nfields == 3)
 			auth_handle_pass(fd, &msg);
 		else if (msg.type == IPC_AUTH_APOP && msg.nfields == 4)
 			auth_handle_apop(fd, &msg);
+		else if (msg.type == IPC_SASL_START && msg.nfields == 6)
+			auth_handle_sasl_start(fd, &msg);
+		else if (msg.type == IPC_SASL_STEP && msg.nfields == 1)
+			auth_handle_sasl_step(fd, &msg);
+		else if (msg.type == IPC_SASL_ABORT)
+			auth_handle_sasl_abort(fd, &msg);
 		else
-			log_warnx("auth: unexpected message type %u from worker", msg.type);
+			log_warnx("unexpected message type %u from worker", msg.type);
 		secure_wipe(buf, (size_t)n);
 	}
+}
+
+static void
+housekeeping_cb(evutil_socket_t fd, short what, void *arg)
+{
+	sasl_expire();
+	auth_penalty_expire(auth.penalty, time(NULL));
 }
 
 static void
@@ -346,19 +772,19 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 	if (n == 0) {
 		/* The master is gone: nothing supervises us any more. */
-		log_warnx("auth: master went away, exiting");
+		log_warnx("master went away, exiting");
 		exit(0);
 	}
-	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields != 2)
+	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields < 2)
 		return;
 	struct config *next;
 	char *error = NULL;
 	if (config_parse(msg.fields[0], msg.fields[1], &next, &error) < 0) {
-		log_warnx("auth: reload: %s", error);
+		log_warnx("reload: %s", error);
 		free(error);
 		return;
 	}
-	auth.config = next; /* the old one is leaked on purpose: jobs may point into it */
+	auth.config = next; /* the old one is leaked on purpose: a reload is rare */
 	/* Force a users file reload even if its mtime did not change. */
 	if (auth.db != NULL)
 		auth.db->st.st_ino = 0;
@@ -385,12 +811,18 @@ auth_main(struct child_env *env)
 	auth.config = env->config;
 	auth.base = event_base_new();
 	if (auth.base == NULL)
-		fatalx("auth: event_base_new failed");
+		fatalx("event_base_new failed");
+	if (gsasl_init(&auth.gsasl) != GSASL_OK)
+		fatalx("GNU SASL initialisation failed");
+	gsasl_callback_set(auth.gsasl, sasl_callback);
+	if (RAND_bytes(auth.fake_salt_key, sizeof(auth.fake_salt_key)) != 1)
+		fatalx("no randomness");
+	auth.penalty = auth_penalty_new();
 	pthread_mutex_init(&auth.lock, NULL);
 	pthread_cond_init(&auth.cond, NULL);
 	auth.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (auth.done_fd < 0)
-		fatal("auth: eventfd");
+		fatal("eventfd");
 	auth_db_current();
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -398,7 +830,7 @@ auth_main(struct child_env *env)
 	for (int i = 0; i < nthreads; i++) {
 		pthread_t t;
 		if (pthread_create(&t, NULL, auth_thread, NULL) != 0)
-			fatalx("auth: cannot start hashing thread");
+			fatalx("cannot start hashing thread");
 		pthread_detach(t);
 	}
 
@@ -413,6 +845,9 @@ auth_main(struct child_env *env)
 	event_add(cev, NULL);
 	struct event *tev = evsignal_new(auth.base, SIGTERM, sigterm_cb, NULL);
 	evsignal_add(tev, NULL);
+	struct event *hk = event_new(auth.base, -1, EV_PERSIST, housekeeping_cb, NULL);
+	struct timeval minute = { .tv_sec = 60 };
+	event_add(hk, &minute);
 
 	event_base_dispatch(auth.base);
 	exit(0);

@@ -69,8 +69,15 @@ cmd_capa(struct session *s, int argc, char **argv)
 	session_reply(s, "RESP-CODES");
 	session_reply(s, "AUTH-RESP-CODE");
 	session_reply(s, "PIPELINING");
-	if (s->state == SESSION_AUTHORIZATION && session_plaintext_allowed(s))
-		session_reply(s, "USER");
+	if (s->state == SESSION_AUTHORIZATION) {
+		if (session_plaintext_allowed(s))
+			session_reply(s, "USER");
+		const char *mechs = session_sasl_mechanisms(s);
+		if (mechs[0] != '\0')
+			session_reply(s, "SASL %s", mechs);
+		if (s->worker->ssl_ctx != NULL && !s->tls)
+			session_reply(s, "STLS");
+	}
 	session_reply(s, "IMPLEMENTATION popbox");
 	session_reply(s, ".");
 }
@@ -99,7 +106,7 @@ cmd_pass(struct session *s, int argc, char **argv)
 		return;
 	}
 	const char *fields[] = { s->user, argv[0], s->peer_ip };
-	session_auth_request(s, IPC_AUTH_PASS, fields, 3);
+	session_auth_request(s, IPC_AUTH_PASS, 0, fields, 3);
 }
 
 static void
@@ -117,7 +124,59 @@ cmd_apop(struct session *s, int argc, char **argv)
 	free(s->user);
 	s->user = xstrdup(argv[0]);
 	const char *fields[] = { s->user, s->apop_stamp, argv[1], s->peer_ip };
-	session_auth_request(s, IPC_AUTH_APOP, fields, 4);
+	session_auth_request(s, IPC_AUTH_APOP, 0, fields, 4);
+}
+
+static void
+cmd_stls(struct session *s, int argc, char **argv)
+{
+	if (s->worker->ssl_ctx == NULL) {
+		session_reply(s, "-ERR TLS is not configured on this server");
+		return;
+	}
+	if (s->tls) {
+		session_reply(s, "-ERR Already using TLS");
+		return;
+	}
+	session_reply(s, "+OK Begin TLS negotiation now");
+	session_starttls(s);
+}
+
+static void
+cmd_auth(struct session *s, int argc, char **argv)
+{
+	const char *offered = session_sasl_mechanisms(s);
+	if (argc == 0) {
+		/* Not in RFC 5034, but old clients ask this way. */
+		session_reply(s, "+OK Supported mechanisms follow");
+		char list[256];
+		snprintf(list, sizeof(list), "%s", offered);
+		for (char *save = NULL, *m = strtok_r(list, " ", &save); m != NULL; m = strtok_r(NULL, " ", &save))
+			session_reply(s, "%s", m);
+		session_reply(s, ".");
+		return;
+	}
+	char mech[32];
+	size_t mlen = strlen(argv[0]);
+	bool found = false;
+	if (mlen < sizeof(mech)) {
+		for (size_t i = 0; i <= mlen; i++)
+			mech[i] = (char)((argv[0][i] >= 'a' && argv[0][i] <= 'z') ? argv[0][i] - 32 : argv[0][i]);
+		char list[256];
+		snprintf(list, sizeof(list), "%s", offered);
+		for (char *save = NULL, *m = strtok_r(list, " ", &save); m != NULL && !found;
+		    m = strtok_r(NULL, " ", &save))
+			found = strcmp(m, mech) == 0;
+	}
+	if (!found) {
+		if (mlen < sizeof(mech) && (strcmp(mech, "PLAIN") == 0 || strcmp(mech, "LOGIN") == 0) &&
+		    !session_plaintext_allowed(s))
+			session_reply(s, "-ERR [AUTH] Plaintext authentication is not allowed on an unencrypted connection");
+		else
+			session_reply(s, "-ERR Unsupported authentication mechanism");
+		return;
+	}
+	session_sasl_start(s, mech, argc == 2 ? argv[1] : NULL);
 }
 
 void
@@ -293,6 +352,8 @@ static const struct command command_table[] = {
 	{ "USER", ST_AUTH, 1, 1, cmd_user },
 	{ "PASS", ST_AUTH, 1, -1, cmd_pass },
 	{ "APOP", ST_AUTH, 2, 2, cmd_apop },
+	{ "STLS", ST_AUTH, 0, 0, cmd_stls },
+	{ "AUTH", ST_AUTH, 0, 2, cmd_auth },
 	{ "QUIT", ST_AUTH | ST_TRANS, 0, 0, cmd_quit },
 	{ "STAT", ST_TRANS, 0, 0, cmd_stat },
 	{ "LIST", ST_TRANS, 0, 1, cmd_list },

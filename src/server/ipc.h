@@ -21,9 +21,17 @@ enum ipc_type {
 	IPC_AUTH_PASS = 1,  /* id; user, password, peer address */
 	IPC_AUTH_APOP,      /* id; user, greeting timestamp, hex digest, peer */
 	/* auth -> worker */
-	IPC_AUTH_RESULT,    /* id; status ("ok"|"fail"|"temp"), user, mail location */
+	IPC_AUTH_RESULT,    /* id; status ("ok"|"fail"|"temp"|"continue"), user,
+	                     * mail location, SASL data (base64, may be "") */
 	/* master -> worker/auth */
-	IPC_RELOAD,         /* 0; config file path, config text */
+	IPC_RELOAD,         /* 0; config file path, config text, TLS cert PEM, key PEM
+	                     * ("" = keep the current TLS context) */
+	/* worker -> auth, SASL (RFC 5034); the id of SASL_START names the
+	 * exchange and every later step of it */
+	IPC_SASL_START,     /* id; mechanism, "1"/"0" initial response given, initial
+	                     * response (base64), peer, tls-exporter cb, tls-unique cb */
+	IPC_SASL_STEP,      /* id; client response (base64) */
+	IPC_SASL_ABORT,     /* id; (none): client cancelled or went away, no answer */
 	IPC_TYPE_MAX,
 };
 

@@ -26,6 +26,8 @@
 #include "common/log.h"
 #include "server/ipc.h"
 #include "server/popboxd.h"
+#include "server/tls.h"
+#include "server/iplimit.h"
 
 /* Listen backlog: bursts of connects queue in the kernel, not in us. */
 #define MASTER_LISTEN_BACKLOG 1024
@@ -93,6 +95,17 @@ master_check(const struct config *config, char **error_r)
 	if (access(config->users, R_OK) < 0) {
 		*error_r = xasprintf("%s: users file %s: %s", config->path, config->users, strerror(errno));
 		return -1;
+	}
+	if (config->tls_cert != NULL) {
+		char *cert, *key;
+		if (tls_read_pem(config, &cert, &key, error_r) < 0)
+			return -1;
+		SSL_CTX *ctx = tls_server_ctx_new(cert, key, config->tls_min_version, error_r);
+		free(cert);
+		free_secret(key);
+		if (ctx == NULL)
+			return -1;
+		SSL_CTX_free(ctx);
 	}
 	return 0;
 }
@@ -292,15 +305,35 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	if (strcmp(next->run_as, master.config->run_as) != 0 ||
 	    workers_wanted(next) != master.env.n_workers)
 		log_warnx("reload: run_as and workers changes need a restart of popboxd");
+	/* TLS: a certificate or key that does not load keeps the old one. */
+	char *cert = NULL, *key = NULL;
+	if (next->tls_cert != NULL) {
+		SSL_CTX *ctx = NULL;
+		if (tls_read_pem(next, &cert, &key, &error) == 0)
+			ctx = tls_server_ctx_new(cert, key, next->tls_min_version, &error);
+		if (ctx == NULL) {
+			log_warnx("reload: keeping the current TLS certificate: %s", error);
+			free(error);
+			free(cert);
+			free_secret(key);
+			cert = key = NULL;
+		} else {
+			/* Children forked from now on inherit the new context. */
+			SSL_CTX_free(master.env.ssl_ctx);
+			master.env.ssl_ctx = ctx;
+		}
+	}
 	config_free(master.config);
 	master.config = next;
 	master.env.config = next;
-	const char *fields[] = { next->path, text };
+	const char *fields[] = { next->path, text, cert ? cert : "", key ? key : "" };
 	for (size_t i = 0; i < master.n_children; i++) {
 		struct child *c = &master.children[i];
-		if (c->pid != 0 && ipc_send(c->control_master, IPC_RELOAD, 0, fields, 2) < 0)
+		if (c->pid != 0 && ipc_send(c->control_master, IPC_RELOAD, 0, fields, 4) < 0)
 			log_warn("reload: cannot notify child %d", (int)c->pid);
 	}
+	free(cert);
+	free_secret(key);
 	free(text);
 	log_info("configuration reloaded");
 }
@@ -387,6 +420,16 @@ master_run(struct config *config, bool foreground)
 		}
 		master.env.drop_privileges = true;
 	}
+	if (config->tls_cert != NULL) {
+		char *cert, *key;
+		if (tls_read_pem(config, &cert, &key, &error) < 0 ||
+		    (master.env.ssl_ctx = tls_server_ctx_new(cert, key, config->tls_min_version, &error)) == NULL) {
+			log_warnx("TLS: %s", error);
+			return 1;
+		}
+		free(cert);
+		free_secret(key);
+	}
 	if (state_dir_prepare(config, &error) < 0) {
 		log_warnx("%s", error);
 		return 1;
@@ -400,6 +443,9 @@ master_run(struct config *config, bool foreground)
 		master.env.n_listeners++;
 	}
 	master.env.n_workers = workers_wanted(config);
+	master.env.iplimit = iplimit_new(master.env.n_workers);
+	if (master.env.iplimit == NULL)
+		log_warn("shared memory for max_connections_per_ip; the limit is not enforced");
 	for (unsigned i = 0; i < master.env.n_workers; i++) {
 		int sv[2];
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)

@@ -3,6 +3,7 @@
 #include "server/passwd.h"
 
 #include "common/log.h"
+#include "common/scram.h"
 #include "common/util.h"
 
 #include <crypt.h>
@@ -434,6 +435,20 @@ password_verify(const char *stored, const char *plain)
 		return PASSWORD_MISMATCH;
 	if (strlen(plain) > PASSWORD_PLAIN_MAX)
 		return PASSWORD_MISMATCH;
+	if (strncasecmp(stored, "{SCRAM-SHA-", 11) == 0) {
+		/* SCRAM secrets verify USER/PASS and AUTH PLAIN too, as in Dovecot:
+		 * recompute StoredKey from the password. */
+		struct scram_secret sec;
+		char *error = NULL;
+		if (scram_secret_parse(stored, &sec, &error) < 0) {
+			log_warnx("password: malformed SCRAM secret: %s", error);
+			free(error);
+			return PASSWORD_BAD_SCHEME;
+		}
+		bool ok = scram_secret_verify(&sec, plain);
+		scram_secret_clear(&sec);
+		return ok ? PASSWORD_OK : PASSWORD_MISMATCH;
+	}
 	if (!password_parse(stored, &p)) {
 		log_warnx("password: unknown password scheme {%s}", p.name);
 		return PASSWORD_BAD_SCHEME;

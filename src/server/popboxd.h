@@ -31,6 +31,8 @@ struct child_env {
 	uid_t uid;           /* run_as (only used when started as root) */
 	gid_t gid;
 	bool drop_privileges;
+	struct ssl_ctx_st *ssl_ctx;  /* built by the master before fork; NULL = no TLS */
+	struct iplimit *iplimit;     /* shared connection counts per address */
 };
 
 /* Each never returns. */

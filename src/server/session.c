@@ -16,9 +16,15 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/base64.h"
 #include "server/ipc.h"
+#include "server/tls.h"
+#include "server/iplimit.h"
 
 static void session_process_input(struct session *s);
 static void session_destroy_later(struct session *s, const char *reason);
@@ -29,6 +35,7 @@ state_name(enum session_state st)
 	switch (st) {
 	case SESSION_AUTHORIZATION: return "AUTHORIZATION";
 	case SESSION_AUTH_WAIT: return "AUTH-WAIT";
+	case SESSION_SASL: return "SASL";
 	case SESSION_TRANSACTION: return "TRANSACTION";
 	case SESSION_UPDATE: return "UPDATE";
 	case SESSION_CLOSING: return "CLOSING";
@@ -137,7 +144,12 @@ session_free(struct session *s)
 {
 	struct worker *w = s->worker;
 	session_log_end(s);
+	if (s->sasl_id != 0)
+		ipc_send(w->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
 	auth_pending_remove(s);
+	if (s->ip_counted)
+		iplimit_add(w->iplimit, w->slot, s->peer_ip, -1);
+	free(s->pending_location);
 	session_stream_stop(s);
 	if (s->store != NULL)
 		s->store->backend->close(s->store);   /* no UPDATE: nothing removed */
@@ -146,6 +158,8 @@ session_free(struct session *s)
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	event_free(s->timer);
+	if (s->linger != NULL)
+		event_free(s->linger);
 	if (s->all_prev)
 		s->all_prev->all_next = s->all_next;
 	else
@@ -180,17 +194,64 @@ session_destroy_later(struct session *s, const char *reason)
 		fatalx("event_base_once failed");
 }
 
+/* Bytes queued for this client anywhere: with STLS, TLS records may sit in
+ * the plain bufferevent under the TLS filter. */
+static size_t
+session_output_pending(struct session *s)
+{
+	size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
+	struct bufferevent *under = bufferevent_get_underlying(s->bev);
+	if (under != NULL)
+		n += evbuffer_get_length(bufferevent_get_output(under));
+	return n;
+}
+
+static void
+session_linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	if (s->freed_pending)
+		return;
+	if (session_output_pending(s) == 0) {
+		session_destroy_later(s, NULL);
+		return;
+	}
+	/* The filter has handed everything down; wait for the socket. The idle
+	 * timer still bounds how long a non-reading client can keep us. */
+	struct timeval tv = { 0, 20 * 1000 };
+	if (s->linger == NULL)
+		s->linger = evtimer_new(s->worker->base, session_linger_cb, s);
+	evtimer_add(s->linger, &tv);
+}
+
+static void
+session_close_if_flushed(struct session *s)
+{
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) != 0)
+		return;   /* the write callback comes back when it is */
+	if (bufferevent_get_underlying(s->bev) == NULL)
+		session_destroy_later(s, NULL);
+	else
+		session_linger_cb(-1, 0, s);
+}
+
 void
 session_close_after_reply(struct session *s, const char *reason)
 {
 	if (s->end_reason == NULL)
 		s->end_reason = reason;
 	session_enter_state(s, SESSION_CLOSING);
+	/* Unlock the maildrop before the client can see our last reply, so
+	 * that it may log in again at once (after QUIT, UPDATE is done). */
+	session_stream_stop(s);
+	if (s->store != NULL) {
+		s->store->backend->close(s->store);
+		s->store = NULL;
+	}
 	bufferevent_disable(s->bev, EV_READ);
 	/* Called back when everything queued has been written. */
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-		session_destroy_later(s, reason);
+	session_close_if_flushed(s);
 }
 
 void
@@ -278,15 +339,17 @@ session_stream_start(struct session *s, uint32_t idx, int64_t top_lines)
 	session_stream_fill(s);
 }
 
-void
-session_auth_request(struct session *s, uint32_t type, const char *const *fields, uint32_t n)
+bool
+session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *const *fields,
+    uint32_t n)
 {
 	struct worker *w = s->worker;
-	uint64_t id = ++w->next_request;
+	if (id == 0)
+		id = ++w->next_request;
 	if (ipc_send(w->auth_fd, type, id, fields, n) < 0) {
 		log_warn("session %016llx: cannot reach the auth process", (unsigned long long)s->id);
-		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable");
-		return;
+		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
+		return false;
 	}
 	s->auth_request = id;
 	s->auth_prev = NULL;
@@ -295,11 +358,118 @@ session_auth_request(struct session *s, uint32_t type, const char *const *fields
 		w->auth_pending->auth_prev = s;
 	w->auth_pending = s;
 	session_enter_state(s, SESSION_AUTH_WAIT);
+	return true;
+}
+
+const char *
+session_sasl_mechanisms(const struct session *s)
+{
+	static char buf[256];
+	char list[256];
+	size_t len = 0;
+	snprintf(list, sizeof(list), "%s", s->worker->config->auth_mechanisms);
+	buf[0] = '\0';
+	for (char *save = NULL, *m = strtok_r(list, " ", &save); m != NULL; m = strtok_r(NULL, " ", &save)) {
+		size_t mlen = strlen(m);
+		bool plus = mlen > 5 && strcmp(m + mlen - 5, "-PLUS") == 0;
+		bool plain = strcmp(m, "PLAIN") == 0 || strcmp(m, "LOGIN") == 0;
+		if (plus && !s->tls)
+			continue;   /* channel binding needs TLS */
+		if (plain && !session_plaintext_allowed(s))
+			continue;
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s", len ? " " : "", m);
+		if (len >= sizeof(buf))
+			break;
+	}
+	return buf;
+}
+
+void
+session_sasl_start(struct session *s, const char *mech, const char *initial)
+{
+	char *cb_exporter = NULL, *cb_unique = NULL;
+	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+	if (ssl != NULL) {
+		cb_exporter = tls_channel_binding_exporter(ssl);
+		cb_unique = tls_channel_binding_unique(ssl);
+	}
+	/* RFC 5034 §4: "=" is an empty initial response. */
+	const char *ir = initial == NULL ? "" : strcmp(initial, "=") == 0 ? "" : initial;
+	const char *fields[] = { mech, initial ? "1" : "0", ir, s->peer_ip,
+	    cb_exporter ? cb_exporter : "", cb_unique ? cb_unique : "" };
+	uint64_t id = ++s->worker->next_request;
+	if (session_auth_request(s, IPC_SASL_START, id, fields, 6))
+		s->sasl_id = id;
+	free(cb_exporter);
+	free(cb_unique);
+}
+
+static void
+session_sasl_end(struct session *s)
+{
+	s->sasl_id = 0;
+	s->sasl_final = false;
+	free(s->pending_location);
+	s->pending_location = NULL;
+}
+
+/* A line from the client during an AUTH exchange. */
+static void
+session_sasl_line(struct session *s, char *line, size_t len)
+{
+	if (strcmp(line, "*") == 0) {
+		/* RFC 5034 §4: "*" cancels; the server MUST answer -ERR. */
+		ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+		session_sasl_end(s);
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [AUTH] Authentication cancelled");
+		return;
+	}
+	if (s->sasl_final) {
+		/* The client acknowledged our success data; anything but an
+		 * empty line is a protocol error. */
+		char *location = s->pending_location;
+		s->pending_location = NULL;
+		session_sasl_end(s);
+		if (len != 0) {
+			free(location);
+			session_enter_state(s, SESSION_AUTHORIZATION);
+			free(s->user);
+			s->user = NULL;
+			session_reply(s, "-ERR [AUTH] Authentication failed");
+			return;
+		}
+		char *user = s->user;
+		s->user = NULL;
+		commands_login_done(s, user, location);
+		free(user);
+		free(location);
+		return;
+	}
+	unsigned char *raw;
+	size_t rawlen;
+	if (len > 0 && !base64_decode(line, len, &raw, &rawlen)) {
+		/* RFC 5034 §4: undecodable base64 MUST be rejected with -ERR. */
+		ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+		session_sasl_end(s);
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [AUTH] Invalid base64 in authentication response");
+		return;
+	}
+	if (len > 0) {
+		secure_wipe(raw, rawlen);
+		free(raw);
+	}
+	const char *fields[] = { line };
+	if (!session_auth_request(s, IPC_SASL_STEP, s->sasl_id, fields, 1)) {
+		session_sasl_end(s);
+		session_enter_state(s, SESSION_AUTHORIZATION);
+	}
 }
 
 void
 session_auth_result(struct worker *w, uint64_t id, const char *status, const char *user,
-    const char *location)
+    const char *location, const char *data)
 {
 	struct session *s;
 	for (s = w->auth_pending; s != NULL; s = s->auth_next)
@@ -308,9 +478,25 @@ session_auth_result(struct worker *w, uint64_t id, const char *status, const cha
 	if (s == NULL)
 		return;  /* session gone, or an answer to a previous incarnation */
 	auth_pending_remove(s);
-	if (strcmp(status, "ok") == 0) {
-		commands_login_done(s, user, location);
+	if (strcmp(status, "continue") == 0 && s->sasl_id == id) {
+		session_enter_state(s, SESSION_SASL);
+		session_reply(s, "+ %s", data);
+	} else if (strcmp(status, "ok") == 0) {
+		if (s->sasl_id == id && data[0] != '\0') {
+			/* Success with data (SCRAM's server signature): send it as a
+			 * last challenge; the empty answer completes the login. */
+			s->sasl_final = true;
+			s->pending_location = xstrdup(location);
+			free(s->user);
+			s->user = xstrdup(user);
+			session_enter_state(s, SESSION_SASL);
+			session_reply(s, "+ %s", data);
+		} else {
+			session_sasl_end(s);
+			commands_login_done(s, user, location);
+		}
 	} else {
+		session_sasl_end(s);
 		session_enter_state(s, SESSION_AUTHORIZATION);
 		free(s->user);
 		s->user = NULL;
@@ -327,36 +513,54 @@ session_auth_result(struct worker *w, uint64_t id, const char *status, const cha
 /* Frame and dispatch complete lines while the session can take a command:
  * not waiting for the auth process, not streaming, output not backed up. */
 static void
+session_bad_line(struct session *s, const char *msg)
+{
+	session_reply(s, "-ERR %s", msg);
+	if (++s->bad_commands >= s->worker->config->max_bad_commands) {
+		session_reply(s, "-ERR Too many bad commands, closing connection");
+		session_close_after_reply(s, "bad-commands");
+	}
+}
+
+static void
 session_process_input(struct session *s)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	struct evbuffer *out = bufferevent_get_output(s->bev);
-	char line[SESSION_MAX_LINE + 1];
+	char *line = s->worker->line_buf;
 
 	while (!s->freed_pending && !s->streaming &&
-	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION) &&
-	    evbuffer_get_length(out) < SESSION_OUTPUT_HIGH) {
+	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION ||
+	    s->state == SESSION_SASL)) {
+		/* Looked up each time: STLS replaces the bufferevent. */
+		struct evbuffer *in = bufferevent_get_input(s->bev);
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) >= SESSION_OUTPUT_HIGH)
+			return;
+		size_t max = s->state == SESSION_SASL ? SESSION_MAX_SASL_LINE : SESSION_MAX_LINE;
 		size_t eol_len;
 		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
 		if (p.pos < 0) {
 			size_t len = evbuffer_get_length(in);
 			/* No end of line yet: an over-long line is consumed as it
 			 * comes and answered once when it ends. */
-			if (s->discarding || len >= SESSION_MAX_LINE) {
+			if (s->discarding || len >= max) {
 				evbuffer_drain(in, len);
 				s->discarding = true;
 			}
 			return;
 		}
 		size_t len = (size_t)p.pos;
-		if (s->discarding || len + 1 > SESSION_MAX_LINE) {
+		if (s->discarding || len + 1 > max) {
 			evbuffer_drain(in, len + 1);
 			s->discarding = false;
 			session_timer_arm(s);
-			session_reply(s, "-ERR Command line too long (at most %d octets)", SESSION_MAX_LINE);
-			if (++s->bad_commands >= s->worker->config->max_bad_commands) {
-				session_reply(s, "-ERR Too many bad commands, closing connection");
-				session_close_after_reply(s, "bad-commands");
+			if (s->state == SESSION_SASL) {
+				ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+				session_sasl_end(s);
+				session_enter_state(s, SESSION_AUTHORIZATION);
+				session_bad_line(s, "[AUTH] Authentication response too long");
+			} else {
+				char msg[64];
+				snprintf(msg, sizeof(msg), "Command line too long (at most %d octets)", SESSION_MAX_LINE);
+				session_bad_line(s, msg);
 			}
 			continue;
 		}
@@ -366,15 +570,19 @@ session_process_input(struct session *s)
 		line[len] = '\0';
 		session_timer_arm(s);
 		if (memchr(line, '\0', len) != NULL) {
-			session_reply(s, "-ERR NUL byte in command");
-			if (++s->bad_commands >= s->worker->config->max_bad_commands) {
-				session_reply(s, "-ERR Too many bad commands, closing connection");
-				session_close_after_reply(s, "bad-commands");
-			}
 			secure_wipe(line, len);
+			if (s->state == SESSION_SASL) {
+				ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+				session_sasl_end(s);
+				session_enter_state(s, SESSION_AUTHORIZATION);
+			}
+			session_bad_line(s, "NUL byte in command");
 			continue;
 		}
-		commands_dispatch(s, line, len);
+		if (s->state == SESSION_SASL)
+			session_sasl_line(s, line, len);
+		else
+			commands_dispatch(s, line, len);
 		secure_wipe(line, len);   /* it may have been a password */
 	}
 }
@@ -393,8 +601,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
 		return;
 	session_timer_arm(s);  /* the client is reading: not idle */
 	if (s->state == SESSION_CLOSING) {
-		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			session_destroy_later(s, NULL);
+		session_close_if_flushed(s);
 		return;
 	}
 	if (s->streaming && !session_stream_fill(s))
@@ -409,8 +616,18 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct session *s = arg;
 	if (what & BEV_EVENT_EOF)
 		session_destroy_later(s, s->state == SESSION_CLOSING ? NULL : "disconnected");
-	else if (what & BEV_EVENT_ERROR)
-		session_destroy_later(s, s->state == SESSION_CLOSING ? NULL : "connection-error");
+	else if (what & BEV_EVENT_ERROR) {
+		unsigned long e;
+		bool tls_error = false;
+		while (s->tls && (e = bufferevent_get_openssl_error(bev)) != 0) {
+			char buf[160];
+			ERR_error_string_n(e, buf, sizeof(buf));
+			log_info("session %016llx: TLS error from %s: %s", (unsigned long long)s->id, s->peer, buf);
+			tls_error = true;
+		}
+		session_destroy_later(s, s->state == SESSION_CLOSING ? NULL :
+		    tls_error ? "tls-error" : "connection-error");
+	}
 }
 
 static void
@@ -430,6 +647,40 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	/* RFC 1939 §3: on the autologout timer, close without a response and
 	 * without entering UPDATE. */
 	session_destroy_later(s, s->state == SESSION_TRANSACTION ? "idle-timeout" : "login-timeout");
+}
+
+void
+session_starttls(struct session *s)
+{
+	struct worker *w = s->worker;
+	SSL *ssl = SSL_new(w->ssl_ctx);
+	if (ssl == NULL) {
+		session_destroy_later(s, "tls-error");
+		return;
+	}
+	/* RFC 2595 §4 / CVE-2011-0411: whatever the client pipelined after STLS
+	 * was sent in clear and must not be executed after the handshake. */
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	/* The +OK is already in the plain bufferevent's output and goes out
+	 * before any TLS record the filter writes behind it. */
+	struct bufferevent *tls = bufferevent_openssl_filter_new(w->base, s->bev, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (tls == NULL) {
+		SSL_free(ssl);
+		session_destroy_later(s, "tls-error");
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+	s->bev = tls;
+	s->tls = true;
+	/* Forget everything said in clear. */
+	free(s->user);
+	s->user = NULL;
+	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH);
+	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
 static bool
@@ -472,12 +723,26 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	s->loopback = addr_is_loopback(sa);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (tls_listener && w->ssl_ctx != NULL) {
+		SSL *ssl = SSL_new(w->ssl_ctx);
+		if (ssl == NULL) {
+			close(fd);
+			free(s);
+			return;
+		}
+		s->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		    BEV_OPT_CLOSE_ON_FREE);
+		s->tls = true;
+	} else {
+		s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
 	if (s->bev == NULL) {
 		close(fd);
 		free(s);
 		return;
 	}
+	if (s->tls)
+		bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
 	s->timer = evtimer_new(w->base, session_timer_cb, s);
 	s->all_next = w->all;
 	if (w->all)
@@ -497,6 +762,17 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 		session_reply(s, "-ERR [SYS/TEMP] Too many connections, try again later");
 		session_close_after_reply(s, "too-many-connections");
 		return;
+	}
+	if (w->config->max_connections_per_ip > 0) {
+		if (iplimit_count(w->iplimit, s->peer_ip) >= w->config->max_connections_per_ip) {
+			log_info("session %016llx: refused %s: max_connections_per_ip (%u) reached",
+			    (unsigned long long)s->id, s->peer, w->config->max_connections_per_ip);
+			session_reply(s, "-ERR [SYS/TEMP] Too many connections from your address, try again later");
+			session_close_after_reply(s, "too-many-connections-from-address");
+			return;
+		}
+		iplimit_add(w->iplimit, w->slot, s->peer_ip, 1);
+		s->ip_counted = true;
 	}
 	if (w->config->apop) {
 		uint64_t rnd = 0;

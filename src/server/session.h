@@ -25,10 +25,14 @@
 #define SESSION_READ_CHUNK (64 * 1024)
 /* How long a worker waits for the auth process before answering [SYS/TEMP]. */
 #define SESSION_AUTH_TIMEOUT_SECONDS 30
+/* SASL continuation lines (RFC 5034 §4) are not bound by the 255-octet
+ * command limit; OAuth tokens and Kerberos tickets run to several KiB. */
+#define SESSION_MAX_SASL_LINE (12 * 1024)
 
 enum session_state {
 	SESSION_AUTHORIZATION = 0,
 	SESSION_AUTH_WAIT,      /* credentials sent to the auth process */
+	SESSION_SASL,           /* AUTH exchange: next line is a SASL response */
 	SESSION_TRANSACTION,
 	SESSION_UPDATE,
 	SESSION_CLOSING,        /* flushing the last reply, then free */
@@ -39,6 +43,7 @@ struct session {
 	struct worker *worker;
 	struct bufferevent *bev;
 	struct event *timer;          /* idle / login timeout */
+	struct event *linger;         /* closing: waiting for TLS records to drain */
 	enum session_state state;
 	char peer[64];                /* "127.0.0.1:1234" */
 	char peer_ip[48];
@@ -50,6 +55,9 @@ struct session {
 	char *user;                   /* from USER, or the logged-in user */
 	char apop_stamp[128];         /* greeting timestamp, "" if APOP off */
 	uint64_t auth_request;        /* pending request id, 0 = none */
+	uint64_t sasl_id;             /* SASL exchange id, 0 = none */
+	bool sasl_final;              /* success data sent, waiting for the empty line */
+	char *pending_location;       /* login to finish after sasl_final */
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned bad_commands;
 	unsigned auth_failures;
@@ -74,6 +82,7 @@ struct session {
 	uint64_t bytes_out;
 	const char *end_reason;
 	bool freed_pending;
+	bool ip_counted;              /* counted in worker->iplimit */
 	struct session *all_next, *all_prev;    /* worker's list of sessions */
 };
 
@@ -89,6 +98,9 @@ struct worker {
 	struct session *auth_pending;  /* sessions waiting for the auth process */
 	struct session *all;           /* every live session */
 	char *read_buf;                /* SESSION_READ_CHUNK bytes, shared by sessions */
+	char *line_buf;                /* SESSION_MAX_SASL_LINE + 1 bytes */
+	struct ssl_ctx_st *ssl_ctx;    /* NULL = no TLS configured */
+	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
 	unsigned sessions;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
@@ -99,7 +111,7 @@ struct worker {
 void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener);
 /* The auth process answered request id. */
 void session_auth_result(struct worker *w, uint64_t id, const char *status,
-    const char *user, const char *location);
+    const char *user, const char *location, const char *data);
 /* Worker shutdown: end every session without UPDATE. */
 void session_close_all(struct worker *w, const char *reason);
 
@@ -114,8 +126,17 @@ void session_close_after_reply(struct session *s, const char *reason);
 /* Whether USER/PASS may be used on this connection now. */
 bool session_plaintext_allowed(const struct session *s);
 /* Send credentials to the auth process; the result arrives in
- * session_auth_result(). */
-void session_auth_request(struct session *s, uint32_t type, const char *const *fields, uint32_t n);
+ * session_auth_result(). id 0 = a new request id. Returns false (and has
+ * answered -ERR) when the auth process cannot be reached. */
+bool session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *const *fields,
+    uint32_t n);
+/* Start TLS on this plain connection (STLS): the +OK must be queued. Throws
+ * away anything the client sent after the STLS line. */
+void session_starttls(struct session *s);
+/* Start an AUTH exchange (mechanism already checked). */
+void session_sasl_start(struct session *s, const char *mech, const char *initial);
+/* Mechanisms offered on this connection now, space separated. */
+const char *session_sasl_mechanisms(const struct session *s);
 /* Start streaming message idx (RETR when top_lines < 0, else TOP). The +OK line
  * must already be queued. */
 void session_stream_start(struct session *s, uint32_t idx, int64_t top_lines);

@@ -18,6 +18,8 @@
 #include "server/ipc.h"
 #include "server/popboxd.h"
 #include "server/session.h"
+#include "server/tls.h"
+#include "server/iplimit.h"
 
 /* After accept() fails for lack of descriptors, stop accepting this long so
  * the loop does not spin; sessions ending meanwhile free descriptors. */
@@ -73,11 +75,12 @@ auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n <= 0)
 			return;
-		if (ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_AUTH_RESULT || msg.nfields != 3) {
+		if (ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_AUTH_RESULT || msg.nfields != 4) {
 			log_warnx("malformed message from the auth process, ignored");
 			continue;
 		}
-		session_auth_result(&worker, msg.id, msg.fields[0], msg.fields[1], msg.fields[2]);
+		session_auth_result(&worker, msg.id, msg.fields[0], msg.fields[1], msg.fields[2],
+		    msg.fields[3]);
 	}
 }
 
@@ -94,7 +97,7 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		worker.stopping = true;
 		return;
 	}
-	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields != 2)
+	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields != 4)
 		return;
 	struct config *next;
 	char *error = NULL;
@@ -102,6 +105,19 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		log_warnx("reload: %s", error);
 		free(error);
 		return;
+	}
+	if (msg.lens[2] > 0 && msg.lens[3] > 0) {
+		/* New certificate: new connections use the new context; the
+		 * old one lives on in the SSL objects of existing sessions. */
+		SSL_CTX *ctx = tls_server_ctx_new(msg.fields[2], msg.fields[3], next->tls_min_version, &error);
+		secure_wipe(buf, (size_t)n);
+		if (ctx == NULL) {
+			log_warnx("reload: keeping the current TLS certificate: %s", error);
+			free(error);
+		} else {
+			SSL_CTX_free(worker.ssl_ctx);
+			worker.ssl_ctx = ctx;
+		}
 	}
 	/* Sessions read settings through worker.config at each use, so the old
 	 * one can go now. */
@@ -141,6 +157,10 @@ worker_main(struct child_env *env)
 	worker.n_workers = env->n_workers;
 	worker.auth_fd = env->worker_fds[env->slot];
 	worker.read_buf = xmalloc(SESSION_READ_CHUNK);
+	worker.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
+	worker.ssl_ctx = env->ssl_ctx;
+	worker.iplimit = env->iplimit;
+	iplimit_reset_worker(worker.iplimit, worker.slot);
 	/* Request and session ids start at random points so that a late answer
 	 * meant for a previous incarnation of this worker matches nothing. */
 	uint64_t rnd[2] = { 0, 0 };

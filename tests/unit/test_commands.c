@@ -84,7 +84,7 @@ auth_answer(const char *status)
 	assert_int_equal(ipc_parse(buf, (size_t)n, &msg), 0);
 	assert_int_equal(msg.type, IPC_AUTH_PASS);
 	assert_string_equal(msg.fields[0], "alice");
-	session_auth_result(&w, msg.id, status, "alice", location);
+	session_auth_result(&w, msg.id, status, "alice", location, "");
 }
 
 static int
@@ -116,6 +116,7 @@ setup(void **state)
 	w.config = c;
 	w.n_workers = 1;
 	w.read_buf = xmalloc(SESSION_READ_CHUNK);
+	w.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
 	w.auth_fd = sv[0];
@@ -141,6 +142,7 @@ teardown(void **state)
 	event_base_free(w.base);
 	config_free(w.config);
 	free(w.read_buf);
+	free(w.line_buf);
 	char command[300];
 	snprintf(command, sizeof(command), "rm -rf '%s'", maildir);
 	assert_int_equal(system(command), 0);

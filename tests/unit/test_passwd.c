@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "common/scram.h"
 #include <unistd.h>
 
 #include "common/log.h"
@@ -600,6 +602,21 @@ test_mail_location(void **state)
 	free(big);
 }
 
+/* USER/PASS for users that only have a SCRAM secret (as Dovecot allows). */
+static void
+test_verify_scram_secret(void **state)
+{
+	char *sec256 = scram_secret_generate("hunter2", "SCRAM-SHA-256", 4096);
+	char *sec1 = scram_secret_generate("hunter2", "SCRAM-SHA-1", 4096);
+	assert_int_equal(password_verify(sec256, "hunter2"), PASSWORD_OK);
+	assert_int_equal(password_verify(sec256, "hunter3"), PASSWORD_MISMATCH);
+	assert_int_equal(password_verify(sec1, "hunter2"), PASSWORD_OK);
+	assert_int_equal(password_verify(sec1, ""), PASSWORD_MISMATCH);
+	assert_int_equal(password_verify("{SCRAM-SHA-256}4096,bad", "hunter2"), PASSWORD_BAD_SCHEME);
+	free(sec256);
+	free(sec1);
+}
+
 int
 main(void)
 {
@@ -616,6 +633,7 @@ main(void)
 		cmocka_unit_test(test_dummy),
 		cmocka_unit_test(test_dummy_costs_the_same),
 		cmocka_unit_test(test_mail_location),
+		cmocka_unit_test(test_verify_scram_secret),
 	};
 	log_init("test_passwd", true, false);
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -115,8 +115,6 @@ def test_implicit_tls_against_popboxd(client, tmp_path):
         srv.cleanup()
 
 
-@pytest.mark.xfail(reason="popboxd answers SASL AUTH (SCRAM-SHA-256, PLAIN) with [SYS/TEMP] after a long "
-                   "wait for users with {PLAIN} secrets (server work in progress)", strict=False)
 def test_auth_auto_against_popboxd(client, popboxd, tmp_path):
     popboxd.deliver(make_message(1))
     a = args(popboxd, tmp_path)

@@ -1,0 +1,22 @@
+/* Connections per source address across all workers (max_connections_per_ip).
+ *
+ * A table in shared memory, made by the master before it forks: one row of
+ * counters per worker, columns indexed by a keyed hash of the address. A
+ * worker only writes its own row and zeroes it when it starts, so a crashed
+ * worker's connections are forgotten with it; the count for an address is the
+ * sum of its column. Two addresses that share a column share a limit: with
+ * IPLIMIT_COLUMNS columns that is rare, and errs on the side of refusing. */
+#ifndef POPBOX_IPLIMIT_H
+#define POPBOX_IPLIMIT_H
+
+#define IPLIMIT_COLUMNS 16384
+
+struct iplimit;
+
+/* NULL if shared memory cannot be had (the limit is then not enforced). */
+struct iplimit *iplimit_new(unsigned n_workers);
+void iplimit_reset_worker(struct iplimit *l, unsigned slot);
+unsigned iplimit_count(const struct iplimit *l, const char *addr);
+void iplimit_add(struct iplimit *l, unsigned slot, const char *addr, int delta);
+
+#endif
