@@ -183,7 +183,6 @@ void
 commands_login_done(struct session *s, const char *user, const char *location)
 {
 	const char *path;
-	char *error = NULL;
 	const struct store_backend *backend = store_backend_for(location, &path);
 
 	free(s->user);
@@ -194,15 +193,26 @@ commands_login_done(struct session *s, const char *user, const char *location)
 		session_reply(s, "-ERR [SYS/PERM] Mailbox is not available, contact the administrator");
 		return;
 	}
-	enum store_status r = backend->open(path, &s->store, &error);
-	if (r != STORE_OK) {
-		if (error != NULL) {
-			log_warnx("session %016llx: user %s: %s", (unsigned long long)s->id, user, error);
-			free(error);
-		}
+	struct store_job *job = xcalloc(1, sizeof(*job));
+	job->kind = STORE_JOB_OPEN;
+	job->session = s;
+	job->backend = backend;
+	job->path = xstrdup(path);
+	s->store_job = job;
+	session_enter_state(s, SESSION_MAILDROP_WAIT);
+	worker_store_submit(s->worker, job);
+}
+
+void
+commands_maildrop_opened(struct session *s, struct store_job *job)
+{
+	char user[64];
+	str_sanitize(user, sizeof(user), s->user, strlen(s->user));
+	if (job->status != STORE_OK) {
+		log_warnx("session %016llx: user %s: %s", (unsigned long long)s->id, user,
+		    job->error ? job->error : "cannot open the maildrop");
 		session_enter_state(s, SESSION_AUTHORIZATION);
-		s->store = NULL;
-		switch (r) {
+		switch (job->status) {
 		case STORE_IN_USE:
 			session_reply(s, "-ERR [IN-USE] Mailbox is locked by another POP3 session");
 			break;
@@ -215,6 +225,8 @@ commands_login_done(struct session *s, const char *user, const char *location)
 		}
 		return;
 	}
+	s->store = job->store;
+	job->store = NULL;
 	s->deleted = xcalloc(s->store->count ? s->store->count : 1, sizeof(bool));
 	s->deleted_count = 0;
 	s->deleted_size = 0;
@@ -329,19 +341,40 @@ cmd_quit(struct session *s, int argc, char **argv)
 	/* RFC 1939 §6: UPDATE only after QUIT from TRANSACTION. The reply says
 	 * +OK only once the removals are durable. */
 	session_enter_state(s, SESSION_UPDATE);
-	uint32_t removed = s->deleted_count;
-	if (removed > 0) {
-		char *error = NULL;
-		enum store_status r = s->store->backend->expunge(s->store, s->deleted, &error);
-		if (r != STORE_OK) {
-			log_warnx("session %016llx: user %s: removing messages: %s", (unsigned long long)s->id,
-			    s->user, error ? error : "failed");
-			free(error);
-			session_reply(s, "-ERR [SYS/TEMP] Some deleted messages could not be removed");
-			session_close_after_reply(s, "quit-expunge-failed");
-			return;
-		}
+	if (s->deleted_count == 0) {
+		session_reply(s, "+OK Bye, 0 messages deleted");
+		session_close_after_reply(s, "quit");
+		return;
 	}
+	struct store_job *job = xcalloc(1, sizeof(*job));
+	job->kind = STORE_JOB_EXPUNGE;
+	job->session = s;
+	job->store = s->store;               /* the job owns it now */
+	job->deleted = xcalloc(s->store->count, sizeof(bool));
+	memcpy(job->deleted, s->deleted, s->store->count * sizeof(bool));
+	s->store = NULL;
+	s->store_job = job;
+	worker_store_submit(s->worker, job);
+}
+
+void
+commands_expunge_done(struct session *s, struct store_job *job)
+{
+	uint32_t removed = 0;
+	for (uint32_t i = 0; i < job->store->count; i++)
+		removed += job->deleted[i];
+	if (job->status != STORE_OK) {
+		log_warnx("session %016llx: removing messages: %s", (unsigned long long)s->id,
+		    job->error ? job->error : "failed");
+		session_reply(s, "-ERR [SYS/TEMP] Some deleted messages could not be removed");
+		job->store->backend->close(job->store);
+		job->store = NULL;
+		session_close_after_reply(s, "quit-expunge-failed");
+		return;
+	}
+	/* Unlock before the client can read +OK (it may log in again at once). */
+	job->store->backend->close(job->store);
+	job->store = NULL;
 	s->dele_count = removed;
 	session_reply(s, "+OK Bye, %u messages deleted", removed);
 	session_close_after_reply(s, "quit");

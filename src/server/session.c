@@ -36,6 +36,7 @@ state_name(enum session_state st)
 	case SESSION_AUTHORIZATION: return "AUTHORIZATION";
 	case SESSION_AUTH_WAIT: return "AUTH-WAIT";
 	case SESSION_SASL: return "SASL";
+	case SESSION_MAILDROP_WAIT: return "MAILDROP-WAIT";
 	case SESSION_TRANSACTION: return "TRANSACTION";
 	case SESSION_UPDATE: return "UPDATE";
 	case SESSION_CLOSING: return "CLOSING";
@@ -50,7 +51,9 @@ session_timer_arm(struct session *s)
 	unsigned secs;
 	switch (s->state) {
 	case SESSION_AUTH_WAIT: secs = SESSION_AUTH_TIMEOUT_SECONDS; break;
-	case SESSION_TRANSACTION: case SESSION_UPDATE: secs = c->idle_timeout; break;
+	case SESSION_TRANSACTION: case SESSION_UPDATE: case SESSION_MAILDROP_WAIT:
+		secs = c->idle_timeout;
+		break;
 	default: secs = c->login_timeout; break;
 	}
 	struct timeval tv = { .tv_sec = secs };
@@ -147,6 +150,8 @@ session_free(struct session *s)
 	if (s->sasl_id != 0)
 		ipc_send(w->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
 	auth_pending_remove(s);
+	if (s->store_job != NULL)
+		s->store_job->session = NULL;   /* the job cleans up after itself */
 	if (s->ip_counted)
 		iplimit_add(w->iplimit, w->slot, s->peer_ip, -1);
 	free(s->pending_location);
@@ -168,6 +173,39 @@ session_free(struct session *s)
 		s->all_next->all_prev = s->all_prev;
 	w->sessions--;
 	free(s);
+}
+
+void
+store_job_free(struct store_job *job)
+{
+	free(job->path);
+	free(job->deleted);
+	free(job->error);
+	free(job);
+}
+
+void
+session_store_job_done(struct store_job *job)
+{
+	struct session *s = job->session;
+	if (s == NULL || s->freed_pending) {
+		/* Nobody waits: release what the job holds (no UPDATE for an
+		 * open; an expunge has already happened and is durable). */
+		if (s != NULL)
+			s->store_job = NULL;
+		if (job->store != NULL)
+			job->store->backend->close(job->store);
+		store_job_free(job);
+		return;
+	}
+	s->store_job = NULL;
+	if (job->kind == STORE_JOB_OPEN)
+		commands_maildrop_opened(s, job);
+	else
+		commands_expunge_done(s, job);
+	store_job_free(job);
+	if (!s->freed_pending)
+		session_process_input(s);
 }
 
 static void

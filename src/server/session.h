@@ -33,6 +33,7 @@ enum session_state {
 	SESSION_AUTHORIZATION = 0,
 	SESSION_AUTH_WAIT,      /* credentials sent to the auth process */
 	SESSION_SASL,           /* AUTH exchange: next line is a SASL response */
+	SESSION_MAILDROP_WAIT,  /* logged in, maildrop being opened off the loop */
 	SESSION_TRANSACTION,
 	SESSION_UPDATE,
 	SESSION_CLOSING,        /* flushing the last reply, then free */
@@ -84,6 +85,23 @@ struct session {
 	bool freed_pending;
 	bool ip_counted;              /* counted in worker->iplimit */
 	struct session *all_next, *all_prev;    /* worker's list of sessions */
+	struct store_job *store_job;  /* pending maildrop job, NULL = none */
+};
+
+/* Maildrop work that can take long (scanning 100 000 files, unlinking many)
+ * runs on the worker's store thread, never on the event loop (design §3). */
+enum store_job_kind { STORE_JOB_OPEN, STORE_JOB_EXPUNGE };
+
+struct store_job {
+	struct store_job *next;
+	enum store_job_kind kind;
+	struct session *session;      /* NULL once the session has gone */
+	const struct store_backend *backend;
+	char *path;                   /* OPEN */
+	struct store *store;          /* OPEN: result; EXPUNGE: owned by the job */
+	bool *deleted;                /* EXPUNGE: copy of the marks */
+	enum store_status status;
+	char *error;
 };
 
 struct worker {
@@ -101,6 +119,7 @@ struct worker {
 	char *line_buf;                /* SESSION_MAX_SASL_LINE + 1 bytes */
 	struct ssl_ctx_st *ssl_ctx;    /* NULL = no TLS configured */
 	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
+	struct store_pool *store_pool;
 	unsigned sessions;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
@@ -140,6 +159,16 @@ const char *session_sasl_mechanisms(const struct session *s);
 /* Start streaming message idx (RETR when top_lines < 0, else TOP). The +OK line
  * must already be queued. */
 void session_stream_start(struct session *s, uint32_t idx, int64_t top_lines);
+/* Hand a job to the worker's store thread; session_store_job_done() is
+ * called on the event loop when it is finished. */
+void worker_store_submit(struct worker *w, struct store_job *job);
+/* The store thread(s) of a worker, reporting on base. */
+struct store_pool *store_pool_new(struct event_base *base);
+void session_store_job_done(struct store_job *job);
+void store_job_free(struct store_job *job);
+/* commands.c: continue after the maildrop was opened / expunged. */
+void commands_maildrop_opened(struct session *s, struct store_job *job);
+void commands_expunge_done(struct session *s, struct store_job *job);
 /* Dispatch one command line (NUL-terminated, without CRLF). */
 void commands_dispatch(struct session *s, char *line, size_t len);
 /* After a successful login: open the maildrop and answer. */

@@ -30,6 +30,7 @@ static int client_fd;    /* the test's end of the connection */
 static int auth_end;     /* the test's end of the auth channel */
 static char maildir[256];
 static char location[300];
+static struct store_pool *pool;
 
 static void
 write_file(const char *path, const char *data)
@@ -54,6 +55,11 @@ drain(void)
 	static char buf[65536];
 	size_t len = 0;
 	pump();
+	/* Maildrop jobs run on the store thread: give them up to 2 s. */
+	for (int i = 0; i < 200 && w.all != NULL && w.all->store_job != NULL; i++) {
+		usleep(10000);
+		pump();
+	}
 	for (;;) {
 		ssize_t n = recv(client_fd, buf + len, sizeof(buf) - 1 - len, MSG_DONTWAIT);
 		if (n <= 0)
@@ -111,12 +117,16 @@ setup(void **state)
 	snprintf(path, sizeof(path), "%s/new/2000.B.host", maildir);
 	write_file(path, "Subject: two\n\nno newline");
 
+	struct event_base *base = w.base;
 	memset(&w, 0, sizeof(w));
-	w.base = event_base_new();
+	w.base = base != NULL ? base : event_base_new();
 	w.config = c;
 	w.n_workers = 1;
 	w.read_buf = xmalloc(SESSION_READ_CHUNK);
 	w.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
+	if (pool == NULL)
+		pool = store_pool_new(w.base);
+	w.store_pool = pool;
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
 	w.auth_fd = sv[0];
@@ -139,7 +149,7 @@ teardown(void **state)
 	close(client_fd);
 	close(auth_end);
 	close(w.auth_fd);
-	event_base_free(w.base);
+	/* the pool's event lives on the base: keep one base for all tests */
 	config_free(w.config);
 	free(w.read_buf);
 	free(w.line_buf);
