@@ -267,6 +267,16 @@ session_close_if_flushed(struct session *s)
 {
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) != 0)
 		return;   /* the write callback comes back when it is */
+	if (s->tls && !s->tls_shutdown) {
+		/* Say goodbye properly (close_notify), so the client can tell
+		 * the end of the session from a truncation attack. */
+		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+		s->tls_shutdown = true;
+		if (ssl != NULL) {
+			SSL_shutdown(ssl);
+			ERR_clear_error();
+		}
+	}
 	if (bufferevent_get_underlying(s->bev) == NULL)
 		session_destroy_later(s, NULL);
 	else

@@ -51,6 +51,7 @@ struct session {
 	bool loopback;
 	bool tls;                     /* connection is encrypted */
 	bool tls_listener;
+	bool tls_shutdown;            /* close_notify sent */
 
 	/* AUTHORIZATION */
 	char *user;                   /* from USER, or the logged-in user */
