@@ -1,0 +1,801 @@
+#!/usr/bin/env python3
+"""popbox benchmark driver (run through bench/run.sh: smoke, quick, full).
+
+Starts popboxd and Dovecot (from their own configs in a temporary directory,
+on loopback high ports, same users file, same Maildirs), runs every scenario
+of build/bench/pop3load against both alternately (the order flips every
+repetition), measures the machine's limits with the same harness (loopback
+TCP stream, ideal in-memory POP3 server) and prints one table: scenario,
+popboxd, Dovecot, ratio, fraction of the limit. Figures are medians.
+
+Every process started here is stopped by PID (try/finally and signal
+handlers); every load loop is bounded by a duration.
+"""
+
+import json
+import os
+import platform
+import pwd
+import grp
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BUILD = os.environ.get("POPBOX_BUILD") or os.path.join(REPO, "build")
+POP3LOAD = os.path.join(BUILD, "bench", "pop3load")
+POPBOXD = os.path.join(BUILD, "popboxd")
+POPBOX = os.path.join(BUILD, "popbox")
+MKCORPUS = os.path.join(REPO, "bench", "mkcorpus")
+AS_ROOT = os.geteuid() == 0
+
+PROFILES = {
+    # reps: repetitions per scenario (medians); dur: seconds per load run
+    "smoke": dict(reps=1, dur=1.0, sess_users=4, sess_clients=4, retr_msgs=20,
+                  big_msgs=0, m1_msgs=0, idle=[20], sweep=[], hashed=False,
+                  dovecot=False, limits=False, clients=False, tls=False),
+    "quick": dict(reps=3, dur=2.0, sess_users=64, sess_clients=64, retr_msgs=400,
+                  big_msgs=20000, m1_msgs=10, idle=[500, 2000], sweep=[1, 8, 64],
+                  hashed=True, dovecot=True, limits=True, clients=True, tls=True,
+                  fetch_4k=500, fetch_1m=10),
+    "full": dict(reps=5, dur=4.0, sess_users=64, sess_clients=64, retr_msgs=1000,
+                 big_msgs=100000, m1_msgs=20, idle=[1000, 4000, 10000],
+                 sweep=[1, 4, 16, 64, 128], hashed=True, dovecot=True, limits=True,
+                 clients=True, tls=True, fetch_4k=2000, fetch_1m=20),
+}
+
+PROCS = []          # Popen objects we started, stopped by PID at exit
+TMP = None
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=15.0, what="server"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited with %s during start-up" % (what, proc.returncode))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.makefile("rb").readline().startswith(b"+OK"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("%s not answering on port %d" % (what, port))
+
+
+def stop(proc, timeout=15.0):
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def stop_all():
+    for p in reversed(PROCS):
+        try:
+            stop(p)
+        except Exception as e:      # keep stopping the others
+            log("stopping %d: %s" % (p.pid, e))
+    PROCS.clear()
+
+
+def on_signal(sig, frame):
+    stop_all()
+    sys.exit(128 + sig)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def descendants(pid):
+    """pid and all its descendants (via /proc/*/stat ppid)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def pss_kib(pid):
+    """PSS (KiB) summed over pid and its descendants."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open("/proc/%d/smaps_rollup" % p) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def pop3load(mode, port, *args, timeout_pad=60, check=True):
+    cmd = [POP3LOAD, mode, "-p", str(port)] + [str(a) for a in args]
+    dur = 5.0
+    if "-d" in cmd:
+        dur = float(cmd[cmd.index("-d") + 1])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=dur * 3 + timeout_pad)
+    m = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    if not m:
+        raise RuntimeError("pop3load %s: no result (exit %d): %s" % (mode, r.returncode, r.stderr[-2000:]))
+    res = dict(kv.split("=", 1) for kv in m[-1].split()[1:])
+    for k, v in list(res.items()):
+        try:
+            res[k] = float(v)
+        except ValueError:
+            pass
+    res["exit"] = r.returncode
+    if check and r.returncode != 0:
+        log("pop3load %s on %d exited %d: %s %s" % (mode, port, r.returncode, m[-1], r.stderr[-500:]))
+    return res
+
+
+# ------------------------------------------------------------------ servers
+
+class Popboxd:
+    name = "popboxd"
+
+    def __init__(self, root, users, mail, cert, key):
+        self.dir = os.path.join(root, "popboxd")
+        os.makedirs(os.path.join(self.dir, "state"), exist_ok=True)
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.mail = mail
+        lines = [
+            "listen = 127.0.0.1:%d" % self.port,
+            "users = %s" % users,
+            "mail = maildir:%s/%%u" % mail,
+            "state_dir = %s" % os.path.join(self.dir, "state"),
+            "max_connections = 30000",
+            "max_connections_per_ip = 30000",
+            "idle_timeout = 10m",
+            "login_timeout = 180s",
+        ]
+        if cert:
+            lines += ["listen_tls = 127.0.0.1:%d" % self.tls_port,
+                      "tls_cert = %s" % cert, "tls_key = %s" % key]
+        else:
+            self.tls_port = None
+        if AS_ROOT:
+            lines.append("run_as = nobody")
+            own(os.path.join(self.dir, "state"))
+        else:
+            lines.append("run_as = %s" % pwd.getpwuid(os.geteuid()).pw_name)
+        self.conf = os.path.join(self.dir, "popboxd.conf")
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.proc = None
+
+    def start(self):
+        self.logf = open(os.path.join(self.dir, "popboxd.log"), "ab")
+        self.proc = subprocess.Popen([POPBOXD, "-f", "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        PROCS.append(self.proc)
+        wait_port(self.port, self.proc, what="popboxd")
+        time.sleep(0.3)
+
+    def stop(self):
+        stop(self.proc)
+
+    def pid(self):
+        return self.proc.pid
+
+    def forget_index(self, user):
+        try:
+            os.unlink(os.path.join(self.mail, user, "popbox.index"))
+        except FileNotFoundError:
+            pass
+
+
+class Dovecot:
+    name = "Dovecot"
+
+    def __init__(self, root, users, mail, cert, key, max_sessions):
+        self.dir = os.path.join(root, "dovecot")
+        for d in ("run", "state"):
+            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.mail = mail
+        uid = "nobody" if AS_ROOT else pwd.getpwuid(os.geteuid()).pw_name
+        gid = grp.getgrgid(pwd.getpwnam(uid).pw_gid).gr_name
+        procs = max_sessions + 200
+        dh = "/usr/share/dovecot/dh.pem"
+        conf = """# written by bench/bench.py: Dovecot tuned as issue 6 asks
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_cache_size = 10M
+auth_cache_ttl = 1 hour
+mail_location = maildir:{mail}/%u
+mail_fsync = optimized
+mail_max_userip_connections = {procs}
+pop3_uidl_format = %f
+default_process_limit = {procs}
+default_client_limit = {clients}
+default_vsz_limit = 1G
+{login_users}
+ssl = {ssl}
+{ssl_conf}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {users}
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={mail}/%u
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = {ncpu}
+  process_limit = {ncpu}
+  client_limit = {clients}
+}}
+service pop3 {{
+  process_limit = {procs}
+  client_limit = 1
+}}
+service auth {{
+  client_limit = {clients}
+}}
+service anvil {{
+  client_limit = {clients}
+}}
+""".format(d=self.dir, mail=mail, users=users, uid=uid, gid=gid, procs=procs,
+           clients=procs * 2 + 1000, port=self.port, tls_port=self.tls_port,
+           ncpu=os.cpu_count() or 2, ssl="yes" if cert else "no",
+           ssl_conf=("ssl_cert = <%s\nssl_key = <%s\n" % (cert, key) +
+                     ("ssl_dh = <%s\n" % dh if os.path.exists(dh) else "")) if cert else "",
+           login_users="" if AS_ROOT else "default_internal_user = %s\ndefault_login_user = %s\n" % (uid, uid))
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        if not cert:
+            self.tls_port = None
+        self.proc = None
+
+    def start(self):
+        self.logf = open(os.path.join(self.dir, "dovecot.stderr"), "ab")
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        PROCS.append(self.proc)
+        wait_port(self.port, self.proc, what="Dovecot")
+        time.sleep(0.5)
+
+    def stop(self):
+        stop(self.proc)
+
+    def pid(self):
+        return self.proc.pid
+
+    def forget_index(self, user):
+        md = os.path.join(self.mail, user)
+        for f in os.listdir(md):
+            if f.startswith("dovecot"):
+                p = os.path.join(md, f)
+                if os.path.isdir(p):
+                    shutil.rmtree(p)
+                else:
+                    os.unlink(p)
+
+
+def own(path):
+    if AS_ROOT:
+        pw = pwd.getpwnam("nobody")
+        run(["chown", "-R", "%d:%d" % (pw.pw_uid, pw.pw_gid), path])
+
+
+# ------------------------------------------------------------------ setup
+
+def ensure_packages(prof):
+    want = []
+    if prof["dovecot"] and not shutil.which("dovecot"):
+        want.append("dovecot-pop3d")
+    if prof["clients"]:
+        if not shutil.which("mpop"):
+            want.append("mpop")
+        if not shutil.which("fetchmail"):
+            want.append("fetchmail")
+    if prof is not PROFILES["smoke"] and not shutil.which("gnuplot"):
+        want.append("gnuplot-nox")
+    if not want:
+        return
+    if not AS_ROOT:
+        log("missing %s; run: sudo apt-get install -y %s" % (", ".join(want), " ".join(want)))
+        return
+    log("installing " + " ".join(want))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends"] + want, env=env,
+                   stdout=subprocess.DEVNULL)
+    if "dovecot-pop3d" in want:
+        # the package starts the system Dovecot on port 110; we run our own
+        subprocess.run(["systemctl", "stop", "dovecot"], stderr=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL)
+
+
+def corpus(root, prof):
+    mail = os.path.join(root, "corpus")
+    os.makedirs(mail)
+    def mk(prefix, users, msgs, size, scheme="PLAIN"):
+        run([sys.executable, MKCORPUS, "--dir", mail, "--prefix", prefix, "--users", str(users),
+             "--msgs", str(msgs), "--size", str(size), "--scheme", scheme])
+    t0 = time.monotonic()
+    mk("s", max(prof["sess_users"], max(prof["sweep"] or [1])), 3, 4096)
+    if prof["hashed"]:
+        mk("h", prof["sess_users"], 3, 4096, "SHA512-CRYPT")
+    mk("r", 8, prof["retr_msgs"], 4096)
+    if prof["m1_msgs"]:
+        mk("m", 8, prof["m1_msgs"], 1 << 20)
+    mk("i", max(prof["idle"]), 1, 2048)
+    if prof["big_msgs"]:
+        mk("b", 1, prof["big_msgs"], 2048)
+    if prof["clients"]:
+        mk("f", 1, prof["fetch_4k"], 4096)
+        mk("g", 1, prof["fetch_1m"], 1 << 20)
+    log("corpus made in %.1fs" % (time.monotonic() - t0))
+    users = os.path.join(mail, "users")
+    # one copy of the Maildirs per server (hard links: neither server
+    # rewrites message files, each writes its own index into its own tree)
+    trees = {}
+    for srv in ("popboxd", "dovecot", "pristine"):
+        dst = os.path.join(root, "mail-" + srv)
+        run(["cp", "-al", os.path.join(mail, "mail"), dst])
+        trees[srv] = dst
+    own(trees["popboxd"])
+    own(trees["dovecot"])
+    own(trees["pristine"])
+    if AS_ROOT:
+        own(users)
+    return users, trees
+
+
+def make_cert(root):
+    cert = os.path.join(root, "cert.pem")
+    key = os.path.join(root, "key.pem")
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.chmod(key, 0o644)    # throwaway key, readable by nobody (the workers)
+    return cert, key
+
+
+# ------------------------------------------------------------------ scenarios
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def alternate(servers, reps, fn):
+    """{server name: [results]}; order flips each repetition."""
+    out = {s.name: [] for s in servers}
+    for r in range(reps):
+        order = servers if r % 2 == 0 else list(reversed(servers))
+        for s in order:
+            out[s.name].append(fn(s))
+    return out
+
+
+def main():
+    global TMP
+    mode = sys.argv[1] if len(sys.argv) > 1 else "quick"
+    if mode not in PROFILES:
+        log("usage: bench/run.sh smoke|quick|full")
+        return 2
+    prof = PROFILES[mode]
+    for p in (POP3LOAD, POPBOXD):
+        if not os.access(p, os.X_OK):
+            log("%s missing: run make first" % p)
+            return 2
+    ensure_packages(prof)
+    if prof["dovecot"] and not shutil.which("dovecot"):
+        log("Dovecot not installed: running popboxd alone")
+        prof = dict(prof, dovecot=False, clients=False)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    TMP = tempfile.mkdtemp(prefix="popbox-bench-", dir="/tmp")
+    os.chmod(TMP, 0o755)
+    t_start = time.monotonic()
+    try:
+        return bench(mode, prof)
+    finally:
+        stop_all()
+        if not os.environ.get("POPBOX_KEEP_TMP"):
+            shutil.rmtree(TMP, ignore_errors=True)
+        log("bench %s: %.0fs" % (mode, time.monotonic() - t_start))
+
+
+def bench(mode, prof):
+    reps, dur = prof["reps"], prof["dur"]
+    users, trees = corpus(TMP, prof)
+    cert, key = make_cert(TMP) if prof["tls"] else (None, None)
+    pb = Popboxd(TMP, users, trees["popboxd"], cert, key)
+    servers = [pb]
+    if prof["dovecot"]:
+        dc = Dovecot(TMP, users, trees["dovecot"], cert, key, max(prof["idle"]))
+        servers.append(dc)
+    for s in servers:
+        s.start()
+    rows = []           # (scenario, {server: value}, unit, limit, higher_is_better)
+    raw = {}
+    ok = True
+
+    def record(name, unit, res, key, limit=None, better="high"):
+        vals = {s: med([r.get(key) for r in rs]) for s, rs in res.items()}
+        rows.append((name, vals, unit, limit, better))
+        raw[name] = res
+        log("%-34s %s" % (name, "  ".join("%s=%s" % (k, fmt(v)) for k, v in vals.items())))
+
+    def errors_of(res):
+        return sum(int(r.get("errors", 0)) + (1 if r.get("exit") else 0) for rs in res.values() for r in rs)
+
+    # ---- machine limits (same harness)
+    limits = {}
+    if prof["limits"]:
+        limits["stream1"] = med([pop3load("stream", 0, "-c", 1, "-d", dur)["mbps"] for _ in range(reps)])
+        limits["stream8"] = med([pop3load("stream", 0, "-c", 8, "-d", dur)["mbps"] for _ in range(reps)])
+        for tag, size, msgs in (("4k", 4096, prof["retr_msgs"]), ("1m", 1 << 20, max(1, prof["m1_msgs"]))):
+            port = free_port()
+            ideal = subprocess.Popen([POP3LOAD, "ideal-server", "-p", str(port), "-c", "160",
+                                      "-d", str(dur * reps * 6 + 30), "-s", str(size), "-m", str(msgs)],
+                                     stderr=subprocess.DEVNULL)
+            PROCS.append(ideal)
+            time.sleep(0.3)
+            try:
+                if tag == "4k":
+                    limits["ideal_sess64"] = med([pop3load("sessions", port, "-c", 64, "-d", dur, "-S")["rate"] for _ in range(reps)])
+                    limits["ideal_4k1"] = med([pop3load("retr", port, "-c", 1, "-d", dur)["rate"] for _ in range(reps)])
+                    limits["ideal_4k8"] = med([pop3load("retr", port, "-c", 8, "-d", dur)["rate"] for _ in range(reps)])
+                else:
+                    limits["ideal_1m1"] = med([pop3load("retr", port, "-c", 1, "-d", dur)["mbps"] for _ in range(reps)])
+                    limits["ideal_1m8"] = med([pop3load("retr", port, "-c", 8, "-d", dur)["mbps"] for _ in range(reps)])
+            finally:
+                stop(ideal)
+        log("limits: " + " ".join("%s=%.1f" % kv for kv in limits.items()))
+
+    # ---- session rate
+    c = prof["sess_clients"]
+    res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "s", "-S"))
+    ok &= errors_of(res) == 0
+    record("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate", limits.get("ideal_sess64"))
+    record("session p99 latency, %d clients" % c, "ms", res, "p99_ms", None, "low")
+    sweep = {}
+    for n in prof["sweep"]:
+        if n == c:
+            sweep[n] = {k: med([r["rate"] for r in v]) for k, v in res.items()}
+            continue
+        r2 = alternate(servers, max(1, reps - 1), lambda s: pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", "s", "-S"))
+        sweep[n] = {k: med([r["rate"] for r in v]) for k, v in r2.items()}
+    if prof["hashed"]:
+        res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "h", "-S"))
+        ok &= errors_of(res) == 0
+        record("sessions/s, SHA512-CRYPT, %d clients" % c, "sessions/s", res, "rate")
+    if prof["tls"]:
+        res = alternate(servers, reps, lambda s: pop3load("tls", s.tls_port, "-c", c, "-d", dur, "-u", "s", "-S"))
+        ok &= errors_of(res) == 0
+        record("TLS sessions/s (resumed), %d clients" % c, "sessions/s", res, "rate")
+        raw["tls_resumed_fraction"] = {k: med([r["resumed"] / max(1, r["ops"]) for r in v]) for k, v in res.items()}
+
+    # ---- RETR
+    for n in (1, 8):
+        res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "r"))
+        ok &= errors_of(res) == 0
+        record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
+               limits.get("ideal_4k%d" % n))
+    if prof["m1_msgs"]:
+        for n in (1, 8):
+            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "m"))
+            ok &= errors_of(res) == 0
+            record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
+                   limits.get("stream1" if n == 1 else "ideal_1m8"))
+
+    # ---- big maildrop
+    if prof["big_msgs"]:
+        def big(s, which):
+            if which == "cold":
+                s.forget_index("b0")
+            return pop3load("bigbox", s.port, "-u", "b", "-U", 1)
+        cold = {s.name: [] for s in servers}
+        warm = {s.name: [] for s in servers}
+        for r in range(reps):
+            for s in (servers if r % 2 == 0 else list(reversed(servers))):
+                cold[s.name].append(big(s, "cold"))
+                warm[s.name].append(big(s, "warm"))
+        ok &= errors_of(cold) == 0 and errors_of(warm) == 0
+        nb = prof["big_msgs"]
+        record("big maildrop %d: 1st login..LIST ms" % nb, "ms", cold, "total_ms", None, "low")
+        record("big maildrop %d: 2nd login..LIST ms" % nb, "ms", warm, "total_ms", None, "low")
+        record("big maildrop %d: 2nd PASS ms" % nb, "ms", warm, "pass_ms", None, "low")
+
+    # ---- memory per idle authenticated session
+    mem = {}
+    for k in prof["idle"]:
+        for s in servers:
+            # warm up (the first sessions fault in code and allocator arenas),
+            # then take the baseline
+            subprocess.run([POP3LOAD, "idle", "-p", str(s.port), "-k", str(min(50, k)), "-c", "4",
+                            "-u", "i", "-U", str(max(prof["idle"])), "-S", "-d", "0.5"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+            time.sleep(1.0)
+            base = pss_kib(s.pid())
+            ready = os.path.join(TMP, "ready-%s-%d" % (s.name, k))
+            p = subprocess.Popen([POP3LOAD, "idle", "-p", str(s.port), "-k", str(k), "-c", "8",
+                                  "-u", "i", "-U", str(max(prof["idle"])), "-S", "-r", ready,
+                                  "-d", str(max(60, k / 50))],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            PROCS.append(p)
+            deadline = time.monotonic() + max(60, k / 50) + 10
+            while not os.path.exists(ready) and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)
+            held = pss_kib(s.pid())
+            p.send_signal(signal.SIGUSR1)
+            out, err = p.communicate(timeout=120)
+            r = dict(kv.split("=", 1) for kv in out.split()[2:]) if out.startswith("RESULT") else {}
+            n = int(r.get("sessions", 0))
+            per = (held - base) / n if n else None
+            mem.setdefault(s.name, {})[k] = dict(base=base, held=held, sessions=n, per=per)
+            if p.returncode != 0 or n != k:
+                ok = False
+                log("idle %s %d: %s %s" % (s.name, k, out.strip(), err.strip()[-300:]))
+            log("idle %-8s %6d sessions: PSS %d -> %d KiB, %.1f KiB/session" % (s.name, k, base, held, per or 0))
+            time.sleep(1.0)
+    kmax = max(prof["idle"])
+    rows.append(("KiB PSS per idle session at %d" % kmax,
+                 {s.name: mem[s.name][kmax]["per"] for s in servers}, "KiB", None, "low"))
+
+    # ---- fetch clients
+    fetch = {}
+    if prof["clients"]:
+        fetch = fetch_bench(dc, trees, reps, prof)
+
+    elapsed = time.monotonic() - t_start_global
+    table = render(rows, servers)
+    print(table)
+    if fetch:
+        print(render_fetch(fetch))
+    result = dict(mode=mode, date=time.strftime("%Y-%m-%d %H:%M:%S %z"), commit=commit(),
+                  machine=machine(), limits=limits, rows=[list(r) for r in rows], sweep=sweep,
+                  memory=mem, fetch=fetch, raw=raw, seconds=elapsed, ok=ok)
+    if mode != "smoke":
+        outdir = os.path.join(REPO, "bench", "results")
+        os.makedirs(outdir, exist_ok=True)
+        with open(os.path.join(outdir, "%s.json" % mode), "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        with open(os.path.join(outdir, "%s.md" % mode), "w") as f:
+            f.write("%s, commit %s, %s\n\n" % (result["date"], result["commit"], result["machine"]))
+            f.write(table + "\n")
+            if fetch:
+                f.write("\n" + render_fetch(fetch) + "\n")
+        chart(result, outdir, mode)
+    if mode == "smoke":
+        # the harness works: pop3load ran every smoke scenario without errors
+        return 0 if ok else 1
+    return 0 if ok else 1
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and abs(v) < 100:
+        return "%.2f" % v
+    return "%.0f" % v
+
+
+def render(rows, servers):
+    names = [s.name for s in servers]
+    hdr = "| scenario | " + " | ".join(names) + (" | ratio | popboxd / limit |" if len(names) > 1 else " | popboxd / limit |")
+    sep = "|---" * (len(names) + (3 if len(names) > 1 else 2)) + "|"
+    lines = [hdr, sep]
+    for name, vals, unit, limit, better in rows:
+        p = vals.get("popboxd")
+        cells = [fmt(vals.get(n)) for n in names]
+        ratio = ""
+        if len(names) > 1:
+            d = vals.get("Dovecot")
+            if p and d:
+                ratio = "%.2f×" % ((p / d) if better == "high" else (d / p))
+            ratio = " | " + (ratio or "-")
+        frac = "%.0f%% of %s" % (100 * p / limit, fmt(limit)) if (p and limit) else "-"
+        lines.append("| %s (%s) | %s%s | %s |" % (name, unit, " | ".join(cells), ratio, frac))
+    return "\n".join(lines) + "\n(ratio: popboxd's advantage, >1 = popboxd better)"
+
+
+def render_fetch(fetch):
+    lines = ["| client benchmark (from Dovecot, delete mode, into Maildir) | " +
+             " | ".join(fetch["tools"]) + " |", "|---" * (len(fetch["tools"]) + 1) + "|"]
+    for case in fetch["cases"]:
+        lines.append("| %s (msgs/s) | %s |" % (case, " | ".join(fmt(fetch["rate"][case].get(t)) for t in fetch["tools"])))
+    return "\n".join(lines)
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for l in f:
+                if l.startswith("model name"):
+                    cpu = l.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%s, %d cores, %s %s" % (cpu, os.cpu_count(), platform.system(), platform.release())
+
+
+# ------------------------------------------------------------------ fetch clients
+
+def fetch_bench(dc, trees, reps, prof):
+    """popbox fetch, mpop, fetchmail: the same mailbox from the same Dovecot,
+    delete mode, into a Maildir; the server's Maildir is restored (hard links
+    from the pristine copy) before every run."""
+    tools = ["popbox fetch"]
+    if shutil.which("mpop"):
+        tools.append("mpop")
+    if shutil.which("fetchmail"):
+        tools.append("fetchmail")
+    cases = {"%d × 4 KiB" % prof["fetch_4k"]: ("f0", prof["fetch_4k"]),
+             "%d × 1 MiB" % prof["fetch_1m"]: ("g0", prof["fetch_1m"])}
+    rate = {c: {} for c in cases}
+    pwfile = os.path.join(TMP, "fetch-password")
+    with open(pwfile, "w") as f:
+        f.write("secret\n")
+    os.chmod(pwfile, 0o600)
+    for case, (user, n) in cases.items():
+        times = {t: [] for t in tools}
+        for r in range(reps):
+            order = tools if r % 2 == 0 else list(reversed(tools))
+            for t in order:
+                srv = os.path.join(trees["dovecot"], user)
+                shutil.rmtree(srv, ignore_errors=True)
+                run(["cp", "-al", os.path.join(trees["pristine"], user), srv])
+                own(srv)
+                dst = os.path.join(TMP, "fetched")
+                shutil.rmtree(dst, ignore_errors=True)
+                for sub in ("cur", "new", "tmp"):
+                    os.makedirs(os.path.join(dst, sub))
+                t0 = time.monotonic()
+                rc = fetch_one(t, dc.port, user, dst, pwfile)
+                el = time.monotonic() - t0
+                got = len(os.listdir(os.path.join(dst, "new"))) + len(os.listdir(os.path.join(dst, "cur")))
+                left = len(os.listdir(os.path.join(srv, "cur"))) + len(os.listdir(os.path.join(srv, "new")))
+                if rc != 0 or got != n or left != 0:
+                    log("fetch %s %s: exit %s, %d of %d delivered, %d left on the server" % (t, case, rc, got, n, left))
+                    continue
+                times[t].append(el)
+        for t in tools:
+            m = med(times[t])
+            rate[case][t] = n / m if m else None
+        log("fetch %s: %s" % (case, "  ".join("%s=%s" % (t, fmt(rate[case][t])) for t in tools)))
+    return dict(tools=tools, cases=list(cases), rate=rate)
+
+
+def fetch_one(tool, port, user, dst, pwfile):
+    if tool == "popbox fetch":
+        cmd = [POPBOX, "fetch", "--config", "/dev/null", "-q", "--host", "127.0.0.1", "--port", str(port),
+               "--tls", "off", "--allow-plaintext=yes", "--user", user, "--password-command",
+               "cat " + pwfile, "--deliver", "maildir:" + dst, "--keep=no"]
+        env = dict(os.environ, XDG_STATE_HOME=os.path.join(TMP, "xdg-state"),
+                   XDG_CONFIG_HOME=os.path.join(TMP, "xdg-config"), HOME=TMP)
+        return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=600).returncode
+    if tool == "mpop":
+        conf = os.path.join(TMP, "mpoprc")
+        with open(conf, "w") as f:
+            f.write("account bench\nhost 127.0.0.1\nport %d\ntls off\nauth user\nuser %s\n"
+                    "passwordeval cat %s\nkeep off\ndelivery maildir %s\nuidls_file %s\n"
+                    % (port, user, pwfile, dst, os.path.join(TMP, "mpop-uidls")))
+        os.chmod(conf, 0o600)
+        return subprocess.run(["mpop", "-C", conf, "-q", "bench"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=600).returncode
+    if tool == "fetchmail":
+        # fetchmail has no Maildir writer: the usual setup is an MDA per message
+        rc = os.path.join(TMP, "fetchmailrc")
+        mda = "/bin/sh -c 'f=$(date +%%s%%N).$$; cat > %s/tmp/$f && mv %s/tmp/$f %s/new/$f'" % (dst, dst, dst)
+        with open(rc, "w") as f:
+            f.write('poll 127.0.0.1 service %d protocol pop3 user "%s" password "secret" '
+                    'nokeep fetchall mda "%s" sslproto ""\n' % (port, user, mda))
+        os.chmod(rc, 0o600)
+        env = dict(os.environ, HOME=TMP)
+        r = subprocess.run(["fetchmail", "-f", rc, "-s", "--nosyslog", "-i", os.path.join(TMP, "fetchids"),
+                            "--pidfile", os.path.join(TMP, "fetchmail.pid")], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+        return 0 if r.returncode in (0, 1) else r.returncode
+    raise ValueError(tool)
+
+
+# ------------------------------------------------------------------ chart
+
+def chart(result, outdir, mode):
+    if not shutil.which("gnuplot"):
+        log("gnuplot not installed: no chart")
+        return
+    sweep = result["sweep"]
+    mem = result["memory"]
+    dat1 = os.path.join(TMP, "sweep.dat")
+    dat2 = os.path.join(TMP, "mem.dat")
+    names = ["popboxd", "Dovecot"]
+    with open(dat1, "w") as f:
+        for n in sorted(sweep):
+            f.write("%d %s\n" % (n, " ".join(str(sweep[n].get(s) or "NaN") for s in names)))
+    with open(dat2, "w") as f:
+        for k in sorted(next(iter(mem.values()))):
+            f.write("%d %s\n" % (k, " ".join(str((mem.get(s, {}).get(k, {}).get("held", 0) -
+                                                 mem.get(s, {}).get(k, {}).get("base", 0)) / 1024.0
+                                             if s in mem else "NaN") for s in names)))
+    png = os.path.join(outdir, "chart-%s.png" % mode)
+    gp = """set terminal png size 1100,450
+set output '{png}'
+set multiplot layout 1,2 title 'popboxd vs Dovecot ({date}, {commit})'
+set title 'sessions/s against concurrency (PLAIN)'
+set xlabel 'clients'; set ylabel 'sessions/s'; set logscale x 2; set key top left; set grid
+plot '{d1}' using 1:2 with linespoints title 'popboxd', '{d1}' using 1:3 with linespoints title 'Dovecot'
+unset logscale x
+set title 'server memory (PSS over all processes) against idle sessions'
+set xlabel 'authenticated idle sessions'; set ylabel 'MiB PSS above idle server'
+plot '{d2}' using 1:2 with linespoints title 'popboxd', '{d2}' using 1:3 with linespoints title 'Dovecot'
+unset multiplot
+""".format(png=png, d1=dat1, d2=dat2, date=result["date"][:10], commit=result["commit"])
+    subprocess.run(["gnuplot"], input=gp, text=True, check=False)
+
+
+t_start_global = time.monotonic()
+
+if __name__ == "__main__":
+    sys.exit(main())

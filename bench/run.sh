@@ -1,0 +1,17 @@
+#!/bin/sh
+# bench/run.sh smoke|quick|full — the popbox benchmarks (see bench/README.md).
+#   smoke  seconds, popboxd only, no targets: checks the harness (make check)
+#   quick  a few minutes: popboxd and Dovecot side by side, one table (make bench)
+#   full   everything at the sizes issue 6 names (make bench-full)
+# As root it installs what is missing (dovecot-pop3d, mpop, fetchmail,
+# gnuplot-nox) with apt-get. The driver, bench/bench.py, stops every process
+# it starts by PID, also on failure or on a signal.
+set -eu
+cd "$(dirname "$0")/.."
+mode="${1:-quick}"
+case "$mode" in
+smoke|quick|full) ;;
+*) echo "usage: sh bench/run.sh smoke|quick|full" >&2; exit 2 ;;
+esac
+[ -x build/bench/pop3load ] && [ -x build/popboxd ] || make all >&2
+exec python3 bench/bench.py "$mode"
