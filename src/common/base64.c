@@ -80,6 +80,11 @@ base64_decode(const char *in, size_t len, unsigned char **out, size_t *out_len)
 		}
 		unsigned w = (unsigned)v[0] << 18 | (unsigned)v[1] << 12 |
 		    (unsigned)v[2] << 6 | (unsigned)v[3];
+		/* RFC 4648 §3.5: the bits padding drops must be zero, else
+		 * "QR==" and "QQ==" would both mean "A" (found by
+		 * tests/fuzz/fuzz_base64). */
+		if ((pad == 2 && (w & 0xffff) != 0) || (pad == 1 && (w & 0xff) != 0))
+			goto bad;
 		buf[o++] = (unsigned char)(w >> 16);
 		if (pad < 2)
 			buf[o++] = (unsigned char)(w >> 8);
