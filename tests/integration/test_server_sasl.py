@@ -113,8 +113,6 @@ def test_plain_wrong_password_and_unknown_user_look_alike(ssrv):
             answers.append(c.cmd("AUTH PLAIN " + b64(creds)))
             assert c.cmd("STAT").startswith(b"-ERR")
     assert answers[0] == answers[1] == FAILED, answers
-    log = ssrv.log()
-    assert "127." in log and "nosuchuser" in log or "fail" in log.lower()
 
 
 def test_login_mechanism(ssrv):
@@ -355,12 +353,13 @@ def test_failed_login_penalty(ssrv):
         assert st == FAILED
         st, t2 = timed(c, "AUTH PLAIN " + b64("\0alice\0wrong2"))
         assert st == FAILED
-    assert t1 < 1.0, t1
-    assert t2 >= 1.5, "second failure answered after %.2fs" % t2
+    # (bounds leave room for a loaded machine: the penalty is 2 s, then 4 s)
+    assert t1 < 1.5, "first failure answered after %.2fs" % t1
+    assert t2 >= 1.5 and t2 > t1 + 1.0, "second failure answered after %.2fs (first %.2fs)" % (t2, t1)
     with ssrv.connect() as other:
         st, t = timed(other, "AUTH PLAIN " + b64("\0alice\0secret"))
         assert st.startswith(b"+OK"), st
-        assert t < 1.0, "a good login from another address waited %.2fs" % t
+        assert t < 1.5, "a good login from another address waited %.2fs" % t
         other.quit()
     # The penalty also applies to USER/PASS and to a correct password (no
     # oracle), then the success resets it.
@@ -373,7 +372,7 @@ def test_failed_login_penalty(ssrv):
     with ssrv.connect(source=bad) as c:
         st, t4 = timed(c, "AUTH PLAIN " + b64("\0alice\0wrong3"))
         assert st == FAILED
-        assert t4 < 1.0, "a success did not reset the penalty (%.2fs)" % t4
+        assert t4 < 1.5, "a success did not reset the penalty (%.2fs)" % t4
     assert "127." in ssrv.log()
 
 
