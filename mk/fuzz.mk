@@ -86,8 +86,9 @@ fuzz: fuzz-build
 	    len=$(FUZZ_MAXLEN_default); [ $$t = session ] && len=$(FUZZ_MAXLEN_session); \
 	    dict=; [ -f tests/fuzz/$$t.dict ] && dict=-dict=tests/fuzz/$$t.dict; \
 	    echo "== fuzz_$$t: replay"; \
-	    $(FUZZ_LF)/fuzz_$$t -runs=0 tests/fuzz/corpus/$$t \
-	        $$(ls -d tests/fuzz/regressions/$$t-* 2>/dev/null) >$(FUZZ_BUILD)/fuzz_$$t.replay.log 2>&1 \
+	    regs=$$(ls -d tests/fuzz/regressions/$$t-* 2>/dev/null); \
+	    { $(FUZZ_LF)/fuzz_$$t -runs=0 tests/fuzz/corpus/$$t && \
+	      { [ -z "$$regs" ] || $(FUZZ_LF)/fuzz_$$t $$regs; }; } >$(FUZZ_BUILD)/fuzz_$$t.replay.log 2>&1 \
 	        || { fail=1; tail -30 $(FUZZ_BUILD)/fuzz_$$t.replay.log; continue; }; \
 	    echo "== fuzz_$$t: $(FUZZ_SECONDS) s"; \
 	    $(FUZZ_LF)/fuzz_$$t $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t $$dict \
