@@ -86,6 +86,7 @@ struct job {
 	struct sasl_conv *conv;
 	char *input;            /* base64 from the client; NULL = no input yet */
 	char *output;           /* base64 from gsasl */
+	bool login_initial;     /* LOGIN with an initial response (the user name) */
 	int rc;
 };
 
@@ -232,6 +233,16 @@ job_run(struct job *j)
 {
 	if (j->kind == JOB_SASL) {
 		j->output = NULL;
+		if (j->login_initial) {
+			/* GNU SASL's LOGIN ignores input at its first step; an
+			 * initial response is the user name (as Dovecot takes it),
+			 * so feed it to the second step. */
+			char *skip = NULL;
+			j->rc = gsasl_step64(j->conv->sctx, "", &skip);
+			free(skip);
+			if (j->rc != GSASL_NEEDS_MORE)
+				return;
+		}
 		j->rc = gsasl_step64(j->conv->sctx, j->input ? j->input : "", &j->output);
 		return;
 	}
@@ -609,7 +620,7 @@ sasl_finish(struct job *j)
 	conv_free(c);
 }
 
-static void
+static struct job *
 sasl_step(struct sasl_conv *c, const char *input)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
@@ -618,6 +629,7 @@ sasl_step(struct sasl_conv *c, const char *input)
 	j->input = input ? xstrdup(input) : NULL;
 	c->busy = true;
 	job_queue(j);
+	return j;
 }
 
 static void
@@ -653,7 +665,16 @@ auth_handle_sasl_start(int fd, const struct ipc_msg *msg)
 	c->next = auth.convs;
 	auth.convs = c;
 	auth.n_convs++;
-	sasl_step(c, strcmp(msg->fields[1], "1") == 0 ? msg->fields[2] : NULL);
+	bool initial = strcmp(msg->fields[1], "1") == 0;
+	/* Built here rather than by sasl_step(): the flag must be set before
+	 * the job is queued, since a pool thread may pick it up at once. */
+	struct job *j = xcalloc(1, sizeof(*j));
+	j->kind = JOB_SASL;
+	j->conv = c;
+	j->input = initial ? xstrdup(msg->fields[2]) : NULL;
+	j->login_initial = initial && msg->lens[2] > 0 && strcasecmp(mech, "LOGIN") == 0;
+	c->busy = true;
+	job_queue(j);
 }
 
 static void
@@ -664,7 +685,7 @@ auth_handle_sasl_step(int fd, const struct ipc_msg *msg)
 		reply_send(fd, msg->id, "fail", "", NULL, NULL);
 		return;
 	}
-	sasl_step(c, msg->fields[0]);
+	(void)sasl_step(c, msg->fields[0]);
 }
 
 static void

@@ -148,8 +148,12 @@ tls_server_ctx_new(const char *cert_pem, const char *key_pem, const char *min_ve
 		*error_r = xasprintf("tls_key: no private key found in PEM data (encrypted keys are not supported)");
 		goto fail_msg;
 	}
-	if (!SSL_CTX_use_PrivateKey(ctx, key))
-		goto fail;
+	if (!SSL_CTX_use_PrivateKey(ctx, key)) {
+		char *why = openssl_error_string();
+		*error_r = xasprintf("tls_key does not match the certificate in tls_cert (%s)", why);
+		free(why);
+		goto fail_msg;
+	}
 	if (!SSL_CTX_check_private_key(ctx)) {
 		*error_r = xasprintf("tls_key does not match the certificate in tls_cert");
 		goto fail_msg;
