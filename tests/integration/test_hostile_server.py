@@ -6,6 +6,7 @@ every loop bounded. Memory is checked as the worker's RSS from /proc.
 Case numbers refer to docs/reliability.md §4 (S3, S4, ...)."""
 
 import os
+import sys
 import resource
 import socket
 import threading
@@ -432,3 +433,107 @@ def test_emfile_server_survives_and_serves_again(server_factory, monkeypatch):
             time.sleep(0.3)
     assert srv.alive() and srv.children_by_comm(WORKER) == [worker]
     assert "accept" in srv.log()
+
+
+# ------------------------------------------------------------------ S21 privileges
+
+def _status(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+
+
+def _established_socket_inodes(port):
+    """Inodes of TCP sockets on our server port that carry a connection."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if local_port == port and fields[3] != "0A":     # not LISTEN
+                        inodes.add(fields[9])
+        except FileNotFoundError:
+            pass
+    return inodes
+
+
+def _socket_inodes_of(pid):
+    out = set()
+    d = "/proc/%d/fd" % pid
+    for fd in os.listdir(d):
+        try:
+            target = os.readlink(os.path.join(d, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(target[8:-1])
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs popboxd started as root")
+def test_no_process_reading_network_bytes_runs_as_root(server_factory):
+    """S21 / figure 15: popboxd started as root; with sessions open in every
+    state (greeting only, mid-AUTH, logged in), every process that holds a
+    client connection, and the auth process that parses what clients send,
+    runs with uid != 0 (real, effective, saved, fs) and no capabilities.
+    Only the master keeps root, and it holds no client connection."""
+    srv = server_factory(workers=2)
+    srv.wait_children(lambda c: list(c.values()).count(WORKER) == 2)
+    conns = [srv.connect() for _ in range(4)]
+    try:
+        assert conns[1].cmd("AUTH PLAIN") == b"+ "
+        login(conns[2])
+        assert conns[3].cmd("USER alice") == b"+OK"
+        time.sleep(0.2)
+        tree = [srv.pid] + list(srv.children())
+        wanted = _established_socket_inodes(srv.port)
+        assert len(wanted) >= 4, wanted
+        holders = {}
+        for pid in tree:
+            for ino in _socket_inodes_of(pid) & wanted:
+                holders.setdefault(pid, set()).add(ino)
+        assert holders, "no process holds the client connections?"
+        assert srv.pid not in holders, "the root master holds a client connection"
+        readers = set(holders) | set(srv.children_by_comm(AUTH))
+        for pid in readers:
+            st = _status(pid)
+            uids = [int(u) for u in st["Uid"].split()]
+            assert 0 not in uids, (pid, st["Name"], uids)
+            assert int(st["CapEff"].strip(), 16) == 0, (pid, st["Name"], st["CapEff"])
+        master = _status(srv.pid)
+        assert int(master["Uid"].split()[1]) == 0      # the test really ran as root
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _can_read_as(pid, path):
+    """Whether a process with pid's uid, gid and groups can open path."""
+    st = _status(pid)
+    uid, gid = int(st["Uid"].split()[1]), int(st["Gid"].split()[1])
+    groups = [int(g) for g in st.get("Groups", "").split()]
+
+    def demote():
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", "open(%r, 'rb').read(1)" % path],
+                       preexec_fn=demote, capture_output=True, timeout=20)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs popboxd started as root")
+@pytest.mark.xfail(strict=True, reason="workers and the auth process share run_as, so a "
+                   "worker can read the users file (issue 5 item 7; see SECURITY.md)")
+def test_workers_cannot_read_the_users_file(server_factory):
+    """Issue 5 item 7: a compromised worker must not reach the password
+    hashes. Today both roles run as run_as, so this fails (xfail, strict:
+    it will report XPASS once the auth process runs under its own uid or the
+    file is opened before the drop)."""
+    srv = server_factory(workers=1)
+    srv.wait_children(lambda c: list(c.values()).count(WORKER) == 1)
+    worker = srv.children_by_comm(WORKER)[0]
+    assert not _can_read_as(worker, srv.users_path)
