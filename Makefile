@@ -42,7 +42,7 @@ CLIENT_LIB := $(BUILD)/libpopbox_client.a
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRC))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check unit integration demo sanitize install clean bench bench-full fuzz
+.PHONY: all check unit integration demo sanitize install clean bench bench-full
 all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS)
 
 $(BUILD)/%.o: %.c
@@ -68,7 +68,7 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SERVER_LIB) $(CLIENT_LIB) $(COM
 
 # make check: cmocka unit tests, then pytest integration tests against the
 # binaries in $(BUILD). Each runner prints its own summary line.
-check: unit integration
+check: unit integration fuzz-replay
 
 unit: all $(UNIT_BINS)
 	@fail=0; for t in $(UNIT_BINS); do echo "== $$t"; $$t || fail=1; done; exit $$fail
@@ -100,5 +100,7 @@ install: $(BUILD)/popboxd $(BUILD)/popbox
 
 clean:
 	rm -rf build build-san build-fuzz
+
+include mk/fuzz.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

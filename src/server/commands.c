@@ -401,11 +401,9 @@ static const struct command command_table[] = {
 static void
 bad_command(struct session *s, const char *what, const char *arg)
 {
-	session_reply(s, "-ERR %s %s", what, arg);
-	if (++s->bad_commands >= s->worker->config->max_bad_commands) {
-		session_reply(s, "-ERR Too many bad commands, closing connection");
-		session_close_after_reply(s, "bad-commands");
-	}
+	char msg[128];
+	snprintf(msg, sizeof(msg), "%s %s", what, arg);
+	session_bad_line(s, msg);
 }
 
 void

@@ -849,6 +849,12 @@ mail_location_expand(const char *template, const struct passwd_entry *entry, cha
 	out[len] = '\0';
 
 	/* Last line of defence, whatever the template and home produced. */
+	for (const char *c = out + path_start; *c != '\0'; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+			*error_r = xasprintf("mail location for user '%s' contains control characters",
+			    user_s);
+			goto fail;
+		}
 	for (const char *c = out + path_start; *c != '\0'; ) {
 		const char *slash = strchr(c, '/');
 		size_t clen = slash ? (size_t)(slash - c) : strlen(c);

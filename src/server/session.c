@@ -560,14 +560,16 @@ session_auth_result(struct worker *w, uint64_t id, const char *status, const cha
 
 /* Frame and dispatch complete lines while the session can take a command:
  * not waiting for the auth process, not streaming, output not backed up. */
-static void
+void
 session_bad_line(struct session *s, const char *msg)
 {
-	session_reply(s, "-ERR %s", msg);
+	/* One status line per command line, also for the last one. */
 	if (++s->bad_commands >= s->worker->config->max_bad_commands) {
-		session_reply(s, "-ERR Too many bad commands, closing connection");
+		session_reply(s, "-ERR %s; too many bad commands, closing connection", msg);
 		session_close_after_reply(s, "bad-commands");
+		return;
 	}
+	session_reply(s, "-ERR %s", msg);
 }
 
 static void

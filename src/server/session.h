@@ -143,6 +143,9 @@ void session_reply(struct session *s, const char *fmt, ...) __attribute__((forma
 void session_write(struct session *s, const void *data, size_t len);
 /* Flush what is queued, then close: no UPDATE unless done before. */
 void session_close_after_reply(struct session *s, const char *reason);
+/* Answer a bad command line with -ERR msg, counting it against
+ * max_bad_commands (closes the session at the limit). */
+void session_bad_line(struct session *s, const char *msg);
 /* Whether USER/PASS may be used on this connection now. */
 bool session_plaintext_allowed(const struct session *s);
 /* Send credentials to the auth process; the result arrives in

@@ -268,7 +268,7 @@ test_too_many_bad_commands(void **state)
 	for (int i = 0; i < 9; i++)
 		assert_true(strncmp(cmd("XXXX\r\n"), "-ERR Unknown", 12) == 0);
 	char *out = cmd("XXXX\r\n");
-	assert_non_null(strstr(out, "Too many bad commands"));
+	assert_non_null(strstr(out, "too many bad commands"));
 }
 
 static void
