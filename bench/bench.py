@@ -570,14 +570,13 @@ def bench(mode, prof):
         record("big maildrop %d: 2nd PASS ms" % nb, "ms", warm, "pass_ms", None, "low")
 
     # ---- memory per idle authenticated session
-    # fresh servers: the marginal cost of a session, not allocator
-    # high-water marks left by the RETR scenarios
-    for s in servers:
-        s.stop()
-        s.start()
+    # fresh servers for each level: the marginal cost of a session, not
+    # allocator high-water marks or idle processes left by earlier runs
     mem = {}
     for k in prof["idle"]:
         for s in servers:
+            s.stop()
+            s.start()
             # warm up (the first sessions fault in code and allocator arenas),
             # then take the baseline
             subprocess.run([POP3LOAD, "idle", "-p", str(s.port), "-k", str(min(50, k)), "-c", "4",

@@ -13,5 +13,6 @@ case "$mode" in
 smoke|quick|full) ;;
 *) echo "usage: sh bench/run.sh smoke|quick|full" >&2; exit 2 ;;
 esac
-[ -x build/bench/pop3load ] && [ -x build/popboxd ] || make all >&2
+b="${POPBOX_BUILD:-build}"
+[ -x "$b/bench/pop3load" ] && [ -x "$b/popboxd" ] || make BUILD="$b" all >&2
 exec python3 bench/bench.py "$mode"

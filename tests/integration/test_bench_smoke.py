@@ -1,0 +1,22 @@
+"""The benchmark harness must not rot: `sh bench/run.sh smoke` (seconds,
+popboxd only, no targets) builds a small corpus, starts popboxd, drives it with
+build/bench/pop3load in every smoke scenario and exits 0 only if pop3load did
+work without errors."""
+
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def test_bench_smoke():
+    build = os.environ.get("POPBOX_BUILD") or os.path.join(REPO, "build")
+    if not os.access(os.path.join(build, "bench", "pop3load"), os.X_OK):
+        pytest.skip("build/bench/pop3load not built")
+    r = subprocess.run(["sh", os.path.join(REPO, "bench", "run.sh"), "smoke"], cwd=REPO,
+                       env=dict(os.environ, POPBOX_BUILD=build), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sessions/s" in r.stdout and "RETR 4 KiB" in r.stdout, r.stdout
