@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -105,6 +106,8 @@ static struct {
 	unsigned n_convs;
 	unsigned char fake_salt_key[32];  /* SCRAM salts for unknown users */
 	struct auth_penalty *penalty;
+	int control_fd;         /* to the master */
+	bool force_reload;      /* re-read the users file at the next lookup */
 } auth;
 
 static void
@@ -116,26 +119,134 @@ db_ref_release(struct db_ref *ref)
 	}
 }
 
-/* Reload the users file when it changed (mtime, size or inode), so an
- * administrator's edit takes effect at the next login even without SIGHUP. */
+/* Users files above this are refused (10 million users fit easily). */
+#define AUTH_USERS_FILE_MAX (1024L * 1024 * 1024)
+/* How long to wait for the master to hand over the users file. */
+#define AUTH_USERS_FD_TIMEOUT_MS 5000
+
+static void auth_apply_reload(const struct ipc_msg *msg);
+
+/* Ask the master for an open descriptor of the users file: the file may be
+ * readable by root only, so that no process running as run_as (a worker)
+ * can open it. Control messages that arrive meanwhile (a reload) are applied
+ * in order. Returns the descriptor or -1 with *error_r. */
+static int
+users_fd_fetch(char **error_r)
+{
+	static char buf[IPC_MAX_MSG];
+	uint64_t id = (uint64_t)time(NULL);
+	if (ipc_send(auth.control_fd, IPC_USERS_OPEN, id, NULL, 0) < 0) {
+		*error_r = xasprintf("cannot ask the master for the users file: %s", strerror(errno));
+		return -1;
+	}
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long waited = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited >= AUTH_USERS_FD_TIMEOUT_MS) {
+			*error_r = xstrdup("the master did not hand over the users file");
+			return -1;
+		}
+		struct pollfd pfd = { .fd = auth.control_fd, .events = POLLIN };
+		if (poll(&pfd, 1, (int)(AUTH_USERS_FD_TIMEOUT_MS - waited)) <= 0)
+			continue;
+		int fd;
+		ssize_t n = ipc_recv_fd(auth.control_fd, buf, sizeof(buf), &fd);
+		if (n == 0)
+			exit(0);   /* the master is gone */
+		struct ipc_msg msg;
+		if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		if (msg.type == IPC_RELOAD) {
+			auth_apply_reload(&msg);
+			continue;
+		}
+		if (msg.type != IPC_USERS_FD || msg.nfields != 1) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		if (fd < 0) {
+			*error_r = xstrdup(msg.fields[0]);
+			return -1;
+		}
+		return fd;
+	}
+}
+
+static char *
+users_fd_read(int fd, struct stat *st, char **error_r)
+{
+	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+		*error_r = xstrdup("the users file is not a regular file");
+		return NULL;
+	}
+	if (st->st_size > AUTH_USERS_FILE_MAX) {
+		*error_r = xstrdup("the users file is too large");
+		return NULL;
+	}
+	size_t cap = (size_t)st->st_size + 1, len = 0;
+	char *text = xmalloc(cap + 1);
+	for (;;) {
+		if (len == cap) {
+			cap *= 2;
+			text = xrealloc(text, cap + 1);
+		}
+		ssize_t n = pread(fd, text + len, cap - len, (off_t)len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			*error_r = xasprintf("reading the users file: %s", strerror(errno));
+			secure_wipe(text, len);
+			free(text);
+			return NULL;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if ((off_t)len > AUTH_USERS_FILE_MAX) {
+			*error_r = xstrdup("the users file is too large");
+			secure_wipe(text, len);
+			free(text);
+			return NULL;
+		}
+	}
+	text[len] = '\0';
+	return text;
+}
+
+/* The users database, reloaded when the file changed (inode, size or mtime:
+ * stat needs no read permission), so an administrator's edit takes effect at
+ * the next login even without SIGHUP. */
 static struct db_ref *
 auth_db_current(void)
 {
 	struct stat st;
 	char *error = NULL;
 
-	if (stat(auth.config->users, &st) < 0) {
-		if (auth.db == NULL)
-			log_warn("users file %s", auth.config->users);
-		return auth.db;
-	}
-	if (auth.db != NULL && st.st_ino == auth.db->st.st_ino && st.st_size == auth.db->st.st_size &&
+	bool have_st = stat(auth.config->users, &st) == 0;
+	if (auth.db != NULL && !auth.force_reload &&
+	    (!have_st || (st.st_ino == auth.db->st.st_ino && st.st_size == auth.db->st.st_size &&
 	    st.st_mtim.tv_sec == auth.db->st.st_mtim.tv_sec &&
-	    st.st_mtim.tv_nsec == auth.db->st.st_mtim.tv_nsec)
+	    st.st_mtim.tv_nsec == auth.db->st.st_mtim.tv_nsec)))
 		return auth.db;
-	struct passwd_db *db;
-	if (passwd_db_load(auth.config->users, &db, &error) < 0) {
-		log_warnx("cannot load users file: %s", error);
+	auth.force_reload = false;
+	int fd = users_fd_fetch(&error);
+	char *text = fd >= 0 ? users_fd_read(fd, &st, &error) : NULL;
+	if (fd >= 0)
+		close(fd);
+	struct passwd_db *db = NULL;
+	if (text != NULL) {
+		passwd_db_parse(auth.config->users, text, &db, &error);
+		secure_wipe(text, strlen(text));
+		free(text);
+	}
+	if (db == NULL) {
+		log_warnx("cannot load users file: %s", error ? error : "unknown error");
 		free(error);
 		return auth.db;
 	}
@@ -786,29 +897,38 @@ housekeeping_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-control_cb(evutil_socket_t fd, short what, void *arg)
+auth_apply_reload(const struct ipc_msg *msg)
 {
-	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
-	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-	if (n == 0) {
-		/* The master is gone: nothing supervises us any more. */
-		log_warnx("master went away, exiting");
-		exit(0);
-	}
-	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields < 2)
+	if (msg->nfields < 2)
 		return;
 	struct config *next;
 	char *error = NULL;
-	if (config_parse(msg.fields[0], msg.fields[1], &next, &error) < 0) {
+	if (config_parse(msg->fields[0], msg->fields[1], &next, &error) < 0) {
 		log_warnx("reload: %s", error);
 		free(error);
 		return;
 	}
 	auth.config = next; /* the old one is leaked on purpose: a reload is rare */
-	/* Force a users file reload even if its mtime did not change. */
-	if (auth.db != NULL)
-		auth.db->st.st_ino = 0;
+	auth.force_reload = true;   /* re-read the users file even if unchanged */
+}
+
+static void
+control_cb(evutil_socket_t fd, short what, void *arg)
+{
+	static char buf[IPC_MAX_MSG];
+	struct ipc_msg msg;
+	int passed;
+	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
+	if (passed >= 0)
+		close(passed);   /* a late answer to a users file request */
+	if (n == 0) {
+		/* The master is gone: nothing supervises us any more. */
+		log_warnx("master went away, exiting");
+		exit(0);
+	}
+	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD)
+		return;
+	auth_apply_reload(&msg);
 	auth_db_current();
 }
 
@@ -830,6 +950,7 @@ auth_main(struct child_env *env)
 	privileges_drop(env);
 
 	auth.config = env->config;
+	auth.control_fd = env->control_fd;
 	auth.base = event_base_new();
 	if (auth.base == NULL)
 		fatalx("event_base_new failed");

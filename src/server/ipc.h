@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Big enough for a SASL step (base64 of 8 KiB) plus user name and peer; and
  * for a config reload carrying the config text. */
@@ -32,6 +33,10 @@ enum ipc_type {
 	                     * response (base64), peer, tls-exporter cb, tls-unique cb */
 	IPC_SASL_STEP,      /* id; client response (base64) */
 	IPC_SASL_ABORT,     /* id; (none): client cancelled or went away, no answer */
+	/* auth <-> master: the users file is opened by the master (it may be
+	 * readable by root only) and handed over as a descriptor */
+	IPC_USERS_OPEN,     /* auth -> master; (none) */
+	IPC_USERS_FD,       /* master -> auth; "ok" + descriptor, or an error text */
 	IPC_TYPE_MAX,
 };
 
@@ -51,6 +56,11 @@ struct ipc_msg {
 
 /* Send one message; returns 0, or -1 with errno (EAGAIN on a full socket). */
 int ipc_send(int fd, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields);
+/* Same, passing a descriptor along (SCM_RIGHTS); fd < 0 sends none. */
+int ipc_send_fd(int sock, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields,
+    int fd);
+/* recv() of one message that may carry a descriptor: *fd_r = it, or -1. */
+ssize_t ipc_recv_fd(int sock, void *buf, size_t len, int *fd_r);
 /* Parse buf[0..len) (from one recv) into msg, fields point into buf.
  * Returns 0 or -1 when malformed. expected_fields is checked by the caller. */
 int ipc_parse(const void *buf, size_t len, struct ipc_msg *msg);

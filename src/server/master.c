@@ -163,6 +163,22 @@ privileges_drop(const struct child_env *env)
 	/* Dropping ids clears the dumpable flag; keep it off so no one attaches. */
 }
 
+/* Password hashes should be out of reach of a compromised worker: warn when
+ * the run_as user could open the users file itself. */
+static void
+users_file_check(const struct config *config)
+{
+	struct stat st;
+	if (!master.env.drop_privileges || stat(config->users, &st) < 0)
+		return;
+	bool readable = (st.st_uid == master.env.uid && (st.st_mode & S_IRUSR)) ||
+	    (st.st_gid == master.env.gid && (st.st_mode & S_IRGRP)) || (st.st_mode & S_IROTH);
+	if (readable)
+		log_warnx("users file %s can be read by run_as user %s; make it owned by root with "
+		    "mode 0600 (popboxd opens it as root for the auth process)", config->users,
+		    config->run_as);
+}
+
 static unsigned
 workers_wanted(const struct config *config)
 {
@@ -338,6 +354,34 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	log_info("configuration reloaded");
 }
 
+/* The auth process asks for the users file: open it here (as root when
+ * started as root) and hand over the descriptor, so the file can be readable
+ * by root alone and no process running as run_as can open it by name. */
+static void
+auth_control_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char buf[256];
+	struct ipc_msg msg;
+	int passed;
+	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
+	if (passed >= 0)
+		close(passed);   /* nobody sends us descriptors */
+	if (n <= 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_USERS_OPEN)
+		return;
+	int ufd = open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (ufd < 0) {
+		char *why = xasprintf("%s: %s", master.config->users, strerror(errno));
+		const char *fields[] = { why };
+		ipc_send(fd, IPC_USERS_FD, msg.id, fields, 1);
+		free(why);
+		return;
+	}
+	const char *fields[] = { "ok" };
+	if (ipc_send_fd(fd, IPC_USERS_FD, msg.id, fields, 1, ufd) < 0)
+		log_warn("cannot pass the users file to the auth process");
+	close(ufd);
+}
+
 static void
 sigterm_cb(evutil_socket_t sig, short what, void *arg)
 {
@@ -488,6 +532,11 @@ master_run(struct config *config, bool foreground)
 	evsignal_add(ev_term, NULL);
 	evsignal_add(ev_int, NULL);
 
+	struct event *ev_auth = event_new(master.base, master.children[0].control_master,
+	    EV_READ | EV_PERSIST, auth_control_cb, NULL);
+	event_add(ev_auth, NULL);
+	users_file_check(config);
+
 	for (size_t i = 0; i < master.n_children; i++)
 		child_start(&master.children[i]);
 
@@ -501,6 +550,7 @@ master_run(struct config *config, bool foreground)
 	master_wait_children();
 	unlink(master.pid_path);
 	log_info("stopped");
+	event_free(ev_auth);
 	event_free(ev_chld);
 	event_free(ev_hup);
 	event_free(ev_term);

@@ -526,14 +526,24 @@ def _can_read_as(pid, path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs popboxd started as root")
-@pytest.mark.xfail(strict=True, reason="workers and the auth process share run_as, so a "
-                   "worker can read the users file (issue 5 item 7; see SECURITY.md)")
 def test_workers_cannot_read_the_users_file(server_factory):
     """Issue 5 item 7: a compromised worker must not reach the password
-    hashes. Today both roles run as run_as, so this fails (xfail, strict:
-    it will report XPASS once the auth process runs under its own uid or the
-    file is opened before the drop)."""
+    hashes. With the users file owned by root and mode 0600, as popboxd.8
+    recommends, the master opens it and hands the descriptor to the auth
+    process: logins work, and neither a worker nor the auth process can open
+    the file by name. A user added later is still picked up."""
     srv = server_factory(workers=1)
+    os.chown(srv.users_path, 0, 0)
+    os.chmod(srv.users_path, 0o600)
     srv.wait_children(lambda c: list(c.values()).count(WORKER) == 1)
     worker = srv.children_by_comm(WORKER)[0]
+    auth = srv.children_by_comm(AUTH)[0]
     assert not _can_read_as(worker, srv.users_path)
+    assert not _can_read_as(auth, srv.users_path)
+    srv.reload()   # the auth process re-reads the (now root-only) file
+    time.sleep(0.5)
+    c = srv.connect()
+    login(c)
+    assert c.cmd("STAT").startswith(b"+OK")
+    c.cmd("QUIT")
+    c.close()
