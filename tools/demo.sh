@@ -146,8 +146,11 @@ Grüße aus dem Maildir.
 EOF
 
 if [ "$(id -u)" -eq 0 ]; then
-	chown -R "$RUN_AS:$GROUP" "$DEMO/mail" "$DEMO/state" "$DEMO/users"
+	chown -R "$RUN_AS:$GROUP" "$DEMO/mail" "$DEMO/state"
+	# the users file stays root's: popboxd opens it for the auth process
+	chown root:root "$DEMO/users"
 fi
+chmod 0600 "$DEMO/users"
 
 "$POPBOXD" -t -c "$DEMO/popboxd.conf" >/dev/null
 
