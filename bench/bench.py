@@ -806,6 +806,7 @@ plot '{d1}' using 1:2 with linespoints title 'popboxd', '{d1}' using 1:3 with li
 unset logscale x
 set title 'server memory (PSS over all processes) against idle sessions'
 set xlabel 'authenticated idle sessions'; set ylabel 'MiB PSS above idle server'
+set logscale y
 plot '{d2}' using 1:2 with linespoints title 'popboxd', '{d2}' using 1:3 with linespoints title 'Dovecot'
 unset multiplot
 """.format(png=png, d1=dat1, d2=dat2, date=result["date"][:10], commit=result["commit"])
