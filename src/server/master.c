@@ -63,6 +63,7 @@ static struct {
 	size_t n_children;
 	char *pid_path;
 	bool stopping;
+	struct event *events[5];   /* signals and the auth control channel */
 } master;
 
 static void child_start(struct child *c);
@@ -209,18 +210,24 @@ child_start(struct child *c)
 		return;
 	}
 	if (pid == 0) {
-		/* Child: close every control end but our own, and the master's loop. */
+		/* Give the child a clean slate: the master's loop and its signal
+		 * handlers must not fire here. reinit first (while every fd is
+		 * still open) so that deleting and freeing touch only the child's
+		 * own epoll instance, never the one shared with the master. */
+		event_reinit(master.base);
+		for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+			if (master.events[i] != NULL)
+				event_free(master.events[i]);
+		for (size_t i = 0; i < master.n_children; i++)
+			event_free(master.children[i].restart_timer);
+		event_base_free(master.base);
+		master.base = NULL;
+		/* Close every control end but our own. */
 		for (size_t i = 0; i < master.n_children; i++) {
 			close(master.children[i].control_master);
 			if (&master.children[i] != c)
 				close(master.children[i].control_child);
 		}
-		/* Give the child a clean slate: the master's loop and its signal
-		 * handlers must not fire here. reinit first so that freeing does not
-		 * touch the epoll instance shared with the master. */
-		event_reinit(master.base);
-		event_base_free(master.base);
-		master.base = NULL;
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
 		signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
@@ -523,17 +530,17 @@ master_run(struct config *config, bool foreground)
 		c->restart_timer = evtimer_new(master.base, child_restart_cb, c);
 	}
 
-	struct event *ev_chld = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
-	struct event *ev_hup = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
-	struct event *ev_term = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
-	struct event *ev_int = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
+	struct event *ev_chld = master.events[0] = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
+	struct event *ev_hup = master.events[1] = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
+	struct event *ev_term = master.events[2] = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
+	struct event *ev_int = master.events[3] = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
 	evsignal_add(ev_chld, NULL);
 	evsignal_add(ev_hup, NULL);
 	evsignal_add(ev_term, NULL);
 	evsignal_add(ev_int, NULL);
 
-	struct event *ev_auth = event_new(master.base, master.children[0].control_master,
-	    EV_READ | EV_PERSIST, auth_control_cb, NULL);
+	struct event *ev_auth = master.events[4] = event_new(master.base,
+	    master.children[0].control_master, EV_READ | EV_PERSIST, auth_control_cb, NULL);
 	event_add(ev_auth, NULL);
 	users_file_check(config);
 
