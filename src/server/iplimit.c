@@ -11,6 +11,7 @@
 struct iplimit {
 	unsigned n_workers;
 	uint64_t key;          /* hash key: an attacker cannot aim at a column */
+	_Atomic uint32_t totals[64];   /* per worker: all its connections */
 	_Atomic uint16_t counts[];  /* [worker][column] */
 };
 
@@ -43,6 +44,8 @@ iplimit_reset_worker(struct iplimit *l, unsigned slot)
 {
 	if (l == NULL || slot >= l->n_workers)
 		return;
+	if (slot < 64)
+		l->totals[slot] = 0;
 	for (unsigned i = 0; i < IPLIMIT_COLUMNS; i++)
 		l->counts[(size_t)slot * IPLIMIT_COLUMNS + i] = 0;
 }
@@ -68,4 +71,26 @@ iplimit_add(struct iplimit *l, unsigned slot, const char *addr, int delta)
 		(*c)++;
 	else if (delta < 0 && *c > 0)
 		(*c)--;
+}
+
+unsigned
+iplimit_total(const struct iplimit *l)
+{
+	unsigned total = 0;
+	if (l == NULL)
+		return 0;
+	for (unsigned w = 0; w < l->n_workers && w < 64; w++)
+		total += l->totals[w];
+	return total;
+}
+
+void
+iplimit_total_add(struct iplimit *l, unsigned slot, int delta)
+{
+	if (l == NULL || slot >= l->n_workers || slot >= 64)
+		return;
+	if (delta > 0)
+		l->totals[slot]++;
+	else if (l->totals[slot] > 0)
+		l->totals[slot]--;
 }

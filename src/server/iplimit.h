@@ -18,5 +18,8 @@ struct iplimit *iplimit_new(unsigned n_workers);
 void iplimit_reset_worker(struct iplimit *l, unsigned slot);
 unsigned iplimit_count(const struct iplimit *l, const char *addr);
 void iplimit_add(struct iplimit *l, unsigned slot, const char *addr, int delta);
+/* All connections of all workers (max_connections), kept the same way. */
+unsigned iplimit_total(const struct iplimit *l);
+void iplimit_total_add(struct iplimit *l, unsigned slot, int delta);
 
 #endif

@@ -154,6 +154,8 @@ session_free(struct session *s)
 		s->store_job->session = NULL;   /* the job cleans up after itself */
 	if (s->ip_counted)
 		iplimit_add(w->iplimit, w->slot, s->peer_ip, -1);
+	if (s->total_counted)
+		iplimit_total_add(w->iplimit, w->slot, -1);
 	free(s->pending_location);
 	session_stream_stop(s);
 	if (s->store != NULL)
@@ -807,8 +809,13 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	session_timer_arm(s);
 	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
 
-	if (w->config->max_connections > 0 &&
-	    w->sessions > (w->config->max_connections + w->n_workers - 1) / w->n_workers) {
+	/* Counted across workers when the shared table exists; else each
+	 * worker takes its share. */
+	iplimit_total_add(w->iplimit, w->slot, 1);
+	s->total_counted = true;
+	bool over = w->iplimit != NULL ? iplimit_total(w->iplimit) > w->config->max_connections
+	    : w->sessions > (w->config->max_connections + w->n_workers - 1) / w->n_workers;
+	if (w->config->max_connections > 0 && over) {
 		session_reply(s, "-ERR [SYS/TEMP] Too many connections, try again later");
 		session_close_after_reply(s, "too-many-connections");
 		return;

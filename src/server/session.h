@@ -85,6 +85,7 @@ struct session {
 	const char *end_reason;
 	bool freed_pending;
 	bool ip_counted;              /* counted in worker->iplimit */
+	bool total_counted;           /* counted in the all-workers total */
 	struct session *all_next, *all_prev;    /* worker's list of sessions */
 	struct store_job *store_job;  /* pending maildrop job, NULL = none */
 };
