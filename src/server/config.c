@@ -481,6 +481,32 @@ config_key_auth_mechanisms(struct config_parser *p, const char *key, const char 
 }
 
 static int
+config_key_proxy_protocol(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->proxy_protocol);
+}
+
+static int
+config_key_proxy_trusted(struct config_parser *p, const char *key, const char *value)
+{
+	char *copy = xstrdup(value);
+	for (char *save = NULL, *t = strtok_r(copy, " ,\t", &save); t != NULL;
+	    t = strtok_r(NULL, " ,\t", &save)) {
+		struct proxy_cidr cidr;
+		if (!proxy_cidr_parse(t, &cidr)) {
+			int r = config_bad_value(p, key, t, "networks like 192.0.2.0/24 or 2001:db8::/32");
+			free(copy);
+			return r;
+		}
+		struct config *c = p->config;
+		c->proxy_trusted = xrealloc(c->proxy_trusted, (c->n_proxy_trusted + 1) * sizeof(cidr));
+		c->proxy_trusted[c->n_proxy_trusted++] = cidr;
+	}
+	free(copy);
+	return 0;
+}
+
+static int
 config_key_log_debug(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_bool(p, key, value, &p->config->log_debug);
@@ -554,6 +580,8 @@ static const struct config_key config_keys[] = {
 	{ "max_bad_commands", config_key_max_bad_commands, false },
 	{ "log_debug", config_key_log_debug, false },
 	{ "auth_mechanisms", config_key_auth_mechanisms, false },
+	{ "proxy_protocol", config_key_proxy_protocol, false },
+	{ "proxy_trusted", config_key_proxy_trusted, true },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -681,6 +709,8 @@ config_finish(struct config_parser *p)
 	}
 	if (p->n_plain + p->n_tls == 0)
 		return config_error(p, "no listen addresses ('listen = none' and no listen_tls)");
+	if (c->proxy_protocol && c->n_proxy_trusted == 0)
+		return config_error(p, "proxy_protocol = yes needs proxy_trusted (the load balancers' networks)");
 
 	c->n_listens = p->n_plain + p->n_tls;
 	c->listens = xcalloc(c->n_listens, sizeof(*c->listens));
@@ -848,6 +878,7 @@ config_free(struct config *config)
 	free(config->tls_key);
 	free(config->tls_min_version);
 	free(config->auth_mechanisms);
+	free(config->proxy_trusted);
 	free(config->users);
 	free(config->mail);
 	free(config->state_dir);

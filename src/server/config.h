@@ -28,6 +28,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "server/proxy.h"
+
 enum plaintext_auth {
 	PLAINTEXT_TLS_OR_LOOPBACK = 0, /* default */
 	PLAINTEXT_ALWAYS,
@@ -63,6 +65,11 @@ struct config {
 	 * only where plaintext_auth allows, -PLUS only over TLS. CRAM-MD5 is off by
 	 * default: it needs plaintext-equivalent secrets. */
 	char *auth_mechanisms;
+	/* PROXY protocol v1/v2 on every listener (behind a load balancer); only
+	 * connections from proxy_trusted networks are accepted then. */
+	bool proxy_protocol;
+	struct proxy_cidr *proxy_trusted;
+	size_t n_proxy_trusted;
 };
 
 #define CONFIG_DEFAULT_AUTH_MECHANISMS \

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include "common/log.h"
 #include "server/ipc.h"
 #include "server/popboxd.h"
+#include "server/proxy.h"
 #include "server/session.h"
 #include "server/tls.h"
 #include "server/iplimit.h"
@@ -142,15 +144,109 @@ struct listener_arg {
 	bool tls;
 };
 
+/* How long a load balancer may take to send its PROXY header. */
+#define WORKER_PROXY_TIMEOUT_SECONDS 10
+
+/* A connection from a trusted load balancer whose PROXY header has not fully
+ * arrived. The bytes read so far all belong to the header (it is incomplete),
+ * so nothing after it (a TLS ClientHello) is ever consumed here. */
+struct proxy_wait {
+	struct worker *w;
+	int fd;
+	bool tls;
+	struct event *ev;
+	size_t have;
+	unsigned char buf[PROXY_MAX];
+	struct sockaddr_storage peer;
+	socklen_t peer_len;
+};
+
+static void
+proxy_wait_end(struct proxy_wait *pw, const char *why, bool quiet)
+{
+	if (why != NULL) {
+		char host[64] = "?";
+		getnameinfo((struct sockaddr *)&pw->peer, pw->peer_len, host, sizeof(host), NULL, 0,
+		    NI_NUMERICHOST);
+		/* A balancer's TCP health check connects and closes: not news. */
+		if (quiet)
+			log_debug("connection from %s closed: %s", host, why);
+		else
+			log_warnx("connection from %s closed: %s", host, why);
+		close(pw->fd);
+	}
+	event_free(pw->ev);
+	free(pw);
+}
+
+static void
+proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_wait *pw = arg;
+	unsigned char tmp[PROXY_MAX];
+	if (what & EV_TIMEOUT) {
+		proxy_wait_end(pw, "no PROXY header in time", false);
+		return;
+	}
+	ssize_t n = recv(fd, tmp, sizeof(tmp) - pw->have, MSG_PEEK);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		proxy_wait_end(pw, "closed before the PROXY header", true);
+		return;
+	}
+	memcpy(pw->buf + pw->have, tmp, (size_t)n);
+	struct proxy_header h;
+	enum proxy_result r = proxy_parse(pw->buf, pw->have + (size_t)n, &h);
+	size_t take = r == PROXY_OK ? h.length - pw->have : (size_t)n;
+	if (r == PROXY_BAD || (r == PROXY_NEED_MORE && pw->have + (size_t)n >= PROXY_MAX)) {
+		proxy_wait_end(pw, "malformed PROXY header", false);
+		return;
+	}
+	if (recv(fd, tmp, take, 0) != (ssize_t)take) {
+		proxy_wait_end(pw, "reading the PROXY header failed", false);
+		return;
+	}
+	pw->have += take;
+	if (r == PROXY_NEED_MORE)
+		return;
+	struct worker *w = pw->w;
+	int cfd = pw->fd;
+	bool tls = pw->tls;
+	if (h.has_address)
+		session_create(w, cfd, (struct sockaddr *)&h.source, (int)h.source_len, tls);
+	else
+		session_create(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls);
+	proxy_wait_end(pw, NULL, false);
+}
+
 static void
 accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
 	struct listener_arg *la = arg;
-	if (la->w->stopping) {
+	struct worker *w = la->w;
+	if (w->stopping) {
 		close(fd);
 		return;
 	}
-	session_create(la->w, fd, sa, salen, la->tls);
+	if (!w->config->proxy_protocol) {
+		session_create(w, fd, sa, salen, la->tls);
+		return;
+	}
+	struct proxy_wait *pw = xcalloc(1, sizeof(*pw));
+	pw->w = w;
+	pw->fd = fd;
+	pw->tls = la->tls;
+	memcpy(&pw->peer, sa, (size_t)salen < sizeof(pw->peer) ? (size_t)salen : sizeof(pw->peer));
+	pw->peer_len = (socklen_t)salen;
+	pw->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, proxy_wait_cb, pw);
+	if (!proxy_cidr_match(w->config->proxy_trusted, w->config->n_proxy_trusted, sa)) {
+		/* Only a trusted balancer may tell us who the client is. */
+		proxy_wait_end(pw, "not in proxy_trusted", false);
+		return;
+	}
+	struct timeval tv = { .tv_sec = WORKER_PROXY_TIMEOUT_SECONDS };
+	event_add(pw->ev, &tv);
 }
 
 static void
