@@ -225,6 +225,20 @@ commands_maildrop_opened(struct session *s, struct store_job *job)
 		}
 		return;
 	}
+	const struct config *c = s->worker->config;
+	if (job->store->count > c->max_maildrop_messages ||
+	    (c->max_maildrop_size > 0 && job->store->total_size > c->max_maildrop_size)) {
+		log_warnx("session %016llx: user %s: maildrop of %u messages, %llu octets is over "
+		    "max_maildrop_messages/max_maildrop_size", (unsigned long long)s->id, user,
+		    job->store->count, (unsigned long long)job->store->total_size);
+		uint32_t count = job->store->count;
+		job->store->backend->close(job->store);
+		job->store = NULL;
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [SYS/PERM] Mailbox is too large for this server "
+		    "(%u messages), contact the administrator", count);
+		return;
+	}
 	s->store = job->store;
 	job->store = NULL;
 	s->deleted = xcalloc(s->store->count ? s->store->count : 1, sizeof(bool));

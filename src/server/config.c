@@ -481,6 +481,35 @@ config_key_auth_mechanisms(struct config_parser *p, const char *key, const char 
 }
 
 static int
+config_key_max_maildrop_messages(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, 1000000, &p->config->max_maildrop_messages);
+}
+
+/* Sizes: octets, or with K, M, G (powers of 1024); 0 = no limit. */
+static int
+config_key_max_maildrop_size(struct config_parser *p, const char *key, const char *value)
+{
+	char digits[32];
+	size_t len = strlen(value);
+	uint64_t mult = 1, n;
+	if (len > 0 && len < sizeof(digits)) {
+		memcpy(digits, value, len + 1);
+		char last = digits[len - 1];
+		if (last == 'K' || last == 'k' || last == 'M' || last == 'm' || last == 'G' || last == 'g') {
+			mult = (last == 'K' || last == 'k') ? 1024ull :
+			    (last == 'M' || last == 'm') ? 1024ull * 1024 : 1024ull * 1024 * 1024;
+			digits[--len] = '\0';
+		}
+		if (parse_u64(digits, UINT64_MAX / mult, &n)) {
+			p->config->max_maildrop_size = n * mult;
+			return 0;
+		}
+	}
+	return config_bad_value(p, key, value, "a size in octets, or with K, M or G (0 = no limit)");
+}
+
+static int
 config_key_proxy_protocol(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_bool(p, key, value, &p->config->proxy_protocol);
@@ -581,6 +610,8 @@ static const struct config_key config_keys[] = {
 	{ "log_debug", config_key_log_debug, false },
 	{ "auth_mechanisms", config_key_auth_mechanisms, false },
 	{ "proxy_protocol", config_key_proxy_protocol, false },
+	{ "max_maildrop_messages", config_key_max_maildrop_messages, false },
+	{ "max_maildrop_size", config_key_max_maildrop_size, false },
 	{ "proxy_trusted", config_key_proxy_trusted, true },
 };
 
@@ -665,6 +696,8 @@ config_new(const char *name)
 	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
 	c->log_debug = false;
 	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);
+	c->max_maildrop_messages = 1000000;
+	c->max_maildrop_size = 0;
 	return c;
 }
 

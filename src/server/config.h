@@ -67,6 +67,10 @@ struct config {
 	char *auth_mechanisms;
 	/* PROXY protocol v1/v2 on every listener (behind a load balancer); only
 	 * connections from proxy_trusted networks are accepted then. */
+	/* A maildrop with more messages or octets is refused at login with
+	 * [SYS/PERM] (bounded memory and time per session). */
+	unsigned max_maildrop_messages;       /* default 1000000 */
+	unsigned long long max_maildrop_size; /* octets, 0 = no limit (default) */
 	bool proxy_protocol;
 	struct proxy_cidr *proxy_trusted;
 	size_t n_proxy_trusted;
