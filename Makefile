@@ -42,7 +42,7 @@ CLIENT_LIB := $(BUILD)/libpopbox_client.a
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRC))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check unit integration demo sanitize install clean bench bench-full
+.PHONY: all check check-basic valgrind unit integration demo sanitize install clean bench bench-full
 all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS)
 
 $(BUILD)/%.o: %.c
@@ -66,9 +66,20 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(COMMON_LIB)
 $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SERVER_LIB) $(CLIENT_LIB) $(COMMON_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
-# make check: cmocka unit tests, then pytest integration tests against the
-# binaries in $(BUILD). Each runner prints its own summary line.
-check: unit integration fuzz-replay
+# make check: cmocka unit tests, pytest integration tests against the
+# binaries in $(BUILD) and the fuzz corpus replay; then the same again in an
+# ASan+UBSan build (sanitize), and the server suites with every popboxd
+# process under valgrind memcheck (valgrind). Each runner prints its summary.
+check: check-basic sanitize valgrind
+
+check-basic: unit integration fuzz-replay
+
+# Integration suites whose servers run under valgrind; a memcheck error in
+# any popboxd process fails the test that started it.
+VALGRIND_SUITES ?= tests/integration/test_server_protocol.py \
+	tests/integration/test_server_maildrop.py tests/integration/test_server_proxy.py
+valgrind: all
+	POPBOX_VALGRIND=1 POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q $(VALGRIND_SUITES)
 
 unit: all $(UNIT_BINS)
 	@fail=0; for t in $(UNIT_BINS); do echo "== $$t"; $$t || fail=1; done; exit $$fail
@@ -79,7 +90,7 @@ integration: all
 # ASan + UBSan build of everything, running the whole test suite.
 sanitize:
 	$(MAKE) BUILD=build-san OPT="-O1 -g -fno-omit-frame-pointer" \
-	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" check
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" unit integration
 
 demo:
 	sh tools/demo.sh

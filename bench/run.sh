@@ -15,4 +15,8 @@ smoke|quick|full) ;;
 esac
 b="${POPBOX_BUILD:-build}"
 [ -x "$b/bench/pop3load" ] && [ -x "$b/popboxd" ] || make BUILD="$b" all >&2
-exec python3 bench/bench.py "$mode"
+python3 bench/bench.py "$mode"
+# issue 5: a fresh client stays fast with 1000 slowloris connections open
+if [ "$mode" != smoke ]; then
+	python3 bench/slowloris.py --build "$b"
+fi

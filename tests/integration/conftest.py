@@ -55,6 +55,10 @@ def server_factory(request, popboxd_bin):
             srv.stop()
         finally:
             log = srv.log()
+            if hasattr(srv, "valgrind_reports"):
+                vg = srv.valgrind_reports()
+                if vg:
+                    log += "\nvalgrind: ERROR SUMMARY\n" + "\n".join(vg)
             found = popbox_server.sanitizer_report(log)
             if found:
                 reports.append("%s in popboxd (%s):\n%s" % (found, srv.base, log[-20000:]))

@@ -428,7 +428,25 @@ class PopboxServer:
 
     # -- process
     def command(self, *extra):
-        return [popboxd_path(), "-c", self.conf_path] + list(extra)
+        cmd = [popboxd_path(), "-c", self.conf_path] + list(extra)
+        if os.environ.get("POPBOX_VALGRIND") and "-t" not in extra:
+            # memcheck over the master and every forked child; a report is
+            # found in the log by sanitizer_report() and fails the test
+            cmd = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=no",
+                   "--track-fds=no", "--trace-children=no",
+                   "--log-file=%s.valgrind.%%p" % self.log_path] + cmd
+        return cmd
+
+    def valgrind_reports(self):
+        """Text of every valgrind log of this server that holds an error."""
+        out = []
+        d = os.path.dirname(self.log_path)
+        for f in sorted(os.listdir(d)):
+            if f.startswith(os.path.basename(self.log_path) + ".valgrind."):
+                t = open(os.path.join(d, f), errors="replace").read()
+                if t.strip():
+                    out.append(t)
+        return out
 
     def start(self, extra_args=("-f",), wait=True, tries=5):
         if self.proc is not None and self.proc.poll() is None:
@@ -594,7 +612,7 @@ class PopboxServer:
         self.cleanup()
 
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+SANITIZER_MARKERS = ("valgrind: ERROR SUMMARY", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
 
 
