@@ -77,7 +77,8 @@ check-basic: unit integration fuzz-replay
 # Integration suites whose servers run under valgrind; a memcheck error in
 # any popboxd process fails the test that started it.
 VALGRIND_SUITES ?= tests/integration/test_server_protocol.py \
-	tests/integration/test_server_maildrop.py tests/integration/test_server_proxy.py
+	tests/integration/test_server_maildrop.py tests/integration/test_server_sasl.py \
+	tests/integration/test_server_proxy.py
 valgrind: all
 	POPBOX_VALGRIND=1 POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q $(VALGRIND_SUITES)
 
