@@ -42,7 +42,7 @@ CLIENT_LIB := $(BUILD)/libpopbox_client.a
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRC))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-basic valgrind unit integration demo sanitize install clean bench bench-full
+.PHONY: all check check-basic valgrind fuzz-ci unit integration demo sanitize install clean bench bench-full
 all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS)
 
 $(BUILD)/%.o: %.c
@@ -70,7 +70,7 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SERVER_LIB) $(CLIENT_LIB) $(COM
 # binaries in $(BUILD) and the fuzz corpus replay; then the same again in an
 # ASan+UBSan build (sanitize), and the server suites with every popboxd
 # process under valgrind memcheck (valgrind). Each runner prints its summary.
-check: check-basic sanitize valgrind
+check: check-basic sanitize valgrind fuzz-ci
 
 check-basic: unit integration fuzz-replay
 
@@ -79,6 +79,11 @@ check-basic: unit integration fuzz-replay
 VALGRIND_SUITES ?= tests/integration/test_server_protocol.py \
 	tests/integration/test_server_maildrop.py tests/integration/test_server_sasl.py \
 	tests/integration/test_server_proxy.py
+# Every fuzz target for a bounded time (libFuzzer, clang); make fuzz and
+# fuzz-long fuzz longer.
+fuzz-ci:
+	$(MAKE) fuzz FUZZ_SECONDS=$(or $(FUZZ_CI_SECONDS),15)
+
 valgrind: all
 	POPBOX_VALGRIND=1 POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q $(VALGRIND_SUITES)
 
