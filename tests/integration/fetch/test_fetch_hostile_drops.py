@@ -1,0 +1,414 @@
+"""popbox fetch against a server that drops the connection at every possible
+point, or sends endless, unterminated or lying answers (reliability.md §4.7:
+C1, C2, C4 and the "drops the connection at every possible point" case of
+issue 5; §3.7 for the invariants).
+
+The drop points are not hand-picked: one clean session against the scripted
+server (fake_pop3.FakePop3, with PIPELINING, as Dovecot offers) is recorded,
+and from its server->client byte stream the cut points are generated:
+  - after every response line, two ways: "eager" (the server closes right
+    after the line) and "lazy" (the server reads the next command, acts on
+    it -- a QUIT commits its deletions, as Dovecot does -- and closes before
+    answering);
+  - in the middle of every line (greeting, CAPA, LIST, UIDL, every RETR body
+    line, the DELE and QUIT answers), and at every byte of the short lines
+    (".\\r\\n", "+OK\\r\\n").
+For each: exit 75; no message lost (delivered exactly once locally, or still
+on the server by the script's DELE/QUIT bookkeeping); nothing partial in
+new/ or tmp/; a follow-up clean run against the same script delivers the
+rest and duplicates nothing.
+
+Not repeated here (test_fetch_hostile.py has them): a 70 KB greeting, a close
+in the middle of one RETR without pipelining, a body far larger than LIST
+says, duplicate UIDLs in keep mode.
+"""
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from fake_pop3 import FakePop3
+from fetch_env import Client, digest_counts, make_message, read_maildir
+
+CAPA = ("USER", "UIDL", "TOP", "PIPELINING")
+DEADLINE_SEC = 50
+
+
+class Cut(OSError):
+    """Raised inside FakePop3._session to end it (FakePop3 catches OSError)."""
+
+
+class Wire:
+    """Wraps the accepted socket under FakePop3's session loop: counts and
+    records what the server sends, cuts the stream at a byte offset, and lets
+    a test rewrite the answer to one command (or hang after it)."""
+
+    def __init__(self, conn, srv):
+        self.conn = conn
+        self.srv = srv
+        self.sent = 0
+        self.last_cmd = ""
+
+    def makefile(self, mode):
+        self.f = self.conn.makefile(mode)
+        return self
+
+    def readline(self, n=-1):
+        line = self.f.readline(n)
+        self.last_cmd = line.decode(errors="replace").strip().upper()
+        return line
+
+    def recv(self, n):
+        return self.conn.recv(n)
+
+    def _drain_and_end(self, shut=True):
+        """FIN after what was sent, then wait for the client to give up (so
+        that no RST races the bytes already sent), then end the session."""
+        if shut:
+            try:
+                self.conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.conn.settimeout(10)
+        try:
+            while self.conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        raise Cut("cut")
+
+    def sendall(self, data):
+        srv = self.srv
+        hang = False
+        if srv.rewrite is not None:
+            r = srv.rewrite(self.last_cmd, data)
+            if r is not None:
+                data, hang = r
+        if srv.cut is not None:
+            offset, lazy = srv.cut
+            room = offset - self.sent
+            if room < len(data) or (room == len(data) and not lazy):
+                part = data[:max(room, 0)]
+                srv.transcript += part
+                self.sent += len(part)
+                self.conn.sendall(part)
+                self._drain_and_end()
+        # recorded before it is sent: the client may exit as soon as it has it
+        srv.transcript += data
+        self.sent += len(data)
+        self.conn.sendall(data)
+        if hang:
+            self._drain_and_end(shut=False)   # say nothing more, never close
+
+
+class ScriptedPop3(FakePop3):
+    def __init__(self, *a, **kw):
+        self.cut = None          # (offset, lazy)
+        self.rewrite = None      # fn(command, bytes) -> (bytes, hang) or None
+        self.transcript = b""
+        super().__init__(*a, **kw)
+
+    def _session(self, conn):
+        self.transcript = b""
+        return super()._session(Wire(conn, self))
+
+
+def args_for(srv, maildir, *extra):
+    return ["--host", "127.0.0.1", "--port", str(srv.port), "--tls", "off",
+            "--allow-plaintext", "--user", "u", "--password-command", "echo pw",
+            "--deliver", "maildir:%s" % maildir, "--timeout", "5"] + list(extra)
+
+
+def cut_points(transcript):
+    """(offset, lazy, where) for every drop point of one session."""
+    pts = {}
+    pos = 0
+    lines = transcript.split(b"\n")
+    for ln in lines[:-1]:
+        full = ln + b"\n"
+        start, end = pos, pos + len(full)
+        where = full[:24]
+        if end < len(transcript):
+            pts[(end, False)] = b"after " + where
+        pts[(end, True)] = b"before answering what follows " + where
+        pts[(start + len(full) // 2, False)] = b"middle of " + where
+        if len(full) <= 6:
+            for k in range(1, len(full)):
+                pts[(start + k, False)] = b"inside " + where
+        pos = end
+    pts[(0, False)] = b"before the greeting"
+    # a lazy cut after the last line is no cut at all: the session is complete
+    pts.pop((len(transcript), True), None)
+    return sorted((o, lz, w.decode(errors="replace")) for (o, lz), w in pts.items())
+
+
+def check_no_loss(msgs, srv, maildir, label):
+    local = digest_counts(read_maildir(maildir).values())
+    want = digest_counts(msgs)
+    assert set(local) <= set(want), "%s: a partial or unknown message in new/" % label
+    for i, m in enumerate(msgs):
+        h = list(digest_counts([m]))[0]
+        assert local.get(h, 0) <= 1, "%s: message %d delivered twice" % (label, i)
+        if i in srv.deleted:
+            assert local.get(h, 0) == 1, "%s: message %d deleted, never delivered" % (label, i)
+    assert tmp_files(maildir) == [], "%s: partial file left in tmp/" % label
+
+
+def tmp_files(maildir):
+    d = os.path.join(maildir, "tmp")
+    return os.listdir(d) if os.path.isdir(d) else []
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["delete", "keep"])
+def test_drop_at_every_point_of_a_session(tmp_path, keep):
+    msgs = [make_message(i, body_size=60 + 40 * i) for i in range(3)]
+    extra = ("--keep",) if keep else ()
+    srv = ScriptedPop3(messages=msgs, capa=CAPA)
+    try:
+        # the recording: one clean session
+        rec = Client(str(tmp_path / "rec"))
+        rec.fetch(*args_for(srv, str(tmp_path / "rec" / "M"), *extra), check=0)
+        transcript = srv.transcript
+        assert transcript.endswith(b"+OK bye\r\n")
+        points = cut_points(transcript)
+        t0 = time.monotonic()
+        outcomes = {}
+        for idx, (offset, lazy, where) in enumerate(points):
+            assert time.monotonic() - t0 < DEADLINE_SEC, "too slow at %d/%d" % (idx, len(points))
+            label = "cut at %d%s (%s)" % (offset, " lazy" if lazy else "", where.strip())
+            srv.messages = list(msgs)
+            srv.deleted = set()
+            srv.cut = (offset, lazy)
+            home = tmp_path / ("c%d" % idx)
+            maildir = str(home / "M")
+            c = Client(str(home))
+            p = c.fetch(*args_for(srv, maildir, *extra), timeout=30)
+            # a lazy cut just before QUIT's answer: Dovecot-like, the QUIT was
+            # acted on; the client cannot know, so it is still temporary
+            assert p.returncode == 75, "%s: exit %d\n%s" % (label, p.returncode, p.err)
+            assert "popbox: " in p.err and len(p.err) < 2000, label
+            check_no_loss(msgs, srv, maildir, label)
+            if keep:
+                assert srv.deleted == set(), label
+            outcomes[label] = (len(read_maildir(maildir)), len(srv.deleted))
+            # the follow-up clean run against the same script
+            srv.cut = None
+            srv.received = []
+            p = c.fetch(*args_for(srv, maildir, *extra), timeout=30)
+            assert p.returncode == 0, "%s, then a clean run: exit %d\n%s" % (
+                label, p.returncode, p.err)
+            got = digest_counts(read_maildir(maildir).values())
+            assert got == digest_counts(msgs), "%s: after the clean run %r" % (label, got)
+            # what was delivered before the drop is not fetched again
+            n_retr = sum(1 for r in srv.received if r.startswith("RETR"))
+            assert n_retr == 3 - outcomes[label][0], label
+            if keep:
+                assert srv.deleted == set()
+                assert not any(r.startswith("DELE") for r in srv.received), label
+            else:
+                assert srv.deleted == {0, 1, 2}, label
+        # the matrix really reached every phase
+        assert len(points) > 100, len(points)
+        assert any(d > 0 for d, _ in outcomes.values()), "no cut after a delivery"
+        if not keep:
+            assert any(s == 3 for _, s in outcomes.values()), "no cut after QUIT was acted on"
+    finally:
+        srv.stop()
+
+
+# ---- over-long and unterminated answers (C1, C2) ----
+
+def run_measured(client, args, tmp_path, timeout=30):
+    """Run popbox fetch, return (exit status, stderr, its max RSS in KiB or
+    None). The RSS comes from /usr/bin/time: a process forked from pytest
+    carries pytest's own high-water mark in its rusage, one forked from
+    time(1) does not."""
+    rssf = str(tmp_path / "rss")
+    timer = ["/usr/bin/time", "-f", "%M", "-o", rssf] if os.access("/usr/bin/time", os.X_OK) \
+        else []
+    p = subprocess.run(timer + [client.bin, "fetch"] + args, env=client.env,
+                       capture_output=True, timeout=timeout)
+    rss = None
+    if timer:
+        with open(rssf) as f:
+            rss = int(f.read().split()[-1])
+    return p.returncode, p.stderr.decode(errors="replace"), rss
+
+
+MIB = 1024 * 1024
+
+
+def no_crlf(n):
+    return b"x" * n
+
+
+@pytest.mark.parametrize("cmd, reply, what", [
+    # 1 MiB with no line end at all, in each kind of answer
+    ("CAPA", b"+OK\r\nUSER\r\nUIDL\r\n" + no_crlf(MIB), "longer than"),
+    ("STAT", b"+OK " + no_crlf(MIB), "longer than"),
+    ("LIST", b"+OK\r\n1 " + no_crlf(MIB), "longer than"),
+    ("UIDL", b"+OK\r\n1 " + no_crlf(MIB), "longer than"),
+    ("RETR", b"+OK " + no_crlf(MIB), "longer than"),
+    # inside a body there are no lines to bound, only the size cap
+    ("RETR", b"+OK\r\n" + no_crlf(MIB), "far larger"),
+    # 1 KiB: over the 512 octets of RFC 2449 and the client's 512-octet slack
+    ("STAT", b"+OK 1 200 " + b"y" * 1100 + b"\r\n", "longer than"),
+], ids=["capa-1MiB", "stat-1MiB", "list-1MiB", "uidl-1MiB", "retr-status-1MiB",
+        "retr-body-1MiB", "stat-1KiB"])
+def test_overlong_line_aborts_with_bounded_memory(tmp_path, cmd, reply, what):
+    msgs = [make_message(0)]
+    srv = ScriptedPop3(messages=msgs, capa=CAPA)
+    srv.rewrite = lambda c, data: (reply, True) if c.split(" ")[0] == cmd else None
+    c = Client(str(tmp_path / "h"))
+    try:
+        rc, err, rss = run_measured(c, args_for(srv, str(tmp_path / "M")), tmp_path)
+        assert rc == 76, err
+        assert what in err, err
+        assert len(err) < 2000          # the junk is not echoed
+        assert srv.deleted == set()
+        assert not any(r.startswith(("DELE", "QUIT")) for r in srv.received)
+        assert read_maildir(str(tmp_path / "M")) == {}
+        assert tmp_files(str(tmp_path / "M")) == []
+        # bounded: popbox reads in 64 KiB chunks and keeps at most one
+        # line; a 1 MiB line never sits in its memory
+        if rss is not None:
+            assert rss < 12 * 1024, "max RSS %d KiB" % rss
+        print("%s: max RSS %s KiB" % (cmd, rss))
+    finally:
+        srv.stop()
+
+
+def test_513_octet_status_line_is_tolerated(tmp_path):
+    """RFC 2449 caps a response line at 512 octets; the client accepts up to
+    1 KiB (real servers overshoot, e.g. long CAPA IMPLEMENTATION lines) and
+    the session goes on normally."""
+    msgs = [make_message(0)]
+    srv = ScriptedPop3(messages=msgs, capa=CAPA)
+    long_stat = b"+OK 1 %d " % len(FakePop3.wire(msgs[0]))
+    long_stat += b"z" * (513 - 2 - len(long_stat)) + b"\r\n"
+    assert len(long_stat) == 513
+    srv.rewrite = lambda c, data: (long_stat, False) if c == "STAT" else None
+    c = Client(str(tmp_path / "h"))
+    try:
+        c.fetch(*args_for(srv, str(tmp_path / "M")), check=0)
+        assert digest_counts(read_maildir(str(tmp_path / "M")).values()) == digest_counts(msgs)
+    finally:
+        srv.stop()
+
+
+NEVER_ENDING = [
+    ("CAPA", b"+OK\r\nUSER\r\n"),
+    ("LIST", b"+OK\r\n1 600\r\n"),
+    ("UIDL", b"+OK\r\n1 uid-0\r\n"),
+    ("RETR", b"+OK\r\nFrom: a@b\r\n\r\nbody line\r\n"),
+    ("RETR", b"+OK\r\nFrom: a@b\r\n\r\n.\r"),     # the terminator never completes
+    ("DELE", b""),                              # no answer at all
+    ("QUIT", b""),
+]
+
+
+def test_answer_that_never_ends_times_out(tmp_path):
+    """A multi-line answer (or a status line) that stops coming, the
+    connection left open: --timeout 2 ends it with exit 75 and "timed out",
+    nothing partial delivered, nothing deleted; the next run completes. The
+    seven cases run side by side (each waits out its 2 s)."""
+    msgs = [make_message(0), make_message(1)]
+    cases = []
+    try:
+        for k, (cmd, reply) in enumerate(NEVER_ENDING):
+            srv = ScriptedPop3(messages=msgs, capa=CAPA)
+            srv.rewrite = (lambda cmd, reply: lambda c, data: (
+                reply, True) if c.split(" ")[0] == cmd else None)(cmd, reply)
+            c = Client(str(tmp_path / ("h%d" % k)))
+            maildir = str(tmp_path / ("M%d" % k))
+            args = args_for(srv, maildir)
+            args[args.index("--timeout") + 1] = "2"
+            p = subprocess.Popen([c.bin, "fetch"] + args, env=c.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cases.append((cmd, srv, c, maildir, p, time.monotonic()))
+        for cmd, srv, c, maildir, p, t in cases:
+            _, err = p.communicate(timeout=30)
+            took = time.monotonic() - t
+            err = err.decode(errors="replace")
+            label = "%s never ends" % cmd
+            assert p.returncode == 75, "%s: exit %d %s" % (label, p.returncode, err)
+            assert "timed out" in err, "%s: %s" % (label, err)
+            assert took < 10, (label, took)
+            check_no_loss(msgs, srv, maildir, label)
+            if cmd == "QUIT":
+                # the server acted on QUIT but its answer never came: the
+                # client cannot know, so it is a temporary failure
+                assert srv.deleted in (set(), {0, 1})
+            else:
+                assert srv.deleted == set(), label
+            if cmd not in ("DELE", "QUIT"):
+                assert read_maildir(maildir) == {}, label
+            # the next run completes, nothing twice
+            srv.rewrite = None
+            c.fetch(*args_for(srv, maildir), check=0)
+            assert digest_counts(read_maildir(maildir).values()) == digest_counts(msgs), label
+            assert srv.deleted == {0, 1}, label
+    finally:
+        for _, srv, _, _, p, _ in cases:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            srv.stop()
+
+
+# ---- lying listings (C4) ----
+
+def list_reply(lines):
+    return b"+OK\r\n" + b"".join(ln + b"\r\n" for ln in lines) + b".\r\n"
+
+
+@pytest.mark.parametrize("cmd, reply, what", [
+    ("STAT", b"+OK 2147483648 1000\r\n", "invalid STAT"),
+    ("STAT", b"+OK -1 1000\r\n", "invalid STAT"),
+    ("LIST", list_reply([b"1 18446744073709551615", b"2 600"]), "invalid LIST"),
+    ("LIST", list_reply([b"1 -5", b"2 600"]), "invalid LIST"),
+    ("LIST", list_reply([b"1 lots", b"2 600"]), "invalid LIST"),
+    ("LIST", list_reply([b"1 600"]), "did not list message 2"),
+    ("LIST", list_reply([b"1 600", b"1 600"]), "invalid LIST"),
+    ("LIST", list_reply([b"1 600", b"2 600", b"3 600"]), "more than 2 lines"),
+    ("UIDL", list_reply([b"1 a", b"3 b"]), "invalid UIDL"),
+    ("UIDL", list_reply([b"1 a"]), "did not list message 2"),
+], ids=["stat-2^31", "stat-negative", "list-2^64-1", "list-negative", "list-nonnumeric",
+        "list-missing", "list-duplicate", "list-extra", "uidl-unknown-number", "uidl-missing"])
+def test_lying_listing_is_refused_before_any_retr(tmp_path, cmd, reply, what):
+    msgs = [make_message(0), make_message(1)]
+    srv = ScriptedPop3(messages=msgs, capa=CAPA)
+    srv.rewrite = lambda c, data: (reply, False) if c == cmd else None
+    c = Client(str(tmp_path / "h"))
+    try:
+        p = c.fetch(*args_for(srv, str(tmp_path / "M")), timeout=30)
+        assert p.returncode == 76, p.err
+        assert what in p.err, p.err
+        assert not any(r.startswith(("RETR", "DELE", "QUIT")) for r in srv.received)
+        assert srv.deleted == set()
+    finally:
+        srv.stop()
+
+
+def test_list_size_smaller_than_the_message_still_delivers_it_whole(tmp_path):
+    """A LIST size that understates the message (within the slack) is only a
+    hint: the message is delivered byte-exact, once, and deleted; a second
+    run with the same lie does not fetch it again."""
+    msgs = [make_message(0, body_size=3000), make_message(1)]
+    srv = ScriptedPop3(messages=msgs, capa=CAPA)
+    lie = list_reply([b"1 10", b"2 %d" % len(FakePop3.wire(msgs[1]))])
+    srv.rewrite = lambda c, data: (lie, False) if c == "LIST" else None
+    c = Client(str(tmp_path / "h"))
+    try:
+        c.fetch(*args_for(srv, str(tmp_path / "M"), "--keep"), check=0)
+        assert digest_counts(read_maildir(str(tmp_path / "M")).values()) == digest_counts(msgs)
+        p = c.fetch(*args_for(srv, str(tmp_path / "M"), "--keep"), check=0)
+        assert "fetched 0" in p.out
+        c.fetch(*args_for(srv, str(tmp_path / "M")), check=0)
+        assert digest_counts(read_maildir(str(tmp_path / "M")).values()) == digest_counts(msgs)
+        assert srv.deleted == {0, 1}
+    finally:
+        srv.stop()
