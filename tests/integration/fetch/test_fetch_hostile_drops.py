@@ -1,7 +1,7 @@
 """popbox fetch against a server that drops the connection at every possible
-point, or sends endless, unterminated or lying answers (reliability.md §4.7:
-C1, C2, C4 and the "drops the connection at every possible point" case of
-issue 5; §3.7 for the invariants).
+point, or sends endless, unterminated or lying answers, or -ERR to DELE/QUIT
+(reliability.md §4.7: C1, C2, C4, C14 and the "drops the connection at every
+possible point" case of issue 5; §3.7 for the invariants).
 
 The drop points are not hand-picked: one clean session against the scripted
 server (fake_pop3.FakePop3, with PIPELINING, as Dovecot offers) is recorded,
@@ -59,6 +59,8 @@ class Wire:
     def readline(self, n=-1):
         line = self.f.readline(n)
         self.last_cmd = line.decode(errors="replace").strip().upper()
+        if self.srv.refuse and self.last_cmd.startswith(self.srv.refuse):
+            return b"XREFUSED\r\n"     # FakePop3 answers -ERR and does nothing
         return line
 
     def recv(self, n):
@@ -108,6 +110,7 @@ class ScriptedPop3(FakePop3):
     def __init__(self, *a, **kw):
         self.cut = None          # (offset, lazy)
         self.rewrite = None      # fn(command, bytes) -> (bytes, hang) or None
+        self.refuse = ()         # command prefixes answered -ERR, not acted on
         self.transcript = b""
         super().__init__(*a, **kw)
 
@@ -431,5 +434,49 @@ def test_list_size_smaller_than_the_message_still_delivers_it_whole(tmp_path):
         c.fetch(*args_for(srv, str(tmp_path / "M")), check=0)
         assert digest_counts(read_maildir(str(tmp_path / "M")).values()) == digest_counts(msgs)
         assert srv.deleted == {0, 1}
+    finally:
+        srv.stop()
+
+
+# ---- -ERR to DELE or to QUIT (C14) ----
+
+@pytest.mark.parametrize("cmd, server_deleted", [
+    ("DELE", False), ("QUIT", True), ("QUIT", False)],
+    ids=["dele-err", "quit-err-deleted-anyway", "quit-err-kept"])
+def test_err_to_dele_or_quit_never_redelivers(tmp_path, cmd, server_deleted):
+    """-ERR to DELE, or to QUIT (the server may or may not have deleted, as
+    Dovecot can still complete the UPDATE [E1]): the client assumes nothing;
+    the next session only re-DELEs, it never fetches a delivered message
+    again."""
+    msgs = [make_message(i) for i in range(3)]
+    srv = ScriptedPop3(messages=msgs, capa=CAPA)
+    if cmd == "DELE":
+        srv.refuse = ("DELE",)
+    else:   # acted on (deleted), then -ERR
+        srv.rewrite = lambda c, data: (b"-ERR [SYS/TEMP] no\r\n", False) if c == "QUIT" \
+            else None
+    c = Client(str(tmp_path / "h"))
+    maildir = str(tmp_path / "M")
+    try:
+        p = c.fetch(*args_for(srv, maildir))
+        if cmd == "QUIT":
+            assert p.returncode == 75, p.err
+            assert "QUIT failed" in p.err, p.err
+            if not server_deleted:
+                srv.deleted = set()
+        else:
+            assert "DELE 1 refused" in p.err, p.err
+            # popbox(1): 0 = every message was fetched; the refusals are warned
+            # about and the next run deletes them
+            assert p.returncode == 0, p.err
+            assert srv.deleted == set()
+        assert digest_counts(read_maildir(maildir).values()) == digest_counts(msgs)
+        srv.rewrite = None
+        srv.refuse = ()
+        srv.received = []
+        c.fetch(*args_for(srv, maildir), check=0)
+        assert not any(r.startswith("RETR") for r in srv.received), srv.received
+        assert digest_counts(read_maildir(maildir).values()) == digest_counts(msgs)
+        assert srv.deleted == {0, 1, 2}
     finally:
         srv.stop()
