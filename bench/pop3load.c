@@ -992,5 +992,6 @@ main(int argc, char **argv)
 	lat_print(&all, "");
 	printf("\n");
 	free(all.v);
+	free(w);
 	return ops > 0 && errs == 0 ? 0 : 1;
 }

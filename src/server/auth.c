@@ -908,7 +908,10 @@ auth_apply_reload(const struct ipc_msg *msg)
 		free(error);
 		return;
 	}
-	auth.config = next; /* the old one is leaked on purpose: a reload is rare */
+	/* Nothing keeps pointers into the old config: jobs copy what they
+	 * need, and pool threads never read it. */
+	config_free(auth.config);
+	auth.config = next;
 	auth.force_reload = true;   /* re-read the users file even if unchanged */
 }
 

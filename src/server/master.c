@@ -476,6 +476,7 @@ master_run(struct config *config, bool foreground)
 		if (tls_read_pem(config, &cert, &key, &error) < 0 ||
 		    (master.env.ssl_ctx = tls_server_ctx_new(cert, key, config->tls_min_version, &error)) == NULL) {
 			log_warnx("TLS: %s", error);
+			free(error);
 			return 1;
 		}
 		free(cert);

@@ -102,7 +102,8 @@ def test_huge_line_without_newline_one_err_bounded_memory(server_factory, size):
     assert lines[1] == b"+OK Bye", got[:200]
     assert len(got) < 200
     # No proportional growth: 64 KiB of input buffer and allocator slack.
-    assert peak[0] - before < 4096, (before, peak[0])
+    if not popbox_server.sanitized():
+        assert peak[0] - before < 4096, (before, peak[0])
     assert srv.children_by_comm(WORKER) == [worker]
 
 
@@ -217,7 +218,8 @@ def test_10000_pipelined_noops_from_a_client_that_does_not_read(server_factory):
             got += chunk
         assert got == b"+OK\r\n" * 10000
         assert c.cmd("QUIT").startswith(b"+OK")
-    assert grown < 4096, grown
+    if not popbox_server.sanitized():
+        assert grown < 4096, grown
 
 
 # ------------------------------------------------------------------ S19/S22 AUTH abuse
@@ -274,8 +276,9 @@ def test_many_aborted_auths_keep_memory_flat(server_factory):
             assert c.cmd("QUIT") == b"+OK Bye"
     with srv.session() as c:
         c.quit()
-    assert rss_kib(worker) - w0 < 2048, (w0, rss_kib(worker))
-    assert rss_kib(auth) - a0 < 2048, (a0, rss_kib(auth))
+    if not popbox_server.sanitized():
+        assert rss_kib(worker) - w0 < 2048, (w0, rss_kib(worker))
+        assert rss_kib(auth) - a0 < 2048, (a0, rss_kib(auth))
 
 
 # ------------------------------------------------------------------ S55 slowloris, S58 floods
