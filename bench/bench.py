@@ -43,7 +43,7 @@ PROFILES = {
     "quick": dict(reps=3, dur=2.0, sess_users=64, sess_clients=64, retr_msgs=400,
                   big_msgs=20000, m1_msgs=10, idle=[500, 2000], sweep=[1, 8, 64],
                   hashed=True, dovecot=True, limits=True, clients=True, tls=True,
-                  fetch_4k=500, fetch_1m=10),
+                  fetch_4k=2000, fetch_1m=20),
     "full": dict(reps=5, dur=4.0, sess_users=64, sess_clients=64, retr_msgs=1000,
                  big_msgs=100000, m1_msgs=20, idle=[1000, 4000, 10000],
                  sweep=[1, 4, 16, 64, 128], hashed=True, dovecot=True, limits=True,
@@ -51,6 +51,13 @@ PROFILES = {
 }
 
 PROCS = []          # Popen objects we started, stopped by PID at exit
+# POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (for profiling
+# work); the default runs all: limits sessions retr bigbox memory fetch
+ONLY = set(filter(None, os.environ.get("POPBOX_BENCH_ONLY", "").split(",")))
+
+
+def want(section):
+    return not ONLY or section in ONLY
 TMP = None
 
 
@@ -493,7 +500,9 @@ def bench(mode, prof):
 
     # ---- machine limits (same harness)
     limits = {}
-    if prof["limits"]:
+    sweep = {}
+    mem = {}
+    if prof["limits"] and want("limits"):
         limits["stream1"] = med([pop3load("stream", 0, "-c", 1, "-d", dur)["mbps"] for _ in range(reps)])
         limits["stream8"] = med([pop3load("stream", 0, "-c", 8, "-d", dur)["mbps"] for _ in range(reps)])
         for tag, size, msgs in (("4k", 4096, prof["retr_msgs"]), ("1m", 1 << 20, max(1, prof["m1_msgs"]))):
@@ -516,103 +525,105 @@ def bench(mode, prof):
         log("limits: " + " ".join("%s=%.1f" % kv for kv in limits.items()))
 
     # ---- session rate
-    c = prof["sess_clients"]
-    res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "s", "-S"))
-    ok &= errors_of(res) == 0
-    record("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate", limits.get("ideal_sess64"))
-    record("session p99 latency, %d clients" % c, "ms", res, "p99_ms", None, "low")
-    sweep = {}
-    for n in prof["sweep"]:
-        if n == c:
-            sweep[n] = {k: med([r["rate"] for r in v]) for k, v in res.items()}
-            continue
-        r2 = alternate(servers, max(1, reps - 1), lambda s: pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", "s", "-S"))
-        sweep[n] = {k: med([r["rate"] for r in v]) for k, v in r2.items()}
-    if prof["hashed"]:
-        res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "h", "-S"))
+    if want("sessions"):
+        c = prof["sess_clients"]
+        res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "s", "-S"))
         ok &= errors_of(res) == 0
-        record("sessions/s, SHA512-CRYPT, %d clients" % c, "sessions/s", res, "rate")
-    if prof["tls"]:
-        res = alternate(servers, reps, lambda s: pop3load("tls", s.tls_port, "-c", c, "-d", dur, "-u", "s", "-S"))
-        ok &= errors_of(res) == 0
-        record("TLS sessions/s (resumed), %d clients" % c, "sessions/s", res, "rate")
-        raw["tls_resumed_fraction"] = {k: med([r["resumed"] / max(1, r["ops"]) for r in v]) for k, v in res.items()}
+        record("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate", limits.get("ideal_sess64"))
+        record("session p99 latency, %d clients" % c, "ms", res, "p99_ms", None, "low")
+        for n in prof["sweep"]:
+            if n == c:
+                sweep[n] = {k: med([r["rate"] for r in v]) for k, v in res.items()}
+                continue
+            r2 = alternate(servers, max(1, reps - 1), lambda s: pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", "s", "-S"))
+            sweep[n] = {k: med([r["rate"] for r in v]) for k, v in r2.items()}
+        if prof["hashed"]:
+            res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "h", "-S"))
+            ok &= errors_of(res) == 0
+            record("sessions/s, SHA512-CRYPT, %d clients" % c, "sessions/s", res, "rate")
+        if prof["tls"]:
+            res = alternate(servers, reps, lambda s: pop3load("tls", s.tls_port, "-c", c, "-d", dur, "-u", "s", "-S"))
+            ok &= errors_of(res) == 0
+            record("TLS sessions/s (resumed), %d clients" % c, "sessions/s", res, "rate")
+            raw["tls_resumed_fraction"] = {k: med([r["resumed"] / max(1, r["ops"]) for r in v]) for k, v in res.items()}
 
     # ---- RETR
-    for n in (1, 8):
-        res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "r"))
-        ok &= errors_of(res) == 0
-        record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
-               limits.get("ideal_4k%d" % n))
-    if prof["m1_msgs"]:
+    if want("retr"):
         for n in (1, 8):
-            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "m"))
+            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "r"))
             ok &= errors_of(res) == 0
-            record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
-                   limits.get("stream1" if n == 1 else "ideal_1m8"))
+            record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
+                   limits.get("ideal_4k%d" % n))
+        if prof["m1_msgs"]:
+            for n in (1, 8):
+                res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "m"))
+                ok &= errors_of(res) == 0
+                record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
+                       limits.get("stream1" if n == 1 else "ideal_1m8"))
 
     # ---- big maildrop
-    if prof["big_msgs"]:
-        def big(s, which):
-            if which == "cold":
-                s.forget_index("b0")
-            return pop3load("bigbox", s.port, "-u", "b", "-U", 1)
-        cold = {s.name: [] for s in servers}
-        warm = {s.name: [] for s in servers}
-        for r in range(reps):
-            for s in (servers if r % 2 == 0 else list(reversed(servers))):
-                cold[s.name].append(big(s, "cold"))
-                warm[s.name].append(big(s, "warm"))
-        ok &= errors_of(cold) == 0 and errors_of(warm) == 0
-        nb = prof["big_msgs"]
-        record("big maildrop %d: 1st login..LIST ms" % nb, "ms", cold, "total_ms", None, "low")
-        record("big maildrop %d: 2nd login..LIST ms" % nb, "ms", warm, "total_ms", None, "low")
-        record("big maildrop %d: 2nd PASS ms" % nb, "ms", warm, "pass_ms", None, "low")
+    if want("bigbox"):
+        if prof["big_msgs"]:
+            def big(s, which):
+                if which == "cold":
+                    s.forget_index("b0")
+                return pop3load("bigbox", s.port, "-u", "b", "-U", 1)
+            cold = {s.name: [] for s in servers}
+            warm = {s.name: [] for s in servers}
+            for r in range(reps):
+                for s in (servers if r % 2 == 0 else list(reversed(servers))):
+                    cold[s.name].append(big(s, "cold"))
+                    warm[s.name].append(big(s, "warm"))
+            ok &= errors_of(cold) == 0 and errors_of(warm) == 0
+            nb = prof["big_msgs"]
+            record("big maildrop %d: 1st login..LIST ms" % nb, "ms", cold, "total_ms", None, "low")
+            record("big maildrop %d: 2nd login..LIST ms" % nb, "ms", warm, "total_ms", None, "low")
+            record("big maildrop %d: 2nd PASS ms" % nb, "ms", warm, "pass_ms", None, "low")
 
     # ---- memory per idle authenticated session
-    # fresh servers for each level: the marginal cost of a session, not
-    # allocator high-water marks or idle processes left by earlier runs
-    mem = {}
-    for k in prof["idle"]:
-        for s in servers:
-            s.stop()
-            s.start()
-            # warm up (the first sessions fault in code and allocator arenas),
-            # then take the baseline
-            subprocess.run([POP3LOAD, "idle", "-p", str(s.port), "-k", str(min(50, k)), "-c", "4",
-                            "-u", "i", "-U", str(max(prof["idle"])), "-S", "-d", "0.5"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-            time.sleep(1.0)
-            base = pss_kib(s.pid())
-            ready = os.path.join(TMP, "ready-%s-%d" % (s.name, k))
-            p = subprocess.Popen([POP3LOAD, "idle", "-p", str(s.port), "-k", str(k), "-c", "8",
-                                  "-u", "i", "-U", str(max(prof["idle"])), "-S", "-r", ready,
-                                  "-d", str(max(60, k / 50))],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            PROCS.append(p)
-            deadline = time.monotonic() + max(60, k / 50) + 10
-            while not os.path.exists(ready) and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(1.0)
-            held = pss_kib(s.pid())
-            p.send_signal(signal.SIGUSR1)
-            out, err = p.communicate(timeout=120)
-            r = dict(kv.split("=", 1) for kv in out.split()[2:]) if out.startswith("RESULT") else {}
-            n = int(r.get("sessions", 0))
-            per = (held - base) / n if n else None
-            mem.setdefault(s.name, {})[k] = dict(base=base, held=held, sessions=n, per=per)
-            if p.returncode != 0 or n != k:
-                ok = False
-                log("idle %s %d: %s %s" % (s.name, k, out.strip(), err.strip()[-300:]))
-            log("idle %-8s %6d sessions: PSS %d -> %d KiB, %.1f KiB/session" % (s.name, k, base, held, per or 0))
-            time.sleep(1.0)
-    kmax = max(prof["idle"])
-    rows.append(("KiB PSS per idle session at %d" % kmax,
-                 {s.name: mem[s.name][kmax]["per"] for s in servers}, "KiB", None, "low"))
+    if want("memory"):
+        # fresh servers for each level: the marginal cost of a session, not
+        # allocator high-water marks or idle processes left by earlier runs
+        for k in prof["idle"]:
+            for s in servers:
+                s.stop()
+                s.start()
+                # warm up (the first sessions fault in code and allocator arenas),
+                # then take the baseline
+                subprocess.run([POP3LOAD, "idle", "-p", str(s.port), "-k", str(min(50, k)), "-c", "4",
+                                "-u", "i", "-U", str(max(prof["idle"])), "-S", "-d", "0.5"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+                time.sleep(1.0)
+                base = pss_kib(s.pid())
+                ready = os.path.join(TMP, "ready-%s-%d" % (s.name, k))
+                p = subprocess.Popen([POP3LOAD, "idle", "-p", str(s.port), "-k", str(k), "-c", "8",
+                                      "-u", "i", "-U", str(max(prof["idle"])), "-S", "-r", ready,
+                                      "-d", str(max(60, k / 50))],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                PROCS.append(p)
+                deadline = time.monotonic() + max(60, k / 50) + 10
+                while not os.path.exists(ready) and p.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(1.0)
+                held = pss_kib(s.pid())
+                p.send_signal(signal.SIGUSR1)
+                out, err = p.communicate(timeout=120)
+                r = dict(kv.split("=", 1) for kv in out.split()[2:]) if out.startswith("RESULT") else {}
+                n = int(r.get("sessions", 0))
+                per = (held - base) / n if n else None
+                mem.setdefault(s.name, {})[k] = dict(base=base, held=held, sessions=n, per=per)
+                if p.returncode != 0 or n != k:
+                    ok = False
+                    log("idle %s %d: %s %s" % (s.name, k, out.strip(), err.strip()[-300:]))
+                log("idle %-8s %6d sessions: PSS %d -> %d KiB, %.1f KiB/session" % (s.name, k, base, held, per or 0))
+                time.sleep(1.0)
+        kmax = max(prof["idle"])
+        rows.append(("KiB PSS per idle session at %d" % kmax,
+                     {s.name: mem[s.name][kmax]["per"] for s in servers}, "KiB", None, "low"))
 
     # ---- fetch clients
     fetch = {}
-    if prof["clients"]:
+    if prof["clients"] and want("fetch"):
         fetch = fetch_bench(dc, trees, reps, prof)
 
     elapsed = time.monotonic() - t_start_global
@@ -623,7 +634,7 @@ def bench(mode, prof):
     result = dict(mode=mode, date=time.strftime("%Y-%m-%d %H:%M:%S %z"), commit=commit(),
                   machine=machine(), limits=limits, rows=[list(r) for r in rows], sweep=sweep,
                   memory=mem, fetch=fetch, raw=raw, seconds=elapsed, ok=ok)
-    if mode != "smoke":
+    if mode != "smoke" and not ONLY:
         outdir = os.path.join(REPO, "bench", "results")
         os.makedirs(outdir, exist_ok=True)
         with open(os.path.join(outdir, "%s.json" % mode), "w") as f:
