@@ -39,18 +39,19 @@ PROFILES = {
     # reps: repetitions per scenario (medians); dur: seconds per load run
     "smoke": dict(reps=1, dur=1.0, sess_users=4, sess_clients=4, retr_msgs=20,
                   big_msgs=0, m1_msgs=0, idle=[20], sweep=[], hashed=False,
-                  dovecot=False, limits=False, clients=False, tls=False),
+                  dovecot=False, popa3d=False, limits=False, clients=False, tls=False),
     "quick": dict(reps=3, dur=2.0, sess_users=64, sess_clients=64, retr_msgs=400,
                   big_msgs=20000, m1_msgs=10, idle=[500, 2000], sweep=[1, 8, 64],
-                  hashed=True, dovecot=True, limits=True, clients=True, tls=True,
+                  hashed=True, dovecot=True, popa3d=True, limits=True, clients=True, tls=True,
                   fetch_4k=2000, fetch_1m=20),
     "full": dict(reps=5, dur=4.0, sess_users=64, sess_clients=64, retr_msgs=1000,
                  big_msgs=100000, m1_msgs=20, idle=[1000, 4000, 10000],
-                 sweep=[1, 4, 16, 64, 128], hashed=True, dovecot=True, limits=True,
+                 sweep=[1, 4, 16, 64, 128], hashed=True, dovecot=True, popa3d=True, limits=True,
                  clients=True, tls=True, fetch_4k=2000, fetch_1m=20),
 }
 
 PROCS = []          # Popen objects we started, stopped by PID at exit
+CLEANUP = []        # callables undoing system changes (popa3d's users, spools), run after PROCS
 # POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (for profiling
 # work); the default runs all: limits sessions retr bigbox memory fetch
 ONLY = set(filter(None, os.environ.get("POPBOX_BENCH_ONLY", "").split(",")))
@@ -107,8 +108,20 @@ def stop_all():
     PROCS.clear()
 
 
+def cleanup_all():
+    """Undo system changes (newest first): bench users, their mbox spools,
+    popa3d's privilege-separation user and chroot directory."""
+    while CLEANUP:
+        fn = CLEANUP.pop()
+        try:
+            fn()
+        except Exception as e:      # keep undoing the others
+            log("cleanup: %s" % e)
+
+
 def on_signal(sig, frame):
     stop_all()
+    cleanup_all()
     sys.exit(128 + sig)
 
 
@@ -222,6 +235,9 @@ class Popboxd:
     def pid(self):
         return self.proc.pid
 
+    def upfx(self, prefix):
+        return prefix
+
     def forget_index(self, user):
         try:
             os.unlink(os.path.join(self.mail, user, "popbox.index"))
@@ -327,6 +343,9 @@ service anvil {{
     def pid(self):
         return self.proc.pid
 
+    def upfx(self, prefix):
+        return prefix
+
     def forget_index(self, user):
         md = os.path.join(self.mail, user)
         for f in os.listdir(md):
@@ -336,6 +355,231 @@ service anvil {{
                     shutil.rmtree(p)
                 else:
                     os.unlink(p)
+
+
+class SkipPopa3d(Exception):
+    pass
+
+
+POPA3D_IDLE_USERS = 64     # idle sessions share 64 users (concurrent sessions of a user are fine)
+POPA3D_PFX = "pbb"          # system users pbbr0, pbbs12, ...: "pbb" + corpus prefix + index
+POPA3D_GECOS = "popbox bench user (bench/bench.py), safe to delete"
+
+
+class Popa3d:
+    """popa3d (Debian package, unpacked with apt-get download + dpkg -x, not
+    installed: it conflicts with dovecot-pop3d) in inetd mode under socat,
+    process per session: `socat TCP-LISTEN:PORT,fork,nodelay
+    EXEC:popa3d,nofork` hands the accepted socket itself to popa3d as
+    stdin/stdout (no relay process). Authentication is PAM (service popa3d;
+    /etc/pam.d/popa3d is not installed, so PAM's `other` = common-auth,
+    pam_unix against /etc/shadow), the maildrop is the mbox spool
+    /var/mail/USER (compiled in), so the bench makes system users
+    pbb<prefix><n> with the same password and converts the same corpus
+    messages to mbox spools; both are removed at exit (also on error or
+    signal). As root only."""
+    name = "popa3d"
+
+    def __init__(self, root, corpus_mail, users_file, prefixes):
+        if not AS_ROOT:
+            raise SkipPopa3d("not root (needs system users, /var/mail spools and PAM)")
+        self.dir = os.path.join(root, "popa3d")
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.tls_port = None
+        self.proc = None
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        if not shutil.which("socat"):
+            log("installing socat")
+            subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "socat"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if not shutil.which("socat"):
+                raise SkipPopa3d("socat missing and apt-get install socat failed")
+        deb = self.download(env)
+        run(["dpkg-deb", "-x", deb, os.path.join(self.dir, "root")])
+        self.binary = os.path.join(self.dir, "root", "usr", "sbin", "popa3d")
+        if not os.access(self.binary, os.X_OK):
+            raise SkipPopa3d("no usr/sbin/popa3d in %s" % deb)
+        self.version = subprocess.run(["dpkg-deb", "-f", deb, "Version"], capture_output=True,
+                                      text=True).stdout.strip()
+        log("popa3d %s unpacked from %s" % (self.version, os.path.basename(deb)))
+        self.system_setup()
+        self.make_users(corpus_mail, users_file, prefixes)
+
+    def download(self, env):
+        for attempt in range(2):
+            r = subprocess.run(["apt-get", "download", "popa3d"], cwd=self.dir, env=env,
+                               capture_output=True, text=True)
+            debs = [f for f in os.listdir(self.dir) if f.startswith("popa3d_") and f.endswith(".deb")]
+            if r.returncode == 0 and debs:
+                return os.path.join(self.dir, debs[0])
+            if attempt == 0:
+                log("apt-get download popa3d failed (%s); apt-get update" % r.stderr.strip()[-200:])
+                subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        raise SkipPopa3d("apt-get download popa3d failed: %s" % r.stderr.strip()[-300:])
+
+    def system_setup(self):
+        # popa3d drops the AUTHORIZATION state to user popa3d, chrooted to
+        # /var/lib/popa3d (compiled in); the package's postinst would make both
+        try:
+            pwd.getpwnam("popa3d")
+        except KeyError:
+            run(["useradd", "--system", "-M", "-d", "/var/lib/popa3d", "-s", "/usr/sbin/nologin",
+                 "-c", POPA3D_GECOS, "popa3d"])
+            CLEANUP.append(lambda: run(["userdel", "popa3d"]))
+        if not os.path.isdir("/var/lib/popa3d"):
+            os.makedirs("/var/lib/popa3d", 0o755)
+            CLEANUP.append(lambda: os.rmdir("/var/lib/popa3d"))
+
+    def make_users(self, corpus_mail, users_file, prefixes):
+        """prefixes: {corpus prefix: count}. Users pbb<prefix><n> get the
+        corpus user's password: the same SHA512-CRYPT hash for the hashed
+        ("h") users; PLAIN users get an MD5-crypt hash of the same password,
+        the cheapest scheme pam_unix verifies (a system user cannot have a
+        plain-text password)."""
+        hashes = {}
+        with open(users_file) as f:
+            for line in f:
+                u, _, field = line.rstrip("\n").partition(":")
+                hashes[u] = field
+        md5 = subprocess.run(["openssl", "passwd", "-1", "-stdin"], input="secret", capture_output=True,
+                             text=True, check=True).stdout.strip()
+        t0 = time.monotonic()
+        mail_gid = grp.getgrnam("mail").gr_gid
+        names = []
+        for prefix, count in prefixes.items():
+            for i in range(count):
+                names.append(("%s%s%d" % (POPA3D_PFX, prefix, i), "%s%d" % (prefix, i)))
+        for name, _ in names:
+            try:
+                pw = pwd.getpwnam(name)
+            except KeyError:
+                pw = None
+            if pw is not None:
+                if pw.pw_gecos != POPA3D_GECOS:
+                    raise SkipPopa3d("user %s exists and is not a bench user" % name)
+                # left over by a killed run: ours to reuse, removed at the end
+                if os.path.exists(os.path.join("/var/mail", name)):
+                    os.unlink(os.path.join("/var/mail", name))
+            else:
+                run(["useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", "-c",
+                     POPA3D_GECOS, name])
+            CLEANUP.append(lambda name=name: self.remove_user(name))
+        pwlines = []
+        spool_bytes = quoted = 0
+        for name, cuser in names:
+            field = hashes[cuser]
+            h = field[len("{SHA512-CRYPT}"):] if field.startswith("{SHA512-CRYPT}") else md5
+            pwlines.append("%s:%s\n" % (name, h))
+            b, q = maildir_to_mbox(os.path.join(corpus_mail, cuser), os.path.join("/var/mail", name),
+                                   pwd.getpwnam(name).pw_uid, mail_gid)
+            spool_bytes += b
+            quoted += q
+        subprocess.run(["chpasswd", "-e"], input="".join(pwlines), text=True, check=True)
+        log("popa3d: %d system users and mbox spools (%.1f MB, %d >From-quoted lines) in %.1fs"
+            % (len(names), spool_bytes / 1e6, quoted, time.monotonic() - t0))
+
+    @staticmethod
+    def remove_user(name):
+        try:
+            os.unlink(os.path.join("/var/mail", name))
+        except FileNotFoundError:
+            pass
+        if subprocess.run(["userdel", name], stderr=subprocess.PIPE, text=True).returncode != 0:
+            log("userdel %s failed" % name)
+
+    def start(self):
+        self.logf = open(os.path.join(self.dir, "socat.log"), "ab")
+        # nodelay: TCP_NODELAY on the accepted socket popa3d writes to. Without
+        # it, popa3d's small writes of a multi-line reply wait for the client's
+        # delayed ACK: 40 ms per UIDL/LIST/RETR, whatever the client sets.
+        self.proc = subprocess.Popen(
+            ["socat", "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay" % self.port,
+             "EXEC:%s,nofork" % self.binary],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
+        PROCS.append(self.proc)
+        wait_port(self.port, self.proc, what="popa3d (socat)")
+        time.sleep(0.2)
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # the session processes are socat's children (popa3d exec'd in the
+        # forked socat): stop them by PID too, they outlive the listener
+        kids = [p for p in descendants(self.proc.pid) if p != self.proc.pid]
+        stop(self.proc)
+        for p in kids:
+            try:
+                os.kill(p, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while kids and time.monotonic() < deadline:
+            kids = [p for p in kids if os.path.exists("/proc/%d" % p) and not zombie(p)]
+            time.sleep(0.05)
+        for p in kids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def pid(self):
+        return self.proc.pid
+
+    def upfx(self, prefix):
+        return POPA3D_PFX + prefix
+
+    def forget_index(self, user):
+        pass            # no index: popa3d parses the whole mbox at every login
+
+
+def zombie(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def maildir_to_mbox(maildir, spool, uid, gid):
+    """The Maildir's messages (cur/ and new/, in delivery order) as an mbox
+    spool: a From_ line per message, ">From " quoting in the mboxrd way
+    (">*From " gains one ">"; popa3d does not un-quote, so a quoted line would
+    be served one octet longer; the corpus has none), a blank line after each
+    message. Returns (bytes written, quoted lines)."""
+    files = []
+    for sub in ("cur", "new"):
+        d = os.path.join(maildir, sub)
+        for f in os.listdir(d):
+            m = re.match(r"(\d+)\.M(\d+)", f)
+            files.append(((int(m.group(1)), int(m.group(2))) if m else (0, 0), f, os.path.join(d, f)))
+    files.sort()
+    quote = re.compile(rb"^(>*From )", re.M)
+    total = quoted = 0
+    fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            for (t, _), _, path in files:
+                with open(path, "rb") as f:
+                    data = f.read()
+                data, n = quote.subn(rb">\1", data)
+                quoted += n
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                sender = re.search(rb"^Return-Path: <([^>\n]*)>", data, re.M)
+                frm = b"From %s %s\n" % (sender.group(1) if sender else b"MAILER-DAEMON",
+                                         time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(t)).encode())
+                out.write(frm)
+                out.write(data)
+                out.write(b"\n")
+                total += len(frm) + len(data) + 1
+        os.chown(spool, uid, gid)
+    except BaseException:
+        os.unlink(spool)
+        raise
+    return total, quoted
 
 
 def own(path):
@@ -459,6 +703,7 @@ def main():
         return bench(mode, prof)
     finally:
         stop_all()
+        cleanup_all()
         if not os.environ.get("POPBOX_KEEP_TMP"):
             shutil.rmtree(TMP, ignore_errors=True)
         log("bench %s: %.0fs" % (mode, time.monotonic() - t_start))
@@ -483,6 +728,27 @@ def bench(mode, prof):
                 os.chmod(dusers, 0o644)
         dc = Dovecot(TMP, dusers, trees["dovecot"], cert, key, max(prof["idle"]))
         servers.append(dc)
+    if prof["popa3d"]:
+        # system users (and mbox spools) only for the sections that run
+        pfx = {}
+        if want("sessions"):
+            pfx["s"] = max(prof["sess_users"], max(prof["sweep"] or [1]))
+            if prof["hashed"]:
+                pfx["h"] = prof["sess_users"]
+        if want("retr"):
+            pfx["r"] = 8
+            if prof["m1_msgs"]:
+                pfx["m"] = 8
+        if want("bigbox") and prof["big_msgs"]:
+            pfx["b"] = 1
+        if want("memory"):
+            pfx["i"] = POPA3D_IDLE_USERS
+        try:
+            servers.append(Popa3d(TMP, trees["pristine"], users, pfx))
+        except SkipPopa3d as e:
+            log("popa3d skipped: %s" % e)
+        except (OSError, subprocess.CalledProcessError) as e:
+            log("popa3d skipped: set-up failed: %s" % e)
     for s in servers:
         s.start()
     rows = []           # (scenario, {server: value}, unit, limit, higher_is_better)
@@ -527,7 +793,7 @@ def bench(mode, prof):
     # ---- session rate
     if want("sessions"):
         c = prof["sess_clients"]
-        res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "s", "-S"))
+        res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", s.upfx("s"), "-S"))
         ok &= errors_of(res) == 0
         record("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate", limits.get("ideal_sess64"))
         record("session p99 latency, %d clients" % c, "ms", res, "p99_ms", None, "low")
@@ -535,14 +801,14 @@ def bench(mode, prof):
             if n == c:
                 sweep[n] = {k: med([r["rate"] for r in v]) for k, v in res.items()}
                 continue
-            r2 = alternate(servers, max(1, reps - 1), lambda s: pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", "s", "-S"))
+            r2 = alternate(servers, max(1, reps - 1), lambda s: pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", s.upfx("s"), "-S"))
             sweep[n] = {k: med([r["rate"] for r in v]) for k, v in r2.items()}
         if prof["hashed"]:
-            res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", "h", "-S"))
+            res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", s.upfx("h"), "-S"))
             ok &= errors_of(res) == 0
             record("sessions/s, SHA512-CRYPT, %d clients" % c, "sessions/s", res, "rate")
         if prof["tls"]:
-            res = alternate(servers, reps, lambda s: pop3load("tls", s.tls_port, "-c", c, "-d", dur, "-u", "s", "-S"))
+            res = alternate([s for s in servers if s.tls_port], reps, lambda s: pop3load("tls", s.tls_port, "-c", c, "-d", dur, "-u", "s", "-S"))
             ok &= errors_of(res) == 0
             record("TLS sessions/s (resumed), %d clients" % c, "sessions/s", res, "rate")
             raw["tls_resumed_fraction"] = {k: med([r["resumed"] / max(1, r["ops"]) for r in v]) for k, v in res.items()}
@@ -550,13 +816,13 @@ def bench(mode, prof):
     # ---- RETR
     if want("retr"):
         for n in (1, 8):
-            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "r"))
+            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("r")))
             ok &= errors_of(res) == 0
             record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
                    limits.get("ideal_4k%d" % n))
         if prof["m1_msgs"]:
             for n in (1, 8):
-                res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", "m"))
+                res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("m")))
                 ok &= errors_of(res) == 0
                 record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
                        limits.get("stream1" if n == 1 else "ideal_1m8"))
@@ -567,7 +833,7 @@ def bench(mode, prof):
             def big(s, which):
                 if which == "cold":
                     s.forget_index("b0")
-                return pop3load("bigbox", s.port, "-u", "b", "-U", 1)
+                return pop3load("bigbox", s.port, "-u", s.upfx("b"), "-U", 1)
             cold = {s.name: [] for s in servers}
             warm = {s.name: [] for s in servers}
             for r in range(reps):
@@ -590,14 +856,15 @@ def bench(mode, prof):
                 s.start()
                 # warm up (the first sessions fault in code and allocator arenas),
                 # then take the baseline
+                nu = POPA3D_IDLE_USERS if s.name == "popa3d" else max(prof["idle"])
                 subprocess.run([POP3LOAD, "idle", "-p", str(s.port), "-k", str(min(50, k)), "-c", "4",
-                                "-u", "i", "-U", str(max(prof["idle"])), "-S", "-d", "0.5"],
+                                "-u", s.upfx("i"), "-U", str(nu), "-S", "-d", "0.5"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
                 time.sleep(1.0)
                 base = pss_kib(s.pid())
                 ready = os.path.join(TMP, "ready-%s-%d" % (s.name, k))
                 p = subprocess.Popen([POP3LOAD, "idle", "-p", str(s.port), "-k", str(k), "-c", "8",
-                                      "-u", "i", "-U", str(max(prof["idle"])), "-S", "-r", ready,
+                                      "-u", s.upfx("i"), "-U", str(nu), "-S", "-r", ready,
                                       "-d", str(max(60, k / 50))],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 PROCS.append(p)
@@ -660,22 +927,27 @@ def fmt(v):
 
 
 def render(rows, servers):
+    """scenario | each server | ratio (popboxd vs Dovecot) | vs popa3d
+    (popboxd vs popa3d, when popa3d ran) | popboxd / limit."""
     names = [s.name for s in servers]
-    hdr = "| scenario | " + " | ".join(names) + (" | ratio | popboxd / limit |" if len(names) > 1 else " | popboxd / limit |")
-    sep = "|---" * (len(names) + (3 if len(names) > 1 else 2)) + "|"
+    peers = [n for n in ("Dovecot", "popa3d") if n in names]
+    heads = {"Dovecot": "ratio", "popa3d": "vs popa3d"}
+    hdr = "| scenario | " + " | ".join(names) + " | " + "".join(heads[n] + " | " for n in peers) + "popboxd / limit |"
+    sep = "|---" * (len(names) + len(peers) + 2) + "|"
     lines = [hdr, sep]
     for name, vals, unit, limit, better in rows:
         p = vals.get("popboxd")
         cells = [fmt(vals.get(n)) for n in names]
-        ratio = ""
-        if len(names) > 1:
-            d = vals.get("Dovecot")
-            if p and d:
-                ratio = "%.2f×" % ((p / d) if better == "high" else (d / p))
-            ratio = " | " + (ratio or "-")
+        ratios = ""
+        for n in peers:
+            d = vals.get(n)
+            ratios += " | " + (("%.2f×" % ((p / d) if better == "high" else (d / p))) if (p and d) else "-")
         frac = "%.0f%% of %s" % (100 * p / limit, fmt(limit)) if (p and limit) else "-"
-        lines.append("| %s (%s) | %s%s | %s |" % (name, unit, " | ".join(cells), ratio, frac))
-    return "\n".join(lines) + "\n(ratio: popboxd's advantage, >1 = popboxd better)"
+        lines.append("| %s (%s) | %s%s | %s |" % (name, unit, " | ".join(cells), ratios, frac))
+    note = "(ratio: popboxd's advantage over Dovecot, >1 = popboxd better"
+    if "popa3d" in names:
+        note += "; vs popa3d: the same against popa3d (process per session under socat, PAM, mbox spool)"
+    return "\n".join(lines) + "\n" + note + ")"
 
 
 def render_fetch(fetch):
@@ -799,6 +1071,8 @@ def chart(result, outdir, mode):
     dat1 = os.path.join(TMP, "sweep.dat")
     dat2 = os.path.join(TMP, "mem.dat")
     names = ["popboxd", "Dovecot"]
+    if any("popa3d" in v for v in sweep.values()) or "popa3d" in mem:
+        names.append("popa3d")
     with open(dat1, "w") as f:
         for n in sorted(sweep):
             f.write("%d %s\n" % (n, " ".join(str(sweep[n].get(s) or "NaN") for s in names)))
@@ -810,17 +1084,19 @@ def chart(result, outdir, mode):
     png = os.path.join(outdir, "chart-%s.png" % mode)
     gp = """set terminal png size 1100,450
 set output '{png}'
-set multiplot layout 1,2 title 'popboxd vs Dovecot ({date}, {commit})'
+set multiplot layout 1,2 title '{title} ({date}, {commit})'
 set title 'sessions/s against concurrency (PLAIN)'
 set xlabel 'clients'; set ylabel 'sessions/s'; set logscale x 2; set key top left; set grid
-plot '{d1}' using 1:2 with linespoints title 'popboxd', '{d1}' using 1:3 with linespoints title 'Dovecot'
+plot {p1}
 unset logscale x
 set title 'server memory (PSS over all processes) against idle sessions'
 set xlabel 'authenticated idle sessions'; set ylabel 'MiB PSS above idle server'
 set logscale y
-plot '{d2}' using 1:2 with linespoints title 'popboxd', '{d2}' using 1:3 with linespoints title 'Dovecot'
+plot {p2}
 unset multiplot
-""".format(png=png, d1=dat1, d2=dat2, date=result["date"][:10], commit=result["commit"])
+""".format(png=png, date=result["date"][:10], commit=result["commit"], title=" vs ".join(names),
+           p1=", ".join("'%s' using 1:%d with linespoints title '%s'" % (dat1, i + 2, n) for i, n in enumerate(names)),
+           p2=", ".join("'%s' using 1:%d with linespoints title '%s'" % (dat2, i + 2, n) for i, n in enumerate(names)))
     subprocess.run(["gnuplot"], input=gp, text=True, check=False)
 
 
