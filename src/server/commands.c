@@ -267,7 +267,7 @@ cmd_list(struct session *s, int argc, char **argv)
 		return;
 	}
 	session_reply(s, "+OK %u messages (%llu octets)", live_count(s), (unsigned long long)live_size(s));
-	struct evbuffer *out = bufferevent_get_output(s->bev);
+	struct evbuffer *out = session_output(s);
 	for (uint32_t i = 0; i < s->store->count; i++)
 		if (!s->deleted[i])
 			evbuffer_add_printf(out, "%u %llu\r\n", i + 1,
@@ -285,7 +285,7 @@ cmd_uidl(struct session *s, int argc, char **argv)
 		return;
 	}
 	session_reply(s, "+OK Unique-ID listing follows");
-	struct evbuffer *out = bufferevent_get_output(s->bev);
+	struct evbuffer *out = session_output(s);
 	for (uint32_t i = 0; i < s->store->count; i++)
 		if (!s->deleted[i])
 			evbuffer_add_printf(out, "%u %s\r\n", i + 1, s->store->messages[i].uidl);

@@ -142,6 +142,8 @@ void session_enter_state(struct session *s, enum session_state state);
 void session_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Queue raw bytes (multi-line bodies). */
 void session_write(struct session *s, const void *data, size_t len);
+/* The output buffer, with the write event on: use it for every write. */
+struct evbuffer *session_output(struct session *s);
 /* Flush what is queued, then close: no UPDATE unless done before. */
 void session_close_after_reply(struct session *s, const char *reason);
 /* Answer a bad command line with -ERR msg, counting it against
