@@ -2,14 +2,18 @@
 """popbox benchmark driver (run through bench/run.sh: smoke, quick, full).
 
 Starts popboxd and Dovecot (from their own configs in a temporary directory,
-on loopback high ports, same users file, same Maildirs), runs every scenario
-of build/bench/pop3load against both alternately (the order flips every
-repetition), measures the machine's limits with the same harness (loopback
-TCP stream, ideal in-memory POP3 server) and prints one table: scenario,
-popboxd, Dovecot, ratio, fraction of the limit. Figures are medians.
+on loopback high ports, same users file, same Maildirs) and, as root in quick
+and full, popa3d (the Debian package unpacked, inetd mode under socat, system
+users via PAM, the same messages as mbox spools in /var/mail), runs every
+scenario of build/bench/pop3load against all of them alternately (the order
+flips every repetition), measures the machine's limits with the same harness
+(loopback TCP stream, ideal in-memory POP3 server) and prints one table:
+scenario, popboxd, Dovecot, popa3d, ratio (popboxd vs Dovecot), vs popa3d,
+fraction of the limit. Figures are medians.
 
 Every process started here is stopped by PID (try/finally and signal
-handlers); every load loop is bounded by a duration.
+handlers); every load loop is bounded by a duration. The system users and
+spools made for popa3d are removed at exit, also on error or signal.
 """
 
 import json
@@ -52,6 +56,7 @@ PROFILES = {
 
 PROCS = []          # Popen objects we started, stopped by PID at exit
 CLEANUP = []        # callables undoing system changes (popa3d's users, spools), run after PROCS
+FORKERS = []        # servers whose sessions outlive the listener (popa3d): .stop() first
 # POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (for profiling
 # work); the default runs all: limits sessions retr bigbox memory fetch
 ONLY = set(filter(None, os.environ.get("POPBOX_BENCH_ONLY", "").split(",")))
@@ -100,6 +105,11 @@ def stop(proc, timeout=15.0):
 
 
 def stop_all():
+    for s in FORKERS:
+        try:
+            s.stop()
+        except Exception as e:
+            log("stopping %s: %s" % (s.name, e))
     for p in reversed(PROCS):
         try:
             stop(p)
@@ -428,7 +438,7 @@ class Popa3d:
         except KeyError:
             run(["useradd", "--system", "-M", "-d", "/var/lib/popa3d", "-s", "/usr/sbin/nologin",
                  "-c", POPA3D_GECOS, "popa3d"])
-            CLEANUP.append(lambda: run(["userdel", "popa3d"]))
+            CLEANUP.append(lambda: self.remove_user("popa3d", spool=False))
         if not os.path.isdir("/var/lib/popa3d"):
             os.makedirs("/var/lib/popa3d", 0o755)
             CLEANUP.append(lambda: os.rmdir("/var/lib/popa3d"))
@@ -482,13 +492,25 @@ class Popa3d:
             % (len(names), spool_bytes / 1e6, quoted, time.monotonic() - t0))
 
     @staticmethod
-    def remove_user(name):
-        try:
-            os.unlink(os.path.join("/var/mail", name))
-        except FileNotFoundError:
-            pass
-        if subprocess.run(["userdel", name], stderr=subprocess.PIPE, text=True).returncode != 0:
-            log("userdel %s failed" % name)
+    def remove_user(name, spool=True):
+        if spool:
+            try:
+                os.unlink(os.path.join("/var/mail", name))
+            except FileNotFoundError:
+                pass
+        for attempt in range(3):
+            r = subprocess.run(["userdel", name], stderr=subprocess.PIPE, text=True)
+            if r.returncode == 0:
+                return
+            # still running as the user: session processes of our popa3d
+            uid = pwd.getpwnam(name).pw_uid
+            for pid in pids_of_uid(uid):
+                try:
+                    os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        log("userdel %s failed: %s" % (name, r.stderr.strip()))
 
     def start(self):
         self.logf = open(os.path.join(self.dir, "socat.log"), "ab")
@@ -500,6 +522,8 @@ class Popa3d:
              "EXEC:%s,nofork" % self.binary],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
         PROCS.append(self.proc)
+        if self not in FORKERS:
+            FORKERS.append(self)
         wait_port(self.port, self.proc, what="popa3d (socat)")
         time.sleep(0.2)
 
@@ -533,6 +557,22 @@ class Popa3d:
 
     def forget_index(self, user):
         pass            # no index: popa3d parses the whole mbox at every login
+
+
+def pids_of_uid(uid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/status" % d) as f:
+                    for line in f:
+                        if line.startswith("Uid:"):
+                            if int(line.split()[1]) == uid:
+                                out.append(int(d))
+                            break
+            except OSError:
+                pass
+    return out
 
 
 def zombie(pid):
@@ -744,6 +784,8 @@ def bench(mode, prof):
         if want("memory"):
             pfx["i"] = POPA3D_IDLE_USERS
         try:
+            if not pfx:
+                raise SkipPopa3d("no section it takes part in")
             servers.append(Popa3d(TMP, trees["pristine"], users, pfx))
         except SkipPopa3d as e:
             log("popa3d skipped: %s" % e)

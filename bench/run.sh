@@ -1,11 +1,15 @@
 #!/bin/sh
 # bench/run.sh smoke|quick|full — the popbox benchmarks (see bench/README.md).
 #   smoke  seconds, popboxd only, no targets: checks the harness (make check)
-#   quick  a few minutes: popboxd and Dovecot side by side, one table (make bench)
+#   quick  a few minutes: popboxd, Dovecot and popa3d side by side, one table
+#          (make bench)
 #   full   everything at the sizes issue 6 names (make bench-full)
 # As root it installs what is missing (dovecot-pop3d, mpop, fetchmail,
-# gnuplot-nox) with apt-get. The driver, bench/bench.py, stops every process
-# it starts by PID, also on failure or on a signal.
+# gnuplot-nox, socat) with apt-get, and fetches popa3d with apt-get download
+# (unpacked in the temp dir, not installed: it conflicts with dovecot-pop3d);
+# popa3d needs root (system users pbb*, mbox spools in /var/mail, removed at
+# exit) and is skipped otherwise. The driver, bench/bench.py, stops every
+# process it starts by PID, also on failure or on a signal.
 set -eu
 cd "$(dirname "$0")/.."
 mode="${1:-quick}"
