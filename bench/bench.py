@@ -16,6 +16,7 @@ handlers); every load loop is bounded by a duration. The system users and
 spools made for popa3d are removed at exit, also on error or signal.
 """
 
+import fcntl
 import json
 import os
 import platform
@@ -393,6 +394,16 @@ class Popa3d:
     def __init__(self, root, corpus_mail, users_file, prefixes):
         if not AS_ROOT:
             raise SkipPopa3d("not root (needs system users, /var/mail spools and PAM)")
+        # the users pbb*, their spools and user popa3d are machine-wide: one
+        # bench run at a time uses them (released last, after the clean-up)
+        self.lockf = open("/run/lock/popbox-bench-popa3d.lock" if os.path.isdir("/run/lock")
+                          else "/tmp/popbox-bench-popa3d.lock", "w")
+        try:
+            fcntl.flock(self.lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lockf.close()
+            raise SkipPopa3d("another bench run holds the popa3d users (%s)" % self.lockf.name)
+        CLEANUP.append(self.lockf.close)
         self.dir = os.path.join(root, "popa3d")
         os.makedirs(self.dir)
         os.chmod(self.dir, 0o755)
