@@ -257,6 +257,54 @@ cmd_stat(struct session *s, int argc, char **argv)
 	session_reply(s, "+OK %u %llu", live_count(s), (unsigned long long)live_size(s));
 }
 
+/* Decimal digits of v at p, returns the end. */
+static char *
+put_u64(char *p, uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	while (n > 0)
+		*p++ = tmp[--n];
+	return p;
+}
+
+/* The lines of a LIST or UIDL listing ("N SIZE" or "N UIDL"), formatted in
+ * a local buffer and added in large pieces: evbuffer_add_printf per line was
+ * a third of the time of a 100,000-message listing. */
+static void
+list_lines(struct session *s, bool uidl)
+{
+	struct evbuffer *out = session_output(s);
+	char buf[16384], *p = buf;
+	for (uint32_t i = 0; i < s->store->count; i++) {
+		if (s->deleted[i])
+			continue;
+		/* "N " + UIDL (at most 70) or SIZE (at most 20) + CRLF */
+		if (p > buf + sizeof(buf) - (10 + 1 + UIDL_MAX_LEN + 2)) {
+			evbuffer_add(out, buf, (size_t)(p - buf));
+			p = buf;
+		}
+		p = put_u64(p, i + 1);
+		*p++ = ' ';
+		if (uidl) {
+			size_t n = strlen(s->store->messages[i].uidl);
+			memcpy(p, s->store->messages[i].uidl, n);
+			p += n;
+		} else {
+			p = put_u64(p, s->store->messages[i].size);
+		}
+		*p++ = '\r';
+		*p++ = '\n';
+	}
+	memcpy(p, ".\r\n", 3);
+	p += 3;
+	evbuffer_add(out, buf, (size_t)(p - buf));
+}
+
 static void
 cmd_list(struct session *s, int argc, char **argv)
 {
@@ -267,12 +315,7 @@ cmd_list(struct session *s, int argc, char **argv)
 		return;
 	}
 	session_reply(s, "+OK %u messages (%llu octets)", live_count(s), (unsigned long long)live_size(s));
-	struct evbuffer *out = session_output(s);
-	for (uint32_t i = 0; i < s->store->count; i++)
-		if (!s->deleted[i])
-			evbuffer_add_printf(out, "%u %llu\r\n", i + 1,
-			    (unsigned long long)s->store->messages[i].size);
-	session_write(s, ".\r\n", 3);
+	list_lines(s, false);
 }
 
 static void
@@ -285,11 +328,7 @@ cmd_uidl(struct session *s, int argc, char **argv)
 		return;
 	}
 	session_reply(s, "+OK Unique-ID listing follows");
-	struct evbuffer *out = session_output(s);
-	for (uint32_t i = 0; i < s->store->count; i++)
-		if (!s->deleted[i])
-			evbuffer_add_printf(out, "%u %s\r\n", i + 1, s->store->messages[i].uidl);
-	session_write(s, ".\r\n", 3);
+	list_lines(s, true);
 }
 
 static void

@@ -8,7 +8,6 @@
 #include <string.h>
 
 /* RFC 1939 §7 (UIDL): 1 to 70 characters in the range 0x21 to 0x7E. */
-#define UIDL_MAX_LEN 70
 /* Digest UIDL: "H" + this many hex chars of SHA-256 (160 bits: collisions
  * between names of one maildrop cannot happen in practice). */
 #define UIDL_HASH_HEX_LEN 40
@@ -39,8 +38,8 @@ store_name_is_uidl(const char *base, size_t len)
 	if (len == 0 || len > UIDL_MAX_LEN)
 		return false;
 	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)base[i];
-		if (c < 0x21 || c > 0x7e)
+		/* 0x21..0x7E, one unsigned comparison */
+		if ((unsigned char)base[i] - 0x21u > 0x7eu - 0x21u)
 			return false;
 	}
 	return true;

@@ -68,6 +68,8 @@ const struct store_backend *store_backend_for(const char *location, const char *
  * itself when it is 1..70 chars of 0x21..0x7E, else "H" + 40 hex chars of its
  * SHA-256 (fixed length, cannot collide with a real name in practice). Returns a
  * malloc'd string. */
+/* RFC 1939 §7: a unique-id is 1 to 70 characters 0x21..0x7E. */
+#define UIDL_MAX_LEN 70
 char *maildir_uidl_from_name(const char *base, size_t len);
 
 extern const struct store_backend store_maildir;

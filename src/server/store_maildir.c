@@ -80,7 +80,8 @@ struct maildir_store {
 
 /* One directory entry found by the scan. */
 struct maildir_entry {
-	char *file;
+	char *name;               /* "new/FILE" or "cur/FILE": store_message.name */
+	char *file;               /* name + MAILDIR_SUBDIR_PREFIX_LEN */
 	size_t base_len;          /* file name up to the first ':' */
 	uint64_t time;            /* leading decimal seconds, UINT64_MAX if none */
 	uint64_t size;
@@ -89,13 +90,18 @@ struct maildir_entry {
 };
 
 struct maildir_index_entry {
-	char *base;               /* NUL-terminated, no NUL inside */
+	char *base;               /* in maildir_index.text, NUL-terminated */
 	size_t base_len;
+	uint64_t time;            /* as maildir_entry.time */
 	uint64_t size;
 	bool used;
 };
 
+/* popbox.index as read: the file's text (names unescaped in place) and its
+ * entries, in the scan's order (time, then base name), strictly increasing:
+ * the scan matches its sorted entries against it in one merge pass. */
 struct maildir_index {
+	char *text;
 	struct maildir_index_entry *entries;
 	size_t count;
 };
@@ -149,11 +155,11 @@ store_maildir_name_time(const char *file)
 
 	if (*p < '0' || *p > '9')
 		return UINT64_MAX;
-	for (; *p >= '0' && *p <= '9'; p++) {
-		unsigned d = (unsigned)(*p - '0');
-		if (t > (UINT64_MAX - 1 - d) / 10)
+	/* 19 digits cannot overflow (UINT64_MAX has 20); more sort last. */
+	for (int n = 0; *p >= '0' && *p <= '9'; p++, n++) {
+		if (n == 19)
 			return UINT64_MAX;
-		t = t * 10 + d;
+		t = t * 10 + (unsigned)(*p - '0');
 	}
 	return t;
 }
@@ -184,29 +190,22 @@ store_maildir_log_name(char *dst, size_t size, const char *file)
 
 /* ---- index cache ---- */
 
-static int
-store_maildir_index_entry_cmp(const void *pa, const void *pb)
-{
-	const struct maildir_index_entry *a = pa, *b = pb;
-	return store_maildir_base_cmp(a->base, a->base_len, b->base, b->base_len);
-}
-
-static int
-store_maildir_index_key_cmp(const void *pkey, const void *pentry)
-{
-	const struct maildir_base_key *key = pkey;
-	const struct maildir_index_entry *e = pentry;
-	return store_maildir_base_cmp(key->base, key->len, e->base, e->base_len);
-}
-
 static void
 store_maildir_index_free(struct maildir_index *index)
 {
-	for (size_t i = 0; i < index->count; i++)
-		free(index->entries[i].base);
+	free(index->text);
 	free(index->entries);
-	index->entries = NULL;
-	index->count = 0;
+	memset(index, 0, sizeof(*index));
+}
+
+/* Order of the scan and of the index: delivery time, then base name. */
+static int
+store_maildir_key_cmp(uint64_t at, const char *a, size_t alen, uint64_t bt, const char *b,
+    size_t blen)
+{
+	if (at != bt)
+		return at < bt ? -1 : 1;
+	return store_maildir_base_cmp(a, alen, b, blen);
 }
 
 static int
@@ -227,7 +226,9 @@ store_maildir_index_needs_escape(unsigned char c)
 	return c <= 0x20 || c >= 0x7f || c == '%';
 }
 
-/* Parse "SIZE NAME" (NAME escaped). Returns false on any deviation. */
+
+/* Parse "SIZE NAME" (NAME escaped), unescaping NAME in place. Returns false
+ * on any deviation. */
 static bool
 store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
 {
@@ -242,8 +243,14 @@ store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
 	name = sp + 1;
 	if (*name == '\0')
 		return false;
-	e->base = out = xmalloc(strlen(name) + 1);
-	for (const char *p = name; *p != '\0'; p++) {
+	/* Most names have no escape: the part before the first '%' is taken as
+	 * it is (a name we did not write matches no file, or has the size the
+	 * file would have; the merge join below trusts nothing else of it). */
+	e->base = name;
+	out = strchr(name, '%');
+	if (out == NULL)
+		out = name + strlen(name);
+	for (const char *p = out; *p != '\0'; p++) {     /* out never passes p */
 		unsigned char c = (unsigned char)*p;
 		if (c == '%') {
 			int hi = store_maildir_hex_value(p[1]);
@@ -263,9 +270,9 @@ store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
 	e->base_len = (size_t)(out - e->base);
 	if (memchr(e->base, ':', e->base_len) != NULL)
 		goto bad;
+	e->time = store_maildir_name_time(e->base);
 	return true;
 bad:
-	free(e->base);
 	e->base = NULL;
 	return false;
 }
@@ -276,16 +283,12 @@ static bool
 store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 {
 	struct stat st;
-	FILE *fp;
-	char *line = NULL;
-	size_t cap = 0, alloc = 0;
-	ssize_t n;
 	uint64_t end_count;
+	size_t alloc = 0, len = 0;
 	bool header = false, ended = false, ok = false;
 	int fd;
 
-	index->entries = NULL;
-	index->count = 0;
+	memset(index, 0, sizeof(*index));
 	fd = openat(ms->root_fd, MAILDIR_INDEX_NAME,
 	    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
@@ -299,16 +302,32 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 		close(fd);
 		return false;
 	}
-	fp = fdopen(fd, "r");
-	if (fp == NULL) {
+	/* Larger than the largest index we could have written: damage. */
+	if ((uint64_t)st.st_size > (uint64_t)(MAILDIR_MAX_MESSAGES + 2) * MAILDIR_INDEX_LINE_MAX) {
 		close(fd);
-		return false;
+		goto done;
 	}
-	while ((n = getline(&line, &cap, fp)) >= 0) {
-		if (n == 0 || line[n - 1] != '\n' || (size_t)n > MAILDIR_INDEX_LINE_MAX ||
-		    memchr(line, '\0', (size_t)n) != NULL)
-			goto done;       /* truncated, over-long or binary */
-		line[n - 1] = '\0';
+	/* The whole file in one buffer (one read for any usual size), parsed
+	 * in place: no allocation per message. */
+	index->text = xmalloc((size_t)st.st_size + 1);
+	while (len < (size_t)st.st_size) {
+		ssize_t n = read(fd, index->text + len, (size_t)st.st_size - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;        /* shrank meanwhile: the checks below fail */
+		len += (size_t)n;
+	}
+	close(fd);
+	index->text[len] = '\0';
+	if (memchr(index->text, '\0', len) != NULL)
+		goto done;           /* binary */
+	for (char *line = index->text, *nl; line < index->text + len; line = nl + 1) {
+		nl = memchr(line, '\n', (size_t)(index->text + len - line));
+		if (nl == NULL || (size_t)(nl - line) + 1 > MAILDIR_INDEX_LINE_MAX ||
+		    nl == line)
+			goto done;       /* truncated, over-long or empty line */
+		*nl = '\0';
 		if (ended)
 			goto done;       /* data after the end line */
 		if (!header) {
@@ -337,19 +356,17 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 			goto done;
 		index->count++;
 	}
-	if (ferror(fp) || !ended)
+	if (!ended)
 		goto done;
-	if (index->count > 0)   /* qsort(NULL, 0) is undefined */
-		qsort(index->entries, index->count, sizeof(*index->entries),
-		    store_maildir_index_entry_cmp);
+	/* We write it strictly increasing (so never a name twice). */
 	for (size_t i = 1; i < index->count; i++) {
-		if (store_maildir_index_entry_cmp(&index->entries[i - 1], &index->entries[i]) == 0)
-			goto done;   /* we never write a name twice */
+		const struct maildir_index_entry *a = &index->entries[i - 1], *b = &index->entries[i];
+		if (store_maildir_key_cmp(a->time, a->base, a->base_len, b->time, b->base,
+		    b->base_len) >= 0)
+			goto done;
 	}
 	ok = true;
 done:
-	free(line);
-	fclose(fp);
 	if (!ok) {
 		log_info("maildir %s: %s damaged, rebuilding it", ms->path,
 		    MAILDIR_INDEX_NAME);
@@ -475,7 +492,7 @@ static void
 store_maildir_entries_free(struct maildir_entry *entries, size_t count)
 {
 	for (size_t i = 0; i < count; i++)
-		free(entries[i].file);
+		free(entries[i].name);
 	free(entries);
 }
 
@@ -549,7 +566,12 @@ store_maildir_scan_dir(struct maildir_store *ms, enum maildir_subdir sub,
 		}
 		struct maildir_entry *e = &(*entries)[(*count)++];
 		memset(e, 0, sizeof(*e));
-		e->file = xstrdup(d->d_name);
+		size_t flen = strlen(d->d_name);
+		e->name = xmalloc(MAILDIR_SUBDIR_PREFIX_LEN + flen + 1);
+		memcpy(e->name, subname, MAILDIR_SUBDIR_PREFIX_LEN - 1);
+		e->name[MAILDIR_SUBDIR_PREFIX_LEN - 1] = '/';
+		memcpy(e->name + MAILDIR_SUBDIR_PREFIX_LEN, d->d_name, flen + 1);
+		e->file = e->name + MAILDIR_SUBDIR_PREFIX_LEN;
 		e->base_len = store_maildir_base_len(e->file);
 		e->time = store_maildir_name_time(e->file);
 		e->subdir = sub;
@@ -563,7 +585,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 {
 	struct maildir_entry *entries = NULL;
 	struct maildir_index index;
-	size_t count = 0, alloc = 0, kept = 0, computed = 0, used = 0;
+	size_t count = 0, alloc = 0, kept = 0, computed = 0, used = 0, ic = 0;
 	bool index_valid;
 	char *inbuf = NULL, *outbuf = NULL;
 	enum store_status status;
@@ -597,15 +619,20 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 			ms->dups = xrealloc(ms->dups, (ms->n_dups + 1) * sizeof(*ms->dups));
 			ms->dups[ms->n_dups].idx = (uint32_t)(kept - 1);
 			ms->dups[ms->n_dups].subdir = e.subdir;
-			ms->dups[ms->n_dups].file = e.file;
+			ms->dups[ms->n_dups].file = xstrdup(e.file);
 			ms->n_dups++;
+			free(e.name);
 			continue;
 		}
-		if (index_valid && index.count > 0) {
-			struct maildir_base_key key = { e.file, e.base_len };
-			struct maildir_index_entry *ie = bsearch(&key, index.entries,
-			    index.count, sizeof(*index.entries), store_maildir_index_key_cmp);
-			if (ie != NULL) {
+		/* Merge join: both sequences are in (time, base) order. */
+		while (ic < index.count && store_maildir_key_cmp(index.entries[ic].time,
+		    index.entries[ic].base, index.entries[ic].base_len, e.time, e.file,
+		    e.base_len) < 0)
+			ic++;
+		if (ic < index.count) {
+			struct maildir_index_entry *ie = &index.entries[ic];
+			if (ie->time == e.time && store_maildir_base_cmp(ie->base, ie->base_len,
+			    e.file, e.base_len) == 0) {
 				e.size = ie->size;
 				e.have_size = true;
 				if (!ie->used)
@@ -638,11 +665,11 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 					status = STORE_TEMP;
 					/* Free the not yet compacted rest too. */
 					for (size_t j = i; j < count; j++)
-						free(entries[j].file);
+						free(entries[j].name);
 					count = kept;
 					goto out;
 				}
-				free(e.file);
+				free(e.name);
 				continue;
 			}
 			e.have_size = true;
@@ -662,8 +689,8 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 		struct store_message *m = &ms->store.messages[i];
 		m->uidl = maildir_uidl_from_name(entries[i].file, entries[i].base_len);
 		m->size = entries[i].size;
-		m->name = xasprintf("%s/%s", maildir_subdir_names[entries[i].subdir],
-		    entries[i].file);
+		m->name = entries[i].name;   /* taken over */
+		entries[i].name = NULL;
 		ms->store.total_size += m->size;
 	}
 	status = STORE_OK;

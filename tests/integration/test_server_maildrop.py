@@ -300,21 +300,39 @@ def test_dot_files_and_directories_ignored(server):
 
 def test_many_messages(server):
     md = server.maildir()
+    names = {}
     for i in range(2000):
-        name = "1700000000.M%dP1.many" % i
+        # times out of name order, so the listing order is the server's sort
+        name = "%d.M%dP1.many" % (1700000000 + (i * 7919) % 2000, i)
         p = os.path.join(md, "new", name)
+        body = b"Subject: %d\n\n%s\n" % (i, b"x" * i)
         with open(p, "wb") as f:
-            f.write(b"Subject: %d\n\n%d\n" % (i, i))
+            f.write(body)
         server._own(p)
+        names[name] = len(body) + body.count(b"\n")   # LF -> CRLF
+    order = sorted(names, key=lambda n: (int(n.split(".")[0]), n))
+    deleted = set(range(1, 2001, 3))
     with server.session() as c:
         assert c.stat()[0] == 2000
-        assert len(set(c.uidl().values())) == 2000
-        for i in range(1, 2001, 3):
+        # listings of over 16 KiB, in delivery-time order, sizes exact
+        assert c.uidl() == {i + 1: n for i, n in enumerate(order)}
+        assert c.list() == {i + 1: names[n] for i, n in enumerate(order)}
+        for i in sorted(deleted):
             c.send(b"DELE %d\r\n" % i)
-        for i in range(1, 2001, 3):
+        for i in sorted(deleted):
             assert c.readline().startswith(b"+OK")
+        # deleted messages are left out of both listings, numbers kept
+        assert c.uidl() == {i + 1: n for i, n in enumerate(order) if i + 1 not in deleted}
+        assert c.list() == {i + 1: names[n] for i, n in enumerate(order) if i + 1 not in deleted}
         c.quit()
-    assert len(server.message_files()) == 2000 - len(range(1, 2001, 3))
+    assert len(server.message_files()) == 2000 - len(deleted)
+    left = [n for i, n in enumerate(order) if i + 1 not in deleted]
+    # next login: sizes now come from the index cache, and agree
+    for _ in range(2):
+        with server.session() as c:
+            assert c.uidl() == {i + 1: n for i, n in enumerate(left)}
+            assert c.list() == {i + 1: names[n] for i, n in enumerate(left)}
+            c.quit()
 
 
 def test_relative_paths_resolved_against_config_dir(server_factory):

@@ -381,6 +381,49 @@ test_index_written_and_reused(void **state)
 	free(index);
 }
 
+/* The scan matches its sorted entries against the cache in one merge pass:
+ * cached names between, before and after new, vanished and out-of-order
+ * ones each get the cached size; the others are read. */
+static void
+test_index_merge(void **state)
+{
+	struct fixture *f = *state;
+	make_dirs(f);
+	write_str(f, "new/200.B.host", "Subject: b\n\nb\n");
+	write_str(f, "cur/400.D.host:2,S", "Subject: d\n\ndd\n");
+	write_str(f, "new/400.C.host", "Subject: c\n\nc\n");
+	write_str(f, "new/600.F.host", "Subject: f\n\nf\n");
+	write_str(f, "new/50.A.host", "Subject: a\n\na\n");
+	write_str(f, "new/99999999999999999999.Z.host", "Subject: z\n\nz\n");
+	/* 50.A and 600.F are not cached, 300.gone is but has no file; the
+	 * 20-digit time does not fit and sorts last */
+	put_index(f, "popbox-index 1\n"
+	    "701 200.B.host\n702 300.gone.host\n703 400.C.host\n704 400.D.host\n"
+	    "705 99999999999999999999.Z.host\nend 5\n");
+	struct store *store = open_ok(f);
+	assert_int_equal(store->count, 6);
+	const char *want_name[] = { "new/50.A.host", "new/200.B.host", "new/400.C.host",
+		"cur/400.D.host:2,S", "new/600.F.host", "new/99999999999999999999.Z.host" };
+	const uint64_t want_size[] = { 17, 701, 703, 704, 17, 705 };
+	for (int i = 0; i < 6; i++) {
+		assert_string_equal(store->messages[i].name, want_name[i]);
+		assert_int_equal(store->messages[i].size, want_size[i]);
+	}
+	store->backend->close(store);
+	/* rewritten with the ghost dropped and the new sizes added */
+	char *now = read_index(f);
+	assert_string_equal(now, "popbox-index 1\n17 50.A.host\n701 200.B.host\n"
+	    "703 400.C.host\n704 400.D.host\n17 600.F.host\n705 99999999999999999999.Z.host\n"
+	    "end 6\n");
+	free(now);
+	/* out of order: damage, every size read again */
+	put_index(f, "popbox-index 1\n701 400.C.host\n702 200.B.host\nend 2\n");
+	store = open_ok(f);
+	assert_int_equal(store->messages[1].size, 17);
+	assert_int_equal(store->messages[2].size, 17);
+	store->backend->close(store);
+}
+
 /* Each damaged cache is ignored: sizes come from the files again and a good
  * cache is written. */
 static void
@@ -665,6 +708,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_duplicate_base_name, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_written_and_reused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_damaged, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_not_source_of_truth, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vanished_and_moved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expunge_only_marked, setup, teardown),
