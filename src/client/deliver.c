@@ -11,7 +11,7 @@ struct deliverer *
 deliver_open(int kind, const char *target, const char *account_name, struct fetch_error *err)
 {
 	struct deliverer *d = xcalloc(1, sizeof(*d));
-	d->fd = -1;
+	d->fd = d->tmpfd = d->newfd = -1;
 	d->target = xstrdup(target);
 	d->account_name = account_name;
 	switch (kind) {

@@ -5,6 +5,15 @@
  * commit() returns only when the message is durable (file and directory
  * fsynced, or the command exited 0). abort() leaves no trace of a partial
  * message. Bytes are written exactly as given: no header is added.
+ *
+ * Batches (Maildir only; end and sync are NULL elsewhere): end() instead
+ * of commit() completes the message in tmp/ without making it durable or
+ * visible; sync() then makes every ended message durable and links it
+ * into new/ at once (one file system sync, one directory fsync for the
+ * whole batch). Only a true return from sync() means "delivered"; after a
+ * false return none of the batch may be counted (some may have reached
+ * new/ whole, which the marker handles). close() removes ended messages
+ * that were never synced.
  */
 #ifndef POPBOX_DELIVER_H
 #define POPBOX_DELIVER_H
@@ -31,6 +40,15 @@ struct deliver_ops {
 	bool (*commit)(struct deliverer *d, struct fetch_error *err);
 	void (*abort)(struct deliverer *d);
 	void (*close)(struct deliverer *d);
+	bool (*end)(struct deliverer *d, struct fetch_error *err);
+	bool (*sync)(struct deliverer *d, struct fetch_error *err);
+};
+
+/* A Maildir message written to tmp/, not yet durable. */
+struct deliver_pending {
+	int fd;
+	char *tmp_path;
+	uint64_t written;
 };
 
 struct deliverer {
@@ -48,6 +66,12 @@ struct deliverer {
 	bool broken_pipe;
 	unsigned seq;
 	const struct deliver_message *msg;
+	/* maildir */
+	struct deliver_pending *pending;   /* ended, not yet synced */
+	size_t npending, cappending;
+	int tmpfd, newfd;                  /* tmp/ and new/, open from the first message */
+	bool use_syncfs;
+	char *host;                        /* the host part of unique names */
 };
 
 /* Open a deliverer for "maildir:", "mbox:" or "mda:" targets (kind from

@@ -1,5 +1,7 @@
 /* Maildir delivery by the rules (reliability.md §3.4): unique name, write
- * in tmp/, fsync, link into new/, fsync new/. The unique part of the name
+ * in tmp/, fsync, link into new/, fsync new/ -- for a batch of messages at
+ * a time (deliver.h): all written in tmp/, all made durable, all linked,
+ * new/ fsynced once. The unique part of the name
  * carries "_pb" + a 16-hex-digit marker (digest of account and UIDL), so
  * the Maildir itself records what was delivered: a run killed between
  * delivery and deletion finds the marker next time and only deletes.
@@ -18,6 +20,15 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#ifdef __linux__
+#include <linux/magic.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#endif
+
+/* A message this big starts its writeback as soon as it is whole. */
+#define MAILDIR_EARLY_WRITEBACK (256 * 1024)
 
 static bool
 mkdir_p(const char *path, struct fetch_error *err)
@@ -90,21 +101,90 @@ disk_error(struct fetch_error *err, const char *what, const char *path)
 	    e == ENOSPC || e == EDQUOT ? " (destination full: nothing deleted on the server)" : "");
 }
 
+/* syncfs() makes a whole batch durable in one call, but it is as good as
+ * an fsync of each file only where it reports writeback errors (Linux 5.8
+ * and later: any error on the file system since the descriptor was
+ * opened) and where the file system's sync really reaches the disk: local
+ * block file systems. FUSE (whose daemon may never see a sync), NFS and
+ * the rest get an fsync per file. POPBOX_MAILDIR_FSYNC=1 forces that path
+ * (tests, or a paranoid user). */
+static bool
+syncfs_is_enough(int dirfd)
+{
+#ifdef __linux__
+	struct utsname u;
+	struct statfs sf;
+	int major = 0, minor = 0;
+	const char *env = getenv("POPBOX_MAILDIR_FSYNC");
+
+	if (env != NULL && env[0] != '\0' && strcmp(env, "0") != 0)
+		return false;
+	if (uname(&u) < 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+		return false;
+	if (major < 5 || (major == 5 && minor < 8))
+		return false;
+	if (fstatfs(dirfd, &sf) < 0)
+		return false;
+	switch ((unsigned long)sf.f_type) {
+	case EXT4_SUPER_MAGIC:		/* also ext2 and ext3 */
+	case XFS_SUPER_MAGIC:
+	case BTRFS_SUPER_MAGIC:
+	case TMPFS_MAGIC:		/* nothing to write; errors still reported */
+		return true;
+	}
+#else
+	(void)dirfd;
+#endif
+	return false;
+}
+
+static bool
+maildir_open_dirs(struct deliverer *d, struct fetch_error *err)
+{
+	char *tmp = xasprintf("%s/tmp", d->target), *new = xasprintf("%s/new", d->target);
+	bool ok = false;
+
+	/* opened before any message is written: syncfs() reports the errors
+	 * of writeback that happened after this open */
+	d->tmpfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (d->tmpfd < 0) {
+		disk_error(err, "cannot open", tmp);
+		goto out;
+	}
+	d->newfd = open(new, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (d->newfd < 0) {
+		disk_error(err, "cannot open", new);
+		close(d->tmpfd);
+		d->tmpfd = -1;
+		goto out;
+	}
+	d->use_syncfs = syncfs_is_enough(d->tmpfd);
+	ok = true;
+out:
+	free(tmp);
+	free(new);
+	return ok;
+}
+
 static bool
 maildir_begin(struct deliverer *d, const struct deliver_message *m, struct fetch_error *err)
 {
 	struct timeval tv;
-	char host[512];
 
-	if (d->seq == 0 && !maildir_prepare(d->target, err))
-		return false;
+	if (d->tmpfd < 0) {
+		char host[512];
+		if (!maildir_prepare(d->target, err) || !maildir_open_dirs(d, err))
+			return false;
+		maildir_hostname(host, sizeof(host));
+		free(d->host);
+		d->host = xstrdup(host);
+	}
 	gettimeofday(&tv, NULL);
-	maildir_hostname(host, sizeof(host));
 	d->seq++;
 	free(d->tmp_path);
 	d->tmp_path = xasprintf("%s/tmp/%lld.M%06ldP%ldQ%u%s%s.%s", d->target,
 	    (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), d->seq,
-	    m->marker ? "_pb" : "", m->marker ? m->marker : "", host);
+	    m->marker ? "_pb" : "", m->marker ? m->marker : "", d->host);
 	d->fd = open(d->tmp_path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (d->fd < 0)
 		return disk_error(err, "cannot create", d->tmp_path);
@@ -136,60 +216,138 @@ maildir_abort(struct deliverer *d)
 	d->fd = -1;
 	if (d->tmp_path != NULL)
 		unlink(d->tmp_path);
+	free(d->tmp_path);
+	d->tmp_path = NULL;
+}
+
+/* The message is whole in tmp/: keep it for the next sync(). */
+static bool
+maildir_end(struct deliverer *d, struct fetch_error *err)
+{
+	if (d->npending == d->cappending) {
+		d->cappending = d->cappending ? d->cappending * 2 : 64;
+		d->pending = xrealloc(d->pending, d->cappending * sizeof(*d->pending));
+	}
+	struct deliver_pending *p = &d->pending[d->npending++];
+	p->fd = d->fd;
+	p->tmp_path = d->tmp_path;
+	p->written = d->written;
+	d->fd = -1;
+	d->tmp_path = NULL;
+#ifdef __linux__
+	/* Start the writeback now, so that the sync mostly waits for work
+	 * already done (a hint: its errors surface at the sync). One syncfs
+	 * does better for a batch of small files on its own. */
+	if (!d->use_syncfs || p->written >= MAILDIR_EARLY_WRITEBACK)
+		(void)sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+#endif
+	return true;
+}
+
+/* Forget the batch: close and remove what is still in tmp/. */
+static void
+maildir_drop_pending(struct deliverer *d)
+{
+	for (size_t i = 0; i < d->npending; i++) {
+		struct deliver_pending *p = &d->pending[i];
+		if (p->fd >= 0)
+			close(p->fd);
+		if (p->tmp_path != NULL)
+			unlink(p->tmp_path);
+		free(p->tmp_path);
+	}
+	d->npending = 0;
+}
+
+/* reliability.md §3.4 for the whole batch: the data of every file is on
+ * disk (one syncfs, or an fsync per file) before any of them is linked
+ * into new/, and new/ is fsynced once after the last link. */
+static bool
+maildir_sync(struct deliverer *d, struct fetch_error *err)
+{
+	bool ok = true;
+	size_t i;
+
+	if (d->npending == 0)
+		return true;
+	if (d->use_syncfs) {
+		if (syncfs(d->tmpfd) < 0)
+			ok = disk_error(err, "cannot sync the file system of", d->target);
+	} else {
+		for (i = 0; ok && i < d->npending; i++)
+			if (fsync(d->pending[i].fd) < 0)
+				ok = disk_error(err, "cannot fsync", d->pending[i].tmp_path);
+	}
+	for (i = 0; i < d->npending; i++) {
+		struct deliver_pending *p = &d->pending[i];
+		if (close(p->fd) < 0 && ok)
+			ok = disk_error(err, "cannot close", p->tmp_path);
+		p->fd = -1;
+	}
+	for (i = 0; ok && i < d->npending; i++) {
+		struct deliver_pending *p = &d->pending[i];
+		const char *base = strrchr(p->tmp_path, '/') + 1;
+		char *final = xasprintf("%s/new/%s,S=%llu", d->target, base,
+		    (unsigned long long)p->written);
+		/* link() refuses to replace an existing file; fall back to
+		 * rename() on file systems without hard links (the name is
+		 * unique anyway). */
+		if (link(p->tmp_path, final) == 0) {
+			unlink(p->tmp_path);
+			free(p->tmp_path);
+			p->tmp_path = NULL;
+		} else if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP ||
+		    errno == EXDEV) {
+			if (rename(p->tmp_path, final) < 0) {
+				ok = disk_error(err, "cannot move message to", final);
+			} else {
+				free(p->tmp_path);
+				p->tmp_path = NULL;
+			}
+		} else {
+			ok = disk_error(err, "cannot move message to", final);
+		}
+		free(final);
+	}
+	/* whatever was not linked goes */
+	maildir_drop_pending(d);
+	if (!ok)
+		return false;
+	if (fsync(d->newfd) < 0) {
+		char *newdir = xasprintf("%s/new", d->target);
+		disk_error(err, "cannot fsync directory", newdir);
+		free(newdir);
+		return false;
+	}
+	return true;
 }
 
 static bool
 maildir_commit(struct deliverer *d, struct fetch_error *err)
 {
-	if (fsync(d->fd) < 0) {
-		disk_error(err, "cannot fsync", d->tmp_path);
-		maildir_abort(d);
-		return false;
-	}
-	int r = close(d->fd);
-	d->fd = -1;
-	if (r < 0) {
-		disk_error(err, "cannot close", d->tmp_path);
-		unlink(d->tmp_path);
-		return false;
-	}
-	const char *base = strrchr(d->tmp_path, '/') + 1;
-	char *final = xasprintf("%s/new/%s,S=%llu", d->target, base,
-	    (unsigned long long)d->written);
-	/* link() refuses to replace an existing file; fall back to rename()
-	 * on file systems without hard links (the name is unique anyway). */
-	if (link(d->tmp_path, final) == 0) {
-		unlink(d->tmp_path);
-	} else if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP || errno == EXDEV) {
-		if (rename(d->tmp_path, final) < 0) {
-			disk_error(err, "cannot move message to", final);
-			unlink(d->tmp_path);
-			free(final);
-			return false;
-		}
-	} else {
-		disk_error(err, "cannot move message to", final);
-		unlink(d->tmp_path);
-		free(final);
-		return false;
-	}
-	free(final);
-	char *newdir = xasprintf("%s/new", d->target);
-	r = fsync_dir(newdir);
-	if (r < 0)
-		disk_error(err, "cannot fsync directory", newdir);
-	free(newdir);
-	return r == 0;
+	return maildir_end(d, err) && maildir_sync(d, err);
 }
 
 static void
 maildir_close(struct deliverer *d)
 {
 	maildir_abort(d);
+	maildir_drop_pending(d);
+	free(d->pending);
+	d->pending = NULL;
+	d->cappending = 0;
+	if (d->tmpfd >= 0)
+		close(d->tmpfd);
+	if (d->newfd >= 0)
+		close(d->newfd);
+	d->tmpfd = d->newfd = -1;
+	free(d->host);
+	d->host = NULL;
 }
 
 const struct deliver_ops deliver_maildir_ops = {
 	"maildir", maildir_begin, maildir_write, maildir_commit, maildir_abort, maildir_close,
+	maildir_end, maildir_sync,
 };
 
 bool

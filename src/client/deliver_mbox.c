@@ -404,4 +404,5 @@ mbox_close(struct deliverer *d)
 
 const struct deliver_ops deliver_mbox_ops = {
 	"mbox", mbox_begin, mbox_write, mbox_commit, mbox_abort, mbox_close,
+	NULL, NULL,
 };

@@ -126,4 +126,5 @@ mda_close(struct deliverer *d)
 
 const struct deliver_ops deliver_mda_ops = {
 	"mda", mda_begin, mda_write, mda_commit, mda_abort, mda_close,
+	NULL, NULL,
 };

@@ -46,6 +46,14 @@
 #define FETCH_BODY_SLACK 65536
 /* Progress line refresh interval, in milliseconds. */
 #define FETCH_PROGRESS_MS 200
+/* Maildir batches: messages whole in tmp/ are made durable together (one
+ * sync, one fsync of new/) when the batch has this many messages or bytes,
+ * when it is this old, or when no RETR answer is left to read; only then
+ * are their DELEs sent. Bigger batches amortise the sync; these bound the
+ * work a crash redoes and how long a message waits to appear in new/. */
+#define FETCH_BATCH_MSGS 64
+#define FETCH_BATCH_BYTES (8 * 1024 * 1024)
+#define FETCH_BATCH_SEC 1.0
 
 struct fetch_options {
 	const char *config;
@@ -60,6 +68,7 @@ struct msg {
 	uint64_t size;
 	char *uidl;
 	bool listed, ambiguous, delivered, dele_sent, failed;
+	bool pending;           /* whole in tmp/, waiting for the batch sync */
 	uint8_t action;
 	char marker[17];
 };
@@ -86,6 +95,10 @@ struct run {
 	uint64_t bytes_planned, bytes_fetched;
 	double t0, last_progress, last_save;
 	size_t unsaved;
+	uint32_t *batch;        /* messages pending in the deliverer */
+	uint32_t nbatch;
+	uint64_t batch_bytes;
+	double batch_t0;
 	bool progress_on;
 	int soft_code;          /* mda failure status, reported at the end */
 	char soft_msg[1024];
@@ -437,10 +450,68 @@ retr_body(struct run *r, uint32_t i, struct fetch_error *err, struct fetch_error
 	}
 	if (!delivering)
 		return true;
+	if (r->d->ops->end != NULL) {
+		/* durable later, with its batch (sync_batch) */
+		if (!r->d->ops->end(r->d, local))
+			return true;
+		if (r->nbatch == 0)
+			r->batch_t0 = now_sec();
+		r->batch[r->nbatch++] = i;
+		r->batch_bytes += u.out_bytes;
+		m->pending = true;
+		return true;
+	}
 	if (!r->d->ops->commit(r->d, local))
 		return true;
 	m->delivered = true;
 	return true;
+}
+
+/* Message i is durable locally: count it, record it, queue its DELE. */
+static void
+delivered(struct run *r, uint32_t i, uint32_t *dq, uint32_t *dq_tail)
+{
+	struct msg *m = &r->m[i];
+	m->delivered = true;
+	r->n_fetched++;
+	if (r->have_uidl && !m->ambiguous) {
+		struct uidl_entry *e = uidl_state_add(&r->st, m->uidl, (int64_t)time(NULL), m->size);
+		e->first_seen = (int64_t)time(NULL);
+		e->on_server = true;
+		r->unsaved++;
+	}
+	if (!r->a->keep || r->a->keep_days == 0)
+		dq[(*dq_tail)++] = i;
+	else
+		r->n_kept++;
+}
+
+static bool
+batch_due(struct run *r, uint32_t retr_left)
+{
+	return r->nbatch >= FETCH_BATCH_MSGS || r->batch_bytes >= FETCH_BATCH_BYTES ||
+	    retr_left == 0 || now_sec() - r->batch_t0 >= FETCH_BATCH_SEC;
+}
+
+/* Make the pending batch durable; only then do its messages count as
+ * delivered and get their DELE queued. On failure none of them does. */
+static bool
+sync_batch(struct run *r, uint32_t *dq, uint32_t *dq_tail, struct fetch_error *local)
+{
+	bool ok = r->nbatch == 0 || r->d->ops->sync(r->d, local);
+	for (uint32_t k = 0; k < r->nbatch; k++) {
+		uint32_t i = r->batch[k];
+		r->m[i].pending = false;
+		if (ok) {
+			delivered(r, i, dq, dq_tail);
+		} else {
+			r->m[i].failed = true;
+			r->n_failed++;
+		}
+	}
+	r->nbatch = 0;
+	r->batch_bytes = 0;
+	return ok;
 }
 
 static bool
@@ -453,12 +524,24 @@ run_transaction(struct run *r, struct fetch_error *err)
 	unsigned head = 0, n_inflight = 0;
 	uint32_t *dq = xmalloc((r->count + 1) * sizeof(*dq));
 	uint32_t dq_head = 0, dq_tail = 0, next = 0;
+	uint32_t retr_left = r->n_fetch_planned;	/* RETR answers not yet read */
 	bool fatal_local = false;
 	bool ok = false;
 
+	r->batch = xmalloc((r->count + 1) * sizeof(*r->batch));
 	if (fetch_trace)
 		fprintf(stderr, "popbox: %s: pipelining %s\n", r->a->name, pipelining ? "on" : "off");
 	for (;;) {
+		if (r->nbatch > 0 && batch_due(r, retr_left)) {
+			struct fetch_error local = { 0 };
+			if (!sync_batch(r, dq, &dq_tail, &local)) {
+				/* a local disk problem: stop, delete nothing */
+				fatal_local = true;
+				*err = local;
+			} else if (!state_checkpoint(r, false, err)) {
+				fatal_local = true;
+			}
+		}
 		while (n_inflight < window && !fatal_local) {
 			uint8_t type;
 			uint32_t msgno;
@@ -504,6 +587,7 @@ run_transaction(struct run *r, struct fetch_error *err)
 			}
 			continue;
 		}
+		retr_left--;
 		if (st != POP3_OK) {
 			char clean[120];
 			str_sanitize(clean, sizeof(clean), s->text, strlen(s->text));
@@ -537,7 +621,7 @@ run_transaction(struct run *r, struct fetch_error *err)
 		}
 		if (!retr_body(r, i, err, &local))
 			goto out;
-		if (!m->delivered) {
+		if (!m->delivered && !m->pending) {
 			m->failed = true;
 			r->n_failed++;
 			if (r->a->deliver_kind == DELIVER_MDA && local.code != EX_OSERR) {
@@ -551,30 +635,38 @@ run_transaction(struct run *r, struct fetch_error *err)
 				}
 				continue;
 			}
-			/* a local disk problem: stop, delete nothing in this session */
+			/* a local disk problem: stop, delete nothing in this session;
+			 * the batch waiting for its sync is dropped (never visible,
+			 * removed from tmp/ when the deliverer closes) */
 			fatal_local = true;
 			*err = local;
+			for (uint32_t k = 0; k < r->nbatch; k++) {
+				r->m[r->batch[k]].pending = false;
+				r->m[r->batch[k]].failed = true;
+				r->n_failed++;
+			}
+			r->nbatch = 0;
+			r->batch_bytes = 0;
 			continue;
 		}
-		r->n_fetched++;
-		if (r->have_uidl && !m->ambiguous) {
-			struct uidl_entry *e = uidl_state_add(&r->st, m->uidl, (int64_t)time(NULL), m->size);
-			e->first_seen = (int64_t)time(NULL);
-			e->on_server = true;
-			r->unsaved++;
-		}
-		if (!state_checkpoint(r, false, err)) {
+		if (m->pending)
+			continue;	/* delivered(), queued by sync_batch() */
+		delivered(r, i, dq, &dq_tail);
+		if (!state_checkpoint(r, false, err))
 			fatal_local = true;
-			continue;
-		}
-		if (!r->a->keep || r->a->keep_days == 0)
-			dq[dq_tail++] = i;
-		else
-			r->n_kept++;
 	}
 	ok = !fatal_local;
 out:
+	if (r->nbatch > 0) {
+		/* the connection failed: keep what arrived whole (no DELE can
+		 * follow; the next run finds the markers and deletes them) */
+		struct fetch_error local = { 0 };
+		if (!sync_batch(r, dq, &dq_tail, &local) && err->code == 0)
+			*err = local;
+	}
 	free(dq);
+	free(r->batch);
+	r->batch = NULL;
 	return ok;
 }
 

@@ -3,9 +3,12 @@ SIGKILL at the N-th relevant system call of a Maildir delivery, by strace
 fault injection, for every N, then a run to completion.
 
 The syscalls are not guessed: one recording run under strace lists what a
-5-message fetch really does (fsync of each file, of new/ and of the state
-directory; link tmp/→new/; unlink of the tmp name; rename of the state file;
-write of each DELE/QUIT and of the state file). Then for each of them, and
+5-message fetch really does. The five messages are one batch: written in
+tmp/, made durable together (one syncfs() on a local file system that
+qualifies, or an fsync of each file: both modes are run), linked into new/,
+new/ fsynced once, and only then a DELE for each; plus the fsyncs of the
+state directory, the unlink of each tmp name, the rename of the state file,
+the write of each DELE/QUIT and of the state file. Then for each of them, and
 for every N up to its count, a fresh 5-message mailbox is fetched with
 `-e inject=SYSCALL:signal=SIGKILL:when=N` (strace kills the client on entry
 to that call, before it runs). Socket writes are picked out of all writes by
@@ -16,10 +19,19 @@ After each kill: every message is on the server or in new/ (never neither),
 never twice locally. After the run to completion: every message delivered
 exactly once, byte-exact; the server is empty (delete mode) or unchanged
 with a state file naming exactly the server's UIDLs (keep mode). A tmp/ file
-left by the killed run is allowed (a SIGKILLed process cannot clean up; the
-Maildir rule is that readers ignore tmp/ and delete files older than 36 h):
-the next run ignores it (it does not count as delivered) and leaves none of
-its own.
+left by the killed run is allowed, up to one batch of them (a SIGKILLed
+process cannot clean up; the Maildir rule is that readers ignore tmp/ and
+delete files older than 36 h): the next run ignores them (they do not count
+as delivered) and leaves none of its own.
+
+The recording also serves as a trace-order oracle (reliability.md §4.8 item
+5a): with strace -y, every data write of a message is followed by the sync
+of its file (syncfs, or fsync of that file) before its link into new/, every
+link by an fsync of new/, and all of that before the first DELE.
+
+test_sigkill_at_batch_boundaries does the same for a fetch of several
+batches at the points between them: each sync, the first and last link of
+each batch, each fsync of new/ and the first DELE write after each batch.
 """
 
 import os
@@ -37,14 +49,16 @@ pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="strace is not installed")
 
 NMSG = 5
-TRACED = "fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,write,sendto,sendmsg"
-DEADLINE_SEC = 55   # the whole file stays bounded even on a slow machine
+TRACED = ("fsync,fdatasync,syncfs,sync_file_range,rename,renameat,renameat2,link,linkat,"
+          "unlink,unlinkat,write,sendto,sendmsg")
+BATCH = 64          # FETCH_BATCH_MSGS in src/client/fetch.c
+DEADLINE_SEC = 55   # each test stays bounded even on a slow machine
 
 SYSCALL_RE = re.compile(r'^(\d+) +(\w+)\((.*)$')
 
 
-def strace_run(client, log, extra):
-    cmd = ["strace", "-f", "-o", log, "-e", "trace=" + TRACED] + extra + [
+def strace_run(client, log, extra, trace=TRACED):
+    cmd = ["strace", "-f", "-o", log, "-e", "trace=" + trace] + extra + [
         client.bin, "fetch", "--quiet"]
     # LeakSanitizer cannot run under ptrace (make sanitize): leaks are
     # checked by the other suites, here only the crash points matter
@@ -128,13 +142,16 @@ def clear_server(mb):
 
 
 class Cycle:
-    """One fresh local Maildir + client home + 5 fresh messages on the server."""
+    """One fresh local Maildir + client home + nmsg fresh messages on the server."""
 
-    def __init__(self, tmp_path, mailbox, idx, keep):
+    def __init__(self, tmp_path, mailbox, idx, keep, sync="auto", nmsg=NMSG):
         self.dir = tmp_path / ("c%03d" % idx)
         self.client = Client(str(self.dir / "home"))
+        if sync == "fsync":
+            self.client.env["POPBOX_MAILDIR_FSYNC"] = "1"
         self.maildir = self.dir / "Mail"
-        self.msgs = [make_message(idx * 100 + i, body_size=200 + 150 * i) for i in range(NMSG)]
+        self.msgs = [make_message(idx * 1000 + i, body_size=200 + 150 * (i % 10))
+                     for i in range(nmsg)]
         mailbox.deliver_many(self.msgs)
         keys = {"host": "127.0.0.1", "port": str(mailbox.dovecot.pop3_port), "tls": "off",
                 "allow_plaintext": "yes", "user": mailbox.user, "password": mailbox.password,
@@ -165,36 +182,101 @@ def check_after_kill(cyc, mailbox, what):
 
 def check_tmp(cyc, killed_pid, what):
     for n in cyc.tmp_files():
-        # only the killed run may have left one (at most one in flight)
+        # only the killed run may have left some (at most one batch)
         assert re.search(r"P%dQ\d" % killed_pid, n), (
             "tmp/%s not from the killed run (kill at %s)" % (n, what))
-    assert len(cyc.tmp_files()) <= 1, (what, cyc.tmp_files())
+    assert len(cyc.tmp_files()) <= BATCH, (what, cyc.tmp_files())
 
 
-def run_crash_matrix(tmp_path, mailbox, keep):
-    t0 = time.monotonic()
-    # the recording run: what a 5-message fetch really calls
-    rec = Cycle(tmp_path, mailbox, 0, keep)
+def check_trace_order(log):
+    """The trace-order oracle on an strace -y recording: for each message
+    file, data write < sync < link < fsync(new/) < first DELE write."""
+    with open(log, errors="replace") as f:
+        lines = [ln for ln in f.read().splitlines() if SYSCALL_RE.match(ln)]
+    fd_file = {}          # fd -> tmp path, while open for writing
+    written = {}          # tmp path -> index of its last data write
+    synced = {}           # tmp path -> index of the sync covering it
+    linked = []           # (index, tmp path)
+    new_fsyncs, deles = [], []
+    for k, ln in enumerate(lines):
+        name, args = SYSCALL_RE.match(ln).group(2, 3)
+        m = re.match(r'(\d+)<([^>]*)>', args)
+        path = m.group(2) if m else ""
+        if name == "write" and "/Mail/tmp/" in path:
+            fd_file[m.group(1)] = path
+            written[path] = k
+        elif name == "write" and re.search(r'"DELE \d', args):
+            deles.append((k, int(re.search(r'"DELE (\d+)', args).group(1))))
+        elif name == "syncfs":
+            for p in written:
+                synced.setdefault(p, k)
+        elif name == "fsync" and "/Mail/tmp/" in path:
+            synced.setdefault(path, k)
+        elif name == "fsync" and path.endswith("/Mail/new"):
+            new_fsyncs.append(k)
+        elif name == "link":
+            src = re.match(r'"([^"]*)"', args).group(1)
+            linked.append((k, src))
+    assert linked, "no link in the recording"
+    for k, src in linked:
+        assert src in written and written[src] < synced.get(src, 10**9) < k, (
+            "%s linked before its data was synced" % src)
+        assert any(f > k for f in new_fsyncs), "%s linked, new/ never fsynced" % src
+    # every message is fetched, in order: message n is the n-th link
+    for d, n in deles:
+        k = linked[n - 1][0]
+        assert any(k < f < d for f in new_fsyncs), "DELE %d before its link was durable" % n
+    return lines
+
+
+def record(tmp_path, mailbox, keep, sync, nmsg=NMSG):
+    """The recording run: what an nmsg-message fetch really calls. Checks
+    the trace order on a second, strace -y, recording."""
+    rec = Cycle(tmp_path, mailbox, 0, keep, sync, nmsg)
     p, calls, killed, _ = strace_run(rec.client, str(rec.dir / "rec.strace"), [])
     assert p.returncode == 0 and not killed, p.stderr
+    if keep:
+        clear_server(mailbox)
+    orc = Cycle(tmp_path, mailbox, 9999, keep, sync, nmsg)
+    log = str(orc.dir / "order.strace")
+    p, _, _, _ = strace_run(orc.client, log, ["-y"], trace="write,fsync,syncfs,link")
+    assert p.returncode == 0, p.stderr
+    check_trace_order(log)
+    if keep:
+        clear_server(mailbox)
     names = {c[0] for c in calls}
     # the Maildir delivery in this build: fsync + link + unlink (+ rename of
     # the state file); the *at variants are unused, sendto too (plain write)
     assert {"fsync", "link", "unlink", "rename", "write"} <= names, names
+    if sync == "fsync":
+        assert "syncfs" not in names, names
+    return calls
+
+
+def run_crash_matrix(tmp_path, mailbox, keep, sync="auto"):
+    t0 = time.monotonic()
+    calls = record(tmp_path, mailbox, keep, sync)
     points = injection_points(calls)
     per = {}
     for name, _, _ in points:
         per[name] = per.get(name, 0) + 1
-    assert per["fsync"] >= 2 * NMSG and per["link"] == NMSG, per
+    # one batch: one sync for all five (syncfs, or one fsync per file), one
+    # fsync of new/, then the state directory
+    if "syncfs" in per:
+        assert per["syncfs"] == 1 and per["fsync"] >= 2, per
+    else:
+        assert per["fsync"] >= NMSG + 2, per
+    assert per["link"] == NMSG, per
     assert sum(1 for nm, _, a in points if nm == "write" and "DELE" in a) == (0 if keep else NMSG)
-    if keep:
-        clear_server(mailbox)
+    return run_points(tmp_path, mailbox, keep, sync, points, NMSG, t0), per
 
+
+def run_points(tmp_path, mailbox, keep, sync, points, nmsg, t0):
     results, stale_cases = [], []
     for idx, (name, n, what) in enumerate(points, start=1):
         assert time.monotonic() - t0 < DEADLINE_SEC, "crash matrix too slow at %d/%d" % (
             idx, len(points))
-        cyc = Cycle(tmp_path, mailbox, idx, keep)
+        cyc = Cycle(tmp_path, mailbox, idx, keep, sync, nmsg)
         label = "%s #%d %s" % (name, n, what)
         p, _, killed, pid = strace_run(
             cyc.client, str(cyc.dir / "kill.strace"),
@@ -210,9 +292,9 @@ def run_crash_matrix(tmp_path, mailbox, keep):
         entries = [ln.split() for ln in state if ln and not ln.startswith("#")]
         if keep:
             on_server = server_uidls(mailbox.dovecot, mailbox)
-            assert len(on_server) == NMSG
+            assert len(on_server) == nmsg
             assert {e[2]: int(e[1]) for e in entries} == on_server, label
-            assert len(entries) == NMSG, "duplicate state entries after kill at %s" % label
+            assert len(entries) == nmsg, "duplicate state entries after kill at %s" % label
             again = cyc.client.fetch(check=0)
             assert "fetched 0" in again.out, label
             clear_server(mailbox)
@@ -223,7 +305,7 @@ def run_crash_matrix(tmp_path, mailbox, keep):
                 # deleted them. A run that finds the server empty sends no UIDL
                 # and keeps these stale lines; they are harmless (nothing on the
                 # server matches) and the next run that lists messages prunes them.
-                assert len({e[2] for e in entries}) == len(entries) <= NMSG, label
+                assert len({e[2] for e in entries}) == len(entries) <= nmsg, label
                 extra = make_message(idx * 100 + 99)
                 mailbox.deliver(extra)
                 finish(cyc.client)
@@ -235,13 +317,49 @@ def run_crash_matrix(tmp_path, mailbox, keep):
     return results, stale_cases
 
 
-def test_sigkill_at_every_delivery_syscall_delete_mode(tmp_path, mailbox):
-    done, stale = run_crash_matrix(tmp_path, mailbox, keep=False)
+@pytest.mark.parametrize("sync", ["auto", "fsync"])
+def test_sigkill_at_every_delivery_syscall_delete_mode(tmp_path, mailbox, sync):
+    (done, stale), per = run_crash_matrix(tmp_path, mailbox, keep=False, sync=sync)
     assert any(d.startswith("write") for d in done)
+    # the batch points: written in tmp/ but not synced (at the sync), synced
+    # but not linked (first link), linked but no DELE (fsync of new/, DELE)
+    assert any(d.startswith("syncfs #1" if "syncfs" in per else "fsync #1") for d in done)
+    assert any(d.startswith("link #1") for d in done)
+    assert any(d.startswith("write") and "DELE" in d for d in done)
     print("%d crash points; stale state lines (pruned next run) after: %s" % (len(done), stale))
 
 
 def test_sigkill_at_every_delivery_syscall_keep_mode(tmp_path, mailbox):
-    done, _ = run_crash_matrix(tmp_path, mailbox, keep=True)
+    (done, _), _ = run_crash_matrix(tmp_path, mailbox, keep=True)
     assert any(d.startswith("rename") for d in done)
     print("%d crash points" % len(done))
+
+
+def test_sigkill_at_batch_boundaries(tmp_path, mailbox):
+    """A fetch of 2.5 batches: kill at each sync, at the first and last link
+    of each batch, at each fsync, at the first DELE after each batch."""
+    t0 = time.monotonic()
+    nmsg = 2 * BATCH + BATCH // 2
+    calls = record(tmp_path, mailbox, False, "auto", nmsg)
+    counts, points, last = {}, [], {}
+    dele_seen = False
+    for name, args in calls:
+        counts[name] = counts.get(name, 0) + 1
+        n = counts[name]
+        if name in ("syncfs", "fsync"):
+            points.append((name, n, short(args)))
+            dele_seen = False
+        elif name == "link":
+            if n % BATCH in (0, 1):
+                points.append((name, n, short(args)))
+            last["link"] = (name, n, short(args))
+        elif name == "write" and re.match(r'\d+, "DELE ', args) and not dele_seen:
+            points.append((name, n, short(args)))
+            dele_seen = True
+    points.append(last["link"])
+    points = sorted(set(points), key=lambda p: (p[0], p[1]))
+    batches = counts.get("syncfs", 0) or 3
+    assert batches == 3 and counts["link"] == nmsg, counts
+    assert sum(1 for p in points if p[0] == "write") == 3, points
+    done, _ = run_points(tmp_path, mailbox, False, "auto", points, nmsg, t0)
+    print("%d crash points: %s" % (len(done), done))
