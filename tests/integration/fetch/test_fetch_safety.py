@@ -158,3 +158,50 @@ def test_kill_9_during_keep_mode_fetch(client, mailbox, account_conf, tmp_path):
     counts = digest_counts(read_maildir(str(tmp_path / "Mail")).values())
     assert counts == digest_counts(expected)
     assert mailbox.count() == 200
+
+
+@pytest.fixture
+def tmpfs_384k(tmp_path):
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "popbox-test", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("mount not permitted here: %s" % r.stderr.decode().strip())
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("sync", ["auto", "fsync"])
+def test_disk_full_in_the_middle_of_a_batch_deletes_nothing_undurable(client, tmpfs_384k,
+                                                                       sync):
+    """Maildir batches of 64: 100 messages of one 4 KiB page each on a
+    384 KiB tmpfs; the first batch fits, the second fails in its middle.
+    Every DELE the server received names a message that is in new/; no
+    message of the failed batch is in new/ or left in tmp/; no QUIT."""
+    from fake_pop3 import FakePop3
+    msgs = [make_message(i, body_size=3000) for i in range(100)]
+    srv = FakePop3(messages=msgs, capa=("USER", "UIDL", "TOP", "PIPELINING"))
+    if sync == "fsync":
+        client.env["POPBOX_MAILDIR_FSYNC"] = "1"
+    target = tmpfs_384k / "Mail"
+    try:
+        p = client.fetch("--host", "127.0.0.1", "--port", str(srv.port), "--tls", "off",
+                         "--allow-plaintext", "--user", "u", "--password-command", "echo pw",
+                         "--deliver", "maildir:%s" % target, "--timeout", "5", check=74)
+    finally:
+        srv.stop()
+    assert "No space left on device" in p.err and "nothing deleted" in p.err, p.err
+    got = digest_counts(read_maildir(str(target)).values())
+    index = {h: i for i, h in enumerate(digest_counts([m]).popitem()[0] for m in msgs)}
+    present = {index[h] for h in got}
+    assert 0 < len(present) < len(msgs), len(present)
+    deles = [int(c.split()[1]) - 1 for c in srv.received if c.startswith("DELE")]
+    assert deles and set(deles) <= present, "DELE of a message that is not durable locally"
+    # whole batches only: the first batch, not a part of the second
+    assert present == set(range(64)), sorted(present)
+    assert "QUIT" not in srv.received
+    assert srv.deleted == set()
+    assert os.listdir(str(target / "tmp")) == []
