@@ -73,5 +73,8 @@ const struct store_backend *store_backend_for(const char *location, const char *
 char *maildir_uidl_from_name(const char *base, size_t len);
 
 extern const struct store_backend store_maildir;
+/* How old the ctime of new/ and cur/ must be before popbox.index records it
+ * (store_maildir.c); a variable only so that tests can shorten it. */
+extern unsigned store_maildir_settle_ms;
 
 #endif

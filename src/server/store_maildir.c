@@ -6,8 +6,14 @@
  * or unlinks outside it (reliability §4.5 #49).
  *
  * Sizes come from the file through the wire encoder, cached in popbox.index so
- * that logging in to a big maildrop does not read every message. The cache
- * only ever supplies sizes: which messages exist is always what readdir says.
+ * that logging in to a big maildrop does not read every message. The index
+ * also records the inode and change time (ctime) of new/ and cur/ as they
+ * were before a complete, clean scan; while both are unchanged, the scan's
+ * result is the index itself and readdir is skipped (docs/DESIGN.md). A
+ * ctime cannot be set back by utimes(), and any link, unlink or rename in a
+ * directory moves it, so an unchanged ctime means the same entries; one
+ * less than store_maildir_settle_ms old when the scan began is not recorded
+ * (a change in the same clock tick would not move it).
  */
 #include "server/store.h"
 #include "server/lock.h"
@@ -23,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Bounds the memory of one session (~150 bytes per message) and the time a
@@ -39,10 +46,15 @@
 #define MAILDIR_INDEX_TMP_NAME "popbox.index.tmp"
 /* First line of the index; bump the number when the format changes, so an
  * old or foreign file is rebuilt instead of misread. */
-#define MAILDIR_INDEX_HEADER "popbox-index 1"
-/* Longest valid index line: 20-digit size, space, a NAME_MAX-byte name with
- * every byte %-escaped, newline. Longer means damage. */
-#define MAILDIR_INDEX_LINE_MAX (20 + 1 + 3 * NAME_MAX + 1)
+#define MAILDIR_INDEX_HEADER "popbox-index 2"
+/* Version 1 (base names, no directories) still supplies sizes, so an
+ * upgrade does not read every message again. */
+#define MAILDIR_INDEX_HEADER_V1 "popbox-index 1"
+/* See the top of the file; tests shorten it. */
+unsigned store_maildir_settle_ms = 2000;
+/* Longest valid index line: 20-digit size, " n " or " c ", a NAME_MAX-byte
+ * name with every byte %-escaped, newline. Longer means damage. */
+#define MAILDIR_INDEX_LINE_MAX (20 + 3 + 3 * NAME_MAX + 1)
 /* Read size when computing a message's wire size: large enough that syscall
  * cost vanishes, small enough for a worker thread's stack-free heap buffer. */
 #define MAILDIR_READ_CHUNK (64 * 1024)
@@ -90,11 +102,21 @@ struct maildir_entry {
 };
 
 struct maildir_index_entry {
-	char *base;               /* in maildir_index.text, NUL-terminated */
-	size_t base_len;
+	char *base;               /* file name, in maildir_index.text */
+	size_t base_len;          /* up to the first ':' */
+	size_t name_len;          /* the whole file name */
 	uint64_t time;            /* as maildir_entry.time */
 	uint64_t size;
+	enum maildir_subdir subdir;
 	bool used;
+};
+
+/* What new/ and cur/ were when a clean scan began. */
+struct maildir_dirs {
+	bool known;
+	uint64_t ino[MAILDIR_SUBDIRS];
+	int64_t ctime_sec[MAILDIR_SUBDIRS];
+	long ctime_nsec[MAILDIR_SUBDIRS];
 };
 
 /* popbox.index as read: the file's text (names unescaped in place) and its
@@ -104,6 +126,8 @@ struct maildir_index {
 	char *text;
 	struct maildir_index_entry *entries;
 	size_t count;
+	struct maildir_dirs dirs;
+	bool v1;                  /* the old format: to be rewritten */
 };
 
 struct maildir_base_key {
@@ -227,10 +251,10 @@ store_maildir_index_needs_escape(unsigned char c)
 }
 
 
-/* Parse "SIZE NAME" (NAME escaped), unescaping NAME in place. Returns false
- * on any deviation. */
+/* Parse "SIZE n|c NAME" (NAME escaped: the file name in new/ or cur/),
+ * unescaping NAME in place. Returns false on any deviation. */
 static bool
-store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
+store_maildir_index_parse_line(char *line, struct maildir_index_entry *e, bool v1)
 {
 	char *sp = strchr(line, ' ');
 	char *name, *out;
@@ -240,7 +264,16 @@ store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
 	*sp = '\0';
 	if (!parse_u64(line, UINT64_MAX, &e->size))
 		return false;
-	name = sp + 1;
+	if (v1) {
+		name = sp + 1;    /* a base name: cannot hold ':' */
+		if (strchr(name, ':') != NULL)
+			return false;
+	} else {
+		if ((sp[1] != 'n' && sp[1] != 'c') || sp[2] != ' ')
+			return false;
+		e->subdir = sp[1] == 'n' ? MAILDIR_NEW : MAILDIR_CUR;
+		name = sp + 3;
+	}
 	if (*name == '\0')
 		return false;
 	/* Most names have no escape: the part before the first '%' is taken as
@@ -261,20 +294,48 @@ store_maildir_index_parse_line(char *line, struct maildir_index_entry *e)
 			if (!store_maildir_index_needs_escape(c) || c == '\0' || c == '/')
 				goto bad;   /* not how we write it: damage */
 			p += 2;
-		} else if (store_maildir_index_needs_escape(c) || c == '/' || c == ':') {
+		} else if (store_maildir_index_needs_escape(c) || c == '/') {
 			goto bad;
 		}
 		*out++ = (char)c;
 	}
 	*out = '\0';
-	e->base_len = (size_t)(out - e->base);
-	if (memchr(e->base, ':', e->base_len) != NULL)
+	e->name_len = (size_t)(out - e->base);
+	if (memchr(e->base, '/', e->name_len) != NULL)
 		goto bad;
+	e->base_len = store_maildir_base_len(e->base);
+	if (e->base_len == 0 || e->base[0] == '.')
+		goto bad;         /* the scan never lists such a name */
 	e->time = store_maildir_name_time(e->base);
 	return true;
 bad:
 	e->base = NULL;
 	return false;
+}
+
+/* "dirs -", or "dirs INO SEC NSEC INO SEC NSEC" for new/ then cur/. */
+static bool
+store_maildir_index_parse_dirs(const char *line, struct maildir_dirs *d)
+{
+	unsigned long long ino[2], sec[2];
+	long nsec[2];
+	int end = -1;
+
+	memset(d, 0, sizeof(*d));
+	if (strcmp(line, "dirs -") == 0)
+		return true;
+	if (sscanf(line, "dirs %llu %llu %ld %llu %llu %ld%n", &ino[0], &sec[0], &nsec[0],
+	    &ino[1], &sec[1], &nsec[1], &end) != 6 || end < 0 || line[end] != '\0')
+		return false;
+	for (int i = 0; i < MAILDIR_SUBDIRS; i++) {
+		if (nsec[i] < 0 || nsec[i] > 999999999 || sec[i] > INT64_MAX)
+			return false;
+		d->ino[i] = ino[i];
+		d->ctime_sec[i] = (int64_t)sec[i];
+		d->ctime_nsec[i] = nsec[i];
+	}
+	d->known = true;
+	return true;
 }
 
 /* Read popbox.index. Missing, damaged or foreign: returns false (the caller
@@ -331,9 +392,21 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 		if (ended)
 			goto done;       /* data after the end line */
 		if (!header) {
+			if (strcmp(line, MAILDIR_INDEX_HEADER_V1) == 0) {
+				header = index->v1 = true;
+				continue;
+			}
 			if (strcmp(line, MAILDIR_INDEX_HEADER) != 0)
 				goto done;
 			header = true;
+			/* the dirs line comes next */
+			nl = memchr(nl + 1, '\n', (size_t)(index->text + len - (nl + 1)));
+			if (nl == NULL)
+				goto done;
+			*nl = '\0';
+			line += strlen(line) + 1;
+			if (!store_maildir_index_parse_dirs(line, &index->dirs))
+				goto done;
 			continue;
 		}
 		if (strncmp(line, "end ", 4) == 0) {
@@ -352,7 +425,7 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 		}
 		struct maildir_index_entry *e = &index->entries[index->count];
 		memset(e, 0, sizeof(*e));
-		if (!store_maildir_index_parse_line(line, e))
+		if (!store_maildir_index_parse_line(line, e, index->v1))
 			goto done;
 		index->count++;
 	}
@@ -398,7 +471,7 @@ store_maildir_index_write_name(FILE *fp, const char *base, size_t len)
  * speed at the next login, so it is logged, not returned. */
 static void
 store_maildir_index_write(struct maildir_store *ms, const struct maildir_entry *entries,
-    size_t count)
+    size_t count, const struct maildir_dirs *dirs)
 {
 	FILE *fp;
 	int fd;
@@ -416,9 +489,17 @@ store_maildir_index_write(struct maildir_store *ms, const struct maildir_entry *
 		goto fail;
 	}
 	fprintf(fp, "%s\n", MAILDIR_INDEX_HEADER);
+	if (dirs->known)
+		fprintf(fp, "dirs %llu %lld %ld %llu %lld %ld\n",
+		    (unsigned long long)dirs->ino[MAILDIR_NEW], (long long)dirs->ctime_sec[MAILDIR_NEW],
+		    dirs->ctime_nsec[MAILDIR_NEW], (unsigned long long)dirs->ino[MAILDIR_CUR],
+		    (long long)dirs->ctime_sec[MAILDIR_CUR], dirs->ctime_nsec[MAILDIR_CUR]);
+	else
+		fputs("dirs -\n", fp);
 	for (size_t i = 0; i < count; i++) {
-		fprintf(fp, "%llu ", (unsigned long long)entries[i].size);
-		store_maildir_index_write_name(fp, entries[i].file, entries[i].base_len);
+		fprintf(fp, "%llu %c ", (unsigned long long)entries[i].size,
+		    entries[i].subdir == MAILDIR_NEW ? 'n' : 'c');
+		store_maildir_index_write_name(fp, entries[i].file, strlen(entries[i].file));
 		putc('\n', fp);
 	}
 	fprintf(fp, "end %zu\n", count);
@@ -501,7 +582,8 @@ store_maildir_entries_free(struct maildir_entry *entries, size_t count)
  * that vanishes meanwhile is simply not there. */
 static enum store_status
 store_maildir_scan_dir(struct maildir_store *ms, enum maildir_subdir sub,
-    struct maildir_entry **entries, size_t *count, size_t *alloc, char **error_r)
+    struct maildir_entry **entries, size_t *count, size_t *alloc, size_t *skipped,
+    char **error_r)
 {
 	const char *subname = maildir_subdir_names[sub];
 	struct dirent *d;
@@ -551,6 +633,7 @@ store_maildir_scan_dir(struct maildir_store *ms, enum maildir_subdir sub,
 				store_maildir_log_name(name, sizeof(name), d->d_name);
 				log_warnx("maildir %s: %s/%s is not a regular file, skipped",
 				    ms->path, subname, name);
+				(*skipped)++;
 				continue;
 			}
 		}
@@ -580,28 +663,101 @@ store_maildir_scan_dir(struct maildir_store *ms, enum maildir_subdir sub,
 	return STORE_OK;
 }
 
+/* Inode and ctime of new/ and cur/, taken before a scan reads them. */
+static bool
+store_maildir_dirs_now(struct maildir_store *ms, struct maildir_dirs *d)
+{
+	memset(d, 0, sizeof(*d));
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+		struct stat st;
+		if (fstat(ms->sub_fd[sub], &st) < 0)
+			return false;
+		d->ino[sub] = (uint64_t)st.st_ino;
+		d->ctime_sec[sub] = (int64_t)st.st_ctim.tv_sec;
+		d->ctime_nsec[sub] = st.st_ctim.tv_nsec;
+	}
+	d->known = true;
+	return true;
+}
+
+static bool
+store_maildir_dirs_equal(const struct maildir_dirs *a, const struct maildir_dirs *b)
+{
+	if (!a->known || !b->known)
+		return false;
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++)
+		if (a->ino[sub] != b->ino[sub] || a->ctime_sec[sub] != b->ctime_sec[sub] ||
+		    a->ctime_nsec[sub] != b->ctime_nsec[sub])
+			return false;
+	return true;
+}
+
+/* Both ctimes at least store_maildir_settle_ms before now (so not in the
+ * future either): worth recording. */
+static bool
+store_maildir_dirs_settled(const struct maildir_dirs *d, const struct timespec *now)
+{
+	int64_t now_ms = (int64_t)now->tv_sec * 1000 + now->tv_nsec / 1000000;
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+		int64_t c_ms = d->ctime_sec[sub] * 1000 + d->ctime_nsec[sub] / 1000000;
+		if (c_ms > now_ms - (int64_t)store_maildir_settle_ms)
+			return false;
+	}
+	return true;
+}
+
+/* The directories are as a clean scan saw them: its result is the index. */
+static void
+store_maildir_load_index(struct maildir_store *ms, const struct maildir_index *index)
+{
+	ms->store.messages = xcalloc(index->count, sizeof(*ms->store.messages));
+	ms->store.count = (uint32_t)index->count;
+	ms->store.total_size = 0;
+	for (size_t i = 0; i < index->count; i++) {
+		const struct maildir_index_entry *e = &index->entries[i];
+		struct store_message *m = &ms->store.messages[i];
+		m->uidl = maildir_uidl_from_name(e->base, e->base_len);
+		m->size = e->size;
+		m->name = xmalloc(MAILDIR_SUBDIR_PREFIX_LEN + e->name_len + 1);
+		memcpy(m->name, maildir_subdir_names[e->subdir], MAILDIR_SUBDIR_PREFIX_LEN - 1);
+		m->name[MAILDIR_SUBDIR_PREFIX_LEN - 1] = '/';
+		memcpy(m->name + MAILDIR_SUBDIR_PREFIX_LEN, e->base, e->name_len + 1);
+		ms->store.total_size += m->size;
+	}
+}
+
 static enum store_status
 store_maildir_scan(struct maildir_store *ms, char **error_r)
 {
 	struct maildir_entry *entries = NULL;
 	struct maildir_index index;
-	size_t count = 0, alloc = 0, kept = 0, computed = 0, used = 0, ic = 0;
-	bool index_valid;
+	struct maildir_dirs dirs;
+	struct timespec now;
+	size_t count = 0, alloc = 0, kept = 0, computed = 0, used = 0, ic = 0, skipped = 0;
+	bool index_valid, dirs_ok;
 	char *inbuf = NULL, *outbuf = NULL;
 	enum store_status status;
 
+	clock_gettime(CLOCK_REALTIME, &now);
+	dirs_ok = store_maildir_dirs_now(ms, &dirs);
+	index_valid = store_maildir_index_read(ms, &index);
+	if (index_valid && dirs_ok && store_maildir_dirs_equal(&index.dirs, &dirs)) {
+		store_maildir_load_index(ms, &index);
+		store_maildir_index_free(&index);
+		return STORE_OK;
+	}
+
 	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
 		status = store_maildir_scan_dir(ms, (enum maildir_subdir)sub, &entries,
-		    &count, &alloc, error_r);
+		    &count, &alloc, &skipped, error_r);
 		if (status != STORE_OK) {
 			store_maildir_entries_free(entries, count);
+			store_maildir_index_free(&index);
 			return status;
 		}
 	}
 	if (count > 0)
 		qsort(entries, count, sizeof(*entries), store_maildir_entry_cmp);
-
-	index_valid = store_maildir_index_read(ms, &index);
 
 	/* One pass in final order: keep one readable file per base name, take
 	 * its size from the cache or the file. Entries are compacted in place;
@@ -651,6 +807,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 				store_maildir_log_name(name, sizeof(name), e.file);
 				if (saved == ENOENT) {
 					/* Vanished since readdir: not there. */
+					skipped++;
 				} else if (saved == EACCES || saved == EPERM ||
 				    saved == ELOOP || saved == EINVAL) {
 					/* Unreadable or not a file: it stays in
@@ -658,6 +815,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 					errno = saved;
 					log_warn("maildir %s: %s/%s skipped", ms->path,
 					    maildir_subdir_names[e.subdir], name);
+					skipped++;
 				} else {
 					*error_r = xasprintf("maildir %s: read %s/%s: %s",
 					    ms->path, maildir_subdir_names[e.subdir],
@@ -679,8 +837,13 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	}
 	count = kept;
 
-	if (!index_valid || computed > 0 || used != index.count)
-		store_maildir_index_write(ms, entries, count);
+	/* Record the directories only for a scan that saw every entry as a
+	 * message (no hidden copy, nothing skipped, nothing vanished). */
+	if (!dirs_ok || ms->n_dups > 0 || skipped > 0 || !store_maildir_dirs_settled(&dirs, &now))
+		dirs.known = false;
+	if (!index_valid || computed > 0 || used != index.count || dirs.known ||
+	    index.dirs.known || index.v1)
+		store_maildir_index_write(ms, entries, count, &dirs);
 
 	ms->store.messages = xcalloc(count, sizeof(*ms->store.messages));
 	ms->store.count = (uint32_t)count;

@@ -480,3 +480,102 @@ def test_lock_excludes_sessions_of_another_server(server_factory):
         a.close()
     with login_retry(b_srv) as b:
         assert b.stat()[0] == 1
+
+
+# ------------------------------------------------------------------ index as the scan
+
+def settle():
+    # popboxd records new/ and cur/ in popbox.index only once their change
+    # time is two seconds old (store_maildir.c)
+    time.sleep(2.3)
+
+
+def test_unchanged_maildrop_served_from_index_and_every_change_seen(server):
+    """Once new/ and cur/ are settled, a login takes the message list from
+    popbox.index without reading the directories; every change another
+    program makes to the maildrop must still show at the next login."""
+    names = fill(server, 4)
+    md = server.maildir()
+    index = os.path.join(md, "popbox.index")
+    settle()
+    with login_retry(server) as c:            # scans, records the directories
+        first = c.uidl()
+        c.quit()
+    with open(index) as f:
+        text = f.read()
+    assert "\ndirs -\n" not in text and "\ndirs " in text
+    with login_retry(server) as c:            # from the index
+        assert c.uidl() == first
+        assert c.retr(2) == wire_form(names[first[2]])
+        c.quit()
+
+    # another MDA delivers: seen at once (no settling needed to see changes)
+    new = server.deliver(b"Subject: late\n\nlate\n")
+    with login_retry(server) as c:
+        u = c.uidl()
+        assert len(u) == 5 and new in u.values()
+        c.quit()
+
+    # a mail reader marks one seen (new/ -> cur/ with flags), another removes one
+    settle()
+    with login_retry(server) as c:
+        c.quit()
+    files = server.message_files()
+    os.rename(files[first[1]], os.path.join(md, "cur", first[1] + ":2,S"))
+    os.unlink(files[first[3]])
+    with login_retry(server) as c:
+        u = c.uidl()
+        assert first[3] not in u.values()
+        assert sorted(u.values()) == sorted(set(first.values()) - {first[3]} | {new})
+        n = [k for k, v in u.items() if v == first[1]][0]
+        assert c.retr(n) == wire_form(names[first[1]])
+        c.quit()
+
+    # DELE + QUIT by us, then a flag rename with the directory times set back
+    settle()
+    with login_retry(server) as c:
+        u = c.uidl()
+        n = [k for k, v in u.items() if v == new][0]
+        assert c.cmd("DELE %d" % n).startswith(b"+OK")
+        c.quit()
+    settle()
+    with login_retry(server) as c:
+        assert new not in c.uidl().values()
+        c.quit()
+    cur = os.path.join(md, "cur")
+    st = os.stat(cur)
+    files = server.message_files()
+    os.rename(files[first[1]], os.path.join(cur, first[1] + ":2,RS"))
+    os.utime(cur, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with login_retry(server) as c:
+        u = c.uidl()
+        n = [k for k, v in u.items() if v == first[1]][0]
+        assert c.retr(n) == wire_form(names[first[1]])
+        assert c.cmd("DELE %d" % n).startswith(b"+OK")
+        c.quit()
+    assert first[1] not in server.message_files()
+
+
+def test_planted_index_lines_cannot_hide_or_invent_mail_after_a_change(server):
+    """An index whose directory record no longer matches is only a size cache:
+    lines for messages that are gone are dropped, present ones are listed."""
+    names = fill(server, 3)
+    md = server.maildir()
+    settle()
+    with login_retry(server) as c:
+        first = c.uidl()
+        c.quit()
+    index = os.path.join(md, "popbox.index")
+    with open(index) as f:
+        lines = f.read().split("\n")
+    # a ghost entry, then a change to new/: the record no longer matches
+    lines.insert(2, "7 n 1.ghost")
+    lines[-2] = "end %d" % (len(names) + 1)
+    with open(index, "w") as f:
+        f.write("\n".join(lines))
+    server.deliver(b"Subject: four\n\nfour\n")
+    with login_retry(server) as c:
+        u = c.uidl()
+        assert "1.ghost" not in u.values()
+        assert set(first.values()) <= set(u.values()) and len(u) == 4
+        c.quit()

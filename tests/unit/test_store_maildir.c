@@ -305,7 +305,7 @@ test_odd_names(void **state)
 	 * so the index is not rewritten. */
 	char *before = read_index(f);
 	assert_non_null(before);
-	assert_non_null(strstr(before, "3 10%20with%20space%2525\n"));
+	assert_non_null(strstr(before, "\n3 n 10%20with%20space%2525\n"));
 	store = open_ok(f);
 	assert_int_equal(store->count, 3);
 	assert_string_equal(store->messages[0].uidl, u0);
@@ -353,19 +353,22 @@ test_index_written_and_reused(void **state)
 
 	char *index = read_index(f);
 	assert_non_null(index);
-	char *want = xasprintf("popbox-index 1\n%llu 1000.A.host\n", (unsigned long long)size0);
+	char *want = xasprintf("popbox-index 2\ndirs -\n%llu n 1000.A.host\n", (unsigned long long)size0);
 	assert_memory_equal(index, want, strlen(want));
 	assert_non_null(strstr(index, "\nend 4\n"));
 	assert_int_equal(index[strlen(index) - 1], '\n');
-	assert_null(strstr(index, ":2,"));   /* base names only */
+	/* whole file names, with their directory */
+	assert_non_null(strstr(index, " c 1500.Z.host:2,\n"));
+	assert_non_null(strstr(index, " c 2000.B.host:2,S\n"));
 	free(want);
 
 	/* Reused: a size planted in the cache is what open reports (it did
 	 * not read the file), and an unchanged cache is not rewritten. */
 	char *planted = xstrdup(index);
-	char *p = strstr(planted, "\n");
-	char *line_end = strchr(p + 1, '\n');
-	char *fake = xasprintf("popbox-index 1\n777 1000.A.host%s", line_end);
+	char *p = strstr(planted, "dirs -\n");   /* the first entry line follows */
+	assert_non_null(p);
+	char *line_end = strchr(p + strlen("dirs -\n"), '\n');
+	char *fake = xasprintf("popbox-index 2\ndirs -\n777 n 1000.A.host%s", line_end);
 	put_index(f, fake);
 	char *idx_path = xasprintf("%s/popbox.index", f->maildir);
 	struct stat st1, st2;
@@ -375,6 +378,16 @@ test_index_written_and_reused(void **state)
 	store->backend->close(store);
 	assert_int_equal(stat(idx_path, &st2), 0);
 	assert_int_equal(st1.st_ino, st2.st_ino);   /* not replaced */
+
+	/* The old format (base names only) still gives sizes, and is
+	 * replaced by the current one. */
+	put_index(f, "popbox-index 1\n778 1000.A.host\nend 1\n");
+	store = open_ok(f);
+	assert_int_equal(store->messages[0].size, 778);
+	store->backend->close(store);
+	char *v2 = read_index(f);
+	assert_true(strncmp(v2, "popbox-index 2\ndirs -\n778 n 1000.A.host\n", 40) == 0);
+	free(v2);
 	free(idx_path);
 	free(planted);
 	free(fake);
@@ -397,9 +410,9 @@ test_index_merge(void **state)
 	write_str(f, "new/99999999999999999999.Z.host", "Subject: z\n\nz\n");
 	/* 50.A and 600.F are not cached, 300.gone is but has no file; the
 	 * 20-digit time does not fit and sorts last */
-	put_index(f, "popbox-index 1\n"
-	    "701 200.B.host\n702 300.gone.host\n703 400.C.host\n704 400.D.host\n"
-	    "705 99999999999999999999.Z.host\nend 5\n");
+	put_index(f, "popbox-index 2\ndirs -\n"
+	    "701 n 200.B.host\n702 n 300.gone.host\n703 n 400.C.host\n704 n 400.D.host\n"
+	    "705 n 99999999999999999999.Z.host\nend 5\n");
 	struct store *store = open_ok(f);
 	assert_int_equal(store->count, 6);
 	const char *want_name[] = { "new/50.A.host", "new/200.B.host", "new/400.C.host",
@@ -412,12 +425,12 @@ test_index_merge(void **state)
 	store->backend->close(store);
 	/* rewritten with the ghost dropped and the new sizes added */
 	char *now = read_index(f);
-	assert_string_equal(now, "popbox-index 1\n17 50.A.host\n701 200.B.host\n"
-	    "703 400.C.host\n704 400.D.host\n17 600.F.host\n705 99999999999999999999.Z.host\n"
-	    "end 6\n");
+	assert_string_equal(now, "popbox-index 2\ndirs -\n17 n 50.A.host\n701 n 200.B.host\n"
+	    "703 n 400.C.host\n704 c 400.D.host:2,S\n17 n 600.F.host\n"
+	    "705 n 99999999999999999999.Z.host\nend 6\n");
 	free(now);
 	/* out of order: damage, every size read again */
-	put_index(f, "popbox-index 1\n701 400.C.host\n702 200.B.host\nend 2\n");
+	put_index(f, "popbox-index 2\ndirs -\n701 n 400.C.host\n702 n 200.B.host\nend 2\n");
 	store = open_ok(f);
 	assert_int_equal(store->messages[1].size, 17);
 	assert_int_equal(store->messages[2].size, 17);
@@ -445,16 +458,24 @@ test_index_damaged(void **state)
 		"",
 		"garbage\x01\x02\n",
 		"popbox-index 2\nend 0\n",
-		"popbox-index 1\n777 1000.A.host\n1 1500.Z.host\n2 2000.A.host\n3 2000.B.host\nend 5\n",
-		"popbox-index 1\n777x 1000.A.host\n1 1500.Z.host\nend 2\n",
-		"popbox-index 1\n-5 1000.A.host\nend 1\n",
-		"popbox-index 1\n 777 1000.A.host\nend 1\n",
-		"popbox-index 1\n777\nend 1\n",
-		"popbox-index 1\n777 1000.A.host\n778 1000.A.host\nend 2\n",
-		"popbox-index 1\n777 1000.A.host:2,S\nend 1\n",
-		"popbox-index 1\n777 1000%zzA.host\nend 1\n",
-		"popbox-index 1\n99999999999999999999999 1000.A.host\nend 1\n",
-		"popbox-index 1\n777 1000.A.host\nend 1\nextra\n",
+		"popbox-index 1\n777 1000.A.host:2,S\nend 1\n",   /* the old format */
+		"popbox-index 2\nend 0\n",                        /* no dirs line */
+		"popbox-index 2\ndirs 1 2\nend 0\n",
+		"popbox-index 2\ndirs 1 2 3 4 5 1000000000\nend 0\n",
+		"popbox-index 2\ndirs -\n777 n 1000.A.host\n1 c 1500.Z.host\n2 n 2000.A.host\n3 c 2000.B.host\nend 5\n",
+		"popbox-index 2\ndirs -\n777x n 1000.A.host\n1 c 1500.Z.host\nend 2\n",
+		"popbox-index 2\ndirs -\n-5 n 1000.A.host\nend 1\n",
+		"popbox-index 2\ndirs -\n 777 n 1000.A.host\nend 1\n",
+		"popbox-index 2\ndirs -\n777\nend 1\n",
+		"popbox-index 2\ndirs -\n777 1000.A.host\nend 1\n",
+		"popbox-index 2\ndirs -\n777 x 1000.A.host\nend 1\n",
+		"popbox-index 2\ndirs -\n777 n 1000.A.host\n778 c 1000.A.host:2,S\nend 2\n",
+		"popbox-index 2\ndirs -\n777 n :2,S\nend 1\n",
+		"popbox-index 2\ndirs -\n777 n .hidden\nend 1\n",
+		"popbox-index 2\ndirs -\n777 n 1000%zzA.host\nend 1\n",
+		"popbox-index 2\ndirs -\n777 n 1000%2FA.host\nend 1\n",
+		"popbox-index 2\ndirs -\n99999999999999999999999 n 1000.A.host\nend 1\n",
+		"popbox-index 2\ndirs -\n777 n 1000.A.host\nend 1\nextra\n",
 		truncated, no_end, torn_line,
 	};
 	for (size_t k = 0; k < N_ELEMENTS(bad); k++) {
@@ -484,13 +505,106 @@ test_index_damaged(void **state)
 	free(good);
 }
 
-/* The cache never decides which messages exist. */
+static struct store *
+open_settled(struct fixture *f)
+{
+	usleep(150 * 1000);     /* the directories' ctime is older than 50 ms */
+	return open_ok(f);
+}
+
+/* With new/ and cur/ as a clean scan recorded them, the index is the scan
+ * (readdir is skipped); any change in either directory, including a flag
+ * rename or a utimes() setting the mtime back, makes the next open scan. */
+static void
+test_index_trusted(void **state)
+{
+	struct fixture *f = *state;
+	store_maildir_settle_ms = 50;
+	populate(f);
+	struct store *store = open_settled(f);   /* scans, records new/ and cur/ */
+	assert_int_equal(store->count, 4);
+	store->backend->close(store);
+	char *index = read_index(f);
+	assert_null(strstr(index, "dirs -"));
+	char *dirs_line = strstr(index, "\ndirs ");
+	assert_non_null(dirs_line);
+	char *dirs_end = strchr(dirs_line + 1, '\n');   /* entries follow */
+
+	/* proof that the scan is skipped: a line planted with the same dirs
+	 * record is listed; opening it finds no file (STORE_GONE, the -ERR a
+	 * message expunged by another program gets) */
+	*dirs_end = '\0';
+	char *planted = xasprintf("%s\n5 n 0.ghost\n%s", index, dirs_end + 1);
+	char *end = strstr(planted, "\nend 4\n");
+	assert_non_null(end);
+	end[5] = '5';
+	put_index(f, planted);
+	store = open_ok(f);
+	assert_int_equal(store->count, 5);
+	assert_string_equal(store->messages[0].name, "new/0.ghost");
+	assert_string_equal(store->messages[2].name, "cur/1500.Z.host:2,");
+	struct store_stream st;
+	char *err = NULL;
+	assert_int_equal(store->backend->message_open(store, 0, &st, &err), STORE_GONE);
+	assert_int_equal(store->backend->message_open(store, 2, &st, &err), STORE_OK);
+	close(st.fd);
+	store->backend->close(store);
+
+	/* a delivery moves new/'s ctime: scanned again */
+	write_str(f, "new/3000.N.host", msg_lf);
+	store = open_ok(f);
+	assert_int_equal(store->count, 5);
+	assert_string_equal(store->messages[0].name, "new/1000.A.host");
+	assert_string_equal(store->messages[4].name, "new/3000.N.host");
+	store->backend->close(store);
+	free(index);
+	index = read_index(f);
+	assert_non_null(strstr(index, "\ndirs -\n"));   /* too fresh to record */
+	assert_null(strstr(index, "ghost"));
+
+	/* a flag change renames in cur/ */
+	store = open_settled(f);
+	store->backend->close(store);
+	char *a = xasprintf("%s/cur/1500.Z.host:2,", f->maildir);
+	char *b = xasprintf("%s/cur/1500.Z.host:2,S", f->maildir);
+	assert_int_equal(rename(a, b), 0);
+	store = open_ok(f);
+	assert_string_equal(store->messages[1].name, "cur/1500.Z.host:2,S");
+	store->backend->close(store);
+
+	/* a removal, with new/'s times set back afterwards (rsync -a, touch -r) */
+	store = open_settled(f);
+	store->backend->close(store);
+	char *n = xasprintf("%s/new", f->maildir);
+	char *gone = xasprintf("%s/new/2000.A.host", f->maildir);
+	struct stat before;
+	assert_int_equal(stat(n, &before), 0);
+	assert_int_equal(unlink(gone), 0);
+	struct timespec times[2] = { before.st_atim, before.st_mtim };
+	assert_int_equal(utimensat(AT_FDCWD, n, times, 0), 0);
+	store = open_ok(f);
+	assert_int_equal(store->count, 4);
+	for (uint32_t i = 0; i < store->count; i++)
+		assert_string_not_equal(store->messages[i].name, "new/2000.A.host");
+	store->backend->close(store);
+
+	store_maildir_settle_ms = 2000;
+	free(n);
+	free(gone);
+	free(a);
+	free(b);
+	free(planted);
+	free(index);
+}
+
+/* The cache decides nothing about which messages exist unless it recorded
+ * new/ and cur/ as they still are (test_index_trusted). */
 static void
 test_index_not_source_of_truth(void **state)
 {
 	struct fixture *f = *state;
 	populate(f);
-	put_index(f, "popbox-index 1\n10 0.ghost\n25 1000.A.host\nend 2\n");
+	put_index(f, "popbox-index 2\ndirs -\n10 n 0.ghost\n25 n 1000.A.host\nend 2\n");
 	struct store *store = open_ok(f);
 	assert_int_equal(store->count, 4);
 	assert_string_equal(store->messages[0].uidl, "1000.A.host");
@@ -709,6 +823,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_index_written_and_reused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_damaged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_merge, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_trusted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_not_source_of_truth, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vanished_and_moved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expunge_only_marked, setup, teardown),
