@@ -72,6 +72,7 @@ struct deliverer {
 	int tmpfd, newfd;                  /* tmp/ and new/, open from the first message */
 	bool use_syncfs;
 	char *host;                        /* the host part of unique names */
+	long pid;
 };
 
 /* Open a deliverer for "maildir:", "mbox:" or "mda:" targets (kind from

@@ -178,12 +178,13 @@ maildir_begin(struct deliverer *d, const struct deliver_message *m, struct fetch
 		maildir_hostname(host, sizeof(host));
 		free(d->host);
 		d->host = xstrdup(host);
+		d->pid = (long)getpid();
 	}
 	gettimeofday(&tv, NULL);
 	d->seq++;
 	free(d->tmp_path);
 	d->tmp_path = xasprintf("%s/tmp/%lld.M%06ldP%ldQ%u%s%s.%s", d->target,
-	    (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), d->seq,
+	    (long long)tv.tv_sec, (long)tv.tv_usec, d->pid, d->seq,
 	    m->marker ? "_pb" : "", m->marker ? m->marker : "", d->host);
 	d->fd = open(d->tmp_path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (d->fd < 0)

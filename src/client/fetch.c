@@ -522,6 +522,7 @@ run_transaction(struct run *r, struct fetch_error *err)
 	unsigned window = pipelining ? FETCH_PIPELINE_WINDOW : 1;
 	struct { uint8_t type; uint32_t msg; } inflight[FETCH_PIPELINE_WINDOW];
 	unsigned head = 0, n_inflight = 0;
+	char cmds[FETCH_PIPELINE_WINDOW * 20];	/* "DELE 4294967295\r\n" */
 	uint32_t *dq = xmalloc((r->count + 1) * sizeof(*dq));
 	uint32_t dq_head = 0, dq_tail = 0, next = 0;
 	uint32_t retr_left = r->n_fetch_planned;	/* RETR answers not yet read */
@@ -542,7 +543,12 @@ run_transaction(struct run *r, struct fetch_error *err)
 				fatal_local = true;
 			}
 		}
-		while (n_inflight < window && !fatal_local) {
+		/* Refill the window when half of it has been answered, in one
+		 * write: the server still has half a window of commands to
+		 * work on meanwhile. */
+		size_t cmdlen = 0;
+		while (n_inflight < window && !fatal_local &&
+		    (cmdlen > 0 || n_inflight <= window / 2)) {
 			uint8_t type;
 			uint32_t msgno;
 			if (dq_head < dq_tail) {
@@ -557,16 +563,15 @@ run_transaction(struct run *r, struct fetch_error *err)
 				type = r->m[next].action;
 				msgno = next++;
 			}
-			char cmd[32];
-			snprintf(cmd, sizeof(cmd), "%s %u", type == ACT_FETCH ? "RETR" : "DELE",
-			    msgno + 1);
-			if (!pop3c_send(s, cmd, -1, err))
-				goto out;
+			cmdlen += (size_t)snprintf(cmds + cmdlen, sizeof(cmds) - cmdlen, "%s %u\r\n",
+			    type == ACT_FETCH ? "RETR" : "DELE", msgno + 1);
 			unsigned slot = (head + n_inflight) % FETCH_PIPELINE_WINDOW;
 			inflight[slot].type = type;
 			inflight[slot].msg = msgno;
 			n_inflight++;
 		}
+		if (cmdlen > 0 && !pop3c_send_lines(s, cmds, cmdlen, err))
+			goto out;
 		if (n_inflight == 0)
 			break;
 		uint8_t type = inflight[head].type;

@@ -48,6 +48,27 @@ pop3c_send(struct pop3c *s, const char *line, int secret_from, struct fetch_erro
 	return ok;
 }
 
+bool
+pop3c_send_lines(struct pop3c *s, const char *lines, size_t len, struct fetch_error *err)
+{
+	if (fetch_trace) {
+		const char *p = lines, *end = lines + len;
+		while (p < end) {
+			const char *nl = memchr(p, '\n', (size_t)(end - p));
+			size_t n = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+			char *one = xmalloc(n + 1);
+			memcpy(one, p, n);
+			one[n] = '\0';
+			if (n > 0 && one[n - 1] == '\r')
+				one[n - 1] = '\0';
+			trace("C:", one, -1);
+			free(one);
+			p += n + 1;
+		}
+	}
+	return conn_write(s->conn, lines, len, err);
+}
+
 enum pop3_status
 pop3c_status(struct pop3c *s, struct fetch_error *err)
 {

@@ -29,6 +29,11 @@ struct pop3c {
 struct pop3c *pop3c_open(const struct account *a, const char *password,
     struct fetch_error *err);
 
+/* Send several command lines at once (each already ending in CRLF; no
+ * secrets): one write for a pipelined group. */
+bool pop3c_send_lines(struct pop3c *s, const char *lines, size_t len,
+    struct fetch_error *err);
+
 /* Send one command line (CRLF appended). secret_from: index in line from
  * which the trace shows asterisks (-1: show all). */
 bool pop3c_send(struct pop3c *s, const char *line, int secret_from,
