@@ -269,9 +269,16 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 	bool ok = true;
 	size_t i;
 
+	uint64_t bytes = 0;
 	if (d->npending == 0)
 		return true;
-	if (d->use_syncfs) {
+	for (i = 0; i < d->npending; i++)
+		bytes += d->pending[i].written;
+	/* syncfs() also writes whatever else is dirty on the file system:
+	 * worth it for many small files, not for a few big ones (their own
+	 * writeback, started early, is most of the cost anyway) */
+	if (d->use_syncfs && d->npending > 1 &&
+	    bytes / d->npending < MAILDIR_EARLY_WRITEBACK) {
 		if (syncfs(d->tmpfd) < 0)
 			ok = disk_error(err, "cannot sync the file system of", d->target);
 	} else {
