@@ -2,7 +2,8 @@
  * message, then run the plan with RETR/DELE pipelined in a window.
  *
  * The safety argument (design.md §7, reliability.md §3.7):
- *  - a message is DELE'd only after its delivery is durable (commit());
+ *  - a message is DELE'd only after its delivery is durable (commit(), or
+ *    for Maildir the sync of its batch: sync_batch(), deliver.h);
  *  - with Maildir, the delivered file's name carries a marker derived from
  *    (account, UIDL, size), and the next run finds it: a run killed at any
  *    moment between delivery and the server's UPDATE re-DELEs the message
