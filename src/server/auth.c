@@ -17,6 +17,8 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -39,6 +41,8 @@
 /* Hashing threads: one per core keeps both cores busy under a login storm;
  * more would only queue inside the kernel. */
 #define AUTH_MAX_THREADS 16
+/* Niceness of the hashing threads (see auth_thread). */
+#define AUTH_THREAD_NICE 10
 /* Pending jobs beyond this are answered "temp" at once: a flood of logins
  * must not grow memory without bound. */
 #define AUTH_MAX_PENDING 4096
@@ -369,6 +373,11 @@ job_run(struct job *j)
 static void *
 auth_thread(void *arg)
 {
+	/* Hashing yields to serving: when the CPUs are full, the workers'
+	 * event loops (sessions already logged in) and this process's own
+	 * loop run before the next login's hash. On Linux the priority of a
+	 * thread is its own (PRIO_PROCESS with its thread id). */
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), AUTH_THREAD_NICE);
 	for (;;) {
 		pthread_mutex_lock(&auth.lock);
 		while (auth.queue_head == NULL)
