@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -455,6 +456,32 @@ pid_file_write(const char *path)
 	return 0;
 }
 
+/* Each session holds a socket and, while RETR streams, a message file: raise
+ * the soft limit on open files to the hard one (what the administrator
+ * allows), and say so when even that is below max_connections. */
+static void
+master_raise_nofile(const struct config *config)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t old = rl.rlim_cur;
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			rl.rlim_cur = old;
+	}
+	/* per worker: its share of the sessions, two descriptors each */
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t workers = config->workers ? config->workers : ncpu > 0 ? (uint64_t)ncpu : 1;
+	uint64_t want = 2 * (uint64_t)config->max_connections / workers + 64;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+		log_warnx("open file limit %llu is below what max_connections = %u needs per "
+		    "worker (%llu); raise it (ulimit -n, LimitNOFILE=)",
+		    (unsigned long long)rl.rlim_cur, config->max_connections,
+		    (unsigned long long)want);
+}
+
 int
 master_run(struct config *config, bool foreground)
 {
@@ -516,6 +543,7 @@ master_run(struct config *config, bool foreground)
 	if (master.base == NULL)
 		fatalx("event_base_new failed");
 	signal(SIGPIPE, SIG_IGN);
+	master_raise_nofile(config);
 
 	master.n_children = 1 + master.env.n_workers;
 	for (size_t i = 0; i < master.n_children; i++) {

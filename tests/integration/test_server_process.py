@@ -171,6 +171,36 @@ def test_privileges_dropped(server):
             assert int(status["CapPrm"].strip(), 16) == 0, (comm_of(pid), status["CapPrm"])
 
 
+def _nofile_soft(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return line.split()[3]
+    raise AssertionError("no open files limit for %d" % pid)
+
+
+def test_open_file_limit_raised_to_hard_limit(server_factory):
+    """A low soft limit (ulimit -n 256) is raised to the hard limit in every
+    process; a max_connections the hard limit cannot hold is logged."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    srv = server_factory(start=False, workers=2)
+    srv.config["max_connections"] = str(hard)   # 2 fds a session: too many
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        srv.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    ch = srv.wait_children(lambda c: len(c) >= 3)
+    for pid in [srv.pid] + list(ch):
+        assert _nofile_soft(pid) == str(hard), (comm_of(pid), _nofile_soft(pid))
+    assert "open file limit %d is below what max_connections" % hard in srv.log()
+    with srv.session() as c:
+        assert c.stat()[0] == 0
+
+
 def test_workers_auto(server_factory):
     srv = server_factory(workers="auto")
     n = os.cpu_count() or 1
