@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,7 +262,13 @@ run_hash_main(const char *input, size_t input_len, char *out, size_t out_size,
 	}
 	close(in_pipe[0]);
 	close(out_pipe[1]);
-	assert_int_equal(write(in_pipe[1], input, input_len), (ssize_t)input_len);
+	/* A child that refuses its arguments exits without reading stdin: the
+	 * write may then meet a closed pipe (EPIPE), which must not kill this
+	 * test process with SIGPIPE. */
+	void (*old_pipe)(int) = signal(SIGPIPE, SIG_IGN);
+	ssize_t w = write(in_pipe[1], input, input_len);
+	assert_true(w == (ssize_t)input_len || (w < 0 && errno == EPIPE));
+	signal(SIGPIPE, old_pipe);
 	close(in_pipe[1]);
 	size_t len = 0;
 	ssize_t n;
