@@ -8,7 +8,7 @@
  *
  * Batches (Maildir only; end and sync are NULL elsewhere): end() instead
  * of commit() completes the message in tmp/ without making it durable or
- * visible; sync() then makes every ended message durable and links it
+ * visible; sync() then makes every ended message durable and moves it
  * into new/ at once (one file system sync, one directory fsync for the
  * whole batch). Only a true return from sync() means "delivered"; after a
  * false return none of the batch may be counted (some may have reached
@@ -71,6 +71,7 @@ struct deliverer {
 	size_t npending, cappending;
 	int tmpfd, newfd;                  /* tmp/ and new/, open from the first message */
 	bool use_syncfs;
+	bool no_renameat2;                 /* EINVAL/ENOSYS/EOPNOTSUPP seen: link + unlink */
 	char *host;                        /* the host part of unique names */
 	long pid;
 };

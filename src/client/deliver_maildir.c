@@ -1,6 +1,7 @@
 /* Maildir delivery by the rules (reliability.md §3.4): unique name, write
- * in tmp/, fsync, link into new/, fsync new/ -- for a batch of messages at
- * a time (deliver.h): all written in tmp/, all made durable, all linked,
+ * in tmp/, fsync, move into new/ (renameat2 RENAME_NOREPLACE, or link +
+ * unlink where that is missing), fsync new/ -- for a batch of messages at
+ * a time (deliver.h): all written in tmp/, all made durable, all moved,
  * new/ fsynced once. The unique part of the name
  * carries "_pb" + a 16-hex-digit marker (digest of account and UIDL), so
  * the Maildir itself records what was delivered: a run killed between
@@ -20,6 +21,10 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 #ifdef __linux__
 #include <linux/magic.h>
@@ -99,6 +104,26 @@ disk_error(struct fetch_error *err, const char *what, const char *path)
 	int e = errno;
 	return fetch_error_set(err, EX_IOERR, "%s %s: %s%s", what, path, strerror(e),
 	    e == ENOSPC || e == EDQUOT ? " (destination full: nothing deleted on the server)" : "");
+}
+
+/* renameat2(RENAME_NOREPLACE): one system call instead of link() +
+ * unlink(), with link()'s refusal to replace an existing name. -1 with
+ * errno EINVAL, ENOSYS or EOPNOTSUPP where the kernel or the file system
+ * lacks it (the caller then links and unlinks). */
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+static int
+rename_noreplace(int olddirfd, const char *oldname, int newdirfd, const char *newname)
+{
+#if defined(__linux__) && defined(SYS_renameat2)
+	return (int)syscall(SYS_renameat2, olddirfd, oldname, newdirfd, newname,
+	    (unsigned)RENAME_NOREPLACE);
+#else
+	(void)olddirfd; (void)oldname; (void)newdirfd; (void)newname;
+	errno = ENOSYS;
+	return -1;
+#endif
 }
 
 /* syncfs() makes a whole batch durable in one call, but it is as good as
@@ -186,7 +211,10 @@ maildir_begin(struct deliverer *d, const struct deliver_message *m, struct fetch
 	d->tmp_path = xasprintf("%s/tmp/%lld.M%06ldP%ldQ%u%s%s.%s", d->target,
 	    (long long)tv.tv_sec, (long)tv.tv_usec, d->pid, d->seq,
 	    m->marker ? "_pb" : "", m->marker ? m->marker : "", d->host);
-	d->fd = open(d->tmp_path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* relative to the tmp/ descriptor (the one syncfs() uses): no walk
+	 * of the whole path per message */
+	d->fd = openat(d->tmpfd, strrchr(d->tmp_path, '/') + 1,
+	    O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (d->fd < 0)
 		return disk_error(err, "cannot create", d->tmp_path);
 	d->written = 0;
@@ -261,8 +289,9 @@ maildir_drop_pending(struct deliverer *d)
 }
 
 /* reliability.md §3.4 for the whole batch: the data of every file is on
- * disk (one syncfs, or an fsync per file) before any of them is linked
- * into new/, and new/ is fsynced once after the last link. */
+ * disk (one syncfs, or an fsync per file) before any of them is moved
+ * into new/ (renameat2, or link + unlink), and new/ is fsynced once after
+ * the last move. */
 static bool
 maildir_sync(struct deliverer *d, struct fetch_error *err)
 {
@@ -297,16 +326,38 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 		const char *base = strrchr(p->tmp_path, '/') + 1;
 		char *final = xasprintf("%s/new/%s,S=%llu", d->target, base,
 		    (unsigned long long)p->written);
+		const char *final_base = strrchr(final, '/') + 1;
+		/* One renameat2(RENAME_NOREPLACE) moves the synced file from
+		 * tmp/ to new/ atomically (same file system) and, like link(),
+		 * never replaces an existing file: EEXIST is an error as it
+		 * always was. A crash leaves the name in tmp/ or in new/, and
+		 * the marker in new/ is what the next run looks for. */
+		if (!d->no_renameat2) {
+			if (rename_noreplace(d->tmpfd, base, d->newfd, final_base) == 0) {
+				free(p->tmp_path);
+				p->tmp_path = NULL;
+				free(final);
+				continue;
+			}
+			if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+				ok = disk_error(err, "cannot move message to", final);
+				free(final);
+				continue;
+			}
+			/* not on this kernel or file system: link + unlink
+			 * from now on */
+			d->no_renameat2 = true;
+		}
 		/* link() refuses to replace an existing file; fall back to
 		 * rename() on file systems without hard links (the name is
 		 * unique anyway). */
-		if (link(p->tmp_path, final) == 0) {
-			unlink(p->tmp_path);
+		if (linkat(d->tmpfd, base, d->newfd, final_base, 0) == 0) {
+			unlinkat(d->tmpfd, base, 0);
 			free(p->tmp_path);
 			p->tmp_path = NULL;
 		} else if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP ||
 		    errno == EXDEV) {
-			if (rename(p->tmp_path, final) < 0) {
+			if (renameat(d->tmpfd, base, d->newfd, final_base) < 0) {
 				ok = disk_error(err, "cannot move message to", final);
 			} else {
 				free(p->tmp_path);
@@ -317,7 +368,7 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 		}
 		free(final);
 	}
-	/* whatever was not linked goes */
+	/* whatever was not moved goes */
 	maildir_drop_pending(d);
 	if (!ok)
 		return false;

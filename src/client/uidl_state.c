@@ -159,6 +159,10 @@ uidl_state_save(struct uidl_state *st, struct fetch_error *err)
 		close(fd);
 		goto fail;
 	}
+	/* saved at every checkpoint of a long fetch: a few big writes, not
+	 * one per 4 KiB of entries */
+	static char buf[64 * 1024];
+	setvbuf(f, buf, _IOFBF, sizeof(buf));
 	fprintf(f, "# popbox state v1: <first delivered, unix time> <size> <UIDL>\n# %s\n",
 	    st->header);
 	for (size_t i = 0; i < st->count; i++)
