@@ -5,10 +5,14 @@ fault injection, for every N, then a run to completion.
 The syscalls are not guessed: one recording run under strace lists what a
 5-message fetch really does. The five messages are one batch: written in
 tmp/, made durable together (one syncfs() on a local file system that
-qualifies, or an fsync of each file: both modes are run), linked into new/,
-new/ fsynced once, and only then a DELE for each; plus the fsyncs of the
-state directory, the unlink of each tmp name, the rename of the state file,
-the write of each DELE/QUIT and of the state file. Then for each of them, and
+qualifies, or an fsync of each file: both modes are run), moved into new/
+(one renameat2(RENAME_NOREPLACE) each), new/ fsynced once, and only then a
+DELE for each; plus the fsyncs of the state directory, the rename of the
+state file, the write of each DELE/QUIT and of the state file. The "link"
+mode runs the same matrix with renameat2 failing EINVAL (strace error
+injection, as on a file system without RENAME_NOREPLACE): the client falls
+back to linkat() into new/ + unlinkat() of the tmp/ name, and a kill lands
+at each of those too. Then for each of them, and
 for every N up to its count, a fresh 5-message mailbox is fetched with
 `-e inject=SYSCALL:signal=SIGKILL:when=N` (strace kills the client on entry
 to that call, before it runs). Socket writes are picked out of all writes by
@@ -26,12 +30,15 @@ as delivered) and leaves none of its own.
 
 The recording also serves as a trace-order oracle (reliability.md §4.8 item
 5a): with strace -y, every data write of a message is followed by the sync
-of its file (syncfs, or fsync of that file) before its link into new/, every
-link by an fsync of new/, and all of that before the first DELE.
+of its file (syncfs, or fsync of that file) before its move into new/
+(renameat2, or linkat in the fallback), every move by an fsync of new/, and
+that before the message's DELE.
 
 test_sigkill_at_batch_boundaries does the same for a fetch of several
-batches at the points between them: each sync, the first and last link of
+batches at the points between them: each sync, the first and last move of
 each batch, each fsync of new/ and the first DELE write after each batch.
+test_name_taken_in_new_is_an_error: a move that finds its name taken in
+new/ (EEXIST, injected) ends the run with nothing of the batch deleted.
 """
 
 import os
@@ -55,6 +62,15 @@ BATCH = 64          # FETCH_BATCH_MSGS in src/client/fetch.c
 DEADLINE_SEC = 55   # each test stays bounded even on a slow machine
 
 SYSCALL_RE = re.compile(r'^(\d+) +(\w+)\((.*)$')
+
+# the system call that moves a synced file into new/, per mode
+MOVE = {"auto": "renameat2", "fsync": "renameat2", "link": "linkat"}
+# "link": renameat2 fails as on a file system without RENAME_NOREPLACE
+NO_RENAMEAT2 = ["-e", "inject=renameat2:error=EINVAL"]
+
+
+def mode_args(sync):
+    return NO_RENAMEAT2 if sync == "link" else []
 
 
 def strace_run(client, log, extra, trace=TRACED):
@@ -151,6 +167,7 @@ class Cycle:
         self.client = Client(str(self.dir / "home"))
         if sync == "fsync":
             self.client.env["POPBOX_MAILDIR_FSYNC"] = "1"
+        self.sync = sync
         self.maildir = self.dir / "Mail"
         self.msgs = [make_message(idx * 1000 + i, body_size=200 + 150 * (i % 10))
                      for i in range(nmsg)]
@@ -190,9 +207,18 @@ def check_tmp(cyc, killed_pid, what):
     assert len(cyc.tmp_files()) <= BATCH, (what, cyc.tmp_files())
 
 
+def moved_file(name, args):
+    """The tmp/ path a move (renameat2, linkat, link) takes from, with -y."""
+    if name in ("renameat2", "linkat"):
+        m = re.match(r'\d+<([^>]*)>, "([^"]*)", \d+<([^>]*)>, "([^"]*)"', args)
+        assert m and m.group(3).endswith("/Mail/new"), args
+        return m.group(1) + "/" + m.group(2)
+    return re.match(r'"([^"]*)"', args).group(1)
+
+
 def check_trace_order(log):
     """The trace-order oracle on an strace -y recording: for each message
-    file, data write < sync < link < fsync(new/) < first DELE write."""
+    file, data write < sync < move into new/ < fsync(new/) < its DELE."""
     with open(log, errors="replace") as f:
         lines = [ln for ln in f.read().splitlines() if SYSCALL_RE.match(ln)]
     fd_file = {}          # fd -> tmp path, while open for writing
@@ -216,15 +242,14 @@ def check_trace_order(log):
             synced.setdefault(path, k)
         elif name == "fsync" and path.endswith("/Mail/new"):
             new_fsyncs.append(k)
-        elif name == "link":
-            src = re.match(r'"([^"]*)"', args).group(1)
-            linked.append((k, src))
-    assert linked, "no link in the recording"
+        elif name in ("renameat2", "linkat", "link") and not re.search(r'= -1 E', args):
+            linked.append((k, moved_file(name, args)))
+    assert linked, "no move into new/ in the recording"
     for k, src in linked:
         assert src in written and written[src] < synced.get(src, 10**9) < k, (
-            "%s linked before its data was synced" % src)
-        assert any(f > k for f in new_fsyncs), "%s linked, new/ never fsynced" % src
-    # every message is fetched, in order: message n is the n-th link
+            "%s moved into new/ before its data was synced" % src)
+        assert any(f > k for f in new_fsyncs), "%s moved, new/ never fsynced" % src
+    # every message is fetched, in order: message n is the n-th move
     for d, n in deles:
         k = linked[n - 1][0]
         assert any(k < f < d for f in new_fsyncs), "DELE %d before its link was durable" % n
@@ -235,23 +260,31 @@ def record(tmp_path, mailbox, keep, sync, nmsg=NMSG):
     """The recording run: what an nmsg-message fetch really calls. Checks
     the trace order on a second, strace -y, recording."""
     rec = Cycle(tmp_path, mailbox, 0, keep, sync, nmsg)
-    p, calls, killed, _ = strace_run(rec.client, str(rec.dir / "rec.strace"), [])
+    p, calls, killed, _ = strace_run(rec.client, str(rec.dir / "rec.strace"), mode_args(sync))
     assert p.returncode == 0 and not killed, p.stderr
     if keep:
         clear_server(mailbox)
     orc = Cycle(tmp_path, mailbox, 9999, keep, sync, nmsg)
     log = str(orc.dir / "order.strace")
-    p, _, _, _ = strace_run(orc.client, log, ["-y", "-s", "4096"],
-                            trace="write,fsync,syncfs,link")
+    p, _, _, _ = strace_run(orc.client, log, ["-y", "-s", "4096"] + mode_args(sync),
+                            trace="write,fsync,syncfs,renameat2,linkat,link")
     assert p.returncode == 0, p.stderr
     deles = check_trace_order(log)
     assert len(deles) == (0 if keep else nmsg), deles
     if keep:
         clear_server(mailbox)
-    names = {c[0] for c in calls}
-    # the Maildir delivery in this build: fsync + link + unlink (+ rename of
-    # the state file); the *at variants are unused, sendto too (plain write)
-    assert {"fsync", "link", "unlink", "rename", "write"} <= names, names
+    names = [c[0] for c in calls]
+    # the Maildir delivery in this build: fsync + renameat2 (+ rename of the
+    # state file), or after one failed renameat2 linkat + unlinkat; the
+    # path-based link/unlink are unused, sendto too (plain write)
+    assert {"fsync", "rename", "write", MOVE[sync]} <= set(names), names
+    assert "link" not in names and "unlink" not in names, names
+    if sync == "link":
+        # tried once, not once per message
+        assert names.count("renameat2") == 1, names
+        assert names.count("unlinkat") == names.count("linkat") == nmsg, names
+    else:
+        assert "linkat" not in names and "unlinkat" not in names, names
     if sync == "fsync":
         assert "syncfs" not in names, names
     return calls
@@ -270,7 +303,11 @@ def run_crash_matrix(tmp_path, mailbox, keep, sync="auto"):
         assert per["syncfs"] == 1 and per["fsync"] >= 2, per
     else:
         assert per["fsync"] >= NMSG + 2, per
-    assert per["link"] == NMSG, per
+    assert per[MOVE[sync]] == NMSG, per
+    if sync == "link":
+        # the failing renameat2 probe: a kill there is a kill before the
+        # first linkat (and strace cannot inject twice into one call)
+        points = [pt for pt in points if pt[0] != "renameat2"]
     # the five DELEs leave in one pipelined write
     assert sum(1 for nm, _, a in points if nm == "write" and "DELE" in a) == (0 if keep else 1)
     return run_points(tmp_path, mailbox, keep, sync, points, NMSG, t0), per
@@ -285,7 +322,7 @@ def run_points(tmp_path, mailbox, keep, sync, points, nmsg, t0):
         label = "%s #%d %s" % (name, n, what)
         p, _, killed, pid = strace_run(
             cyc.client, str(cyc.dir / "kill.strace"),
-            ["-e", "inject=%s:signal=SIGKILL:when=%d" % (name, n)])
+            ["-e", "inject=%s:signal=SIGKILL:when=%d" % (name, n)] + mode_args(sync))
         assert killed, "injection at %s did not land (the syscall sequence changed?)" % label
         check_after_kill(cyc, mailbox, label)
         finish(cyc.client)
@@ -322,14 +359,18 @@ def run_points(tmp_path, mailbox, keep, sync, points, nmsg, t0):
     return results, stale_cases
 
 
-@pytest.mark.parametrize("sync", ["auto", "fsync"])
+@pytest.mark.parametrize("sync", ["auto", "fsync", "link"])
 def test_sigkill_at_every_delivery_syscall_delete_mode(tmp_path, mailbox, sync):
     (done, stale), per = run_crash_matrix(tmp_path, mailbox, keep=False, sync=sync)
     assert any(d.startswith("write") for d in done)
     # the batch points: written in tmp/ but not synced (at the sync), synced
-    # but not linked (first link), linked but no DELE (fsync of new/, DELE)
+    # but not moved (first move), moved but no DELE (fsync of new/, DELE)
     assert any(d.startswith("syncfs #1" if "syncfs" in per else "fsync #1") for d in done)
-    assert any(d.startswith("link #1") for d in done)
+    for n in range(1, NMSG + 1):
+        assert any(d.startswith("%s #%d " % (MOVE[sync], n)) for d in done), (n, done)
+    if sync == "link":
+        # linked into new/ but still in tmp/ too
+        assert any(d.startswith("unlinkat #%d " % NMSG) for d in done), done
     assert any(d.startswith("write") and "DELE" in d for d in done)
     print("%d crash points; stale state lines (pruned next run) after: %s" % (len(done), stale))
 
@@ -341,8 +382,9 @@ def test_sigkill_at_every_delivery_syscall_keep_mode(tmp_path, mailbox):
 
 
 def test_sigkill_at_batch_boundaries(tmp_path, mailbox):
-    """A fetch of 2.5 batches: kill at each sync, at the first and last link
-    of each batch, at each fsync, at the first DELE after each batch."""
+    """A fetch of 2.5 batches: kill at each sync, at the first and last move
+    into new/ of each batch, at each fsync, at the first DELE after each
+    batch."""
     t0 = time.monotonic()
     nmsg = 2 * BATCH + BATCH // 2
     calls = record(tmp_path, mailbox, False, "auto", nmsg)
@@ -354,17 +396,42 @@ def test_sigkill_at_batch_boundaries(tmp_path, mailbox):
         if name in ("syncfs", "fsync"):
             points.append((name, n, short(args)))
             dele_seen = False
-        elif name == "link":
+        elif name == "renameat2":
             if n % BATCH in (0, 1):
                 points.append((name, n, short(args)))
-            last["link"] = (name, n, short(args))
+            last["move"] = (name, n, short(args))
         elif name == "write" and "DELE" in args and write_is_interesting(args) and not dele_seen:
             points.append((name, n, short(args)))
             dele_seen = True
-    points.append(last["link"])
+    points.append(last["move"])
     points = sorted(set(points), key=lambda p: (p[0], p[1]))
     batches = counts.get("syncfs", 0) or 3
-    assert batches == 3 and counts["link"] == nmsg, counts
+    assert batches == 3 and counts["renameat2"] == nmsg, counts
+    # first and last of each batch
+    assert sorted(p[1] for p in points if p[0] == "renameat2") == [
+        1, BATCH, BATCH + 1, 2 * BATCH, 2 * BATCH + 1, nmsg], points
     assert sum(1 for p in points if p[0] == "write") == 3, points
     done, _ = run_points(tmp_path, mailbox, False, "auto", points, nmsg, t0)
     print("%d crash points: %s" % (len(done), done))
+
+
+@pytest.mark.parametrize("sync", ["auto", "link"])
+def test_name_taken_in_new_is_an_error(tmp_path, mailbox, sync):
+    """The third move of a 5-message batch finds its name taken in new/
+    (EEXIST injected into renameat2, or into linkat in the fallback): no
+    file is replaced, the run fails with nothing deleted on the server, the
+    rest of the batch is dropped from tmp/; the next run delivers every
+    message exactly once (the two moved ones by their markers)."""
+    cyc = Cycle(tmp_path, mailbox, 1, keep=False, sync=sync)
+    p, calls, killed, _ = strace_run(
+        cyc.client, str(cyc.dir / "eexist.strace"),
+        mode_args(sync) + ["-e", "inject=%s:error=EEXIST:when=3" % MOVE[sync]])
+    assert not killed and p.returncode == 74, (p.returncode, p.stderr)
+    assert b"cannot move message to" in p.stderr and b"File exists" in p.stderr, p.stderr
+    assert [c[0] for c in calls].count(MOVE[sync]) == 3, calls
+    assert len(cyc.local()) == 2 and cyc.tmp_files() == []
+    assert mailbox.count() == NMSG, "a DELE went out for a batch that was not delivered"
+    assert not any(n in ("write", "sendto") and "DELE" in a for n, a in calls)
+    finish(cyc.client)
+    assert digest_counts(cyc.local()) == digest_counts(cyc.msgs)
+    assert mailbox.count() == 0 and cyc.tmp_files() == []
