@@ -58,8 +58,9 @@ PROFILES = {
 PROCS = []          # Popen objects we started, stopped by PID at exit
 CLEANUP = []        # callables undoing system changes (popa3d's users, spools), run after PROCS
 FORKERS = []        # servers whose sessions outlive the listener (popa3d): .stop() first
-# POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (for profiling
-# work); the default runs all: limits sessions retr bigbox memory fetch
+# POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (results go to
+# bench/results/MODE-SECTIONS.*, no chart); the default runs all: limits
+# sessions retr bigbox memory fetch
 ONLY = set(filter(None, os.environ.get("POPBOX_BENCH_ONLY", "").split(",")))
 
 
@@ -228,9 +229,29 @@ class Popboxd:
         else:
             lines.append("run_as = %s" % pwd.getpwuid(os.geteuid()).pw_name)
         self.conf = os.path.join(self.dir, "popboxd.conf")
-        with open(self.conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        self.lines = lines
+        self.workers = None
+        self.write_conf()
         self.proc = None
+
+    def write_conf(self):
+        extra = ["workers = %d" % self.workers] if self.workers else []
+        with open(self.conf, "w") as f:
+            f.write("\n".join(self.lines + extra) + "\n")
+
+    def fit_sessions(self, k):
+        """Enough workers that k idle sessions (4 descriptors each: socket,
+        maildrop lock, new/, cur/) fit under this process's open-file limit,
+        which popboxd can raise only with CAP_SYS_RESOURCE; one per core
+        when they fit anyway."""
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        ncpu = os.cpu_count() or 1
+        need = -(-4 * k // max(1, soft - 200))
+        self.workers = need if need > ncpu else None
+        if self.workers:
+            log("popboxd: %d workers for %d sessions (open file limit %d)" % (self.workers, k, soft))
+        self.write_conf()
 
     def start(self):
         self.logf = open(os.path.join(self.dir, "popboxd.log"), "ab")
@@ -930,6 +951,8 @@ def bench(mode, prof):
         for k in prof["idle"]:
             for s in servers:
                 s.stop()
+                if s.name == "popboxd":
+                    s.fit_sessions(k)
                 s.start()
                 # warm up (the first sessions fault in code and allocator arenas),
                 # then take the baseline
@@ -978,17 +1001,20 @@ def bench(mode, prof):
     result = dict(mode=mode, date=time.strftime("%Y-%m-%d %H:%M:%S %z"), commit=commit(),
                   machine=machine(), limits=limits, rows=[list(r) for r in rows], sweep=sweep,
                   memory=mem, fetch=fetch, raw=raw, seconds=elapsed, ok=ok)
-    if mode != "smoke" and not ONLY:
+    if mode != "smoke":
         outdir = os.path.join(REPO, "bench", "results")
         os.makedirs(outdir, exist_ok=True)
-        with open(os.path.join(outdir, "%s.json" % mode), "w") as f:
+        # a run of some sections only goes to MODE-SECTIONS.{md,json}
+        name = mode if not ONLY else "%s-%s" % (mode, "-".join(sorted(ONLY)))
+        with open(os.path.join(outdir, "%s.json" % name), "w") as f:
             json.dump(result, f, indent=1, default=str)
-        with open(os.path.join(outdir, "%s.md" % mode), "w") as f:
+        with open(os.path.join(outdir, "%s.md" % name), "w") as f:
             f.write("%s, commit %s, %s\n\n" % (result["date"], result["commit"], result["machine"]))
             f.write(table + "\n")
             if fetch:
                 f.write("\n" + render_fetch(fetch) + "\n")
-        chart(result, outdir, mode)
+        if not ONLY:
+            chart(result, outdir, mode)
     if mode == "smoke":
         # the harness works: pop3load ran every smoke scenario without errors
         return 0 if ok else 1
@@ -1074,6 +1100,7 @@ def fetch_bench(dc, trees, reps, prof):
     with open(pwfile, "w") as f:
         f.write("secret\n")
     os.chmod(pwfile, 0o600)
+    ndst = 0
     for case, (user, n) in cases.items():
         times = {t: [] for t in tools}
         for r in range(reps):
@@ -1083,8 +1110,12 @@ def fetch_bench(dc, trees, reps, prof):
                 shutil.rmtree(srv, ignore_errors=True)
                 run(["cp", "-al", os.path.join(trees["pristine"], user), srv])
                 own(srv)
-                dst = os.path.join(TMP, "fetched")
-                shutil.rmtree(dst, ignore_errors=True)
+                # a fresh destination each run, all removed at the end: an
+                # rm -rf just before a run made ext4 (no journal) skip every
+                # recently freed inode on each file creation, 0.3-0.5 s per
+                # run for every tool alike (perf: recently_deleted())
+                ndst += 1
+                dst = os.path.join(TMP, "fetched-%d" % ndst)
                 for sub in ("cur", "new", "tmp"):
                     os.makedirs(os.path.join(dst, sub))
                 t0 = time.monotonic()

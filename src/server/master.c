@@ -456,25 +456,34 @@ pid_file_write(const char *path)
 	return 0;
 }
 
-/* Each session holds a socket and, while RETR streams, a message file: raise
- * the soft limit on open files to the hard one (what the administrator
- * allows), and say so when even that is below max_connections. */
+/* A logged-in session holds its socket, the maildrop lock, new/ and cur/,
+ * and while RETR streams a message file. The master, still root, raises
+ * the limit on open files to what max_connections needs per worker (never
+ * lowering it); otherwise the soft limit goes up to the hard one, with a
+ * warning when even that is too low. */
+#define MASTER_FDS_PER_SESSION 5
+#define MASTER_FDS_SPARE 64
 static void
 master_raise_nofile(const struct config *config)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t workers = config->workers ? config->workers : ncpu > 0 ? (uint64_t)ncpu : 1;
+	uint64_t want = MASTER_FDS_PER_SESSION * ((uint64_t)config->max_connections + workers - 1) /
+	    workers + MASTER_FDS_SPARE;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		struct rlimit up = { (rlim_t)want, (rlim_t)want };
+		if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+			rl = up;   /* as root: beyond the hard limit (up to fs.nr_open) */
+	}
 	if (rl.rlim_cur < rl.rlim_max) {
 		rlim_t old = rl.rlim_cur;
 		rl.rlim_cur = rl.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 			rl.rlim_cur = old;
 	}
-	/* per worker: its share of the sessions, two descriptors each */
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	uint64_t workers = config->workers ? config->workers : ncpu > 0 ? (uint64_t)ncpu : 1;
-	uint64_t want = 2 * (uint64_t)config->max_connections / workers + 64;
 	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
 		log_warnx("open file limit %llu is below what max_connections = %u needs per "
 		    "worker (%llu); raise it (ulimit -n, LimitNOFILE=)",

@@ -1013,6 +1013,11 @@ store_maildir_open(const char *path, struct store **store_r, char **error_r)
 	status = store_maildir_scan(ms, error_r);
 	if (status != STORE_OK)
 		goto fail;
+	/* The root was needed for the lock, the directories and the index;
+	 * a session holds its socket, the lock, new/ and cur/ only (10,000
+	 * idle sessions: one descriptor less each). */
+	close(ms->root_fd);
+	ms->root_fd = -1;
 	*store_r = &ms->store;
 	return STORE_OK;
 fail:
