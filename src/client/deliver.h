@@ -11,9 +11,10 @@
  * visible; sync() then makes every ended message durable and moves it
  * into new/ at once (one file system sync, one directory fsync for the
  * whole batch). Only a true return from sync() means "delivered"; after a
- * false return none of the batch may be counted (some may have reached
- * new/ whole, which the marker handles). close() removes ended messages
- * that were never synced.
+ * false return none of the batch may be counted: the ones already moved
+ * stay in new/ only if new/ could still be fsynced (the next run finds
+ * their markers and deletes them), else they are removed again (fetched
+ * again next run). close() removes ended messages that were never synced.
  */
 #ifndef POPBOX_DELIVER_H
 #define POPBOX_DELIVER_H
@@ -49,6 +50,7 @@ struct deliver_pending {
 	int fd;
 	char *tmp_path;
 	uint64_t written;
+	char *new_name;            /* its name in new/ once moved by sync() */
 };
 
 struct deliverer {

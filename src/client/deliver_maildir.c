@@ -261,6 +261,7 @@ maildir_end(struct deliverer *d, struct fetch_error *err)
 	p->fd = d->fd;
 	p->tmp_path = d->tmp_path;
 	p->written = d->written;
+	p->new_name = NULL;
 	d->fd = -1;
 	d->tmp_path = NULL;
 #ifdef __linux__
@@ -284,6 +285,7 @@ maildir_drop_pending(struct deliverer *d)
 		if (p->tmp_path != NULL)
 			unlink(p->tmp_path);
 		free(p->tmp_path);
+		free(p->new_name);
 	}
 	d->npending = 0;
 }
@@ -336,6 +338,7 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 			if (rename_noreplace(d->tmpfd, base, d->newfd, final_base) == 0) {
 				free(p->tmp_path);
 				p->tmp_path = NULL;
+				p->new_name = xstrdup(final_base);
 				free(final);
 				continue;
 			}
@@ -355,6 +358,7 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 			unlinkat(d->tmpfd, base, 0);
 			free(p->tmp_path);
 			p->tmp_path = NULL;
+			p->new_name = xstrdup(final_base);
 		} else if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP ||
 		    errno == EXDEV) {
 			if (renameat(d->tmpfd, base, d->newfd, final_base) < 0) {
@@ -362,23 +366,37 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 			} else {
 				free(p->tmp_path);
 				p->tmp_path = NULL;
+				p->new_name = xstrdup(final_base);
 			}
 		} else {
 			ok = disk_error(err, "cannot move message to", final);
 		}
 		free(final);
 	}
-	/* whatever was not moved goes */
-	maildir_drop_pending(d);
-	if (!ok)
-		return false;
-	if (fsync(d->newfd) < 0) {
-		char *newdir = xasprintf("%s/new", d->target);
-		disk_error(err, "cannot fsync directory", newdir);
-		free(newdir);
-		return false;
+	/* What reached new/ must be durable there or gone: a later run that
+	 * finds a marker in new/ deletes the message on the server. So new/
+	 * is fsynced whenever something was moved, even when a later move
+	 * failed (the run still fails and deletes nothing; the next run finds
+	 * the moved ones and deletes them), and if that fsync fails the names
+	 * moved by this batch are removed again (downloaded again next run).
+	 * A kill between the moves and this fsync is covered by the scan,
+	 * which fsyncs new/ before any marker is trusted. */
+	bool moved = false;
+	for (i = 0; i < d->npending; i++)
+		moved = moved || d->pending[i].new_name != NULL;
+	if (moved && fsync(d->newfd) < 0) {
+		if (ok) {
+			char *newdir = xasprintf("%s/new", d->target);
+			ok = disk_error(err, "cannot fsync directory", newdir);
+			free(newdir);
+		}
+		for (i = 0; i < d->npending; i++)
+			if (d->pending[i].new_name != NULL)
+				(void)unlinkat(d->newfd, d->pending[i].new_name, 0);
 	}
-	return true;
+	/* whatever was not moved goes from tmp/ */
+	maildir_drop_pending(d);
+	return ok;
 }
 
 static bool
@@ -416,12 +434,32 @@ deliver_maildir_scan(const char *path, void (*fn)(void *ctx, const char *marker,
 	static const char *const sub[] = { "new", "cur" };
 	for (size_t i = 0; i < N_ELEMENTS(sub); i++) {
 		char *dir = xasprintf("%s/%s", path, sub[i]);
-		DIR *dp = opendir(dir);
-		if (dp == NULL) {
+		int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *dp = NULL;
+		if (fd < 0) {
 			int e = errno;
 			free(dir);
 			if (e == ENOENT)
 				continue;
+			return fetch_error_set(err, EX_IOERR, "cannot read Maildir %s: %s", path,
+			    strerror(e));
+		}
+		/* A marker found here makes this run delete the message on the
+		 * server, so its name must be durable first: a run killed (or
+		 * failing) between its moves into new/ and the fsync of new/
+		 * left names that a power loss would still take away. */
+		if (fsync(fd) < 0) {
+			int e = errno;
+			close(fd);
+			fetch_error_set(err, EX_IOERR, "cannot fsync directory %s: %s (nothing "
+			    "deleted on the server)", dir, strerror(e));
+			free(dir);
+			return false;
+		}
+		if ((dp = fdopendir(fd)) == NULL) {
+			int e = errno;
+			close(fd);
+			free(dir);
 			return fetch_error_set(err, EX_IOERR, "cannot read Maildir %s: %s", path,
 			    strerror(e));
 		}

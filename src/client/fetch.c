@@ -7,7 +7,10 @@
  *  - with Maildir, the delivered file's name carries a marker derived from
  *    (account, UIDL, size), and the next run finds it: a run killed at any
  *    moment between delivery and the server's UPDATE re-DELEs the message
- *    instead of delivering it again (exactly once);
+ *    instead of delivering it again (exactly once). The scan fsyncs new/
+ *    and cur/ before it reads them (deliver_maildir_scan), so a name that
+ *    a killed or failed run moved into new/ without its fsync is durable
+ *    before its DELE; if that fsync fails, nothing is deleted;
  *  - the state file records delivered UIDLs (keep mode, and the delete-mode
  *    window for mbox/mda); it is written atomically at checkpoints;
  *  - on a local delivery failure the session is dropped without QUIT, so
@@ -495,7 +498,9 @@ batch_due(struct run *r, uint32_t retr_left)
 }
 
 /* Make the pending batch durable; only then do its messages count as
- * delivered and get their DELE queued. On failure none of them does. */
+ * delivered and get their DELE queued. On failure none of them does (the
+ * deliverer keeps in new/ only what it could make durable there; the next
+ * run deletes those by their markers). */
 static bool
 sync_batch(struct run *r, uint32_t *dq, uint32_t *dq_tail, struct fetch_error *local)
 {

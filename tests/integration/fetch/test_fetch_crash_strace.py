@@ -216,6 +216,23 @@ def moved_file(name, args):
     return re.match(r'"([^"]*)"', args).group(1)
 
 
+def traced_lines(log):
+    with open(log, errors="replace") as f:
+        return [ln for ln in f.read().splitlines() if SYSCALL_RE.match(ln)]
+
+
+def new_dir_fsyncs(log):
+    """Indexes (in traced_lines) of the successful fsyncs of new/ (-y)."""
+    return [k for k, ln in enumerate(traced_lines(log))
+            if re.match(r'\d+ +fsync\(\d+<[^>]*/Mail/new>\) += 0', ln)]
+
+
+def socket_deles(log):
+    """Indexes of the socket writes that carry a DELE (-y, -s 4096)."""
+    return [k for k, ln in enumerate(traced_lines(log))
+            if re.match(r'\d+ +write\(\d+<(TCP|socket)', ln) and "DELE " in ln]
+
+
 def check_trace_order(log):
     """The trace-order oracle on an strace -y recording: for each message
     file, data write < sync < move into new/ < fsync(new/) < its DELE."""
@@ -271,6 +288,7 @@ def record(tmp_path, mailbox, keep, sync, nmsg=NMSG):
     assert p.returncode == 0, p.stderr
     deles = check_trace_order(log)
     assert len(deles) == (0 if keep else nmsg), deles
+    new_syncs = len(new_dir_fsyncs(log))
     if keep:
         clear_server(mailbox)
     names = [c[0] for c in calls]
@@ -287,12 +305,12 @@ def record(tmp_path, mailbox, keep, sync, nmsg=NMSG):
         assert "linkat" not in names and "unlinkat" not in names, names
     if sync == "fsync":
         assert "syncfs" not in names, names
-    return calls
+    return calls, new_syncs
 
 
 def run_crash_matrix(tmp_path, mailbox, keep, sync="auto"):
     t0 = time.monotonic()
-    calls = record(tmp_path, mailbox, keep, sync)
+    calls, _ = record(tmp_path, mailbox, keep, sync)
     points = injection_points(calls)
     per = {}
     for name, _, _ in points:
@@ -387,7 +405,7 @@ def test_sigkill_at_batch_boundaries(tmp_path, mailbox):
     batch."""
     t0 = time.monotonic()
     nmsg = 2 * BATCH + BATCH // 2
-    calls = record(tmp_path, mailbox, False, "auto", nmsg)
+    calls, new_syncs = record(tmp_path, mailbox, False, "auto", nmsg)
     counts, points, last = {}, [], {}
     dele_seen = False
     for name, args in calls:
@@ -405,8 +423,9 @@ def test_sigkill_at_batch_boundaries(tmp_path, mailbox):
             dele_seen = True
     points.append(last["move"])
     points = sorted(set(points), key=lambda p: (p[0], p[1]))
-    batches = counts.get("syncfs", 0) or 3
-    assert batches == 3 and counts["renameat2"] == nmsg, counts
+    # one fsync of new/ per batch (the run starts without a Maildir: its
+    # scan has no new/ to fsync), whichever way the files were synced
+    assert new_syncs == 3 and counts["renameat2"] == nmsg, (new_syncs, counts)
     # first and last of each batch
     assert sorted(p[1] for p in points if p[0] == "renameat2") == [
         1, BATCH, BATCH + 1, 2 * BATCH, 2 * BATCH + 1, nmsg], points
@@ -415,23 +434,117 @@ def test_sigkill_at_batch_boundaries(tmp_path, mailbox):
     print("%d crash points: %s" % (len(done), done))
 
 
-@pytest.mark.parametrize("sync", ["auto", "link"])
-def test_name_taken_in_new_is_an_error(tmp_path, mailbox, sync):
-    """The third move of a 5-message batch finds its name taken in new/
-    (EEXIST injected into renameat2, or into linkat in the fallback): no
-    file is replaced, the run fails with nothing deleted on the server, the
-    rest of the batch is dropped from tmp/; the next run delivers every
-    message exactly once (the two moved ones by their markers)."""
+def traced_finish(cyc, tag):
+    """Run to completion under strace -y; the log, for the order checks."""
+    log = str(cyc.dir / ("%s.strace" % tag))
+    for _ in range(10):
+        p, _, killed, _ = strace_run(cyc.client, log, ["-y", "-s", "4096"] + mode_args(cyc.sync),
+                                     trace="write,fsync,syncfs,renameat2,linkat")
+        if p.returncode != 75:
+            break
+        time.sleep(0.3)   # Dovecot may hold the killed session for a moment
+    assert p.returncode == 0 and not killed, (p.returncode, p.stderr)
+    return log
+
+
+def check_new_synced_before_dele(log, what):
+    """The run's first DELE (by a marker found in new/) comes after an
+    fsync of new/ in this run: names left there unsynced by the failed or
+    killed run are durable before the server deletes anything."""
+    deles = socket_deles(log)
+    assert deles, "no DELE in the run after %s" % what
+    assert any(k < deles[0] for k in new_dir_fsyncs(log)), (
+        "DELE before any fsync of new/ after %s" % what)
+
+
+def check_done(cyc, mailbox, what, killed_pid=None):
+    got = digest_counts(cyc.local())
+    assert got == digest_counts(cyc.msgs), "after %s: %r" % (what, got)
+    assert mailbox.count() == 0, what
+    if killed_pid is None:
+        assert cyc.tmp_files() == [], what
+    else:
+        check_tmp(cyc, killed_pid, what)
+
+
+@pytest.mark.parametrize("sync,error", [("auto", "EEXIST"), ("link", "EEXIST"), ("auto", "EIO")])
+def test_failed_move_in_new_is_an_error(tmp_path, mailbox, sync, error):
+    """The third move of a 5-message batch fails (EEXIST: its name is taken
+    in new/, or EIO; injected into renameat2, or into linkat in the
+    fallback): no file is replaced, the run fails with nothing deleted on
+    the server, the rest of the batch is dropped from tmp/, and the two
+    moved files are made durable all the same (new/ fsynced after them).
+    The next run fsyncs new/ before it trusts their markers, and delivers
+    every message exactly once (the two moved ones by their markers)."""
     cyc = Cycle(tmp_path, mailbox, 1, keep=False, sync=sync)
+    log = str(cyc.dir / "fail.strace")
     p, calls, killed, _ = strace_run(
-        cyc.client, str(cyc.dir / "eexist.strace"),
-        mode_args(sync) + ["-e", "inject=%s:error=EEXIST:when=3" % MOVE[sync]])
+        cyc.client, log,
+        ["-y"] + mode_args(sync) + ["-e", "inject=%s:error=%s:when=3" % (MOVE[sync], error)])
     assert not killed and p.returncode == 74, (p.returncode, p.stderr)
-    assert b"cannot move message to" in p.stderr and b"File exists" in p.stderr, p.stderr
-    assert [c[0] for c in calls].count(MOVE[sync]) == 3, calls
+    assert b"cannot move message to" in p.stderr, p.stderr
+    assert (b"File exists" if error == "EEXIST" else b"Input/output error") in p.stderr
+    names = [c[0] for c in calls]
+    assert names.count(MOVE[sync]) == 3, calls
     assert len(cyc.local()) == 2 and cyc.tmp_files() == []
     assert mailbox.count() == NMSG, "a DELE went out for a batch that was not delivered"
     assert not any(n in ("write", "sendto") and "DELE" in a for n, a in calls)
-    finish(cyc.client)
-    assert digest_counts(cyc.local()) == digest_counts(cyc.msgs)
-    assert mailbox.count() == 0 and cyc.tmp_files() == []
+    # the two moved files: new/ fsynced after the failed move
+    last_move = max(k for k, ln in enumerate(traced_lines(log))
+                    if re.match(r'\d+ +%s\(' % MOVE[sync], ln))
+    assert any(k > last_move for k in new_dir_fsyncs(log)), "new/ not fsynced after a failed move"
+    check_new_synced_before_dele(traced_finish(cyc, "finish"), "a failed move")
+    check_done(cyc, mailbox, "a failed move")
+
+
+def test_fsync_of_new_fails(tmp_path, mailbox):
+    """100 messages, two batches; the fsync of new/ after the second batch's
+    moves fails (EIO, injected). The run fails with nothing deleted; batch
+    1 (new/ fsynced) stays in new/, batch 2's names are removed from new/
+    again (never durable: nothing may find them). The next run fsyncs new/
+    before its first DELE, deletes batch 1 by its markers, downloads batch 2
+    again: every message exactly once."""
+    nmsg = BATCH + 36
+    rec = Cycle(tmp_path, mailbox, 0, keep=False, nmsg=nmsg)
+    log = str(rec.dir / "rec.strace")
+    p, calls, _, _ = strace_run(rec.client, log, ["-y"], trace="fsync,syncfs,renameat2")
+    assert p.returncode == 0, p.stderr
+    fsyncs = [k for k, (n, _) in enumerate(calls) if n == "fsync"]
+    new_fsyncs = [k for k, (n, a) in enumerate(calls)
+                  if n == "fsync" and re.match(r'\d+<[^>]*/Mail/new>', a)]
+    assert len(new_fsyncs) == 2, calls
+    when = fsyncs.index(new_fsyncs[1]) + 1
+
+    cyc = Cycle(tmp_path, mailbox, 1, keep=False, nmsg=nmsg)
+    log = str(cyc.dir / "eio.strace")
+    p, calls, killed, _ = strace_run(cyc.client, log,
+                                     ["-y", "-s", "4096", "-e",
+                                      "inject=fsync:error=EIO:when=%d" % when],
+                                     trace="fsync,syncfs,renameat2,unlinkat,write")
+    failed = [a for n, a in calls if n == "fsync" and "(INJECTED)" in a]
+    assert len(failed) == 1 and "/Mail/new>" in failed[0], failed
+    assert not killed and p.returncode == 74, (p.returncode, p.stderr)
+    assert b"cannot fsync directory" in p.stderr, p.stderr
+    # DELEs for batch 1 only (durable; not committed: no QUIT)
+    assert max(int(d) for n, a in calls if n == "write"
+               for d in re.findall(r'DELE (\d+)', a)) <= BATCH
+    assert mailbox.count() == nmsg
+    # batch 1 durable in new/, batch 2 gone from new/ and tmp/
+    assert digest_counts(cyc.local()) == digest_counts(cyc.msgs[:BATCH])
+    assert cyc.tmp_files() == []
+    check_new_synced_before_dele(traced_finish(cyc, "finish"), "a failed fsync of new/")
+    check_done(cyc, mailbox, "a failed fsync of new/")
+
+
+@pytest.mark.parametrize("k", [1, NMSG - 1])
+def test_sigkill_after_some_moves_next_run_fsyncs_new_first(tmp_path, mailbox, k):
+    """SIGKILL right after the k-th move of a batch, before the fsync of
+    new/: the moved names may not be durable. The next run must fsync new/
+    before the DELE their markers call for."""
+    cyc = Cycle(tmp_path, mailbox, 1, keep=False)
+    p, _, killed, pid = strace_run(cyc.client, str(cyc.dir / "kill.strace"),
+                                   ["-e", "inject=renameat2:signal=SIGKILL:when=%d" % (k + 1)])
+    assert killed, p.stderr
+    assert len(cyc.local()) == k and mailbox.count() == NMSG
+    check_new_synced_before_dele(traced_finish(cyc, "finish"), "a kill after move %d" % k)
+    check_done(cyc, mailbox, "a kill after move %d" % k, pid)
