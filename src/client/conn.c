@@ -377,7 +377,31 @@ conn_write(struct conn *c, const void *data, size_t len, struct fetch_error *err
 		p += n;
 		len -= (size_t)n;
 	}
+	c->quickack_due = true;
 	return true;
+}
+
+/* A server with Nagle's algorithm on (no TCP_NODELAY: popa3d, for one)
+ * holds back a small reply segment until the previous one is
+ * acknowledged. Our pipelined commands leave in groups, and a reply may
+ * come in several small writes, so no command is there to carry the ACK:
+ * Linux then delays it (up to 40 ms, "pingpong" mode, entered whenever we
+ * send soon after receiving) and every such wait stalls the fetch. Before
+ * blocking in a read after a write, TCP_QUICKACK leaves that mode: the ACK
+ * pending goes out now and the data of the next read is acknowledged as
+ * soon as it is read. The kernel re-enters the mode at our next write,
+ * hence re-armed after each write (one setsockopt per group of commands).
+ * Elsewhere: nothing (the stall is a Linux delayed-ACK matter). */
+static void
+conn_quickack(struct conn *c)
+{
+#ifdef TCP_QUICKACK
+	if (c->quickack_due) {
+		int one = 1;
+		(void)setsockopt(c->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+	}
+#endif
+	c->quickack_due = false;
 }
 
 bool
@@ -388,6 +412,7 @@ conn_fill(struct conn *c, struct fetch_error *err)
 	c->start = c->end = 0;
 	if (c->eof)
 		return io_error(err, 0, "reading from");
+	conn_quickack(c);
 	for (;;) {
 		ssize_t n;
 		errno = 0;

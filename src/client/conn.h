@@ -31,6 +31,7 @@ struct conn {
 	char buf[CONN_BUF_SIZE];
 	size_t start, end;           /* unread bytes are buf[start..end) */
 	bool eof;
+	bool quickack_due;           /* written since the last read (conn.c) */
 	uint64_t bytes_in;
 };
 

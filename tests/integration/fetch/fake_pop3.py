@@ -11,7 +11,7 @@ class FakePop3:
     def __init__(self, messages=(), capa=("USER", "UIDL", "TOP"), uidl=True,
                  greeting="+OK fake ready", stls_reply=None, retr_hook=None,
                  pass_reply="+OK logged in", tls_context=None, stls_context=None,
-                 stls_inject=b"", uidl_fn=None):
+                 stls_inject=b"", uidl_fn=None, nagle=False, line_writes=False):
         self.messages = [bytes(m) for m in messages]
         self.deleted = set()
         self.capa = capa          # None: CAPA answered with -ERR
@@ -27,6 +27,14 @@ class FakePop3:
         self.token = "tok-123"
         self.auth_payload = b""
         self.uidl_fn = uidl_fn or (lambda i: "uid-%d" % i)
+        # Replies leave at once (TCP_NODELAY), as from a server that writes
+        # each reply whole: the tests must not depend on delayed ACKs.
+        # nagle=True keeps Nagle's algorithm on, and line_writes=True writes
+        # every reply line by line, like a stdio server that flushes often
+        # (popa3d): a client that does not answer promptly stalls 40 ms on
+        # the delayed ACK each time.
+        self.nagle = nagle
+        self.line_writes = line_writes
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -52,6 +60,8 @@ class FakePop3:
                 return
             try:
                 conn.settimeout(10)
+                if not self.nagle:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.tls_context is not None:
                     conn = self.tls_context.wrap_socket(conn, server_side=True)
                 self._session(conn)
@@ -72,7 +82,12 @@ class FakePop3:
 
     def _session(self, conn):
         f = conn.makefile("rb")
-        send = conn.sendall
+
+        def send(data):
+            if not self.line_writes:
+                return conn.sendall(data)
+            for ln in data.splitlines(keepends=True):
+                conn.sendall(ln)
         send(self.greeting.encode() + b"\r\n")
         pending_delete = set()
         while True:
@@ -98,7 +113,6 @@ class FakePop3:
                 send(b"+OK begin TLS\r\n" + self.stls_inject)
                 conn = self.stls_context.wrap_socket(conn, server_side=True)
                 f = conn.makefile("rb")
-                send = conn.sendall
             elif cmd == "STLS":
                 send((self.stls_reply or "-ERR no TLS here").encode() + b"\r\n")
             elif cmd == "USER":
