@@ -215,8 +215,14 @@ maildir_begin(struct deliverer *d, const struct deliver_message *m, struct fetch
 	 * of the whole path per message */
 	d->fd = openat(d->tmpfd, strrchr(d->tmp_path, '/') + 1,
 	    O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (d->fd < 0)
-		return disk_error(err, "cannot create", d->tmp_path);
+	if (d->fd < 0) {
+		/* not ours (EEXIST: another writer's file): abort() and close()
+		 * must not unlink it */
+		disk_error(err, "cannot create", d->tmp_path);
+		free(d->tmp_path);
+		d->tmp_path = NULL;
+		return false;
+	}
 	d->written = 0;
 	return true;
 }

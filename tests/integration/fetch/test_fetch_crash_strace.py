@@ -548,3 +548,26 @@ def test_sigkill_after_some_moves_next_run_fsyncs_new_first(tmp_path, mailbox, k
     assert len(cyc.local()) == k and mailbox.count() == NMSG
     check_new_synced_before_dele(traced_finish(cyc, "finish"), "a kill after move %d" % k)
     check_done(cyc, mailbox, "a kill after move %d" % k, pid)
+
+
+def test_tmp_name_taken_is_not_unlinked(tmp_path, mailbox):
+    """The open of a new tmp/ file fails with EEXIST (injected: as if
+    another writer had the name): the run fails with nothing deleted, and
+    never unlinks that name (it is the other writer's file)."""
+    rec = Cycle(tmp_path, mailbox, 0, keep=False)
+    p, calls, _, _ = strace_run(rec.client, str(rec.dir / "rec.strace"), ["-y"], trace="openat")
+    assert p.returncode == 0, p.stderr
+    first = [k for k, (n, a) in enumerate(calls) if re.match(r'\d+<[^>]*/Mail/tmp>, "', a)][0]
+    cyc = Cycle(tmp_path, mailbox, 1, keep=False)
+    p, calls, killed, _ = strace_run(
+        cyc.client, str(cyc.dir / "eexist.strace"),
+        ["-y", "-e", "inject=openat:error=EEXIST:when=%d" % (first + 1)],
+        trace="openat,unlink,unlinkat")
+    assert not killed and p.returncode == 74, (p.returncode, p.stderr)
+    failed = [a for n, a in calls if n == "openat" and "(INJECTED)" in a]
+    assert len(failed) == 1 and "/Mail/tmp>" in failed[0], failed
+    name = re.search(r'"([^"]+)"', failed[0]).group(1)
+    assert not any(n in ("unlink", "unlinkat") and name in a for n, a in calls), calls
+    assert mailbox.count() == NMSG
+    finish(cyc.client)
+    check_done(cyc, mailbox, "a taken tmp/ name")
