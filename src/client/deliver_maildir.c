@@ -127,9 +127,13 @@ rename_noreplace(int olddirfd, const char *oldname, int newdirfd, const char *ne
 }
 
 /* syncfs() makes a whole batch durable in one call, but it is as good as
- * an fsync of each file only where it reports writeback errors (Linux 5.8
- * and later: any error on the file system since the descriptor was
- * opened) and where the file system's sync really reaches the disk: local
+ * an fsync of each file only where it reports every error: Linux 5.8 made
+ * it report data writeback errors (any since the descriptor was opened),
+ * but the error of the file system's own commit (ext4 journal, XFS log,
+ * btrfs transaction: the ->sync_fs() return) was dropped until 5.17
+ * (commit 5679897eb104, "vfs: make sync_filesystem return errors from
+ * ->sync_fs"), so before 5.17 a failed commit looked like success. And
+ * only where the file system's sync really reaches the disk: local
  * block file systems. FUSE (whose daemon may never see a sync), NFS and
  * the rest get an fsync per file. POPBOX_MAILDIR_FSYNC=1 forces that path
  * (tests, or a paranoid user). */
@@ -146,7 +150,7 @@ syncfs_is_enough(int dirfd)
 		return false;
 	if (uname(&u) < 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2)
 		return false;
-	if (major < 5 || (major == 5 && minor < 8))
+	if (major < 5 || (major == 5 && minor < 17))
 		return false;
 	if (fstatfs(dirfd, &sf) < 0)
 		return false;
