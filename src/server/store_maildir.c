@@ -951,14 +951,19 @@ store_maildir_open(const char *path, struct store **store_r, char **error_r)
 		status = STORE_PERM;
 		goto fail;
 	}
-	if (store_maildir_mkdir(AT_FDCWD, path) < 0) {
-		saved = errno;
-		*error_r = xasprintf("maildir %s: mkdir: %s", path, strerror(saved));
-		status = store_maildir_errno_status(saved);
-		goto fail;
-	}
-	/* O_NOFOLLOW: a symlinked maildrop is refused (reliability §4.5 #49). */
+	/* O_NOFOLLOW: a symlinked maildrop is refused (reliability §4.5 #49).
+	 * Opened first and created only when missing: a login costs no
+	 * failing mkdir. */
 	ms->root_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (ms->root_fd < 0 && errno == ENOENT) {
+		if (store_maildir_mkdir(AT_FDCWD, path) < 0) {
+			saved = errno;
+			*error_r = xasprintf("maildir %s: mkdir: %s", path, strerror(saved));
+			status = store_maildir_errno_status(saved);
+			goto fail;
+		}
+		ms->root_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	}
 	if (ms->root_fd < 0) {
 		saved = errno;
 		*error_r = xasprintf("maildir %s: open: %s", path, strerror(saved));
@@ -995,9 +1000,13 @@ store_maildir_open(const char *path, struct store **store_r, char **error_r)
 	}
 	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
 		const char *subname = maildir_subdir_names[sub];
-		if (store_maildir_mkdir(ms->root_fd, subname) < 0 ||
-		    (ms->sub_fd[sub] = openat(ms->root_fd, subname,
-		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+		ms->sub_fd[sub] = openat(ms->root_fd, subname,
+		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (ms->sub_fd[sub] < 0 && errno == ENOENT &&
+		    store_maildir_mkdir(ms->root_fd, subname) == 0)
+			ms->sub_fd[sub] = openat(ms->root_fd, subname,
+			    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (ms->sub_fd[sub] < 0) {
 			saved = errno;
 			*error_r = xasprintf("maildir %s: %s/: %s", path, subname,
 			    strerror(saved));
