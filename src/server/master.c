@@ -484,11 +484,14 @@ master_raise_nofile(const struct config *config)
 		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 			rl.rlim_cur = old;
 	}
-	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
-		log_warnx("open file limit %llu is below what max_connections = %u needs per "
-		    "worker (%llu); raise it (ulimit -n, LimitNOFILE=)",
-		    (unsigned long long)rl.rlim_cur, config->max_connections,
-		    (unsigned long long)want);
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+		uint64_t fit = rl.rlim_cur > MASTER_FDS_SPARE ?
+		    (rl.rlim_cur - MASTER_FDS_SPARE) / MASTER_FDS_PER_SESSION * workers : 0;
+		log_warnx("open file limit %llu holds about %llu sessions over %llu workers, "
+		    "fewer than max_connections = %u; raise it (ulimit -n, LimitNOFILE=) "
+		    "or lower max_connections", (unsigned long long)rl.rlim_cur,
+		    (unsigned long long)fit, (unsigned long long)workers, config->max_connections);
+	}
 }
 
 int
