@@ -199,7 +199,30 @@ def pop3load(mode, port, *args, timeout_pad=60, check=True):
 
 # ------------------------------------------------------------------ servers
 
-class Popboxd:
+class Server:
+    """What the scenarios use of a server: port(s), pid(), stop(), user
+    prefix; subclasses start it."""
+    proc = None
+
+    def spawn(self, cmd, logname, what, settle):
+        self.logf = open(os.path.join(self.dir, logname), "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        PROCS.append(self.proc)
+        wait_port(self.port, self.proc, what=what)
+        time.sleep(settle)
+
+    def stop(self):
+        stop(self.proc)
+
+    def pid(self):
+        return self.proc.pid
+
+    def upfx(self, prefix):
+        return prefix
+
+
+class Popboxd(Server):
     name = "popboxd"
 
     def __init__(self, root, users, mail, cert, key):
@@ -254,21 +277,7 @@ class Popboxd:
         self.write_conf()
 
     def start(self):
-        self.logf = open(os.path.join(self.dir, "popboxd.log"), "ab")
-        self.proc = subprocess.Popen([POPBOXD, "-f", "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=self.logf, stderr=subprocess.STDOUT)
-        PROCS.append(self.proc)
-        wait_port(self.port, self.proc, what="popboxd")
-        time.sleep(0.3)
-
-    def stop(self):
-        stop(self.proc)
-
-    def pid(self):
-        return self.proc.pid
-
-    def upfx(self, prefix):
-        return prefix
+        self.spawn([POPBOXD, "-f", "-c", self.conf], "popboxd.log", "popboxd", 0.3)
 
     def forget_index(self, user):
         try:
@@ -277,7 +286,7 @@ class Popboxd:
             pass
 
 
-class Dovecot:
+class Dovecot(Server):
     name = "Dovecot"
 
     def __init__(self, root, users, mail, cert, key, max_sessions):
@@ -362,21 +371,7 @@ service anvil {{
         self.proc = None
 
     def start(self):
-        self.logf = open(os.path.join(self.dir, "dovecot.stderr"), "ab")
-        self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=self.logf, stderr=subprocess.STDOUT)
-        PROCS.append(self.proc)
-        wait_port(self.port, self.proc, what="Dovecot")
-        time.sleep(0.5)
-
-    def stop(self):
-        stop(self.proc)
-
-    def pid(self):
-        return self.proc.pid
-
-    def upfx(self, prefix):
-        return prefix
+        self.spawn(["dovecot", "-F", "-c", self.conf], "dovecot.stderr", "Dovecot", 0.5)
 
     def forget_index(self, user):
         md = os.path.join(self.mail, user)
@@ -398,7 +393,7 @@ POPA3D_PFX = "pbb"          # system users pbbr0, pbbs12, ...: "pbb" + corpus pr
 POPA3D_GECOS = "popbox bench user (bench/bench.py), safe to delete"
 
 
-class Popa3d:
+class Popa3d(Server):
     """popa3d (Debian package, unpacked with apt-get download + dpkg -x, not
     installed: it conflicts with dovecot-pop3d) in inetd mode under socat,
     process per session: `socat TCP-LISTEN:PORT,fork,nodelay
