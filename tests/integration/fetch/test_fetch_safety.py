@@ -107,18 +107,23 @@ def test_failing_mda_leaves_message_on_server(client, mailbox, account_conf, tmp
     assert mailbox.count() == 1
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
+def mounted_tmpfs(tmp_path, size):
+    """A tmpfs of this size at tmp_path/full for the test's duration."""
     mnt = tmp_path / "full"
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "popbox-test", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "popbox-test", str(mnt)],
                        capture_output=True)
     if r.returncode != 0:
         pytest.skip("mount not permitted here: %s" % r.stderr.decode().strip())
     yield mnt
     subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    yield from mounted_tmpfs(tmp_path, "256k")
 
 
 @pytest.mark.parametrize("kind", ["maildir", "mbox"])
@@ -162,16 +167,7 @@ def test_kill_9_during_keep_mode_fetch(client, mailbox, account_conf, tmp_path):
 
 @pytest.fixture
 def tmpfs_384k(tmp_path):
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "popbox-test", str(mnt)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip("mount not permitted here: %s" % r.stderr.decode().strip())
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+    yield from mounted_tmpfs(tmp_path, "384k")
 
 
 @pytest.mark.parametrize("sync", ["auto", "fsync"])
