@@ -1034,6 +1034,63 @@ fail:
 	return status;
 }
 
+/* Calls visit(name, arg) for every entry of sub/ whose name does not start
+ * with '.', from a fresh open file description (so the readdir position is
+ * ours), until visit returns true. Returns 1 if visit stopped the walk, 0 at
+ * the end of the directory, -1 with errno if it could not be read. The
+ * re-scans of RETR and expunge share it; the login scan has its own loop
+ * because it also keeps the directory's inode and change time. */
+static int
+store_maildir_walk(struct maildir_store *ms, enum maildir_subdir sub,
+    bool (*visit)(const char *name, void *arg), void *arg)
+{
+	int fd = openat(ms->sub_fd[sub], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *d;
+	DIR *dir;
+	int result = 0, saved;
+
+	if (fd < 0)
+		return -1;
+	if ((dir = fdopendir(fd)) == NULL) {
+		saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	for (;;) {
+		errno = 0;
+		if ((d = readdir(dir)) == NULL) {
+			result = errno != 0 ? -1 : 0;
+			break;
+		}
+		if (d->d_name[0] != '.' && visit(d->d_name, arg)) {
+			result = 1;
+			break;
+		}
+	}
+	saved = errno;
+	closedir(dir);
+	errno = saved;
+	return result;
+}
+
+struct maildir_find {
+	const char *base;
+	size_t len;
+	char *found;        /* the matching file name, malloc'd */
+};
+
+static bool
+store_maildir_find_visit(const char *name, void *arg)
+{
+	struct maildir_find *f = arg;
+
+	if (store_maildir_base_cmp(name, store_maildir_base_len(name), f->base, f->len) != 0)
+		return false;
+	f->found = xstrdup(name);
+	return true;
+}
+
 /* Find the file that now holds base name key (a concurrent reader may have
  * moved it from new/ to cur/ or changed its flags). cur/ first: that is where
  * messages move to. Returns "<sub>/<file>" (malloc'd), or NULL with errno
@@ -1044,41 +1101,16 @@ store_maildir_find_base(struct maildir_store *ms, const char *base, size_t len)
 	static const enum maildir_subdir order[] = { MAILDIR_CUR, MAILDIR_NEW };
 
 	for (size_t k = 0; k < N_ELEMENTS(order); k++) {
-		enum maildir_subdir sub = order[k];
-		struct dirent *d;
-		DIR *dir;
-		int fd = openat(ms->sub_fd[sub], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		struct maildir_find f = { base, len, NULL };
+		int r = store_maildir_walk(ms, order[k], store_maildir_find_visit, &f);
 
-		if (fd < 0)
+		if (r < 0)
 			return NULL;
-		if ((dir = fdopendir(fd)) == NULL) {
-			int saved = errno;
-			close(fd);
-			errno = saved;
-			return NULL;
+		if (r > 0) {
+			char *name = xasprintf("%s/%s", maildir_subdir_names[order[k]], f.found);
+			free(f.found);
+			return name;
 		}
-		for (;;) {
-			errno = 0;
-			if ((d = readdir(dir)) == NULL) {
-				if (errno != 0) {
-					int saved = errno;
-					closedir(dir);
-					errno = saved;
-					return NULL;
-				}
-				break;
-			}
-			if (d->d_name[0] == '.')
-				continue;
-			if (store_maildir_base_cmp(d->d_name, store_maildir_base_len(d->d_name),
-			    base, len) == 0) {
-				char *name = xasprintf("%s/%s",
-				    maildir_subdir_names[sub], d->d_name);
-				closedir(dir);
-				return name;
-			}
-		}
-		closedir(dir);
 	}
 	errno = ENOENT;
 	return NULL;
@@ -1180,6 +1212,33 @@ store_maildir_missing_key_cmp(const void *pkey, const void *pentry)
 	return store_maildir_base_cmp(key->base, key->len, e->base, e->len);
 }
 
+struct maildir_unlink_moved {
+	struct maildir_store *ms;
+	enum maildir_subdir sub;
+	struct maildir_missing *missing;
+	size_t n_missing;
+	int failed;
+};
+
+static bool
+store_maildir_unlink_moved_visit(const char *name, void *arg)
+{
+	struct maildir_unlink_moved *u = arg;
+	struct maildir_base_key key = { name, store_maildir_base_len(name) };
+	struct maildir_missing *mm = bsearch(&key, u->missing, u->n_missing,
+	    sizeof(*u->missing), store_maildir_missing_key_cmp);
+
+	if (mm == NULL)
+		return false;
+	if (unlinkat(u->ms->sub_fd[u->sub], name, 0) < 0 && errno != ENOENT) {
+		log_warn("maildir %s: unlink %s/ file of message %u",
+		    u->ms->path, maildir_subdir_names[u->sub], mm->idx + 1);
+		u->failed++;
+	}
+	mm->found = true;
+	return false;
+}
+
 /* Messages renamed since the scan (flags changed by an IMAP server on the
  * same Maildir) are still the messages the user deleted: one pass over cur/
  * and new/ removes every file with their base names. Returns the number of
@@ -1188,52 +1247,15 @@ static int
 store_maildir_unlink_moved(struct maildir_store *ms, struct maildir_missing *missing,
     size_t n_missing)
 {
-	int failed = 0;
+	struct maildir_unlink_moved u = { ms, MAILDIR_NEW, missing, n_missing, 0 };
 
 	qsort(missing, n_missing, sizeof(*missing), store_maildir_missing_cmp);
 	for (int sub = MAILDIR_SUBDIRS - 1; sub >= 0; sub--) {
-		struct dirent *d;
-		DIR *dir;
-		int fd = openat(ms->sub_fd[sub], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-		if (fd < 0)
+		u.sub = (enum maildir_subdir)sub;
+		if (store_maildir_walk(ms, u.sub, store_maildir_unlink_moved_visit, &u) < 0)
 			return -1;
-		if ((dir = fdopendir(fd)) == NULL) {
-			int saved = errno;
-			close(fd);
-			errno = saved;
-			return -1;
-		}
-		for (;;) {
-			errno = 0;
-			if ((d = readdir(dir)) == NULL) {
-				if (errno != 0) {
-					int saved = errno;
-					closedir(dir);
-					errno = saved;
-					return -1;
-				}
-				break;
-			}
-			if (d->d_name[0] == '.')
-				continue;
-			struct maildir_base_key key = { d->d_name, store_maildir_base_len(d->d_name) };
-			struct maildir_missing *mm = bsearch(&key, missing, n_missing,
-			    sizeof(*missing), store_maildir_missing_key_cmp);
-			if (mm == NULL)
-				continue;
-			if (unlinkat(ms->sub_fd[sub], d->d_name, 0) < 0) {
-				if (errno == ENOENT)
-					continue;
-				log_warn("maildir %s: unlink %s/ file of message %u",
-				    ms->path, maildir_subdir_names[sub], mm->idx + 1);
-				failed++;
-			}
-			mm->found = true;
-		}
-		closedir(dir);
 	}
-	return failed;
+	return u.failed;
 }
 
 static enum store_status
