@@ -2,7 +2,7 @@
  * a line that starts with '.' gets one more '.', and a message whose last line
  * has no newline gets one. The terminating ".\r\n" is NOT written here.
  *
- * Canonical rule (also what the wire size counts, design §5): split the file at
+ * Canonical rule (also what the wire size counts, docs/PROTOCOL.md §4): split the file at
  * LF; a CR directly before that LF belongs to the line end and is dropped; every
  * other byte is passed through unchanged (bare CR, NUL, 8-bit); each line is sent
  * as its bytes + CRLF; a final segment without LF is sent as a line too (a CR at

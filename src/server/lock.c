@@ -21,7 +21,7 @@ struct lock {
 
 /* Locks held by this process. Few per worker (one per logged-in session), so
  * a list is enough. The mutex because stores may be opened from a thread
- * pool (design §3: long disk work off the event loop). */
+ * pool (docs/DESIGN.md "Process model": long disk work off the event loop). */
 static struct lock *lock_held;
 static pthread_mutex_t lock_table_mutex = PTHREAD_MUTEX_INITIALIZER;
 

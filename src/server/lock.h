@@ -1,5 +1,4 @@
-/* Exclusive, non-blocking session lock on a maildrop (design §5, reliability
- * §3.3): excludes sessions in this process (other threads or the same event
+/* Exclusive, non-blocking session lock on a maildrop (docs/PROTOCOL.md §2): excludes sessions in this process (other threads or the same event
  * loop), in other processes on this host and, through the file system's
  * flock, on other hosts sharing the directory (NFSv4, CephFS).
  *

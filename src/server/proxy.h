@@ -1,5 +1,5 @@
 /* PROXY protocol v1 and v2 (HAProxy's specification) for popboxd behind a
- * TCP load balancer (design §9): the header the balancer sends before any
+ * TCP load balancer (docs/DESIGN.md "Behind a load balancer"): the header the balancer sends before any
  * POP3 or TLS byte carries the real client address, used for logging, the
  * per-address limits and the failed-login penalty. Only balancers listed in
  * proxy_trusted may send it; anything else is closed. */

@@ -3,7 +3,7 @@
  *
  * Life cycle: store_open() -> (message_open()...) -> expunge() at UPDATE only
  * -> close(). A store is a snapshot taken at open: messages delivered later are
- * not seen by this store (design §6); message numbers never change.
+ * not seen by this store (docs/PROTOCOL.md §2); message numbers never change.
  */
 #ifndef POPBOX_STORE_H
 #define POPBOX_STORE_H

@@ -1,9 +1,9 @@
-/* Maildir backend of the store interface (store.h; rules in reliability §3.4).
+/* Maildir backend of the store interface (store.h; rules in docs/RELIABILITY.md §2).
  *
  * The maildrop is read through directory descriptors opened once with
  * O_NOFOLLOW, and every message is opened relative to them with O_NOFOLLOW, so
  * a symlink planted in the maildrop (or a renamed cur/) cannot redirect reads
- * or unlinks outside it (reliability §4.5 #49).
+ * or unlinks outside it (docs/RELIABILITY.md §3).
  *
  * Sizes come from the file through the wire encoder, cached in popbox.index so
  * that logging in to a big maildrop does not read every message. The index
@@ -907,7 +907,7 @@ store_maildir_mkdir(int dir_fd, const char *name)
 }
 
 /* The maildrop must belong to us and be writable by nobody else: another
- * user able to write there could plant or remove mail (reliability §4.5 #50). */
+ * user able to write there could plant or remove mail (docs/RELIABILITY.md §3). */
 static bool
 store_maildir_check_owner(int fd, const char *path, const char *what, char **error_r)
 {
@@ -951,7 +951,7 @@ store_maildir_open(const char *path, struct store **store_r, char **error_r)
 		status = STORE_PERM;
 		goto fail;
 	}
-	/* O_NOFOLLOW: a symlinked maildrop is refused (reliability §4.5 #49).
+	/* O_NOFOLLOW: a symlinked maildrop is refused (docs/RELIABILITY.md §3).
 	 * Opened first and created only when missing: a login costs no
 	 * failing mkdir. */
 	ms->root_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -1334,7 +1334,7 @@ store_maildir_expunge(struct store *store, const bool *deleted, char **error_r)
 
 	/* Removal is durable only once the directories are on disk; the
 	 * client forgets its copy of nothing, but must not see deleted mail
-	 * again after a crash (reliability §3.4). */
+	 * again after a crash (docs/RELIABILITY.md §2). */
 	if (any) {
 		for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
 			if (fsync(ms->sub_fd[sub]) < 0) {

@@ -1,4 +1,4 @@
-/* Unit tests for maildir_uidl_from_name (server/store.h, design §5). */
+/* Unit tests for maildir_uidl_from_name (server/store.h, docs/PROTOCOL.md §4). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
