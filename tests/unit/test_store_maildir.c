@@ -811,6 +811,66 @@ test_refuses_unsafe_maildrop(void **state)
 	store->backend->close(store);
 }
 
+/* The mail location ~/mail/Maildir with ~/mail replaced by a link to another
+ * user's directory: the link is in a directory the mail user can write, so
+ * it is not followed, neither to open the other maildrop nor to create one
+ * there; the same path without the link works. */
+static void
+test_symlink_above_maildrop(void **state)
+{
+	struct fixture *f = *state;
+	struct store *store = NULL;
+	char *error = NULL;
+	char *bob_mail = xasprintf("%s/bob-mail", f->base);
+	char *bob_empty = xasprintf("%s/bob-empty", f->base);
+	char *home = xasprintf("%s/alice", f->base);
+	char *link = xasprintf("%s/alice/mail", f->base);
+	char *alice_md = xasprintf("%s/alice/mail/Maildir", f->base);
+	char *victim = xasprintf("%s/bob-mail/Maildir/new/1000.B.host", f->base);
+	char *created = xasprintf("%s/bob-empty/Maildir", f->base);
+
+	assert_int_equal(mkdir(bob_mail, 0700), 0);
+	assert_int_equal(mkdir(bob_empty, 0700), 0);
+	assert_int_equal(mkdir(home, 0700), 0);
+	free(f->maildir);
+	f->maildir = xasprintf("%s/Maildir", bob_mail);
+	store = open_ok(f);     /* creates bob's maildrop */
+	store->backend->close(store);
+	write_str(f, "new/1000.B.host", msg_lf);
+
+	assert_int_equal(symlink(bob_mail, link), 0);
+	assert_int_equal(store_maildir.open(alice_md, &store, &error), STORE_PERM);
+	assert_null(store);
+	assert_non_null(strstr(error, "symbolic link"));
+	free(error);
+	error = NULL;
+	assert_int_equal(access(victim, F_OK), 0);
+
+	/* A link to a directory without a maildrop: nothing created there. */
+	assert_int_equal(unlink(link), 0);
+	assert_int_equal(symlink(bob_empty, link), 0);
+	assert_int_equal(store_maildir.open(alice_md, &store, &error), STORE_PERM);
+	free(error);
+	error = NULL;
+	assert_int_equal(access(created, F_OK), -1);
+
+	/* A real directory in its place: the maildrop is created and opened. */
+	assert_int_equal(unlink(link), 0);
+	assert_int_equal(mkdir(link, 0700), 0);
+	assert_int_equal(store_maildir.open(alice_md, &store, &error), STORE_OK);
+	assert_int_equal(store->count, 0);
+	store->backend->close(store);
+
+	free(f->maildir);
+	f->maildir = alice_md;   /* freed by teardown */
+	free(bob_mail);
+	free(bob_empty);
+	free(home);
+	free(link);
+	free(victim);
+	free(created);
+}
+
 int
 main(void)
 {
@@ -830,6 +890,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_expunge_failure_reported, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_unsafe_maildrop, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_symlink_above_maildrop, setup, teardown),
 	};
 	log_init("test_store_maildir", true, false);
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,101 @@
+"""The mail location is resolved without following symbolic links that the
+mail user could have placed (docs/DESIGN.md "Storage"): with
+mail = maildir:~/mail/Maildir a user who turns ~/mail into a link to another
+user's directory gets an error, not the other user's mail. Links that only
+the administrator can change are followed."""
+
+import os
+
+from popbox_server import wire_form
+
+
+def is_err(line):
+    return line.startswith(b"-ERR")
+
+
+def home_server(server_factory):
+    srv = server_factory(start=False)
+    homes = {}
+    for user in ("alice", "bob"):
+        home = os.path.join(srv.base, "home", user)
+        os.makedirs(home)
+        srv._own(os.path.join(srv.base, "home"))
+        srv._own(home)
+        homes[user] = home
+        srv.add_user(user, user + "pw", extra="::::%s:" % home)
+    srv.config["mail"] = "maildir:~/mail/Maildir"
+    return srv, homes
+
+
+def make_maildir(srv, path):
+    for sub in ("", "cur", "new", "tmp"):
+        p = os.path.join(path, sub)
+        os.makedirs(p, exist_ok=True)
+        srv._own(p)
+    srv._own(os.path.dirname(path))
+
+
+def put_message(srv, maildir, name, data):
+    path = os.path.join(maildir, "new", name)
+    with open(path, "wb") as f:
+        f.write(data)
+    srv._own(path)
+    return path
+
+
+def test_link_to_another_users_mail_is_not_followed(server_factory):
+    srv, homes = home_server(server_factory)
+    bob_md = os.path.join(homes["bob"], "mail", "Maildir")
+    make_maildir(srv, bob_md)
+    secret = put_message(srv, bob_md, "1000.bob.host", b"Subject: for bob only\n\nsecret\n")
+    os.symlink(os.path.join(homes["bob"], "mail"), os.path.join(homes["alice"], "mail"))
+    srv.start()
+
+    c = srv.connect()
+    assert c.cmd("USER alice").startswith(b"+OK")
+    st = c.cmd("PASS alicepw")
+    assert is_err(st), st
+    assert b"[SYS/PERM]" in st, st
+    assert b"secret" not in st and b"bob" not in st, st
+    c.close()
+    assert os.path.exists(secret)
+    assert "symbolic link" in srv.log()
+
+    # bob himself is served as before
+    with srv.session("bob", "bobpw") as s:
+        assert s.retr(1) == wire_form(b"Subject: for bob only\n\nsecret\n")
+        s.quit()
+
+
+def test_no_maildrop_created_through_a_link(server_factory):
+    srv, homes = home_server(server_factory)
+    elsewhere = os.path.join(homes["bob"], "elsewhere")
+    os.makedirs(elsewhere)
+    srv._own(elsewhere)
+    os.symlink(elsewhere, os.path.join(homes["alice"], "mail"))
+    srv.start()
+    c = srv.connect()
+    assert c.cmd("USER alice").startswith(b"+OK")
+    assert is_err(c.cmd("PASS alicepw"))
+    c.close()
+    assert os.listdir(elsewhere) == []
+
+
+def test_link_in_a_directory_only_the_admin_can_change_is_followed(server_factory):
+    """/srv/links/mail -> the real mail root, in a directory the mail user
+    cannot write (root's when the tests run as root, mode 0555 otherwise)."""
+    srv = server_factory(start=False)
+    links = os.path.join(srv.base, "links")
+    os.makedirs(links)
+    os.symlink(srv.mail_root, os.path.join(links, "mail"))
+    os.chmod(links, 0o555)
+    srv.config["mail"] = "maildir:%s/mail/%%u" % links
+    name = srv.deliver(b"Subject: through the admin's link\n\nhello\n")
+    srv.start()
+    try:
+        with srv.session() as c:
+            assert c.uidl() == {1: name}
+            assert c.retr(1) == wire_form(b"Subject: through the admin's link\n\nhello\n")
+            c.quit()
+    finally:
+        os.chmod(links, 0o755)
