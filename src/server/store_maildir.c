@@ -38,6 +38,13 @@
  * login may take; a bigger maildrop is refused with SYS/PERM rather than shown
  * partly, which would look like lost mail. */
 #define MAILDIR_MAX_MESSAGES 1000000
+/* Largest message size an index line may give (8 TiB, far above any mail
+ * system's limit). The index is written by the maildrop's owner, who could
+ * otherwise make the total size wrap below max_maildrop_size: with this
+ * bound the sum of MAILDIR_MAX_MESSAGES sizes stays below 2^63. */
+#define MAILDIR_INDEX_MAX_SIZE ((uint64_t)1 << 43)
+_Static_assert(MAILDIR_MAX_MESSAGES <= (1 << 20),
+    "MAILDIR_MAX_MESSAGES * MAILDIR_INDEX_MAX_SIZE must stay below 2^63");
 /* New directories: the maildrop is private to its owner. */
 #define MAILDIR_DIR_MODE 0700
 /* Session lock and index cache live in the maildrop root, where Maildir
@@ -264,7 +271,7 @@ store_maildir_index_parse_line(char *line, struct maildir_index_entry *e, bool v
 	if (sp == NULL)
 		return false;
 	*sp = '\0';
-	if (!parse_u64(line, UINT64_MAX, &e->size))
+	if (!parse_u64(line, MAILDIR_INDEX_MAX_SIZE, &e->size))
 		return false;
 	if (v1) {
 		name = sp + 1;    /* a base name: cannot hold ':' */

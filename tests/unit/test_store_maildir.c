@@ -454,6 +454,11 @@ test_index_damaged(void **state)
 	char *truncated = xstrndup(good, strlen(good) - 4);
 	char *no_end = xstrndup(good, (size_t)(strstr(good, "end ") - good));
 	char *torn_line = xstrndup(good, 30);
+	/* Everything valid but a size that would make the total wrap (the
+	 * sum of the real sizes and 2^64 - 100): sizes over 8 TiB are damage. */
+	const char *first = strchr(strchr(good, '\n') + 1, '\n') + 1;
+	char *huge = xasprintf("%.*s18446744073709551516%s", (int)(first - good), good,
+	    first + strspn(first, "0123456789"));
 	const char *bad[] = {
 		"",
 		"garbage\x01\x02\n",
@@ -476,7 +481,7 @@ test_index_damaged(void **state)
 		"popbox-index 2\ndirs -\n777 n 1000%2FA.host\nend 1\n",
 		"popbox-index 2\ndirs -\n99999999999999999999999 n 1000.A.host\nend 1\n",
 		"popbox-index 2\ndirs -\n777 n 1000.A.host\nend 1\nextra\n",
-		truncated, no_end, torn_line,
+		truncated, no_end, torn_line, huge,
 	};
 	for (size_t k = 0; k < N_ELEMENTS(bad); k++) {
 		put_index(f, bad[k]);
@@ -500,6 +505,7 @@ test_index_damaged(void **state)
 	free(now);
 	free(p);
 	free(truncated);
+	free(huge);
 	free(no_end);
 	free(torn_line);
 	free(good);
