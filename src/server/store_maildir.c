@@ -64,6 +64,12 @@ unsigned store_maildir_settle_ms = 2000;
 /* Longest valid index line: 20-digit size, " n " or " c ", a NAME_MAX-byte
  * name with every byte %-escaped, newline. Longer means damage. */
 #define MAILDIR_INDEX_LINE_MAX (20 + 3 + 3 * NAME_MAX + 1)
+/* popbox.index is read whole into one buffer, and it is written by the
+ * maildrop's owner: 128 MiB bounds that allocation (the largest index any
+ * line length allows would be ~790 MB) and still holds 1,000,000 messages
+ * (MAILDIR_MAX_MESSAGES) of usual Maildir names (about 70 bytes a line) with
+ * room to spare. A larger file is read as damage: the scan is the truth. */
+#define MAILDIR_INDEX_MAX_BYTES ((uint64_t)128 << 20)
 /* Read size when computing a message's wire size: large enough that syscall
  * cost vanishes, small enough for a worker thread's stack-free heap buffer. */
 #define MAILDIR_READ_CHUNK (64 * 1024)
@@ -372,8 +378,8 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 		close(fd);
 		return false;
 	}
-	/* Larger than the largest index we could have written: damage. */
-	if ((uint64_t)st.st_size > (uint64_t)(MAILDIR_MAX_MESSAGES + 2) * MAILDIR_INDEX_LINE_MAX) {
+	/* Over the bound: read as damage (the scan rebuilds what it needs). */
+	if ((uint64_t)st.st_size > MAILDIR_INDEX_MAX_BYTES) {
 		close(fd);
 		goto done;
 	}

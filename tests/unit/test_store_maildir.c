@@ -877,6 +877,43 @@ test_symlink_above_maildrop(void **state)
 	free(created);
 }
 
+/* A trusted popbox.index (its dirs record matches) over MAILDIR_INDEX_MAX_BYTES
+ * is not read: the maildrop is scanned instead. The planted index lists
+ * ~530,000 messages that do not exist; read, it would be the listing. */
+static void
+test_index_too_big_not_read(void **state)
+{
+	struct fixture *f = *state;
+	store_maildir_settle_ms = 50;
+	populate(f);
+	struct store *store = open_settled(f);
+	store->backend->close(store);
+	char *index = read_index(f);
+	char *end = strstr(index, "\nend 4\n");
+	assert_non_null(end);
+	assert_null(strstr(index, "dirs -"));
+
+	char *p = xasprintf("%s/popbox.index", f->maildir);
+	FILE *fp = fopen(p, "w");
+	assert_non_null(fp);
+	fwrite(index, 1, (size_t)(end - index) + 1, fp);
+	char pad[240];
+	memset(pad, 'p', sizeof(pad) - 1);
+	pad[sizeof(pad) - 1] = '\0';
+	unsigned n = 0;
+	for (uint64_t written = 0; written <= ((uint64_t)128 << 20); n++)
+		written += (uint64_t)fprintf(fp, "1 n 2500.%s%07u\n", pad, n);
+	fprintf(fp, "end %u\n", 4 + n);
+	assert_int_equal(fclose(fp), 0);
+	free(p);
+
+	store = open_ok(f);
+	assert_int_equal(store->count, 4);
+	store->backend->close(store);
+	store_maildir_settle_ms = 2000;
+	free(index);
+}
+
 int
 main(void)
 {
@@ -890,6 +927,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_index_damaged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_trusted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_too_big_not_read, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_not_source_of_truth, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vanished_and_moved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expunge_only_marked, setup, teardown),
