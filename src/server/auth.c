@@ -292,19 +292,21 @@ delayed_reply_cb(evutil_socket_t fd, short what, void *arg)
 	free(d);
 }
 
-/* Send a final or intermediate answer. Final answers to an address with
- * recent failures wait; a failure adds to the address's count, a success
- * clears it (issue: brute-force throttling without blocking anything). */
+/* Send a final or intermediate answer. Final answers wait as the penalty
+ * says (auth_penalty.h: per source and user, per user, per source); a
+ * failure counts, a success clears that user's counts. Nothing blocks. */
 static void
 auth_answer(int fd, uint64_t id, const char *peer, const char *status, const char *user,
     const char *location, const char *data)
 {
 	bool final = strcmp(status, "continue") != 0;
-	unsigned delay_ms = final ? auth_penalty_delay_ms(auth.penalty, peer, time(NULL)) : 0;
+	const char *who = user != NULL ? user : "";
+	time_t now = time(NULL);
+	unsigned delay_ms = final ? auth_penalty_delay_ms(auth.penalty, peer, who, now) : 0;
 	if (strcmp(status, "fail") == 0)
-		auth_penalty_failed(auth.penalty, peer, time(NULL));
+		auth_penalty_failed(auth.penalty, peer, who, now);
 	else if (strcmp(status, "ok") == 0)
-		auth_penalty_succeeded(auth.penalty, peer);
+		auth_penalty_succeeded(auth.penalty, peer, who);
 	if (delay_ms == 0) {
 		reply_send(fd, id, status, user, location, data);
 		return;
@@ -971,7 +973,7 @@ auth_main(struct child_env *env)
 	gsasl_callback_set(auth.gsasl, sasl_callback);
 	if (RAND_bytes(auth.fake_salt_key, sizeof(auth.fake_salt_key)) != 1)
 		fatalx("no randomness");
-	auth.penalty = auth_penalty_new();
+	auth.penalty = auth_penalty_new(AUTH_PENALTY_IPV6_PREFIX);
 	pthread_mutex_init(&auth.lock, NULL);
 	pthread_cond_init(&auth.cond, NULL);
 	auth.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
