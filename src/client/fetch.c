@@ -408,51 +408,59 @@ state_checkpoint(struct run *r, bool force, struct fetch_error *err)
 
 /* ---- the transaction ---- */
 
+/* Where the pieces of one RETR body go (retr_piece). */
+struct retr_sink {
+	struct run *r;
+	bool delivering;           /* false after a local error: pieces dropped */
+	uint64_t octets;           /* message bytes, as delivered */
+	struct fetch_error *local;
+};
+
+static void
+retr_piece(void *ctx, const char *data, size_t len)
+{
+	struct retr_sink *k = ctx;
+	struct run *r = k->r;
+	if (k->delivering && !r->d->ops->write(r->d, data, len, k->local)) {
+		r->d->ops->abort(r->d);
+		k->delivering = false;
+	}
+	k->octets += len;
+	r->bytes_fetched += len;
+	progress(r, false);
+}
+
 /* Stream one RETR body into the deliverer. A local error stops delivery
  * but the body is still consumed up to its end when possible. */
 static bool
 retr_body(struct run *r, uint32_t i, struct fetch_error *err, struct fetch_error *local)
 {
-	struct conn *c = r->s->conn;
-	struct pop3_unstuffer u;
 	struct msg *m = &r->m[i];
-	static char out[CONN_BUF_SIZE + 1];
-	bool delivering = true;
 	struct deliver_message dm = {
 		.uidl = m->uidl,
 		.marker = r->have_uidl && !m->ambiguous && m->marker[0] ? m->marker : NULL,
 		.number = i + 1,
 		.list_size = m->size,
 	};
-	uint64_t cap = m->size * 2 + FETCH_BODY_SLACK;
+	struct retr_sink k = { .r = r, .delivering = true, .local = local };
 
 	if (!r->d->ops->begin(r->d, &dm, local))
-		delivering = false;
-	pop3_unstuffer_init(&u);
-	while (!u.done) {
-		if (!conn_fill(c, err)) {
-			if (delivering)
-				r->d->ops->abort(r->d);
-			return false;	/* partial message discarded */
-		}
-		size_t used;
-		size_t n = pop3_unstuff(&u, c->buf + c->start, c->end - c->start, out, &used);
-		c->start += used;
-		if (u.in_bytes > cap) {
-			if (delivering)
-				r->d->ops->abort(r->d);
-			return fetch_error_set(err, EX_PROTOCOL,
-			    "message %u is far larger than the %" PRIu64 " octets LIST announced; "
-			    "aborting", i + 1, m->size);
-		}
-		if (delivering && n > 0 && !r->d->ops->write(r->d, out, n, local)) {
+		k.delivering = false;
+	switch (pop3c_read_body(r->s, m->size * 2 + FETCH_BODY_SLACK, retr_piece, &k, err)) {
+	case POP3C_BODY_OK:
+		break;
+	case POP3C_BODY_TOO_LONG:
+		if (k.delivering)
 			r->d->ops->abort(r->d);
-			delivering = false;
-		}
-		r->bytes_fetched += n;
-		progress(r, false);
+		return fetch_error_set(err, EX_PROTOCOL,
+		    "message %u is far larger than the %" PRIu64 " octets LIST announced; "
+		    "aborting", i + 1, m->size);
+	case POP3C_BODY_FAILED:
+		if (k.delivering)
+			r->d->ops->abort(r->d);
+		return false;	/* partial message discarded */
 	}
-	if (!delivering)
+	if (!k.delivering)
 		return true;
 	if (r->d->ops->end != NULL) {
 		/* durable later, with its batch (sync_batch) */
@@ -461,7 +469,7 @@ retr_body(struct run *r, uint32_t i, struct fetch_error *err, struct fetch_error
 		if (r->nbatch == 0)
 			r->batch_t0 = now_sec();
 		r->batch[r->nbatch++] = i;
-		r->batch_bytes += u.out_bytes;
+		r->batch_bytes += k.octets;
 		m->pending = true;
 		return true;
 	}
@@ -614,20 +622,10 @@ run_transaction(struct run *r, struct fetch_error *err)
 		}
 		struct fetch_error local = { 0 };
 		if (fatal_local) {
-			/* already failing: drain the pipelined reply, deliver nothing */
-			struct pop3_unstuffer u;
-			char sink[CONN_BUF_SIZE + 1];
-			pop3_unstuffer_init(&u);
-			while (!u.done) {
-				size_t used;
-				if (!conn_fill(s->conn, err))
-					goto out;
-				pop3_unstuff(&u, s->conn->buf + s->conn->start,
-				    s->conn->end - s->conn->start, sink, &used);
-				s->conn->start += used;
-				if (u.in_bytes > m->size * 2 + FETCH_BODY_SLACK)
-					goto out;	/* endless body: just drop the session */
-			}
+			/* already failing: drain the pipelined reply, deliver
+			 * nothing; an endless body just drops the session */
+			if (!pop3c_skip_body(s, m->size * 2 + FETCH_BODY_SLACK, err))
+				goto out;
 			continue;
 		}
 		if (!retr_body(r, i, err, &local))

@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +112,44 @@ pop3c_read_lines(struct pop3c *s, uint32_t max_lines,
 		if (fn != NULL && !fn(ctx, line[0] == '.' ? line + 1 : line, err))
 			return false;
 	}
+}
+
+enum pop3c_body_status
+pop3c_read_body(struct pop3c *s, uint64_t max_octets,
+    void (*fn)(void *ctx, const char *data, size_t len), void *ctx,
+    struct fetch_error *err)
+{
+	struct conn *c = s->conn;
+	struct pop3_unstuffer u;
+
+	pop3_unstuffer_init(&u);
+	while (!u.done) {
+		if (!conn_fill(c, err))
+			return POP3C_BODY_FAILED;
+		size_t used;
+		size_t n = pop3_unstuff(&u, c->buf + c->start, c->end - c->start, s->body, &used);
+		c->start += used;
+		if (u.in_bytes > max_octets)
+			return POP3C_BODY_TOO_LONG;
+		if (fn != NULL && n > 0)
+			fn(ctx, s->body, n);
+	}
+	return POP3C_BODY_OK;
+}
+
+bool
+pop3c_skip_body(struct pop3c *s, uint64_t max_octets, struct fetch_error *err)
+{
+	switch (pop3c_read_body(s, max_octets, NULL, NULL, err)) {
+	case POP3C_BODY_OK:
+		return true;
+	case POP3C_BODY_TOO_LONG:
+		return fetch_error_set(err, EX_PROTOCOL,
+		    "a message body longer than %" PRIu64 " octets; aborting", max_octets);
+	case POP3C_BODY_FAILED:
+		break;
+	}
+	return false;
 }
 
 bool

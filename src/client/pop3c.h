@@ -19,6 +19,7 @@ struct pop3c {
 	const char *text;                       /* text after +OK/-ERR in line */
 	enum pop3_resp_code code;
 	char mechanism[32];                      /* what authenticated us */
+	char body[CONN_BUF_SIZE + 1];            /* pop3c_read_body's output */
 };
 
 /* Connect, TLS per account (implicit, or STLS which is then mandatory:
@@ -51,6 +52,32 @@ enum pop3_status pop3c_command(struct pop3c *s, const char *cmd, struct fetch_er
 bool pop3c_read_lines(struct pop3c *s, uint32_t max_lines,
     bool (*fn)(void *ctx, const char *line, struct fetch_error *err), void *ctx,
     struct fetch_error *err);
+
+/* How pop3c_read_body() ended. */
+enum pop3c_body_status {
+	POP3C_BODY_OK,          /* read up to and including its "." line */
+	POP3C_BODY_TOO_LONG,    /* more than max_octets arrived (err not set) */
+	POP3C_BODY_FAILED,      /* the connection failed or closed (err set) */
+};
+
+/* Read the body of a multi-line response whose +OK was just read (RETR),
+ * up to its terminating "." line, unstuffed (dots removed, lines ending
+ * in LF). fn, when not NULL, gets each decoded piece in order (data is
+ * valid only during the call; pieces are never empty). max_octets bounds
+ * the wire bytes read: once more have arrived the read stops with
+ * POP3C_BODY_TOO_LONG, before the piece that crossed the bound is handed
+ * to fn, and the rest of the body is left unread. After anything but
+ * POP3C_BODY_OK the session cannot carry another command: only
+ * pop3c_abort() is left. */
+enum pop3c_body_status pop3c_read_body(struct pop3c *s, uint64_t max_octets,
+    void (*fn)(void *ctx, const char *data, size_t len), void *ctx,
+    struct fetch_error *err);
+
+/* Read and throw away the body of a multi-line response (a RETR answer
+ * that arrived after a local failure, in a pipeline). True when the whole
+ * body was read; false with err set (EX_PROTOCOL past max_octets, or the
+ * connection's error) otherwise, and the session is then unusable. */
+bool pop3c_skip_body(struct pop3c *s, uint64_t max_octets, struct fetch_error *err);
 
 /* Turn the last -ERR into an error: temporary codes -> EX_TEMPFAIL,
  * [SYS/PERM] -> EX_UNAVAILABLE, otherwise `code`. */
