@@ -86,6 +86,7 @@ struct run {
 	struct account *a;
 	const struct fetch_options *o;
 	struct pop3c *s;
+	const struct deliver_ops *backend;	/* of a->deliver_kind */
 	struct deliverer *d;
 	struct uidl_state st;
 	bool have_state;
@@ -344,7 +345,7 @@ plan(struct run *r, int64_t now)
 					first = e->first_seen;
 				}
 			}
-			if (a->deliver_kind == DELIVER_MAILDIR) {
+			if (r->backend->scan != NULL) {
 				msg_marker(r, i);
 				const struct marker_seen *ms = marker_find(r, m->marker);
 				if (ms != NULL && !known) {
@@ -633,7 +634,7 @@ run_transaction(struct run *r, struct fetch_error *err)
 		if (!m->delivered && !m->pending) {
 			m->failed = true;
 			r->n_failed++;
-			if (r->a->deliver_kind == DELIVER_MDA && local.code != EX_OSERR) {
+			if (r->backend->refusal_per_message && local.code != EX_OSERR) {
 				/* the command refused this one message: leave it on the
 				 * server, carry on with the others */
 				fprintf(stderr, "popbox: %s: message %u: %s\n", r->a->name, i + 1,
@@ -719,7 +720,12 @@ fetch_account(struct account *a, const struct fetch_options *o)
 	r.account_key = xasprintf("%s@%s", a->user, a->host);
 	r.progress_on = !o->quiet && !o->list && !o->rebuild && isatty(2);
 
-	if (o->rebuild && a->deliver_kind != DELIVER_MAILDIR) {
+	r.backend = deliver_backend(a->deliver_kind);
+	if (r.backend == NULL) {
+		fetch_error_set(&err, EX_CONFIG, "no delivery target");
+		goto out;
+	}
+	if (o->rebuild && r.backend->scan == NULL) {
 		fetch_error_set(&err, EX_CONFIG,
 		    "--rebuild-state reads a Maildir; account %s does not deliver to one", a->name);
 		goto out;
@@ -755,8 +761,8 @@ fetch_account(struct account *a, const struct fetch_options *o)
 		    "mode works)", a->host);
 		goto out;
 	}
-	if (a->deliver_kind == DELIVER_MAILDIR && r.have_uidl) {
-		if (!deliver_maildir_scan(a->deliver_target, marker_add, &r, &err))
+	if (r.backend->scan != NULL && r.have_uidl) {
+		if (!r.backend->scan(a->deliver_target, marker_add, &r, &err))
 			goto out;
 		if (r.nmarkers > 0)
 			qsort(r.markers, r.nmarkers, sizeof(*r.markers), marker_cmp);
