@@ -320,20 +320,15 @@ maildir_drop_pending(struct maildir *md)
 	md->npending = 0;
 }
 
-/* reliability.md §3.4 for the whole batch: the data of every file is on
- * disk (one syncfs, or an fsync per file) before any of them is moved
- * into new/ (renameat2, or link + unlink), and new/ is fsynced once after
- * the last move. */
+/* The data of every pending file on disk (one syncfs, or an fsync per
+ * file), then every descriptor closed. */
 static bool
-maildir_sync(struct deliverer *d, struct fetch_error *err)
+maildir_sync_data(struct maildir *md, struct fetch_error *err)
 {
-	struct maildir *md = DELIVER_STATE(d, struct maildir);
 	bool ok = true;
+	uint64_t bytes = 0;
 	size_t i;
 
-	uint64_t bytes = 0;
-	if (md->npending == 0)
-		return true;
 	for (i = 0; i < md->npending; i++)
 		bytes += md->pending[i].written;
 	/* syncfs() also writes whatever else is dirty on the file system:
@@ -354,77 +349,102 @@ maildir_sync(struct deliverer *d, struct fetch_error *err)
 			ok = disk_error(err, "cannot close", p->tmp_path);
 		p->fd = -1;
 	}
-	for (i = 0; ok && i < md->npending; i++) {
-		struct maildir_pending *p = &md->pending[i];
-		const char *base = strrchr(p->tmp_path, '/') + 1;
-		char *final = xasprintf("%s/new/%s,S=%llu", md->base.target, base,
-		    (unsigned long long)p->written);
-		const char *final_base = strrchr(final, '/') + 1;
-		/* One renameat2(RENAME_NOREPLACE) moves the synced file from
-		 * tmp/ to new/ atomically (same file system) and, like link(),
-		 * never replaces an existing file: EEXIST is an error as it
-		 * always was. A crash leaves the name in tmp/ or in new/, and
-		 * the marker in new/ is what the next run looks for. */
-		if (!md->no_renameat2) {
-			if (rename_noreplace(md->tmpfd, base, md->newfd, final_base) == 0) {
-				free(p->tmp_path);
-				p->tmp_path = NULL;
-				p->new_name = xstrdup(final_base);
-				free(final);
-				continue;
-			}
-			if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
-				ok = disk_error(err, "cannot move message to", final);
-				free(final);
-				continue;
-			}
-			/* not on this kernel or file system: link + unlink
-			 * from now on */
-			md->no_renameat2 = true;
-		}
-		/* link() refuses to replace an existing file; fall back to
-		 * rename() on file systems without hard links (the name is
-		 * unique anyway). */
-		if (linkat(md->tmpfd, base, md->newfd, final_base, 0) == 0) {
-			unlinkat(md->tmpfd, base, 0);
-			free(p->tmp_path);
-			p->tmp_path = NULL;
-			p->new_name = xstrdup(final_base);
-		} else if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP ||
-		    errno == EXDEV) {
-			if (renameat(md->tmpfd, base, md->newfd, final_base) < 0) {
-				ok = disk_error(err, "cannot move message to", final);
-			} else {
-				free(p->tmp_path);
-				p->tmp_path = NULL;
-				p->new_name = xstrdup(final_base);
-			}
-		} else {
-			ok = disk_error(err, "cannot move message to", final);
-		}
-		free(final);
+	return ok;
+}
+
+/* link() refuses to replace an existing file; fall back to rename() on
+ * file systems without hard links (the name is unique anyway). False
+ * with errno set. */
+static bool
+maildir_link(struct maildir *md, const char *base, const char *final_base)
+{
+	if (linkat(md->tmpfd, base, md->newfd, final_base, 0) == 0) {
+		unlinkat(md->tmpfd, base, 0);
+		return true;
 	}
-	/* What reached new/ must be durable there or gone: a later run that
-	 * finds a marker in new/ deletes the message on the server. So new/
-	 * is fsynced whenever something was moved, even when a later move
-	 * failed (the run still fails and deletes nothing; the next run finds
-	 * the moved ones and deletes them), and if that fsync fails the names
-	 * moved by this batch are removed again (downloaded again next run).
-	 * A kill between the moves and this fsync is covered by the scan,
-	 * which fsyncs new/ before any marker is trusted. */
+	if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP || errno == EXDEV)
+		return renameat(md->tmpfd, base, md->newfd, final_base) == 0;
+	return false;
+}
+
+/* Move one synced file from tmp/ into new/ under its final name. */
+static bool
+maildir_move(struct maildir *md, struct maildir_pending *p, struct fetch_error *err)
+{
+	const char *base = strrchr(p->tmp_path, '/') + 1;
+	char *final = xasprintf("%s/new/%s,S=%llu", md->base.target, base,
+	    (unsigned long long)p->written);
+	const char *final_base = strrchr(final, '/') + 1;
+	int r = -1;
+
+	/* One renameat2(RENAME_NOREPLACE) moves the synced file from tmp/ to
+	 * new/ atomically (same file system) and, like link(), never
+	 * replaces an existing file: EEXIST is an error as it always was. A
+	 * crash leaves the name in tmp/ or in new/, and the marker in new/ is
+	 * what the next run looks for. */
+	if (!md->no_renameat2) {
+		r = rename_noreplace(md->tmpfd, base, md->newfd, final_base);
+		/* not on this kernel or file system: link + unlink from now on */
+		if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP))
+			md->no_renameat2 = true;
+	}
+	bool ok = r == 0 || (md->no_renameat2 && maildir_link(md, base, final_base));
+	if (ok) {
+		free(p->tmp_path);
+		p->tmp_path = NULL;
+		p->new_name = xstrdup(final_base);
+	} else {
+		disk_error(err, "cannot move message to", final);
+	}
+	free(final);
+	return ok;
+}
+
+/* What reached new/ must be durable there or gone: a later run that finds
+ * a marker in new/ deletes the message on the server. So new/ is fsynced
+ * whenever something was moved, even when a later move failed (the run
+ * still fails and deletes nothing; the next run finds the moved ones and
+ * deletes them), and if that fsync fails the names moved by this batch
+ * are removed again (downloaded again next run). A kill between the moves
+ * and this fsync is covered by the scan, which fsyncs new/ before any
+ * marker is trusted. ok: the batch so far; returns it, false if the fsync
+ * failed. */
+static bool
+maildir_sync_new(struct maildir *md, bool ok, struct fetch_error *err)
+{
 	bool moved = false;
+	size_t i;
+
 	for (i = 0; i < md->npending; i++)
 		moved = moved || md->pending[i].new_name != NULL;
-	if (moved && fsync(md->newfd) < 0) {
-		if (ok) {
-			char *newdir = xasprintf("%s/new", md->base.target);
-			ok = disk_error(err, "cannot fsync directory", newdir);
-			free(newdir);
-		}
-		for (i = 0; i < md->npending; i++)
-			if (md->pending[i].new_name != NULL)
-				(void)unlinkat(md->newfd, md->pending[i].new_name, 0);
+	if (!moved || fsync(md->newfd) == 0)
+		return ok;
+	if (ok) {
+		char *newdir = xasprintf("%s/new", md->base.target);
+		ok = disk_error(err, "cannot fsync directory", newdir);
+		free(newdir);
 	}
+	for (i = 0; i < md->npending; i++)
+		if (md->pending[i].new_name != NULL)
+			(void)unlinkat(md->newfd, md->pending[i].new_name, 0);
+	return ok;
+}
+
+/* reliability.md §3.4 for the whole batch: the data of every file is on
+ * disk (one syncfs, or an fsync per file) before any of them is moved
+ * into new/ (renameat2, or link + unlink), and new/ is fsynced once after
+ * the last move. */
+static bool
+maildir_sync(struct deliverer *d, struct fetch_error *err)
+{
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
+
+	if (md->npending == 0)
+		return true;
+	bool ok = maildir_sync_data(md, err);
+	for (size_t i = 0; ok && i < md->npending; i++)
+		ok = maildir_move(md, &md->pending[i], err);
+	ok = maildir_sync_new(md, ok, err);
 	/* whatever was not moved goes from tmp/ */
 	maildir_drop_pending(md);
 	return ok;
