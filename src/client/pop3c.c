@@ -671,8 +671,7 @@ pop3c_quit(struct pop3c *s, struct fetch_error *err)
 	bool ok = st == POP3_OK;
 	if (st == POP3_ERR)
 		pop3c_fail(s, EX_TEMPFAIL, "QUIT failed, deletions not committed", err);
-	conn_close(s->conn);
-	free(s);
+	pop3c_abort(s);		/* the session is over either way */
 	return ok;
 }
 
