@@ -97,6 +97,63 @@ has_crlf_nul(const char *s)
 	return strpbrk(s, "\r\n") != NULL;
 }
 
+static bool
+set_tls(struct account *a, const char *value, const char *where, struct fetch_error *err)
+{
+	if (!strcmp(value, "implicit"))
+		a->tls = TLS_IMPLICIT;
+	else if (!strcmp(value, "starttls"))
+		a->tls = TLS_STARTTLS;
+	else if (!strcmp(value, "off"))
+		a->tls = TLS_OFF;
+	else
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s: tls must be implicit, starttls or off", where);
+	return true;
+}
+
+static bool
+set_auth(struct account *a, const char *value, const char *where, struct fetch_error *err)
+{
+	static const char *const mechs[] = { "auto", "SCRAM-SHA-256", "SCRAM-SHA-1",
+	    "PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER", "APOP", "USER" };
+	size_t i;
+	for (i = 0; i < N_ELEMENTS(mechs); i++)
+		if (!strcasecmp(value, mechs[i]))
+			break;
+	if (i == N_ELEMENTS(mechs))
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s: auth must be auto, scram-sha-256, scram-sha-1, plain, login, "
+		    "cram-md5, xoauth2, oauthbearer, apop or user", where);
+	set_str(&a->auth, mechs[i]);
+	return true;
+}
+
+/* "KIND:TARGET", KIND one of the delivery backends (deliver.h). */
+static bool
+set_deliver(struct account *a, const char *value, const char *where,
+    struct fetch_error *err)
+{
+	const char *colon = strchr(value, ':');
+	size_t n = colon ? (size_t)(colon - value) : 0;
+	enum deliver_kind kind = DELIVER_NONE;
+
+	if (colon != NULL && colon[1] != '\0') {
+		if (n == 7 && !strncmp(value, "maildir", 7))
+			kind = DELIVER_MAILDIR;
+		else if (n == 4 && !strncmp(value, "mbox", 4))
+			kind = DELIVER_MBOX;
+		else if (n == 3 && !strncmp(value, "mda", 3))
+			kind = DELIVER_MDA;
+	}
+	if (kind == DELIVER_NONE)
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s: deliver must be maildir:PATH, mbox:PATH or mda:COMMAND", where);
+	a->deliver_kind = kind;
+	set_str(&a->deliver_target, colon + 1);
+	return true;
+}
+
 bool
 account_set(struct account *a, const char *key, const char *value, const char *where,
     bool allow_password, struct fetch_error *err)
@@ -110,15 +167,7 @@ account_set(struct account *a, const char *key, const char *value, const char *w
 			return fetch_error_set(err, EX_CONFIG, "%s: port must be 1..65535", where);
 		set_str(&a->port, value);
 	} else if (!strcmp(key, "tls")) {
-		if (!strcmp(value, "implicit"))
-			a->tls = TLS_IMPLICIT;
-		else if (!strcmp(value, "starttls"))
-			a->tls = TLS_STARTTLS;
-		else if (!strcmp(value, "off"))
-			a->tls = TLS_OFF;
-		else
-			return fetch_error_set(err, EX_CONFIG,
-			    "%s: tls must be implicit, starttls or off", where);
+		return set_tls(a, value, where, err);
 	} else if (!strcmp(key, "tls_trust_file")) {
 		set_str(&a->tls_trust_file, value);
 	} else if (!strcmp(key, "tls_fingerprint")) {
@@ -141,31 +190,9 @@ account_set(struct account *a, const char *key, const char *value, const char *w
 	} else if (!strcmp(key, "password_command")) {
 		set_str(&a->password_command, value);
 	} else if (!strcmp(key, "auth")) {
-		static const char *const mechs[] = { "auto", "SCRAM-SHA-256", "SCRAM-SHA-1",
-		    "PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER", "APOP", "USER" };
-		size_t i;
-		for (i = 0; i < N_ELEMENTS(mechs); i++)
-			if (!strcasecmp(value, mechs[i]))
-				break;
-		if (i == N_ELEMENTS(mechs))
-			return fetch_error_set(err, EX_CONFIG,
-			    "%s: auth must be auto, scram-sha-256, scram-sha-1, plain, login, "
-			    "cram-md5, xoauth2, oauthbearer, apop or user", where);
-		set_str(&a->auth, mechs[i]);
+		return set_auth(a, value, where, err);
 	} else if (!strcmp(key, "deliver")) {
-		const char *colon = strchr(value, ':');
-		size_t n = colon ? (size_t)(colon - value) : 0;
-		if (colon == NULL || colon[1] == '\0')
-			goto bad_deliver;
-		if (n == 7 && !strncmp(value, "maildir", 7))
-			a->deliver_kind = DELIVER_MAILDIR;
-		else if (n == 4 && !strncmp(value, "mbox", 4))
-			a->deliver_kind = DELIVER_MBOX;
-		else if (n == 3 && !strncmp(value, "mda", 3))
-			a->deliver_kind = DELIVER_MDA;
-		else
-			goto bad_deliver;
-		set_str(&a->deliver_target, colon + 1);
+		return set_deliver(a, value, where, err);
 	} else if (!strcmp(key, "keep")) {
 		if (!parse_bool(value, &a->keep))
 			return fetch_error_set(err, EX_CONFIG, "%s: keep must be yes or no", where);
@@ -197,9 +224,6 @@ account_set(struct account *a, const char *key, const char *value, const char *w
 		return fetch_error_set(err, EX_CONFIG, "%s: unknown key '%s'", where, key);
 	}
 	return true;
-bad_deliver:
-	return fetch_error_set(err, EX_CONFIG,
-	    "%s: deliver must be maildir:PATH, mbox:PATH or mda:COMMAND", where);
 }
 
 static void
@@ -327,6 +351,48 @@ trim(char *s)
 	return s;
 }
 
+/* A "[account NAME]" line (s, trimmed): a new account at the end of
+ * *list. */
+static bool
+add_section(struct account **list, int *n, char *s, const char *where,
+    struct fetch_error *err)
+{
+	char *end = strchr(s, ']');
+	if (end == NULL || *trim(end + 1) != '\0')
+		return fetch_error_set(err, EX_CONFIG, "%s: bad section header", where);
+	*end = '\0';
+	char *inner = trim(s + 1);
+	if (strncmp(inner, "account", 7) != 0 || (inner[7] != ' ' && inner[7] != '\t'))
+		return fetch_error_set(err, EX_CONFIG, "%s: expected [account NAME]", where);
+	char *name = trim(inner + 7);
+	if (*name == '\0' || strpbrk(name, " \t/") != NULL)
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s: account name must be one word without '/'", where);
+	for (int i = 0; i < *n; i++)
+		if (!strcmp((*list)[i].name, name))
+			return fetch_error_set(err, EX_CONFIG, "%s: account %s defined twice",
+			    where, name);
+	*list = xrealloc(*list, sizeof(**list) * (size_t)(*n + 1));
+	account_init(&(*list)[*n]);
+	(*list)[*n].name = xstrdup(name);
+	(*list)[*n].source = xstrdup(where);
+	(*n)++;
+	return true;
+}
+
+/* A file holding a password must not be readable by group or others. */
+static bool
+private_file(FILE *f, const char *path, struct fetch_error *err)
+{
+	struct stat st;
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0)
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s holds a password and is readable by others (mode %04o); "
+		    "refusing to use it. Fix with: chmod 600 %s",
+		    path, (unsigned)(st.st_mode & 07777), path);
+	return true;
+}
+
 bool
 account_load_file(const char *path, bool must_exist, struct account **out, int *count,
     struct fetch_error *err)
@@ -359,36 +425,8 @@ account_load_file(const char *path, bool must_exist, struct account **out, int *
 		if (*s == '\0' || *s == '#' || *s == ';')
 			continue;
 		if (*s == '[') {
-			char *end = strchr(s, ']');
-			if (end == NULL || *trim(end + 1) != '\0') {
-				fetch_error_set(err, EX_CONFIG, "%s: bad section header", where);
+			if (!add_section(&list, &n, s, where, err))
 				goto out;
-			}
-			*end = '\0';
-			char *inner = trim(s + 1);
-			if (strncmp(inner, "account", 7) != 0 ||
-			    (inner[7] != ' ' && inner[7] != '\t')) {
-				fetch_error_set(err, EX_CONFIG,
-				    "%s: expected [account NAME]", where);
-				goto out;
-			}
-			char *name = trim(inner + 7);
-			if (*name == '\0' || strpbrk(name, " \t/") != NULL) {
-				fetch_error_set(err, EX_CONFIG,
-				    "%s: account name must be one word without '/'", where);
-				goto out;
-			}
-			for (int i = 0; i < n; i++)
-				if (!strcmp(list[i].name, name)) {
-					fetch_error_set(err, EX_CONFIG,
-					    "%s: account %s defined twice", where, name);
-					goto out;
-				}
-			list = xrealloc(list, sizeof(*list) * (size_t)(n + 1));
-			account_init(&list[n]);
-			list[n].name = xstrdup(name);
-			list[n].source = xstrdup(where);
-			n++;
 			continue;
 		}
 		char *eq = strchr(s, '=');
@@ -412,16 +450,8 @@ account_load_file(const char *path, bool must_exist, struct account **out, int *
 		fetch_error_set(err, EX_CONFIG, "error reading %s", path);
 		goto out;
 	}
-	if (has_password) {
-		struct stat st;
-		if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0) {
-			fetch_error_set(err, EX_CONFIG,
-			    "%s holds a password and is readable by others (mode %04o); "
-			    "refusing to use it. Fix with: chmod 600 %s",
-			    path, (unsigned)(st.st_mode & 07777), path);
-			goto out;
-		}
-	}
+	if (has_password && !private_file(f, path, err))
+		goto out;
 	ok = true;
 out:
 	fclose(f);

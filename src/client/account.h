@@ -34,15 +34,18 @@ struct account {
 
 #define ACCOUNT_DEFAULT_TIMEOUT 60
 
+/* Every field unset; whatever a held is not freed. */
 void account_init(struct account *a);
+/* Free every string a owns (all of them) and make it unset again. */
 void account_free(struct account *a);
 
-/* Set key (underscore form) to value from `where` (for messages).
- * allow_password: false for the command line. */
+/* Set key (underscore form) to value (copied) from `where` (for
+ * messages). allow_password: false for the command line. False with
+ * EX_CONFIG for an unknown key or a bad value; a is then unchanged. */
 bool account_set(struct account *a, const char *key, const char *value,
     const char *where, bool allow_password, struct fetch_error *err);
 
-/* Copy every set field of src over dst. */
+/* Copy every set field of src over dst (strings copied). */
 void account_override(struct account *dst, const struct account *src);
 
 /* Fill defaults and check that the account is complete (host, user,
@@ -51,8 +54,10 @@ bool account_finish(struct account *a, struct fetch_error *err);
 
 /* Read accounts.conf. Refuses (EX_CONFIG) a file that holds a password key
  * and is readable by group or others. Returns the number of accounts in
- * *out (xmalloc'd array) or false. A missing file with must_exist false is
- * zero accounts. */
+ * *count and the accounts in *out (xmalloc'd array: the caller frees each
+ * with account_free(), then the array), or false with err set (EX_CONFIG)
+ * and nothing to free (errno is ENOENT when the file was missing). A
+ * missing file with must_exist false is zero accounts. */
 bool account_load_file(const char *path, bool must_exist, struct account **out,
     int *count, struct fetch_error *err);
 

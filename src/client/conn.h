@@ -37,7 +37,8 @@ struct conn {
 
 /* Connect to host:port (any address family getaddrinfo gives), each
  * attempt bounded by timeout seconds; socket reads/writes get the same
- * timeout. Returns a new conn or NULL (EX_TEMPFAIL / EX_NOHOST). */
+ * timeout. Returns a new conn (the caller closes it with conn_close()) or
+ * NULL (EX_TEMPFAIL / EX_NOHOST). */
 struct conn *conn_connect(const char *host, const char *port, int timeout,
     struct fetch_error *err);
 
@@ -51,6 +52,8 @@ bool conn_start_tls(struct conn *c, const struct tls_options *opt,
 size_t conn_buffered(const struct conn *c);
 void conn_discard_buffer(struct conn *c);
 
+/* Write all of data (through TLS once started). False with err set
+ * (EX_TEMPFAIL) on a failed or timed-out write. */
 bool conn_write(struct conn *c, const void *data, size_t len, struct fetch_error *err);
 
 /* Read one line ending in LF; strips CRLF/LF. Lines longer than size-1 are
@@ -65,6 +68,7 @@ bool conn_fill(struct conn *c, struct fetch_error *err);
 const char *conn_tls_description(struct conn *c);
 bool conn_is_tls(const struct conn *c);
 
+/* Shut TLS down, close the socket and free c; NULL is ignored. */
 void conn_close(struct conn *c);
 
 #endif

@@ -1,35 +1,42 @@
+/* The backends behind one interface (deliver.h): lookup, open, close,
+ * and what they share (markers, writing a whole buffer). */
 #include "client/deliver.h"
 #include "client/account.h"
 #include "common/util.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
+
+static const struct deliver_ops *const backends[] = {
+	[DELIVER_MAILDIR] = &deliver_maildir_ops,
+	[DELIVER_MBOX] = &deliver_mbox_ops,
+	[DELIVER_MDA] = &deliver_mda_ops,
+};
+
+const struct deliver_ops *
+deliver_backend(int kind)
+{
+	if (kind < 0 || (size_t)kind >= N_ELEMENTS(backends))
+		return NULL;
+	return backends[kind];
+}
 
 struct deliverer *
 deliver_open(int kind, const char *target, const char *account_name, struct fetch_error *err)
 {
-	struct deliverer *d = xcalloc(1, sizeof(*d));
-	d->fd = d->tmpfd = d->newfd = -1;
-	d->target = xstrdup(target);
-	d->account_name = account_name;
-	switch (kind) {
-	case DELIVER_MAILDIR:
-		d->ops = &deliver_maildir_ops;
-		break;
-	case DELIVER_MBOX:
-		d->ops = &deliver_mbox_ops;
-		break;
-	case DELIVER_MDA:
-		d->ops = &deliver_mda_ops;
-		break;
-	default:
-		free(d->target);
-		free(d);
+	const struct deliver_ops *ops = deliver_backend(kind);
+	if (ops == NULL) {
 		fetch_error_set(err, EX_CONFIG, "no delivery target");
 		return NULL;
 	}
+	struct deliverer *d = ops->create();
+	d->ops = ops;
+	d->target = xstrdup(target);
+	d->account_name = account_name;
 	return d;
 }
 
@@ -38,11 +45,26 @@ deliver_close(struct deliverer *d)
 {
 	if (d == NULL)
 		return;
-	if (d->ops->close != NULL)
-		d->ops->close(d);
-	free(d->tmp_path);
-	free(d->target);
-	free(d);
+	char *target = d->target;
+	d->ops->destroy(d);
+	free(target);
+}
+
+bool
+deliver_write_all(int fd, const char *data, size_t len, uint64_t *written)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return false;
+		data += n;
+		len -= (size_t)n;
+		if (written != NULL)
+			*written += (uint64_t)n;
+	}
+	return true;
 }
 
 void

@@ -35,6 +35,29 @@
 /* A message this big starts its writeback as soon as it is whole. */
 #define MAILDIR_EARLY_WRITEBACK (256 * 1024)
 
+/* A message written to tmp/, not yet durable. */
+struct maildir_pending {
+	int fd;
+	char *tmp_path;
+	uint64_t written;
+	char *new_name;            /* its name in new/ once moved by sync() */
+};
+
+struct maildir {
+	struct deliverer base;
+	int fd;                    /* the message being written, or -1 */
+	char *tmp_path;            /* its path in tmp/ */
+	uint64_t written;
+	unsigned seq;              /* messages begun: part of the unique name */
+	struct maildir_pending *pending;   /* ended, not yet synced */
+	size_t npending, cappending;
+	int tmpfd, newfd;          /* tmp/ and new/, open from the first message */
+	bool use_syncfs;
+	bool no_renameat2;         /* EINVAL/ENOSYS/EOPNOTSUPP seen: link + unlink */
+	char *host;                /* the host part of unique names */
+	long pid;
+};
+
 static bool
 mkdir_p(const char *path, struct fetch_error *err)
 {
@@ -168,26 +191,27 @@ syncfs_is_enough(int dirfd)
 }
 
 static bool
-maildir_open_dirs(struct deliverer *d, struct fetch_error *err)
+maildir_open_dirs(struct maildir *md, struct fetch_error *err)
 {
-	char *tmp = xasprintf("%s/tmp", d->target), *new = xasprintf("%s/new", d->target);
+	char *tmp = xasprintf("%s/tmp", md->base.target);
+	char *new = xasprintf("%s/new", md->base.target);
 	bool ok = false;
 
 	/* opened before any message is written: syncfs() reports the errors
 	 * of writeback that happened after this open */
-	d->tmpfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (d->tmpfd < 0) {
+	md->tmpfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (md->tmpfd < 0) {
 		disk_error(err, "cannot open", tmp);
 		goto out;
 	}
-	d->newfd = open(new, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (d->newfd < 0) {
+	md->newfd = open(new, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (md->newfd < 0) {
 		disk_error(err, "cannot open", new);
-		close(d->tmpfd);
-		d->tmpfd = -1;
+		close(md->tmpfd);
+		md->tmpfd = -1;
 		goto out;
 	}
-	d->use_syncfs = syncfs_is_enough(d->tmpfd);
+	md->use_syncfs = syncfs_is_enough(md->tmpfd);
 	ok = true;
 out:
 	free(tmp);
@@ -198,87 +222,83 @@ out:
 static bool
 maildir_begin(struct deliverer *d, const struct deliver_message *m, struct fetch_error *err)
 {
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
 	struct timeval tv;
 
-	if (d->tmpfd < 0) {
+	if (md->tmpfd < 0) {
 		char host[512];
-		if (!maildir_prepare(d->target, err) || !maildir_open_dirs(d, err))
+		if (!maildir_prepare(md->base.target, err) || !maildir_open_dirs(md, err))
 			return false;
 		maildir_hostname(host, sizeof(host));
-		free(d->host);
-		d->host = xstrdup(host);
-		d->pid = (long)getpid();
+		free(md->host);
+		md->host = xstrdup(host);
+		md->pid = (long)getpid();
 	}
 	gettimeofday(&tv, NULL);
-	d->seq++;
-	free(d->tmp_path);
-	d->tmp_path = xasprintf("%s/tmp/%lld.M%06ldP%ldQ%u%s%s.%s", d->target,
-	    (long long)tv.tv_sec, (long)tv.tv_usec, d->pid, d->seq,
-	    m->marker ? "_pb" : "", m->marker ? m->marker : "", d->host);
+	md->seq++;
+	free(md->tmp_path);
+	md->tmp_path = xasprintf("%s/tmp/%lld.M%06ldP%ldQ%u%s%s.%s", md->base.target,
+	    (long long)tv.tv_sec, (long)tv.tv_usec, md->pid, md->seq,
+	    m->marker ? "_pb" : "", m->marker ? m->marker : "", md->host);
 	/* relative to the tmp/ descriptor (the one syncfs() uses): no walk
 	 * of the whole path per message */
-	d->fd = openat(d->tmpfd, strrchr(d->tmp_path, '/') + 1,
+	md->fd = openat(md->tmpfd, strrchr(md->tmp_path, '/') + 1,
 	    O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (d->fd < 0) {
+	if (md->fd < 0) {
 		/* not ours (EEXIST: another writer's file): abort() and close()
 		 * must not unlink it */
-		disk_error(err, "cannot create", d->tmp_path);
-		free(d->tmp_path);
-		d->tmp_path = NULL;
+		disk_error(err, "cannot create", md->tmp_path);
+		free(md->tmp_path);
+		md->tmp_path = NULL;
 		return false;
 	}
-	d->written = 0;
+	md->written = 0;
 	return true;
 }
 
 static bool
 maildir_write(struct deliverer *d, const char *data, size_t len, struct fetch_error *err)
 {
-	while (len > 0) {
-		ssize_t n = write(d->fd, data, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return disk_error(err, "cannot write", d->tmp_path);
-		data += n;
-		len -= (size_t)n;
-		d->written += (uint64_t)n;
-	}
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
+	if (!deliver_write_all(md->fd, data, len, &md->written))
+		return disk_error(err, "cannot write", md->tmp_path);
 	return true;
 }
 
 static void
 maildir_abort(struct deliverer *d)
 {
-	if (d->fd >= 0)
-		close(d->fd);
-	d->fd = -1;
-	if (d->tmp_path != NULL)
-		unlink(d->tmp_path);
-	free(d->tmp_path);
-	d->tmp_path = NULL;
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
+	if (md->fd >= 0)
+		close(md->fd);
+	md->fd = -1;
+	if (md->tmp_path != NULL)
+		unlink(md->tmp_path);
+	free(md->tmp_path);
+	md->tmp_path = NULL;
 }
 
 /* The message is whole in tmp/: keep it for the next sync(). */
 static bool
 maildir_end(struct deliverer *d, struct fetch_error *err)
 {
-	if (d->npending == d->cappending) {
-		d->cappending = d->cappending ? d->cappending * 2 : 64;
-		d->pending = xrealloc(d->pending, d->cappending * sizeof(*d->pending));
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
+	if (md->npending == md->cappending) {
+		md->cappending = md->cappending ? md->cappending * 2 : 64;
+		md->pending = xrealloc(md->pending, md->cappending * sizeof(*md->pending));
 	}
-	struct deliver_pending *p = &d->pending[d->npending++];
-	p->fd = d->fd;
-	p->tmp_path = d->tmp_path;
-	p->written = d->written;
+	struct maildir_pending *p = &md->pending[md->npending++];
+	p->fd = md->fd;
+	p->tmp_path = md->tmp_path;
+	p->written = md->written;
 	p->new_name = NULL;
-	d->fd = -1;
-	d->tmp_path = NULL;
+	md->fd = -1;
+	md->tmp_path = NULL;
 #ifdef __linux__
 	/* Start the writeback now, so that the sync mostly waits for work
 	 * already done (a hint: its errors surface at the sync). One syncfs
 	 * does better for a batch of small files on its own. */
-	if (!d->use_syncfs || p->written >= MAILDIR_EARLY_WRITEBACK)
+	if (!md->use_syncfs || p->written >= MAILDIR_EARLY_WRITEBACK)
 		(void)sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 #endif
 	return true;
@@ -286,10 +306,10 @@ maildir_end(struct deliverer *d, struct fetch_error *err)
 
 /* Forget the batch: close and remove what is still in tmp/. */
 static void
-maildir_drop_pending(struct deliverer *d)
+maildir_drop_pending(struct maildir *md)
 {
-	for (size_t i = 0; i < d->npending; i++) {
-		struct deliver_pending *p = &d->pending[i];
+	for (size_t i = 0; i < md->npending; i++) {
+		struct maildir_pending *p = &md->pending[i];
 		if (p->fd >= 0)
 			close(p->fd);
 		if (p->tmp_path != NULL)
@@ -297,7 +317,117 @@ maildir_drop_pending(struct deliverer *d)
 		free(p->tmp_path);
 		free(p->new_name);
 	}
-	d->npending = 0;
+	md->npending = 0;
+}
+
+/* The data of every pending file on disk (one syncfs, or an fsync per
+ * file), then every descriptor closed. */
+static bool
+maildir_sync_data(struct maildir *md, struct fetch_error *err)
+{
+	bool ok = true;
+	uint64_t bytes = 0;
+	size_t i;
+
+	for (i = 0; i < md->npending; i++)
+		bytes += md->pending[i].written;
+	/* syncfs() also writes whatever else is dirty on the file system:
+	 * worth it for many small files, not for a few big ones (their own
+	 * writeback, started early, is most of the cost anyway) */
+	if (md->use_syncfs && md->npending > 1 &&
+	    bytes / md->npending < MAILDIR_EARLY_WRITEBACK) {
+		if (syncfs(md->tmpfd) < 0)
+			ok = disk_error(err, "cannot sync the file system of", md->base.target);
+	} else {
+		for (i = 0; ok && i < md->npending; i++)
+			if (fsync(md->pending[i].fd) < 0)
+				ok = disk_error(err, "cannot fsync", md->pending[i].tmp_path);
+	}
+	for (i = 0; i < md->npending; i++) {
+		struct maildir_pending *p = &md->pending[i];
+		if (close(p->fd) < 0 && ok)
+			ok = disk_error(err, "cannot close", p->tmp_path);
+		p->fd = -1;
+	}
+	return ok;
+}
+
+/* link() refuses to replace an existing file; fall back to rename() on
+ * file systems without hard links (the name is unique anyway). False
+ * with errno set. */
+static bool
+maildir_link(struct maildir *md, const char *base, const char *final_base)
+{
+	if (linkat(md->tmpfd, base, md->newfd, final_base, 0) == 0) {
+		unlinkat(md->tmpfd, base, 0);
+		return true;
+	}
+	if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP || errno == EXDEV)
+		return renameat(md->tmpfd, base, md->newfd, final_base) == 0;
+	return false;
+}
+
+/* Move one synced file from tmp/ into new/ under its final name. */
+static bool
+maildir_move(struct maildir *md, struct maildir_pending *p, struct fetch_error *err)
+{
+	const char *base = strrchr(p->tmp_path, '/') + 1;
+	char *final = xasprintf("%s/new/%s,S=%llu", md->base.target, base,
+	    (unsigned long long)p->written);
+	const char *final_base = strrchr(final, '/') + 1;
+	int r = -1;
+
+	/* One renameat2(RENAME_NOREPLACE) moves the synced file from tmp/ to
+	 * new/ atomically (same file system) and, like link(), never
+	 * replaces an existing file: EEXIST is an error as it always was. A
+	 * crash leaves the name in tmp/ or in new/, and the marker in new/ is
+	 * what the next run looks for. */
+	if (!md->no_renameat2) {
+		r = rename_noreplace(md->tmpfd, base, md->newfd, final_base);
+		/* not on this kernel or file system: link + unlink from now on */
+		if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP))
+			md->no_renameat2 = true;
+	}
+	bool ok = r == 0 || (md->no_renameat2 && maildir_link(md, base, final_base));
+	if (ok) {
+		free(p->tmp_path);
+		p->tmp_path = NULL;
+		p->new_name = xstrdup(final_base);
+	} else {
+		disk_error(err, "cannot move message to", final);
+	}
+	free(final);
+	return ok;
+}
+
+/* What reached new/ must be durable there or gone: a later run that finds
+ * a marker in new/ deletes the message on the server. So new/ is fsynced
+ * whenever something was moved, even when a later move failed (the run
+ * still fails and deletes nothing; the next run finds the moved ones and
+ * deletes them), and if that fsync fails the names moved by this batch
+ * are removed again (downloaded again next run). A kill between the moves
+ * and this fsync is covered by the scan, which fsyncs new/ before any
+ * marker is trusted. ok: the batch so far; returns it, false if the fsync
+ * failed. */
+static bool
+maildir_sync_new(struct maildir *md, bool ok, struct fetch_error *err)
+{
+	bool moved = false;
+	size_t i;
+
+	for (i = 0; i < md->npending; i++)
+		moved = moved || md->pending[i].new_name != NULL;
+	if (!moved || fsync(md->newfd) == 0)
+		return ok;
+	if (ok) {
+		char *newdir = xasprintf("%s/new", md->base.target);
+		ok = disk_error(err, "cannot fsync directory", newdir);
+		free(newdir);
+	}
+	for (i = 0; i < md->npending; i++)
+		if (md->pending[i].new_name != NULL)
+			(void)unlinkat(md->newfd, md->pending[i].new_name, 0);
+	return ok;
 }
 
 /* reliability.md §3.4 for the whole batch: the data of every file is on
@@ -307,105 +437,16 @@ maildir_drop_pending(struct deliverer *d)
 static bool
 maildir_sync(struct deliverer *d, struct fetch_error *err)
 {
-	bool ok = true;
-	size_t i;
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
 
-	uint64_t bytes = 0;
-	if (d->npending == 0)
+	if (md->npending == 0)
 		return true;
-	for (i = 0; i < d->npending; i++)
-		bytes += d->pending[i].written;
-	/* syncfs() also writes whatever else is dirty on the file system:
-	 * worth it for many small files, not for a few big ones (their own
-	 * writeback, started early, is most of the cost anyway) */
-	if (d->use_syncfs && d->npending > 1 &&
-	    bytes / d->npending < MAILDIR_EARLY_WRITEBACK) {
-		if (syncfs(d->tmpfd) < 0)
-			ok = disk_error(err, "cannot sync the file system of", d->target);
-	} else {
-		for (i = 0; ok && i < d->npending; i++)
-			if (fsync(d->pending[i].fd) < 0)
-				ok = disk_error(err, "cannot fsync", d->pending[i].tmp_path);
-	}
-	for (i = 0; i < d->npending; i++) {
-		struct deliver_pending *p = &d->pending[i];
-		if (close(p->fd) < 0 && ok)
-			ok = disk_error(err, "cannot close", p->tmp_path);
-		p->fd = -1;
-	}
-	for (i = 0; ok && i < d->npending; i++) {
-		struct deliver_pending *p = &d->pending[i];
-		const char *base = strrchr(p->tmp_path, '/') + 1;
-		char *final = xasprintf("%s/new/%s,S=%llu", d->target, base,
-		    (unsigned long long)p->written);
-		const char *final_base = strrchr(final, '/') + 1;
-		/* One renameat2(RENAME_NOREPLACE) moves the synced file from
-		 * tmp/ to new/ atomically (same file system) and, like link(),
-		 * never replaces an existing file: EEXIST is an error as it
-		 * always was. A crash leaves the name in tmp/ or in new/, and
-		 * the marker in new/ is what the next run looks for. */
-		if (!d->no_renameat2) {
-			if (rename_noreplace(d->tmpfd, base, d->newfd, final_base) == 0) {
-				free(p->tmp_path);
-				p->tmp_path = NULL;
-				p->new_name = xstrdup(final_base);
-				free(final);
-				continue;
-			}
-			if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
-				ok = disk_error(err, "cannot move message to", final);
-				free(final);
-				continue;
-			}
-			/* not on this kernel or file system: link + unlink
-			 * from now on */
-			d->no_renameat2 = true;
-		}
-		/* link() refuses to replace an existing file; fall back to
-		 * rename() on file systems without hard links (the name is
-		 * unique anyway). */
-		if (linkat(d->tmpfd, base, d->newfd, final_base, 0) == 0) {
-			unlinkat(d->tmpfd, base, 0);
-			free(p->tmp_path);
-			p->tmp_path = NULL;
-			p->new_name = xstrdup(final_base);
-		} else if (errno == EPERM || errno == ENOSYS || errno == EOPNOTSUPP ||
-		    errno == EXDEV) {
-			if (renameat(d->tmpfd, base, d->newfd, final_base) < 0) {
-				ok = disk_error(err, "cannot move message to", final);
-			} else {
-				free(p->tmp_path);
-				p->tmp_path = NULL;
-				p->new_name = xstrdup(final_base);
-			}
-		} else {
-			ok = disk_error(err, "cannot move message to", final);
-		}
-		free(final);
-	}
-	/* What reached new/ must be durable there or gone: a later run that
-	 * finds a marker in new/ deletes the message on the server. So new/
-	 * is fsynced whenever something was moved, even when a later move
-	 * failed (the run still fails and deletes nothing; the next run finds
-	 * the moved ones and deletes them), and if that fsync fails the names
-	 * moved by this batch are removed again (downloaded again next run).
-	 * A kill between the moves and this fsync is covered by the scan,
-	 * which fsyncs new/ before any marker is trusted. */
-	bool moved = false;
-	for (i = 0; i < d->npending; i++)
-		moved = moved || d->pending[i].new_name != NULL;
-	if (moved && fsync(d->newfd) < 0) {
-		if (ok) {
-			char *newdir = xasprintf("%s/new", d->target);
-			ok = disk_error(err, "cannot fsync directory", newdir);
-			free(newdir);
-		}
-		for (i = 0; i < d->npending; i++)
-			if (d->pending[i].new_name != NULL)
-				(void)unlinkat(d->newfd, d->pending[i].new_name, 0);
-	}
+	bool ok = maildir_sync_data(md, err);
+	for (size_t i = 0; ok && i < md->npending; i++)
+		ok = maildir_move(md, &md->pending[i], err);
+	ok = maildir_sync_new(md, ok, err);
 	/* whatever was not moved goes from tmp/ */
-	maildir_drop_pending(d);
+	maildir_drop_pending(md);
 	return ok;
 }
 
@@ -415,31 +456,45 @@ maildir_commit(struct deliverer *d, struct fetch_error *err)
 	return maildir_end(d, err) && maildir_sync(d, err);
 }
 
-static void
-maildir_close(struct deliverer *d)
+static struct deliverer *
+maildir_create(void)
 {
+	struct maildir *md = xcalloc(1, sizeof(*md));
+	md->fd = md->tmpfd = md->newfd = -1;
+	return &md->base;
+}
+
+static void
+maildir_destroy(struct deliverer *d)
+{
+	struct maildir *md = DELIVER_STATE(d, struct maildir);
 	maildir_abort(d);
-	maildir_drop_pending(d);
-	free(d->pending);
-	d->pending = NULL;
-	d->cappending = 0;
-	if (d->tmpfd >= 0)
-		close(d->tmpfd);
-	if (d->newfd >= 0)
-		close(d->newfd);
-	d->tmpfd = d->newfd = -1;
-	free(d->host);
-	d->host = NULL;
+	maildir_drop_pending(md);
+	free(md->pending);
+	if (md->tmpfd >= 0)
+		close(md->tmpfd);
+	if (md->newfd >= 0)
+		close(md->newfd);
+	free(md->host);
+	free(md);
 }
 
 const struct deliver_ops deliver_maildir_ops = {
-	"maildir", maildir_begin, maildir_write, maildir_commit, maildir_abort, maildir_close,
-	maildir_end, maildir_sync,
+	.name = "maildir",
+	.create = maildir_create,
+	.destroy = maildir_destroy,
+	.begin = maildir_begin,
+	.write = maildir_write,
+	.commit = maildir_commit,
+	.abort = maildir_abort,
+	.end = maildir_end,
+	.sync = maildir_sync,
+	.scan = deliver_maildir_scan,
 };
 
 bool
-deliver_maildir_scan(const char *path, void (*fn)(void *ctx, const char *marker,
-    int64_t delivered_at), void *ctx, struct fetch_error *err)
+deliver_maildir_scan(const char *path, deliver_marker_fn *fn, void *ctx,
+    struct fetch_error *err)
 {
 	static const char *const sub[] = { "new", "cur" };
 	for (size_t i = 0; i < N_ELEMENTS(sub); i++) {

@@ -30,6 +30,14 @@
 /* A dotlock not touched for this long is stale (Dovecot: 2 min). */
 #define MBOX_DOTLOCK_STALE_SEC 120
 
+struct mbox {
+	struct deliverer base;
+	int fd;                    /* the mbox, open and locked during a message; else -1 */
+	uint64_t start_offset;     /* its size before this message */
+	bool at_bol;               /* at the start of a line */
+	int gt_count, from_match;  /* ">*From " quoting: what is held back */
+};
+
 static bool
 io_fail(struct fetch_error *err, const char *what, const char *path)
 {
@@ -78,9 +86,9 @@ fsync_parent(const char *path)
  * if the bytes after the offset are a single message (one From_ line),
  * i.e. nobody appended after it; otherwise leave them (never lose mail). */
 static bool
-journal_recover(struct deliverer *d, struct fetch_error *err)
+journal_recover(struct mbox *mb, struct fetch_error *err)
 {
-	char *jp = journal_path(d->target);
+	char *jp = journal_path(mb->base.target);
 	char buf[64];
 	int jfd = open(jp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (jfd < 0) {
@@ -93,7 +101,7 @@ journal_recover(struct deliverer *d, struct fetch_error *err)
 	buf[n > 0 ? n : 0] = '\0';
 	buf[strcspn(buf, " \n")] = '\0';
 	struct stat st;
-	if (n > 0 && parse_u64(buf, INT64_MAX, &offset) && fstat(d->fd, &st) == 0 &&
+	if (n > 0 && parse_u64(buf, INT64_MAX, &offset) && fstat(mb->fd, &st) == 0 &&
 	    (uint64_t)st.st_size > offset) {
 		/* count From_ lines after offset */
 		char chunk[8192];
@@ -101,7 +109,7 @@ journal_recover(struct deliverer *d, struct fetch_error *err)
 		int froms = 0;
 		bool bol = true;
 		while (pos < (uint64_t)st.st_size && froms < 2) {
-			ssize_t r = pread(d->fd, chunk, sizeof(chunk), (off_t)pos);
+			ssize_t r = pread(mb->fd, chunk, sizeof(chunk), (off_t)pos);
 			if (r <= 0)
 				break;
 			for (ssize_t i = 0; i < r; i++) {
@@ -112,16 +120,17 @@ journal_recover(struct deliverer *d, struct fetch_error *err)
 			pos += (uint64_t)r;	/* a From_ split across chunks is missed: safe side */
 		}
 		if (froms <= 1) {
-			int wfd = open(d->target, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+			int wfd = open(mb->base.target, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
 			if (wfd < 0 || ftruncate(wfd, (off_t)offset) < 0 || fsync(wfd) < 0) {
 				if (wfd >= 0)
 					close(wfd);
 				free(jp);
-				return io_fail(err, "cannot remove a partial message from", d->target);
+				return io_fail(err, "cannot remove a partial message from",
+				    mb->base.target);
 			}
 			close(wfd);
 			log_warnx("%s: removed a partial message left by an interrupted run",
-			    d->target);
+			    mb->base.target);
 		}
 	}
 	unlink(jp);
@@ -131,12 +140,12 @@ journal_recover(struct deliverer *d, struct fetch_error *err)
 }
 
 static bool
-journal_write(struct deliverer *d, struct fetch_error *err)
+journal_write(struct mbox *mb, struct fetch_error *err)
 {
-	char *jp = journal_path(d->target);
+	char *jp = journal_path(mb->base.target);
 	int fd = open(jp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
 	char buf[64];
-	int n = snprintf(buf, sizeof(buf), "%llu %ld\n", (unsigned long long)d->start_offset,
+	int n = snprintf(buf, sizeof(buf), "%llu %ld\n", (unsigned long long)mb->start_offset,
 	    (long)getpid());
 	bool ok = fd >= 0 && write(fd, buf, (size_t)n) == n && fsync(fd) == 0;
 	if (fd >= 0 && close(fd) < 0)
@@ -144,15 +153,15 @@ journal_write(struct deliverer *d, struct fetch_error *err)
 	if (ok)
 		ok = fsync_parent(jp);
 	if (!ok)
-		io_fail(err, "cannot write the append journal for", d->target);
+		io_fail(err, "cannot write the append journal for", mb->base.target);
 	free(jp);
 	return ok;
 }
 
 static void
-journal_remove(struct deliverer *d)
+journal_remove(struct mbox *mb)
 {
-	char *jp = journal_path(d->target);
+	char *jp = journal_path(mb->base.target);
 	unlink(jp);
 	fsync_parent(jp);
 	free(jp);
@@ -221,57 +230,51 @@ dotlock_release(const char *path)
 }
 
 static bool
-mbox_emit(struct deliverer *d, const char *data, size_t len, struct fetch_error *err)
+mbox_emit(struct mbox *mb, const char *data, size_t len, struct fetch_error *err)
 {
-	while (len > 0) {
-		ssize_t n = write(d->fd, data, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return io_fail(err, "cannot write", d->target);
-		data += n;
-		len -= (size_t)n;
-		d->written += (uint64_t)n;
-	}
+	if (!deliver_write_all(mb->fd, data, len, NULL))
+		return io_fail(err, "cannot write", mb->base.target);
 	return true;
 }
 
 static bool
 mbox_begin(struct deliverer *d, const struct deliver_message *m, struct fetch_error *err)
 {
-	d->fd = open(d->target, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (d->fd < 0)
-		return io_fail(err, "cannot open", d->target);
+	struct mbox *mb = DELIVER_STATE(d, struct mbox);
+	mb->fd = open(mb->base.target, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+	    0600);
+	if (mb->fd < 0)
+		return io_fail(err, "cannot open", mb->base.target);
 	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
 	int tries;
 	for (tries = 0; tries < MBOX_LOCK_WAIT_SEC * 10; tries++) {
-		if (fcntl(d->fd, F_SETLK, &fl) == 0)
+		if (fcntl(mb->fd, F_SETLK, &fl) == 0)
 			break;
 		if (errno != EACCES && errno != EAGAIN && errno != EINTR) {
-			io_fail(err, "cannot lock", d->target);
+			io_fail(err, "cannot lock", mb->base.target);
 			goto fail;
 		}
 		usleep(100 * 1000);
 	}
 	if (tries == MBOX_LOCK_WAIT_SEC * 10) {
-		fetch_error_set(err, EX_TEMPFAIL, "mbox %s is locked by another program", d->target);
+		fetch_error_set(err, EX_TEMPFAIL, "mbox %s is locked by another program",
+		    mb->base.target);
 		goto fail;
 	}
-	if (!dotlock_take(d->target, err))
+	if (!dotlock_take(mb->base.target, err))
 		goto fail;
-	if (!journal_recover(d, err))
+	if (!journal_recover(mb, err))
 		goto fail_dot;
-	off_t end = lseek(d->fd, 0, SEEK_END);
+	off_t end = lseek(mb->fd, 0, SEEK_END);
 	if (end < 0) {
-		io_fail(err, "cannot seek", d->target);
+		io_fail(err, "cannot seek", mb->base.target);
 		goto fail_dot;
 	}
-	d->start_offset = (uint64_t)end;
-	d->written = 0;
-	if (!journal_write(d, err))
+	mb->start_offset = (uint64_t)end;
+	if (!journal_write(mb, err))
 		goto fail_dot;
 	char last = '\n';
-	if (end > 0 && pread(d->fd, &last, 1, end - 1) != 1)
+	if (end > 0 && pread(mb->fd, &last, 1, end - 1) != 1)
 		last = '\n';
 	time_t now = time(NULL);
 	char when[64];
@@ -280,129 +283,150 @@ mbox_begin(struct deliverer *d, const struct deliver_message *m, struct fetch_er
 	char from[128];
 	int n = snprintf(from, sizeof(from), "%sFrom MAILER-DAEMON %s\n",
 	    last != '\n' ? "\n\n" : "", when);
-	if (!mbox_emit(d, from, (size_t)n, err))
+	if (!mbox_emit(mb, from, (size_t)n, err))
 		goto fail_trunc;
-	d->at_bol = true;
-	d->gt_count = 0;
-	d->from_match = 0;
+	mb->at_bol = true;
+	mb->gt_count = 0;
+	mb->from_match = 0;
 	return true;
 fail_trunc:
-	if (ftruncate(d->fd, (off_t)d->start_offset) < 0) { /* reported already */ }
+	if (ftruncate(mb->fd, (off_t)mb->start_offset) < 0) { /* reported already */ }
 fail_dot:
-	dotlock_release(d->target);
+	dotlock_release(mb->base.target);
 fail:
-	close(d->fd);
-	d->fd = -1;
+	close(mb->fd);
+	mb->fd = -1;
 	return false;
 }
 
 static const char from_[] = "From ";
 
+/* The start of a line was held back while it could still be ">*From ":
+ * write what is buffered in out[0..*o), then the held '>'s and the
+ * matched part of "From "; the rest of the line is not quoting. */
+static bool
+mbox_release(struct mbox *mb, char *out, size_t *o, struct fetch_error *err)
+{
+	if (!mbox_emit(mb, out, *o, err))
+		return false;
+	*o = 0;
+	for (int k = 0; k < mb->gt_count; k++)
+		if (!mbox_emit(mb, ">", 1, err))
+			return false;
+	if (!mbox_emit(mb, from_, (size_t)mb->from_match, err))
+		return false;
+	mb->at_bol = false;
+	mb->gt_count = mb->from_match = 0;
+	return true;
+}
+
 static bool
 mbox_write(struct deliverer *d, const char *data, size_t len, struct fetch_error *err)
 {
+	struct mbox *mb = DELIVER_STATE(d, struct mbox);
 	char out[8192 + 64];
 	size_t o = 0;
 
 	for (size_t i = 0; i < len; i++) {
 		char c = data[i];
-		if (o + 2 * 5 + (size_t)d->gt_count >= sizeof(out) - 8 || d->gt_count > 1000) {
-			if (!mbox_emit(d, out, o, err))
+		if (o + 2 * 5 + (size_t)mb->gt_count >= sizeof(out) - 8 || mb->gt_count > 1000) {
+			if (!mbox_emit(mb, out, o, err))
 				return false;
 			o = 0;
 		}
-		if (d->at_bol) {
-			if (d->from_match == 0 && c == '>' && d->gt_count < 1000) {
-				d->gt_count++;
+		if (mb->at_bol) {
+			if (mb->from_match == 0 && c == '>' && mb->gt_count < 1000) {
+				mb->gt_count++;
 				continue;
 			}
-			if (c == from_[d->from_match]) {
-				if (++d->from_match == 5) {
+			if (c == from_[mb->from_match]) {
+				if (++mb->from_match == 5) {
+					/* a From_ line: one more '>' */
 					out[o++] = '>';
-					if (!mbox_emit(d, out, o, err))
+					if (!mbox_release(mb, out, &o, err))
 						return false;
-					o = 0;
-					for (int k = 0; k < d->gt_count; k++)
-						if (!mbox_emit(d, ">", 1, err))
-							return false;
-					if (!mbox_emit(d, from_, 5, err))
-						return false;
-					d->at_bol = false;
-					d->gt_count = d->from_match = 0;
 				}
 				continue;
 			}
-			/* not a From_ line: release what was held back */
-			if (!mbox_emit(d, out, o, err))
+			/* not a From_ line */
+			if (!mbox_release(mb, out, &o, err))
 				return false;
-			o = 0;
-			for (int k = 0; k < d->gt_count; k++)
-				if (!mbox_emit(d, ">", 1, err))
-					return false;
-			if (!mbox_emit(d, from_, (size_t)d->from_match, err))
-				return false;
-			d->at_bol = false;
-			d->gt_count = d->from_match = 0;
 		}
 		out[o++] = c;
 		if (c == '\n')
-			d->at_bol = true;
+			mb->at_bol = true;
 	}
-	return mbox_emit(d, out, o, err);
+	return mbox_emit(mb, out, o, err);
 }
 
 static void
 mbox_abort(struct deliverer *d)
 {
-	if (d->fd < 0)
+	struct mbox *mb = DELIVER_STATE(d, struct mbox);
+	if (mb->fd < 0)
 		return;
 	/* take the partial message out again */
-	if (ftruncate(d->fd, (off_t)d->start_offset) == 0 && fsync(d->fd) == 0)
-		journal_remove(d);
-	dotlock_release(d->target);
-	close(d->fd);
-	d->fd = -1;
+	if (ftruncate(mb->fd, (off_t)mb->start_offset) == 0 && fsync(mb->fd) == 0)
+		journal_remove(mb);
+	dotlock_release(mb->base.target);
+	close(mb->fd);
+	mb->fd = -1;
 }
 
 static bool
 mbox_commit(struct deliverer *d, struct fetch_error *err)
 {
+	struct mbox *mb = DELIVER_STATE(d, struct mbox);
 	char held[1100];
 	size_t h = 0;
-	for (int k = 0; k < d->gt_count && h < sizeof(held) - 8; k++)
+	for (int k = 0; k < mb->gt_count && h < sizeof(held) - 8; k++)
 		held[h++] = '>';
-	memcpy(held + h, from_, (size_t)d->from_match);
-	h += (size_t)d->from_match;
-	bool bol = d->at_bol && h == 0;
-	if (h > 0 && !mbox_emit(d, held, h, err))
+	memcpy(held + h, from_, (size_t)mb->from_match);
+	h += (size_t)mb->from_match;
+	bool bol = mb->at_bol && h == 0;
+	if (h > 0 && !mbox_emit(mb, held, h, err))
 		goto fail;
 	/* the message ends with a newline, then one empty line separates */
-	if (!mbox_emit(d, bol ? "\n" : "\n\n", bol ? 1 : 2, err))
+	if (!mbox_emit(mb, bol ? "\n" : "\n\n", bol ? 1 : 2, err))
 		goto fail;
-	if (fsync(d->fd) < 0) {
-		io_fail(err, "cannot fsync", d->target);
+	if (fsync(mb->fd) < 0) {
+		io_fail(err, "cannot fsync", mb->base.target);
 		goto fail;
 	}
 	/* durable: the journal must go (durably) before the server may delete */
-	journal_remove(d);
-	dotlock_release(d->target);
-	int r = close(d->fd);
-	d->fd = -1;
+	journal_remove(mb);
+	dotlock_release(mb->base.target);
+	int r = close(mb->fd);
+	mb->fd = -1;
 	if (r < 0)
-		return io_fail(err, "cannot close", d->target);
+		return io_fail(err, "cannot close", mb->base.target);
 	return true;
 fail:
 	mbox_abort(d);
 	return false;
 }
 
+static struct deliverer *
+mbox_create(void)
+{
+	struct mbox *mb = xcalloc(1, sizeof(*mb));
+	mb->fd = -1;
+	return &mb->base;
+}
+
 static void
-mbox_close(struct deliverer *d)
+mbox_destroy(struct deliverer *d)
 {
 	mbox_abort(d);
+	free(DELIVER_STATE(d, struct mbox));
 }
 
 const struct deliver_ops deliver_mbox_ops = {
-	"mbox", mbox_begin, mbox_write, mbox_commit, mbox_abort, mbox_close,
-	NULL, NULL,
+	.name = "mbox",
+	.create = mbox_create,
+	.destroy = mbox_destroy,
+	.begin = mbox_begin,
+	.write = mbox_write,
+	.commit = mbox_commit,
+	.abort = mbox_abort,
 };

@@ -15,9 +15,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+struct mda {
+	struct deliverer base;
+	int fd;                    /* the command's stdin, or -1 */
+	int child_pid;             /* the command, or 0 */
+	bool broken_pipe;          /* it stopped reading before the end */
+};
+
 static bool
 mda_begin(struct deliverer *d, const struct deliver_message *m, struct fetch_error *err)
 {
+	struct mda *mda = DELIVER_STATE(d, struct mda);
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return fetch_error_set(err, EX_OSERR, "pipe: %s", strerror(errno));
@@ -32,66 +40,57 @@ mda_begin(struct deliverer *d, const struct deliver_message *m, struct fetch_err
 		char num[32];
 		dup2(p[0], 0);
 		snprintf(num, sizeof(num), "%u", m->number);
-		setenv("POPBOX_ACCOUNT", d->account_name, 1);
+		setenv("POPBOX_ACCOUNT", mda->base.account_name, 1);
 		setenv("POPBOX_MSGNUM", num, 1);
 		if (m->uidl != NULL)
 			setenv("POPBOX_UIDL", m->uidl, 1);
 		signal(SIGPIPE, SIG_DFL);
-		execl("/bin/sh", "sh", "-c", d->target, (char *)NULL);
+		execl("/bin/sh", "sh", "-c", mda->base.target, (char *)NULL);
 		_exit(127);
 	}
 	close(p[0]);
-	d->fd = p[1];
-	d->child_pid = pid;
-	d->broken_pipe = false;
-	d->written = 0;
+	mda->fd = p[1];
+	mda->child_pid = pid;
+	mda->broken_pipe = false;
 	return true;
 }
 
 static bool
 mda_write(struct deliverer *d, const char *data, size_t len, struct fetch_error *err)
 {
-	while (len > 0 && !d->broken_pipe) {
-		ssize_t n = write(d->fd, data, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			/* the command stopped reading: its exit status decides,
-			 * but a short read is never counted as delivered */
-			d->broken_pipe = true;
-			break;
-		}
-		data += n;
-		len -= (size_t)n;
-		d->written += (uint64_t)n;
-	}
+	struct mda *mda = DELIVER_STATE(d, struct mda);
+	/* the command stopped reading: its exit status decides, but a short
+	 * read is never counted as delivered */
+	if (!mda->broken_pipe && !deliver_write_all(mda->fd, data, len, NULL))
+		mda->broken_pipe = true;
 	return true;
 }
 
 static int
-mda_wait(struct deliverer *d)
+mda_wait(struct mda *mda)
 {
 	int st = 0;
-	if (d->fd >= 0)
-		close(d->fd);
-	d->fd = -1;
-	if (d->child_pid <= 0)
+	if (mda->fd >= 0)
+		close(mda->fd);
+	mda->fd = -1;
+	if (mda->child_pid <= 0)
 		return -1;
-	while (waitpid(d->child_pid, &st, 0) < 0) {
+	while (waitpid(mda->child_pid, &st, 0) < 0) {
 		if (errno != EINTR) {
 			st = -1;
 			break;
 		}
 	}
-	d->child_pid = 0;
+	mda->child_pid = 0;
 	return st;
 }
 
 static bool
 mda_commit(struct deliverer *d, struct fetch_error *err)
 {
-	int st = mda_wait(d);
-	if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !d->broken_pipe)
+	struct mda *mda = DELIVER_STATE(d, struct mda);
+	int st = mda_wait(mda);
+	if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !mda->broken_pipe)
 		return true;
 	if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
 		return fetch_error_set(err, EX_IOERR,
@@ -110,21 +109,37 @@ mda_commit(struct deliverer *d, struct fetch_error *err)
 static void
 mda_abort(struct deliverer *d)
 {
-	if (d->child_pid > 0) {
+	struct mda *mda = DELIVER_STATE(d, struct mda);
+	if (mda->child_pid > 0) {
 		/* close stdin first: a well-behaved MDA sees a truncated
 		 * message; kill it so it cannot deliver half a message */
-		kill(d->child_pid, SIGTERM);
-		mda_wait(d);
+		kill(mda->child_pid, SIGTERM);
+		mda_wait(mda);
 	}
 }
 
+static struct deliverer *
+mda_create(void)
+{
+	struct mda *mda = xcalloc(1, sizeof(*mda));
+	mda->fd = -1;
+	return &mda->base;
+}
+
 static void
-mda_close(struct deliverer *d)
+mda_destroy(struct deliverer *d)
 {
 	mda_abort(d);
+	free(DELIVER_STATE(d, struct mda));
 }
 
 const struct deliver_ops deliver_mda_ops = {
-	"mda", mda_begin, mda_write, mda_commit, mda_abort, mda_close,
-	NULL, NULL,
+	.name = "mda",
+	.create = mda_create,
+	.destroy = mda_destroy,
+	.begin = mda_begin,
+	.write = mda_write,
+	.commit = mda_commit,
+	.abort = mda_abort,
+	.refusal_per_message = true,
 };

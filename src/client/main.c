@@ -1,5 +1,5 @@
 /* popbox: the command-line tool. Subcommands:
- *   fetch   download mail from POP3 servers (fetch.c)
+ *   fetch   download mail from POP3 servers (fetch_cli.c, fetch.c)
  *   hash    password hash for the users file (hash.c)
  */
 #include "client/fetch.h"

@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@
 /* Auto mode tries at most this many mechanisms (a SCRAM refusal because
  * the server has no SCRAM secret is common; endless retries are not). */
 #define AUTH_MAX_ATTEMPTS 3
+/* Mechanisms auth = auto knows (choose_mechanisms). */
+#define AUTH_ORDER_MAX 6
 
 static void
 trace(const char *dir, const char *line, int secret_from)
@@ -111,6 +114,44 @@ pop3c_read_lines(struct pop3c *s, uint32_t max_lines,
 		if (fn != NULL && !fn(ctx, line[0] == '.' ? line + 1 : line, err))
 			return false;
 	}
+}
+
+enum pop3c_body_status
+pop3c_read_body(struct pop3c *s, uint64_t max_octets,
+    void (*fn)(void *ctx, const char *data, size_t len), void *ctx,
+    struct fetch_error *err)
+{
+	struct conn *c = s->conn;
+	struct pop3_unstuffer u;
+
+	pop3_unstuffer_init(&u);
+	while (!u.done) {
+		if (!conn_fill(c, err))
+			return POP3C_BODY_FAILED;
+		size_t used;
+		size_t n = pop3_unstuff(&u, c->buf + c->start, c->end - c->start, s->body, &used);
+		c->start += used;
+		if (u.in_bytes > max_octets)
+			return POP3C_BODY_TOO_LONG;
+		if (fn != NULL && n > 0)
+			fn(ctx, s->body, n);
+	}
+	return POP3C_BODY_OK;
+}
+
+bool
+pop3c_skip_body(struct pop3c *s, uint64_t max_octets, struct fetch_error *err)
+{
+	switch (pop3c_read_body(s, max_octets, NULL, NULL, err)) {
+	case POP3C_BODY_OK:
+		return true;
+	case POP3C_BODY_TOO_LONG:
+		return fetch_error_set(err, EX_PROTOCOL,
+		    "a message body longer than %" PRIu64 " octets; aborting", max_octets);
+	case POP3C_BODY_FAILED:
+		break;
+	}
+	return false;
 }
 
 bool
@@ -287,6 +328,38 @@ auth_oauth(struct pop3c *s, const char *mech, const char *user, const char *toke
 	return POP3_INVALID;
 }
 
+/* Answer one SASL challenge (base64 text ch, freed here) with the next
+ * step of the mechanism; *rc gets the step's GNU SASL status. A challenge
+ * that is not base64, or a step that fails, is answered with "*" (the
+ * exchange is cancelled) and is EX_PROTOCOL. */
+static bool
+sasl_answer(struct pop3c *s, Gsasl_session *ss, const char *mech, char *ch, int *rc,
+    struct fetch_error *err)
+{
+	unsigned char *dec;
+	size_t declen;
+	char *out = NULL;
+	if (!base64_decode(ch, strlen(ch), &dec, &declen)) {
+		free(ch);
+		pop3c_send(s, "*", -1, err);
+		return fetch_error_set(err, EX_PROTOCOL, "invalid base64 in SASL challenge");
+	}
+	free(dec);
+	*rc = gsasl_step64(ss, ch, &out);
+	free(ch);
+	if (*rc != GSASL_OK && *rc != GSASL_NEEDS_MORE) {
+		gsasl_free(out);
+		pop3c_send(s, "*", -1, err);
+		return fetch_error_set(err, EX_PROTOCOL, "SASL %s failed: %s (server not trusted)",
+		    mech, gsasl_strerror(*rc));
+	}
+	bool ok = pop3c_send(s, out != NULL ? out : "", 0, err);
+	if (out != NULL)
+		secure_wipe(out, strlen(out));
+	gsasl_free(out);
+	return ok;
+}
+
 static enum pop3_status
 auth_sasl(struct pop3c *s, const char *mech, const char *user, const char *password,
     struct fetch_error *err)
@@ -337,33 +410,7 @@ auth_sasl(struct pop3c *s, const char *mech, const char *user, const char *passw
 			}
 			goto done;
 		}
-		unsigned char *dec;
-		size_t declen;
-		if (!base64_decode(ch, strlen(ch), &dec, &declen)) {
-			free(ch);
-			pop3c_send(s, "*", -1, err);
-			fetch_error_set(err, EX_PROTOCOL, "invalid base64 in SASL challenge");
-			st = POP3_INVALID;
-			goto done;
-		}
-		free(dec);
-		rc = gsasl_step64(ss, ch, &out);
-		free(ch);
-		if (rc != GSASL_OK && rc != GSASL_NEEDS_MORE) {
-			gsasl_free(out);
-			out = NULL;
-			pop3c_send(s, "*", -1, err);
-			fetch_error_set(err, EX_PROTOCOL, "SASL %s failed: %s (server not trusted)",
-			    mech, gsasl_strerror(rc));
-			st = POP3_INVALID;
-			goto done;
-		}
-		ok = pop3c_send(s, out != NULL ? out : "", 0, err);
-		if (out != NULL)
-			secure_wipe(out, strlen(out));
-		gsasl_free(out);
-		out = NULL;
-		if (!ok) {
+		if (!sasl_answer(s, ss, mech, ch, &rc, err)) {
 			st = POP3_INVALID;
 			goto done;
 		}
@@ -439,24 +486,22 @@ mech_available(struct pop3c *s, const char *mech)
 	return gsasl_has(mech);
 }
 
+/* The mechanisms to try, in order, into cands (room for AUTH_ORDER_MAX):
+ * the one the account names, or (auth = auto) those both sides have,
+ * strongest first, leaving out the ones that would send the password in
+ * clear without TLS (unless allow_plaintext). False (EX_CONFIG or
+ * EX_UNAVAILABLE) when none is left. */
 static bool
-authenticate(struct pop3c *s, const char *password, struct fetch_error *err)
+choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
+    struct fetch_error *err)
 {
-	static const char *const order[] = { "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN",
-	    "APOP", "USER" };
+	static const char *const order[AUTH_ORDER_MAX] = { "SCRAM-SHA-256", "SCRAM-SHA-1",
+	    "PLAIN", "LOGIN", "APOP", "USER" };
 	const struct account *a = s->account;
-	const char *cands[N_ELEMENTS(order)];
 	size_t n = 0;
 	bool clear_ok = conn_is_tls(s->conn) || a->allow_plaintext;
 	bool refused_clear = false;
 
-	if (password == NULL)
-		return fetch_error_set(err, EX_CONFIG,
-		    "account %s: no password or password_command", a->name);
-	if (strpbrk(password, "\r\n") != NULL)
-		return fetch_error_set(err, EX_CONFIG,
-		    "account %s: the password contains a line break; refusing to send it",
-		    a->name);
 	if (strcasecmp(a->auth, "auto") != 0) {
 		if (mech_exposes_secret(a->auth) && !clear_ok)
 			return fetch_error_set(err, EX_CONFIG,
@@ -469,31 +514,52 @@ authenticate(struct pop3c *s, const char *password, struct fetch_error *err)
 			    "account %s: the server does not offer auth %s (it offers: %s%s%s)",
 			    a->name, a->auth, s->capa.sasl, s->timestamp[0] ? "APOP " : "",
 			    !s->capa.have_capa || s->capa.user ? "USER" : "");
-		cands[n++] = a->auth;
-	} else {
-		for (size_t i = 0; i < N_ELEMENTS(order); i++) {
-			if (!mech_available(s, order[i]))
-				continue;
-			if (mech_exposes_secret(order[i]) && !clear_ok) {
-				refused_clear = true;
-				continue;
-			}
-			/* PLAIN and LOGIN are the same secret; try one of them */
-			if (!strcmp(order[i], "LOGIN") && n > 0 && !strcmp(cands[n - 1], "PLAIN"))
-				continue;
-			cands[n++] = order[i];
-		}
-		if (n == 0 && refused_clear)
-			return fetch_error_set(err, EX_CONFIG,
-			    "account %s: the server offers only mechanisms that send the password "
-			    "in clear, and the connection is not encrypted; refusing. Use tls = "
-			    "starttls or implicit, or set allow_plaintext = yes if you accept that",
-			    a->name);
-		if (n == 0)
-			return fetch_error_set(err, EX_UNAVAILABLE,
-			    "account %s: no authentication mechanism in common with the server",
-			    a->name);
+		cands[0] = a->auth;
+		*ncands = 1;
+		return true;
 	}
+	for (size_t i = 0; i < N_ELEMENTS(order); i++) {
+		if (!mech_available(s, order[i]))
+			continue;
+		if (mech_exposes_secret(order[i]) && !clear_ok) {
+			refused_clear = true;
+			continue;
+		}
+		/* PLAIN and LOGIN are the same secret; try one of them */
+		if (!strcmp(order[i], "LOGIN") && n > 0 && !strcmp(cands[n - 1], "PLAIN"))
+			continue;
+		cands[n++] = order[i];
+	}
+	if (n == 0 && refused_clear)
+		return fetch_error_set(err, EX_CONFIG,
+		    "account %s: the server offers only mechanisms that send the password "
+		    "in clear, and the connection is not encrypted; refusing. Use tls = "
+		    "starttls or implicit, or set allow_plaintext = yes if you accept that",
+		    a->name);
+	if (n == 0)
+		return fetch_error_set(err, EX_UNAVAILABLE,
+		    "account %s: no authentication mechanism in common with the server",
+		    a->name);
+	*ncands = n;
+	return true;
+}
+
+static bool
+authenticate(struct pop3c *s, const char *password, struct fetch_error *err)
+{
+	const struct account *a = s->account;
+	const char *cands[AUTH_ORDER_MAX];
+	size_t n = 0;
+
+	if (password == NULL)
+		return fetch_error_set(err, EX_CONFIG,
+		    "account %s: no password or password_command", a->name);
+	if (strpbrk(password, "\r\n") != NULL)
+		return fetch_error_set(err, EX_CONFIG,
+		    "account %s: the password contains a line break; refusing to send it",
+		    a->name);
+	if (!choose_mechanisms(s, cands, &n, err))
+		return false;
 	for (size_t i = 0; i < n && i < AUTH_MAX_ATTEMPTS; i++) {
 		const char *mech = cands[i];
 		enum pop3_status st;
@@ -605,8 +671,7 @@ pop3c_quit(struct pop3c *s, struct fetch_error *err)
 	bool ok = st == POP3_OK;
 	if (st == POP3_ERR)
 		pop3c_fail(s, EX_TEMPFAIL, "QUIT failed, deletions not committed", err);
-	conn_close(s->conn);
-	free(s);
+	pop3c_abort(s);		/* the session is over either way */
 	return ok;
 }
 

@@ -33,17 +33,26 @@ struct uidl_state {
 	bool dirty;
 };
 
-/* Load path (a missing file is an empty state). EX_IOERR/EX_CONFIG on error. */
+/* Initialise st (whatever it held is overwritten, not freed) and load
+ * path into it; path and header are copied. A missing file is an empty
+ * state. Every loaded entry starts with on_server false. False with err
+ * set (EX_IOERR unreadable, EX_CONFIG a malformed line); st must then
+ * still be freed with uidl_state_free(). */
 bool uidl_state_load(struct uidl_state *st, const char *path, const char *header,
     struct fetch_error *err);
+/* The entry for uidl, or NULL. The pointer (like any entry pointer) is
+ * valid until the next add or prune. */
 struct uidl_entry *uidl_state_find(struct uidl_state *st, const char *uidl);
-/* Add (or update) an entry. */
+/* Add an entry (uidl copied; first_seen when, size, on_server true), or
+ * update the size of an existing one; marks st dirty. Returns the entry. */
 struct uidl_entry *uidl_state_add(struct uidl_state *st, const char *uidl, int64_t when,
     uint64_t size);
 /* Drop every entry not marked on_server (call only after a full UIDL list). */
 void uidl_state_prune(struct uidl_state *st);
-/* Write atomically. */
+/* Write st to its path atomically (see above) and clear dirty. False with
+ * err set (EX_IOERR); the file on disk is then the old one. */
 bool uidl_state_save(struct uidl_state *st, struct fetch_error *err);
+/* Free everything st holds (not st itself). */
 void uidl_state_free(struct uidl_state *st);
 
 #endif
