@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -442,18 +443,46 @@ state_dir_prepare(const struct config *config, char **error_r)
 	return 0;
 }
 
+/* Write the pid file by a new temporary file and rename. The state
+ * directory may be writable by the run_as user (sockets and runtime state
+ * live there), so the master, perhaps still root, never follows a link
+ * planted there: the temporary file is created with O_EXCL|O_NOFOLLOW
+ * relative to the directory, after removing whatever had its name. */
 static int
-pid_file_write(const char *path)
+pid_file_write(const char *dir, const char *name)
 {
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	FILE *f = fopen(tmp, "we");
-	if (f == NULL)
+	char tmp[NAME_MAX + 1], text[32];
+	int dfd, fd, len, saved;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", name) >= (int)sizeof(tmp)) {
+		errno = ENAMETOOLONG;
 		return -1;
-	fprintf(f, "%d\n", (int)getpid());
-	if (fclose(f) != 0 || rename(tmp, path) < 0)
+	}
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
 		return -1;
+	if (unlinkat(dfd, tmp, 0) < 0 && errno != ENOENT)
+		goto fail;
+	fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		goto fail;
+	len = snprintf(text, sizeof(text), "%d\n", (int)getpid());
+	if (write(fd, text, (size_t)len) != len) {
+		saved = errno;
+		close(fd);
+		unlinkat(dfd, tmp, 0);
+		errno = saved;
+		goto fail;
+	}
+	if (close(fd) < 0 || renameat(dfd, tmp, dfd, name) < 0)
+		goto fail;
+	close(dfd);
 	return 0;
+fail:
+	saved = errno;
+	close(dfd);
+	errno = saved;
+	return -1;
 }
 
 /* A logged-in session holds its socket, the maildrop lock, new/ and cur/,
@@ -548,7 +577,7 @@ master_run(struct config *config, bool foreground)
 		fatal("daemon");
 
 	master.pid_path = xasprintf("%s/popboxd.pid", config->state_dir);
-	if (pid_file_write(master.pid_path) < 0)
+	if (pid_file_write(config->state_dir, "popboxd.pid") < 0)
 		log_warn("cannot write %s", master.pid_path);
 
 	master.base = event_base_new();

@@ -99,3 +99,21 @@ def test_link_in_a_directory_only_the_admin_can_change_is_followed(server_factor
             c.quit()
     finally:
         os.chmod(links, 0o755)
+
+
+def test_pid_file_not_written_through_a_planted_link(server_factory):
+    """The state directory belongs to the run_as user; a link planted there
+    under the pid file's temporary name must not make the master (root in
+    production) write into the file it points to."""
+    srv = server_factory(start=False)
+    victim = os.path.join(srv.base, "victim")
+    with open(victim, "w") as f:
+        f.write("precious\n")
+    os.symlink(victim, os.path.join(srv.state_dir, "popboxd.pid.tmp"))
+    srv.start()
+    with open(victim) as f:
+        assert f.read() == "precious\n"
+    pidfile = os.path.join(srv.state_dir, "popboxd.pid")
+    assert not os.path.islink(pidfile)
+    with open(pidfile) as f:
+        assert int(f.read()) == srv.pid
