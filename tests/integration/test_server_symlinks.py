@@ -1,4 +1,6 @@
-"""The mail location is resolved without following symbolic links that the
+"""No symbolic link that the mail user or the run_as user could have made is
+followed: not in the mail location, not for the pid file in the state
+directory. The mail location is resolved without following symbolic links that the
 mail user could have placed (docs/DESIGN.md "Storage"): with
 mail = maildir:~/mail/Maildir a user who turns ~/mail into a link to another
 user's directory gets an error, not the other user's mail. Links that only
