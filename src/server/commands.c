@@ -105,8 +105,12 @@ cmd_pass(struct session *s, int argc, char **argv)
 		session_reply(s, "-ERR USER first");
 		return;
 	}
-	const char *fields[] = { s->user, argv[0], s->peer_ip };
-	session_auth_request(s, IPC_AUTH_PASS, 0, fields, 3);
+	unsigned char buf[IPC_HEADER_SIZE + 8 + IPC_MAX_USER + IPC_MAX_PASSWORD + IPC_MAX_PEER + 3];
+	const struct ipc_auth_pass m = { .request_id = ++s->worker->next_request, .session_id = s->id,
+	    .user = s->user, .password = argv[0], .peer = s->peer_ip };
+	size_t len = ipc_auth_pass_encode(buf, sizeof(buf), &m);
+	session_auth_request(s, m.request_id, buf, len);
+	secure_wipe(buf, len);
 }
 
 static void
@@ -123,8 +127,11 @@ cmd_apop(struct session *s, int argc, char **argv)
 	}
 	free(s->user);
 	s->user = xstrdup(argv[0]);
-	const char *fields[] = { s->user, s->apop_stamp, argv[1], s->peer_ip };
-	session_auth_request(s, IPC_AUTH_APOP, 0, fields, 4);
+	unsigned char buf[IPC_HEADER_SIZE + 8 + IPC_MAX_USER + IPC_MAX_APOP_STAMP + IPC_MAX_APOP_DIGEST +
+	    IPC_MAX_PEER + 4];
+	const struct ipc_auth_apop m = { .request_id = ++s->worker->next_request, .session_id = s->id,
+	    .user = s->user, .stamp = s->apop_stamp, .digest = argv[1], .peer = s->peer_ip };
+	session_auth_request(s, m.request_id, buf, ipc_auth_apop_encode(buf, sizeof(buf), &m));
 }
 
 static void

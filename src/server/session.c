@@ -28,6 +28,10 @@
 
 static void session_process_input(struct session *s);
 static void session_destroy_later(struct session *s, const char *reason);
+static void session_sasl_abort(struct session *s);
+
+/* A SASL line must fit in a step request. */
+_Static_assert(SESSION_MAX_SASL_LINE <= IPC_MAX_SASL_DATA, "SASL line over the IPC field limit");
 
 static const char *
 state_name(enum session_state st)
@@ -187,7 +191,7 @@ session_free(struct session *s)
 	struct worker *w = s->worker;
 	session_log_end(s);
 	if (s->sasl_id != 0)
-		ipc_send(w->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+		session_sasl_abort(s);
 	auth_pending_remove(s);
 	if (s->store_job != NULL)
 		s->store_job->session = NULL;   /* the job cleans up after itself */
@@ -429,13 +433,10 @@ session_stream_start(struct session *s, uint32_t idx, int64_t top_lines)
 }
 
 bool
-session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *const *fields,
-    uint32_t n)
+session_auth_request(struct session *s, uint64_t id, const void *msg, size_t len)
 {
 	struct worker *w = s->worker;
-	if (id == 0)
-		id = ++w->next_request;
-	if (ipc_send(w->auth_fd, type, id, fields, n) < 0) {
+	if (ipc_send(w->auth_fd, msg, len) < 0) {
 		log_warn("session %016llx: cannot reach the auth process", (unsigned long long)s->id);
 		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
 		return false;
@@ -448,6 +449,15 @@ session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *
 	w->auth_pending = s;
 	session_enter_state(s, SESSION_AUTH_WAIT);
 	return true;
+}
+
+/* Tell the auth process to drop the SASL exchange: no answer comes. */
+static void
+session_sasl_abort(struct session *s)
+{
+	unsigned char buf[IPC_HEADER_SIZE + 8];
+	const struct ipc_sasl_abort m = { .request_id = s->sasl_id, .session_id = s->id };
+	(void)ipc_send(s->worker->auth_fd, buf, ipc_sasl_abort_encode(buf, sizeof(buf), &m));
 }
 
 const char *
@@ -476,6 +486,7 @@ session_sasl_mechanisms(const struct session *s)
 void
 session_sasl_start(struct session *s, const char *mech, const char *initial)
 {
+	static unsigned char buf[IPC_MAX_MSG];
 	char *cb_exporter = NULL, *cb_unique = NULL;
 	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
 	if (ssl != NULL) {
@@ -483,12 +494,14 @@ session_sasl_start(struct session *s, const char *mech, const char *initial)
 		cb_unique = tls_channel_binding_unique(ssl);
 	}
 	/* RFC 5034 §4: "=" is an empty initial response. */
-	const char *ir = initial == NULL ? "" : strcmp(initial, "=") == 0 ? "" : initial;
-	const char *fields[] = { mech, initial ? "1" : "0", ir, s->peer_ip,
-	    cb_exporter ? cb_exporter : "", cb_unique ? cb_unique : "" };
-	uint64_t id = ++s->worker->next_request;
-	if (session_auth_request(s, IPC_SASL_START, id, fields, 6))
-		s->sasl_id = id;
+	const struct ipc_sasl_start m = { .request_id = ++s->worker->next_request, .session_id = s->id,
+	    .mech = mech, .has_initial = initial != NULL,
+	    .initial = initial == NULL || strcmp(initial, "=") == 0 ? "" : initial,
+	    .peer = s->peer_ip, .cb_exporter = cb_exporter, .cb_unique = cb_unique };
+	size_t len = ipc_sasl_start_encode(buf, sizeof(buf), &m);
+	if (session_auth_request(s, m.request_id, buf, len))
+		s->sasl_id = m.request_id;
+	secure_wipe(buf, len);
 	free(cb_exporter);
 	free(cb_unique);
 }
@@ -508,7 +521,7 @@ session_sasl_line(struct session *s, char *line, size_t len)
 {
 	if (strcmp(line, "*") == 0) {
 		/* RFC 5034 §4: "*" cancels; the server MUST answer -ERR. */
-		ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+		session_sasl_abort(s);
 		session_sasl_end(s);
 		session_enter_state(s, SESSION_AUTHORIZATION);
 		session_reply(s, "-ERR [AUTH] Authentication cancelled");
@@ -539,7 +552,7 @@ session_sasl_line(struct session *s, char *line, size_t len)
 	size_t rawlen;
 	if (len > 0 && !base64_decode(line, len, &raw, &rawlen)) {
 		/* RFC 5034 §4: undecodable base64 MUST be rejected with -ERR. */
-		ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+		session_sasl_abort(s);
 		session_sasl_end(s);
 		session_enter_state(s, SESSION_AUTHORIZATION);
 		session_reply(s, "-ERR [AUTH] Invalid base64 in authentication response");
@@ -549,28 +562,33 @@ session_sasl_line(struct session *s, char *line, size_t len)
 		secure_wipe(raw, rawlen);
 		free(raw);
 	}
-	const char *fields[] = { line };
-	if (!session_auth_request(s, IPC_SASL_STEP, s->sasl_id, fields, 1)) {
+	static unsigned char buf[IPC_MAX_MSG];
+	const struct ipc_sasl_step m = { .request_id = s->sasl_id, .session_id = s->id, .response = line };
+	size_t msg_len = ipc_sasl_step_encode(buf, sizeof(buf), &m);
+	bool sent = session_auth_request(s, s->sasl_id, buf, msg_len);
+	secure_wipe(buf, msg_len);
+	if (!sent) {
 		session_sasl_end(s);
 		session_enter_state(s, SESSION_AUTHORIZATION);
 	}
 }
 
 void
-session_auth_result(struct worker *w, uint64_t id, const char *status, const char *user,
-    const char *location, const char *data)
+session_auth_result(struct worker *w, const struct ipc_auth_result *r)
 {
 	struct session *s;
+	uint64_t id = r->request_id;
 	for (s = w->auth_pending; s != NULL; s = s->auth_next)
 		if (s->auth_request == id)
 			break;
 	if (s == NULL)
 		return;  /* session gone, or an answer to a previous incarnation */
 	auth_pending_remove(s);
-	if (strcmp(status, "continue") == 0 && s->sasl_id == id) {
+	const char *user = r->user, *location = r->location, *data = r->data;
+	if (r->result == AUTH_RESULT_CONTINUE && s->sasl_id == id) {
 		session_enter_state(s, SESSION_SASL);
 		session_reply(s, "+ %s", data);
-	} else if (strcmp(status, "ok") == 0) {
+	} else if (r->result == AUTH_RESULT_OK) {
 		if (s->sasl_id == id && data[0] != '\0') {
 			/* Success with data (SCRAM's server signature): send it as a
 			 * last challenge; the empty answer completes the login. */
@@ -590,7 +608,7 @@ session_auth_result(struct worker *w, uint64_t id, const char *status, const cha
 		free(s->user);
 		s->user = NULL;
 		s->auth_failures++;
-		if (strcmp(status, "temp") == 0)
+		if (r->result == AUTH_RESULT_TEMP)
 			session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
 		else
 			session_reply(s, "-ERR [AUTH] Authentication failed");
@@ -644,7 +662,7 @@ session_process_input(struct session *s)
 			s->discarding = false;
 			session_timer_arm(s);
 			if (s->state == SESSION_SASL) {
-				ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+				session_sasl_abort(s);
 				session_sasl_end(s);
 				session_enter_state(s, SESSION_AUTHORIZATION);
 				session_bad_line(s, "[AUTH] Authentication response too long");
@@ -663,7 +681,7 @@ session_process_input(struct session *s)
 		if (memchr(line, '\0', len) != NULL) {
 			secure_wipe(line, len);
 			if (s->state == SESSION_SASL) {
-				ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
+				session_sasl_abort(s);
 				session_sasl_end(s);
 				session_enter_state(s, SESSION_AUTHORIZATION);
 			}

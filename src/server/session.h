@@ -130,9 +130,9 @@ struct worker {
 
 /* Accept path: take ownership of fd. */
 void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener);
-/* The auth process answered request id. */
-void session_auth_result(struct worker *w, uint64_t id, const char *status,
-    const char *user, const char *location, const char *data);
+/* The auth process answered (r->request_id names the request). */
+struct ipc_auth_result;
+void session_auth_result(struct worker *w, const struct ipc_auth_result *r);
 /* Worker shutdown: end every session without UPDATE. */
 void session_close_all(struct worker *w, const char *reason);
 
@@ -151,11 +151,10 @@ void session_close_after_reply(struct session *s, const char *reason);
 void session_bad_line(struct session *s, const char *msg);
 /* Whether USER/PASS may be used on this connection now. */
 bool session_plaintext_allowed(const struct session *s);
-/* Send credentials to the auth process; the result arrives in
- * session_auth_result(). id 0 = a new request id. Returns false (and has
- * answered -ERR) when the auth process cannot be reached. */
-bool session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *const *fields,
-    uint32_t n);
+/* Send an encoded request (ipc.h; len 0 = encoding failed) to the auth
+ * process; the result for request id arrives in session_auth_result().
+ * Returns false (and has answered -ERR) when it cannot be sent. */
+bool session_auth_request(struct session *s, uint64_t id, const void *msg, size_t len);
 /* Start TLS on this plain connection (STLS): the +OK must be queued. Throws
  * away anything the client sent after the STLS line. */
 void session_starttls(struct session *s);

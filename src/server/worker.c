@@ -275,17 +275,16 @@ static void
 auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_auth_result msg;
 	for (int i = 0; i < 256; i++) {
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n <= 0)
 			return;
-		if (ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_AUTH_RESULT || msg.nfields != 4) {
+		if (!ipc_auth_result_decode(buf, (size_t)n, &msg)) {
 			log_warnx("malformed message from the auth process, ignored");
 			continue;
 		}
-		session_auth_result(&worker, msg.id, msg.fields[0], msg.fields[1], msg.fields[2],
-		    msg.fields[3]);
+		session_auth_result(&worker, &msg);
 	}
 }
 
@@ -293,7 +292,7 @@ static void
 control_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_reload msg;
 	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 	if (n == 0) {
 		log_warnx("master went away, closing sessions and exiting");
@@ -302,19 +301,19 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		worker.stopping = true;
 		return;
 	}
-	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields != 4)
+	if (n < 0 || !ipc_reload_decode(buf, (size_t)n, &msg))
 		return;
 	struct config *next;
 	char *error = NULL;
-	if (config_parse(msg.fields[0], msg.fields[1], &next, &error) < 0) {
+	if (config_parse(msg.path, msg.config, &next, &error) < 0) {
 		log_warnx("reload: %s", error);
 		free(error);
 		return;
 	}
-	if (msg.lens[2] > 0 && msg.lens[3] > 0) {
+	if (msg.cert_pem[0] != '\0' && msg.key_pem[0] != '\0') {
 		/* New certificate: new connections use the new context; the
 		 * old one lives on in the SSL objects of existing sessions. */
-		SSL_CTX *ctx = tls_server_ctx_new(msg.fields[2], msg.fields[3], next->tls_min_version, &error);
+		SSL_CTX *ctx = tls_server_ctx_new(msg.cert_pem, msg.key_pem, next->tls_min_version, &error);
 		secure_wipe(buf, (size_t)n);
 		if (ctx == NULL) {
 			log_warnx("reload: keeping the current TLS certificate: %s", error);

@@ -80,17 +80,19 @@ cmd(const char *line)
 
 /* Answer the pending auth request like the auth process would. */
 static void
-auth_answer(const char *status)
+auth_answer(enum auth_result result)
 {
 	char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_auth_pass req;
 	pump();
 	ssize_t n = recv(auth_end, buf, sizeof(buf), MSG_DONTWAIT);
 	assert_true(n > 0);
-	assert_int_equal(ipc_parse(buf, (size_t)n, &msg), 0);
-	assert_int_equal(msg.type, IPC_AUTH_PASS);
-	assert_string_equal(msg.fields[0], "alice");
-	session_auth_result(&w, msg.id, status, "alice", location, "");
+	assert_true(ipc_auth_pass_decode(buf, (size_t)n, &req));
+	assert_string_equal(req.user, "alice");
+	assert_int_equal(req.session_id, w.all->id);
+	const struct ipc_auth_result r = { .request_id = req.request_id, .result = result,
+	    .user = "alice", .location = location, .data = "" };
+	session_auth_result(&w, &r);
 }
 
 static int
@@ -164,7 +166,7 @@ login(void)
 {
 	assert_string_equal(cmd("USER alice\r\n"), "+OK\r\n");
 	assert_string_equal(cmd("PASS secret\r\n"), "");   /* waiting for auth */
-	auth_answer("ok");
+	auth_answer(AUTH_RESULT_OK);
 	assert_string_equal(drain(), "+OK Logged in, 2 messages (61 octets)\r\n");
 }
 
@@ -199,7 +201,7 @@ test_failed_login_returns_to_authorization(void **state)
 {
 	cmd("USER alice\r\n");
 	assert_string_equal(cmd("PASS wrong\r\n"), "");
-	auth_answer("fail");
+	auth_answer(AUTH_RESULT_FAIL);
 	assert_string_equal(drain(), "-ERR [AUTH] Authentication failed\r\n");
 	assert_string_equal(cmd("PASS again\r\n"), "-ERR USER first\r\n");
 	assert_true(strncmp(cmd("STAT\r\n"), "-ERR ", 5) == 0);
