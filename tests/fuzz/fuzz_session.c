@@ -1,8 +1,9 @@
 /* Z1: the server session state machine, in process (reliability §4.9 Z1).
  *
- * The real worker code (src/server/session.c framing, commands.c, the Maildir
- * store on the worker's store thread) runs on a libevent loop; the client end of a socketpair gets the
- * fuzzer's bytes cut into segments, and the harness plays the auth process on
+ * The real worker code (src/server/session.c framing, commands.c, login.c,
+ * cmd_trans.c, the Maildir store on the worker's store thread) runs on a
+ * libevent loop; the client end of a socketpair gets the fuzzer's bytes cut
+ * into segments, and the harness plays the auth process on
  * the worker's auth channel, the way tests/unit/test_commands.c does.
  *
  * Input: byte 0 chooses the segmentation (bit 7 set: one segment; else a
@@ -47,7 +48,11 @@
 #include "common/pop3_proto.h"
 #include "server/config.h"
 #include "server/ipc.h"
+#include "server/commands.h"
+#include "server/login.h"
 #include "server/session.h"
+#include "server/store_pool.h"
+#include "server/worker.h"
 
 /* Loop iterations without output or auth traffic before the harness calls the session
  * quiet; a session that never gets quiet is a busy loop (a finding). */
@@ -213,7 +218,7 @@ auth_answer(const char *buf, size_t n)
 		else
 			r.result = AUTH_RESULT_CONTINUE;
 	}
-	session_auth_result(&w, &r);
+	login_auth_result(&w, &r);
 }
 
 /* Run the loop, answer auth, collect output until nothing moves. */
@@ -388,7 +393,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sin.sin_addr.s_addr = htonl(0x7f000001);
 	out_len = 0;
 	lines_sent = 0;
-	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false);
+	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false,
+	    &commands_handler);
 	pump();
 	FUZZ_CHECK(out_len > 4 && memcmp(out, "+OK popbox ready.", 17) == 0, "greeting");
 

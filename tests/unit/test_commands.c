@@ -1,6 +1,7 @@
-/* The command table and state machine (src/server/commands.c, session.c),
- * driven in-process: a real session on a socketpair, a real Maildir, and the
- * test playing the auth process on the worker's auth channel. */
+/* The command table and state machine (src/server/commands.c, login.c,
+ * cmd_trans.c, session.c), driven in-process: a real session on a
+ * socketpair, a real Maildir, and the test playing the auth process on the
+ * worker's auth channel. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,7 +24,11 @@
 #include "common/log.h"
 #include "server/config.h"
 #include "server/ipc.h"
+#include "server/commands.h"
+#include "server/login.h"
 #include "server/session.h"
+#include "server/store_pool.h"
+#include "server/worker.h"
 
 static struct worker w;
 static int client_fd;    /* the test's end of the connection */
@@ -92,7 +97,7 @@ auth_answer(enum auth_result result)
 	assert_int_equal(req.session_id, w.all->id);
 	const struct ipc_auth_result r = { .request_id = req.request_id, .result = result,
 	    .user = "alice", .location = location, .data = "" };
-	session_auth_result(&w, &r);
+	login_auth_result(&w, &r);
 }
 
 static int
@@ -138,7 +143,8 @@ setup(void **state)
 	evutil_make_socket_nonblocking(sv[0]);
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(4242) };
 	sin.sin_addr.s_addr = htonl(0x7f000001);
-	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false);
+	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false,
+	    &commands_handler);
 	assert_string_equal(drain(), "+OK popbox ready.\r\n");
 	return 0;
 }
