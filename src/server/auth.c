@@ -1,7 +1,7 @@
 /* The auth process: the only process that reads the users file and the
  * password hashes (design §3). Workers send it credentials (USER/PASS, APOP)
  * or relay SASL lines (RFC 5034, run here with GNU SASL); it answers
- * "ok + mail location", "continue + challenge" or "fail".
+ * OK + mail location, CONTINUE + challenge, FAIL or TEMP (ipc.h).
  *
  * Anything that may be slow (crypt hashes take tens of ms, SCRAM's PBKDF2 a
  * few) runs on a small thread pool, so one slow hash never delays the other
@@ -62,6 +62,7 @@ struct sasl_conv {
 	struct sasl_conv *next;
 	int fd;
 	uint64_t id;
+	uint64_t session_id;    /* the worker's session, for log lines */
 	Gsasl_session *sctx;
 	struct db_ref *ref;
 	char mech[32];
@@ -79,6 +80,7 @@ struct job {
 	enum job_kind kind;
 	int fd;                 /* worker channel to answer on */
 	uint64_t id;
+	uint64_t session_id;    /* the worker's session, for log lines */
 	struct db_ref *ref;
 	char peer[64];
 	/* JOB_PASS */
@@ -128,7 +130,7 @@ db_ref_release(struct db_ref *ref)
 /* How long to wait for the master to hand over the users file. */
 #define AUTH_USERS_FD_TIMEOUT_MS 5000
 
-static void auth_apply_reload(const struct ipc_msg *msg);
+static void auth_apply_reload(const struct ipc_reload *msg);
 
 /* Ask the master for an open descriptor of the users file: the file may be
  * readable by root only, so that no process running as run_as (a worker)
@@ -138,8 +140,9 @@ static int
 users_fd_fetch(char **error_r)
 {
 	static char buf[IPC_MAX_MSG];
-	uint64_t id = (uint64_t)time(NULL);
-	if (ipc_send(auth.control_fd, IPC_USERS_OPEN, id, NULL, 0) < 0) {
+	const struct ipc_users_open req = { .request_id = (uint64_t)time(NULL) };
+	size_t len = ipc_users_open_encode(buf, sizeof(buf), &req);
+	if (ipc_send(auth.control_fd, buf, len) < 0) {
 		*error_r = xasprintf("cannot ask the master for the users file: %s", strerror(errno));
 		return -1;
 	}
@@ -159,23 +162,25 @@ users_fd_fetch(char **error_r)
 		ssize_t n = ipc_recv_fd(auth.control_fd, buf, sizeof(buf), &fd);
 		if (n == 0)
 			exit(0);   /* the master is gone */
-		struct ipc_msg msg;
-		if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0) {
+		struct ipc_reload reload;
+		struct ipc_users_fd answer;
+		if (n > 0 && ipc_reload_decode(buf, (size_t)n, &reload)) {
+			auth_apply_reload(&reload);
+			secure_wipe(buf, (size_t)n);
 			if (fd >= 0)
 				close(fd);
 			continue;
 		}
-		if (msg.type == IPC_RELOAD) {
-			auth_apply_reload(&msg);
-			continue;
-		}
-		if (msg.type != IPC_USERS_FD || msg.nfields != 1) {
+		if (n < 0 || !ipc_users_fd_decode(buf, (size_t)n, &answer) ||
+		    answer.request_id != req.request_id) {
 			if (fd >= 0)
 				close(fd);
 			continue;
 		}
-		if (fd < 0) {
-			*error_r = xstrdup(msg.fields[0]);
+		if (answer.error[0] != '\0' || fd < 0) {
+			if (fd >= 0)
+				close(fd);
+			*error_r = xstrdup(answer.error[0] != '\0' ? answer.error : "no descriptor from the master");
 			return -1;
 		}
 		return fd;
@@ -267,18 +272,39 @@ auth_db_current(void)
 
 /* --- answers, with the failed-login penalty ------------------------------ */
 
+/* An answer held back by the penalty: the encoded message. */
 struct delayed_reply {
 	int fd;
-	uint64_t id;
-	char *fields[4];
+	size_t len;
+	unsigned char msg[];
 };
 
+/* The answer, encoded in a static buffer; one that breaks the message
+ * limits becomes a plain "temp". Returns its length. */
+static size_t
+result_encode(const unsigned char **msg_r, uint64_t id, enum auth_result result, const char *user,
+    const char *location, const char *data)
+{
+	static unsigned char buf[IPC_MAX_MSG];
+	const struct ipc_auth_result m = { .request_id = id, .result = result, .user = user,
+	    .location = location, .data = data };
+	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
+	if (len == 0) {
+		log_warnx("answer to a worker over the message limits, sending temp");
+		const struct ipc_auth_result temp = { .request_id = id, .result = AUTH_RESULT_TEMP };
+		len = ipc_auth_result_encode(buf, sizeof(buf), &temp);
+	}
+	*msg_r = buf;
+	return len;
+}
+
 static void
-reply_send(int fd, uint64_t id, const char *status, const char *user, const char *location,
+reply_send(int fd, uint64_t id, enum auth_result result, const char *user, const char *location,
     const char *data)
 {
-	const char *fields[] = { status, user ? user : "", location ? location : "", data ? data : "" };
-	if (ipc_send(fd, IPC_AUTH_RESULT, id, fields, 4) < 0)
+	const unsigned char *msg;
+	size_t len = result_encode(&msg, id, result, user, location, data);
+	if (ipc_send(fd, msg, len) < 0)
 		log_warn("cannot answer worker");
 }
 
@@ -286,49 +312,51 @@ static void
 delayed_reply_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct delayed_reply *d = arg;
-	reply_send(d->fd, d->id, d->fields[0], d->fields[1], d->fields[2], d->fields[3]);
-	for (int i = 0; i < 4; i++)
-		free(d->fields[i]);
+	if (ipc_send(d->fd, d->msg, d->len) < 0)
+		log_warn("cannot answer worker");
 	free(d);
 }
 
 /* Send a final or intermediate answer. Final answers wait as the penalty
  * says (auth_penalty.h: per source and user, per user, per source); a
- * failure counts, a success clears that user's counts. Nothing blocks. */
+ * failure counts, a success clears that user's counts. Nothing blocks. The
+ * user and location go only with AUTH_RESULT_OK. */
 static void
-auth_answer(int fd, uint64_t id, const char *peer, const char *status, const char *user,
+auth_answer(int fd, uint64_t id, const char *peer, enum auth_result result, const char *user,
     const char *location, const char *data)
 {
-	bool final = strcmp(status, "continue") != 0;
+	bool final = result != AUTH_RESULT_CONTINUE;
 	const char *who = user != NULL ? user : "";
 	time_t now = time(NULL);
 	unsigned delay_ms = final ? auth_penalty_delay_ms(auth.penalty, peer, who, now) : 0;
-	if (strcmp(status, "fail") == 0)
+	if (result == AUTH_RESULT_FAIL)
 		auth_penalty_failed(auth.penalty, peer, who, now);
-	else if (strcmp(status, "ok") == 0)
+	else if (result == AUTH_RESULT_OK)
 		auth_penalty_succeeded(auth.penalty, peer, who);
+	if (result != AUTH_RESULT_OK)
+		user = location = NULL;
 	if (delay_ms == 0) {
-		reply_send(fd, id, status, user, location, data);
+		reply_send(fd, id, result, user, location, data);
 		return;
 	}
-	struct delayed_reply *d = xcalloc(1, sizeof(*d));
+	const unsigned char *msg;
+	size_t len = result_encode(&msg, id, result, user, location, data);
+	struct delayed_reply *d = xmalloc(sizeof(*d) + len);
 	d->fd = fd;
-	d->id = id;
-	d->fields[0] = xstrdup(status);
-	d->fields[1] = xstrdup(user ? user : "");
-	d->fields[2] = xstrdup(location ? location : "");
-	d->fields[3] = xstrdup(data ? data : "");
+	d->len = len;
+	memcpy(d->msg, msg, len);
 	struct timeval tv = { .tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000 };
 	if (event_base_once(auth.base, -1, EV_TIMEOUT, delayed_reply_cb, d, &tv) < 0)
 		delayed_reply_cb(-1, 0, d);
 }
 
 static void
-log_failure(const char *user, const char *peer, const char *why)
+log_failure(uint64_t session_id, const char *user, const char *peer, const char *why)
 {
 	char u[64];
 	str_sanitize(u, sizeof(u), user ? user : "", user ? strlen(user) : 0);
-	log_info("login failed: user=%s peer=%s: %s", u, peer, why);
+	log_info("session %016llx: login failed: user=%s peer=%s: %s", (unsigned long long)session_id,
+	    u, peer, why);
 }
 
 /* --- the thread pool ----------------------------------------------------- */
@@ -424,12 +452,12 @@ static void
 pass_finish(struct job *j)
 {
 	if (j->stored != NULL && j->result == PASSWORD_OK) {
-		auth_answer(j->fd, j->id, j->peer, "ok", j->user, j->location, NULL);
+		auth_answer(j->fd, j->id, j->peer, AUTH_RESULT_OK, j->user, j->location, NULL);
 	} else {
-		log_failure(j->user, j->peer, j->stored == NULL ? "unknown user" :
+		log_failure(j->session_id, j->user, j->peer, j->stored == NULL ? "unknown user" :
 		    j->result == PASSWORD_BAD_SCHEME ? "unusable password scheme in the users file" :
 		    "wrong password");
-		auth_answer(j->fd, j->id, j->peer, "fail", j->user, NULL, NULL);
+		auth_answer(j->fd, j->id, j->peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 	}
 	db_ref_release(j->ref);
 	job_free(j);
@@ -442,23 +470,25 @@ secret_is_cheap(const char *stored)
 }
 
 static void
-auth_handle_pass(int fd, const struct ipc_msg *msg)
+auth_handle_pass(int fd, const struct ipc_auth_pass *msg)
 {
 	char peer[64];
-	str_sanitize(peer, sizeof(peer), msg->fields[2], msg->lens[2]);
+	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
 	struct db_ref *ref = auth_db_current();
 	if (ref == NULL || auth.pending >= AUTH_MAX_PENDING) {
 		if (ref != NULL)
-			log_warnx("%u logins pending, refusing more for now", auth.pending);
-		reply_send(fd, msg->id, "temp", msg->fields[0], NULL, NULL);
+			log_warnx("session %016llx: %u logins pending, refusing more for now",
+			    (unsigned long long)msg->session_id, auth.pending);
+		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
 	}
 	struct job *j = xcalloc(1, sizeof(*j));
 	j->kind = JOB_PASS;
 	j->fd = fd;
-	j->id = msg->id;
-	j->user = xstrdup(msg->fields[0]);
-	j->password = xstrdup(msg->fields[1]);
+	j->id = msg->request_id;
+	j->session_id = msg->session_id;
+	j->user = xstrdup(msg->user);
+	j->password = xstrdup(msg->password);
 	memcpy(j->peer, peer, sizeof(peer));
 	j->ref = ref;
 	ref->refs++;
@@ -467,9 +497,10 @@ auth_handle_pass(int fd, const struct ipc_msg *msg)
 		char *error = NULL;
 		j->location = mail_location_expand(auth.config->mail, e, &error);
 		if (j->location == NULL) {
-			log_warnx("user %s: mail location: %s", j->user, error);
+			log_warnx("session %016llx: user %s: mail location: %s",
+			    (unsigned long long)j->session_id, j->user, error);
 			free(error);
-			reply_send(fd, j->id, "temp", j->user, NULL, NULL);
+			reply_send(fd, j->id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 			db_ref_release(ref);
 			job_free(j);
 			return;
@@ -487,11 +518,11 @@ auth_handle_pass(int fd, const struct ipc_msg *msg)
 /* APOP (RFC 1939 §7): digest = MD5(timestamp + shared secret), so it needs the
  * plaintext secret; users whose secret is a hash cannot use APOP. */
 static void
-auth_handle_apop(int fd, const struct ipc_msg *msg)
+auth_handle_apop(int fd, const struct ipc_auth_apop *msg)
 {
-	const char *user = msg->fields[0], *stamp = msg->fields[1], *digest = msg->fields[2];
+	const char *user = msg->user, *stamp = msg->stamp, *digest = msg->digest;
 	char peer[64];
-	str_sanitize(peer, sizeof(peer), msg->fields[3], msg->lens[3]);
+	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
 	struct db_ref *ref = auth_db_current();
 	const struct passwd_entry *e = ref ? passwd_db_lookup(ref->db, user) : NULL;
 	const char *plain = e ? password_plaintext(e->password) : NULL;
@@ -501,7 +532,7 @@ auth_handle_apop(int fd, const struct ipc_msg *msg)
 	bool ok = false;
 
 	if (!auth.config->apop || ref == NULL) {
-		auth_answer(fd, msg->id, peer, "fail", user, NULL, NULL);
+		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -521,20 +552,21 @@ auth_handle_apop(int fd, const struct ipc_msg *msg)
 	}
 	EVP_MD_CTX_free(ctx);
 	if (!ok) {
-		log_failure(user, peer, e == NULL ? "unknown user (APOP)" :
+		log_failure(msg->session_id, user, peer, e == NULL ? "unknown user (APOP)" :
 		    plain == NULL ? "APOP needs a {PLAIN} secret" : "wrong APOP digest");
-		auth_answer(fd, msg->id, peer, "fail", user, NULL, NULL);
+		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
 	char *error = NULL;
 	char *location = mail_location_expand(auth.config->mail, e, &error);
 	if (location == NULL) {
-		log_warnx("user %s: mail location: %s", user, error);
+		log_warnx("session %016llx: user %s: mail location: %s", (unsigned long long)msg->session_id,
+		    user, error);
 		free(error);
-		reply_send(fd, msg->id, "temp", user, NULL, NULL);
+		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
 	}
-	auth_answer(fd, msg->id, peer, "ok", user, location, NULL);
+	auth_answer(fd, msg->request_id, peer, AUTH_RESULT_OK, user, location, NULL);
 	free(location);
 }
 
@@ -694,8 +726,8 @@ static void
 sasl_fail(struct sasl_conv *c, const char *why)
 {
 	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
-	log_failure(authid, c->peer, why);
-	auth_answer(c->fd, c->id, c->peer, "fail", authid ? authid : "", NULL, NULL);
+	log_failure(c->session_id, authid, c->peer, why);
+	auth_answer(c->fd, c->id, c->peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 	conv_free(c);
 }
 
@@ -706,7 +738,7 @@ sasl_finish(struct job *j)
 	c->busy = false;
 	c->last = time(NULL);
 	if (j->rc == GSASL_NEEDS_MORE) {
-		auth_answer(c->fd, c->id, c->peer, "continue", NULL, NULL, j->output ? j->output : "");
+		auth_answer(c->fd, c->id, c->peer, AUTH_RESULT_CONTINUE, NULL, NULL, j->output);
 		return;
 	}
 	if (j->rc != GSASL_OK) {
@@ -731,13 +763,14 @@ sasl_finish(struct job *j)
 	char *error = NULL;
 	char *location = mail_location_expand(auth.config->mail, e, &error);
 	if (location == NULL) {
-		log_warnx("user %s: mail location: %s", authid, error);
+		log_warnx("session %016llx: user %s: mail location: %s", (unsigned long long)c->session_id,
+		    authid, error);
 		free(error);
-		reply_send(c->fd, c->id, "temp", authid, NULL, NULL);
+		reply_send(c->fd, c->id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		conv_free(c);
 		return;
 	}
-	auth_answer(c->fd, c->id, c->peer, "ok", authid, location, j->output ? j->output : "");
+	auth_answer(c->fd, c->id, c->peer, AUTH_RESULT_OK, authid, location, j->output);
 	free(location);
 	conv_free(c);
 }
@@ -755,65 +788,66 @@ sasl_step(struct sasl_conv *c, const char *input)
 }
 
 static void
-auth_handle_sasl_start(int fd, const struct ipc_msg *msg)
+auth_handle_sasl_start(int fd, const struct ipc_sasl_start *msg)
 {
-	const char *mech = msg->fields[0];
+	const char *mech = msg->mech;
 	char peer[64];
-	str_sanitize(peer, sizeof(peer), msg->fields[3], msg->lens[3]);
+	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
 	struct db_ref *ref = auth_db_current();
 	if (ref == NULL || auth.n_convs >= AUTH_MAX_SASL || auth.pending >= AUTH_MAX_PENDING ||
-	    conv_find(fd, msg->id) != NULL) {
-		reply_send(fd, msg->id, "temp", "", NULL, NULL);
+	    conv_find(fd, msg->request_id) != NULL) {
+		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
 	}
 	struct sasl_conv *c = xcalloc(1, sizeof(*c));
 	if (gsasl_server_start(auth.gsasl, mech, &c->sctx) != GSASL_OK) {
 		free(c);
-		reply_send(fd, msg->id, "fail", "", NULL, NULL);
+		reply_send(fd, msg->request_id, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
 	c->fd = fd;
-	c->id = msg->id;
+	c->id = msg->request_id;
+	c->session_id = msg->session_id;
 	c->ref = ref;
 	ref->refs++;
 	snprintf(c->mech, sizeof(c->mech), "%s", mech);
 	memcpy(c->peer, peer, sizeof(peer));
 	c->last = time(NULL);
 	gsasl_session_hook_set(c->sctx, c);
-	if (msg->lens[4] > 0)
-		gsasl_property_set(c->sctx, GSASL_CB_TLS_EXPORTER, msg->fields[4]);
-	if (msg->lens[5] > 0)
-		gsasl_property_set(c->sctx, GSASL_CB_TLS_UNIQUE, msg->fields[5]);
+	if (msg->cb_exporter[0] != '\0')
+		gsasl_property_set(c->sctx, GSASL_CB_TLS_EXPORTER, msg->cb_exporter);
+	if (msg->cb_unique[0] != '\0')
+		gsasl_property_set(c->sctx, GSASL_CB_TLS_UNIQUE, msg->cb_unique);
 	c->next = auth.convs;
 	auth.convs = c;
 	auth.n_convs++;
-	bool initial = strcmp(msg->fields[1], "1") == 0;
+	bool initial = msg->has_initial;
 	/* Built here rather than by sasl_step(): the flag must be set before
 	 * the job is queued, since a pool thread may pick it up at once. */
 	struct job *j = xcalloc(1, sizeof(*j));
 	j->kind = JOB_SASL;
 	j->conv = c;
-	j->input = initial ? xstrdup(msg->fields[2]) : NULL;
-	j->login_initial = initial && msg->lens[2] > 0 && strcasecmp(mech, "LOGIN") == 0;
+	j->input = initial ? xstrdup(msg->initial) : NULL;
+	j->login_initial = initial && msg->initial[0] != '\0' && strcasecmp(mech, "LOGIN") == 0;
 	c->busy = true;
 	job_queue(j);
 }
 
 static void
-auth_handle_sasl_step(int fd, const struct ipc_msg *msg)
+auth_handle_sasl_step(int fd, const struct ipc_sasl_step *msg)
 {
-	struct sasl_conv *c = conv_find(fd, msg->id);
+	struct sasl_conv *c = conv_find(fd, msg->request_id);
 	if (c == NULL || c->busy) {
-		reply_send(fd, msg->id, "fail", "", NULL, NULL);
+		reply_send(fd, msg->request_id, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
-	(void)sasl_step(c, msg->fields[0]);
+	(void)sasl_step(c, msg->response);
 }
 
 static void
-auth_handle_sasl_abort(int fd, const struct ipc_msg *msg)
+auth_handle_sasl_abort(int fd, const struct ipc_sasl_abort *msg)
 {
-	struct sasl_conv *c = conv_find(fd, msg->id);
+	struct sasl_conv *c = conv_find(fd, msg->request_id);
 	if (c == NULL)
 		return;
 	if (c->busy) {
@@ -865,11 +899,60 @@ done_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* One request from a worker, decoded by its type; anything else is dropped. */
+static void
+worker_request(int fd, const void *buf, size_t len)
+{
+	union {
+		struct ipc_auth_pass pass;
+		struct ipc_auth_apop apop;
+		struct ipc_sasl_start start;
+		struct ipc_sasl_step step;
+		struct ipc_sasl_abort abort;
+	} m;
+	uint32_t type = ipc_type(buf, len);
+	switch (type) {
+	case IPC_AUTH_PASS:
+		if (ipc_auth_pass_decode(buf, len, &m.pass)) {
+			auth_handle_pass(fd, &m.pass);
+			return;
+		}
+		break;
+	case IPC_AUTH_APOP:
+		if (ipc_auth_apop_decode(buf, len, &m.apop)) {
+			auth_handle_apop(fd, &m.apop);
+			return;
+		}
+		break;
+	case IPC_SASL_START:
+		if (ipc_sasl_start_decode(buf, len, &m.start)) {
+			auth_handle_sasl_start(fd, &m.start);
+			return;
+		}
+		break;
+	case IPC_SASL_STEP:
+		if (ipc_sasl_step_decode(buf, len, &m.step)) {
+			auth_handle_sasl_step(fd, &m.step);
+			return;
+		}
+		break;
+	case IPC_SASL_ABORT:
+		if (ipc_sasl_abort_decode(buf, len, &m.abort)) {
+			auth_handle_sasl_abort(fd, &m.abort);
+			return;
+		}
+		break;
+	default:
+		log_warnx("unexpected message type %u from worker", type);
+		return;
+	}
+	log_warnx("malformed message of type %u from worker, ignored", type);
+}
+
 static void
 worker_channel_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
 	/* Drain a bounded batch per wake-up so one busy worker cannot starve the others. */
 	for (int i = 0; i < 64; i++) {
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -880,22 +963,7 @@ worker_channel_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		if (n == 0)
 			return;
-		if (ipc_parse(buf, (size_t)n, &msg) < 0) {
-			log_warnx("malformed message from worker, ignored");
-			continue;
-		}
-		if (msg.type == IPC_AUTH_PASS && msg.nfields == 3)
-			auth_handle_pass(fd, &msg);
-		else if (msg.type == IPC_AUTH_APOP && msg.nfields == 4)
-			auth_handle_apop(fd, &msg);
-		else if (msg.type == IPC_SASL_START && msg.nfields == 6)
-			auth_handle_sasl_start(fd, &msg);
-		else if (msg.type == IPC_SASL_STEP && msg.nfields == 1)
-			auth_handle_sasl_step(fd, &msg);
-		else if (msg.type == IPC_SASL_ABORT)
-			auth_handle_sasl_abort(fd, &msg);
-		else
-			log_warnx("unexpected message type %u from worker", msg.type);
+		worker_request(fd, buf, (size_t)n);
 		secure_wipe(buf, (size_t)n);
 	}
 }
@@ -908,13 +976,11 @@ housekeeping_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-auth_apply_reload(const struct ipc_msg *msg)
+auth_apply_reload(const struct ipc_reload *msg)
 {
-	if (msg->nfields < 2)
-		return;
 	struct config *next;
 	char *error = NULL;
-	if (config_parse(msg->fields[0], msg->fields[1], &next, &error) < 0) {
+	if (config_parse(msg->path, msg->config, &next, &error) < 0) {
 		log_warnx("reload: %s", error);
 		free(error);
 		return;
@@ -930,7 +996,7 @@ static void
 control_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_reload msg;
 	int passed;
 	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
 	if (passed >= 0)
@@ -940,7 +1006,7 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		log_warnx("master went away, exiting");
 		exit(0);
 	}
-	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD)
+	if (n < 0 || !ipc_reload_decode(buf, (size_t)n, &msg))
 		return;
 	auth_apply_reload(&msg);
 	auth_db_current();

@@ -1,3 +1,6 @@
+/* Typed messages between popboxd processes: one table of field rules per
+ * type, a generic encoder and decoder that follow it, and per-type functions
+ * that move fields between a struct and that generic form (see ipc.h). */
 #include "server/ipc.h"
 
 #include <errno.h>
@@ -5,10 +8,317 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-int
-ipc_send(int fd, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields)
+struct ipc_header {
+	uint32_t type;
+	uint32_t nfields;
+	uint64_t id;
+};
+_Static_assert(sizeof(struct ipc_header) == IPC_HEADER_SIZE, "header without padding");
+
+enum field_kind { FIELD_NUMBER = 1, FIELD_TEXT };
+
+/* NUMBER: the largest value allowed; TEXT: the longest text, NUL excluded. */
+struct field_rule {
+	enum field_kind kind;
+	uint64_t max;
+};
+
+struct type_rule {
+	uint32_t nfields;
+	struct field_rule fields[IPC_MAX_FIELDS];
+};
+
+#define NUMBER(m) { FIELD_NUMBER, (m) }
+#define TEXT(m) { FIELD_TEXT, (m) }
+
+static const struct type_rule rules[IPC_TYPE_MAX] = {
+	[IPC_AUTH_PASS] = { 4, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_PASSWORD),
+	    TEXT(IPC_MAX_PEER) } },
+	[IPC_AUTH_APOP] = { 5, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_APOP_STAMP),
+	    TEXT(IPC_MAX_APOP_DIGEST), TEXT(IPC_MAX_PEER) } },
+	[IPC_AUTH_RESULT] = { 4, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
+	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA) } },
+	[IPC_RELOAD] = { 4, { TEXT(PATH_MAX), TEXT(IPC_MAX_MSG), TEXT(IPC_MAX_MSG), TEXT(IPC_MAX_MSG) } },
+	[IPC_SASL_START] = { 7, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_SASL_MECH), NUMBER(1),
+	    TEXT(IPC_MAX_SASL_DATA), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_CHANNEL_BINDING),
+	    TEXT(IPC_MAX_CHANNEL_BINDING) } },
+	[IPC_SASL_STEP] = { 2, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_SASL_DATA) } },
+	[IPC_SASL_ABORT] = { 1, { NUMBER(UINT64_MAX) } },
+	[IPC_USERS_OPEN] = { 0, { { 0, 0 } } },
+	[IPC_USERS_FD] = { 1, { TEXT(IPC_MAX_ERROR) } },
+};
+
+/* One field in generic form. */
+union field {
+	uint64_t number;
+	const char *text;
+};
+
+/* Lay out header and fields v[] of type into buf[0..size) by the type's
+ * rules; 0 when a field breaks them or the message does not fit. */
+static size_t
+ipc_encode(void *buf, size_t size, uint32_t type, uint64_t id, const union field *v)
 {
-	return ipc_send_fd(fd, type, id, fields, nfields, -1);
+	const struct type_rule *r = &rules[type];
+	struct ipc_header hdr = { .type = type, .nfields = r->nfields, .id = id };
+	unsigned char *out = buf;
+	size_t len = sizeof(hdr);
+
+	if (size > IPC_MAX_MSG)
+		size = IPC_MAX_MSG;
+	if (size < len)
+		return 0;
+	memcpy(out, &hdr, sizeof(hdr));
+	for (uint32_t i = 0; i < r->nfields; i++) {
+		const struct field_rule *f = &r->fields[i];
+		if (f->kind == FIELD_NUMBER) {
+			if (v[i].number > f->max || size - len < sizeof(uint64_t))
+				return 0;
+			memcpy(out + len, &v[i].number, sizeof(uint64_t));
+			len += sizeof(uint64_t);
+		} else {
+			const char *t = v[i].text != NULL ? v[i].text : "";
+			size_t n = strnlen(t, (size_t)f->max + 1);
+			if (n > f->max || size - len < n + 1)
+				return 0;
+			memcpy(out + len, t, n + 1);
+			len += n + 1;
+		}
+	}
+	return len;
+}
+
+/* Check buf[0..len) against the rules of type and fill *id and v[]; texts
+ * point into buf. */
+static bool
+ipc_decode(const void *buf, size_t len, uint32_t type, uint64_t *id, union field *v)
+{
+	const struct type_rule *r = &rules[type];
+	const unsigned char *in = buf;
+	struct ipc_header hdr;
+	size_t pos = sizeof(hdr);
+
+	if (len < sizeof(hdr) || len > IPC_MAX_MSG)
+		return false;
+	memcpy(&hdr, in, sizeof(hdr));
+	if (hdr.type != type || hdr.nfields != r->nfields)
+		return false;
+	for (uint32_t i = 0; i < r->nfields; i++) {
+		const struct field_rule *f = &r->fields[i];
+		if (f->kind == FIELD_NUMBER) {
+			if (len - pos < sizeof(uint64_t))
+				return false;
+			memcpy(&v[i].number, in + pos, sizeof(uint64_t));
+			if (v[i].number > f->max)
+				return false;
+			pos += sizeof(uint64_t);
+		} else {
+			size_t avail = len - pos;
+			if (avail > f->max + 1)
+				avail = (size_t)f->max + 1;
+			const unsigned char *nul = memchr(in + pos, '\0', avail);
+			if (nul == NULL)
+				return false;   /* unterminated, or longer than the maximum */
+			v[i].text = (const char *)in + pos;
+			pos = (size_t)(nul - in) + 1;
+		}
+	}
+	*id = hdr.id;
+	return pos == len;
+}
+
+uint32_t
+ipc_type(const void *buf, size_t len)
+{
+	struct ipc_header hdr;
+	if (len < sizeof(hdr))
+		return 0;
+	memcpy(&hdr, buf, sizeof(hdr));
+	return hdr.type;
+}
+
+/* --- one pair per type ------------------------------------------------------ */
+
+size_t
+ipc_auth_pass_encode(void *buf, size_t size, const struct ipc_auth_pass *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .text = m->user },
+	    { .text = m->password }, { .text = m->peer } };
+	return ipc_encode(buf, size, IPC_AUTH_PASS, m->request_id, v);
+}
+
+bool
+ipc_auth_pass_decode(const void *buf, size_t len, struct ipc_auth_pass *m)
+{
+	union field v[4];
+	if (!ipc_decode(buf, len, IPC_AUTH_PASS, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->user = v[1].text;
+	m->password = v[2].text;
+	m->peer = v[3].text;
+	return true;
+}
+
+size_t
+ipc_auth_apop_encode(void *buf, size_t size, const struct ipc_auth_apop *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .text = m->user },
+	    { .text = m->stamp }, { .text = m->digest }, { .text = m->peer } };
+	return ipc_encode(buf, size, IPC_AUTH_APOP, m->request_id, v);
+}
+
+bool
+ipc_auth_apop_decode(const void *buf, size_t len, struct ipc_auth_apop *m)
+{
+	union field v[5];
+	if (!ipc_decode(buf, len, IPC_AUTH_APOP, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->user = v[1].text;
+	m->stamp = v[2].text;
+	m->digest = v[3].text;
+	m->peer = v[4].text;
+	return true;
+}
+
+size_t
+ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m)
+{
+	const union field v[] = { { .number = (uint64_t)m->result }, { .text = m->user },
+	    { .text = m->location }, { .text = m->data } };
+	return ipc_encode(buf, size, IPC_AUTH_RESULT, m->request_id, v);
+}
+
+bool
+ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
+{
+	union field v[4];
+	if (!ipc_decode(buf, len, IPC_AUTH_RESULT, &m->request_id, v))
+		return false;
+	m->result = (enum auth_result)v[0].number;   /* range checked by the rule */
+	m->user = v[1].text;
+	m->location = v[2].text;
+	m->data = v[3].text;
+	return true;
+}
+
+size_t
+ipc_reload_encode(void *buf, size_t size, const struct ipc_reload *m)
+{
+	const union field v[] = { { .text = m->path }, { .text = m->config }, { .text = m->cert_pem },
+	    { .text = m->key_pem } };
+	return ipc_encode(buf, size, IPC_RELOAD, m->request_id, v);
+}
+
+bool
+ipc_reload_decode(const void *buf, size_t len, struct ipc_reload *m)
+{
+	union field v[4];
+	if (!ipc_decode(buf, len, IPC_RELOAD, &m->request_id, v))
+		return false;
+	m->path = v[0].text;
+	m->config = v[1].text;
+	m->cert_pem = v[2].text;
+	m->key_pem = v[3].text;
+	return true;
+}
+
+size_t
+ipc_sasl_start_encode(void *buf, size_t size, const struct ipc_sasl_start *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .text = m->mech },
+	    { .number = m->has_initial ? 1 : 0 }, { .text = m->initial }, { .text = m->peer },
+	    { .text = m->cb_exporter }, { .text = m->cb_unique } };
+	return ipc_encode(buf, size, IPC_SASL_START, m->request_id, v);
+}
+
+bool
+ipc_sasl_start_decode(const void *buf, size_t len, struct ipc_sasl_start *m)
+{
+	union field v[7];
+	if (!ipc_decode(buf, len, IPC_SASL_START, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->mech = v[1].text;
+	m->has_initial = v[2].number == 1;
+	m->initial = v[3].text;
+	m->peer = v[4].text;
+	m->cb_exporter = v[5].text;
+	m->cb_unique = v[6].text;
+	return true;
+}
+
+size_t
+ipc_sasl_step_encode(void *buf, size_t size, const struct ipc_sasl_step *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .text = m->response } };
+	return ipc_encode(buf, size, IPC_SASL_STEP, m->request_id, v);
+}
+
+bool
+ipc_sasl_step_decode(const void *buf, size_t len, struct ipc_sasl_step *m)
+{
+	union field v[2];
+	if (!ipc_decode(buf, len, IPC_SASL_STEP, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->response = v[1].text;
+	return true;
+}
+
+size_t
+ipc_sasl_abort_encode(void *buf, size_t size, const struct ipc_sasl_abort *m)
+{
+	const union field v[] = { { .number = m->session_id } };
+	return ipc_encode(buf, size, IPC_SASL_ABORT, m->request_id, v);
+}
+
+bool
+ipc_sasl_abort_decode(const void *buf, size_t len, struct ipc_sasl_abort *m)
+{
+	union field v[1];
+	if (!ipc_decode(buf, len, IPC_SASL_ABORT, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	return true;
+}
+
+size_t
+ipc_users_open_encode(void *buf, size_t size, const struct ipc_users_open *m)
+{
+	return ipc_encode(buf, size, IPC_USERS_OPEN, m->request_id, NULL);
+}
+
+bool
+ipc_users_open_decode(const void *buf, size_t len, struct ipc_users_open *m)
+{
+	return ipc_decode(buf, len, IPC_USERS_OPEN, &m->request_id, NULL);
+}
+
+size_t
+ipc_users_fd_encode(void *buf, size_t size, const struct ipc_users_fd *m)
+{
+	const union field v[] = { { .text = m->error } };
+	return ipc_encode(buf, size, IPC_USERS_FD, m->request_id, v);
+}
+
+bool
+ipc_users_fd_decode(const void *buf, size_t len, struct ipc_users_fd *m)
+{
+	union field v[1];
+	if (!ipc_decode(buf, len, IPC_USERS_FD, &m->request_id, v))
+		return false;
+	m->error = v[0].text;
+	return true;
+}
+
+/* --- transport ----------------------------------------------------------------- */
+
+int
+ipc_send(int sock, const void *msg, size_t len)
+{
+	return ipc_send_fd(sock, msg, len, -1);
 }
 
 ssize_t
@@ -36,29 +346,14 @@ ipc_recv_fd(int sock, void *buf, size_t len, int *fd_r)
 }
 
 int
-ipc_send_fd(int fd, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields,
-    int pass_fd)
+ipc_send_fd(int sock, const void *msg, size_t len, int pass_fd)
 {
-	struct ipc_header hdr = { .type = type, .nfields = nfields, .id = id };
-	struct iovec iov[1 + IPC_MAX_FIELDS];
-	size_t total = sizeof(hdr);
-
-	if (nfields > IPC_MAX_FIELDS) {
-		errno = EINVAL;
+	if (len < IPC_HEADER_SIZE || len > IPC_MAX_MSG) {
+		errno = EMSGSIZE;   /* also what a failed encode (0) gives */
 		return -1;
 	}
-	iov[0].iov_base = &hdr;
-	iov[0].iov_len = sizeof(hdr);
-	for (uint32_t i = 0; i < nfields; i++) {
-		iov[1 + i].iov_base = (void *)fields[i];
-		iov[1 + i].iov_len = strlen(fields[i]) + 1;
-		total += iov[1 + i].iov_len;
-	}
-	if (total > IPC_MAX_MSG) {
-		errno = EMSGSIZE;
-		return -1;
-	}
-	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 1 + nfields };
+	struct iovec iov = { .iov_base = (void *)msg, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	union {
 		struct cmsghdr hdr;
 		char buf[CMSG_SPACE(sizeof(int))];
@@ -75,36 +370,9 @@ ipc_send_fd(int fd, uint32_t type, uint64_t id, const char *const *fields, uint3
 	}
 	ssize_t n;
 	do {
-		n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -1;
-	return (size_t)n == total ? 0 : -1;
-}
-
-int
-ipc_parse(const void *buf, size_t len, struct ipc_msg *msg)
-{
-	struct ipc_header hdr;
-	const char *p, *end;
-
-	if (len < sizeof(hdr) || len > IPC_MAX_MSG)
-		return -1;
-	memcpy(&hdr, buf, sizeof(hdr));
-	if (hdr.type == 0 || hdr.type >= IPC_TYPE_MAX || hdr.nfields > IPC_MAX_FIELDS)
-		return -1;
-	msg->type = hdr.type;
-	msg->id = hdr.id;
-	msg->nfields = hdr.nfields;
-	p = (const char *)buf + sizeof(hdr);
-	end = (const char *)buf + len;
-	for (uint32_t i = 0; i < hdr.nfields; i++) {
-		const char *nul = memchr(p, '\0', (size_t)(end - p));
-		if (nul == NULL)
-			return -1;
-		msg->fields[i] = p;
-		msg->lens[i] = (size_t)(nul - p);
-		p = nul + 1;
-	}
-	return p == end ? 0 : -1;
+	return (size_t)n == len ? 0 : -1;
 }

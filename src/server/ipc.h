@@ -1,68 +1,207 @@
 /* Messages between popboxd processes (design §3).
  *
  * Transport: SOCK_SEQPACKET socketpairs, so one send() is one message and a
- * message is never split or merged. A message is a fixed header followed by
- * up to IPC_MAX_FIELDS NUL-terminated string fields. The receiver treats every
- * message as hostile: ipc_parse() checks the size, the type range, that every
- * field is NUL-terminated and that the field count is what the type needs. */
+ * message is never split or merged. The users file's descriptor travels
+ * with IPC_USERS_FD as SCM_RIGHTS.
+ *
+ * Encoding. A message is a 16-octet header
+ *
+ *     uint32 type    enum ipc_type
+ *     uint32 nfields the number of fields that follow
+ *     uint64 id      request id chosen by the requester (0 where unused)
+ *
+ * followed by exactly the fields its type lists below, in that order, of two
+ * kinds:
+ *
+ *     number  8 octets, a uint64 (the header and numbers are in host byte
+ *             order: both ends are the same binary on the same host)
+ *     text    its octets, then one NUL; no NUL inside
+ *
+ * and nothing after the last field. Each type has a struct, an encode and a
+ * decode function. The decoder treats every message as hostile and refuses
+ * (returns false) anything but its own type, the type's field count, numbers
+ * in the type's range (enums, flags), texts no longer than the field's
+ * maximum and NUL-terminated, and no octet after the last field. Text fields
+ * of a decoded struct point into the buffer it was decoded from. The encoder
+ * refuses (returns 0) what the decoder would refuse, so a message that leaves
+ * is one the other side accepts; every message has exactly one encoding.
+ *
+ * A receiver reads the type with ipc_type() and calls that type's decoder.
+ */
 #ifndef POPBOX_IPC_H
 #define POPBOX_IPC_H
 
+#include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Big enough for a SASL step (base64 of 8 KiB) plus user name and peer; and
- * for a config reload carrying the config text. */
+/* Big enough for a SASL step plus user name and peer; and for a config
+ * reload carrying the config text. */
 #define IPC_MAX_MSG   (256 * 1024)
+#define IPC_HEADER_SIZE 16
 #define IPC_MAX_FIELDS 8
 
+/* Field maxima, in octets without the NUL. */
+#define IPC_MAX_USER 320          /* the users file's limit on a name (passwd.h) */
+#define IPC_MAX_PASSWORD 255      /* PASS fits in a 255-octet command line */
+#define IPC_MAX_PEER 63           /* a numeric IPv6 address */
+#define IPC_MAX_APOP_STAMP 127    /* "<pid.random@host>" of the greeting */
+#define IPC_MAX_APOP_DIGEST 32    /* MD5 in hex */
+#define IPC_MAX_LOCATION (PATH_MAX + 64)  /* mail_location_expand's bound */
+#define IPC_MAX_SASL_MECH 31
+#define IPC_MAX_SASL_DATA (16 * 1024)     /* base64; above the 12 KiB SASL line */
+#define IPC_MAX_CHANNEL_BINDING 128       /* base64 of at most 64 octets */
+#define IPC_MAX_ERROR 1024
+
 enum ipc_type {
-	/* worker -> auth */
-	IPC_AUTH_PASS = 1,  /* id; user, password, peer address */
-	IPC_AUTH_APOP,      /* id; user, greeting timestamp, hex digest, peer */
+	/* worker -> auth; the id names the request, the answer carries it */
+	IPC_AUTH_PASS = 1,
+	IPC_AUTH_APOP,
 	/* auth -> worker */
-	IPC_AUTH_RESULT,    /* id; status ("ok"|"fail"|"temp"|"continue"), user,
-	                     * mail location, SASL data (base64, may be "") */
+	IPC_AUTH_RESULT,
 	/* master -> worker/auth */
-	IPC_RELOAD,         /* 0; config file path, config text, TLS cert PEM, key PEM
-	                     * ("" = keep the current TLS context) */
+	IPC_RELOAD,
 	/* worker -> auth, SASL (RFC 5034); the id of SASL_START names the
 	 * exchange and every later step of it */
-	IPC_SASL_START,     /* id; mechanism, "1"/"0" initial response given, initial
-	                     * response (base64), peer, tls-exporter cb, tls-unique cb */
-	IPC_SASL_STEP,      /* id; client response (base64) */
-	IPC_SASL_ABORT,     /* id; (none): client cancelled or went away, no answer */
+	IPC_SASL_START,
+	IPC_SASL_STEP,
+	IPC_SASL_ABORT,
 	/* auth <-> master: the users file is opened by the master (it may be
 	 * readable by root only) and handed over as a descriptor */
-	IPC_USERS_OPEN,     /* auth -> master; (none) */
-	IPC_USERS_FD,       /* master -> auth; "ok" + descriptor, or an error text */
+	IPC_USERS_OPEN,
+	IPC_USERS_FD,
 	IPC_TYPE_MAX,
 };
 
-struct ipc_header {
-	uint32_t type;
-	uint32_t nfields;
-	uint64_t id;        /* request id chosen by the requester */
+/* What the auth process answers to a request. */
+enum auth_result {
+	AUTH_RESULT_OK,        /* logged in: user and mail location */
+	AUTH_RESULT_FAIL,      /* wrong credentials, unknown user, ... */
+	AUTH_RESULT_TEMP,      /* try again later: [SYS/TEMP] */
+	AUTH_RESULT_CONTINUE,  /* SASL: data is the next challenge */
 };
 
-struct ipc_msg {
-	uint32_t type;
-	uint64_t id;
-	uint32_t nfields;
-	const char *fields[IPC_MAX_FIELDS];
-	size_t lens[IPC_MAX_FIELDS];   /* strlen of each field */
+/* Every worker -> auth request names the worker's session (the id its log
+ * lines show), so that the auth process's log lines name it too. */
+
+/* IPC_AUTH_PASS: USER/PASS. Fields: number session_id; texts user,
+ * password, peer. */
+struct ipc_auth_pass {
+	uint64_t request_id;
+	uint64_t session_id;
+	const char *user;          /* at most IPC_MAX_USER */
+	const char *password;      /* at most IPC_MAX_PASSWORD */
+	const char *peer;          /* client address, at most IPC_MAX_PEER */
 };
 
-/* Send one message; returns 0, or -1 with errno (EAGAIN on a full socket). */
-int ipc_send(int fd, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields);
-/* Same, passing a descriptor along (SCM_RIGHTS); fd < 0 sends none. */
-int ipc_send_fd(int sock, uint32_t type, uint64_t id, const char *const *fields, uint32_t nfields,
-    int fd);
+/* IPC_AUTH_APOP (RFC 1939 §7). Fields: number session_id; texts user,
+ * stamp, digest, peer. */
+struct ipc_auth_apop {
+	uint64_t request_id;
+	uint64_t session_id;
+	const char *user;          /* at most IPC_MAX_USER */
+	const char *stamp;         /* greeting timestamp, at most IPC_MAX_APOP_STAMP */
+	const char *digest;        /* hex, at most IPC_MAX_APOP_DIGEST */
+	const char *peer;          /* at most IPC_MAX_PEER */
+};
+
+/* IPC_AUTH_RESULT: the answer to any request but SASL_ABORT. Fields: number
+ * result; texts user, location, data. */
+struct ipc_auth_result {
+	uint64_t request_id;       /* the request's (SASL: the exchange's) */
+	enum auth_result result;
+	const char *user;          /* OK: the logged-in user, else ""; at most IPC_MAX_USER */
+	const char *location;      /* OK: mail location, else ""; at most IPC_MAX_LOCATION */
+	const char *data;          /* SASL challenge or success data (base64), may be "";
+	                            * at most IPC_MAX_SASL_DATA */
+};
+
+/* IPC_RELOAD: new configuration. Fields: texts path, config, cert_pem,
+ * key_pem (each bounded by IPC_MAX_MSG; path by PATH_MAX). */
+struct ipc_reload {
+	uint64_t request_id;       /* 0 */
+	const char *path;          /* of the config file, for messages */
+	const char *config;        /* its text */
+	const char *cert_pem;      /* "" with key_pem "" = keep the current TLS context */
+	const char *key_pem;
+};
+
+/* IPC_SASL_START. Fields: numbers session_id, has_initial (0 or 1); texts
+ * mech, initial, peer, cb_exporter, cb_unique. */
+struct ipc_sasl_start {
+	uint64_t request_id;       /* names the exchange */
+	uint64_t session_id;
+	const char *mech;          /* at most IPC_MAX_SASL_MECH */
+	bool has_initial;          /* an initial response was given (maybe empty) */
+	const char *initial;       /* base64, at most IPC_MAX_SASL_DATA */
+	const char *peer;          /* at most IPC_MAX_PEER */
+	const char *cb_exporter;   /* tls-exporter channel binding, base64, "" = none */
+	const char *cb_unique;     /* tls-unique channel binding, base64, "" = none */
+};
+
+/* IPC_SASL_STEP: the client's next response. Fields: number session_id;
+ * text response. */
+struct ipc_sasl_step {
+	uint64_t request_id;       /* the exchange's */
+	uint64_t session_id;
+	const char *response;      /* base64, at most IPC_MAX_SASL_DATA */
+};
+
+/* IPC_SASL_ABORT: client cancelled or went away; no answer. Fields: number
+ * session_id. */
+struct ipc_sasl_abort {
+	uint64_t request_id;       /* the exchange's */
+	uint64_t session_id;
+};
+
+/* IPC_USERS_OPEN, auth -> master. No fields. */
+struct ipc_users_open {
+	uint64_t request_id;
+};
+
+/* IPC_USERS_FD, master -> auth. Fields: text error. */
+struct ipc_users_fd {
+	uint64_t request_id;       /* the USERS_OPEN's */
+	const char *error;         /* "" = the descriptor comes with this message;
+	                            * else why not, at most IPC_MAX_ERROR */
+};
+
+/* Encode m into buf[0..size): returns the message's length, or 0 when a
+ * field breaks its type's rules (see above) or the message does not fit. */
+size_t ipc_auth_pass_encode(void *buf, size_t size, const struct ipc_auth_pass *m);
+size_t ipc_auth_apop_encode(void *buf, size_t size, const struct ipc_auth_apop *m);
+size_t ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m);
+size_t ipc_reload_encode(void *buf, size_t size, const struct ipc_reload *m);
+size_t ipc_sasl_start_encode(void *buf, size_t size, const struct ipc_sasl_start *m);
+size_t ipc_sasl_step_encode(void *buf, size_t size, const struct ipc_sasl_step *m);
+size_t ipc_sasl_abort_encode(void *buf, size_t size, const struct ipc_sasl_abort *m);
+size_t ipc_users_open_encode(void *buf, size_t size, const struct ipc_users_open *m);
+size_t ipc_users_fd_encode(void *buf, size_t size, const struct ipc_users_fd *m);
+
+/* Decode buf[0..len) (one received message) into *m: true when it is a
+ * well-formed message of this type, else false and *m undefined. */
+bool ipc_auth_pass_decode(const void *buf, size_t len, struct ipc_auth_pass *m);
+bool ipc_auth_apop_decode(const void *buf, size_t len, struct ipc_auth_apop *m);
+bool ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m);
+bool ipc_reload_decode(const void *buf, size_t len, struct ipc_reload *m);
+bool ipc_sasl_start_decode(const void *buf, size_t len, struct ipc_sasl_start *m);
+bool ipc_sasl_step_decode(const void *buf, size_t len, struct ipc_sasl_step *m);
+bool ipc_sasl_abort_decode(const void *buf, size_t len, struct ipc_sasl_abort *m);
+bool ipc_users_open_decode(const void *buf, size_t len, struct ipc_users_open *m);
+bool ipc_users_fd_decode(const void *buf, size_t len, struct ipc_users_fd *m);
+
+/* The type in the header of buf[0..len), or 0 when there is no header. Only
+ * picks the decoder: nothing else of the message is checked. */
+uint32_t ipc_type(const void *buf, size_t len);
+
+/* Send one encoded message; returns 0, or -1 with errno (EAGAIN on a full
+ * socket). */
+int ipc_send(int sock, const void *msg, size_t len);
+/* Same, passing descriptor fd along (SCM_RIGHTS); fd < 0 sends none. */
+int ipc_send_fd(int sock, const void *msg, size_t len, int fd);
 /* recv() of one message that may carry a descriptor: *fd_r = it, or -1. */
 ssize_t ipc_recv_fd(int sock, void *buf, size_t len, int *fd_r);
-/* Parse buf[0..len) (from one recv) into msg, fields point into buf.
- * Returns 0 or -1 when malformed. expected_fields is checked by the caller. */
-int ipc_parse(const void *buf, size_t len, struct ipc_msg *msg);
 
 #endif

@@ -351,12 +351,17 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	config_free(master.config);
 	master.config = next;
 	master.env.config = next;
-	const char *fields[] = { next->path, text, cert ? cert : "", key ? key : "" };
+	const struct ipc_reload msg = { .path = next->path, .config = text, .cert_pem = cert,
+	    .key_pem = key };
+	unsigned char *buf = xmalloc(IPC_MAX_MSG);
+	size_t len = ipc_reload_encode(buf, IPC_MAX_MSG, &msg);
 	for (size_t i = 0; i < master.n_children; i++) {
 		struct child *c = &master.children[i];
-		if (c->pid != 0 && ipc_send(c->control_master, IPC_RELOAD, 0, fields, 4) < 0)
+		if (c->pid != 0 && ipc_send(c->control_master, buf, len) < 0)
 			log_warn("reload: cannot notify child %d", (int)c->pid);
 	}
+	secure_wipe(buf, len);   /* it holds the private key */
+	free(buf);
 	free(cert);
 	free_secret(key);
 	free(text);
@@ -369,26 +374,24 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 static void
 auth_control_cb(evutil_socket_t fd, short what, void *arg)
 {
-	char buf[256];
-	struct ipc_msg msg;
+	unsigned char buf[IPC_HEADER_SIZE + IPC_MAX_ERROR + 1];
+	struct ipc_users_open req;
 	int passed;
 	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
 	if (passed >= 0)
 		close(passed);   /* nobody sends us descriptors */
-	if (n <= 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_USERS_OPEN)
+	if (n <= 0 || !ipc_users_open_decode(buf, (size_t)n, &req))
 		return;
+	char why[IPC_MAX_ERROR + 1] = "";
 	int ufd = open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (ufd < 0) {
-		char *why = xasprintf("%s: %s", master.config->users, strerror(errno));
-		const char *fields[] = { why };
-		ipc_send(fd, IPC_USERS_FD, msg.id, fields, 1);
-		free(why);
-		return;
-	}
-	const char *fields[] = { "ok" };
-	if (ipc_send_fd(fd, IPC_USERS_FD, msg.id, fields, 1, ufd) < 0)
+	if (ufd < 0)
+		snprintf(why, sizeof(why), "%s: %s", master.config->users, strerror(errno));
+	const struct ipc_users_fd answer = { .request_id = req.request_id, .error = why };
+	size_t len = ipc_users_fd_encode(buf, sizeof(buf), &answer);
+	if (ipc_send_fd(fd, buf, len, ufd) < 0 && ufd >= 0)
 		log_warn("cannot pass the users file to the auth process");
-	close(ufd);
+	if (ufd >= 0)
+		close(ufd);
 }
 
 static void

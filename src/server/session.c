@@ -1,6 +1,7 @@
 /* POP3 session I/O inside a worker: line framing with hard limits, the one
  * state setter, replies, streaming of message bodies with back-pressure, the
- * timers, and the per-session log line. The commands live in commands.c. */
+ * timers, STLS, close and the per-session log line. What a line means is the
+ * session's handler's business (session.h). */
 #include "server/session.h"
 
 #include <arpa/inet.h>
@@ -12,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -21,12 +21,9 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
-#include "common/base64.h"
-#include "server/ipc.h"
-#include "server/tls.h"
 #include "server/iplimit.h"
+#include "server/store_pool.h"
 
-static void session_process_input(struct session *s);
 static void session_destroy_later(struct session *s, const char *reason);
 
 static const char *
@@ -108,7 +105,7 @@ session_flush(struct session *s)
 		bufferevent_disable(s->bev, EV_WRITE);
 }
 
-void
+static void
 session_write(struct session *s, const void *data, size_t len)
 {
 	if (s->freed_pending)
@@ -135,23 +132,14 @@ session_reply(struct session *s, const char *fmt, ...)
 	session_write(s, line, (size_t)n);
 }
 
-bool
-session_plaintext_allowed(const struct session *s)
-{
-	switch (s->worker->config->plaintext_auth) {
-	case PLAINTEXT_ALWAYS: return true;
-	case PLAINTEXT_NEVER: return s->tls;
-	case PLAINTEXT_TLS_OR_LOOPBACK: return s->tls || s->loopback;
-	}
-	return false;
-}
-
 static void
 session_log_end(struct session *s)
 {
+	/* The logged-in user, else the name the client gave. */
+	const char *name = s->user != NULL ? s->user : s->login_name;
 	char user[64] = "-";
-	if (s->user != NULL)
-		str_sanitize(user, sizeof(user), s->user, strlen(s->user));
+	if (name != NULL)
+		str_sanitize(user, sizeof(user), name, strlen(name));
 	log_info("session %016llx: user=%s peer=%s retr=%u top=%u dele=%u bytes=%llu end=%s",
 	    (unsigned long long)s->id, user, s->peer, s->retr_count, s->top_count,
 	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
@@ -167,40 +155,19 @@ session_stream_stop(struct session *s)
 }
 
 static void
-auth_pending_remove(struct session *s)
-{
-	if (s->auth_request == 0)
-		return;
-	if (s->auth_prev)
-		s->auth_prev->auth_next = s->auth_next;
-	else
-		s->worker->auth_pending = s->auth_next;
-	if (s->auth_next)
-		s->auth_next->auth_prev = s->auth_prev;
-	s->auth_next = s->auth_prev = NULL;
-	s->auth_request = 0;
-}
-
-static void
 session_free(struct session *s)
 {
 	struct worker *w = s->worker;
 	session_log_end(s);
-	if (s->sasl_id != 0)
-		ipc_send(w->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
-	auth_pending_remove(s);
-	if (s->store_job != NULL)
-		s->store_job->session = NULL;   /* the job cleans up after itself */
+	s->handler->end(s);
 	if (s->ip_counted)
 		iplimit_add(w->iplimit, w->slot, s->peer_ip, -1);
 	if (s->total_counted)
 		iplimit_total_add(w->iplimit, w->slot, -1);
-	free(s->pending_location);
 	session_stream_stop(s);
 	if (s->store != NULL)
 		s->store->backend->close(s->store);   /* no UPDATE: nothing removed */
 	free(s->deleted);
-	free(s->user);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	event_free(s->timer);
@@ -214,39 +181,6 @@ session_free(struct session *s)
 		s->all_next->all_prev = s->all_prev;
 	w->sessions--;
 	free(s);
-}
-
-void
-store_job_free(struct store_job *job)
-{
-	free(job->path);
-	free(job->deleted);
-	free(job->error);
-	free(job);
-}
-
-void
-session_store_job_done(struct store_job *job)
-{
-	struct session *s = job->session;
-	if (s == NULL || s->freed_pending) {
-		/* Nobody waits: release what the job holds (no UPDATE for an
-		 * open; an expunge has already happened and is durable). */
-		if (s != NULL)
-			s->store_job = NULL;
-		if (job->store != NULL)
-			job->store->backend->close(job->store);
-		store_job_free(job);
-		return;
-	}
-	s->store_job = NULL;
-	if (job->kind == STORE_JOB_OPEN)
-		commands_maildrop_opened(s, job);
-	else
-		commands_expunge_done(s, job);
-	store_job_free(job);
-	if (!s->freed_pending)
-		session_process_input(s);
 }
 
 static void
@@ -265,6 +199,11 @@ session_destroy_later(struct session *s, const char *reason)
 	s->freed_pending = true;
 	if (s->end_reason == NULL)
 		s->end_reason = reason;
+	if (s->store_job != NULL) {
+		/* The job finishes without us (store_pool.h). */
+		s->store_job->arg = NULL;
+		s->store_job = NULL;
+	}
 	bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 	evtimer_del(s->timer);
 	session_stream_stop(s);
@@ -401,206 +340,15 @@ session_stream_fill(struct session *s)
 }
 
 void
-session_stream_start(struct session *s, uint32_t idx, int64_t top_lines)
+session_stream_start(struct session *s, const struct store_stream *st, int64_t top_lines)
 {
-	struct store_stream st;
-	char *error = NULL;
-	enum store_status r = s->store->backend->message_open(s->store, idx, &st, &error);
-	if (r != STORE_OK) {
-		if (error != NULL) {
-			log_warnx("session %016llx: message %u: %s", (unsigned long long)s->id, idx + 1, error);
-			free(error);
-		}
-		if (r == STORE_GONE)
-			session_reply(s, "-ERR Message %u was removed by another program", idx + 1);
-		else
-			session_reply(s, "-ERR [SYS/TEMP] Cannot read message %u, try again later", idx + 1);
-		return;
-	}
-	if (top_lines < 0)
-		session_reply(s, "+OK %llu octets", (unsigned long long)s->store->messages[idx].size);
-	else
-		session_reply(s, "+OK Top of message %u follows", idx + 1);
-	s->stream = st;
+	s->stream = *st;
 	s->stream_pos = 0;
 	s->streaming = true;
 	wire_encoder_init(&s->enc, top_lines);
 	session_stream_fill(s);
 }
 
-bool
-session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *const *fields,
-    uint32_t n)
-{
-	struct worker *w = s->worker;
-	if (id == 0)
-		id = ++w->next_request;
-	if (ipc_send(w->auth_fd, type, id, fields, n) < 0) {
-		log_warn("session %016llx: cannot reach the auth process", (unsigned long long)s->id);
-		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
-		return false;
-	}
-	s->auth_request = id;
-	s->auth_prev = NULL;
-	s->auth_next = w->auth_pending;
-	if (w->auth_pending)
-		w->auth_pending->auth_prev = s;
-	w->auth_pending = s;
-	session_enter_state(s, SESSION_AUTH_WAIT);
-	return true;
-}
-
-const char *
-session_sasl_mechanisms(const struct session *s)
-{
-	static char buf[256];
-	char list[256];
-	size_t len = 0;
-	snprintf(list, sizeof(list), "%s", s->worker->config->auth_mechanisms);
-	buf[0] = '\0';
-	for (char *save = NULL, *m = strtok_r(list, " ", &save); m != NULL; m = strtok_r(NULL, " ", &save)) {
-		size_t mlen = strlen(m);
-		bool plus = mlen > 5 && strcmp(m + mlen - 5, "-PLUS") == 0;
-		bool plain = strcmp(m, "PLAIN") == 0 || strcmp(m, "LOGIN") == 0;
-		if (plus && !s->tls)
-			continue;   /* channel binding needs TLS */
-		if (plain && !session_plaintext_allowed(s))
-			continue;
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s", len ? " " : "", m);
-		if (len >= sizeof(buf))
-			break;
-	}
-	return buf;
-}
-
-void
-session_sasl_start(struct session *s, const char *mech, const char *initial)
-{
-	char *cb_exporter = NULL, *cb_unique = NULL;
-	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
-	if (ssl != NULL) {
-		cb_exporter = tls_channel_binding_exporter(ssl);
-		cb_unique = tls_channel_binding_unique(ssl);
-	}
-	/* RFC 5034 §4: "=" is an empty initial response. */
-	const char *ir = initial == NULL ? "" : strcmp(initial, "=") == 0 ? "" : initial;
-	const char *fields[] = { mech, initial ? "1" : "0", ir, s->peer_ip,
-	    cb_exporter ? cb_exporter : "", cb_unique ? cb_unique : "" };
-	uint64_t id = ++s->worker->next_request;
-	if (session_auth_request(s, IPC_SASL_START, id, fields, 6))
-		s->sasl_id = id;
-	free(cb_exporter);
-	free(cb_unique);
-}
-
-static void
-session_sasl_end(struct session *s)
-{
-	s->sasl_id = 0;
-	s->sasl_final = false;
-	free(s->pending_location);
-	s->pending_location = NULL;
-}
-
-/* A line from the client during an AUTH exchange. */
-static void
-session_sasl_line(struct session *s, char *line, size_t len)
-{
-	if (strcmp(line, "*") == 0) {
-		/* RFC 5034 §4: "*" cancels; the server MUST answer -ERR. */
-		ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
-		session_sasl_end(s);
-		session_enter_state(s, SESSION_AUTHORIZATION);
-		session_reply(s, "-ERR [AUTH] Authentication cancelled");
-		return;
-	}
-	if (s->sasl_final) {
-		/* The client acknowledged our success data; anything but an
-		 * empty line is a protocol error. */
-		char *location = s->pending_location;
-		s->pending_location = NULL;
-		session_sasl_end(s);
-		if (len != 0) {
-			free(location);
-			session_enter_state(s, SESSION_AUTHORIZATION);
-			free(s->user);
-			s->user = NULL;
-			session_reply(s, "-ERR [AUTH] Authentication failed");
-			return;
-		}
-		char *user = s->user;
-		s->user = NULL;
-		commands_login_done(s, user, location);
-		free(user);
-		free(location);
-		return;
-	}
-	unsigned char *raw;
-	size_t rawlen;
-	if (len > 0 && !base64_decode(line, len, &raw, &rawlen)) {
-		/* RFC 5034 §4: undecodable base64 MUST be rejected with -ERR. */
-		ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
-		session_sasl_end(s);
-		session_enter_state(s, SESSION_AUTHORIZATION);
-		session_reply(s, "-ERR [AUTH] Invalid base64 in authentication response");
-		return;
-	}
-	if (len > 0) {
-		secure_wipe(raw, rawlen);
-		free(raw);
-	}
-	const char *fields[] = { line };
-	if (!session_auth_request(s, IPC_SASL_STEP, s->sasl_id, fields, 1)) {
-		session_sasl_end(s);
-		session_enter_state(s, SESSION_AUTHORIZATION);
-	}
-}
-
-void
-session_auth_result(struct worker *w, uint64_t id, const char *status, const char *user,
-    const char *location, const char *data)
-{
-	struct session *s;
-	for (s = w->auth_pending; s != NULL; s = s->auth_next)
-		if (s->auth_request == id)
-			break;
-	if (s == NULL)
-		return;  /* session gone, or an answer to a previous incarnation */
-	auth_pending_remove(s);
-	if (strcmp(status, "continue") == 0 && s->sasl_id == id) {
-		session_enter_state(s, SESSION_SASL);
-		session_reply(s, "+ %s", data);
-	} else if (strcmp(status, "ok") == 0) {
-		if (s->sasl_id == id && data[0] != '\0') {
-			/* Success with data (SCRAM's server signature): send it as a
-			 * last challenge; the empty answer completes the login. */
-			s->sasl_final = true;
-			s->pending_location = xstrdup(location);
-			free(s->user);
-			s->user = xstrdup(user);
-			session_enter_state(s, SESSION_SASL);
-			session_reply(s, "+ %s", data);
-		} else {
-			session_sasl_end(s);
-			commands_login_done(s, user, location);
-		}
-	} else {
-		session_sasl_end(s);
-		session_enter_state(s, SESSION_AUTHORIZATION);
-		free(s->user);
-		s->user = NULL;
-		s->auth_failures++;
-		if (strcmp(status, "temp") == 0)
-			session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
-		else
-			session_reply(s, "-ERR [AUTH] Authentication failed");
-	}
-	if (!s->freed_pending)
-		session_process_input(s);
-}
-
-/* Frame and dispatch complete lines while the session can take a command:
- * not waiting for the auth process, not streaming, output not backed up. */
 void
 session_bad_line(struct session *s, const char *msg)
 {
@@ -613,7 +361,10 @@ session_bad_line(struct session *s, const char *msg)
 	session_reply(s, "-ERR %s", msg);
 }
 
-static void
+/* Frame complete lines and hand them to the handler while the session can
+ * take a command: not waiting for the auth process or the store thread, not
+ * streaming, output not backed up. */
+void
 session_process_input(struct session *s)
 {
 	char *line = s->worker->line_buf;
@@ -643,16 +394,7 @@ session_process_input(struct session *s)
 			evbuffer_drain(in, len + 1);
 			s->discarding = false;
 			session_timer_arm(s);
-			if (s->state == SESSION_SASL) {
-				ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
-				session_sasl_end(s);
-				session_enter_state(s, SESSION_AUTHORIZATION);
-				session_bad_line(s, "[AUTH] Authentication response too long");
-			} else {
-				char msg[64];
-				snprintf(msg, sizeof(msg), "Command line too long (at most %d octets)", SESSION_MAX_LINE);
-				session_bad_line(s, msg);
-			}
+			s->handler->input(s, SESSION_INPUT_TOO_LONG, NULL, 0);
 			continue;
 		}
 		evbuffer_remove(in, line, len + 1);
@@ -662,18 +404,10 @@ session_process_input(struct session *s)
 		session_timer_arm(s);
 		if (memchr(line, '\0', len) != NULL) {
 			secure_wipe(line, len);
-			if (s->state == SESSION_SASL) {
-				ipc_send(s->worker->auth_fd, IPC_SASL_ABORT, s->sasl_id, NULL, 0);
-				session_sasl_end(s);
-				session_enter_state(s, SESSION_AUTHORIZATION);
-			}
-			session_bad_line(s, "NUL byte in command");
+			s->handler->input(s, SESSION_INPUT_NUL, NULL, 0);
 			continue;
 		}
-		if (s->state == SESSION_SASL)
-			session_sasl_line(s, line, len);
-		else
-			commands_dispatch(s, line, len);
+		s->handler->input(s, SESSION_INPUT_LINE, line, len);
 		secure_wipe(line, len);   /* it may have been a password */
 	}
 }
@@ -727,13 +461,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
 	if (s->state == SESSION_AUTH_WAIT) {
-		auth_pending_remove(s);
-		log_warnx("session %016llx: no answer from the auth process", (unsigned long long)s->id);
-		session_enter_state(s, SESSION_AUTHORIZATION);
-		free(s->user);
-		s->user = NULL;
-		session_reply(s, "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later");
-		session_process_input(s);
+		s->handler->auth_timeout(s);
 		return;
 	}
 	/* RFC 1939 §3: on the autologout timer, close without a response and
@@ -766,13 +494,16 @@ session_starttls(struct session *s)
 	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
 	s->bev = tls;
 	s->tls = true;
-	/* Forget everything said in clear. */
-	free(s->user);
-	s->user = NULL;
 	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH);
 	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+struct ssl_st *
+session_ssl(const struct session *s)
+{
+	return s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
 }
 
 static bool
@@ -792,16 +523,11 @@ addr_is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-void
-session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener)
+/* "host:port" and the bare address of the client, for logs and limits. */
+static void
+session_peer_set(struct session *s, const struct sockaddr *sa, int salen)
 {
-	struct session *s = xcalloc(1, sizeof(*s));
 	char host[NI_MAXHOST], serv[NI_MAXSERV];
-	int one = 1;
-
-	s->worker = w;
-	s->id = ++w->next_session;
-	s->tls_listener = tls_listener;
 	if (getnameinfo(sa, (socklen_t)salen, host, sizeof(host), serv, sizeof(serv),
 	    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
 		snprintf(host, sizeof(host), "unknown");
@@ -813,26 +539,26 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	else
 		snprintf(s->peer, sizeof(s->peer), "%.46s:%.8s", host, serv);
 	s->loopback = addr_is_loopback(sa);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
 
-	if (tls_listener && w->ssl_ctx != NULL) {
+/* The bufferevent of fd: TLS from the first byte on a TLS listener. False
+ * when it cannot be made; fd is still open then. */
+static bool
+session_bev_new(struct session *s, int fd)
+{
+	struct worker *w = s->worker;
+	if (s->tls_listener && w->ssl_ctx != NULL) {
 		SSL *ssl = SSL_new(w->ssl_ctx);
-		if (ssl == NULL) {
-			close(fd);
-			free(s);
-			return;
-		}
+		if (ssl == NULL)
+			return false;
 		s->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
 		    BEV_OPT_CLOSE_ON_FREE);
 		s->tls = true;
 	} else {
 		s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	}
-	if (s->bev == NULL) {
-		close(fd);
-		free(s);
-		return;
-	}
+	if (s->bev == NULL)
+		return false;
 	if (s->tls)
 		bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
 	else
@@ -840,6 +566,58 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 		 * RETR took 64 loop rounds (epoll_wait + writev each). Let one
 		 * writev take whatever is queued, up to the output high mark. */
 		bufferevent_set_max_single_write(s->bev, SESSION_OUTPUT_HIGH);
+	return true;
+}
+
+/* Count the connection against max_connections and max_connections_per_ip;
+ * over either, answer and close, and return false. */
+static bool
+session_admit(struct session *s)
+{
+	struct worker *w = s->worker;
+	/* Counted across workers when the shared table exists; else each
+	 * worker takes its share. */
+	iplimit_total_add(w->iplimit, w->slot, 1);
+	s->total_counted = true;
+	bool over = w->iplimit != NULL ? iplimit_total(w->iplimit) > w->config->max_connections
+	    : w->sessions > (w->config->max_connections + w->n_workers - 1) / w->n_workers;
+	if (w->config->max_connections > 0 && over) {
+		session_reply(s, "-ERR [SYS/TEMP] Too many connections, try again later");
+		session_close_after_reply(s, "too-many-connections");
+		return false;
+	}
+	if (w->config->max_connections_per_ip > 0) {
+		if (iplimit_count(w->iplimit, s->peer_ip) >= w->config->max_connections_per_ip) {
+			log_info("session %016llx: refused %s: max_connections_per_ip (%u) reached",
+			    (unsigned long long)s->id, s->peer, w->config->max_connections_per_ip);
+			session_reply(s, "-ERR [SYS/TEMP] Too many connections from your address, try again later");
+			session_close_after_reply(s, "too-many-connections-from-address");
+			return false;
+		}
+		iplimit_add(w->iplimit, w->slot, s->peer_ip, 1);
+		s->ip_counted = true;
+	}
+	return true;
+}
+
+void
+session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
+    const struct session_handler *handler)
+{
+	struct session *s = xcalloc(1, sizeof(*s));
+	int one = 1;
+
+	s->worker = w;
+	s->handler = handler;
+	s->id = ++w->next_session;
+	s->tls_listener = tls_listener;
+	session_peer_set(s, sa, salen);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (!session_bev_new(s, fd)) {
+		close(fd);
+		free(s);
+		return;
+	}
 	s->timer = evtimer_new(w->base, session_timer_cb, s);
 	s->all_next = w->all;
 	if (w->all)
@@ -853,41 +631,6 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	s->state = SESSION_AUTHORIZATION;
 	session_timer_arm(s);
 	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
-
-	/* Counted across workers when the shared table exists; else each
-	 * worker takes its share. */
-	iplimit_total_add(w->iplimit, w->slot, 1);
-	s->total_counted = true;
-	bool over = w->iplimit != NULL ? iplimit_total(w->iplimit) > w->config->max_connections
-	    : w->sessions > (w->config->max_connections + w->n_workers - 1) / w->n_workers;
-	if (w->config->max_connections > 0 && over) {
-		session_reply(s, "-ERR [SYS/TEMP] Too many connections, try again later");
-		session_close_after_reply(s, "too-many-connections");
-		return;
-	}
-	if (w->config->max_connections_per_ip > 0) {
-		if (iplimit_count(w->iplimit, s->peer_ip) >= w->config->max_connections_per_ip) {
-			log_info("session %016llx: refused %s: max_connections_per_ip (%u) reached",
-			    (unsigned long long)s->id, s->peer, w->config->max_connections_per_ip);
-			session_reply(s, "-ERR [SYS/TEMP] Too many connections from your address, try again later");
-			session_close_after_reply(s, "too-many-connections-from-address");
-			return;
-		}
-		iplimit_add(w->iplimit, w->slot, s->peer_ip, 1);
-		s->ip_counted = true;
-	}
-	if (w->config->apop) {
-		uint64_t rnd = 0;
-		char hostname[64];
-		if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
-			rnd = (uint64_t)s->id;
-		if (gethostname(hostname, sizeof(hostname)) < 0)
-			snprintf(hostname, sizeof(hostname), "localhost");
-		hostname[sizeof(hostname) - 1] = '\0';
-		snprintf(s->apop_stamp, sizeof(s->apop_stamp), "<%d.%016llx@%s>", (int)getpid(),
-		    (unsigned long long)rnd, hostname);
-		session_reply(s, "+OK popbox ready. %s", s->apop_stamp);
-	} else {
-		session_reply(s, "+OK popbox ready.");
-	}
+	if (session_admit(s))
+		handler->start(s);
 }

@@ -1,5 +1,12 @@
 /* One POP3 session (RFC 1939) inside a worker. Created on accept, freed when
- * the connection ends. Only session_enter_state() changes s->state. */
+ * the connection ends. Only session_enter_state() changes s->state.
+ *
+ * session.c is the connection: line framing, replies, back-pressure,
+ * streaming of message bodies, the timers, STLS and close. What the lines
+ * mean is the business of the session_handler it was created with
+ * (commands.c: the command table, which hands login to login.c and the
+ * transaction commands to cmd_trans.c); session.c calls nothing else above
+ * it. */
 #ifndef POPBOX_SESSION_H
 #define POPBOX_SESSION_H
 
@@ -13,6 +20,7 @@
 #include "common/wire.h"
 #include "server/config.h"
 #include "server/store.h"
+#include "server/worker.h"
 
 /* RFC 2449 §4: command lines up to 255 octets including CRLF. */
 #define SESSION_MAX_LINE 255
@@ -39,9 +47,31 @@ enum session_state {
 	SESSION_CLOSING,        /* flushing the last reply, then free */
 };
 
+/* What the framing hands up: a complete line, or a line it refused. */
+enum session_input {
+	SESSION_INPUT_LINE,      /* NUL-terminated, without CRLF */
+	SESSION_INPUT_TOO_LONG,  /* over the state's limit; consumed, line NULL */
+	SESSION_INPUT_NUL,       /* had a NUL byte; wiped, line NULL */
+};
+
+/* The one way session.c calls up (the command-dispatch callback). */
+struct session_handler {
+	/* The connection is accepted and within the limits: greet. */
+	void (*start)(struct session *s);
+	/* In AUTHORIZATION, SASL and TRANSACTION, one input line at a time;
+	 * no more while the state or back-pressure says wait. */
+	void (*input)(struct session *s, enum session_input what, char *line, size_t len);
+	/* SESSION_AUTH_WAIT lasted SESSION_AUTH_TIMEOUT_SECONDS. */
+	void (*auth_timeout)(struct session *s);
+	/* The session is being freed (its log line is written): let go of
+	 * everything that refers to it. */
+	void (*end)(struct session *s);
+};
+
 struct session {
-	uint64_t id;
+	uint64_t id;                  /* in every log line about this session */
 	struct worker *worker;
+	const struct session_handler *handler;
 	struct bufferevent *bev;
 	struct event *timer;          /* idle / login timeout */
 	struct event *linger;         /* closing: waiting for TLS records to drain */
@@ -53,18 +83,19 @@ struct session {
 	bool tls_listener;
 	bool tls_shutdown;            /* close_notify sent */
 
-	/* AUTHORIZATION */
-	char *user;                   /* from USER, or the logged-in user */
-	char apop_stamp[128];         /* greeting timestamp, "" if APOP off */
+	/* AUTHORIZATION: login.c owns these and sets each name in one place. */
+	char *login_name;             /* the name the client gave (USER, APOP) */
+	char *user;                   /* the user the auth process logged in */
+	char apop_stamp[128];         /* greeting timestamp, "" if APOP is off */
 	uint64_t auth_request;        /* pending request id, 0 = none */
 	uint64_t sasl_id;             /* SASL exchange id, 0 = none */
 	bool sasl_final;              /* success data sent, waiting for the empty line */
-	char *pending_location;       /* login to finish after sasl_final */
+	char *pending_user;           /* the login to finish after sasl_final */
+	char *pending_location;
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned bad_commands;
-	unsigned auth_failures;
 
-	/* TRANSACTION */
+	/* TRANSACTION (cmd_trans.c) */
 	struct store *store;
 	bool *deleted;
 	uint32_t deleted_count;
@@ -87,61 +118,25 @@ struct session {
 	bool ip_counted;              /* counted in worker->iplimit */
 	bool total_counted;           /* counted in the all-workers total */
 	struct session *all_next, *all_prev;    /* worker's list of sessions */
-	struct store_job *store_job;  /* pending maildrop job, NULL = none */
+	/* Pending maildrop job (store_pool.h), NULL = none. Whoever submits
+	 * it sets this and its done() clears it; if the session ends first,
+	 * it detaches the job (arg = NULL). */
+	struct store_job *store_job;
 };
 
-/* Maildrop work that can take long (scanning 100 000 files, unlinking many)
- * runs on the worker's store thread, never on the event loop (design §3). */
-enum store_job_kind { STORE_JOB_OPEN, STORE_JOB_EXPUNGE };
-
-struct store_job {
-	struct store_job *next;
-	enum store_job_kind kind;
-	struct session *session;      /* NULL once the session has gone */
-	const struct store_backend *backend;
-	char *path;                   /* OPEN */
-	struct store *store;          /* OPEN: result; EXPUNGE: owned by the job */
-	bool *deleted;                /* EXPUNGE: copy of the marks */
-	enum store_status status;
-	char *error;
-};
-
-struct worker {
-	struct event_base *base;
-	struct config *config;
-	unsigned slot;
-	unsigned n_workers;
-	int auth_fd;
-	struct event *auth_ev;
-	uint64_t next_request;
-	uint64_t next_session;
-	struct session *auth_pending;  /* sessions waiting for the auth process */
-	struct session *all;           /* every live session */
-	char *read_buf;                /* SESSION_READ_CHUNK bytes, shared by sessions */
-	char *line_buf;                /* SESSION_MAX_SASL_LINE + 1 bytes */
-	struct ssl_ctx_st *ssl_ctx;    /* NULL = no TLS configured */
-	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
-	struct store_pool *store_pool;
-	unsigned sessions;
-	struct evconnlistener **listeners;
-	size_t n_listeners;
-	bool stopping;
-};
-
-/* Accept path: take ownership of fd. */
-void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener);
-/* The auth process answered request id. */
-void session_auth_result(struct worker *w, uint64_t id, const char *status,
-    const char *user, const char *location, const char *data);
+/* Accept path: take ownership of fd; lines go to handler. */
+void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
+    const struct session_handler *handler);
 /* Worker shutdown: end every session without UPDATE. */
 void session_close_all(struct worker *w, const char *reason);
 
-/* --- used by commands.c --------------------------------------------------- */
+/* --- for the handler (commands.c, login.c, cmd_trans.c) --------------------- */
 void session_enter_state(struct session *s, enum session_state state);
+/* Run the input lines already received while the session can take one. A
+ * wait (auth answer, maildrop job) calls it when it ends. */
+void session_process_input(struct session *s);
 /* Queue one response line; CRLF is appended. */
 void session_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Queue raw bytes (multi-line bodies). */
-void session_write(struct session *s, const void *data, size_t len);
 /* The output buffer, with the write event on: use it for every write. */
 struct evbuffer *session_output(struct session *s);
 /* Flush what is queued, then close: no UPDATE unless done before. */
@@ -149,36 +144,14 @@ void session_close_after_reply(struct session *s, const char *reason);
 /* Answer a bad command line with -ERR msg, counting it against
  * max_bad_commands (closes the session at the limit). */
 void session_bad_line(struct session *s, const char *msg);
-/* Whether USER/PASS may be used on this connection now. */
-bool session_plaintext_allowed(const struct session *s);
-/* Send credentials to the auth process; the result arrives in
- * session_auth_result(). id 0 = a new request id. Returns false (and has
- * answered -ERR) when the auth process cannot be reached. */
-bool session_auth_request(struct session *s, uint32_t type, uint64_t id, const char *const *fields,
-    uint32_t n);
 /* Start TLS on this plain connection (STLS): the +OK must be queued. Throws
  * away anything the client sent after the STLS line. */
 void session_starttls(struct session *s);
-/* Start an AUTH exchange (mechanism already checked). */
-void session_sasl_start(struct session *s, const char *mech, const char *initial);
-/* Mechanisms offered on this connection now, space separated. */
-const char *session_sasl_mechanisms(const struct session *s);
-/* Start streaming message idx (RETR when top_lines < 0, else TOP). The +OK line
- * must already be queued. */
-void session_stream_start(struct session *s, uint32_t idx, int64_t top_lines);
-/* Hand a job to the worker's store thread; session_store_job_done() is
- * called on the event loop when it is finished. */
-void worker_store_submit(struct worker *w, struct store_job *job);
-/* The store thread(s) of a worker, reporting on base. */
-struct store_pool *store_pool_new(struct event_base *base);
-void session_store_job_done(struct store_job *job);
-void store_job_free(struct store_job *job);
-/* commands.c: continue after the maildrop was opened / expunged. */
-void commands_maildrop_opened(struct session *s, struct store_job *job);
-void commands_expunge_done(struct session *s, struct store_job *job);
-/* Dispatch one command line (NUL-terminated, without CRLF). */
-void commands_dispatch(struct session *s, char *line, size_t len);
-/* After a successful login: open the maildrop and answer. */
-void commands_login_done(struct session *s, const char *user, const char *location);
+/* The connection's TLS object, NULL on a plain connection. */
+struct ssl_st *session_ssl(const struct session *s);
+/* Stream the message in st (taking its descriptor) as a RETR answer
+ * (top_lines < 0) or TOP's, dot-stuffed and terminated, pausing while the
+ * client does not read. The status line must be queued. */
+void session_stream_start(struct session *s, const struct store_stream *st, int64_t top_lines);
 
 #endif

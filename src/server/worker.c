@@ -2,9 +2,7 @@
  * every POP3 session on one libevent loop (design §3). It holds no secrets:
  * credentials go to the auth process, which answers asynchronously. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdint.h>
-#include <sys/eventfd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,124 +17,22 @@
 #include <event2/listener.h>
 
 #include "common/log.h"
+#include "server/commands.h"
 #include "server/ipc.h"
+#include "server/iplimit.h"
+#include "server/login.h"
 #include "server/popboxd.h"
 #include "server/proxy.h"
 #include "server/session.h"
+#include "server/store_pool.h"
 #include "server/tls.h"
-#include "server/iplimit.h"
+#include "server/worker.h"
 
 /* After accept() fails for lack of descriptors, stop accepting this long so
  * the loop does not spin; sessions ending meanwhile free descriptors. */
 #define WORKER_ACCEPT_PAUSE_MS 500
 
-/* Store threads per worker: maildrop work is disk-bound, and two workers
- * already give two; more threads would only seek against each other. */
-#define WORKER_STORE_THREADS 1
-
 static struct worker worker;
-
-struct store_pool {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct store_job *queue_head, *queue_tail;
-	struct store_job *done;
-	int done_fd;
-	struct event *done_ev;
-};
-
-static void *
-store_thread(void *arg)
-{
-	struct store_pool *p = arg;
-	for (;;) {
-		pthread_mutex_lock(&p->lock);
-		while (p->queue_head == NULL)
-			pthread_cond_wait(&p->cond, &p->lock);
-		struct store_job *j = p->queue_head;
-		p->queue_head = j->next;
-		if (p->queue_head == NULL)
-			p->queue_tail = NULL;
-		pthread_mutex_unlock(&p->lock);
-
-		if (j->kind == STORE_JOB_OPEN)
-			j->status = j->backend->open(j->path, &j->store, &j->error);
-		else
-			j->status = j->store->backend->expunge(j->store, j->deleted, &j->error);
-		if (j->kind == STORE_JOB_OPEN && j->status != STORE_OK)
-			j->store = NULL;
-
-		pthread_mutex_lock(&p->lock);
-		j->next = p->done;
-		p->done = j;
-		pthread_mutex_unlock(&p->lock);
-		uint64_t one = 1;
-		if (write(p->done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			log_warn("store pool: eventfd");
-	}
-	return NULL;
-}
-
-static void
-store_done_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct store_pool *p = arg;
-	uint64_t n;
-	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-		log_warn("store pool: eventfd");
-	pthread_mutex_lock(&p->lock);
-	struct store_job *list = p->done;
-	p->done = NULL;
-	pthread_mutex_unlock(&p->lock);
-	/* The list is newest first; answer in submission order. */
-	struct store_job *rev = NULL;
-	while (list != NULL) {
-		struct store_job *next = list->next;
-		list->next = rev;
-		rev = list;
-		list = next;
-	}
-	while (rev != NULL) {
-		struct store_job *next = rev->next;
-		session_store_job_done(rev);
-		rev = next;
-	}
-}
-
-struct store_pool *
-store_pool_new(struct event_base *base)
-{
-	struct store_pool *p = xcalloc(1, sizeof(*p));
-	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->cond, NULL);
-	p->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (p->done_fd < 0)
-		fatal("eventfd");
-	p->done_ev = event_new(base, p->done_fd, EV_READ | EV_PERSIST, store_done_cb, p);
-	event_add(p->done_ev, NULL);
-	for (int i = 0; i < WORKER_STORE_THREADS; i++) {
-		pthread_t t;
-		if (pthread_create(&t, NULL, store_thread, p) != 0)
-			fatalx("cannot start store thread");
-		pthread_detach(t);
-	}
-	return p;
-}
-
-void
-worker_store_submit(struct worker *w, struct store_job *job)
-{
-	struct store_pool *p = w->store_pool;
-	job->next = NULL;
-	pthread_mutex_lock(&p->lock);
-	if (p->queue_tail != NULL)
-		p->queue_tail->next = job;
-	else
-		p->queue_head = job;
-	p->queue_tail = job;
-	pthread_cond_signal(&p->cond);
-	pthread_mutex_unlock(&p->lock);
-}
 static struct event *accept_resume_ev;
 
 struct listener_arg {
@@ -214,9 +110,11 @@ proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
 	int cfd = pw->fd;
 	bool tls = pw->tls;
 	if (h.has_address)
-		session_create(w, cfd, (struct sockaddr *)&h.source, (int)h.source_len, tls);
+		session_create(w, cfd, (struct sockaddr *)&h.source, (int)h.source_len, tls,
+		    &commands_handler);
 	else
-		session_create(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls);
+		session_create(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls,
+		    &commands_handler);
 	proxy_wait_end(pw, NULL, false);
 }
 
@@ -230,7 +128,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		return;
 	}
 	if (!w->config->proxy_protocol) {
-		session_create(w, fd, sa, salen, la->tls);
+		session_create(w, fd, sa, salen, la->tls, &commands_handler);
 		return;
 	}
 	struct proxy_wait *pw = xcalloc(1, sizeof(*pw));
@@ -275,17 +173,16 @@ static void
 auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_auth_result msg;
 	for (int i = 0; i < 256; i++) {
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n <= 0)
 			return;
-		if (ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_AUTH_RESULT || msg.nfields != 4) {
+		if (!ipc_auth_result_decode(buf, (size_t)n, &msg)) {
 			log_warnx("malformed message from the auth process, ignored");
 			continue;
 		}
-		session_auth_result(&worker, msg.id, msg.fields[0], msg.fields[1], msg.fields[2],
-		    msg.fields[3]);
+		login_auth_result(&worker, &msg);
 	}
 }
 
@@ -293,7 +190,7 @@ static void
 control_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_reload msg;
 	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 	if (n == 0) {
 		log_warnx("master went away, closing sessions and exiting");
@@ -302,19 +199,19 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		worker.stopping = true;
 		return;
 	}
-	if (n < 0 || ipc_parse(buf, (size_t)n, &msg) < 0 || msg.type != IPC_RELOAD || msg.nfields != 4)
+	if (n < 0 || !ipc_reload_decode(buf, (size_t)n, &msg))
 		return;
 	struct config *next;
 	char *error = NULL;
-	if (config_parse(msg.fields[0], msg.fields[1], &next, &error) < 0) {
+	if (config_parse(msg.path, msg.config, &next, &error) < 0) {
 		log_warnx("reload: %s", error);
 		free(error);
 		return;
 	}
-	if (msg.lens[2] > 0 && msg.lens[3] > 0) {
+	if (msg.cert_pem[0] != '\0' && msg.key_pem[0] != '\0') {
 		/* New certificate: new connections use the new context; the
 		 * old one lives on in the SSL objects of existing sessions. */
-		SSL_CTX *ctx = tls_server_ctx_new(msg.fields[2], msg.fields[3], next->tls_min_version, &error);
+		SSL_CTX *ctx = tls_server_ctx_new(msg.cert_pem, msg.key_pem, next->tls_min_version, &error);
 		secure_wipe(buf, (size_t)n);
 		if (ctx == NULL) {
 			log_warnx("reload: keeping the current TLS certificate: %s", error);

@@ -1,8 +1,9 @@
 /* Z1: the server session state machine, in process (reliability §4.9 Z1).
  *
- * The real worker code (src/server/session.c framing, commands.c, the Maildir
- * store on the worker's store thread) runs on a libevent loop; the client end of a socketpair gets the
- * fuzzer's bytes cut into segments, and the harness plays the auth process on
+ * The real worker code (src/server/session.c framing, commands.c, login.c,
+ * cmd_trans.c, the Maildir store on the worker's store thread) runs on a
+ * libevent loop; the client end of a socketpair gets the fuzzer's bytes cut
+ * into segments, and the harness plays the auth process on
  * the worker's auth channel, the way tests/unit/test_commands.c does.
  *
  * Input: byte 0 chooses the segmentation (bit 7 set: one segment; else a
@@ -47,7 +48,11 @@
 #include "common/pop3_proto.h"
 #include "server/config.h"
 #include "server/ipc.h"
+#include "server/commands.h"
+#include "server/login.h"
 #include "server/session.h"
+#include "server/store_pool.h"
+#include "server/worker.h"
 
 /* Loop iterations without output or auth traffic before the harness calls the session
  * quiet; a session that never gets quiet is a busy loop (a finding). */
@@ -151,46 +156,69 @@ fuzz_init(void)
 static void
 auth_answer(const char *buf, size_t n)
 {
-	struct ipc_msg msg;
-	FUZZ_CHECK(ipc_parse(buf, n, &msg) == 0, "worker sent a malformed IPC message");
-	const char *status = "fail", *data = "";
-	const char *user = msg.nfields > 0 ? msg.fields[0] : "";
-	switch (msg.type) {
+	union {
+		struct ipc_auth_pass pass;
+		struct ipc_auth_apop apop;
+		struct ipc_sasl_start start;
+		struct ipc_sasl_step step;
+		struct ipc_sasl_abort abort;
+	} m;
+	struct ipc_auth_result r = { .result = AUTH_RESULT_FAIL, .user = "", .location = location,
+	    .data = "" };
+	const char *resp = NULL;
+	uint64_t session_id;
+	switch (ipc_type(buf, n)) {
 	case IPC_AUTH_PASS:
-		FUZZ_CHECK(msg.nfields == 3, "AUTH_PASS fields %u", msg.nfields);
-		if (strcmp(msg.fields[1], "secret") == 0)
-			status = "ok";
-		else if (strcmp(msg.fields[1], "temp") == 0)
-			status = "temp";
+		FUZZ_CHECK(ipc_auth_pass_decode(buf, n, &m.pass), "malformed AUTH_PASS");
+		r.request_id = m.pass.request_id;
+		session_id = m.pass.session_id;
+		r.user = m.pass.user;
+		if (strcmp(m.pass.password, "secret") == 0)
+			r.result = AUTH_RESULT_OK;
+		else if (strcmp(m.pass.password, "temp") == 0)
+			r.result = AUTH_RESULT_TEMP;
 		break;
 	case IPC_AUTH_APOP:
-		FUZZ_CHECK(msg.nfields == 4, "AUTH_APOP fields %u", msg.nfields);
-		FUZZ_CHECK(strlen(msg.fields[2]) == 32, "APOP digest passed unchecked");
-		status = msg.fields[2][0] == '0' ? "ok" : "fail";
+		FUZZ_CHECK(ipc_auth_apop_decode(buf, n, &m.apop), "malformed AUTH_APOP");
+		FUZZ_CHECK(strlen(m.apop.digest) == 32, "APOP digest passed unchecked");
+		r.request_id = m.apop.request_id;
+		session_id = m.apop.session_id;
+		r.user = m.apop.user;
+		r.result = m.apop.digest[0] == '0' ? AUTH_RESULT_OK : AUTH_RESULT_FAIL;
 		break;
 	case IPC_SASL_START:
-	case IPC_SASL_STEP: {
-		FUZZ_CHECK(msg.nfields == (msg.type == IPC_SASL_START ? 6u : 1u), "SASL fields %u", msg.nfields);
-		const char *resp = msg.type == IPC_SASL_START ? msg.fields[2] : msg.fields[0];
-		user = "alice";
-		if (strcmp(resp, "b2s=") == 0)
-			status = "ok";
-		else if (strcmp(resp, "ZmluYWw=") == 0)
-			status = "ok", data = "dj1zZXJ2ZXI=";
-		else if (strcmp(resp, "ZmFpbA==") == 0)
-			status = "fail";
-		else if (strcmp(resp, "dGVtcA==") == 0)
-			status = "temp";
-		else
-			status = "continue";
+		FUZZ_CHECK(ipc_sasl_start_decode(buf, n, &m.start), "malformed SASL_START");
+		r.request_id = m.start.request_id;
+		session_id = m.start.session_id;
+		resp = m.start.initial;
 		break;
-	}
+	case IPC_SASL_STEP:
+		FUZZ_CHECK(ipc_sasl_step_decode(buf, n, &m.step), "malformed SASL_STEP");
+		r.request_id = m.step.request_id;
+		session_id = m.step.session_id;
+		resp = m.step.response;
+		break;
 	case IPC_SASL_ABORT:
+		FUZZ_CHECK(ipc_sasl_abort_decode(buf, n, &m.abort), "malformed SASL_ABORT");
 		return;          /* no answer */
 	default:
-		FUZZ_CHECK(0, "unexpected IPC type %u from the worker", msg.type);
+		FUZZ_CHECK(0, "unexpected IPC type %u from the worker", ipc_type(buf, n));
 	}
-	session_auth_result(&w, msg.id, status, user, location, data);
+	FUZZ_CHECK(w.all == NULL || session_id == w.all->id, "request without the session's id");
+	if (resp != NULL) {
+		r.user = "alice";
+		if (strcmp(resp, "b2s=") == 0)
+			r.result = AUTH_RESULT_OK;
+		else if (strcmp(resp, "ZmluYWw=") == 0)
+			r.result = AUTH_RESULT_OK, r.data = "dj1zZXJ2ZXI=";
+		else if (strcmp(resp, "ZmFpbA==") == 0)
+			r.result = AUTH_RESULT_FAIL;
+		else if (strcmp(resp, "dGVtcA==") == 0)
+			r.result = AUTH_RESULT_TEMP;
+		else
+			r.result = AUTH_RESULT_CONTINUE;
+	}
+	login_auth_result(&w, &r);
 }
 
 /* Run the loop, answer auth, collect output until nothing moves. */
@@ -365,7 +393,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sin.sin_addr.s_addr = htonl(0x7f000001);
 	out_len = 0;
 	lines_sent = 0;
-	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false);
+	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false,
+	    &commands_handler);
 	pump();
 	FUZZ_CHECK(out_len > 4 && memcmp(out, "+OK popbox ready.", 17) == 0, "greeting");
 

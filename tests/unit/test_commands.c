@@ -1,6 +1,7 @@
-/* The command table and state machine (src/server/commands.c, session.c),
- * driven in-process: a real session on a socketpair, a real Maildir, and the
- * test playing the auth process on the worker's auth channel. */
+/* The command table and state machine (src/server/commands.c, login.c,
+ * cmd_trans.c, session.c), driven in-process: a real session on a
+ * socketpair, a real Maildir, and the test playing the auth process on the
+ * worker's auth channel. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,7 +24,11 @@
 #include "common/log.h"
 #include "server/config.h"
 #include "server/ipc.h"
+#include "server/commands.h"
+#include "server/login.h"
 #include "server/session.h"
+#include "server/store_pool.h"
+#include "server/worker.h"
 
 static struct worker w;
 static int client_fd;    /* the test's end of the connection */
@@ -80,17 +85,19 @@ cmd(const char *line)
 
 /* Answer the pending auth request like the auth process would. */
 static void
-auth_answer(const char *status)
+auth_answer(enum auth_result result)
 {
 	char buf[IPC_MAX_MSG];
-	struct ipc_msg msg;
+	struct ipc_auth_pass req;
 	pump();
 	ssize_t n = recv(auth_end, buf, sizeof(buf), MSG_DONTWAIT);
 	assert_true(n > 0);
-	assert_int_equal(ipc_parse(buf, (size_t)n, &msg), 0);
-	assert_int_equal(msg.type, IPC_AUTH_PASS);
-	assert_string_equal(msg.fields[0], "alice");
-	session_auth_result(&w, msg.id, status, "alice", location, "");
+	assert_true(ipc_auth_pass_decode(buf, (size_t)n, &req));
+	assert_string_equal(req.user, "alice");
+	assert_int_equal(req.session_id, w.all->id);
+	const struct ipc_auth_result r = { .request_id = req.request_id, .result = result,
+	    .user = "alice", .location = location, .data = "" };
+	login_auth_result(&w, &r);
 }
 
 static int
@@ -136,7 +143,8 @@ setup(void **state)
 	evutil_make_socket_nonblocking(sv[0]);
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(4242) };
 	sin.sin_addr.s_addr = htonl(0x7f000001);
-	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false);
+	session_create(&w, sv[0], (struct sockaddr *)&sin, sizeof(sin), false,
+	    &commands_handler);
 	assert_string_equal(drain(), "+OK popbox ready.\r\n");
 	return 0;
 }
@@ -164,7 +172,7 @@ login(void)
 {
 	assert_string_equal(cmd("USER alice\r\n"), "+OK\r\n");
 	assert_string_equal(cmd("PASS secret\r\n"), "");   /* waiting for auth */
-	auth_answer("ok");
+	auth_answer(AUTH_RESULT_OK);
 	assert_string_equal(drain(), "+OK Logged in, 2 messages (61 octets)\r\n");
 }
 
@@ -199,7 +207,7 @@ test_failed_login_returns_to_authorization(void **state)
 {
 	cmd("USER alice\r\n");
 	assert_string_equal(cmd("PASS wrong\r\n"), "");
-	auth_answer("fail");
+	auth_answer(AUTH_RESULT_FAIL);
 	assert_string_equal(drain(), "-ERR [AUTH] Authentication failed\r\n");
 	assert_string_equal(cmd("PASS again\r\n"), "-ERR USER first\r\n");
 	assert_true(strncmp(cmd("STAT\r\n"), "-ERR ", 5) == 0);

@@ -1,0 +1,38 @@
+/* The store thread of a worker (store_pool.c): maildrop work that can take
+ * long (scanning 100 000 files, unlinking many) runs there, never on the
+ * event loop (design §3). A job names its own completion callback, so the
+ * pool knows nothing of sessions or commands. */
+#ifndef POPBOX_STORE_POOL_H
+#define POPBOX_STORE_POOL_H
+
+#include <stdbool.h>
+
+#include "server/store.h"
+
+struct event_base;
+
+enum store_job_kind { STORE_JOB_OPEN, STORE_JOB_EXPUNGE };
+
+struct store_job {
+	struct store_job *next;       /* the pool's queues */
+	enum store_job_kind kind;
+	const struct store_backend *backend;  /* OPEN */
+	char *path;                   /* OPEN */
+	struct store *store;          /* OPEN: result; EXPUNGE: owned by the job */
+	bool *deleted;                /* EXPUNGE: copy of the marks */
+	enum store_status status;
+	char *error;
+	/* Called on the event loop when the job is done, with arg; not called
+	 * when arg was set to NULL meanwhile (whoever waited went away). The
+	 * pool frees the job afterwards, closing job->store if it is still set:
+	 * done() takes the store by setting job->store to NULL. */
+	void (*done)(struct store_job *job, void *arg);
+	void *arg;
+};
+
+/* The store thread(s) of a worker, reporting on base. */
+struct store_pool *store_pool_new(struct event_base *base);
+/* Queue job (kind and its inputs, done and arg set); the pool owns it. */
+void store_pool_submit(struct store_pool *pool, struct store_job *job);
+
+#endif

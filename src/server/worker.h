@@ -1,0 +1,37 @@
+/* A worker process (worker.c): one libevent loop running every POP3 session
+ * of the connections it accepts (design §3). What its sessions share lives
+ * in struct worker. */
+#ifndef POPBOX_WORKER_H
+#define POPBOX_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/config.h"
+
+struct session;
+
+struct worker {
+	struct event_base *base;
+	struct config *config;         /* replaced on reload: read it at each use */
+	unsigned slot;
+	unsigned n_workers;
+	int auth_fd;                   /* SEQPACKET to the auth process (ipc.h) */
+	struct event *auth_ev;
+	uint64_t next_request;         /* auth request ids (login.c) */
+	uint64_t next_session;         /* session ids (session.c) */
+	struct session *auth_pending;  /* sessions waiting for the auth process (login.c) */
+	struct session *all;           /* every live session (session.c) */
+	char *read_buf;                /* SESSION_READ_CHUNK bytes, shared by sessions */
+	char *line_buf;                /* SESSION_MAX_SASL_LINE + 1 bytes */
+	struct ssl_ctx_st *ssl_ctx;    /* NULL = no TLS configured */
+	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
+	struct store_pool *store_pool; /* the maildrop thread (store_pool.h) */
+	unsigned sessions;
+	struct evconnlistener **listeners;
+	size_t n_listeners;
+	bool stopping;
+};
+
+#endif
