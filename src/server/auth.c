@@ -125,8 +125,6 @@ db_ref_release(struct db_ref *ref)
 	}
 }
 
-/* Users files above this are refused (10 million users fit easily). */
-#define AUTH_USERS_FILE_MAX (1024L * 1024 * 1024)
 /* How long to wait for the master to hand over the users file. */
 #define AUTH_USERS_FD_TIMEOUT_MS 5000
 
@@ -187,47 +185,6 @@ users_fd_fetch(char **error_r)
 	}
 }
 
-static char *
-users_fd_read(int fd, struct stat *st, char **error_r)
-{
-	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
-		*error_r = xstrdup("the users file is not a regular file");
-		return NULL;
-	}
-	if (st->st_size > AUTH_USERS_FILE_MAX) {
-		*error_r = xstrdup("the users file is too large");
-		return NULL;
-	}
-	size_t cap = (size_t)st->st_size + 1, len = 0;
-	char *text = xmalloc(cap + 1);
-	for (;;) {
-		if (len == cap) {
-			cap *= 2;
-			text = xrealloc(text, cap + 1);
-		}
-		ssize_t n = pread(fd, text + len, cap - len, (off_t)len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			*error_r = xasprintf("reading the users file: %s", strerror(errno));
-			secure_wipe(text, len);
-			free(text);
-			return NULL;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if ((off_t)len > AUTH_USERS_FILE_MAX) {
-			*error_r = xstrdup("the users file is too large");
-			secure_wipe(text, len);
-			free(text);
-			return NULL;
-		}
-	}
-	text[len] = '\0';
-	return text;
-}
-
 /* The users database, reloaded when the file changed (inode, size or mtime:
  * stat needs no read permission), so an administrator's edit takes effect at
  * the next login even without SIGHUP. */
@@ -245,14 +202,13 @@ auth_db_current(void)
 		return auth.db;
 	auth.force_reload = false;
 	int fd = users_fd_fetch(&error);
-	char *text = fd >= 0 ? users_fd_read(fd, &st, &error) : NULL;
-	if (fd >= 0)
-		close(fd);
 	struct passwd_db *db = NULL;
-	if (text != NULL) {
-		passwd_db_parse(auth.config->users, text, &db, &error);
-		secure_wipe(text, strlen(text));
-		free(text);
+	if (fd >= 0) {
+		if (fstat(fd, &st) == 0)
+			(void)passwd_db_load_fd(auth.config->users, fd, &db, &error);
+		else
+			error = xasprintf("%s: %s", auth.config->users, strerror(errno));
+		close(fd);
 	}
 	if (db == NULL) {
 		log_warnx("cannot load users file: %s", error ? error : "unknown error");
@@ -1025,7 +981,6 @@ auth_main(struct child_env *env)
 		close(env->listeners[i].fd);
 	for (unsigned i = 0; i < env->n_workers; i++)
 		close(env->worker_fds[i]);
-	privileges_drop(env);
 
 	auth.config = env->config;
 	auth.control_fd = env->control_fd;

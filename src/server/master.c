@@ -40,8 +40,6 @@
 #define MASTER_HEALTHY_SECONDS 10
 /* On SIGTERM, how long children get before SIGKILL. */
 #define MASTER_STOP_GRACE_SECONDS 5
-/* A config file larger than this is refused at reload (it is sent over IPC). */
-#define MASTER_MAX_CONFIG_BYTES (128 * 1024)
 
 enum child_role { ROLE_AUTH, ROLE_WORKER };
 
@@ -152,7 +150,9 @@ listener_bind(const struct config_listen *cl, struct listener *out, char **error
 	return 0;
 }
 
-void
+/* Called in every child right after fork (child_start), before any child
+ * code runs, so no child role can forget it. */
+static void
 privileges_drop(const struct child_env *env)
 {
 	if (!env->drop_privileges)
@@ -237,6 +237,7 @@ child_start(struct child *c)
 		master.env.config = master.config;
 		signal(SIGCHLD, SIG_DFL);
 		signal(SIGPIPE, SIG_IGN);
+		privileges_drop(&master.env);
 		if (c->role == ROLE_AUTH)
 			auth_main(&master.env);
 		worker_main(&master.env);
@@ -285,37 +286,15 @@ sigchld_cb(evutil_socket_t sig, short what, void *arg)
 		child_reaped(pid, status);
 }
 
-static char *
-read_small_file(const char *path, char **error_r)
-{
-	FILE *f = fopen(path, "re");
-	if (f == NULL) {
-		*error_r = xasprintf("%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *buf = xmalloc(MASTER_MAX_CONFIG_BYTES + 1);
-	size_t n = fread(buf, 1, MASTER_MAX_CONFIG_BYTES + 1, f);
-	bool err = ferror(f);
-	fclose(f);
-	if (err || n > MASTER_MAX_CONFIG_BYTES) {
-		*error_r = xasprintf("%s: %s", path, err ? "read error" : "file too large");
-		free(buf);
-		return NULL;
-	}
-	buf[n] = '\0';
-	return buf;
-}
-
 static void
 sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
-	char *error = NULL;
-	char *text = read_small_file(master.config->path, &error);
+	char *error = NULL, *text = NULL;
 	struct config *next;
-	if (text == NULL || config_parse(master.config->path, text, &next, &error) < 0) {
+	/* Read and parsed exactly as at start-up (same reader, same limit). */
+	if (config_load_text(master.config->path, &next, &text, &error) < 0) {
 		log_warnx("reload failed, keeping the running configuration: %s", error);
 		free(error);
-		free(text);
 		return;
 	}
 	/* What needs new sockets or processes cannot change in place. */
@@ -433,6 +412,24 @@ master_wait_children(void)
 		struct timespec ts = { 0, 20 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 	}
+}
+
+/* A reload message (up to IPC_MAX_MSG) is one SOCK_SEQPACKET message on the
+ * master's end of a control socket: make its send buffer big enough
+ * (limits_popboxd.h says why the default is not). Returns false when the
+ * kernel would not allow it (net.core.wmem_max set below its default). */
+static bool
+control_socket_sndbuf(int fd)
+{
+	int want = IPC_SOCKET_SNDBUF, got = 0;
+	socklen_t len = sizeof(got);
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof(want));
+	if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) == 0 && got >= want)
+		return true;
+	/* As root the cap does not apply. */
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof(want));
+	len = sizeof(got);
+	return getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) == 0 && got >= want;
 }
 
 static int
@@ -571,6 +568,10 @@ master_run(struct config *config, bool foreground)
 			fatal("socketpair");
 		c->control_master = sv[0];
 		c->control_child = sv[1];
+		if (!control_socket_sndbuf(sv[0]) && i == 0)
+			log_warnx("the kernel limits socket buffers below %d bytes (net.core.wmem_max): "
+			    "a reload with config and TLS files near their size limits may fail",
+			    IPC_SOCKET_SNDBUF);
 		c->restart_timer = evtimer_new(master.base, child_restart_cb, c);
 	}
 

@@ -35,11 +35,9 @@ struct child_env {
 	struct iplimit *iplimit;     /* shared connection counts per address */
 };
 
-/* Each never returns. */
+/* Each never returns. The master has already dropped privileges to
+ * env->uid/gid (when env->drop_privileges) before calling them. */
 void auth_main(struct child_env *env) __attribute__((noreturn));
 void worker_main(struct child_env *env) __attribute__((noreturn));
-
-/* Drop to env->uid/gid when env->drop_privileges; fatal on any failure. */
-void privileges_drop(const struct child_env *env);
 
 #endif
