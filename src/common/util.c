@@ -170,16 +170,20 @@ util_read_file_bounded(int fd, const char *name, size_t max, unsigned flags, cha
 		*error_r = xasprintf("%s: not a regular file", name);
 		return -1;
 	}
+	if ((uint64_t)st.st_size > max) {
+		*error_r = xasprintf("%s: file too large (more than %zu bytes)", name, max);
+		return -1;
+	}
 	/* Room for the size fstat saw and one byte more, so that the usual
 	 * file is read in one pread and its end seen by the next. */
-	size_t cap = (uint64_t)st.st_size < max ? (size_t)st.st_size + 1 : max + 1;
+	size_t cap = (size_t)st.st_size + 1;
 	size_t len = 0;
 	char *buf = xmalloc(cap + 1);
 	for (;;) {
 		if (len == cap) {
 			if (cap > max) {
 				*error_r = xasprintf("%s: file too large (more than %zu bytes)", name, max);
-				goto fail;
+				goto fail;   /* it grew while we read */
 			}
 			size_t next = cap > max / 2 ? max + 1 : cap * 2;
 			buf = read_buffer_grow(buf, len, next + 1, flags);
