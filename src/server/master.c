@@ -200,10 +200,24 @@ child_restart_cb(evutil_socket_t fd, short what, void *arg)
 		child_start(c);
 }
 
+/* Open the users file for the auth process (as root when started as root),
+ * so the file can be readable by root alone and no process running as
+ * run_as can open it by name. Returns the descriptor, or -1 with errno. */
+static int
+users_file_open(void)
+{
+	return open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+}
+
 static void
 child_start(struct child *c)
 {
+	/* The auth process loads the users file before it serves. */
+	int users_fd = c->role == ROLE_AUTH ? users_file_open() : -1;
+	int users_errno = errno;
 	pid_t pid = fork();
+	if (pid != 0 && users_fd >= 0)
+		close(users_fd);   /* the child has it */
 	if (pid < 0) {
 		log_warn("fork");
 		struct timeval tv = { .tv_sec = 1 };
@@ -233,6 +247,8 @@ child_start(struct child *c)
 		signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
 		signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
 		master.env.control_fd = c->control_child;
+		master.env.users_fd = users_fd;
+		master.env.users_errno = users_errno;
 		master.env.slot = c->slot;
 		master.env.config = master.config;
 		signal(SIGCHLD, SIG_DFL);
@@ -346,9 +362,8 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	log_info("configuration reloaded");
 }
 
-/* The auth process asks for the users file: open it here (as root when
- * started as root) and hand over the descriptor, so the file can be readable
- * by root alone and no process running as run_as can open it by name. */
+/* The auth process asks for the users file (a reload): open it here and
+ * hand over the descriptor (users_file_open says why). */
 static void
 auth_control_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -361,7 +376,7 @@ auth_control_cb(evutil_socket_t fd, short what, void *arg)
 	if (n <= 0 || !ipc_users_open_decode(buf, (size_t)n, &req))
 		return;
 	char why[IPC_MAX_ERROR + 1] = "";
-	int ufd = open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	int ufd = users_file_open();
 	if (ufd < 0)
 		snprintf(why, sizeof(why), "%s: %s", master.config->users, strerror(errno));
 	const struct ipc_users_fd answer = { .request_id = req.request_id, .error = why };
