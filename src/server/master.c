@@ -509,19 +509,17 @@ master_raise_nofile(const struct config *config)
 	}
 }
 
-int
-master_run(struct config *config, bool foreground)
+/* Everything that can fail before the children start: run_as, the TLS
+ * context, the state directory, the listeners; and the worker <-> auth
+ * socket pairs. Logs why and returns -1 on failure. */
+static int
+master_prepare(const struct config *config)
 {
 	char *error = NULL;
-
-	memset(&master, 0, sizeof(master));
-	master.config = config;
-	master.env.config = config;
-
 	if (getuid() == 0 || geteuid() == 0) {
 		if (resolve_run_as(config, &master.env.uid, &master.env.gid, &error) < 0) {
 			log_warnx("%s", error);
-			return 1;
+			return -1;
 		}
 		master.env.drop_privileges = true;
 	}
@@ -531,20 +529,20 @@ master_run(struct config *config, bool foreground)
 		    (master.env.ssl_ctx = tls_server_ctx_new(cert, key, config->tls_min_version, &error)) == NULL) {
 			log_warnx("TLS: %s", error);
 			free(error);
-			return 1;
+			return -1;
 		}
 		free(cert);
 		free_secret(key);
 	}
 	if (state_dir_prepare(config, &error) < 0) {
 		log_warnx("%s", error);
-		return 1;
+		return -1;
 	}
 	master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
 	for (size_t i = 0; i < config->n_listens; i++) {
 		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
 			log_warnx("%s", error);
-			return 1;
+			return -1;
 		}
 		master.env.n_listeners++;
 	}
@@ -559,19 +557,14 @@ master_run(struct config *config, bool foreground)
 		master.env.auth_fds[i] = sv[0];
 		master.env.worker_fds[i] = sv[1];
 	}
-	if (!foreground && daemon(0, 0) < 0)
-		fatal("daemon");
+	return 0;
+}
 
-	master.pid_path = xasprintf("%s/popboxd.pid", config->state_dir);
-	if (pid_file_write(master.pid_path) < 0)
-		log_warn("cannot write %s", master.pid_path);
-
-	master.base = event_base_new();
-	if (master.base == NULL)
-		fatalx("event_base_new failed");
-	signal(SIGPIPE, SIG_IGN);
-	master_raise_nofile(config);
-
+/* The children's slots: the auth process first, then the workers, each
+ * with its control socket pair and restart timer. */
+static void
+master_children_init(void)
+{
 	master.n_children = 1 + master.env.n_workers;
 	for (size_t i = 0; i < master.n_children; i++) {
 		struct child *c = &master.children[i];
@@ -589,19 +582,61 @@ master_run(struct config *config, bool foreground)
 			    IPC_SOCKET_SNDBUF);
 		c->restart_timer = evtimer_new(master.base, child_restart_cb, c);
 	}
+}
 
-	struct event *ev_chld = master.events[0] = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
-	struct event *ev_hup = master.events[1] = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
-	struct event *ev_term = master.events[2] = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
-	struct event *ev_int = master.events[3] = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
-	evsignal_add(ev_chld, NULL);
-	evsignal_add(ev_hup, NULL);
-	evsignal_add(ev_term, NULL);
-	evsignal_add(ev_int, NULL);
+/* Signals, and the auth process's requests for the users file. */
+static void
+master_events_add(void)
+{
+	master.events[0] = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
+	master.events[1] = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
+	master.events[2] = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
+	master.events[3] = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
+	master.events[4] = event_new(master.base, master.children[0].control_master,
+	    EV_READ | EV_PERSIST, auth_control_cb, NULL);
+	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+		event_add(master.events[i], NULL);
+}
 
-	struct event *ev_auth = master.events[4] = event_new(master.base,
-	    master.children[0].control_master, EV_READ | EV_PERSIST, auth_control_cb, NULL);
-	event_add(ev_auth, NULL);
+static void
+master_free(void)
+{
+	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+		event_free(master.events[i]);
+	for (size_t i = 0; i < master.n_children; i++)
+		event_free(master.children[i].restart_timer);
+	event_base_free(master.base);
+	free(master.pid_path);
+	for (size_t i = 0; i < master.env.n_listeners; i++) {
+		close(master.env.listeners[i].fd);
+		free(master.env.listeners[i].name);
+	}
+	free(master.env.listeners);
+	config_free(master.config);
+}
+
+int
+master_run(struct config *config, bool foreground)
+{
+	memset(&master, 0, sizeof(master));
+	master.config = config;
+	master.env.config = config;
+	if (master_prepare(config) < 0)
+		return 1;
+	if (!foreground && daemon(0, 0) < 0)
+		fatal("daemon");
+
+	master.pid_path = xasprintf("%s/popboxd.pid", config->state_dir);
+	if (pid_file_write(master.pid_path) < 0)
+		log_warn("cannot write %s", master.pid_path);
+
+	master.base = event_base_new();
+	if (master.base == NULL)
+		fatalx("event_base_new failed");
+	signal(SIGPIPE, SIG_IGN);
+	master_raise_nofile(config);
+	master_children_init();
+	master_events_add();
 	users_file_check(config);
 
 	for (size_t i = 0; i < master.n_children; i++)
@@ -617,20 +652,6 @@ master_run(struct config *config, bool foreground)
 	master_wait_children();
 	unlink(master.pid_path);
 	log_info("stopped");
-	event_free(ev_auth);
-	event_free(ev_chld);
-	event_free(ev_hup);
-	event_free(ev_term);
-	event_free(ev_int);
-	for (size_t i = 0; i < master.n_children; i++)
-		event_free(master.children[i].restart_timer);
-	event_base_free(master.base);
-	free(master.pid_path);
-	for (size_t i = 0; i < master.env.n_listeners; i++) {
-		close(master.env.listeners[i].fd);
-		free(master.env.listeners[i].name);
-	}
-	free(master.env.listeners);
-	config_free(master.config);
+	master_free();
 	return 0;
 }

@@ -726,6 +726,32 @@ mail_location_value_problem(const char *value, size_t len, bool may_be_empty)
 	return NULL;
 }
 
+/* What is wrong with an expanded path (after the "type:" prefix), or NULL:
+ * control characters, a "." or ".." component, nothing at all. */
+static const char *
+mail_location_path_problem(const char *path)
+{
+	if (*path == '\0')
+		return "is empty";
+	for (const char *c = path; *c != '\0'; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			return "contains control characters";
+	for (const char *c = path; *c != '\0'; ) {
+		const char *slash = strchr(c, '/');
+		size_t clen = slash ? (size_t)(slash - c) : strlen(c);
+		if ((clen == 1 && c[0] == '.') || (clen == 2 && c[0] == '.' && c[1] == '.'))
+			return "contains '.' or '..'";
+		if (slash == NULL)
+			break;
+		c = slash + 1;
+	}
+	return NULL;
+}
+
+/* One piece (about 90 lines): a single pass over the template that appends
+ * to one bounded buffer through APPEND, whose bounds check and the one
+ * error exit (fail) every step shares; split, each part would need the
+ * buffer, its length and the exit passed along. */
 char *
 mail_location_expand(const char *template, const struct passwd_entry *entry, char **error_r)
 {
@@ -816,25 +842,9 @@ mail_location_expand(const char *template, const struct passwd_entry *entry, cha
 	out[len] = '\0';
 
 	/* Last line of defence, whatever the template and home produced. */
-	for (const char *c = out + path_start; *c != '\0'; c++)
-		if ((unsigned char)*c < 0x20 || *c == 0x7f) {
-			*error_r = xasprintf("mail location for user '%s' contains control characters",
-			    user_s);
-			goto fail;
-		}
-	for (const char *c = out + path_start; *c != '\0'; ) {
-		const char *slash = strchr(c, '/');
-		size_t clen = slash ? (size_t)(slash - c) : strlen(c);
-		if ((clen == 1 && c[0] == '.') || (clen == 2 && c[0] == '.' && c[1] == '.')) {
-			*error_r = xasprintf("mail location for user '%s' contains '.' or '..'", user_s);
-			goto fail;
-		}
-		if (slash == NULL)
-			break;
-		c = slash + 1;
-	}
-	if (len == path_start) {
-		*error_r = xasprintf("mail location for user '%s' is empty", user_s);
+	const char *problem = mail_location_path_problem(out + path_start);
+	if (problem != NULL) {
+		*error_r = xasprintf("mail location for user '%s' %s", user_s, problem);
 		goto fail;
 	}
 	return out;
