@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void *
@@ -143,5 +144,86 @@ fsync_dir(const char *path)
 	int saved = errno;
 	close(fd);
 	errno = saved;
+	return r;
+}
+
+/* Move a buffer to a bigger one; a secret's old copy is wiped, since
+ * realloc() would leave it behind in freed memory. */
+static char *
+read_buffer_grow(char *buf, size_t used, size_t new_size, unsigned flags)
+{
+	if (!(flags & UTIL_READ_SECRET))
+		return xrealloc(buf, new_size);
+	char *bigger = xmalloc(new_size);
+	memcpy(bigger, buf, used);
+	secure_wipe(buf, used);
+	free(buf);
+	return bigger;
+}
+
+int
+util_read_file_bounded(int fd, const char *name, size_t max, unsigned flags, char **data_r,
+    size_t *len_r, char **error_r)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		*error_r = xasprintf("%s: not a regular file", name);
+		return -1;
+	}
+	if ((uint64_t)st.st_size > max) {
+		*error_r = xasprintf("%s: file too large (more than %zu bytes)", name, max);
+		return -1;
+	}
+	/* Room for the size fstat saw and one byte more, so that the usual
+	 * file is read in one pread and its end seen by the next. */
+	size_t cap = (size_t)st.st_size + 1;
+	size_t len = 0;
+	char *buf = xmalloc(cap + 1);
+	for (;;) {
+		if (len == cap) {
+			if (cap > max) {
+				*error_r = xasprintf("%s: file too large (more than %zu bytes)", name, max);
+				goto fail;   /* it grew while we read */
+			}
+			size_t next = cap > max / 2 ? max + 1 : cap * 2;
+			buf = read_buffer_grow(buf, len, next + 1, flags);
+			cap = next;
+		}
+		ssize_t n = pread(fd, buf + len, cap - len, (off_t)len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			*error_r = xasprintf("%s: cannot read: %s", name, strerror(errno));
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	*data_r = buf;
+	if (len_r != NULL)
+		*len_r = len;
+	return 0;
+fail:
+	if (flags & UTIL_READ_SECRET)
+		secure_wipe(buf, len);
+	free(buf);
+	return -1;
+}
+
+int
+util_read_path_bounded(const char *path, size_t max, unsigned flags, char **data_r,
+    size_t *len_r, char **error_r)
+{
+	/* O_NONBLOCK: opening a FIFO by mistake must not hang; it is refused
+	 * as not a regular file right after. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		*error_r = xasprintf("%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	int r = util_read_file_bounded(fd, path, max, flags, data_r, len_r, error_r);
+	close(fd);
 	return r;
 }

@@ -39,4 +39,26 @@ void str_sanitize(char *dst, size_t size, const char *src, size_t len);
 /* fsync a directory by path; returns 0 or -1 with errno. */
 int fsync_dir(const char *path);
 
+/* Reading a whole file into memory, up to a limit: the one reader for the
+ * config file, the TLS PEM files and the users file (their limits are in
+ * src/server/limits_popboxd.h).
+ * util_read_file_bounded reads the regular file open on fd from offset 0 to
+ * its end (pread: the descriptor's offset is neither used nor moved, so a
+ * descriptor handed over by another process reads the same). The size may
+ * change while we read (an administrator rewriting the file in place): it
+ * reads until end of file, growing the buffer, and fails once more than max
+ * bytes came. *data_r is malloc'd with a NUL after the *len_r bytes read (the
+ * data may contain NUL bytes of its own); len_r may be NULL. With
+ * UTIL_READ_SECRET every buffer given up on the way (growth, failure) is
+ * wiped first. Errors, in *error_r, start with name:
+ *   "NAME: not a regular file", "NAME: cannot read: ERRNO TEXT",
+ *   "NAME: file too large (more than MAX bytes)".
+ * util_read_path_bounded opens path first ("PATH: cannot open: ...") and
+ * names it in errors. Both return 0 or -1. */
+#define UTIL_READ_SECRET 1u
+int util_read_file_bounded(int fd, const char *name, size_t max, unsigned flags, char **data_r,
+    size_t *len_r, char **error_r);
+int util_read_path_bounded(const char *path, size_t max, unsigned flags, char **data_r,
+    size_t *len_r, char **error_r);
+
 #endif

@@ -3,45 +3,43 @@
  * or relay SASL lines (RFC 5034, run here with GNU SASL); it answers
  * OK + mail location, CONTINUE + challenge, FAIL or TEMP (ipc.h).
  *
+ * This file is the process: the messages from workers and the master, the
+ * answers (with the failed-login penalty) and the password database's
+ * loading and reloading. Users and secrets are read only through the passdb
+ * interface (auth_passdb.h; the users file is auth_passwdfile.c), SASL
+ * exchanges are auth_sasl.c, the thread pool auth_pool.c (docs/DESIGN.md,
+ * "The auth process").
+ *
  * Anything that may be slow (crypt hashes take tens of ms, SCRAM's PBKDF2 a
- * few) runs on a small thread pool, so one slow hash never delays the other
- * logins; {PLAIN} secrets are checked inline. Failed logins make later answers
- * to the same source address wait (the penalty), on a timer: nothing blocks. */
+ * few, parsing a large users file seconds) runs on the thread pool, so one
+ * slow hash never delays the other logins; {PLAIN} secrets are checked
+ * inline. Failed logins make later answers to the same source address wait
+ * (the penalty), on a timer: nothing blocks. */
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <gsasl.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 
 #include "common/log.h"
-#include "common/base64.h"
-#include "common/scram.h"
+#include "server/auth_passdb.h"
 #include "server/auth_penalty.h"
+#include "server/auth_pool.h"
+#include "server/auth_sasl.h"
 #include "server/ipc.h"
-#include "server/passwd.h"
 #include "server/popboxd.h"
 
 /* Hashing threads: one per core keeps both cores busy under a login storm;
  * more would only queue inside the kernel. */
 #define AUTH_MAX_THREADS 16
-/* Niceness of the hashing threads (see auth_thread). */
+/* Niceness of the hashing threads (see auth_pool.c). */
 #define AUTH_THREAD_NICE 10
 /* Pending jobs beyond this are answered "temp" at once: a flood of logins
  * must not grow memory without bound. */
@@ -50,225 +48,84 @@
  * it is dropped (the worker's own timeout is shorter). */
 #define AUTH_MAX_SASL 4096
 #define AUTH_SASL_IDLE_SECONDS 300
+/* How often the password database's source is checked for a change (a stat
+ * of the users file): an edit takes effect within about this long. */
+#define AUTH_PASSDB_CHECK_MS 1000
+/* How long the master may take to hand over the users file. */
+#define AUTH_PASSDB_FD_TIMEOUT_SECONDS 5
+/* After a failed load, a changed source is tried again this much later (a
+ * SIGHUP tries at once): a broken file is not re-read every second. */
+#define AUTH_PASSDB_RETRY_SECONDS 10
 
-struct db_ref {
-	struct passwd_db *db;
-	unsigned refs;          /* touched by the main thread only */
-	struct stat st;         /* of the users file when loaded */
-};
-
-/* One SASL exchange of one worker session. */
-struct sasl_conv {
-	struct sasl_conv *next;
-	int fd;
+/* One SASL exchange of one worker session; the SASL side is the conv. */
+struct sasl_exchange {
+	struct sasl_exchange *next;
+	int fd;                 /* worker channel; -1: aborted while busy */
 	uint64_t id;
 	uint64_t session_id;    /* the worker's session, for log lines */
-	Gsasl_session *sctx;
-	struct db_ref *ref;
-	char mech[32];
+	struct sasl_conv *conv;
 	char peer[64];
 	bool busy;              /* a step is on the thread pool */
-	bool validated;         /* PLAIN/LOGIN: password checked by our callback */
-	bool unknown_user;
 	time_t last;
 };
 
-enum job_kind { JOB_PASS, JOB_SASL };
-
-struct job {
-	struct job *next;
-	enum job_kind kind;
+/* USER/PASS: the password check, on the pool unless cheap. */
+struct pass_job {
+	struct auth_pool_job job;
 	int fd;                 /* worker channel to answer on */
 	uint64_t id;
 	uint64_t session_id;    /* the worker's session, for log lines */
-	struct db_ref *ref;
 	char peer[64];
-	/* JOB_PASS */
+	struct passdb_ref *ref;
+	const struct passwd_entry *entry;   /* in ref; NULL = unknown user */
 	char *user;
 	char *password;         /* wiped and freed after use */
-	char *stored;           /* NULL = unknown user: dummy verify */
-	char *location;
 	enum password_result result;
-	/* JOB_SASL */
-	struct sasl_conv *conv;
+};
+
+/* One SASL step on the pool. */
+struct sasl_job {
+	struct auth_pool_job job;
+	struct sasl_exchange *x;
 	char *input;            /* base64 from the client; NULL = no input yet */
 	char *output;           /* base64 from gsasl */
-	bool login_initial;     /* LOGIN with an initial response (the user name) */
 	int rc;
+};
+
+/* Loading the password database on the pool. */
+struct passdb_load_job {
+	struct auth_pool_job job;
+	const struct passdb_ops *ops;
+	char *source;           /* NULL: the backend reads no file */
+	int fd;
+	struct passdb *db;      /* the result, or NULL with error */
+	char *error;
+};
+
+/* Where a reload of the password database stands. */
+enum passdb_reload {
+	PASSDB_IDLE,
+	PASSDB_WAIT_FD,         /* asked the master for the file */
+	PASSDB_LOADING,         /* a load job is on the pool */
 };
 
 static struct {
 	struct event_base *base;
 	struct config *config;
-	struct db_ref *db;
-	Gsasl *gsasl;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct job *queue_head, *queue_tail;
-	struct job *done;
-	unsigned pending;
-	int done_fd;            /* eventfd: threads -> loop */
-	struct sasl_conv *convs;
-	unsigned n_convs;
-	unsigned char fake_salt_key[32];  /* SCRAM salts for unknown users */
+	const struct passdb_ops *passdb_ops;
+	struct passdb_ref *passdb;      /* the current database; NULL if none loaded */
+	enum passdb_reload reload;
+	uint64_t reload_id;             /* of the IPC_USERS_OPEN asked */
+	time_t reload_since;
+	time_t reload_retry_after;      /* after a failure */
+	bool reload_again;              /* a forced reload came during one */
+	struct auth_pool *pool;
+	struct auth_sasl *sasl;
+	struct sasl_exchange *exchanges;
+	unsigned n_exchanges;
 	struct auth_penalty *penalty;
-	int control_fd;         /* to the master */
-	bool force_reload;      /* re-read the users file at the next lookup */
+	int control_fd;                 /* to the master */
 } auth;
-
-static void
-db_ref_release(struct db_ref *ref)
-{
-	if (ref != NULL && --ref->refs == 0) {
-		passwd_db_free(ref->db);
-		free(ref);
-	}
-}
-
-/* Users files above this are refused (10 million users fit easily). */
-#define AUTH_USERS_FILE_MAX (1024L * 1024 * 1024)
-/* How long to wait for the master to hand over the users file. */
-#define AUTH_USERS_FD_TIMEOUT_MS 5000
-
-static void auth_apply_reload(const struct ipc_reload *msg);
-
-/* Ask the master for an open descriptor of the users file: the file may be
- * readable by root only, so that no process running as run_as (a worker)
- * can open it. Control messages that arrive meanwhile (a reload) are applied
- * in order. Returns the descriptor or -1 with *error_r. */
-static int
-users_fd_fetch(char **error_r)
-{
-	static char buf[IPC_MAX_MSG];
-	const struct ipc_users_open req = { .request_id = (uint64_t)time(NULL) };
-	size_t len = ipc_users_open_encode(buf, sizeof(buf), &req);
-	if (ipc_send(auth.control_fd, buf, len) < 0) {
-		*error_r = xasprintf("cannot ask the master for the users file: %s", strerror(errno));
-		return -1;
-	}
-	struct timespec start, now;
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	for (;;) {
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		long waited = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-		if (waited >= AUTH_USERS_FD_TIMEOUT_MS) {
-			*error_r = xstrdup("the master did not hand over the users file");
-			return -1;
-		}
-		struct pollfd pfd = { .fd = auth.control_fd, .events = POLLIN };
-		if (poll(&pfd, 1, (int)(AUTH_USERS_FD_TIMEOUT_MS - waited)) <= 0)
-			continue;
-		int fd;
-		ssize_t n = ipc_recv_fd(auth.control_fd, buf, sizeof(buf), &fd);
-		if (n == 0)
-			exit(0);   /* the master is gone */
-		struct ipc_reload reload;
-		struct ipc_users_fd answer;
-		if (n > 0 && ipc_reload_decode(buf, (size_t)n, &reload)) {
-			auth_apply_reload(&reload);
-			secure_wipe(buf, (size_t)n);
-			if (fd >= 0)
-				close(fd);
-			continue;
-		}
-		if (n < 0 || !ipc_users_fd_decode(buf, (size_t)n, &answer) ||
-		    answer.request_id != req.request_id) {
-			if (fd >= 0)
-				close(fd);
-			continue;
-		}
-		if (answer.error[0] != '\0' || fd < 0) {
-			if (fd >= 0)
-				close(fd);
-			*error_r = xstrdup(answer.error[0] != '\0' ? answer.error : "no descriptor from the master");
-			return -1;
-		}
-		return fd;
-	}
-}
-
-static char *
-users_fd_read(int fd, struct stat *st, char **error_r)
-{
-	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
-		*error_r = xstrdup("the users file is not a regular file");
-		return NULL;
-	}
-	if (st->st_size > AUTH_USERS_FILE_MAX) {
-		*error_r = xstrdup("the users file is too large");
-		return NULL;
-	}
-	size_t cap = (size_t)st->st_size + 1, len = 0;
-	char *text = xmalloc(cap + 1);
-	for (;;) {
-		if (len == cap) {
-			cap *= 2;
-			text = xrealloc(text, cap + 1);
-		}
-		ssize_t n = pread(fd, text + len, cap - len, (off_t)len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			*error_r = xasprintf("reading the users file: %s", strerror(errno));
-			secure_wipe(text, len);
-			free(text);
-			return NULL;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if ((off_t)len > AUTH_USERS_FILE_MAX) {
-			*error_r = xstrdup("the users file is too large");
-			secure_wipe(text, len);
-			free(text);
-			return NULL;
-		}
-	}
-	text[len] = '\0';
-	return text;
-}
-
-/* The users database, reloaded when the file changed (inode, size or mtime:
- * stat needs no read permission), so an administrator's edit takes effect at
- * the next login even without SIGHUP. */
-static struct db_ref *
-auth_db_current(void)
-{
-	struct stat st;
-	char *error = NULL;
-
-	bool have_st = stat(auth.config->users, &st) == 0;
-	if (auth.db != NULL && !auth.force_reload &&
-	    (!have_st || (st.st_ino == auth.db->st.st_ino && st.st_size == auth.db->st.st_size &&
-	    st.st_mtim.tv_sec == auth.db->st.st_mtim.tv_sec &&
-	    st.st_mtim.tv_nsec == auth.db->st.st_mtim.tv_nsec)))
-		return auth.db;
-	auth.force_reload = false;
-	int fd = users_fd_fetch(&error);
-	char *text = fd >= 0 ? users_fd_read(fd, &st, &error) : NULL;
-	if (fd >= 0)
-		close(fd);
-	struct passwd_db *db = NULL;
-	if (text != NULL) {
-		passwd_db_parse(auth.config->users, text, &db, &error);
-		secure_wipe(text, strlen(text));
-		free(text);
-	}
-	if (db == NULL) {
-		log_warnx("cannot load users file: %s", error ? error : "unknown error");
-		free(error);
-		return auth.db;
-	}
-	struct db_ref *ref = xcalloc(1, sizeof(*ref));
-	ref->db = db;
-	ref->refs = 1;
-	ref->st = st;
-	if (auth.db != NULL)
-		log_info("users file %s reloaded: %zu users", auth.config->users, passwd_db_count(db));
-	db_ref_release(auth.db);
-	auth.db = ref;
-	return ref;
-}
 
 /* --- answers, with the failed-login penalty ------------------------------ */
 
@@ -317,10 +174,11 @@ delayed_reply_cb(evutil_socket_t fd, short what, void *arg)
 	free(d);
 }
 
-/* Send a final or intermediate answer. Final answers wait as the penalty
+/* Send a final or intermediate answer. user: who logged in, or the name
+ * that was tried (NULL if none was given). Final answers wait as the penalty
  * says (auth_penalty.h: per source and user, per user, per source); a
- * failure counts, a success clears that user's counts. Nothing blocks. The
- * user and location go only with AUTH_RESULT_OK. */
+ * failure counts under the name tried, a success clears that user's counts.
+ * Nothing blocks. The user and location go only with AUTH_RESULT_OK. */
 static void
 auth_answer(int fd, uint64_t id, const char *peer, enum auth_result result, const char *user,
     const char *location, const char *data)
@@ -350,6 +208,27 @@ auth_answer(int fd, uint64_t id, const char *peer, enum auth_result result, cons
 		delayed_reply_cb(-1, 0, d);
 }
 
+/* A login succeeded (USER/PASS, APOP or SASL): the one place that turns it
+ * into the answer, OK with the user and the mail location, or TEMP when the
+ * location cannot be made (logged; the session may try again later).
+ * sasl_data: SCRAM's success data, or NULL. */
+static void
+auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
+    const struct passwd_entry *e, const char *sasl_data)
+{
+	char *error = NULL;
+	char *location = mail_location_expand(auth.config->mail, e, &error);
+	if (location == NULL) {
+		log_warnx("session %016llx: user %s: mail location: %s", (unsigned long long)session_id,
+		    e->user, error);
+		free(error);
+		reply_send(fd, id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
+		return;
+	}
+	auth_answer(fd, id, peer, AUTH_RESULT_OK, e->user, location, sasl_data);
+	free(location);
+}
+
 static void
 log_failure(uint64_t session_id, const char *user, const char *peer, const char *why)
 {
@@ -359,114 +238,35 @@ log_failure(uint64_t session_id, const char *user, const char *peer, const char 
 	    u, peer, why);
 }
 
-/* --- the thread pool ----------------------------------------------------- */
-
-static void
-job_free(struct job *j)
-{
-	free_secret(j->password);
-	free(j->user);
-	free(j->stored);
-	free(j->location);
-	free(j->input);
-	free(j->output);
-	free(j);
-}
-
-static void
-job_run(struct job *j)
-{
-	if (j->kind == JOB_SASL) {
-		j->output = NULL;
-		if (j->login_initial) {
-			/* GNU SASL's LOGIN ignores input at its first step; an
-			 * initial response is the user name (as Dovecot takes it),
-			 * so feed it to the second step. */
-			char *skip = NULL;
-			j->rc = gsasl_step64(j->conv->sctx, "", &skip);
-			free(skip);
-			if (j->rc != GSASL_NEEDS_MORE)
-				return;
-		}
-		j->rc = gsasl_step64(j->conv->sctx, j->input ? j->input : "", &j->output);
-		return;
-	}
-	if (j->stored == NULL) {
-		password_verify_dummy(j->ref->db, j->password);
-		j->result = PASSWORD_MISMATCH;
-	} else {
-		j->result = password_verify(j->stored, j->password);
-	}
-	secure_wipe(j->password, strlen(j->password));
-}
-
-static void *
-auth_thread(void *arg)
-{
-	/* Hashing yields to serving: when the CPUs are full, the workers'
-	 * event loops (sessions already logged in) and this process's own
-	 * loop run before the next login's hash. On Linux the priority of a
-	 * thread is its own (PRIO_PROCESS with its thread id). */
-	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), AUTH_THREAD_NICE);
-	for (;;) {
-		pthread_mutex_lock(&auth.lock);
-		while (auth.queue_head == NULL)
-			pthread_cond_wait(&auth.cond, &auth.lock);
-		struct job *j = auth.queue_head;
-		auth.queue_head = j->next;
-		if (auth.queue_head == NULL)
-			auth.queue_tail = NULL;
-		pthread_mutex_unlock(&auth.lock);
-
-		job_run(j);
-
-		pthread_mutex_lock(&auth.lock);
-		j->next = auth.done;
-		auth.done = j;
-		pthread_mutex_unlock(&auth.lock);
-		uint64_t one = 1;
-		if (write(auth.done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			log_warn("eventfd write");
-	}
-	return NULL;
-}
-
-static void
-job_queue(struct job *j)
-{
-	auth.pending++;
-	pthread_mutex_lock(&auth.lock);
-	j->next = NULL;
-	if (auth.queue_tail != NULL)
-		auth.queue_tail->next = j;
-	else
-		auth.queue_head = j;
-	auth.queue_tail = j;
-	pthread_cond_signal(&auth.cond);
-	pthread_mutex_unlock(&auth.lock);
-}
-
 /* --- USER/PASS ------------------------------------------------------------ */
 
 static void
-pass_finish(struct job *j)
+pass_run(struct auth_pool_job *job)
 {
-	if (j->stored != NULL && j->result == PASSWORD_OK) {
-		auth_answer(j->fd, j->id, j->peer, AUTH_RESULT_OK, j->user, j->location, NULL);
-	} else {
-		log_failure(j->session_id, j->user, j->peer, j->stored == NULL ? "unknown user" :
-		    j->result == PASSWORD_BAD_SCHEME ? "unusable password scheme in the users file" :
-		    "wrong password");
-		auth_answer(j->fd, j->id, j->peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
-	}
-	db_ref_release(j->ref);
-	job_free(j);
+	struct pass_job *j = (struct pass_job *)job;
+	j->result = j->ref->ops->verify(j->ref->db, j->entry, j->password);
+	secure_wipe(j->password, strlen(j->password));
 }
 
-static bool
-secret_is_cheap(const char *stored)
+static void
+pass_done(struct auth_pool_job *job)
 {
-	return password_plaintext(stored) != NULL || stored[0] == '\0';
+	struct pass_job *j = (struct pass_job *)job;
+	if (j->entry != NULL && j->result == PASSWORD_OK) {
+		auth_login_granted(j->fd, j->id, j->session_id, j->peer, j->entry, NULL);
+	} else {
+		char *why = j->entry == NULL ? xstrdup("unknown user") :
+		    j->result == PASSWORD_BAD_SCHEME ?
+		    xasprintf("unusable password scheme in the %s", j->ref->ops->name) :
+		    xstrdup("wrong password");
+		log_failure(j->session_id, j->user, j->peer, why);
+		free(why);
+		auth_answer(j->fd, j->id, j->peer, AUTH_RESULT_FAIL, j->user, NULL, NULL);
+	}
+	passdb_ref_release(j->ref);
+	free_secret(j->password);
+	free(j->user);
+	free(j);
 }
 
 static void
@@ -474,67 +274,45 @@ auth_handle_pass(int fd, const struct ipc_auth_pass *msg)
 {
 	char peer[64];
 	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
-	struct db_ref *ref = auth_db_current();
-	if (ref == NULL || auth.pending >= AUTH_MAX_PENDING) {
+	struct passdb_ref *ref = auth.passdb;
+	if (ref == NULL || auth_pool_pending(auth.pool) >= AUTH_MAX_PENDING) {
 		if (ref != NULL)
 			log_warnx("session %016llx: %u logins pending, refusing more for now",
-			    (unsigned long long)msg->session_id, auth.pending);
+			    (unsigned long long)msg->session_id, auth_pool_pending(auth.pool));
 		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
 	}
-	struct job *j = xcalloc(1, sizeof(*j));
-	j->kind = JOB_PASS;
+	struct pass_job *j = xcalloc(1, sizeof(*j));
+	j->job.run = pass_run;
+	j->job.done = pass_done;
 	j->fd = fd;
 	j->id = msg->request_id;
 	j->session_id = msg->session_id;
+	memcpy(j->peer, peer, sizeof(peer));
+	j->ref = passdb_ref_hold(ref);
 	j->user = xstrdup(msg->user);
 	j->password = xstrdup(msg->password);
-	memcpy(j->peer, peer, sizeof(peer));
-	j->ref = ref;
-	ref->refs++;
-	const struct passwd_entry *e = passwd_db_lookup(ref->db, j->user);
-	if (e != NULL) {
-		char *error = NULL;
-		j->location = mail_location_expand(auth.config->mail, e, &error);
-		if (j->location == NULL) {
-			log_warnx("session %016llx: user %s: mail location: %s",
-			    (unsigned long long)j->session_id, j->user, error);
-			free(error);
-			reply_send(fd, j->id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
-			db_ref_release(ref);
-			job_free(j);
-			return;
-		}
-		j->stored = xstrdup(e->password);
-	}
-	if (j->stored != NULL && secret_is_cheap(j->stored)) {
-		job_run(j);
-		pass_finish(j);
+	j->entry = ref->ops->lookup(ref->db, j->user);
+	if (ref->ops->verify_is_cheap(j->entry)) {
+		pass_run(&j->job);
+		pass_done(&j->job);
 		return;
 	}
-	job_queue(j);
+	auth_pool_queue(auth.pool, &j->job);
 }
 
-/* APOP (RFC 1939 §7): digest = MD5(timestamp + shared secret), so it needs the
- * plaintext secret; users whose secret is a hash cannot use APOP. */
-static void
-auth_handle_apop(int fd, const struct ipc_auth_apop *msg)
+/* --- APOP ------------------------------------------------------------------ */
+
+/* RFC 1939 §7: digest = MD5(timestamp + shared secret), hex, compared in
+ * constant time (case-insensitively). plain NULL (no plaintext secret, or
+ * no user) never matches but costs the same. */
+static bool
+apop_digest_matches(const char *stamp, const char *plain, const char *digest)
 {
-	const char *user = msg->user, *stamp = msg->stamp, *digest = msg->digest;
-	char peer[64];
-	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
-	struct db_ref *ref = auth_db_current();
-	const struct passwd_entry *e = ref ? passwd_db_lookup(ref->db, user) : NULL;
-	const char *plain = e ? password_plaintext(e->password) : NULL;
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	char hex[2 * EVP_MAX_MD_SIZE + 1];
 	bool ok = false;
-
-	if (!auth.config->apop || ref == NULL) {
-		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
-		return;
-	}
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	if (ctx != NULL && EVP_DigestInit_ex(ctx, EVP_md5(), NULL) &&
 	    EVP_DigestUpdate(ctx, stamp, strlen(stamp)) &&
@@ -551,353 +329,341 @@ auth_handle_apop(int fd, const struct ipc_auth_apop *msg)
 		}
 	}
 	EVP_MD_CTX_free(ctx);
-	if (!ok) {
+	return ok;
+}
+
+/* APOP needs the plaintext secret; users whose secret is a hash (or whose
+ * backend has no plaintext) cannot use it. */
+static void
+auth_handle_apop(int fd, const struct ipc_auth_apop *msg)
+{
+	const char *user = msg->user;
+	char peer[64];
+	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
+	struct passdb_ref *ref = auth.passdb;
+	if (!auth.config->apop || ref == NULL) {
+		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, user, NULL, NULL);
+		return;
+	}
+	const struct passwd_entry *e = ref->ops->lookup(ref->db, user);
+	const char *plain = e ? ref->ops->plaintext(e) : NULL;
+	if (!apop_digest_matches(msg->stamp, plain, msg->digest)) {
 		log_failure(msg->session_id, user, peer, e == NULL ? "unknown user (APOP)" :
 		    plain == NULL ? "APOP needs a {PLAIN} secret" : "wrong APOP digest");
-		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
+		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, user, NULL, NULL);
 		return;
 	}
-	char *error = NULL;
-	char *location = mail_location_expand(auth.config->mail, e, &error);
-	if (location == NULL) {
-		log_warnx("session %016llx: user %s: mail location: %s", (unsigned long long)msg->session_id,
-		    user, error);
-		free(error);
-		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
-		return;
-	}
-	auth_answer(fd, msg->request_id, peer, AUTH_RESULT_OK, user, location, NULL);
-	free(location);
+	auth_login_granted(fd, msg->request_id, msg->session_id, peer, e, NULL);
 }
 
 /* --- SASL ------------------------------------------------------------------ */
 
-static struct sasl_conv *
-conv_find(int fd, uint64_t id)
+static struct sasl_exchange *
+exchange_find(int fd, uint64_t id)
 {
-	for (struct sasl_conv *c = auth.convs; c != NULL; c = c->next)
-		if (c->fd == fd && c->id == id)
-			return c;
+	for (struct sasl_exchange *x = auth.exchanges; x != NULL; x = x->next)
+		if (x->fd == fd && x->id == id)
+			return x;
 	return NULL;
 }
 
 static void
-conv_free(struct sasl_conv *c)
+exchange_free(struct sasl_exchange *x)
 {
-	struct sasl_conv **pp = &auth.convs;
-	while (*pp != NULL && *pp != c)
+	struct sasl_exchange **pp = &auth.exchanges;
+	while (*pp != NULL && *pp != x)
 		pp = &(*pp)->next;
-	if (*pp == c)
-		*pp = c->next;
-	auth.n_convs--;
-	gsasl_finish(c->sctx);
-	db_ref_release(c->ref);
-	free(c);
+	if (*pp == x)
+		*pp = x->next;
+	auth.n_exchanges--;
+	auth_sasl_conv_free(x->conv);
+	free(x);
 }
 
-static char *
-hex_to_base64(const char *hex)
+/* Answer a step: a challenge, the failure, or the login. */
+static void
+exchange_answer(struct sasl_exchange *x, int rc, const char *output)
 {
-	unsigned char bin[64];
-	size_t n = strlen(hex) / 2;
-	if (n > sizeof(bin))
-		n = sizeof(bin);
-	for (size_t i = 0; i < n; i++) {
-		unsigned v = 0;
-		sscanf(hex + 2 * i, "%2x", &v);
-		bin[i] = (unsigned char)v;
+	const struct passwd_entry *e;
+	const char *user, *why;
+	switch (auth_sasl_conv_outcome(x->conv, rc, &e, &user, &why)) {
+	case SASL_OUTCOME_CONTINUE:
+		auth_answer(x->fd, x->id, x->peer, AUTH_RESULT_CONTINUE, NULL, NULL, output);
+		return;
+	case SASL_OUTCOME_FAILURE:
+		log_failure(x->session_id, user, x->peer, why);
+		auth_answer(x->fd, x->id, x->peer, AUTH_RESULT_FAIL, user, NULL, NULL);
+		break;
+	case SASL_OUTCOME_SUCCESS:
+		auth_login_granted(x->fd, x->id, x->session_id, x->peer, e, output);
+		break;
 	}
-	return base64_encode(bin, n);
-}
-
-/* For a user who does not exist (or has no usable SCRAM secret), answer with
- * a salt that is stable per user name and keys nobody knows, so the exchange
- * looks the same as for a real user and fails only at the proof. */
-static int
-scram_fake(Gsasl_session *sctx, Gsasl_property prop, const char *authid, bool sha256)
-{
-	unsigned char mac[EVP_MAX_MD_SIZE], rnd[32];
-	unsigned int maclen = 0;
-	char *s;
-	switch (prop) {
-	case GSASL_SCRAM_ITER:
-		gsasl_property_set(sctx, prop, "4096");
-		return GSASL_OK;
-	case GSASL_SCRAM_SALT:
-		HMAC(EVP_sha256(), auth.fake_salt_key, sizeof(auth.fake_salt_key),
-		    (const unsigned char *)authid, strlen(authid), mac, &maclen);
-		s = base64_encode(mac, 16);
-		gsasl_property_set(sctx, prop, s);
-		free(s);
-		return GSASL_OK;
-	case GSASL_SCRAM_STOREDKEY:
-	case GSASL_SCRAM_SERVERKEY:
-		RAND_bytes(rnd, sizeof(rnd));
-		s = base64_encode(rnd, sha256 ? 32 : 20);
-		gsasl_property_set(sctx, prop, s);
-		free(s);
-		return GSASL_OK;
-	default:
-		return GSASL_NO_CALLBACK;
-	}
-}
-
-/* Runs on a pool thread inside gsasl_step64(); reads only the conversation and
- * its (immutable, reference-held) users database. */
-static int
-sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
-{
-	struct sasl_conv *c = gsasl_session_hook_get(sctx);
-	const char *authid = gsasl_property_fast(sctx, GSASL_AUTHID);
-	const struct passwd_entry *e = authid ? passwd_db_lookup(c->ref->db, authid) : NULL;
-	bool sha256 = strncasecmp(c->mech, "SCRAM-SHA-256", 13) == 0;
-
-	switch (prop) {
-	case GSASL_VALIDATE_SIMPLE: {
-		const char *pw = gsasl_property_fast(sctx, GSASL_PASSWORD);
-		const char *authzid = gsasl_property_fast(sctx, GSASL_AUTHZID);
-		if (authid == NULL || pw == NULL)
-			return GSASL_AUTHENTICATION_ERROR;
-		if (e == NULL) {
-			password_verify_dummy(c->ref->db, pw);
-			c->unknown_user = true;
-			return GSASL_AUTHENTICATION_ERROR;
-		}
-		if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0)
-			return GSASL_AUTHENTICATION_ERROR;
-		if (password_verify(e->password, pw) != PASSWORD_OK)
-			return GSASL_AUTHENTICATION_ERROR;
-		c->validated = true;
-		return GSASL_OK;
-	}
-	case GSASL_PASSWORD: {
-		/* CRAM-MD5, and SCRAM for users with a {PLAIN} secret. */
-		const char *plain = e ? password_plaintext(e->password) : NULL;
-		if (plain == NULL) {
-			c->unknown_user = e == NULL;
-			return GSASL_NO_CALLBACK;
-		}
-		gsasl_property_set(sctx, prop, plain);
-		return GSASL_OK;
-	}
-	case GSASL_SCRAM_ITER:
-	case GSASL_SCRAM_SALT:
-	case GSASL_SCRAM_STOREDKEY:
-	case GSASL_SCRAM_SERVERKEY: {
-		if (authid == NULL)
-			return GSASL_NO_CALLBACK;
-		if (e != NULL && password_plaintext(e->password) != NULL)
-			return GSASL_NO_CALLBACK;   /* gsasl derives the keys from GSASL_PASSWORD */
-		struct scram_secret sec;
-		char *error = NULL;
-		if (e == NULL || scram_secret_parse(e->password, &sec, &error) < 0) {
-			free(error);
-			c->unknown_user = e == NULL;
-			return scram_fake(sctx, prop, authid, sha256);
-		}
-		bool match = strncasecmp(sec.mech, c->mech, strlen(sec.mech)) == 0 &&
-		    (c->mech[strlen(sec.mech)] == '\0' || strcasecmp(c->mech + strlen(sec.mech), "-PLUS") == 0);
-		int rc = GSASL_OK;
-		if (!match) {
-			rc = scram_fake(sctx, prop, authid, sha256);
-		} else if (prop == GSASL_SCRAM_ITER) {
-			char it[16];
-			snprintf(it, sizeof(it), "%u", sec.iterations);
-			gsasl_property_set(sctx, prop, it);
-		} else if (prop == GSASL_SCRAM_SALT) {
-			gsasl_property_set(sctx, prop, sec.salt_b64);
-		} else {
-			/* GNU SASL 2.2 takes the keys base64-encoded, whatever its
-			 * header says (checked against libgsasl 2.2.0). */
-			char *b64 = hex_to_base64(prop == GSASL_SCRAM_STOREDKEY ? sec.stored_key_hex
-			    : sec.server_key_hex);
-			gsasl_property_set(sctx, prop, b64);
-			free(b64);
-		}
-		scram_secret_clear(&sec);
-		return rc;
-	}
-	default:
-		return GSASL_NO_CALLBACK;
-	}
+	exchange_free(x);
 }
 
 static void
-sasl_fail(struct sasl_conv *c, const char *why)
+sasl_run(struct auth_pool_job *job)
 {
-	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
-	log_failure(c->session_id, authid, c->peer, why);
-	auth_answer(c->fd, c->id, c->peer, AUTH_RESULT_FAIL, NULL, NULL, NULL);
-	conv_free(c);
+	struct sasl_job *j = (struct sasl_job *)job;
+	j->rc = auth_sasl_conv_step(j->x->conv, j->input, &j->output);
 }
 
 static void
-sasl_finish(struct job *j)
+sasl_done(struct auth_pool_job *job)
 {
-	struct sasl_conv *c = j->conv;
-	c->busy = false;
-	c->last = time(NULL);
-	if (j->rc == GSASL_NEEDS_MORE) {
-		auth_answer(c->fd, c->id, c->peer, AUTH_RESULT_CONTINUE, NULL, NULL, j->output);
-		return;
-	}
-	if (j->rc != GSASL_OK) {
-		sasl_fail(c, c->unknown_user ? "unknown user (SASL)" : gsasl_strerror(j->rc));
-		return;
-	}
-	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
-	const char *authzid = gsasl_property_fast(c->sctx, GSASL_AUTHZID);
-	const struct passwd_entry *e = authid ? passwd_db_lookup(c->ref->db, authid) : NULL;
-	if (e == NULL || c->unknown_user) {
-		sasl_fail(c, "unknown user (SASL)");
-		return;
-	}
-	if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0) {
-		sasl_fail(c, "authorization identity differs from the user (not supported)");
-		return;
-	}
-	if ((strcasecmp(c->mech, "PLAIN") == 0 || strcasecmp(c->mech, "LOGIN") == 0) && !c->validated) {
-		sasl_fail(c, "password not validated");
-		return;
-	}
-	char *error = NULL;
-	char *location = mail_location_expand(auth.config->mail, e, &error);
-	if (location == NULL) {
-		log_warnx("session %016llx: user %s: mail location: %s", (unsigned long long)c->session_id,
-		    authid, error);
-		free(error);
-		reply_send(c->fd, c->id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
-		conv_free(c);
-		return;
-	}
-	auth_answer(c->fd, c->id, c->peer, AUTH_RESULT_OK, authid, location, j->output);
-	free(location);
-	conv_free(c);
+	struct sasl_job *j = (struct sasl_job *)job;
+	struct sasl_exchange *x = j->x;
+	x->busy = false;
+	x->last = time(NULL);
+	if (x->fd < 0)
+		exchange_free(x);   /* aborted while the step ran */
+	else
+		exchange_answer(x, j->rc, j->output);
+	free(j->input);
+	free(j->output);
+	free(j);
 }
 
-static struct job *
-sasl_step(struct sasl_conv *c, const char *input)
+static void
+exchange_step(struct sasl_exchange *x, const char *input)
 {
-	struct job *j = xcalloc(1, sizeof(*j));
-	j->kind = JOB_SASL;
-	j->conv = c;
+	struct sasl_job *j = xcalloc(1, sizeof(*j));
+	j->job.run = sasl_run;
+	j->job.done = sasl_done;
+	j->x = x;
 	j->input = input ? xstrdup(input) : NULL;
-	c->busy = true;
-	job_queue(j);
-	return j;
+	x->busy = true;
+	auth_pool_queue(auth.pool, &j->job);
 }
 
 static void
 auth_handle_sasl_start(int fd, const struct ipc_sasl_start *msg)
 {
-	const char *mech = msg->mech;
 	char peer[64];
 	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
-	struct db_ref *ref = auth_db_current();
-	if (ref == NULL || auth.n_convs >= AUTH_MAX_SASL || auth.pending >= AUTH_MAX_PENDING ||
-	    conv_find(fd, msg->request_id) != NULL) {
+	if (auth.passdb == NULL || auth.n_exchanges >= AUTH_MAX_SASL ||
+	    auth_pool_pending(auth.pool) >= AUTH_MAX_PENDING ||
+	    exchange_find(fd, msg->request_id) != NULL) {
 		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
 	}
-	struct sasl_conv *c = xcalloc(1, sizeof(*c));
-	if (gsasl_server_start(auth.gsasl, mech, &c->sctx) != GSASL_OK) {
-		free(c);
+	struct sasl_conv *conv = auth_sasl_conv_new(auth.sasl, msg->mech, auth.passdb,
+	    msg->cb_exporter, msg->cb_unique);
+	if (conv == NULL) {
 		reply_send(fd, msg->request_id, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
-	c->fd = fd;
-	c->id = msg->request_id;
-	c->session_id = msg->session_id;
-	c->ref = ref;
-	ref->refs++;
-	snprintf(c->mech, sizeof(c->mech), "%s", mech);
-	memcpy(c->peer, peer, sizeof(peer));
-	c->last = time(NULL);
-	gsasl_session_hook_set(c->sctx, c);
-	if (msg->cb_exporter[0] != '\0')
-		gsasl_property_set(c->sctx, GSASL_CB_TLS_EXPORTER, msg->cb_exporter);
-	if (msg->cb_unique[0] != '\0')
-		gsasl_property_set(c->sctx, GSASL_CB_TLS_UNIQUE, msg->cb_unique);
-	c->next = auth.convs;
-	auth.convs = c;
-	auth.n_convs++;
-	bool initial = msg->has_initial;
-	/* Built here rather than by sasl_step(): the flag must be set before
-	 * the job is queued, since a pool thread may pick it up at once. */
-	struct job *j = xcalloc(1, sizeof(*j));
-	j->kind = JOB_SASL;
-	j->conv = c;
-	j->input = initial ? xstrdup(msg->initial) : NULL;
-	j->login_initial = initial && msg->initial[0] != '\0' && strcasecmp(mech, "LOGIN") == 0;
-	c->busy = true;
-	job_queue(j);
+	struct sasl_exchange *x = xcalloc(1, sizeof(*x));
+	x->fd = fd;
+	x->id = msg->request_id;
+	x->session_id = msg->session_id;
+	x->conv = conv;
+	memcpy(x->peer, peer, sizeof(peer));
+	x->last = time(NULL);
+	x->next = auth.exchanges;
+	auth.exchanges = x;
+	auth.n_exchanges++;
+	exchange_step(x, msg->has_initial ? msg->initial : NULL);
 }
 
 static void
 auth_handle_sasl_step(int fd, const struct ipc_sasl_step *msg)
 {
-	struct sasl_conv *c = conv_find(fd, msg->request_id);
-	if (c == NULL || c->busy) {
+	struct sasl_exchange *x = exchange_find(fd, msg->request_id);
+	if (x == NULL || x->busy) {
 		reply_send(fd, msg->request_id, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
-	(void)sasl_step(c, msg->response);
+	exchange_step(x, msg->response);
 }
 
 static void
 auth_handle_sasl_abort(int fd, const struct ipc_sasl_abort *msg)
 {
-	struct sasl_conv *c = conv_find(fd, msg->request_id);
-	if (c == NULL)
+	struct sasl_exchange *x = exchange_find(fd, msg->request_id);
+	if (x == NULL)
 		return;
-	if (c->busy) {
-		c->fd = -1;   /* freed when its step comes back */
+	if (x->busy) {
+		x->fd = -1;   /* freed when its step comes back */
 		return;
 	}
-	conv_free(c);
+	exchange_free(x);
 }
 
 static void
 sasl_expire(void)
 {
 	time_t now = time(NULL);
-	struct sasl_conv *c = auth.convs, *next;
-	for (; c != NULL; c = next) {
-		next = c->next;
-		if (!c->busy && now - c->last > AUTH_SASL_IDLE_SECONDS)
-			conv_free(c);
+	struct sasl_exchange *x = auth.exchanges, *next;
+	for (; x != NULL; x = next) {
+		next = x->next;
+		if (!x->busy && now - x->last > AUTH_SASL_IDLE_SECONDS)
+			exchange_free(x);
 	}
+}
+
+/* --- the password database ------------------------------------------------
+ * Loaded at start from the descriptor the master opened before forking us.
+ * Reloads stay off the path of a login: a timer notices a changed source (or
+ * SIGHUP forces a reload), the master is asked for a descriptor, the answer
+ * arrives on the control channel, the load runs on the pool and the new
+ * database is swapped in when it is done. Logins meanwhile use the current
+ * one, and keep the one they started with until they finish. */
+
+static void passdb_reload(bool force);
+
+static void
+passdb_install(const struct passdb_ops *ops, struct passdb *db, const char *source)
+{
+	if (auth.passdb != NULL)
+		log_info("%s %s reloaded: %zu users", ops->name, source ? source : "",
+		    ops->count(db));
+	passdb_ref_release(auth.passdb);
+	auth.passdb = passdb_ref_new(ops, db);
+}
+
+static void
+passdb_load_failed(const char *error)
+{
+	log_warnx("cannot load %s: %s", auth.passdb_ops->name, error ? error : "unknown error");
+	auth.reload_retry_after = time(NULL) + AUTH_PASSDB_RETRY_SECONDS;
+}
+
+/* The current load or request ended: run a reload that was forced meanwhile. */
+static void
+passdb_reload_ended(void)
+{
+	auth.reload = PASSDB_IDLE;
+	if (auth.reload_again) {
+		auth.reload_again = false;
+		passdb_reload(true);
+	}
+}
+
+static void
+passdb_load_run(struct auth_pool_job *job)
+{
+	struct passdb_load_job *j = (struct passdb_load_job *)job;
+	j->db = j->ops->load(j->source, j->fd, &j->error);
+	if (j->fd >= 0)
+		close(j->fd);
+}
+
+static void
+passdb_load_done(struct auth_pool_job *job)
+{
+	struct passdb_load_job *j = (struct passdb_load_job *)job;
+	if (j->db != NULL)
+		passdb_install(j->ops, j->db, j->source);
+	else
+		passdb_load_failed(j->error);
+	free(j->error);
+	free(j->source);
+	free(j);
+	passdb_reload_ended();
+}
+
+/* Load from fd (the source opened by the master, or -1) on the pool. */
+static void
+passdb_load_queue(int fd)
+{
+	const char *source = auth.passdb_ops->source(auth.config);
+	struct passdb_load_job *j = xcalloc(1, sizeof(*j));
+	j->job.run = passdb_load_run;
+	j->job.done = passdb_load_done;
+	j->ops = auth.passdb_ops;
+	j->source = source ? xstrdup(source) : NULL;
+	j->fd = fd;
+	auth.reload = PASSDB_LOADING;
+	auth_pool_queue(auth.pool, &j->job);
+}
+
+/* Start a reload when forced (SIGHUP) or when the source changed. */
+static void
+passdb_reload(bool force)
+{
+	const struct passdb_ops *ops = auth.passdb_ops;
+	const char *source = ops->source(auth.config);
+	if (auth.reload != PASSDB_IDLE) {
+		auth.reload_again |= force;
+		return;
+	}
+	if (!force && (time(NULL) < auth.reload_retry_after ||
+	    (auth.passdb != NULL && !ops->changed(auth.passdb->db, source))))
+		return;
+	if (source == NULL) {
+		passdb_load_queue(-1);
+		return;
+	}
+	/* The file may be readable by root only, so that no process running
+	 * as run_as (a worker) can open it: the master opens it for us. */
+	unsigned char buf[IPC_HEADER_SIZE];
+	const struct ipc_users_open req = { .request_id = ++auth.reload_id };
+	size_t len = ipc_users_open_encode(buf, sizeof(buf), &req);
+	if (ipc_send(auth.control_fd, buf, len) < 0) {
+		char *why = xasprintf("cannot ask the master for %s: %s", source, strerror(errno));
+		passdb_load_failed(why);
+		free(why);
+		return;
+	}
+	auth.reload = PASSDB_WAIT_FD;
+	auth.reload_since = time(NULL);
+}
+
+/* The master's answer to IPC_USERS_OPEN: a descriptor, or why not. */
+static void
+passdb_fd_received(const struct ipc_users_fd *answer, int fd)
+{
+	if (auth.reload != PASSDB_WAIT_FD || answer->request_id != auth.reload_id) {
+		if (fd >= 0)
+			close(fd);   /* a late answer to a request given up */
+		return;
+	}
+	if (answer->error[0] != '\0' || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		passdb_load_failed(answer->error[0] != '\0' ? answer->error :
+		    "no descriptor from the master");
+		passdb_reload_ended();
+		return;
+	}
+	passdb_load_queue(fd);
+}
+
+static void
+passdb_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+	if (auth.reload == PASSDB_WAIT_FD &&
+	    time(NULL) - auth.reload_since >= AUTH_PASSDB_FD_TIMEOUT_SECONDS) {
+		passdb_load_failed("the master did not hand over the users file");
+		passdb_reload_ended();
+	}
+	passdb_reload(false);
+}
+
+/* At start, before serving: from the descriptor the master opened for us
+ * (users_fd < 0: it could not, users_errno says why). Without a database
+ * every login is answered "temp" until a reload succeeds. */
+static void
+passdb_load_initial(int users_fd, int users_errno)
+{
+	const char *source = auth.passdb_ops->source(auth.config);
+	char *error = NULL;
+	struct passdb *db = NULL;
+	if (source != NULL && users_fd < 0)
+		error = xasprintf("%s: cannot open: %s", source, strerror(users_errno));
+	else
+		db = auth.passdb_ops->load(source, users_fd, &error);
+	if (users_fd >= 0)
+		close(users_fd);
+	if (db != NULL)
+		passdb_install(auth.passdb_ops, db, source);
+	else
+		passdb_load_failed(error);
+	free(error);
 }
 
 /* --- event loop ------------------------------------------------------------ */
-
-static void
-done_cb(evutil_socket_t fd, short what, void *arg)
-{
-	uint64_t n;
-	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-		log_warn("eventfd read");
-	pthread_mutex_lock(&auth.lock);
-	struct job *list = auth.done;
-	auth.done = NULL;
-	pthread_mutex_unlock(&auth.lock);
-	while (list != NULL) {
-		struct job *next = list->next;
-		auth.pending--;
-		if (list->kind == JOB_PASS) {
-			pass_finish(list);
-		} else {
-			if (list->conv->fd < 0) {
-				list->conv->busy = false;
-				conv_free(list->conv);
-			} else {
-				sasl_finish(list);
-			}
-			job_free(list);
-		}
-		list = next;
-	}
-}
 
 /* One request from a worker, decoded by its type; anything else is dropped. */
 static void
@@ -989,27 +755,32 @@ auth_apply_reload(const struct ipc_reload *msg)
 	 * need, and pool threads never read it. */
 	config_free(auth.config);
 	auth.config = next;
-	auth.force_reload = true;   /* re-read the users file even if unchanged */
+	passdb_reload(true);   /* re-read the users file even if unchanged */
 }
 
 static void
 control_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
-	struct ipc_reload msg;
+	struct ipc_reload reload;
+	struct ipc_users_fd users;
 	int passed;
 	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
-	if (passed >= 0)
-		close(passed);   /* a late answer to a users file request */
 	if (n == 0) {
 		/* The master is gone: nothing supervises us any more. */
 		log_warnx("master went away, exiting");
 		exit(0);
 	}
-	if (n < 0 || !ipc_reload_decode(buf, (size_t)n, &msg))
+	if (n > 0 && ipc_users_fd_decode(buf, (size_t)n, &users)) {
+		passdb_fd_received(&users, passed);
 		return;
-	auth_apply_reload(&msg);
-	auth_db_current();
+	}
+	if (passed >= 0)
+		close(passed);   /* nothing else carries a descriptor */
+	if (n > 0 && ipc_reload_decode(buf, (size_t)n, &reload)) {
+		auth_apply_reload(&reload);
+		secure_wipe(buf, (size_t)n);   /* it holds the private key */
+	}
 }
 
 static void
@@ -1027,37 +798,21 @@ auth_main(struct child_env *env)
 		close(env->listeners[i].fd);
 	for (unsigned i = 0; i < env->n_workers; i++)
 		close(env->worker_fds[i]);
-	privileges_drop(env);
 
 	auth.config = env->config;
 	auth.control_fd = env->control_fd;
+	auth.passdb_ops = &passdb_passwdfile;
 	auth.base = event_base_new();
 	if (auth.base == NULL)
 		fatalx("event_base_new failed");
-	if (gsasl_init(&auth.gsasl) != GSASL_OK)
-		fatalx("GNU SASL initialisation failed");
-	gsasl_callback_set(auth.gsasl, sasl_callback);
-	if (RAND_bytes(auth.fake_salt_key, sizeof(auth.fake_salt_key)) != 1)
-		fatalx("no randomness");
+	auth.sasl = auth_sasl_new();
 	auth.penalty = auth_penalty_new(AUTH_PENALTY_IPV6_PREFIX);
-	pthread_mutex_init(&auth.lock, NULL);
-	pthread_cond_init(&auth.cond, NULL);
-	auth.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (auth.done_fd < 0)
-		fatal("eventfd");
-	auth_db_current();
+	passdb_load_initial(env->users_fd, env->users_errno);
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	int nthreads = ncpu < 1 ? 1 : ncpu > AUTH_MAX_THREADS ? AUTH_MAX_THREADS : (int)ncpu;
-	for (int i = 0; i < nthreads; i++) {
-		pthread_t t;
-		if (pthread_create(&t, NULL, auth_thread, NULL) != 0)
-			fatalx("cannot start hashing thread");
-		pthread_detach(t);
-	}
+	unsigned nthreads = ncpu < 1 ? 1 : ncpu > AUTH_MAX_THREADS ? AUTH_MAX_THREADS : (unsigned)ncpu;
+	auth.pool = auth_pool_new(auth.base, nthreads, AUTH_THREAD_NICE);
 
-	struct event *ev = event_new(auth.base, auth.done_fd, EV_READ | EV_PERSIST, done_cb, NULL);
-	event_add(ev, NULL);
 	for (unsigned i = 0; i < env->n_workers; i++) {
 		struct event *wev = event_new(auth.base, env->auth_fds[i], EV_READ | EV_PERSIST,
 		    worker_channel_cb, NULL);
@@ -1070,6 +825,10 @@ auth_main(struct child_env *env)
 	struct event *hk = event_new(auth.base, -1, EV_PERSIST, housekeeping_cb, NULL);
 	struct timeval minute = { .tv_sec = 60 };
 	event_add(hk, &minute);
+	struct event *pc = event_new(auth.base, -1, EV_PERSIST, passdb_check_cb, NULL);
+	struct timeval check = { .tv_sec = AUTH_PASSDB_CHECK_MS / 1000,
+	    .tv_usec = (AUTH_PASSDB_CHECK_MS % 1000) * 1000 };
+	event_add(pc, &check);
 
 	event_base_dispatch(auth.base);
 	exit(0);

@@ -4,23 +4,22 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "server/limits_popboxd.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-/* A config file is written by hand; anything bigger is a mistake (a binary
- * or a log given with -c), and refusing it keeps the parser's memory bounded. */
-#define CONFIG_FILE_MAX (1024 * 1024)
-/* Longest line: generous for paths and listen lists, still bounded. */
+/* A config file is written by hand; anything bigger than POPBOXD_CONFIG_MAX
+ * (limits_popboxd.h: the same at start-up and reload) is a mistake (a binary
+ * or a log given with -c), and refusing it keeps the parser's memory bounded.
+ * Longest line: generous for paths and listen lists, still bounded. */
 #define CONFIG_LINE_MAX 4096
 /* Longest value echoed back in an error message (sanitised, truncated). */
 #define CONFIG_ERROR_VALUE_MAX 80
@@ -844,46 +843,19 @@ config_parse(const char *name, const char *text, struct config **config_r, char 
 int
 config_load(const char *path, struct config **config_r, char **error_r)
 {
+	return config_load_text(path, config_r, NULL, error_r);
+}
+
+int
+config_load_text(const char *path, struct config **config_r, char **text_r, char **error_r)
+{
 	char *buf, *dir, *absdir;
-	size_t len = 0;
-	struct stat st;
-	int fd, r;
+	size_t len;
+	int r;
 
 	*config_r = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		*error_r = xasprintf("%s: cannot open: %s", path, strerror(errno));
+	if (util_read_path_bounded(path, POPBOXD_CONFIG_MAX, 0, &buf, &len, error_r) < 0)
 		return -1;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		*error_r = xasprintf("%s: not a regular file", path);
-		close(fd);
-		return -1;
-	}
-	buf = xmalloc(CONFIG_FILE_MAX + 1);
-	for (;;) {
-		ssize_t n = read(fd, buf + len, CONFIG_FILE_MAX + 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			*error_r = xasprintf("%s: cannot read: %s", path, strerror(errno));
-			free(buf);
-			close(fd);
-			return -1;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len > CONFIG_FILE_MAX) {
-			*error_r = xasprintf("%s: file too large (more than %d bytes)", path,
-			    CONFIG_FILE_MAX);
-			free(buf);
-			close(fd);
-			return -1;
-		}
-	}
-	close(fd);
-
 	/* Absolute, so paths stay valid after the daemon changes directory. */
 	dir = config_dir_of(path);
 	absdir = realpath(dir != NULL ? dir : ".", NULL);
@@ -896,7 +868,10 @@ config_load(const char *path, struct config **config_r, char **error_r)
 	r = config_parse_text(path, absdir, buf, len, config_r, error_r);
 	free(absdir);
 	free(dir);
-	free(buf);
+	if (r == 0 && text_r != NULL)
+		*text_r = buf;   /* parsed, so free of NUL bytes: a C string */
+	else
+		free(buf);
 	return r;
 }
 

@@ -79,8 +79,14 @@ struct config {
 #define CONFIG_DEFAULT_AUTH_MECHANISMS \
 	"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 PLAIN LOGIN"
 
-/* Parse FILE. On error returns -1 and *error_r = "FILE:LINE: problem". */
+/* Parse FILE. On error returns -1 and *error_r = "FILE:LINE: problem". A
+ * file over POPBOXD_CONFIG_MAX bytes (limits_popboxd.h) is refused:
+ * "FILE: file too large (more than N bytes)". */
 int config_load(const char *path, struct config **config_r, char **error_r);
+/* Same, and on success *text_r = the text parsed (malloc'd), when text_r is
+ * not NULL: the master sends it to the children at reload, so they parse
+ * exactly what it did. */
+int config_load_text(const char *path, struct config **config_r, char **text_r, char **error_r);
 /* Same, from text in memory; name is used in messages. */
 int config_parse(const char *name, const char *text, struct config **config_r, char **error_r);
 void config_free(struct config *config);

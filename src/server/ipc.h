@@ -37,23 +37,30 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Big enough for a SASL step plus user name and peer; and for a config
- * reload carrying the config text. */
-#define IPC_MAX_MSG   (256 * 1024)
-#define IPC_HEADER_SIZE 16
+#include "server/limits_popboxd.h"
+
+/* IPC_MAX_MSG, the largest message (a config reload), and IPC_HEADER_SIZE
+ * are in limits_popboxd.h, derived from the limits they must carry. */
 #define IPC_MAX_FIELDS 8
 
 /* Field maxima, in octets without the NUL. */
-#define IPC_MAX_USER 320          /* the users file's limit on a name (passwd.h) */
+#define IPC_MAX_USER POPBOXD_USER_MAX            /* the users file's limit on a name */
 #define IPC_MAX_PASSWORD 255      /* PASS fits in a 255-octet command line */
 #define IPC_MAX_PEER 63           /* a numeric IPv6 address */
 #define IPC_MAX_APOP_STAMP 127    /* "<pid.random@host>" of the greeting */
 #define IPC_MAX_APOP_DIGEST 32    /* MD5 in hex */
-#define IPC_MAX_LOCATION (PATH_MAX + 64)  /* mail_location_expand's bound */
+#define IPC_MAX_LOCATION POPBOXD_MAIL_LOCATION_MAX  /* mail_location_expand's bound */
 #define IPC_MAX_SASL_MECH 31
 #define IPC_MAX_SASL_DATA (16 * 1024)     /* base64; above the 12 KiB SASL line */
 #define IPC_MAX_CHANNEL_BINDING 128       /* base64 of at most 64 octets */
 #define IPC_MAX_ERROR 1024
+
+/* Worker <-> auth messages fit well within the largest message. */
+_Static_assert(IPC_HEADER_SIZE + 8 + (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION + 1) +
+    (IPC_MAX_SASL_DATA + 1) <= IPC_MAX_MSG, "an auth result must fit");
+_Static_assert(IPC_HEADER_SIZE + 16 + (IPC_MAX_SASL_MECH + 1) + (IPC_MAX_SASL_DATA + 1) +
+    (IPC_MAX_PEER + 1) + 2 * (IPC_MAX_CHANNEL_BINDING + 1) <= IPC_MAX_MSG,
+    "a SASL start must fit");
 
 enum ipc_type {
 	/* worker -> auth; the id names the request, the answer carries it */
@@ -119,7 +126,7 @@ struct ipc_auth_result {
 };
 
 /* IPC_RELOAD: new configuration. Fields: texts path, config, cert_pem,
- * key_pem (each bounded by IPC_MAX_MSG; path by PATH_MAX). */
+ * key_pem (each bounded by its limit in limits_popboxd.h). */
 struct ipc_reload {
 	uint64_t request_id;       /* 0 */
 	const char *path;          /* of the config file, for messages */

@@ -41,8 +41,6 @@
 #define MASTER_HEALTHY_SECONDS 10
 /* On SIGTERM, how long children get before SIGKILL. */
 #define MASTER_STOP_GRACE_SECONDS 5
-/* A config file larger than this is refused at reload (it is sent over IPC). */
-#define MASTER_MAX_CONFIG_BYTES (128 * 1024)
 
 enum child_role { ROLE_AUTH, ROLE_WORKER };
 
@@ -153,7 +151,9 @@ listener_bind(const struct config_listen *cl, struct listener *out, char **error
 	return 0;
 }
 
-void
+/* Called in every child right after fork (child_start), before any child
+ * code runs, so no child role can forget it. */
+static void
 privileges_drop(const struct child_env *env)
 {
 	if (!env->drop_privileges)
@@ -201,10 +201,24 @@ child_restart_cb(evutil_socket_t fd, short what, void *arg)
 		child_start(c);
 }
 
+/* Open the users file for the auth process (as root when started as root),
+ * so the file can be readable by root alone and no process running as
+ * run_as can open it by name. Returns the descriptor, or -1 with errno. */
+static int
+users_file_open(void)
+{
+	return open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+}
+
 static void
 child_start(struct child *c)
 {
+	/* The auth process loads the users file before it serves. */
+	int users_fd = c->role == ROLE_AUTH ? users_file_open() : -1;
+	int users_errno = errno;
 	pid_t pid = fork();
+	if (pid != 0 && users_fd >= 0)
+		close(users_fd);   /* the child has it */
 	if (pid < 0) {
 		log_warn("fork");
 		struct timeval tv = { .tv_sec = 1 };
@@ -234,10 +248,13 @@ child_start(struct child *c)
 		signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
 		signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
 		master.env.control_fd = c->control_child;
+		master.env.users_fd = users_fd;
+		master.env.users_errno = users_errno;
 		master.env.slot = c->slot;
 		master.env.config = master.config;
 		signal(SIGCHLD, SIG_DFL);
 		signal(SIGPIPE, SIG_IGN);
+		privileges_drop(&master.env);
 		if (c->role == ROLE_AUTH)
 			auth_main(&master.env);
 		worker_main(&master.env);
@@ -286,37 +303,15 @@ sigchld_cb(evutil_socket_t sig, short what, void *arg)
 		child_reaped(pid, status);
 }
 
-static char *
-read_small_file(const char *path, char **error_r)
-{
-	FILE *f = fopen(path, "re");
-	if (f == NULL) {
-		*error_r = xasprintf("%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *buf = xmalloc(MASTER_MAX_CONFIG_BYTES + 1);
-	size_t n = fread(buf, 1, MASTER_MAX_CONFIG_BYTES + 1, f);
-	bool err = ferror(f);
-	fclose(f);
-	if (err || n > MASTER_MAX_CONFIG_BYTES) {
-		*error_r = xasprintf("%s: %s", path, err ? "read error" : "file too large");
-		free(buf);
-		return NULL;
-	}
-	buf[n] = '\0';
-	return buf;
-}
-
 static void
 sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
-	char *error = NULL;
-	char *text = read_small_file(master.config->path, &error);
+	char *error = NULL, *text = NULL;
 	struct config *next;
-	if (text == NULL || config_parse(master.config->path, text, &next, &error) < 0) {
+	/* Read and parsed exactly as at start-up (same reader, same limit). */
+	if (config_load_text(master.config->path, &next, &text, &error) < 0) {
 		log_warnx("reload failed, keeping the running configuration: %s", error);
 		free(error);
-		free(text);
 		return;
 	}
 	/* What needs new sockets or processes cannot change in place. */
@@ -368,9 +363,8 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	log_info("configuration reloaded");
 }
 
-/* The auth process asks for the users file: open it here (as root when
- * started as root) and hand over the descriptor, so the file can be readable
- * by root alone and no process running as run_as can open it by name. */
+/* The auth process asks for the users file (a reload): open it here and
+ * hand over the descriptor (users_file_open says why). */
 static void
 auth_control_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -383,7 +377,7 @@ auth_control_cb(evutil_socket_t fd, short what, void *arg)
 	if (n <= 0 || !ipc_users_open_decode(buf, (size_t)n, &req))
 		return;
 	char why[IPC_MAX_ERROR + 1] = "";
-	int ufd = open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	int ufd = users_file_open();
 	if (ufd < 0)
 		snprintf(why, sizeof(why), "%s: %s", master.config->users, strerror(errno));
 	const struct ipc_users_fd answer = { .request_id = req.request_id, .error = why };
@@ -434,6 +428,24 @@ master_wait_children(void)
 		struct timespec ts = { 0, 20 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 	}
+}
+
+/* A reload message (up to IPC_MAX_MSG) is one SOCK_SEQPACKET message on the
+ * master's end of a control socket: make its send buffer big enough
+ * (limits_popboxd.h says why the default is not). Returns false when the
+ * kernel would not allow it (net.core.wmem_max set below its default). */
+static bool
+control_socket_sndbuf(int fd)
+{
+	int want = IPC_SOCKET_SNDBUF, got = 0;
+	socklen_t len = sizeof(got);
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof(want));
+	if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) == 0 && got >= want)
+		return true;
+	/* As root the cap does not apply. */
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof(want));
+	len = sizeof(got);
+	return getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) == 0 && got >= want;
 }
 
 static int
@@ -526,19 +538,17 @@ master_raise_nofile(const struct config *config)
 	}
 }
 
-int
-master_run(struct config *config, bool foreground)
+/* Everything that can fail before the children start: run_as, the TLS
+ * context, the state directory, the listeners; and the worker <-> auth
+ * socket pairs. Logs why and returns -1 on failure. */
+static int
+master_prepare(const struct config *config)
 {
 	char *error = NULL;
-
-	memset(&master, 0, sizeof(master));
-	master.config = config;
-	master.env.config = config;
-
 	if (getuid() == 0 || geteuid() == 0) {
 		if (resolve_run_as(config, &master.env.uid, &master.env.gid, &error) < 0) {
 			log_warnx("%s", error);
-			return 1;
+			return -1;
 		}
 		master.env.drop_privileges = true;
 	}
@@ -548,20 +558,20 @@ master_run(struct config *config, bool foreground)
 		    (master.env.ssl_ctx = tls_server_ctx_new(cert, key, config->tls_min_version, &error)) == NULL) {
 			log_warnx("TLS: %s", error);
 			free(error);
-			return 1;
+			return -1;
 		}
 		free(cert);
 		free_secret(key);
 	}
 	if (state_dir_prepare(config, &error) < 0) {
 		log_warnx("%s", error);
-		return 1;
+		return -1;
 	}
 	master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
 	for (size_t i = 0; i < config->n_listens; i++) {
 		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
 			log_warnx("%s", error);
-			return 1;
+			return -1;
 		}
 		master.env.n_listeners++;
 	}
@@ -576,6 +586,72 @@ master_run(struct config *config, bool foreground)
 		master.env.auth_fds[i] = sv[0];
 		master.env.worker_fds[i] = sv[1];
 	}
+	return 0;
+}
+
+/* The children's slots: the auth process first, then the workers, each
+ * with its control socket pair and restart timer. */
+static void
+master_children_init(void)
+{
+	master.n_children = 1 + master.env.n_workers;
+	for (size_t i = 0; i < master.n_children; i++) {
+		struct child *c = &master.children[i];
+		int sv[2];
+		c->role = i == 0 ? ROLE_AUTH : ROLE_WORKER;
+		c->slot = i == 0 ? 0 : (unsigned)(i - 1);
+		c->backoff_ms = MASTER_BACKOFF_MIN_MS;
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+			fatal("socketpair");
+		c->control_master = sv[0];
+		c->control_child = sv[1];
+		if (!control_socket_sndbuf(sv[0]) && i == 0)
+			log_warnx("the kernel limits socket buffers below %d bytes (net.core.wmem_max): "
+			    "a reload with config and TLS files near their size limits may fail",
+			    IPC_SOCKET_SNDBUF);
+		c->restart_timer = evtimer_new(master.base, child_restart_cb, c);
+	}
+}
+
+/* Signals, and the auth process's requests for the users file. */
+static void
+master_events_add(void)
+{
+	master.events[0] = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
+	master.events[1] = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
+	master.events[2] = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
+	master.events[3] = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
+	master.events[4] = event_new(master.base, master.children[0].control_master,
+	    EV_READ | EV_PERSIST, auth_control_cb, NULL);
+	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+		event_add(master.events[i], NULL);
+}
+
+static void
+master_free(void)
+{
+	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+		event_free(master.events[i]);
+	for (size_t i = 0; i < master.n_children; i++)
+		event_free(master.children[i].restart_timer);
+	event_base_free(master.base);
+	free(master.pid_path);
+	for (size_t i = 0; i < master.env.n_listeners; i++) {
+		close(master.env.listeners[i].fd);
+		free(master.env.listeners[i].name);
+	}
+	free(master.env.listeners);
+	config_free(master.config);
+}
+
+int
+master_run(struct config *config, bool foreground)
+{
+	memset(&master, 0, sizeof(master));
+	master.config = config;
+	master.env.config = config;
+	if (master_prepare(config) < 0)
+		return 1;
 	if (!foreground && daemon(0, 0) < 0)
 		fatal("daemon");
 
@@ -588,33 +664,8 @@ master_run(struct config *config, bool foreground)
 		fatalx("event_base_new failed");
 	signal(SIGPIPE, SIG_IGN);
 	master_raise_nofile(config);
-
-	master.n_children = 1 + master.env.n_workers;
-	for (size_t i = 0; i < master.n_children; i++) {
-		struct child *c = &master.children[i];
-		int sv[2];
-		c->role = i == 0 ? ROLE_AUTH : ROLE_WORKER;
-		c->slot = i == 0 ? 0 : (unsigned)(i - 1);
-		c->backoff_ms = MASTER_BACKOFF_MIN_MS;
-		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-			fatal("socketpair");
-		c->control_master = sv[0];
-		c->control_child = sv[1];
-		c->restart_timer = evtimer_new(master.base, child_restart_cb, c);
-	}
-
-	struct event *ev_chld = master.events[0] = evsignal_new(master.base, SIGCHLD, sigchld_cb, NULL);
-	struct event *ev_hup = master.events[1] = evsignal_new(master.base, SIGHUP, sighup_cb, NULL);
-	struct event *ev_term = master.events[2] = evsignal_new(master.base, SIGTERM, sigterm_cb, NULL);
-	struct event *ev_int = master.events[3] = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
-	evsignal_add(ev_chld, NULL);
-	evsignal_add(ev_hup, NULL);
-	evsignal_add(ev_term, NULL);
-	evsignal_add(ev_int, NULL);
-
-	struct event *ev_auth = master.events[4] = event_new(master.base,
-	    master.children[0].control_master, EV_READ | EV_PERSIST, auth_control_cb, NULL);
-	event_add(ev_auth, NULL);
+	master_children_init();
+	master_events_add();
 	users_file_check(config);
 
 	for (size_t i = 0; i < master.n_children; i++)
@@ -630,20 +681,6 @@ master_run(struct config *config, bool foreground)
 	master_wait_children();
 	unlink(master.pid_path);
 	log_info("stopped");
-	event_free(ev_auth);
-	event_free(ev_chld);
-	event_free(ev_hup);
-	event_free(ev_term);
-	event_free(ev_int);
-	for (size_t i = 0; i < master.n_children; i++)
-		event_free(master.children[i].restart_timer);
-	event_base_free(master.base);
-	free(master.pid_path);
-	for (size_t i = 0; i < master.env.n_listeners; i++) {
-		close(master.env.listeners[i].fd);
-		free(master.env.listeners[i].name);
-	}
-	free(master.env.listeners);
-	config_free(master.config);
+	master_free();
 	return 0;
 }

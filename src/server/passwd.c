@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "common/scram.h"
 #include "common/util.h"
+#include "server/limits_popboxd.h"
 
 #include <crypt.h>
 #include <errno.h>
@@ -20,13 +21,10 @@
 
 #include <openssl/evp.h>
 
-/* The whole file is read into memory and entries point into it; 1 GiB is
- * millions of users, far beyond what a flat file should hold. */
-#define PASSWD_FILE_MAX (1024L * 1024 * 1024)
+/* The whole file is read into memory and entries point into it, up to
+ * POPBOXD_USERS_FILE_MAX (limits_popboxd.h). */
 /* user + hash + home + extra fields fit easily; longer lines are damage. */
 #define PASSWD_LINE_MAX 16384
-/* Longest user name: RFC 5321 allows 64 + 1 + 255 for an address. */
-#define PASSWD_USER_MAX 320
 /* Upper bound on entries, so a runaway generated file cannot exhaust memory. */
 #define PASSWD_USERS_MAX 10000000
 /* Fields we store: user, password, uid, gid, gecos, home; shell and extra
@@ -118,7 +116,7 @@ passwd_user_problem(const char *user)
 	size_t len = strlen(user);
 	if (len == 0)
 		return "empty user name";
-	if (len > PASSWD_USER_MAX)
+	if (len > POPBOXD_USER_MAX)
 		return "user name too long";
 	for (const char *c = user; *c != '\0'; c++) {
 		unsigned char u = (unsigned char)*c;
@@ -154,7 +152,7 @@ passwd_db_add_line(struct passwd_db *db, char *line, unsigned lineno)
 	long prev = passwd_table_find(db, fields[0]);
 	if (prev >= 0) {
 		/* First wins, like Dovecot: appending a line must not take over. */
-		char u[PASSWD_USER_MAX + 1];
+		char u[POPBOXD_USER_MAX + 1];
 		str_sanitize(u, sizeof(u), fields[0], strlen(fields[0]));
 		log_warnx("%s:%u: duplicate user '%s' ignored (first on line %u)",
 		    db->name, lineno, u, db->lines[prev]);
@@ -646,65 +644,34 @@ passwd_db_parse(const char *name, const char *text, struct passwd_db **db_r, cha
 }
 
 int
-passwd_db_load(const char *path, struct passwd_db **db_r, char **error_r)
+passwd_db_load_fd(const char *name, int fd, struct passwd_db **db_r, char **error_r)
 {
-	struct stat st;
 	char *buf;
-	size_t len = 0;
-	int fd;
+	size_t len;
 
 	*db_r = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (util_read_file_bounded(fd, name, POPBOXD_USERS_FILE_MAX, UTIL_READ_SECRET, &buf, &len,
+	    error_r) < 0)
+		return -1;
+	/* The buffer is the database's: entries point into it. */
+	struct passwd_db *db = passwd_db_new(name, buf, len);
+	passwd_db_parse_buffer(db);
+	*db_r = db;
+	return 0;
+}
+
+int
+passwd_db_load(const char *path, struct passwd_db **db_r, char **error_r)
+{
+	*db_r = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		*error_r = xasprintf("%s: cannot open: %s", path, strerror(errno));
 		return -1;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		*error_r = xasprintf("%s: not a regular file", path);
-		close(fd);
-		return -1;
-	}
-	if (st.st_size > PASSWD_FILE_MAX) {
-		*error_r = xasprintf("%s: file too large (more than %ld bytes)", path,
-		    PASSWD_FILE_MAX);
-		close(fd);
-		return -1;
-	}
-	/* The size may change while we read (an admin rewriting it in place):
-	 * read until EOF, growing, within the limit. */
-	size_t cap = (size_t)st.st_size + 1;
-	buf = xmalloc(cap + 1);
-	for (;;) {
-		if (len == cap) {
-			if (cap > (size_t)PASSWD_FILE_MAX) {
-				*error_r = xasprintf("%s: file too large", path);
-				goto fail;
-			}
-			buf = xrealloc(buf, cap * 2 + 1);
-			cap *= 2;
-		}
-		ssize_t n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			*error_r = xasprintf("%s: cannot read: %s", path, strerror(errno));
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
+	int r = passwd_db_load_fd(path, fd, db_r, error_r);
 	close(fd);
-	buf[len] = '\0';
-	struct passwd_db *db = passwd_db_new(path, buf, len);
-	passwd_db_parse_buffer(db);
-	*db_r = db;
-	return 0;
-fail:
-	secure_wipe(buf, len);
-	free(buf);
-	close(fd);
-	return -1;
+	return r;
 }
 
 void
@@ -759,6 +726,32 @@ mail_location_value_problem(const char *value, size_t len, bool may_be_empty)
 	return NULL;
 }
 
+/* What is wrong with an expanded path (after the "type:" prefix), or NULL:
+ * control characters, a "." or ".." component, nothing at all. */
+static const char *
+mail_location_path_problem(const char *path)
+{
+	if (*path == '\0')
+		return "is empty";
+	for (const char *c = path; *c != '\0'; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			return "contains control characters";
+	for (const char *c = path; *c != '\0'; ) {
+		const char *slash = strchr(c, '/');
+		size_t clen = slash ? (size_t)(slash - c) : strlen(c);
+		if ((clen == 1 && c[0] == '.') || (clen == 2 && c[0] == '.' && c[1] == '.'))
+			return "contains '.' or '..'";
+		if (slash == NULL)
+			break;
+		c = slash + 1;
+	}
+	return NULL;
+}
+
+/* One piece (about 90 lines): a single pass over the template that appends
+ * to one bounded buffer through APPEND, whose bounds check and the one
+ * error exit (fail) every step shares; split, each part would need the
+ * buffer, its length and the exit passed along. */
 char *
 mail_location_expand(const char *template, const struct passwd_entry *entry, char **error_r)
 {
@@ -769,8 +762,8 @@ mail_location_expand(const char *template, const struct passwd_entry *entry, cha
 	const char *domain = at ? at + 1 : "";
 	size_t domain_len = strlen(domain);
 	const char *t = template;
-	char user_s[PASSWD_USER_MAX + 1];
-	size_t cap = PATH_MAX + 64, len = 0;
+	char user_s[POPBOXD_USER_MAX + 1];
+	size_t cap = POPBOXD_MAIL_LOCATION_MAX, len = 0;
 	char *out;
 
 	str_sanitize(user_s, sizeof(user_s), user, user_len);
@@ -849,25 +842,9 @@ mail_location_expand(const char *template, const struct passwd_entry *entry, cha
 	out[len] = '\0';
 
 	/* Last line of defence, whatever the template and home produced. */
-	for (const char *c = out + path_start; *c != '\0'; c++)
-		if ((unsigned char)*c < 0x20 || *c == 0x7f) {
-			*error_r = xasprintf("mail location for user '%s' contains control characters",
-			    user_s);
-			goto fail;
-		}
-	for (const char *c = out + path_start; *c != '\0'; ) {
-		const char *slash = strchr(c, '/');
-		size_t clen = slash ? (size_t)(slash - c) : strlen(c);
-		if ((clen == 1 && c[0] == '.') || (clen == 2 && c[0] == '.' && c[1] == '.')) {
-			*error_r = xasprintf("mail location for user '%s' contains '.' or '..'", user_s);
-			goto fail;
-		}
-		if (slash == NULL)
-			break;
-		c = slash + 1;
-	}
-	if (len == path_start) {
-		*error_r = xasprintf("mail location for user '%s' is empty", user_s);
+	const char *problem = mail_location_path_problem(out + path_start);
+	if (problem != NULL) {
+		*error_r = xasprintf("mail location for user '%s' %s", user_s, problem);
 		goto fail;
 	}
 	return out;

@@ -30,6 +30,9 @@ struct passwd_db;
  * FILE:LINE and never contain passwords. passwd_db_parse copies text, never
  * fails, and uses name in warnings. */
 int passwd_db_load(const char *path, struct passwd_db **db_r, char **error_r);
+/* Same from a descriptor open on the file (the auth process gets one from
+ * the master); name is used in messages. Reads from offset 0. */
+int passwd_db_load_fd(const char *name, int fd, struct passwd_db **db_r, char **error_r);
 int passwd_db_parse(const char *name, const char *text, struct passwd_db **db_r, char **error_r);
 void passwd_db_free(struct passwd_db *db);
 /* Exact, case-sensitive lookup; NULL if absent. */

@@ -33,13 +33,15 @@ struct child_env {
 	bool drop_privileges;
 	struct ssl_ctx_st *ssl_ctx;  /* built by the master before fork; NULL = no TLS */
 	struct iplimit *iplimit;     /* shared connection counts per address */
+	/* Auth process only: the users file, opened by the master before the
+	 * fork (it may be readable by root alone); -1 with users_errno. */
+	int users_fd;
+	int users_errno;
 };
 
-/* Each never returns. */
+/* Each never returns. The master has already dropped privileges to
+ * env->uid/gid (when env->drop_privileges) before calling them. */
 void auth_main(struct child_env *env) __attribute__((noreturn));
 void worker_main(struct child_env *env) __attribute__((noreturn));
-
-/* Drop to env->uid/gid when env->drop_privileges; fatal on any failure. */
-void privileges_drop(const struct child_env *env);
 
 #endif

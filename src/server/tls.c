@@ -3,20 +3,22 @@
 #include "server/tls.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
 #include "common/base64.h"
 #include "common/log.h"
+#include "server/limits_popboxd.h"
 
-/* PEM files beyond this are refused: a chain is a few KiB, and the text is
- * sent to the workers in one message at reload. */
-#define TLS_MAX_PEM_BYTES (64 * 1024)
+/* PEM files beyond POPBOXD_PEM_MAX (limits_popboxd.h) are refused: the
+ * text is sent to the workers in one message at reload. */
 /* TLS 1.2 suites: forward secrecy and AEAD only. TLS 1.3 suites are all fine
  * and keep OpenSSL's defaults. */
 #define TLS_CIPHERS_12 "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
@@ -41,32 +43,27 @@ static char *
 read_pem_file(const char *path, bool is_key, char **error_r)
 {
 	struct stat st;
-	FILE *f = fopen(path, "re");
-	if (f == NULL) {
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
 		*error_r = xasprintf("%s: %s", path, strerror(errno));
 		return NULL;
 	}
-	if (fstat(fileno(f), &st) < 0) {
+	if (fstat(fd, &st) < 0) {
 		*error_r = xasprintf("%s: %s", path, strerror(errno));
-		fclose(f);
+		close(fd);
 		return NULL;
 	}
 	if (is_key && (st.st_mode & (S_IROTH | S_IWOTH))) {
 		*error_r = xasprintf("tls_key %s is accessible by other users (mode %03o); "
 		    "run: chmod o-rwx %s", path, (unsigned)(st.st_mode & 0777), path);
-		fclose(f);
+		close(fd);
 		return NULL;
 	}
-	char *buf = xmalloc(TLS_MAX_PEM_BYTES + 1);
-	size_t n = fread(buf, 1, TLS_MAX_PEM_BYTES + 1, f);
-	fclose(f);
-	if (n > TLS_MAX_PEM_BYTES) {
-		*error_r = xasprintf("%s: larger than %d bytes", path, TLS_MAX_PEM_BYTES);
-		free(buf);
-		return NULL;
-	}
-	buf[n] = '\0';
-	return buf;
+	char *pem;
+	int r = util_read_file_bounded(fd, path, POPBOXD_PEM_MAX, is_key ? UTIL_READ_SECRET : 0,
+	    &pem, NULL, error_r);
+	close(fd);
+	return r < 0 ? NULL : pem;
 }
 
 int

@@ -252,7 +252,6 @@ worker_main(struct child_env *env)
 		if (i != env->slot)
 			close(env->worker_fds[i]);
 	}
-	privileges_drop(env);
 
 	worker.config = env->config;
 	worker.slot = env->slot;

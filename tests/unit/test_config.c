@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "server/config.h"
+#include "server/limits_popboxd.h"
 
 #define REQUIRED "users = /etc/popbox/users\nmail = maildir:~/Maildir\n"
 
@@ -348,6 +349,46 @@ test_relative_paths(void **state)
 	free(error);
 }
 
+/* The size limit (limits_popboxd.h), the same for config_load and the
+ * reload's config_load_text; the latter hands back the text it parsed. */
+static void
+test_file_size_limit(void **state)
+{
+	char path[] = "/tmp/popbox-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	const char *head = "users = /u\nmail = maildir:/m/%u\n";
+	char *text = xmalloc(POPBOXD_CONFIG_MAX + 2);
+	memset(text, '\n', POPBOXD_CONFIG_MAX + 1);
+	memcpy(text, head, strlen(head));
+	text[POPBOXD_CONFIG_MAX + 1] = '\0';
+	assert_int_equal(write(fd, text, POPBOXD_CONFIG_MAX), POPBOXD_CONFIG_MAX);
+
+	struct config *c = NULL;
+	char *error = NULL, *parsed = NULL;
+	assert_int_equal(config_load_text(path, &c, &parsed, &error), 0);
+	assert_int_equal(strlen(parsed), POPBOXD_CONFIG_MAX);
+	assert_memory_equal(parsed, text, POPBOXD_CONFIG_MAX);
+	assert_string_equal(c->users, "/u");
+	config_free(c);
+	free(parsed);
+
+	assert_int_equal(write(fd, "\n", 1), 1);
+	parsed = NULL;
+	assert_int_equal(config_load_text(path, &c, &parsed, &error), -1);
+	assert_null(parsed);
+	char *expect = xasprintf("%s: file too large (more than %d bytes)", path, POPBOXD_CONFIG_MAX);
+	assert_string_equal(error, expect);
+	free(error);
+	assert_int_equal(config_load(path, &c, &error), -1);
+	assert_string_equal(error, expect);
+	free(error);
+	free(expect);
+	free(text);
+	close(fd);
+	unlink(path);
+}
+
 static void
 test_syntax(void **state)
 {
@@ -591,6 +632,7 @@ main(void)
 		cmocka_unit_test(test_listen_errors),
 		cmocka_unit_test(test_tls_pairing),
 		cmocka_unit_test(test_relative_paths),
+		cmocka_unit_test(test_file_size_limit),
 		cmocka_unit_test(test_syntax),
 		cmocka_unit_test(test_required),
 		cmocka_unit_test(test_mail),

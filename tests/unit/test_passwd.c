@@ -225,6 +225,27 @@ test_load_file(void **state)
 }
 
 static void
+test_load_fd(void **state)
+{
+	/* From a descriptor (as the master hands it over), whatever its
+	 * offset; a line with a NUL byte is skipped, not the rest of the file. */
+	char path[] = "/tmp/popbox-test-users-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	static const char text[] = "alice:{PLAIN}pw\ncarol:{PL\0AIN}x\nbob:{PLAIN}pw2\n";
+	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)sizeof(text) - 1);
+	struct passwd_db *db = NULL;
+	char *error = NULL;
+	assert_int_equal(passwd_db_load_fd("users", fd, &db, &error), 0);
+	assert_int_equal(passwd_db_count(db), 2);
+	assert_non_null(passwd_db_lookup(db, "bob"));
+	assert_null(passwd_db_lookup(db, "carol"));
+	passwd_db_free(db);
+	close(fd);
+	unlink(path);
+}
+
+static void
 test_many_users(void **state)
 {
 	const size_t n = 100000;
@@ -639,6 +660,7 @@ main(void)
 		cmocka_unit_test(test_bad_lines_skipped),
 		cmocka_unit_test(test_duplicates),
 		cmocka_unit_test(test_load_file),
+		cmocka_unit_test(test_load_fd),
 		cmocka_unit_test(test_many_users),
 		cmocka_unit_test(test_verify_crypt_schemes),
 		cmocka_unit_test(test_verify_scheme_mismatch),

@@ -1,0 +1,275 @@
+/* SASL exchanges with GNU SASL. Contract in auth_sasl.h. */
+#include "server/auth_sasl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <gsasl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "common/base64.h"
+#include "common/log.h"
+#include "common/util.h"
+
+/* Iteration count announced for users without a SCRAM secret of the
+ * mechanism: the usual one, so nothing stands out. */
+#define SASL_FAKE_ITERATIONS "4096"
+
+struct auth_sasl {
+	Gsasl *gsasl;
+	unsigned char fake_salt_key[32];  /* SCRAM salts for unknown users */
+};
+
+struct sasl_conv {
+	struct auth_sasl *sasl;
+	Gsasl_session *sctx;
+	struct passdb_ref *ref;
+	char mech[32];
+	unsigned steps;
+	/* Set by the callback, on the pool thread of the current step. */
+	bool validated;         /* PLAIN/LOGIN: password checked by our callback */
+	bool unknown_user;
+};
+
+static char *
+hex_to_base64(const char *hex)
+{
+	unsigned char bin[64];
+	size_t n = strlen(hex) / 2;
+	if (n > sizeof(bin))
+		n = sizeof(bin);
+	for (size_t i = 0; i < n; i++) {
+		unsigned v = 0;
+		sscanf(hex + 2 * i, "%2x", &v);
+		bin[i] = (unsigned char)v;
+	}
+	return base64_encode(bin, n);
+}
+
+/* For a user who does not exist (or has no usable SCRAM secret), answer with
+ * a salt that is stable per user name and keys nobody knows, so the exchange
+ * looks the same as for a real user and fails only at the proof. */
+static int
+scram_fake(const struct sasl_conv *c, Gsasl_property prop, const char *authid)
+{
+	unsigned char mac[EVP_MAX_MD_SIZE], rnd[32];
+	unsigned int maclen = 0;
+	bool sha256 = strncasecmp(c->mech, "SCRAM-SHA-256", 13) == 0;
+	char *s;
+	switch (prop) {
+	case GSASL_SCRAM_ITER:
+		gsasl_property_set(c->sctx, prop, SASL_FAKE_ITERATIONS);
+		return GSASL_OK;
+	case GSASL_SCRAM_SALT:
+		HMAC(EVP_sha256(), c->sasl->fake_salt_key, sizeof(c->sasl->fake_salt_key),
+		    (const unsigned char *)authid, strlen(authid), mac, &maclen);
+		s = base64_encode(mac, 16);
+		gsasl_property_set(c->sctx, prop, s);
+		free(s);
+		return GSASL_OK;
+	case GSASL_SCRAM_STOREDKEY:
+	case GSASL_SCRAM_SERVERKEY:
+		RAND_bytes(rnd, sizeof(rnd));
+		s = base64_encode(rnd, sha256 ? 32 : 20);
+		gsasl_property_set(c->sctx, prop, s);
+		free(s);
+		return GSASL_OK;
+	default:
+		return GSASL_NO_CALLBACK;
+	}
+}
+
+/* A SCRAM property from the user's stored SCRAM secret, or a fake one. */
+static int
+scram_property(struct sasl_conv *c, Gsasl_property prop, const char *authid,
+    const struct passwd_entry *e)
+{
+	const struct passdb_ops *ops = c->ref->ops;
+	struct scram_secret sec;
+	if (e == NULL || ops->scram_secret(e, &sec) < 0) {
+		c->unknown_user = e == NULL;
+		return scram_fake(c, prop, authid);
+	}
+	/* The secret serves its own mechanism and that with -PLUS. */
+	size_t n = strlen(sec.mech);
+	bool match = strncasecmp(sec.mech, c->mech, n) == 0 &&
+	    (c->mech[n] == '\0' || strcasecmp(c->mech + n, "-PLUS") == 0);
+	int rc = GSASL_OK;
+	if (!match) {
+		rc = scram_fake(c, prop, authid);
+	} else if (prop == GSASL_SCRAM_ITER) {
+		char it[16];
+		snprintf(it, sizeof(it), "%u", sec.iterations);
+		gsasl_property_set(c->sctx, prop, it);
+	} else if (prop == GSASL_SCRAM_SALT) {
+		gsasl_property_set(c->sctx, prop, sec.salt_b64);
+	} else {
+		/* GNU SASL 2.2 takes the keys base64-encoded, whatever its
+		 * header says (checked against libgsasl 2.2.0). */
+		char *b64 = hex_to_base64(prop == GSASL_SCRAM_STOREDKEY ? sec.stored_key_hex
+		    : sec.server_key_hex);
+		gsasl_property_set(c->sctx, prop, b64);
+		free(b64);
+	}
+	scram_secret_clear(&sec);
+	return rc;
+}
+
+/* Runs on a pool thread inside gsasl_step64(); reads only the conversation and
+ * its (immutable, reference-held) users database. */
+static int
+sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
+{
+	struct sasl_conv *c = gsasl_session_hook_get(sctx);
+	const struct passdb_ops *ops = c->ref->ops;
+	const char *authid = gsasl_property_fast(sctx, GSASL_AUTHID);
+	const struct passwd_entry *e = authid ? ops->lookup(c->ref->db, authid) : NULL;
+
+	switch (prop) {
+	case GSASL_VALIDATE_SIMPLE: {
+		const char *pw = gsasl_property_fast(sctx, GSASL_PASSWORD);
+		const char *authzid = gsasl_property_fast(sctx, GSASL_AUTHZID);
+		if (authid == NULL || pw == NULL)
+			return GSASL_AUTHENTICATION_ERROR;
+		if (e == NULL) {
+			(void)ops->verify(c->ref->db, NULL, pw);   /* same time as a real check */
+			c->unknown_user = true;
+			return GSASL_AUTHENTICATION_ERROR;
+		}
+		if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0)
+			return GSASL_AUTHENTICATION_ERROR;
+		if (ops->verify(c->ref->db, e, pw) != PASSWORD_OK)
+			return GSASL_AUTHENTICATION_ERROR;
+		c->validated = true;
+		return GSASL_OK;
+	}
+	case GSASL_PASSWORD: {
+		/* CRAM-MD5, and SCRAM for users with a {PLAIN} secret. */
+		const char *plain = e ? ops->plaintext(e) : NULL;
+		if (plain == NULL) {
+			c->unknown_user = e == NULL;
+			return GSASL_NO_CALLBACK;
+		}
+		gsasl_property_set(sctx, prop, plain);
+		return GSASL_OK;
+	}
+	case GSASL_SCRAM_ITER:
+	case GSASL_SCRAM_SALT:
+	case GSASL_SCRAM_STOREDKEY:
+	case GSASL_SCRAM_SERVERKEY:
+		if (authid == NULL)
+			return GSASL_NO_CALLBACK;
+		if (e != NULL && ops->plaintext(e) != NULL)
+			return GSASL_NO_CALLBACK;   /* gsasl derives the keys from GSASL_PASSWORD */
+		return scram_property(c, prop, authid, e);
+	default:
+		return GSASL_NO_CALLBACK;
+	}
+}
+
+struct auth_sasl *
+auth_sasl_new(void)
+{
+	struct auth_sasl *sasl = xcalloc(1, sizeof(*sasl));
+	if (gsasl_init(&sasl->gsasl) != GSASL_OK)
+		fatalx("GNU SASL initialisation failed");
+	gsasl_callback_set(sasl->gsasl, sasl_callback);
+	if (RAND_bytes(sasl->fake_salt_key, sizeof(sasl->fake_salt_key)) != 1)
+		fatalx("no randomness");
+	return sasl;
+}
+
+void
+auth_sasl_free(struct auth_sasl *sasl)
+{
+	if (sasl == NULL)
+		return;
+	gsasl_done(sasl->gsasl);
+	secure_wipe(sasl->fake_salt_key, sizeof(sasl->fake_salt_key));
+	free(sasl);
+}
+
+struct sasl_conv *
+auth_sasl_conv_new(struct auth_sasl *sasl, const char *mech, struct passdb_ref *ref,
+    const char *cb_exporter, const char *cb_unique)
+{
+	struct sasl_conv *c = xcalloc(1, sizeof(*c));
+	if (gsasl_server_start(sasl->gsasl, mech, &c->sctx) != GSASL_OK) {
+		free(c);
+		return NULL;
+	}
+	c->sasl = sasl;
+	c->ref = passdb_ref_hold(ref);
+	snprintf(c->mech, sizeof(c->mech), "%s", mech);
+	gsasl_session_hook_set(c->sctx, c);
+	if (cb_exporter != NULL && cb_exporter[0] != '\0')
+		gsasl_property_set(c->sctx, GSASL_CB_TLS_EXPORTER, cb_exporter);
+	if (cb_unique != NULL && cb_unique[0] != '\0')
+		gsasl_property_set(c->sctx, GSASL_CB_TLS_UNIQUE, cb_unique);
+	return c;
+}
+
+void
+auth_sasl_conv_free(struct sasl_conv *c)
+{
+	if (c == NULL)
+		return;
+	gsasl_finish(c->sctx);
+	passdb_ref_release(c->ref);
+	free(c);
+}
+
+int
+auth_sasl_conv_step(struct sasl_conv *c, const char *input, char **output_r)
+{
+	*output_r = NULL;
+	if (c->steps++ == 0 && input != NULL && input[0] != '\0' &&
+	    strcasecmp(c->mech, "LOGIN") == 0) {
+		/* GNU SASL's LOGIN ignores input at its first step; an initial
+		 * response is the user name (as Dovecot takes it), so feed it
+		 * to the second step. */
+		char *skip = NULL;
+		int rc = gsasl_step64(c->sctx, "", &skip);
+		free(skip);
+		if (rc != GSASL_NEEDS_MORE)
+			return rc;
+	}
+	return gsasl_step64(c->sctx, input ? input : "", output_r);
+}
+
+enum sasl_outcome
+auth_sasl_conv_outcome(struct sasl_conv *c, int rc, const struct passwd_entry **entry_r,
+    const char **user_r, const char **why_r)
+{
+	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
+	const char *authzid = gsasl_property_fast(c->sctx, GSASL_AUTHZID);
+	*entry_r = NULL;
+	*user_r = authid ? authid : "";
+	*why_r = NULL;
+	if (rc == GSASL_NEEDS_MORE)
+		return SASL_OUTCOME_CONTINUE;
+	if (rc != GSASL_OK) {
+		*why_r = c->unknown_user ? "unknown user (SASL)" : gsasl_strerror(rc);
+		return SASL_OUTCOME_FAILURE;
+	}
+	const struct passwd_entry *e = authid ? c->ref->ops->lookup(c->ref->db, authid) : NULL;
+	if (e == NULL || c->unknown_user) {
+		*why_r = "unknown user (SASL)";
+		return SASL_OUTCOME_FAILURE;
+	}
+	if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0) {
+		*why_r = "authorization identity differs from the user (not supported)";
+		return SASL_OUTCOME_FAILURE;
+	}
+	if ((strcasecmp(c->mech, "PLAIN") == 0 || strcasecmp(c->mech, "LOGIN") == 0) &&
+	    !c->validated) {
+		*why_r = "password not validated";
+		return SASL_OUTCOME_FAILURE;
+	}
+	*entry_r = e;
+	return SASL_OUTCOME_SUCCESS;
+}
