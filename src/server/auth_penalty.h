@@ -5,8 +5,9 @@
  *   - (source, user): one account's wrong passwords from one place; cleared
  *     when that user logs in from there;
  *   - user: guesses at one account from many places; cleared when that user
- *     logs in; counts from its AUTH_PENALTY_USER_FREE + 1-th failure, so a
- *     typo on two devices does not slow the third;
+ *     logs in; counts from its AUTH_PENALTY_USER_FREE + 1-th failure, so
+ *     the devices still polling with an old password after a password
+ *     change do not slow the user's own logins;
  *   - source: password spraying (many accounts from one place); never
  *     cleared by a login (an attacker's logins to his own account must not
  *     reset it), counts from its AUTH_PENALTY_SOURCE_FREE + 1-th failure, so
@@ -28,7 +29,7 @@
 #define AUTH_PENALTY_MAX_MS 15000
 #define AUTH_PENALTY_WINDOW (15 * 60)
 #define AUTH_PENALTY_SLOTS 8192
-#define AUTH_PENALTY_USER_FREE 2
+#define AUTH_PENALTY_USER_FREE 5
 #define AUTH_PENALTY_SOURCE_FREE 4
 /* Default IPv6 aggregation, and its bounds (config: auth_penalty_ipv6_prefix). */
 #define AUTH_PENALTY_IPV6_PREFIX 64
