@@ -1,4 +1,4 @@
-/* Maildir delivery by the rules (reliability.md §3.4): unique name, write
+/* Maildir delivery by the rules (docs/RELIABILITY.md §2): unique name, write
  * in tmp/, fsync, move into new/ (renameat2 RENAME_NOREPLACE, or link +
  * unlink where that is missing), fsync new/ -- for a batch of messages at
  * a time (deliver.h): all written in tmp/, all made durable, all moved,
@@ -430,7 +430,7 @@ maildir_sync_new(struct maildir *md, bool ok, struct fetch_error *err)
 	return ok;
 }
 
-/* reliability.md §3.4 for the whole batch: the data of every file is on
+/* docs/RELIABILITY.md §2 for the whole batch: the data of every file is on
  * disk (one syncfs, or an fsync per file) before any of them is moved
  * into new/ (renameat2, or link + unlink), and new/ is fsynced once after
  * the last move. */

@@ -4,7 +4,7 @@
  * the session and save the state. The command line is fetch_cli.c, what
  * the user sees fetch_report.c.
  *
- * The safety argument (design.md §7, reliability.md §3.7):
+ * The safety argument (docs/RELIABILITY.md §1):
  *  - a message is DELE'd only after its delivery is durable (commit(), or
  *    for Maildir the sync of its batch: sync_batch() in fetch_pipeline.c,
  *    deliver.h);

@@ -25,7 +25,7 @@
 /* The longest command line: "DELE 4294967295\r\n". */
 #define FETCH_COMMAND_MAX 20
 /* A message body may exceed its LIST size (CRLF counting, broken servers)
- * but not by this much: beyond it the server is hostile (reliability §4.7). */
+ * but not by this much: beyond it the server is hostile (docs/RELIABILITY.md §5). */
 #define FETCH_BODY_SLACK 65536
 /* Maildir batches: messages whole in tmp/ are made durable together (one
  * sync, one fsync of new/) when the batch has this many messages or bytes,

@@ -1,5 +1,5 @@
 /* The auth process: the only process that reads the users file and the
- * password hashes (design §3). Workers send it credentials (USER/PASS, APOP)
+ * password hashes (docs/DESIGN.md "Process model"). Workers send it credentials (USER/PASS, APOP)
  * or relay SASL lines (RFC 5034, run here with GNU SASL); it answers
  * OK + mail location, CONTINUE + challenge, FAIL or TEMP (ipc.h).
  *

@@ -1,6 +1,6 @@
 /* The TRANSACTION state (cmd_trans.h): listings built from the store's
  * snapshot, message bodies streamed by session.c, deletion marks kept here
- * and applied only by QUIT, on the store thread (design §3). */
+ * and applied only by QUIT, on the store thread (docs/DESIGN.md "Process model"). */
 #include "server/cmd_trans.h"
 
 #include <stdio.h>

@@ -1,4 +1,4 @@
-/* popboxd configuration file (design §4, popboxd.conf(5)).
+/* popboxd configuration file (popboxd.conf(5)).
  * Lines "key = value", '#' comments, blank lines. Unknown keys, bad values and
  * duplicate single-valued keys are errors "FILE:LINE: problem".
  *

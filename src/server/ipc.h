@@ -1,4 +1,4 @@
-/* Messages between popboxd processes (design §3).
+/* Messages between popboxd processes (docs/DESIGN.md "Process model").
  *
  * Transport: SOCK_SEQPACKET socketpairs, so one send() is one message and a
  * message is never split or merged. The users file's descriptor travels

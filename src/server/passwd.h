@@ -1,5 +1,5 @@
 /* Users file in Dovecot passwd-file format and password verification.
- * Only the auth process includes this (design §3): workers never see secrets.
+ * Only the auth process includes this (docs/DESIGN.md "Process model"): workers never see secrets.
  *
  * Line: user:password[:uid:gid:gecos:home:shell:extra_fields], '#' comments,
  * blank lines skipped. password is "{SCHEME}data" or a bare crypt(3) string. */

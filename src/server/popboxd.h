@@ -1,4 +1,4 @@
-/* popboxd process roles (design §3): master.c supervises, auth.c alone reads
+/* popboxd process roles (docs/DESIGN.md "Process model"): master.c supervises, auth.c alone reads
  * secrets, worker.c runs the POP3 sessions on a libevent loop. */
 #ifndef POPBOX_POPBOXD_H
 #define POPBOX_POPBOXD_H

@@ -1,6 +1,6 @@
 /* The store thread of a worker (store_pool.c): maildrop work that can take
  * long (scanning 100 000 files, unlinking many) runs there, never on the
- * event loop (design §3). A job names its own completion callback, so the
+ * event loop (docs/DESIGN.md "Process model"). A job names its own completion callback, so the
  * pool knows nothing of sessions or commands. */
 #ifndef POPBOX_STORE_POOL_H
 #define POPBOX_STORE_POOL_H

@@ -1,5 +1,5 @@
 /* A worker process: accepts connections on the inherited listeners and runs
- * every POP3 session on one libevent loop (design §3). It holds no secrets:
+ * every POP3 session on one libevent loop (docs/DESIGN.md "Process model"). It holds no secrets:
  * credentials go to the auth process, which answers asynchronously. */
 #include <errno.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /* A worker process (worker.c): one libevent loop running every POP3 session
- * of the connections it accepts (design §3). What its sessions share lives
+ * of the connections it accepts (docs/DESIGN.md "Process model"). What its sessions share lives
  * in struct worker. */
 #ifndef POPBOX_WORKER_H
 #define POPBOX_WORKER_H
