@@ -353,18 +353,18 @@ store_maildir_index_parse_dirs(const char *line, struct maildir_dirs *d)
 	return true;
 }
 
-/* Read popbox.index. Missing, damaged or foreign: returns false (the caller
- * rebuilds); the reason is logged at debug level, damage at info. */
+/* popbox.index into index->text, whole; *len_r its length. Returns false
+ * if it is missing, not a regular file or over MAILDIR_INDEX_MAX_BYTES
+ * (*damaged_r says whether to log it as damage). */
 static bool
-store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
+store_maildir_index_load_text(struct maildir_store *ms, struct maildir_index *index,
+    size_t *len_r, bool *damaged_r)
 {
 	struct stat st;
-	uint64_t end_count;
-	size_t alloc = 0, len = 0;
-	bool header = false, ended = false, ok = false;
+	size_t len = 0;
 	int fd;
 
-	memset(index, 0, sizeof(*index));
+	*damaged_r = false;
 	fd = openat(ms->root_fd, MAILDIR_INDEX_NAME,
 	    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
@@ -381,7 +381,8 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 	/* Over the bound: read as damage (the scan rebuilds what it needs). */
 	if ((uint64_t)st.st_size > MAILDIR_INDEX_MAX_BYTES) {
 		close(fd);
-		goto done;
+		*damaged_r = true;
+		return false;
 	}
 	/* The whole file in one buffer (one read for any usual size), parsed
 	 * in place: no allocation per message. */
@@ -391,48 +392,60 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			break;        /* shrank meanwhile: the checks below fail */
+			break;        /* shrank meanwhile: the parse fails */
 		len += (size_t)n;
 	}
 	close(fd);
 	index->text[len] = '\0';
+	*len_r = len;
+	return true;
+}
+
+/* Parse index->text[0..len) in place. Returns false on any damage. */
+static bool
+store_maildir_index_parse(struct maildir_index *index, size_t len)
+{
+	uint64_t end_count;
+	size_t alloc = 0;
+	bool header = false, ended = false;
+
 	if (memchr(index->text, '\0', len) != NULL)
-		goto done;           /* binary */
+		return false;        /* binary */
 	for (char *line = index->text, *nl; line < index->text + len; line = nl + 1) {
 		nl = memchr(line, '\n', (size_t)(index->text + len - line));
 		if (nl == NULL || (size_t)(nl - line) + 1 > MAILDIR_INDEX_LINE_MAX ||
 		    nl == line)
-			goto done;       /* truncated, over-long or empty line */
+			return false;    /* truncated, over-long or empty line */
 		*nl = '\0';
 		if (ended)
-			goto done;       /* data after the end line */
+			return false;    /* data after the end line */
 		if (!header) {
 			if (strcmp(line, MAILDIR_INDEX_HEADER_V1) == 0) {
 				header = index->v1 = true;
 				continue;
 			}
 			if (strcmp(line, MAILDIR_INDEX_HEADER) != 0)
-				goto done;
+				return false;
 			header = true;
 			/* the dirs line comes next */
 			nl = memchr(nl + 1, '\n', (size_t)(index->text + len - (nl + 1)));
 			if (nl == NULL)
-				goto done;
+				return false;
 			*nl = '\0';
 			line += strlen(line) + 1;
 			if (!store_maildir_index_parse_dirs(line, &index->dirs))
-				goto done;
+				return false;
 			continue;
 		}
 		if (strncmp(line, "end ", 4) == 0) {
 			if (!parse_u64(line + 4, MAILDIR_MAX_MESSAGES, &end_count) ||
 			    end_count != index->count)
-				goto done;
+				return false;
 			ended = true;
 			continue;
 		}
 		if (index->count >= MAILDIR_MAX_MESSAGES)
-			goto done;
+			return false;
 		if (index->count == alloc) {
 			alloc = alloc == 0 ? 1024 : alloc * 2;
 			index->entries = xrealloc(index->entries,
@@ -441,26 +454,38 @@ store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
 		struct maildir_index_entry *e = &index->entries[index->count];
 		memset(e, 0, sizeof(*e));
 		if (!store_maildir_index_parse_line(line, e, index->v1))
-			goto done;
+			return false;
 		index->count++;
 	}
 	if (!ended)
-		goto done;
+		return false;
 	/* We write it strictly increasing (so never a name twice). */
 	for (size_t i = 1; i < index->count; i++) {
 		const struct maildir_index_entry *a = &index->entries[i - 1], *b = &index->entries[i];
 		if (store_maildir_key_cmp(a->time, a->base, a->base_len, b->time, b->base,
 		    b->base_len) >= 0)
-			goto done;
+			return false;
 	}
-	ok = true;
-done:
-	if (!ok) {
+	return true;
+}
+
+/* Read popbox.index. Missing, damaged or foreign: returns false (the caller
+ * rebuilds); damage is logged at info. */
+static bool
+store_maildir_index_read(struct maildir_store *ms, struct maildir_index *index)
+{
+	size_t len;
+	bool damaged;
+
+	memset(index, 0, sizeof(*index));
+	if (store_maildir_index_load_text(ms, index, &len, &damaged) &&
+	    store_maildir_index_parse(index, len))
+		return true;
+	if (damaged || index->text != NULL)
 		log_info("maildir %s: %s damaged, rebuilding it", ms->path,
 		    MAILDIR_INDEX_NAME);
-		store_maildir_index_free(index);
-	}
-	return ok;
+	store_maildir_index_free(index);
+	return false;
 }
 
 static void
@@ -741,17 +766,123 @@ store_maildir_load_index(struct maildir_store *ms, const struct maildir_index *i
 	}
 }
 
+/* e is a second copy of the message kept at entries[kept_idx] (the same
+ * base name in new/ and cur/): hidden, and remembered so that an expunge of
+ * the message removes it too. Takes e->name. */
+static void
+store_maildir_note_duplicate(struct maildir_store *ms, const struct maildir_entry *kept,
+    size_t kept_idx, struct maildir_entry *e)
+{
+	char name[64];
+
+	store_maildir_log_name(name, sizeof(name), e->file);
+	log_info("maildir %s: %s/%s is a second copy of a message in %s/, hidden",
+	    ms->path, maildir_subdir_names[e->subdir], name,
+	    maildir_subdir_names[kept->subdir]);
+	ms->dups = xrealloc(ms->dups, (ms->n_dups + 1) * sizeof(*ms->dups));
+	ms->dups[ms->n_dups].idx = (uint32_t)kept_idx;
+	ms->dups[ms->n_dups].subdir = e->subdir;
+	ms->dups[ms->n_dups].file = xstrdup(e->file);
+	ms->n_dups++;
+	free(e->name);
+}
+
+/* Merge join of the scan with the index, both in (time, base) order: *ic
+ * advances through the index; a matching line gives e its size. Returns
+ * whether it matched. */
+static bool
+store_maildir_size_from_index(struct maildir_index *index, size_t *ic, struct maildir_entry *e)
+{
+	while (*ic < index->count && store_maildir_key_cmp(index->entries[*ic].time,
+	    index->entries[*ic].base, index->entries[*ic].base_len, e->time, e->file,
+	    e->base_len) < 0)
+		(*ic)++;
+	if (*ic >= index->count)
+		return false;
+	struct maildir_index_entry *ie = &index->entries[*ic];
+	if (ie->time != e->time ||
+	    store_maildir_base_cmp(ie->base, ie->base_len, e->file, e->base_len) != 0)
+		return false;
+	e->size = ie->size;
+	e->have_size = true;
+	bool first_use = !ie->used;
+	ie->used = true;
+	return first_use;
+}
+
+/* Read buffers for computing wire sizes, made on first need. */
+struct maildir_size_buffers {
+	char *in, *out;
+};
+
+enum maildir_size_result {
+	MAILDIR_SIZE_OK,
+	MAILDIR_SIZE_SKIP,      /* vanished, unreadable or not a file: not a message */
+	MAILDIR_SIZE_ERROR,     /* *error_r set: the open fails (STORE_TEMP) */
+};
+
+/* The wire size of e, from its file. */
+static enum maildir_size_result
+store_maildir_compute_size(struct maildir_store *ms, struct maildir_entry *e,
+    struct maildir_size_buffers *buf, char **error_r)
+{
+	char name[64];
+	int saved;
+
+	if (buf->in == NULL) {
+		buf->in = xmalloc(MAILDIR_READ_CHUNK);
+		buf->out = xmalloc(WIRE_ENCODE_MAX(MAILDIR_READ_CHUNK));
+	}
+	if (store_maildir_file_wire_size(ms->sub_fd[e->subdir], e->file, buf->in, buf->out,
+	    &e->size) == 0) {
+		e->have_size = true;
+		return MAILDIR_SIZE_OK;
+	}
+	saved = errno;
+	store_maildir_log_name(name, sizeof(name), e->file);
+	if (saved == ENOENT)
+		return MAILDIR_SIZE_SKIP;      /* vanished since readdir: not there */
+	if (saved == EACCES || saved == EPERM || saved == ELOOP || saved == EINVAL) {
+		/* Unreadable or not a file: it stays in place for the admin,
+		 * unseen by us. */
+		errno = saved;
+		log_warn("maildir %s: %s/%s skipped", ms->path,
+		    maildir_subdir_names[e->subdir], name);
+		return MAILDIR_SIZE_SKIP;
+	}
+	*error_r = xasprintf("maildir %s: read %s/%s: %s", ms->path,
+	    maildir_subdir_names[e->subdir], name, strerror(saved));
+	return MAILDIR_SIZE_ERROR;
+}
+
+/* The scanned entries become the session's messages (names taken over). */
+static void
+store_maildir_take_entries(struct maildir_store *ms, struct maildir_entry *entries, size_t count)
+{
+	ms->store.messages = xcalloc(count, sizeof(*ms->store.messages));
+	ms->store.count = (uint32_t)count;
+	ms->store.total_size = 0;
+	for (size_t i = 0; i < count; i++) {
+		struct store_message *m = &ms->store.messages[i];
+		m->uidl = maildir_uidl_from_name(entries[i].file, entries[i].base_len);
+		m->size = entries[i].size;
+		m->name = entries[i].name;
+		entries[i].name = NULL;
+		ms->store.total_size += m->size;
+	}
+}
+
 static enum store_status
 store_maildir_scan(struct maildir_store *ms, char **error_r)
 {
 	struct maildir_entry *entries = NULL;
 	struct maildir_index index;
 	struct maildir_dirs dirs;
+	struct maildir_size_buffers buf = { NULL, NULL };
 	struct timespec now;
 	size_t count = 0, alloc = 0, kept = 0, computed = 0, used = 0, ic = 0, skipped = 0;
 	bool index_valid, dirs_ok;
-	char *inbuf = NULL, *outbuf = NULL;
-	enum store_status status;
+	enum store_status status = STORE_OK;
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	dirs_ok = store_maildir_dirs_now(ms, &dirs);
@@ -762,90 +893,41 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 		return STORE_OK;
 	}
 
-	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+	for (int sub = 0; sub < MAILDIR_SUBDIRS && status == STORE_OK; sub++)
 		status = store_maildir_scan_dir(ms, (enum maildir_subdir)sub, &entries,
 		    &count, &alloc, &skipped, error_r);
-		if (status != STORE_OK) {
-			store_maildir_entries_free(entries, count);
-			store_maildir_index_free(&index);
-			return status;
-		}
-	}
+	if (status != STORE_OK)
+		goto out;
 	if (count > 0)
 		qsort(entries, count, sizeof(*entries), store_maildir_entry_cmp);
 
 	/* One pass in final order: keep one readable file per base name, take
-	 * its size from the cache or the file. Entries are compacted in place;
-	 * a copy of a kept message is remembered as its duplicate. */
+	 * its size from the cache or the file. Entries are compacted in place. */
 	for (size_t i = 0; i < count; i++) {
 		struct maildir_entry e = entries[i];
-		char name[64];
 
 		if (kept > 0 && store_maildir_base_cmp(entries[kept - 1].file,
 		    entries[kept - 1].base_len, e.file, e.base_len) == 0) {
-			store_maildir_log_name(name, sizeof(name), e.file);
-			log_info("maildir %s: %s/%s is a second copy of a message in %s/, hidden",
-			    ms->path, maildir_subdir_names[e.subdir], name,
-			    maildir_subdir_names[entries[kept - 1].subdir]);
-			ms->dups = xrealloc(ms->dups, (ms->n_dups + 1) * sizeof(*ms->dups));
-			ms->dups[ms->n_dups].idx = (uint32_t)(kept - 1);
-			ms->dups[ms->n_dups].subdir = e.subdir;
-			ms->dups[ms->n_dups].file = xstrdup(e.file);
-			ms->n_dups++;
-			free(e.name);
+			store_maildir_note_duplicate(ms, &entries[kept - 1], kept - 1, &e);
 			continue;
 		}
-		/* Merge join: both sequences are in (time, base) order. */
-		while (ic < index.count && store_maildir_key_cmp(index.entries[ic].time,
-		    index.entries[ic].base, index.entries[ic].base_len, e.time, e.file,
-		    e.base_len) < 0)
-			ic++;
-		if (ic < index.count) {
-			struct maildir_index_entry *ie = &index.entries[ic];
-			if (ie->time == e.time && store_maildir_base_cmp(ie->base, ie->base_len,
-			    e.file, e.base_len) == 0) {
-				e.size = ie->size;
-				e.have_size = true;
-				if (!ie->used)
-					used++;
-				ie->used = true;
-			}
-		}
+		if (store_maildir_size_from_index(&index, &ic, &e))
+			used++;
 		if (!e.have_size) {
-			if (inbuf == NULL) {
-				inbuf = xmalloc(MAILDIR_READ_CHUNK);
-				outbuf = xmalloc(WIRE_ENCODE_MAX(MAILDIR_READ_CHUNK));
+			enum maildir_size_result r = store_maildir_compute_size(ms, &e, &buf, error_r);
+			if (r == MAILDIR_SIZE_ERROR) {
+				/* Free the not yet compacted rest too. */
+				for (size_t j = i; j < count; j++)
+					free(entries[j].name);
+				count = kept;
+				status = STORE_TEMP;
+				goto out;
 			}
-			if (store_maildir_file_wire_size(ms->sub_fd[e.subdir], e.file,
-			    inbuf, outbuf, &e.size) < 0) {
-				int saved = errno;
-				store_maildir_log_name(name, sizeof(name), e.file);
-				if (saved == ENOENT) {
-					/* Vanished since readdir: not there. */
-					skipped++;
-				} else if (saved == EACCES || saved == EPERM ||
-				    saved == ELOOP || saved == EINVAL) {
-					/* Unreadable or not a file: it stays in
-					 * place for the admin, unseen by us. */
-					errno = saved;
-					log_warn("maildir %s: %s/%s skipped", ms->path,
-					    maildir_subdir_names[e.subdir], name);
-					skipped++;
-				} else {
-					*error_r = xasprintf("maildir %s: read %s/%s: %s",
-					    ms->path, maildir_subdir_names[e.subdir],
-					    name, strerror(saved));
-					status = STORE_TEMP;
-					/* Free the not yet compacted rest too. */
-					for (size_t j = i; j < count; j++)
-						free(entries[j].name);
-					count = kept;
-					goto out;
-				}
+			if (r == MAILDIR_SIZE_SKIP) {
+				skipped++;
 				free(e.name);
 				continue;
 			}
-			e.have_size = true;
 			computed++;
 		}
 		entries[kept++] = e;
@@ -859,24 +941,12 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	if (!index_valid || computed > 0 || used != index.count || dirs.known ||
 	    index.dirs.known || index.v1)
 		store_maildir_index_write(ms, entries, count, &dirs);
-
-	ms->store.messages = xcalloc(count, sizeof(*ms->store.messages));
-	ms->store.count = (uint32_t)count;
-	ms->store.total_size = 0;
-	for (size_t i = 0; i < count; i++) {
-		struct store_message *m = &ms->store.messages[i];
-		m->uidl = maildir_uidl_from_name(entries[i].file, entries[i].base_len);
-		m->size = entries[i].size;
-		m->name = entries[i].name;   /* taken over */
-		entries[i].name = NULL;
-		ms->store.total_size += m->size;
-	}
-	status = STORE_OK;
+	store_maildir_take_entries(ms, entries, count);
 out:
 	store_maildir_entries_free(entries, count);
 	store_maildir_index_free(&index);
-	free(inbuf);
-	free(outbuf);
+	free(buf.in);
+	free(buf.out);
 	return status;
 }
 
