@@ -1125,12 +1125,64 @@ store_maildir_open_root(const char *path, char **error_r)
 	return dir;
 }
 
+/* Take the session lock on the maildrop (docs/PROTOCOL.md §2). */
+static enum store_status
+store_maildir_lock(struct maildir_store *ms, char **error_r)
+{
+	switch (lock_acquire(ms->root_fd, MAILDIR_LOCK_NAME, &ms->lock, error_r)) {
+	case LOCK_OK:
+		return STORE_OK;
+	case LOCK_HELD:
+		*error_r = xasprintf("maildir %s: locked by another session", ms->path);
+		return STORE_IN_USE;
+	case LOCK_ERROR:
+	default: {
+		int saved = errno;
+		char *msg = *error_r;
+		*error_r = xasprintf("maildir %s: %s", ms->path, msg);
+		free(msg);
+		return store_maildir_errno_status(saved);
+	}
+	}
+}
+
+/* tmp/ made if missing; new/ and cur/ opened (made if missing) and checked
+ * like the maildrop itself. */
+static enum store_status
+store_maildir_open_subdirs(struct maildir_store *ms, char **error_r)
+{
+	int saved;
+
+	if (store_maildir_mkdir(ms->root_fd, "tmp") < 0) {
+		saved = errno;
+		*error_r = xasprintf("maildir %s: mkdir tmp: %s", ms->path, strerror(saved));
+		return store_maildir_errno_status(saved);
+	}
+	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
+		const char *subname = maildir_subdir_names[sub];
+		ms->sub_fd[sub] = openat(ms->root_fd, subname,
+		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (ms->sub_fd[sub] < 0 && errno == ENOENT &&
+		    store_maildir_mkdir(ms->root_fd, subname) == 0)
+			ms->sub_fd[sub] = openat(ms->root_fd, subname,
+			    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (ms->sub_fd[sub] < 0) {
+			saved = errno;
+			*error_r = xasprintf("maildir %s: %s/: %s", ms->path, subname,
+			    strerror(saved));
+			return store_maildir_errno_status(saved);
+		}
+		if (!store_maildir_check_owner(ms->sub_fd[sub], ms->path, subname, error_r))
+			return STORE_PERM;
+	}
+	return STORE_OK;
+}
+
 static enum store_status
 store_maildir_open(const char *path, struct store **store_r, char **error_r)
 {
 	struct maildir_store *ms;
 	enum store_status status;
-	int saved;
 
 	*store_r = NULL;
 	ms = xcalloc(1, sizeof(*ms));
@@ -1157,49 +1209,11 @@ store_maildir_open(const char *path, struct store **store_r, char **error_r)
 		goto fail;
 	}
 
-	switch (lock_acquire(ms->root_fd, MAILDIR_LOCK_NAME, &ms->lock, error_r)) {
-	case LOCK_OK:
-		break;
-	case LOCK_HELD:
-		*error_r = xasprintf("maildir %s: locked by another session", path);
-		status = STORE_IN_USE;
+	status = store_maildir_lock(ms, error_r);
+	if (status == STORE_OK)
+		status = store_maildir_open_subdirs(ms, error_r);
+	if (status != STORE_OK)
 		goto fail;
-	case LOCK_ERROR: {
-		saved = errno;
-		char *msg = *error_r;
-		*error_r = xasprintf("maildir %s: %s", path, msg);
-		free(msg);
-		status = store_maildir_errno_status(saved);
-		goto fail;
-	}
-	}
-
-	if (store_maildir_mkdir(ms->root_fd, "tmp") < 0) {
-		saved = errno;
-		*error_r = xasprintf("maildir %s: mkdir tmp: %s", path, strerror(saved));
-		status = store_maildir_errno_status(saved);
-		goto fail;
-	}
-	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
-		const char *subname = maildir_subdir_names[sub];
-		ms->sub_fd[sub] = openat(ms->root_fd, subname,
-		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (ms->sub_fd[sub] < 0 && errno == ENOENT &&
-		    store_maildir_mkdir(ms->root_fd, subname) == 0)
-			ms->sub_fd[sub] = openat(ms->root_fd, subname,
-			    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (ms->sub_fd[sub] < 0) {
-			saved = errno;
-			*error_r = xasprintf("maildir %s: %s/: %s", path, subname,
-			    strerror(saved));
-			status = store_maildir_errno_status(saved);
-			goto fail;
-		}
-		if (!store_maildir_check_owner(ms->sub_fd[sub], path, subname, error_r)) {
-			status = STORE_PERM;
-			goto fail;
-		}
-	}
 
 	status = store_maildir_scan(ms, error_r);
 	if (status != STORE_OK)
@@ -1440,14 +1454,28 @@ store_maildir_unlink_moved(struct maildir_store *ms, struct maildir_missing *mis
 	return u.failed;
 }
 
-static enum store_status
-store_maildir_expunge(struct store *store, const bool *deleted, char **error_r)
+/* What an expunge did so far. */
+struct maildir_expunge {
+	size_t removed;
+	unsigned failed;
+	int first_errno;            /* of the first failure */
+};
+
+static void
+store_maildir_expunge_failed(struct maildir_expunge *x, int err)
 {
-	struct maildir_store *ms = (struct maildir_store *)store;
-	struct maildir_missing *missing = NULL;
-	size_t n_missing = 0, removed = 0;
-	unsigned failed = 0;
-	int first_errno = 0;
+	if (x->first_errno == 0)
+		x->first_errno = err;
+	x->failed++;
+}
+
+/* Unlink the marked messages under the names the scan saw. The ones gone
+ * from there (ENOENT) go into missing[] for store_maildir_unlink_moved.
+ * Returns whether any message was marked. */
+static bool
+store_maildir_expunge_marked(struct maildir_store *ms, const bool *deleted,
+    struct maildir_missing **missing, size_t *n_missing, struct maildir_expunge *x)
+{
 	bool any = false;
 
 	for (uint32_t i = 0; i < ms->store.count; i++) {
@@ -1458,82 +1486,92 @@ store_maildir_expunge(struct store *store, const bool *deleted, char **error_r)
 			continue;
 		any = true;
 		if (unlinkat(ms->sub_fd[store_maildir_name_subdir(m->name)], file, 0) == 0) {
-			removed++;
+			x->removed++;
 			continue;
 		}
 		if (errno == ENOENT) {
-			if (missing == NULL)
-				missing = xcalloc(ms->store.count, sizeof(*missing));
-			missing[n_missing].base = file;
-			missing[n_missing].len = store_maildir_base_len(file);
-			missing[n_missing].idx = i;
-			n_missing++;
+			if (*missing == NULL)
+				*missing = xcalloc(ms->store.count, sizeof(**missing));
+			(*missing)[*n_missing].base = file;
+			(*missing)[*n_missing].len = store_maildir_base_len(file);
+			(*missing)[*n_missing].idx = i;
+			(*n_missing)++;
 			continue;
 		}
 		/* Keep going: every message we can remove now is one the
 		 * client will not download again. */
-		if (first_errno == 0)
-			first_errno = errno;
+		store_maildir_expunge_failed(x, errno);
 		log_warn("maildir %s: unlink message %u (%s)", ms->path, i + 1, m->uidl);
-		failed++;
 	}
 	for (size_t k = 0; k < ms->n_dups; k++) {
 		struct maildir_duplicate *dup = &ms->dups[k];
 		if (!deleted[dup->idx])
 			continue;
 		if (unlinkat(ms->sub_fd[dup->subdir], dup->file, 0) < 0 && errno != ENOENT) {
-			if (first_errno == 0)
-				first_errno = errno;
+			store_maildir_expunge_failed(x, errno);
 			log_warn("maildir %s: unlink second copy of message %u",
 			    ms->path, dup->idx + 1);
-			failed++;
 		}
 	}
-	if (n_missing > 0) {
-		int r = store_maildir_unlink_moved(ms, missing, n_missing);
-		if (r < 0) {
-			if (first_errno == 0)
-				first_errno = errno;
-			log_warn("maildir %s: looking for moved messages", ms->path);
-			failed++;
-		} else {
-			failed += (unsigned)r;
-			for (size_t k = 0; k < n_missing; k++) {
-				if (missing[k].found) {
-					removed++;
-					continue;
-				}
-				/* Expunged by someone else: the goal is met. */
-				log_info("maildir %s: message %u (%s) was already gone",
-				    ms->path, missing[k].idx + 1,
-				    ms->store.messages[missing[k].idx].uidl);
-			}
-		}
-		if (r != 0 && first_errno == 0)
-			first_errno = EIO;
+	return any;
+}
+
+/* The marked messages that had moved since the scan. */
+static void
+store_maildir_expunge_moved(struct maildir_store *ms, struct maildir_missing *missing,
+    size_t n_missing, struct maildir_expunge *x)
+{
+	int r = store_maildir_unlink_moved(ms, missing, n_missing);
+
+	if (r < 0) {
+		store_maildir_expunge_failed(x, errno);
+		log_warn("maildir %s: looking for moved messages", ms->path);
+		return;
 	}
+	if (r > 0) {
+		x->failed += (unsigned)r;
+		if (x->first_errno == 0)
+			x->first_errno = EIO;
+	}
+	for (size_t k = 0; k < n_missing; k++) {
+		if (missing[k].found) {
+			x->removed++;
+			continue;
+		}
+		/* Expunged by someone else: the goal is met. */
+		log_info("maildir %s: message %u (%s) was already gone", ms->path,
+		    missing[k].idx + 1, ms->store.messages[missing[k].idx].uidl);
+	}
+}
+
+static enum store_status
+store_maildir_expunge(struct store *store, const bool *deleted, char **error_r)
+{
+	struct maildir_store *ms = (struct maildir_store *)store;
+	struct maildir_missing *missing = NULL;
+	struct maildir_expunge x = { 0, 0, 0 };
+	size_t n_missing = 0;
+
+	bool any = store_maildir_expunge_marked(ms, deleted, &missing, &n_missing, &x);
+	if (n_missing > 0)
+		store_maildir_expunge_moved(ms, missing, n_missing, &x);
 	free(missing);
 
 	/* Removal is durable only once the directories are on disk; the
 	 * client forgets its copy of nothing, but must not see deleted mail
 	 * again after a crash (docs/RELIABILITY.md §2). */
-	if (any) {
-		for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
-			if (fsync(ms->sub_fd[sub]) < 0) {
-				if (first_errno == 0)
-					first_errno = errno;
-				log_warn("maildir %s: fsync %s/", ms->path,
-				    maildir_subdir_names[sub]);
-				failed++;
-			}
+	for (int sub = 0; any && sub < MAILDIR_SUBDIRS; sub++) {
+		if (fsync(ms->sub_fd[sub]) < 0) {
+			store_maildir_expunge_failed(&x, errno);
+			log_warn("maildir %s: fsync %s/", ms->path, maildir_subdir_names[sub]);
 		}
 	}
-	if (failed > 0) {
+	if (x.failed > 0) {
 		*error_r = xasprintf("maildir %s: expunge: %u failure(s), first: %s",
-		    ms->path, failed, strerror(first_errno));
+		    ms->path, x.failed, strerror(x.first_errno));
 		return STORE_TEMP;
 	}
-	log_debug("maildir %s: expunged %zu message(s)", ms->path, removed);
+	log_debug("maildir %s: expunged %zu message(s)", ms->path, x.removed);
 	return STORE_OK;
 }
 
