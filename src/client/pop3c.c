@@ -692,7 +692,7 @@ pop3c_open(const struct account *a, const char *password, struct fetch_error *er
 	};
 
 	s->account = a;
-	s->conn = conn_connect(a->host, a->port, (int)a->timeout, err);
+	s->conn = conn_connect(a->host, a->port, (int)a->timeout, (long)a->deadline, err);
 	if (s->conn == NULL)
 		goto fail;
 	if (a->tls == TLS_IMPLICIT && !conn_start_tls(s->conn, &topt, err))

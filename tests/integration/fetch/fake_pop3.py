@@ -173,7 +173,13 @@ class FakePop3:
                                             for n, i in enumerate(live)) + b".\r\n")
             elif cmd == "RETR":
                 i = live[int(arg) - 1]
-                if self.retr_hook is not None and self.retr_hook(conn, i):
+                # retr_hook(conn, i): a false value lets the server answer,
+                # "answered" means the hook did and the session goes on,
+                # anything else true ends the session
+                hooked = self.retr_hook(conn, i) if self.retr_hook is not None else None
+                if hooked == "answered":
+                    continue
+                if hooked:
                     return
                 send(b"+OK\r\n" + self.wire(self.messages[i]) + b".\r\n")
             elif cmd == "DELE":
