@@ -25,7 +25,9 @@ account_init(struct account *a)
 	a->keep = -1;
 	a->keep_days = -1;
 	a->max_size = -1;
+	a->max_message_size = -1;
 	a->timeout = -1;
+	a->deadline = -1;
 	a->allow_plaintext = -1;
 	a->pipelining = -1;
 }
@@ -205,6 +207,18 @@ account_set(struct account *a, const char *key, const char *value, const char *w
 		if (!account_parse_size(value, &a->max_size))
 			return fetch_error_set(err, EX_CONFIG,
 			    "%s: max_size must be octets, optionally with K or M", where);
+	} else if (!strcmp(key, "max_message_size")) {
+		int64_t v;
+		if (!account_parse_size(value, &v) || v == 0)
+			return fetch_error_set(err, EX_CONFIG,
+			    "%s: max_message_size must be octets (not 0), optionally with K, M "
+			    "or G", where);
+		a->max_message_size = v;
+	} else if (!strcmp(key, "deadline")) {
+		if (!parse_u64(value, ACCOUNT_MAX_DEADLINE, &u) || u == 0)
+			return fetch_error_set(err, EX_CONFIG,
+			    "%s: deadline must be 1..%d seconds", where, ACCOUNT_MAX_DEADLINE);
+		a->deadline = (int64_t)u;
 	} else if (!strcmp(key, "timeout")) {
 		if (!parse_u64(value, 86400, &u) || u == 0)
 			return fetch_error_set(err, EX_CONFIG,
@@ -262,8 +276,12 @@ account_override(struct account *dst, const struct account *src)
 		dst->keep_days = src->keep_days;
 	if (src->max_size >= 0)
 		dst->max_size = src->max_size;
+	if (src->max_message_size >= 0)
+		dst->max_message_size = src->max_message_size;
 	if (src->timeout >= 0)
 		dst->timeout = src->timeout;
+	if (src->deadline >= 0)
+		dst->deadline = src->deadline;
 	if (src->allow_plaintext >= 0)
 		dst->allow_plaintext = src->allow_plaintext;
 	if (src->pipelining >= 0)
@@ -304,6 +322,10 @@ account_finish(struct account *a, struct fetch_error *err)
 		a->keep = 0;
 	if (a->timeout < 0)
 		a->timeout = ACCOUNT_DEFAULT_TIMEOUT;
+	if (a->max_message_size < 0)
+		a->max_message_size = ACCOUNT_DEFAULT_MAX_MESSAGE_SIZE;
+	if (a->deadline < 0)
+		a->deadline = ACCOUNT_DEFAULT_DEADLINE;
 	if (a->allow_plaintext < 0)
 		a->allow_plaintext = 0;
 	if (a->insecure < 0)

@@ -27,12 +27,20 @@ struct account {
 	int keep;                  /* -1 unset, 0, 1 */
 	int64_t keep_days;         /* -1: keep forever */
 	int64_t max_size;          /* -1: no limit */
+	int64_t max_message_size;  /* octets, -1: default */
 	int64_t timeout;           /* seconds, -1: default */
+	int64_t deadline;          /* seconds, -1: default */
 	int allow_plaintext;       /* -1 unset, 0, 1 */
 	int pipelining;            /* -1 auto, 0 off, 1 on (if offered) */
 };
 
 #define ACCOUNT_DEFAULT_TIMEOUT 60
+/* Limits against a hostile server (docs/DESIGN.md, "popbox fetch: limits
+ * against a hostile server"): the most octets one message may take
+ * whatever LIST says, and the longest a session may last. */
+#define ACCOUNT_DEFAULT_MAX_MESSAGE_SIZE (INT64_C(1) << 30)
+#define ACCOUNT_DEFAULT_DEADLINE 3600
+#define ACCOUNT_MAX_DEADLINE (7 * 86400)
 
 /* Every field unset; whatever a held is not freed. */
 void account_init(struct account *a);

@@ -39,6 +39,61 @@ fetch_error_set(struct fetch_error *err, int code, const char *fmt, ...)
 	return false;
 }
 
+static double
+mono_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static bool
+deadline_error(const struct conn *c, struct fetch_error *err)
+{
+	return fetch_error_set(err, EX_TEMPFAIL,
+	    "the session with the server took longer than its deadline of %ld s "
+	    "(deadline); dropped it without QUIT. What was delivered is kept; the "
+	    "next run goes on", c->deadline_sec);
+}
+
+/* Set both socket timeouts to ms milliseconds (if not already). */
+static void
+conn_set_timeouts(struct conn *c, long ms)
+{
+	if (ms == c->armed_ms)
+		return;
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	(void)setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	(void)setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	c->armed_ms = ms;
+}
+
+/* Before each blocking read, write or handshake: false (err set) once the
+ * deadline has passed; when it is nearer than the per-operation timeout,
+ * the socket timeouts are shortened to it, so that no single wait (a
+ * server sending a byte just before each timeout) runs past it. */
+static bool
+conn_arm(struct conn *c, struct fetch_error *err)
+{
+	if (c->deadline_sec == 0)
+		return true;
+	double left = c->deadline - mono_now();
+	if (left <= 0)
+		return deadline_error(c, err);
+	long ms = (long)c->timeout * 1000;
+	if (left * 1000 < (double)ms)
+		ms = (long)(left * 1000) + 1;
+	conn_set_timeouts(c, ms);
+	return true;
+}
+
+/* A socket timeout just expired: was it the deadline's? */
+static bool
+conn_deadline_hit(const struct conn *c)
+{
+	return c->deadline_sec != 0 && c->armed_ms < (long)c->timeout * 1000;
+}
+
 static bool
 connect_one(int fd, const struct sockaddr *sa, socklen_t salen, int timeout)
 {
@@ -74,10 +129,13 @@ connect_one(int fd, const struct sockaddr *sa, socklen_t salen, int timeout)
 }
 
 struct conn *
-conn_connect(const char *host, const char *port, int timeout, struct fetch_error *err)
+conn_connect(const char *host, const char *port, int timeout, long deadline,
+    struct fetch_error *err)
 {
 	struct addrinfo hints, *res = NULL;
 	int r, fd = -1, saved = 0;
+	double end = mono_now() + (double)deadline;
+	bool late = false;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -89,12 +147,22 @@ conn_connect(const char *host, const char *port, int timeout, struct fetch_error
 		return NULL;
 	}
 	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+		int wait = timeout;
+		if (deadline != 0) {
+			double left = end - mono_now();
+			if (left <= 0) {
+				late = true;
+				break;
+			}
+			if (left < wait)
+				wait = (int)left + 1;
+		}
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
 		if (fd < 0) {
 			saved = errno;
 			continue;
 		}
-		if (connect_one(fd, ai->ai_addr, ai->ai_addrlen, timeout))
+		if (connect_one(fd, ai->ai_addr, ai->ai_addrlen, wait))
 			break;
 		saved = errno;
 		close(fd);
@@ -102,18 +170,24 @@ conn_connect(const char *host, const char *port, int timeout, struct fetch_error
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
-		fetch_error_set(err, EX_TEMPFAIL, "cannot connect to %s port %s: %s",
-		    host, port, strerror(saved));
+		if (late)
+			fetch_error_set(err, EX_TEMPFAIL, "cannot connect to %s port %s within "
+			    "the deadline of %ld s (deadline)", host, port, deadline);
+		else
+			fetch_error_set(err, EX_TEMPFAIL, "cannot connect to %s port %s: %s",
+			    host, port, strerror(saved));
 		return NULL;
 	}
-	struct timeval tv = { .tv_sec = timeout, .tv_usec = 0 };
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	int one = 1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
 	struct conn *c = xcalloc(1, sizeof(*c));
 	c->fd = fd;
+	c->timeout = timeout;
+	c->deadline_sec = deadline;
+	c->deadline = end;
+	c->armed_ms = -1;
+	conn_set_timeouts(c, (long)timeout * 1000);
 	return c;
 }
 
@@ -276,6 +350,8 @@ conn_start_tls(struct conn *c, const struct tls_options *opt, struct fetch_error
 	}
 	SSL_set_fd(ssl, c->fd);
 	memset(&verify_seen, 0, sizeof(verify_seen));
+	if (!conn_arm(c, err))
+		return false;
 	errno = 0;
 	int r = SSL_connect(ssl);
 	if (r != 1) {
@@ -294,6 +370,8 @@ conn_start_tls(struct conn *c, const struct tls_options *opt, struct fetch_error
 		char e[256];
 		int saved = errno;
 		openssl_errors(e, sizeof(e));
+		if ((saved == EAGAIN || saved == EWOULDBLOCK) && conn_deadline_hit(c))
+			return deadline_error(c, err);
 		if (saved == EAGAIN || saved == EWOULDBLOCK)
 			snprintf(e, sizeof(e), "timed out");
 		return fetch_error_set(err, EX_TEMPFAIL, "TLS handshake with %s failed: %s",
@@ -344,8 +422,10 @@ conn_discard_buffer(struct conn *c)
 }
 
 static bool
-io_error(struct fetch_error *err, int saved, const char *what)
+io_error(const struct conn *c, struct fetch_error *err, int saved, const char *what)
 {
+	if ((saved == EAGAIN || saved == EWOULDBLOCK) && conn_deadline_hit(c))
+		return deadline_error(c, err);
 	if (saved == EAGAIN || saved == EWOULDBLOCK)
 		return fetch_error_set(err, EX_TEMPFAIL, "timed out %s the server", what);
 	return fetch_error_set(err, EX_TEMPFAIL, "connection lost %s the server: %s", what,
@@ -358,13 +438,15 @@ conn_write(struct conn *c, const void *data, size_t len, struct fetch_error *err
 	const char *p = data;
 	while (len > 0) {
 		ssize_t n;
+		if (!conn_arm(c, err))
+			return false;
 		errno = 0;
 		if (c->ssl != NULL) {
 			int r = SSL_write(c->ssl, p, len > INT32_MAX ? INT32_MAX : (int)len);
 			if (r <= 0) {
 				int saved = errno;
 				ERR_clear_error();
-				return io_error(err, saved, "writing to");
+				return io_error(c, err, saved, "writing to");
 			}
 			n = r;
 		} else {
@@ -372,7 +454,7 @@ conn_write(struct conn *c, const void *data, size_t len, struct fetch_error *err
 			if (n < 0 && errno == EINTR)
 				continue;
 			if (n <= 0)
-				return io_error(err, errno, "writing to");
+				return io_error(c, err, errno, "writing to");
 		}
 		p += n;
 		len -= (size_t)n;
@@ -411,10 +493,12 @@ conn_fill(struct conn *c, struct fetch_error *err)
 		return true;
 	c->start = c->end = 0;
 	if (c->eof)
-		return io_error(err, 0, "reading from");
+		return io_error(c, err, 0, "reading from");
 	conn_quickack(c);
 	for (;;) {
 		ssize_t n;
+		if (!conn_arm(c, err))
+			return false;
 		errno = 0;
 		if (c->ssl != NULL) {
 			int r = SSL_read(c->ssl, c->buf, sizeof(c->buf));
@@ -425,7 +509,7 @@ conn_fill(struct conn *c, struct fetch_error *err)
 				if (e == SSL_ERROR_ZERO_RETURN)
 					saved = 0;
 				c->eof = true;
-				return io_error(err, saved, "reading from");
+				return io_error(c, err, saved, "reading from");
 			}
 			n = r;
 		} else {
@@ -434,7 +518,7 @@ conn_fill(struct conn *c, struct fetch_error *err)
 				continue;
 			if (n <= 0) {
 				c->eof = true;
-				return io_error(err, n < 0 ? errno : 0, "reading from");
+				return io_error(c, err, n < 0 ? errno : 0, "reading from");
 			}
 		}
 		c->end = (size_t)n;

@@ -33,13 +33,21 @@ struct conn {
 	bool eof;
 	bool quickack_due;           /* written since the last read (conn.c) */
 	uint64_t bytes_in;
+	int timeout;                 /* seconds, for each read or write */
+	long deadline_sec;           /* the whole connection's bound, 0: none */
+	double deadline;             /* when it ends (CLOCK_MONOTONIC seconds) */
+	long armed_ms;               /* what SO_RCVTIMEO/SO_SNDTIMEO are set to */
 };
 
 /* Connect to host:port (any address family getaddrinfo gives), each
  * attempt bounded by timeout seconds; socket reads/writes get the same
- * timeout. Returns a new conn (the caller closes it with conn_close()) or
- * NULL (EX_TEMPFAIL / EX_NOHOST). */
-struct conn *conn_connect(const char *host, const char *port, int timeout,
+ * timeout. deadline (seconds from now, 0: none) bounds the whole
+ * connection: connect, handshake, every read and write; a wait that would
+ * end past it is cut short, and once it has passed every operation fails
+ * with EX_TEMPFAIL and a message that names it (docs/DESIGN.md, "popbox
+ * fetch: limits against a hostile server"). Returns a new conn (the
+ * caller closes it with conn_close()) or NULL (EX_TEMPFAIL / EX_NOHOST). */
+struct conn *conn_connect(const char *host, const char *port, int timeout, long deadline,
     struct fetch_error *err);
 
 /* TLS handshake on the connection, verification as tls_options say.

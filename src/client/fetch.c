@@ -248,6 +248,8 @@ plan(struct run *r, int64_t now)
 			m->action = !a->keep || old ? ACT_DELE : ACT_KEEP;
 		} else if (a->max_size >= 0 && m->size > (uint64_t)a->max_size) {
 			m->action = ACT_SKIP_SIZE;
+		} else if (m->size > (uint64_t)a->max_message_size) {
+			m->action = ACT_TOO_BIG;
 		} else {
 			m->action = ACT_FETCH;
 			r->n_fetch_planned++;
@@ -380,11 +382,33 @@ rebuild_state(struct run *r, struct fetch_error *err)
 	return quit(r, err);
 }
 
+/* A message LIST announces as larger than max_message_size: not fetched
+ * (a hostile server can announce any size and then send without end),
+ * left on the server, said on stderr; the run ends with EX_PROTOCOL. */
+static void
+too_big(struct run *r, uint32_t i)
+{
+	char msg[sizeof(r->soft_msg)];
+	snprintf(msg, sizeof(msg), "message %u: the server lists it at %" PRIu64 " octets, "
+	    "more than max_message_size (%" PRId64 "); not fetched, left on the server "
+	    "(raise max_message_size to fetch it)", i + 1, r->m[i].size,
+	    r->a->max_message_size);
+	fprintf(stderr, "popbox: %s: %s\n", r->a->name, msg);
+	r->m[i].failed = true;
+	r->n_too_big++;
+	if (r->soft_code == 0) {
+		r->soft_code = EX_PROTOCOL;
+		snprintf(r->soft_msg, sizeof(r->soft_msg), "%s", msg);
+	}
+}
+
 /* Count what the plan keeps or skips (and say why a message is skipped). */
 static void
 count_unfetched(struct run *r)
 {
 	for (uint32_t i = 0; i < r->count; i++) {
+		if (r->m[i].action == ACT_TOO_BIG)
+			too_big(r, i);
 		if (r->m[i].action == ACT_KEEP)
 			r->n_kept++;
 		if (r->m[i].action == ACT_SKIP_SIZE) {

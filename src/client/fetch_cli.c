@@ -31,6 +31,7 @@ static const struct keyopt keyopts[] = {
 	{ "keep-days", "keep_days", false }, { "max-size", "max_size", false },
 	{ "timeout", "timeout", false }, { "allow-plaintext", "allow_plaintext", true },
 	{ "pipelining", "pipelining", false },
+	{ "max-message-size", "max_message_size", false }, { "deadline", "deadline", false },
 };
 
 static void
@@ -51,7 +52,7 @@ usage(FILE *f)
 	    "  --tls-fingerprint SHA256 --insecure --user U --password-command CMD\n"
 	    "  --auth auto|MECH --deliver maildir:PATH|mbox:PATH|mda:CMD --keep[=yes|no]\n"
 	    "  --keep-days N --max-size N[K|M] --timeout SEC --allow-plaintext[=yes|no]\n"
-	    "  --pipelining auto|yes|no\n"
+	    "  --pipelining auto|yes|no --max-message-size N[K|M|G] --deadline SEC\n"
 	    "A password is never taken from the command line: use the file or\n"
 	    "--password-command. See popbox(1) and popbox-accounts.conf(5).\n"
 	    "Exit: 0 ok, 75 temporary failure, 77 login refused, 78 configuration,\n"

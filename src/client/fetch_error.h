@@ -1,12 +1,14 @@
 /* Error reporting inside popbox fetch: every failing function fills a
  * struct fetch_error with a sysexits.h status and one human sentence, and
  * returns false. The status decides what cron sees:
- *   EX_TEMPFAIL 75  network, timeouts, [IN-USE], [LOGIN-DELAY], [SYS/TEMP]
+ *   EX_TEMPFAIL 75  network, timeouts, the deadline, [IN-USE], [LOGIN-DELAY],
+ *                   [SYS/TEMP]
  *   EX_NOPERM   77  credentials refused
  *   EX_CONFIG   78  configuration error, refusing to send a password in clear
  *   EX_IOERR    74  local delivery failed
  *   EX_UNAVAILABLE 69 certificate not trusted, [SYS/PERM]
- *   EX_PROTOCOL 76  the server broke the protocol
+ *   EX_PROTOCOL 76  the server broke the protocol, a message over
+ *                   max_message_size, a SCRAM iteration count out of bounds
  */
 #ifndef POPBOX_FETCH_ERROR_H
 #define POPBOX_FETCH_ERROR_H

@@ -25,7 +25,8 @@
 /* The longest command line: "DELE 4294967295\r\n". */
 #define FETCH_COMMAND_MAX 20
 /* A message body may exceed its LIST size (CRLF counting, broken servers)
- * but not by this much: beyond it the server is hostile (docs/RELIABILITY.md §5). */
+ * but not by this much: beyond it the server is hostile (docs/RELIABILITY.md
+ * §5). Nor beyond max_message_size, whatever LIST said (body_limit). */
 #define FETCH_BODY_SLACK 65536
 /* Maildir batches: messages whole in tmp/ are made durable together (one
  * sync, one fsync of new/) when the batch has this many messages or bytes,
@@ -61,6 +62,19 @@ struct pipeline {
 };
 
 /* ---- one RETR body ---- */
+
+/* The most wire octets the body of message i may take: twice its LIST
+ * size and some slack, but never more than max_message_size (the plan
+ * fetches nothing LIST announces above it; this bounds the server that
+ * announces little and sends more). */
+static uint64_t
+body_limit(const struct run *r, uint32_t i)
+{
+	/* LIST sizes are at most UINT64_MAX / 4 (pop3_parse_list_line) */
+	uint64_t lim = r->m[i].size * 2 + FETCH_BODY_SLACK;
+	uint64_t cap = (uint64_t)r->a->max_message_size;
+	return lim < cap ? lim : cap;
+}
 
 /* Where the pieces of one RETR body go (retr_piece). */
 struct retr_sink {
@@ -102,12 +116,19 @@ retr_body(struct pipeline *p, uint32_t i, struct fetch_error *err, struct fetch_
 
 	if (!r->d->ops->begin(r->d, &dm, local))
 		k.delivering = false;
-	switch (pop3c_read_body(p->s, m->size * 2 + FETCH_BODY_SLACK, retr_piece, &k, err)) {
+	uint64_t limit = body_limit(r, i);
+	switch (pop3c_read_body(p->s, limit, retr_piece, &k, err)) {
 	case POP3C_BODY_OK:
 		break;
 	case POP3C_BODY_TOO_LONG:
 		if (k.delivering)
 			r->d->ops->abort(r->d);
+		if (limit == (uint64_t)r->a->max_message_size)
+			return fetch_error_set(err, EX_PROTOCOL,
+			    "message %u: more than max_message_size (%" PRId64 " octets) arrived, "
+			    "though LIST announced %" PRIu64 "; not delivered, the session was "
+			    "dropped without QUIT and nothing deleted in it", i + 1,
+			    r->a->max_message_size, m->size);
 		return fetch_error_set(err, EX_PROTOCOL,
 		    "message %u is far larger than the %" PRIu64 " octets LIST announced; "
 		    "aborting", i + 1, m->size);
@@ -314,7 +335,7 @@ answer_retr(struct pipeline *p, uint32_t i, enum pop3_status st, struct fetch_er
 	if (p->fatal_local) {
 		/* already failing: drain the pipelined reply, deliver nothing;
 		 * an endless body just drops the session */
-		return pop3c_skip_body(p->s, m->size * 2 + FETCH_BODY_SLACK, err);
+		return pop3c_skip_body(p->s, body_limit(r, i), err);
 	}
 	if (!retr_body(p, i, err, &local))
 		return false;

@@ -59,7 +59,8 @@ void
 fetch_report_list(const struct run *r)
 {
 	static const char *const what[ACT_COUNT] = { "", "fetch", "delete (already delivered)",
-	    "keep (already delivered)", "skip (larger than max_size)" };
+	    "keep (already delivered)", "skip (larger than max_size)",
+	    "not fetched (larger than max_message_size)" };
 	uint32_t n[ACT_COUNT] = { 0 };
 	printf("%s: %u messages on the server\n", r->a->name, r->count);
 	for (uint32_t i = 0; i < r->count; i++) {
@@ -72,9 +73,12 @@ fetch_report_list(const struct run *r)
 	}
 	char sz[32];
 	human_size(r->bytes_planned, sz, sizeof(sz));
-	printf("%s: would fetch %u (%s), delete %u, keep %u, skip %u\n", r->a->name,
+	printf("%s: would fetch %u (%s), delete %u, keep %u, skip %u", r->a->name,
 	    n[ACT_FETCH], sz, n[ACT_DELE] + (r->a->keep ? 0 : n[ACT_FETCH]), n[ACT_KEEP],
 	    n[ACT_SKIP_SIZE]);
+	if (n[ACT_TOO_BIG] > 0)
+		printf(", %u larger than max_message_size", n[ACT_TOO_BIG]);
+	printf("\n");
 }
 
 void
@@ -85,5 +89,5 @@ fetch_report_summary(const struct run *r, bool aborted)
 	double el = fetch_now() - r->t0;
 	printf("%s: fetched %u (%s) in %.1fs, deleted %u, kept %u, skipped %u, "
 	    "failed %u%s\n", r->a->name, r->n_fetched, sz, el, r->n_deleted, r->n_kept,
-	    r->n_skipped, r->n_failed, aborted ? " (aborted)" : "");
+	    r->n_skipped, r->n_failed + r->n_too_big, aborted ? " (aborted)" : "");
 }

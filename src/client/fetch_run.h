@@ -17,8 +17,12 @@
 #include "client/pop3c.h"
 #include "client/uidl_state.h"
 
-/* What the plan does with a message (the order is print_list's). */
-enum msg_action { ACT_NONE, ACT_FETCH, ACT_DELE, ACT_KEEP, ACT_SKIP_SIZE, ACT_COUNT };
+/* What the plan does with a message (the order is print_list's).
+ * ACT_TOO_BIG: LIST says it is larger than max_message_size; left on the
+ * server, and the run ends with EX_PROTOCOL. */
+enum msg_action {
+	ACT_NONE, ACT_FETCH, ACT_DELE, ACT_KEEP, ACT_SKIP_SIZE, ACT_TOO_BIG, ACT_COUNT
+};
 
 /* One message on the server (index = message number - 1). */
 struct msg {
@@ -53,6 +57,7 @@ struct run {
 	struct marker_seen *markers;    /* sorted by value */
 	size_t nmarkers, capmarkers;
 	uint32_t n_fetch_planned, n_fetched, n_deleted, n_kept, n_skipped, n_failed;
+	uint32_t n_too_big;             /* ACT_TOO_BIG: reported as failed */
 	uint64_t bytes_planned, bytes_fetched;
 	double t0, last_progress, last_save;
 	size_t unsaved;                 /* state entries added since the last save */

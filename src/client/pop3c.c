@@ -1,6 +1,7 @@
 #include "client/pop3c.h"
 #include "common/base64.h"
 #include "common/log.h"
+#include "common/scram.h"
 #include "common/util.h"
 
 #include <inttypes.h>
@@ -220,12 +221,30 @@ sasl_library(void)
 	return lib;
 }
 
-/* Does mech need the password to be protected by TLS? */
+/* Does mech send the password (or token) itself? */
 static bool
 mech_exposes_secret(const char *mech)
 {
 	return !strcmp(mech, "PLAIN") || !strcmp(mech, "LOGIN") || !strcmp(mech, "USER") ||
 	    !strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER");
+}
+
+/* Does mech send an MD5 digest of the password and a challenge anyone on
+ * the path sees (APOP, CRAM-MD5), so that one recorded login lets them test
+ * guesses offline at the price of an MD5 each? */
+static bool
+mech_md5_digest(const char *mech)
+{
+	return !strcmp(mech, "APOP") || !strcmp(mech, "CRAM-MD5");
+}
+
+/* Does mech need TLS (or allow_plaintext) to be used? SCRAM does not: its
+ * recorded proof costs the iteration count per guess, and that count is
+ * bounded (scram_check_server_first). */
+static bool
+mech_needs_tls(const char *mech)
+{
+	return mech_exposes_secret(mech) || mech_md5_digest(mech);
 }
 
 /* Mechanisms whose first message comes from the client (initial response). */
@@ -328,13 +347,73 @@ auth_oauth(struct pop3c *s, const char *mech, const char *user, const char *toke
 	return POP3_INVALID;
 }
 
-/* Answer one SASL challenge (base64 text ch, freed here) with the next
- * step of the mechanism; *rc gets the step's GNU SASL status. A challenge
- * that is not base64, or a step that fails, is answered with "*" (the
- * exchange is cancelled) and is EX_PROTOCOL. */
+bool
+pop3c_scram_iterations(const unsigned char *msg, size_t len, uint64_t *iter)
+{
+	bool seen = false;
+	size_t i = 0;
+	while (i < len) {
+		size_t end = i;
+		while (end < len && msg[end] != ',')
+			end++;
+		if (end - i >= 2 && msg[i] == 'i' && msg[i + 1] == '=') {
+			size_t ndig = end - i - 2;
+			const unsigned char *d = msg + i + 2;
+			/* posit-number = %x31-39 *DIGIT (RFC 5802 §7); ten digits
+			 * are more than any count accepted */
+			if (seen || ndig == 0 || ndig > 10 || d[0] < '1' || d[0] > '9')
+				return false;
+			uint64_t v = 0;
+			for (size_t k = 0; k < ndig; k++) {
+				if (d[k] < '0' || d[k] > '9')
+					return false;
+				v = v * 10 + (uint64_t)(d[k] - '0');
+			}
+			*iter = v;
+			seen = true;
+		}
+		i = end + 1;
+	}
+	return seen;
+}
+
+/* The server-first message of SCRAM (dec, decoded) names the iteration
+ * count the client must spend on the password. A man in the middle (or a
+ * server) asking for few makes the proof we send cheap to attack offline;
+ * asking for very many keeps us computing (GNU SASL: ~0.7 s a million).
+ * Outside POP3C_SCRAM_MIN_ITERATIONS .. POP3C_SCRAM_MAX_ITERATIONS it is
+ * refused before any work on the password (docs/DESIGN.md, "popbox fetch:
+ * limits against a hostile server"). EX_PROTOCOL, like the other SCRAM
+ * answers that show the server cannot be trusted. */
 static bool
-sasl_answer(struct pop3c *s, Gsasl_session *ss, const char *mech, char *ch, int *rc,
+scram_check_server_first(const char *mech, const unsigned char *dec, size_t declen,
     struct fetch_error *err)
+{
+	uint64_t iter;
+	if (!pop3c_scram_iterations(dec, declen, &iter))
+		return fetch_error_set(err, EX_PROTOCOL,
+		    "the server's %s challenge has no valid iteration count (i=); "
+		    "refusing to log in", mech);
+	if (iter < POP3C_SCRAM_MIN_ITERATIONS || iter > POP3C_SCRAM_MAX_ITERATIONS)
+		return fetch_error_set(err, EX_PROTOCOL,
+		    "the server asked for %s with an iteration count of %" PRIu64 "; popbox "
+		    "accepts %u to %u (fewer make the password cheap to guess for anyone who "
+		    "saw the exchange, more keep the client computing for a long time). "
+		    "Refusing to log in: a man in the middle can do this where there is "
+		    "no TLS", mech, iter, POP3C_SCRAM_MIN_ITERATIONS,
+		    POP3C_SCRAM_MAX_ITERATIONS);
+	return true;
+}
+
+/* Answer one SASL challenge (base64 text ch, freed here) with the next
+ * step of the mechanism; *rc gets the step's GNU SASL status. first: ch
+ * is the server's first challenge (for SCRAM its server-first message,
+ * whose iteration count is checked before GNU SASL sees it). A challenge
+ * that is not base64, a refused iteration count, or a step that fails is
+ * answered with "*" (the exchange is cancelled) and is EX_PROTOCOL. */
+static bool
+sasl_answer(struct pop3c *s, Gsasl_session *ss, const char *mech, char *ch, bool first,
+    int *rc, struct fetch_error *err)
 {
 	unsigned char *dec;
 	size_t declen;
@@ -344,7 +423,15 @@ sasl_answer(struct pop3c *s, Gsasl_session *ss, const char *mech, char *ch, int 
 		pop3c_send(s, "*", -1, err);
 		return fetch_error_set(err, EX_PROTOCOL, "invalid base64 in SASL challenge");
 	}
+	bool refused = first && !strncmp(mech, "SCRAM-", 6) &&
+	    !scram_check_server_first(mech, dec, declen, err);
 	free(dec);
+	if (refused) {
+		free(ch);
+		struct fetch_error ignored = { 0 };
+		pop3c_send(s, "*", -1, &ignored);
+		return false;
+	}
 	*rc = gsasl_step64(ss, ch, &out);
 	free(ch);
 	if (*rc != GSASL_OK && *rc != GSASL_NEEDS_MORE) {
@@ -410,7 +497,7 @@ auth_sasl(struct pop3c *s, const char *mech, const char *user, const char *passw
 			}
 			goto done;
 		}
-		if (!sasl_answer(s, ss, mech, ch, &rc, err)) {
+		if (!sasl_answer(s, ss, mech, ch, round == 0, &rc, err)) {
 			st = POP3_INVALID;
 			goto done;
 		}
@@ -488,8 +575,9 @@ mech_available(struct pop3c *s, const char *mech)
 
 /* The mechanisms to try, in order, into cands (room for AUTH_ORDER_MAX):
  * the one the account names, or (auth = auto) those both sides have,
- * strongest first, leaving out the ones that would send the password in
- * clear without TLS (unless allow_plaintext). False (EX_CONFIG or
+ * strongest first, leaving out without TLS (unless allow_plaintext) the
+ * ones that would send the password in clear or an MD5 digest of it
+ * (mech_needs_tls). False (EX_CONFIG or
  * EX_UNAVAILABLE) when none is left. */
 static bool
 choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
@@ -503,11 +591,13 @@ choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
 	bool refused_clear = false;
 
 	if (strcasecmp(a->auth, "auto") != 0) {
-		if (mech_exposes_secret(a->auth) && !clear_ok)
+		if (mech_needs_tls(a->auth) && !clear_ok)
 			return fetch_error_set(err, EX_CONFIG,
-			    "account %s: auth %s would send the password in clear over an "
-			    "unencrypted connection; use tls = starttls or implicit, or set "
-			    "allow_plaintext = yes if you accept that", a->name, a->auth);
+			    "account %s: auth %s would send %s over an unencrypted connection; "
+			    "use tls = starttls or implicit, or set allow_plaintext = yes if you "
+			    "accept that", a->name, a->auth, mech_md5_digest(a->auth) ?
+			    "an MD5 digest of the password (anyone who sees it can try guesses "
+			    "offline)" : "the password in clear");
 		if (!strcmp(a->auth, "CRAM-MD5") ? !pop3_capa_has_sasl(&s->capa, "CRAM-MD5") :
 		    !mech_available(s, a->auth))
 			return fetch_error_set(err, EX_UNAVAILABLE,
@@ -521,7 +611,7 @@ choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
 	for (size_t i = 0; i < N_ELEMENTS(order); i++) {
 		if (!mech_available(s, order[i]))
 			continue;
-		if (mech_exposes_secret(order[i]) && !clear_ok) {
+		if (mech_needs_tls(order[i]) && !clear_ok) {
 			refused_clear = true;
 			continue;
 		}
@@ -533,7 +623,8 @@ choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
 	if (n == 0 && refused_clear)
 		return fetch_error_set(err, EX_CONFIG,
 		    "account %s: the server offers only mechanisms that send the password "
-		    "in clear, and the connection is not encrypted; refusing. Use tls = "
+		    "in clear or as an MD5 digest anyone who sees it can attack offline "
+		    "(APOP), and the connection is not encrypted; refusing. Use tls = "
 		    "starttls or implicit, or set allow_plaintext = yes if you accept that",
 		    a->name);
 	if (n == 0)
@@ -601,7 +692,7 @@ pop3c_open(const struct account *a, const char *password, struct fetch_error *er
 	};
 
 	s->account = a;
-	s->conn = conn_connect(a->host, a->port, (int)a->timeout, err);
+	s->conn = conn_connect(a->host, a->port, (int)a->timeout, (long)a->deadline, err);
 	if (s->conn == NULL)
 		goto fail;
 	if (a->tls == TLS_IMPLICIT && !conn_start_tls(s->conn, &topt, err))

@@ -17,6 +17,7 @@
 #include "client/account.h"
 #include "client/conn.h"
 #include "common/pop3_proto.h"
+#include "common/scram.h"
 
 struct pop3c {
 	struct conn *conn;                      /* owned */
@@ -92,6 +93,19 @@ enum pop3c_body_status pop3c_read_body(struct pop3c *s, uint64_t max_octets,
  * body was read; false with err set (EX_PROTOCOL past max_octets, or the
  * connection's error) otherwise, and the session is then unusable. */
 bool pop3c_skip_body(struct pop3c *s, uint64_t max_octets, struct fetch_error *err);
+
+/* The SCRAM iteration counts popbox fetch accepts from a server: at least
+ * what RFC 5802 §5.1 asks for (and popbox hash writes by default), at most
+ * what popbox hash and popboxd accept (src/common/scram.h), a few seconds
+ * of CPU. Outside, the login is refused before any work on the password. */
+#define POP3C_SCRAM_MIN_ITERATIONS SCRAM_ITERATIONS_MIN_GENERATE
+#define POP3C_SCRAM_MAX_ITERATIONS SCRAM_ITERATIONS_MAX
+
+/* The iteration count (i=) of a SCRAM server-first message (msg, len
+ * octets, decoded from base64). True with *iter set when exactly one i=
+ * attribute is there and is a positive decimal number of at most ten
+ * digits without leading zeros (RFC 5802 §7); false otherwise. */
+bool pop3c_scram_iterations(const unsigned char *msg, size_t len, uint64_t *iter);
 
 /* Turn the last -ERR into an error: temporary codes -> EX_TEMPFAIL,
  * [SYS/PERM] -> EX_UNAVAILABLE, otherwise `code`. The message is `what`

@@ -1,4 +1,5 @@
 #include "client/uidl_state.h"
+#include "common/keyed_hash.h"
 #include "common/pop3_proto.h"
 #include "common/util.h"
 
@@ -13,17 +14,19 @@
 /* A state file line: time, size, UIDL (<= 70) and separators. */
 #define UIDL_STATE_MAX_LINE 256
 
+/* The index is keyed (keyed_hash64: SipHash under a key made at random per
+ * process; docs/DESIGN.md, "popbox fetch: the tree"). The server chooses
+ * every UIDL this table stores and looks up; with an unkeyed hash it could
+ * choose UIDLs that share one bucket and make each insert walk all the
+ * earlier ones (quadratic in the number of messages). Each entry keeps its
+ * hash, so a rebuild does not hash again. */
 static uint64_t
-hash_str(const char *s)
+hash_uidl(const char *uidl)
 {
-	uint64_t h = 1469598103934665603ULL;	/* FNV-1a */
-	for (; *s; s++) {
-		h ^= (unsigned char)*s;
-		h *= 1099511628211ULL;
-	}
-	return h;
+	return keyed_hash64(uidl, strlen(uidl));
 }
 
+/* Rebuild the index for count entries: at most half full. */
 static void
 reindex(struct uidl_state *st)
 {
@@ -33,34 +36,61 @@ reindex(struct uidl_state *st)
 		st->index_cap *= 2;
 	st->index = xcalloc(st->index_cap, sizeof(size_t));
 	for (size_t i = 0; i < st->count; i++) {
-		size_t h = (size_t)hash_str(st->e[i].uidl) & (st->index_cap - 1);
-		while (st->index[h] != 0)
+		size_t h = (size_t)st->e[i].hash & (st->index_cap - 1);
+		st->probes++;
+		while (st->index[h] != 0) {
 			h = (h + 1) & (st->index_cap - 1);
+			st->probes++;
+		}
 		st->index[h] = i + 1;
+	}
+}
+
+/* The slot of the index that holds uidl (*found true), or the empty slot
+ * where it would go. The index must exist (index_cap > 0). */
+static size_t
+slot_of(struct uidl_state *st, const char *uidl, uint64_t hash, bool *found)
+{
+	size_t h = (size_t)hash & (st->index_cap - 1);
+	st->lookups++;
+	for (;;) {
+		st->probes++;
+		size_t v = st->index[h];
+		if (v == 0) {
+			*found = false;
+			return h;
+		}
+		const struct uidl_entry *e = &st->e[v - 1];
+		if (e->hash == hash && !strcmp(e->uidl, uidl)) {
+			*found = true;
+			return h;
+		}
+		h = (h + 1) & (st->index_cap - 1);
 	}
 }
 
 struct uidl_entry *
 uidl_state_find(struct uidl_state *st, const char *uidl)
 {
+	bool found;
 	if (st->index_cap == 0)
 		return NULL;
-	size_t h = (size_t)hash_str(uidl) & (st->index_cap - 1);
-	while (st->index[h] != 0) {
-		struct uidl_entry *e = &st->e[st->index[h] - 1];
-		if (!strcmp(e->uidl, uidl))
-			return e;
-		h = (h + 1) & (st->index_cap - 1);
-	}
-	return NULL;
+	size_t h = slot_of(st, uidl, hash_uidl(uidl), &found);
+	return found ? &st->e[st->index[h] - 1] : NULL;
 }
 
 struct uidl_entry *
 uidl_state_add(struct uidl_state *st, const char *uidl, int64_t when, uint64_t size)
 {
-	struct uidl_entry *e = uidl_state_find(st, uidl);
+	uint64_t hash = hash_uidl(uidl);
+	bool found;
+
+	if (st->index_cap == 0)
+		reindex(st);
+	size_t h = slot_of(st, uidl, hash, &found);
 	st->dirty = true;
-	if (e != NULL) {
+	if (found) {
+		struct uidl_entry *e = &st->e[st->index[h] - 1];
 		e->size = size;
 		return e;
 	}
@@ -68,19 +98,16 @@ uidl_state_add(struct uidl_state *st, const char *uidl, int64_t when, uint64_t s
 		st->cap = st->cap ? st->cap * 2 : 64;
 		st->e = xrealloc(st->e, st->cap * sizeof(*st->e));
 	}
-	e = &st->e[st->count++];
+	struct uidl_entry *e = &st->e[st->count++];
 	e->uidl = xstrdup(uidl);
+	e->hash = hash;
 	e->first_seen = when;
 	e->size = size;
 	e->on_server = true;
-	if (st->count * 2 + 16 > st->index_cap) {
+	if (st->count * 2 + 16 > st->index_cap)
 		reindex(st);
-	} else {
-		size_t h = (size_t)hash_str(uidl) & (st->index_cap - 1);
-		while (st->index[h] != 0)
-			h = (h + 1) & (st->index_cap - 1);
+	else
 		st->index[h] = st->count;
-	}
 	return e;
 }
 
@@ -192,6 +219,13 @@ fail:
 	unlink(tmp);
 	free(tmp);
 	return false;
+}
+
+void
+uidl_state_stats(const struct uidl_state *st, struct uidl_state_stats *out)
+{
+	out->lookups = st->lookups;
+	out->probes = st->probes;
 }
 
 void

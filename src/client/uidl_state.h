@@ -18,6 +18,7 @@
 
 struct uidl_entry {
 	char *uidl;
+	uint64_t hash;    /* keyed hash of uidl (the index's, uidl_state.c) */
 	int64_t first_seen;
 	uint64_t size;
 	bool on_server;   /* listed by the server in this session */
@@ -28,10 +29,20 @@ struct uidl_state {
 	char *header;      /* second comment line */
 	struct uidl_entry *e;
 	size_t count, cap;
-	size_t *index;     /* open-addressing hash table of entry indexes + 1 */
+	size_t *index;     /* open addressing, linear probing, keyed hash: entry indexes + 1 */
 	size_t index_cap;
 	bool dirty;
+	uint64_t lookups, probes;   /* work done on the index (uidl_state_stats) */
 };
+
+/* The work the index has done since st was loaded: lookups (finds, adds)
+ * and probes (slots of the index examined, rebuilds included). For tests:
+ * with UIDLs chosen by the server, the probes per lookup must stay small
+ * whatever the UIDLs are. */
+struct uidl_state_stats {
+	uint64_t lookups, probes;
+};
+void uidl_state_stats(const struct uidl_state *st, struct uidl_state_stats *out);
 
 /* Initialise st (whatever it held is overwritten, not freed) and load
  * path into it; path and header are copied. A missing file is an empty

@@ -1,4 +1,5 @@
-/* Client-side POP3 protocol core (src/common/pop3_proto.c) and base64. */
+/* Client-side POP3 protocol core (src/common/pop3_proto.c), base64, and
+ * the SCRAM iteration count check of src/client/pop3c.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/pop3c.h"
 #include "common/base64.h"
 #include "common/pop3_proto.h"
 #include "common/wire.h"
@@ -228,6 +230,48 @@ test_base64(void **state)
 	assert_false(base64_decode("Zm9*", 4, &d, &dl));
 }
 
+static bool
+iterations(const char *msg, uint64_t *out)
+{
+	*out = 0;
+	return pop3c_scram_iterations((const unsigned char *)msg, strlen(msg), out);
+}
+
+static void
+test_scram_iteration_count(void **state)
+{
+	uint64_t n;
+
+	assert_true(iterations("r=abc,s=c2FsdA==,i=4096", &n));
+	assert_int_equal(n, 4096);
+	assert_true(iterations("r=abc,s=c2FsdA==,i=10000000", &n));
+	assert_int_equal(n, 10000000);
+	assert_true(iterations("r=abc,s=c2FsdA==,i=1", &n));
+	assert_int_equal(n, 1);
+	assert_true(iterations("r=abc,s=c2FsdA==,i=9999999999", &n));
+	assert_int_equal(n, 9999999999ULL);
+	/* an attribute whose value looks like i= is not the count */
+	assert_true(iterations("r=i=1,s=c2FsdA==,i=4096,x=i=1", &n));
+	assert_int_equal(n, 4096);
+	/* malformed: missing, empty, zero, leading zero, sign, junk, too
+	 * long, twice */
+	assert_false(iterations("r=abc,s=c2FsdA==", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=0", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=04096", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=+4096", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=40 96", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=18446744073709551617", &n));
+	assert_false(iterations("r=abc,s=c2FsdA==,i=4096,i=4096", &n));
+	/* the length bounds the parse, not a NUL */
+	const unsigned char cut[] = "r=a,s=b,i=409612";
+	assert_true(pop3c_scram_iterations(cut, sizeof(cut) - 3, &n));
+	assert_int_equal(n, 4096);
+	/* the bounds popbox fetch applies */
+	assert_int_equal(POP3C_SCRAM_MIN_ITERATIONS, 4096);
+	assert_int_equal(POP3C_SCRAM_MAX_ITERATIONS, 10000000);
+}
+
 int
 main(void)
 {
@@ -240,6 +284,7 @@ main(void)
 		cmocka_unit_test(test_unstuff_roundtrip_property),
 		cmocka_unit_test(test_unstuff_truncated_is_not_done),
 		cmocka_unit_test(test_base64),
+		cmocka_unit_test(test_scram_iteration_count),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

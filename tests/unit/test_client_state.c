@@ -110,6 +110,32 @@ test_account_keys(void **state)
 	assert_int_equal(a.tls, TLS_IMPLICIT);
 	assert_string_equal(a.port, "995");
 	assert_string_equal(a.deliver_target, "/home/test/Mail");
+	/* the limits against a hostile server are on by default */
+	assert_int_equal(a.max_message_size, 1024 * 1024 * 1024);
+	assert_int_equal(a.deadline, 3600);
+	account_free(&a);
+
+	/* and set per account, within bounds */
+	account_init(&a);
+	assert_true(account_set(&a, "max_message_size", "2G", "t", true, &err));
+	assert_int_equal(a.max_message_size, INT64_C(2) * 1024 * 1024 * 1024);
+	assert_true(account_set(&a, "max_message_size", "300K", "t", true, &err));
+	assert_int_equal(a.max_message_size, 300 * 1024);
+	assert_false(account_set(&a, "max_message_size", "0", "t", true, &err));
+	assert_int_equal(err.code, 78);
+	memset(&err, 0, sizeof(err));
+	assert_false(account_set(&a, "max_message_size", "-5", "t", true, &err));
+	memset(&err, 0, sizeof(err));
+	assert_true(account_set(&a, "deadline", "600", "t", true, &err));
+	assert_int_equal(a.deadline, 600);
+	assert_true(account_set(&a, "deadline", "604800", "t", true, &err));
+	assert_false(account_set(&a, "deadline", "604801", "t", true, &err));
+	memset(&err, 0, sizeof(err));
+	assert_false(account_set(&a, "deadline", "0", "t", true, &err));
+	memset(&err, 0, sizeof(err));
+	assert_false(account_set(&a, "deadline", "1h", "t", true, &err));
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(a.deadline, 604800);
 	account_free(&a);
 
 	account_init(&a);
