@@ -15,16 +15,37 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 
+sys.path.insert(0, os.path.dirname(HERE))      # tests/integration: runaway.py
+from runaway import RUNAWAY_SEC, wait_until  # noqa: E402,F401
+
 
 def popbox_path():
     build = os.environ.get("POPBOX_BUILD", os.path.join(REPO, "build"))
     return os.path.join(build, "popbox")
+
+
+_sanitized = {}
+
+
+def sanitized():
+    """Whether build/popbox (POPBOX_BUILD: build, or build-san for `make
+    sanitize`) is an ASan build. Read from the binary, not guessed from the
+    directory name, so any BUILD= directory is classified right."""
+    path = popbox_path()
+    if path not in _sanitized:
+        try:
+            with open(path, "rb") as f:
+                _sanitized[path] = b"__asan_init" in f.read()
+        except OSError:
+            _sanitized[path] = False
+    return _sanitized[path]
 
 
 def free_port():
@@ -35,15 +56,16 @@ def free_port():
     return port
 
 
-def wait_port(port, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+def wait_port(port, timeout=RUNAWAY_SEC):
+    """True once something listens on port; False only at the runaway guard."""
+    def listening():
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    try:
+        return wait_until(listening, "a listener on port %d" % port, limit=timeout,
+                          retry_on=(OSError,))
+    except AssertionError:
+        return False
 
 
 def run(cmd, **kw):
@@ -344,7 +366,7 @@ class Client:
             f.write(text)
         os.chmod(self.config, mode)
 
-    def fetch(self, *args, timeout=120, check=None):
+    def fetch(self, *args, timeout=RUNAWAY_SEC, check=None):
         p = subprocess.run([self.bin, "fetch"] + list(args), env=self.env, capture_output=True,
                            timeout=timeout)
         p.out = p.stdout.decode(errors="replace")
