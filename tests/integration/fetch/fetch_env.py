@@ -386,7 +386,13 @@ class Client:
 
 class LatencyProxy:
     """A TCP relay on 127.0.0.1 that delays every chunk by `delay` seconds in
-    each direction: a long link, to show what pipelining buys."""
+    each direction: a long link, to show what pipelining buys.
+
+    It counts, per connection (self.flights, in accept order), the chunks
+    the client sent: each is one flight of commands, and a client that waits
+    for an answer before it sends again pays one round trip per flight. A
+    count of round trips, unlike a duration, does not depend on how loaded
+    the machine is."""
 
     def __init__(self, target_port, delay=0.02):
         import threading
@@ -397,6 +403,7 @@ class LatencyProxy:
         self.sock.listen(8)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
+        self.flights = []
         self.stopping = False
         self.threading = threading
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -416,10 +423,11 @@ class LatencyProxy:
             except OSError:
                 return
             s = socket.create_connection(("127.0.0.1", self.target_port))
-            self._pump(c, s)
+            self.flights.append(0)
+            self._pump(c, s, len(self.flights) - 1)
             self._pump(s, c)
 
-    def _pump(self, src, dst):
+    def _pump(self, src, dst, count_in=None):
         q = []
         cv = self.threading.Condition()
 
@@ -430,6 +438,8 @@ class LatencyProxy:
                 except OSError:
                     data = b""
                 with cv:
+                    if data and count_in is not None:
+                        self.flights[count_in] += 1
                     q.append((time.monotonic() + self.delay, data))
                     cv.notify()
                 if not data:
