@@ -87,7 +87,7 @@ class Wire:
                 self.conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        self.conn.settimeout(10)
+        self.conn.settimeout(RUNAWAY_SEC)
         try:
             while self.conn.recv(65536):
                 pass
@@ -133,9 +133,11 @@ class ScriptedPop3(FakePop3):
 
 
 def args_for(srv, maildir, *extra):
+    # --timeout: a runaway guard (the script answers at once, or closes);
+    # the tests of a silent server set their own
     return ["--host", "127.0.0.1", "--port", str(srv.port), "--tls", "off",
             "--allow-plaintext", "--user", "u", "--password-command", "echo pw",
-            "--deliver", "maildir:%s" % maildir, "--timeout", "5"] + list(extra)
+            "--deliver", "maildir:%s" % maildir, "--timeout", "%d" % RUNAWAY_SEC] + list(extra)
 
 
 def cut_points(transcript):
