@@ -123,7 +123,7 @@ def injection_points(calls):
 
 
 def server_uidls(dovecot, mb):
-    p = poplib.POP3("127.0.0.1", dovecot.pop3_port, timeout=10)
+    p = poplib.POP3("127.0.0.1", dovecot.pop3_port, timeout=RUNAWAY_SEC)
     try:
         p.user(mb.user)
         p.pass_(mb.password)
