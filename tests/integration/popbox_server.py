@@ -26,10 +26,15 @@ import subprocess
 import tempfile
 import time
 
+from runaway import RUNAWAY_SEC, wait_until
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-START_TIMEOUT = 10.0      # seconds until the greeting must arrive
-STOP_TIMEOUT = 10.0       # seconds between SIGTERM and SIGKILL
-IO_TIMEOUT = 15.0         # per socket operation
+# Runaway guards (runaway.py), not expectations of speed: popboxd starts,
+# stops and answers in far less, also under ASan or valgrind on a loaded
+# machine; these only turn a hang into a failure.
+START_TIMEOUT = RUNAWAY_SEC     # until the greeting arrives
+STOP_TIMEOUT = RUNAWAY_SEC      # between SIGTERM and SIGKILL
+IO_TIMEOUT = RUNAWAY_SEC        # per socket operation
 
 
 def build_dir():
@@ -485,7 +490,7 @@ class PopboxServer:
                 raise StartError("popboxd exited with status %s during start-up:\n%s"
                                  % (self.proc.returncode, self.log()))
             try:
-                with socket.create_connection((self.host, self.port), timeout=2) as s:
+                with socket.create_connection((self.host, self.port), timeout=IO_TIMEOUT) as s:
                     f = s.makefile("rb")
                     line = f.readline()
                     if line.startswith(b"+OK"):
@@ -532,7 +537,9 @@ class PopboxServer:
         return rc
 
     def _reap_children(self):
-        deadline = time.monotonic() + 5
+        # children exit after the master; those still there at the runaway
+        # guard are killed (clean-up, not a check)
+        deadline = time.monotonic() + RUNAWAY_SEC
         for pid in list(self.known_children):
             while _pid_alive_with_comm_prefix(pid, "popboxd") and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -574,7 +581,9 @@ class PopboxServer:
     def children_by_comm(self, comm):
         return sorted(p for p, c in self.children().items() if c == comm)
 
-    def wait_children(self, predicate, timeout=10.0):
+    def wait_children(self, predicate, timeout=RUNAWAY_SEC):
+        """The master's children once predicate(children) holds; at the
+        runaway guard, the children as they are (the caller's check fails)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ch = self.children()
@@ -626,6 +635,31 @@ def sanitized():
             return b"__asan_init" in f.read()
     except OSError:
         return False
+
+
+def peer_name(sock):
+    """How popboxd's log names the client at our end of sock: ADDR:PORT."""
+    host, port = sock.getsockname()[:2]
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def peer_lines(log, peer):
+    """The lines of a popboxd log whose peer= is peer: ADDR:PORT (or
+    [ADDR6]:PORT) for one connection's session lines, ADDR (or [ADDR6])
+    for every line about that address (the auth process names the address
+    only)."""
+    pat = re.compile(r"peer=%s(?![\w.])" % re.escape(peer))
+    return [ln for ln in log.splitlines() if pat.search(ln)]
+
+
+def session_end(srv, peer):
+    """The end= reason of the line popboxd logs when the session of peer
+    (ADDR:PORT) ends (popboxd(8), LOGGING); waited for, runaway guard only."""
+    def reason():
+        for ln in peer_lines(srv.log(), peer):
+            if " end=" in ln:
+                return ln.rsplit(" end=", 1)[1].split()[0]
+    return wait_until(reason, "the end-of-session log line of %s" % peer)
 
 
 SANITIZER_MARKERS = ("valgrind: ERROR SUMMARY", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -690,7 +724,7 @@ def _pid_alive_with_comm_prefix(pid, prefix):
 def crypt_sha512(secret):
     """A $6$ crypt string made by openssl (python's crypt module is going away)."""
     out = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=secret.encode(),
-                         capture_output=True, check=True, timeout=10).stdout
+                         capture_output=True, check=True, timeout=RUNAWAY_SEC).stdout
     return out.decode().strip()
 
 

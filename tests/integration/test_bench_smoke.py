@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from popbox_server import RUNAWAY_SEC
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
@@ -17,6 +19,6 @@ def test_bench_smoke():
         pytest.skip("build/bench/pop3load not built")
     r = subprocess.run(["sh", os.path.join(REPO, "bench", "run.sh"), "smoke"], cwd=REPO,
                        env=dict(os.environ, POPBOX_BUILD=build), capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=RUNAWAY_SEC)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sessions/s" in r.stdout and "RETR 4 KiB" in r.stdout, r.stdout

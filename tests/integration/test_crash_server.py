@@ -23,11 +23,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
-from popbox_server import ConnectionClosed, wire_form
+from popbox_server import RUNAWAY_SEC, ConnectionClosed, wait_until, wire_form
 
 WORKER = "popboxd-worker"
 STRACE = shutil.which("strace")
@@ -45,7 +44,6 @@ MESSAGES = [
     ("cur", "1700000006.M6P1.crash", "2,RS", b"Subject: 6\n\nlast\n"),
 ]
 DELETE = (2, 3, 5)          # message numbers marked with DELE (1-based)
-STRACE_ATTACH_TIMEOUT = 10.0
 
 
 def sha(data):
@@ -73,7 +71,7 @@ def snapshot(srv):
     return files, os.listdir(os.path.join(md, "tmp"))
 
 
-def worker_pid(srv, not_pid=None, timeout=10):
+def worker_pid(srv, not_pid=None, timeout=RUNAWAY_SEC):
     ch = srv.wait_children(lambda c: [p for p, n in c.items() if n == WORKER and p != not_pid],
                            timeout=timeout)
     pids = [p for p, n in ch.items() if n == WORKER and p != not_pid]
@@ -98,12 +96,13 @@ class Strace:
                                       "-e", "trace=" + trace, "-e", "inject=" + inject],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + STRACE_ATTACH_TIMEOUT
-        while True:
+
+        def attached():
             try:
                 tids = os.listdir("/proc/%d/task" % pid)
-                if all(tracer_of("/proc/%d/task/%s/status" % (pid, t)) == self.proc.pid for t in tids):
-                    return
+                if all(tracer_of("/proc/%d/task/%s/status" % (pid, t)) == self.proc.pid
+                       for t in tids):
+                    return True
             except (FileNotFoundError, ProcessLookupError):
                 pass
             if self.proc.poll() is not None:
@@ -111,8 +110,8 @@ class Strace:
                 if "Operation not permitted" in err:
                     pytest.skip("ptrace not permitted here: " + err.strip())
                 raise AssertionError("strace exited: " + err)
-            assert time.monotonic() < deadline, "strace did not attach to %d" % pid
-            time.sleep(0.02)
+            return False
+        wait_until(attached, "strace attached to every thread of %d" % pid, step=0.02)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -129,26 +128,23 @@ def quit_reply(conn):
     """The answer to QUIT, or None when the connection died without one."""
     try:
         conn.send(b"QUIT\r\n")
-        conn.sock.settimeout(15)
-        return conn.readline().rstrip(b"\r\n")
+        return conn.readline().rstrip(b"\r\n")    # (IO_TIMEOUT: runaway guard)
     except (ConnectionClosed, OSError):
         return None
     finally:
         conn.close()
 
 
-def login_at_once(srv, timeout=5.0):
+def login_at_once(srv):
     """The next login must work with no repair; a killed worker is restarted
-    by the master, so allow the restart, never a lock wait."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return srv.session()
-        except (AssertionError, ConnectionClosed, OSError) as e:
-            if time.monotonic() > deadline:
-                raise AssertionError("no login %.0f s after the crash: %s\n%s"
-                                     % (timeout, e, srv.log()[-3000:]))
-            time.sleep(0.1)
+    by the master, so allow the restart, never a lock wait. (The maildrop
+    lock is a flock, gone with the process that held it: a lock left held
+    would never go away, so the runaway guard tells it apart.)"""
+    try:
+        return wait_until(srv.session, "a login after the crash", step=0.1,
+                          retry_on=(AssertionError, ConnectionClosed, OSError))
+    except AssertionError as e:
+        raise AssertionError("%s\n%s" % (e, srv.log()[-3000:]))
 
 
 def check_invariants(srv, reply, marked):
@@ -278,7 +274,7 @@ def test_read_error_during_retr_ends_session_cleanly(crash_server, tmp_path, err
     tracer = Strace(pid, "pread64", "pread64:error=%s:when=2" % err, str(tmp_path / "strace"))
     try:
         conn.send(b"RETR 5\r\n")
-        got = conn.wait_closed(timeout=15)
+        got = conn.wait_closed()
     finally:
         tracer.stop()
         conn.close()

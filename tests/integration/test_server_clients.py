@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from popbox_server import wire_form
+from popbox_server import RUNAWAY_SEC, wire_form
 
 MESSAGES = [
     b"From: one@example.org\nTo: alice@example.org\nSubject: first\nMessage-ID: <m1@example.org>\n\n"
@@ -18,7 +18,9 @@ MESSAGES = [
     b"marker-CCC-333\nno final newline",
 ]
 MARKERS = [b"marker-AAA-111", b"marker-BBB-222", b"marker-CCC-333"]
-TIMEOUT = 60
+# the clients' own network timeouts and the wait for them: runaway guards
+# (runaway.py); popboxd answers each of them at once
+TIMEOUT = RUNAWAY_SEC
 
 
 @pytest.fixture
@@ -73,9 +75,10 @@ def test_fetchmail_retrieves_and_deletes(mailbox):
     rc = os.path.join(home, ".fetchmailrc")
     with open(rc, "w") as f:
         f.write('set no syslog\n'
-                'poll 127.0.0.1 protocol pop3 port %d timeout 20 auth password\n'
+                'poll 127.0.0.1 protocol pop3 port %d timeout %d auth password\n'
                 '  user "alice" there with password "secret"\n'
-                '  sslproto "" no sslcertck fetchall nokeep mda "%s"\n' % (mailbox.port, mda))
+                '  sslproto "" no sslcertck fetchall nokeep mda "%s"\n'
+                % (mailbox.port, TIMEOUT, mda))
     os.chmod(rc, 0o600)
     r = run([fetchmail, "-f", rc, "--idfile", os.path.join(home, ".fetchids"),
              "--pidfile", os.path.join(home, "fetchmail.pid"), "-v", "--nodetach"],
@@ -98,7 +101,7 @@ def test_mpop_retrieves_and_deletes(mailbox):
     conf = os.path.join(home, "mpoprc")
     with open(conf, "w") as f:
         f.write("defaults\n"
-                "timeout 20\n"
+                "timeout %d\n"
                 "account popbox\n"
                 "host 127.0.0.1\n"
                 "port %d\n"
@@ -109,7 +112,8 @@ def test_mpop_retrieves_and_deletes(mailbox):
                 "keep off\n"
                 "uidls_file %s\n"
                 "delivery mbox %s\n"
-                "account default : popbox\n" % (mailbox.port, os.path.join(home, "uidls"), mbox))
+                "account default : popbox\n"
+                % (TIMEOUT, mailbox.port, os.path.join(home, "uidls"), mbox))
     os.chmod(conf, 0o600)
     r = run([mpop, "-C", conf, "-q", "popbox"], env=client_env(home))
     assert r.returncode == 0, (r.returncode, r.stdout.decode(errors="replace"),
@@ -128,8 +132,8 @@ def test_mpop_keep_mode_uses_uidl(mailbox):
     conf = os.path.join(home, "mpoprc")
     with open(conf, "w") as f:
         f.write("account default\nhost 127.0.0.1\nport %d\nuser alice\npassword secret\n"
-                "auth user\ntls off\nkeep on\nonly_new on\ntimeout 20\nuidls_file %s\n"
-                "delivery mbox %s\n" % (mailbox.port, os.path.join(home, "uidls"), mbox))
+                "auth user\ntls off\nkeep on\nonly_new on\ntimeout %d\nuidls_file %s\n"
+                "delivery mbox %s\n" % (mailbox.port, TIMEOUT, os.path.join(home, "uidls"), mbox))
     os.chmod(conf, 0o600)
     for _ in range(2):
         r = run([mpop, "-C", conf, "-q"], env=client_env(home))
@@ -157,10 +161,10 @@ def test_getmail_retrieves(mailbox):
     rc = os.path.join(home, "getmailrc")
     with open(rc, "w") as f:
         f.write("[retriever]\ntype = SimplePOP3Retriever\nserver = 127.0.0.1\nport = %d\n"
-                "username = alice\npassword = secret\ntimeout = 20\n\n"
+                "username = alice\npassword = secret\ntimeout = %d\n\n"
                 "[destination]\ntype = Maildir\npath = %s/\n%s\n"
                 "[options]\nread_all = true\ndelete = true\nverbose = 0\nmessage_log_syslog = false\n"
-                % (mailbox.port, md, as_user))
+                % (mailbox.port, TIMEOUT, md, as_user))
     r = run([getmail, "--getmaildir", home, "--rcfile", rc], env=client_env(home))
     assert r.returncode == 0, (r.returncode, r.stdout.decode(errors="replace"),
                                r.stderr.decode(errors="replace"))

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from popbox_server import REPO, popboxd_path
+from popbox_server import REPO, RUNAWAY_SEC, popboxd_path, wait_until
 
 
 def read(rel):
@@ -49,12 +49,14 @@ def test_documented_keys_are_known_to_the_server(server_factory, key):
     srv = server_factory(start=False)
     srv.port = 1
     srv.write_config(extra_lines=["%s = @@@" % key])
-    r = subprocess.run([popboxd_path(), "-t", "-c", srv.conf_path], capture_output=True, timeout=20)
+    r = subprocess.run([popboxd_path(), "-t", "-c", srv.conf_path], capture_output=True,
+                       timeout=RUNAWAY_SEC)
     assert b"unknown key" not in r.stderr, r.stderr
 
 
 def test_every_option_documented():
-    usage = subprocess.run([popboxd_path(), "-h"], capture_output=True, timeout=20).stdout.decode()
+    usage = subprocess.run([popboxd_path(), "-h"], capture_output=True,
+                           timeout=RUNAWAY_SEC).stdout.decode()
     opts = set(re.findall(r"(?<![\w-])-([a-zA-Z])\b", usage))
     assert {"c", "f", "t", "d"} <= opts, usage
     page = man_text("docs/popboxd.8")
@@ -68,7 +70,7 @@ def test_man_page_renders_without_warnings(page):
     if groff is None:
         pytest.skip("groff not installed (groff-base)")
     r = subprocess.run([groff, "-man", "-Tutf8", "-ww", "-z", os.path.join(REPO, page)],
-                       capture_output=True, timeout=30)
+                       capture_output=True, timeout=RUNAWAY_SEC)
     assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
 
 
@@ -83,11 +85,12 @@ def test_readme_commands():
 
 
 def test_demo_script_is_posix_sh():
-    r = subprocess.run(["sh", "-n", os.path.join(REPO, "tools/demo.sh")], capture_output=True, timeout=20)
+    r = subprocess.run(["sh", "-n", os.path.join(REPO, "tools/demo.sh")], capture_output=True,
+                       timeout=RUNAWAY_SEC)
     assert r.returncode == 0, r.stderr
     if shutil.which("checkbashisms"):
         r = subprocess.run(["checkbashisms", os.path.join(REPO, "tools/demo.sh")],
-                           capture_output=True, timeout=20)
+                           capture_output=True, timeout=RUNAWAY_SEC)
         assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -104,7 +107,6 @@ def test_make_demo_script(popboxd_bin):
     import signal
     import socket
     import tempfile
-    import time
     from popbox_server import build_dir, free_port
 
     base = tempfile.mkdtemp(prefix="popbox-demo-test-", dir="/tmp")
@@ -118,15 +120,10 @@ def test_make_demo_script(popboxd_bin):
             p = subprocess.Popen(["sh", os.path.join(REPO, "tools/demo.sh")], env=env,
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             try:
-                deadline = time.monotonic() + 20
-                while True:
+                def demo_up():
                     assert p.poll() is None, open(out.name, "rb").read().decode(errors="replace")
-                    try:
-                        pop = poplib.POP3("127.0.0.1", port, timeout=10)
-                        break
-                    except OSError:
-                        assert time.monotonic() < deadline, "demo server not up"
-                        time.sleep(0.1)
+                    return poplib.POP3("127.0.0.1", port, timeout=RUNAWAY_SEC)
+                pop = wait_until(demo_up, "the demo server up", step=0.1, retry_on=(OSError,))
                 pop.user("alice")
                 pop.pass_("secret")
                 assert pop.stat()[0] == 3
@@ -138,7 +135,7 @@ def test_make_demo_script(popboxd_bin):
             finally:
                 p.send_signal(signal.SIGTERM)
                 try:
-                    rc = p.wait(20)
+                    rc = p.wait(RUNAWAY_SEC)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     rc = p.wait(5)

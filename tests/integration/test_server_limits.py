@@ -1,7 +1,7 @@
 """Per-maildrop limits (issue 5 item 5): a maildrop over max_maildrop_messages
 or max_maildrop_size is refused at login with -ERR [SYS/PERM], nothing in it
 is touched, and the session may go on (QUIT works)."""
-from popbox_server import POP3Raw, fresh_source
+from popbox_server import RUNAWAY_SEC, POP3Raw, fresh_source
 
 
 def deliver(srv, n, size=100):
@@ -49,5 +49,5 @@ def test_bad_size_value_is_a_config_error(server_factory):
     import subprocess
     srv = server_factory(config={"max_maildrop_size": "12X", "listen": "127.0.0.1:1110"}, start=False)
     srv.write_config()
-    p = subprocess.run(srv.command("-t"), capture_output=True, text=True, timeout=20)
+    p = subprocess.run(srv.command("-t"), capture_output=True, text=True, timeout=RUNAWAY_SEC)
     assert p.returncode == 1 and "max_maildrop_size" in p.stdout + p.stderr, p.stderr

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from popbox_server import ConnectionClosed, wire_form
+from popbox_server import ConnectionClosed, peer_name, session_end, wait_until, wire_form
 
 UIDL_RE = re.compile(rb"^[\x21-\x7e]{1,70}$")
 
@@ -22,19 +22,21 @@ def fill(server, n=5, user="alice"):
     return names
 
 
-def login_retry(server, user="alice", password="secret", timeout=5.0):
-    """Log in, retrying while the previous session's lock is being released."""
-    deadline = time.monotonic() + timeout
-    while True:
+def login_retry(server, user="alice", password="secret"):
+    """Log in, retrying while the previous session's lock is being released
+    (-ERR [IN-USE]; any other answer fails at once, a lock never released
+    at the runaway guard)."""
+    def attempt():
         c = server.connect()
         assert c.cmd("USER " + user).startswith(b"+OK")
         st = c.cmd("PASS " + password)
         if st.startswith(b"+OK"):
             return c
         c.close()
-        if b"[IN-USE]" not in st or time.monotonic() > deadline:
+        if b"[IN-USE]" not in st:
             raise AssertionError("login failed: %r" % st)
-        time.sleep(0.1)
+        return None
+    return wait_until(attempt, "the release of the maildrop lock", step=0.1)
 
 
 # ------------------------------------------------------------------ UIDL
@@ -152,10 +154,12 @@ def test_quit_deletes_marked_messages_and_files_are_gone(server):
 def test_dropped_connection_deletes_nothing(server):
     names = fill(server, 3)
     c = server.session()
+    peer = peer_name(c.sock)
     for i in (1, 2, 3):
         assert c.cmd("DELE %d" % i).startswith(b"+OK")
     c.close()  # no QUIT
-    time.sleep(0.3)
+    # the session is over (and logged) once the worker has seen the close
+    assert session_end(server, peer) == "disconnected", server.log()
     assert set(server.message_files()) == set(names)
     with login_retry(server) as c2:
         assert c2.stat()[0] == 3

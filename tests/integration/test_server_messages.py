@@ -11,7 +11,8 @@ import pytest
 
 import popbox_server
 
-from popbox_server import dot_stuff, dot_stuff_inverse, socket_owner, top_form, wire_form
+from popbox_server import (RUNAWAY_SEC, dot_stuff, dot_stuff_inverse, socket_owner, top_form,
+                           wire_form)
 
 # name -> stored bytes. Names are the Maildir base names, hence the UIDLs.
 DIFFICULT = {
@@ -164,7 +165,7 @@ def test_20mib_message_raw_and_poplib(server, big):
         st, raw = c.multi("TOP %d 3" % n)
         assert raw == dot_stuff(top_form(big, 3))
         c.quit()  # release the maildrop lock before the poplib login below
-    p = server.poplib(timeout=60)
+    p = server.poplib()
     try:
         p.user("alice")
         p.pass_("secret")
@@ -199,7 +200,7 @@ def test_slow_reader_of_big_message(server, big):
             assert during - before < 8 * 1024, "worker grew by %d KiB while the reader stalled" % (during - before)
         assert c.readline().startswith(b"+OK")
         c.sock.setblocking(True)
-        c.sock.settimeout(30)
+        c.sock.settimeout(RUNAWAY_SEC)
         for _ in range(20):  # read a little, pause, read again
             c.buf += c.sock.recv(65536)
             time.sleep(0.02)
@@ -226,9 +227,9 @@ def curl_server(request, server_factory):
 
 
 def curl(server, path, *extra):
-    r = subprocess.run([CURL, "-s", "-S", "--max-time", "10",
+    r = subprocess.run([CURL, "-s", "-S", "--max-time", "%d" % RUNAWAY_SEC,
                         "pop3://127.0.0.1:%d/%s" % (server.port, path), "-u", "alice:secret"]
-                       + list(extra), capture_output=True, timeout=60)
+                       + list(extra), capture_output=True, timeout=RUNAWAY_SEC)
     assert r.returncode == 0, (r.returncode, r.stderr)
     return r.stdout
 
@@ -252,9 +253,9 @@ def test_curl_list_and_retr(curl_server):
 @pytest.mark.skipif(CURL is None, reason="curl not installed (tools/debian-packages.txt)")
 def test_curl_uidl_and_url_credentials(curl_server):
     difficult = curl_server
-    out = subprocess.run([CURL, "-s", "-S", "--max-time", "10", "-X", "UIDL",
+    out = subprocess.run([CURL, "-s", "-S", "--max-time", "%d" % RUNAWAY_SEC, "-X", "UIDL",
                           "pop3://alice:secret@127.0.0.1:%d/" % difficult.port],
-                         capture_output=True, timeout=60)
+                         capture_output=True, timeout=RUNAWAY_SEC)
     assert out.returncode == 0, out.stderr
     names = {l.split()[1].decode() for l in out.stdout.splitlines() if l.strip()}
     assert names == set(DIFFICULT)
@@ -263,7 +264,8 @@ def test_curl_uidl_and_url_credentials(curl_server):
 @pytest.mark.skipif(CURL is None, reason="curl not installed (tools/debian-packages.txt)")
 def test_curl_wrong_password_fails(curl_server):
     server = curl_server
-    r = subprocess.run([CURL, "-s", "--max-time", "10", "pop3://127.0.0.1:%d/" % server.port,
-                        "-u", "alice:wrong"], capture_output=True, timeout=60)
+    r = subprocess.run([CURL, "-s", "--max-time", "%d" % RUNAWAY_SEC,
+                        "pop3://127.0.0.1:%d/" % server.port, "-u", "alice:wrong"],
+                       capture_output=True, timeout=RUNAWAY_SEC)
     assert r.returncode == 67, r  # CURLE_LOGIN_DENIED
 

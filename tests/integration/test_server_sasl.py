@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from popbox_server import build_dir, wire_form
+from popbox_server import build_dir, peer_lines, wait_until, wire_form
 from test_server_tls_lib import (PKI, CMD_TIMEOUT, b64, unb64, plain_connect_stls, scram_login,
                                  scram_secret, tls_connect, tls_exporter, tls_server)
 
@@ -275,21 +275,42 @@ def test_scram_downgrade_flag_y_refused_over_tls(ssrv, pki):
 
 # ------------------------------------------------------------------ errors
 
+def failures(srv, addr):
+    """The failed logins popboxd logged for the client address addr:
+    popboxd(8) logs every failure with the peer address, and the
+    failed-login penalty counts exactly these."""
+    return [ln for ln in peer_lines(srv.log(), addr) if "login failed" in ln]
+
+
+def logins(srv, addr):
+    """The successful logins popboxd logged for addr (each resets its penalty)."""
+    return [ln for ln in peer_lines(srv.log(), addr) if ": login user=" in ln]
+
+
 def test_cancel_with_star(ssrv):
-    """"*" cancels with -ERR at each step; the session stays usable."""
+    """"*" cancels with -ERR at each step; the session stays usable. A cancel
+    is not a failed login: it is answered as a cancel, and the server counts
+    no failure for it (none logged before the login's answer, which the auth
+    process sends after it has seen the cancels), so no penalty holds the
+    login that follows."""
     with ssrv.connect() as c:
+        addr = c.sock.getsockname()[0]      # this connection's own (fresh_source)
         continuation(c.cmd("AUTH PLAIN"))
-        assert c.cmd("*").startswith(b"-ERR"), "cancel must answer -ERR"
+        st = c.cmd("*")
+        assert st.startswith(b"-ERR"), "cancel must answer -ERR"
+        assert st != FAILED, "a cancel answered as a failed login"
         continuation(c.cmd("AUTH LOGIN"))
         continuation(c.cmd(b64("alice")))
-        assert c.cmd("*").startswith(b"-ERR")
+        st = c.cmd("*")
+        assert st.startswith(b"-ERR") and st != FAILED, st
         st = c.cmd("AUTH SCRAM-SHA-256 " + b64("n,,n=bob,r=0123456789abcdef"))
         continuation(st)
-        assert c.cmd("*").startswith(b"-ERR")
+        st = c.cmd("*")
+        assert st.startswith(b"-ERR") and st != FAILED, st
         assert c.cmd("STAT").startswith(b"-ERR")
-        t0 = time.monotonic()
         c.login()
-        assert time.monotonic() - t0 < 1.5, "a cancel counted as a failed login"
+        assert failures(ssrv, addr) == [], "a cancel counted as a failed login"
+        assert logins(ssrv, addr), ssrv.log()
         assert c.quit().startswith(b"+OK")
 
 
@@ -345,21 +366,33 @@ def timed(c, line):
 def test_failed_login_penalty(ssrv):
     """From one address: the first failure is answered at once, the second
     about 2 s later; a good login from another address is not slowed; a
-    success resets the address (answers are fast again afterwards)."""
+    success resets the address (answers are fast again afterwards).
+
+    No upper bound on time: the waits the penalty must impose are lower
+    bounds (a loaded machine only lengthens them); where no wait may apply,
+    the test checks what the penalty is computed from, the failures and
+    successes popboxd counts per address, as it logs them before each
+    answer (popboxd(8): every failure is logged with the peer address). How
+    the wait follows from those counts (none before the first failure, 2 s
+    doubling, per address, reset by a success) is tests/unit/test_auth_penalty.c."""
     from popbox_server import fresh_source
     bad = fresh_source()
     with ssrv.connect(source=bad) as c:
         st, t1 = timed(c, "AUTH PLAIN " + b64("\0alice\0wrong1"))
         assert st == FAILED
+        # the first failure: nothing from this address counted before it
+        assert len(failures(ssrv, bad)) == 1, failures(ssrv, bad)
         st, t2 = timed(c, "AUTH PLAIN " + b64("\0alice\0wrong2"))
         assert st == FAILED
-    # (bounds leave room for a loaded machine: the penalty is 2 s, then 4 s)
-    assert t1 < 1.5, "first failure answered after %.2fs" % t1
-    assert t2 >= 1.5 and t2 > t1 + 1.0, "second failure answered after %.2fs (first %.2fs)" % (t2, t1)
+    assert len(failures(ssrv, bad)) == 2, failures(ssrv, bad)
+    # the penalty is 2 s, then 4 s (1.5, 3.0: the lower bounds, with slack
+    # for timer granularity)
+    assert t2 >= 1.5, "second failure answered after %.2fs (first %.2fs)" % (t2, t1)
     with ssrv.connect() as other:
-        st, t = timed(other, "AUTH PLAIN " + b64("\0alice\0secret"))
+        st = other.cmd("AUTH PLAIN " + b64("\0alice\0secret"))
         assert st.startswith(b"+OK"), st
-        assert t < 1.5, "a good login from another address waited %.2fs" % t
+        # another address: no failure counted for it, so nothing held it
+        assert failures(ssrv, other.sock.getsockname()[0]) == []
         other.quit()
     # The penalty also applies to USER/PASS and to a correct password (no
     # oracle), then the success resets it.
@@ -369,10 +402,14 @@ def test_failed_login_penalty(ssrv):
         assert st.startswith(b"+OK"), st
         assert t3 >= 3.0, "third answer (after two failures) came after %.2fs" % t3
         c.quit()
+    assert len(logins(ssrv, bad)) == 1, logins(ssrv, bad)     # the reset
     with ssrv.connect(source=bad) as c:
         st, t4 = timed(c, "AUTH PLAIN " + b64("\0alice\0wrong3"))
         assert st == FAILED
-        assert t4 < 1.5, "a success did not reset the penalty (%.2fs)" % t4
+    # counted after the success: the first failure since the reset
+    log = peer_lines(ssrv.log(), bad)
+    after = log[max(k for k, ln in enumerate(log) if ": login user=" in ln):]
+    assert sum("login failed" in ln for ln in after) == 1, log
     assert "127." in ssrv.log()
 
 
@@ -382,9 +419,7 @@ def test_failure_logged_with_peer(ssrv):
     with ssrv.connect(source=src) as c:
         assert c.cmd("AUTH PLAIN " + b64("\0alice\0wrong")) == FAILED
         c.quit()
-    deadline = time.monotonic() + 5
-    while src not in ssrv.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: src in ssrv.log(), "a log line naming %s" % src)
     lines = [l for l in ssrv.log().splitlines() if src in l]
     assert any("fail" in l.lower() for l in lines), lines
     assert not any("wrong" in l for l in lines), "the password is in the log: %r" % lines

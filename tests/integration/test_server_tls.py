@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from popbox_server import fresh_source, wire_form, dot_stuff_inverse
+from popbox_server import RUNAWAY_SEC, fresh_source, wire_form, dot_stuff_inverse, wait_until
 from test_server_tls_lib import (PKI, CMD_TIMEOUT, b64, install_cert, plain_connect_stls,
                                  readable_within, served_fingerprint, starttls, tls_connect,
                                  tls_server, client_context)
@@ -175,7 +175,8 @@ def test_openssl_s_client_starttls(tsrv, pki):
 # ------------------------------------------------------------------ curl
 
 def curl(args, timeout=CMD_TIMEOUT):
-    r = subprocess.run(["curl", "-sS", "--max-time", "20", "--interface", fresh_source()] + args,
+    r = subprocess.run(["curl", "-sS", "--max-time", "%d" % RUNAWAY_SEC,
+                        "--interface", fresh_source()] + args,
                        capture_output=True, timeout=timeout)
     return r.returncode, r.stdout, r.stderr.decode(errors="replace")
 
@@ -216,7 +217,7 @@ def test_poplib_pop3_ssl(tsrv, pki):
                                             source_address=(source, 0))
             return self.context.wrap_socket(sock, server_hostname=self.host)
 
-    p = POP3S("127.0.0.1", tsrv.tls_port, context=ctx, timeout=15)
+    p = POP3S("127.0.0.1", tsrv.tls_port, context=ctx, timeout=RUNAWAY_SEC)
     try:
         assert "STLS" not in p.capa()
         p.user("alice")
@@ -261,7 +262,7 @@ def test_mpop_tls_scram_sha_256(server_factory, pki, tmp_path):
         "account test",
         "host 127.0.0.1",
         "port %d" % srv.tls_port,
-        "timeout 20",
+        "timeout %d" % RUNAWAY_SEC,
         "tls on",
         "tls_starttls off",
         "tls_trust_file %s" % pki.ca_cert,
@@ -290,9 +291,9 @@ def test_fetchmail_ssl_sslcertck(tsrv, pki, tmp_path):
     # fetchmail checks the certificate against the poll name (no IP SANs):
     # poll "localhost", which /etc/hosts maps to 127.0.0.1.
     rc.write_text('set no syslog\n'
-                  'poll localhost with proto POP3 port %d timeout 20\n'
+                  'poll localhost with proto POP3 port %d timeout %d\n'
                   '  user "alice" there with password "secret" is "root" here\n'
-                  '  options keep\n' % tsrv.tls_port)
+                  '  options keep\n' % (tsrv.tls_port, RUNAWAY_SEC))
     os.chmod(rc, 0o600)
     r = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--ssl", "--sslcertck",
                         "--sslcertfile", pki.ca_cert, "--invisible", "--mda", "cat > %s" % out],
@@ -321,7 +322,7 @@ def test_stls_injection_discarded(tsrv, pki):
         assert st.startswith(b"-ERR"), st
         st = c.cmd("QUIT")
         assert st.startswith(b"+OK"), st
-        rest = c.wait_closed(timeout=5)
+        rest = c.wait_closed()
         assert b"Capability" not in rest and b"IMPLEMENTATION" not in rest, rest
     finally:
         c.close()
@@ -472,14 +473,12 @@ def test_plaintext_auth_bad_value(server_factory, pki):
 
 # ------------------------------------------------------------------ reload
 
-def wait_for(pred, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
+def wait_for(pred, step=0.05):
+    """pred()'s first true value; false only at the runaway guard."""
+    try:
+        return wait_until(pred, "the condition", step=step)
+    except AssertionError:
+        return pred()
 
 
 def fingerprint_now(srv, pki):
@@ -548,7 +547,7 @@ def test_world_readable_key_refuses_start(server_factory, pki):
     os.chmod(srv.config["tls_key"], 0o644)
     srv.start(wait=False)
     try:
-        rc = srv.proc.wait(10)
+        rc = srv.proc.wait(RUNAWAY_SEC)
     except subprocess.TimeoutExpired:
         pytest.fail("popboxd started with a world-readable key:\n" + srv.log())
     assert rc == 1, srv.log()

@@ -16,9 +16,9 @@ import socket
 import ssl
 import subprocess
 
-from popbox_server import POP3Raw, free_port, fresh_source
+from popbox_server import RUNAWAY_SEC, POP3Raw, free_port, fresh_source
 
-CMD_TIMEOUT = 30
+CMD_TIMEOUT = RUNAWAY_SEC     # external commands: a runaway guard (runaway.py)
 
 
 # ------------------------------------------------------------------ PKI

@@ -11,6 +11,8 @@ import os
 import socket
 import threading
 
+from fetch_env import RUNAWAY_SEC
+
 
 class FakePop3:
     def __init__(self, messages=(), capa=("USER", "UIDL", "TOP"), uidl=True,
@@ -82,7 +84,9 @@ class FakePop3:
             except OSError:
                 return
             try:
-                conn.settimeout(10)
+                # a runaway guard: a client that stops talking is the test's
+                # failure to report, never a reason to end its session
+                conn.settimeout(RUNAWAY_SEC)
                 if not self.nagle:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.tls_context is not None:

@@ -15,16 +15,37 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 
+sys.path.insert(0, os.path.dirname(HERE))      # tests/integration: runaway.py
+from runaway import RUNAWAY_SEC, wait_until  # noqa: E402,F401
+
 
 def popbox_path():
     build = os.environ.get("POPBOX_BUILD", os.path.join(REPO, "build"))
     return os.path.join(build, "popbox")
+
+
+_sanitized = {}
+
+
+def sanitized():
+    """Whether build/popbox (POPBOX_BUILD: build, or build-san for `make
+    sanitize`) is an ASan build. Read from the binary, not guessed from the
+    directory name, so any BUILD= directory is classified right."""
+    path = popbox_path()
+    if path not in _sanitized:
+        try:
+            with open(path, "rb") as f:
+                _sanitized[path] = b"__asan_init" in f.read()
+        except OSError:
+            _sanitized[path] = False
+    return _sanitized[path]
 
 
 def free_port():
@@ -35,15 +56,16 @@ def free_port():
     return port
 
 
-def wait_port(port, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+def wait_port(port, timeout=RUNAWAY_SEC):
+    """True once something listens on port; False only at the runaway guard."""
+    def listening():
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    try:
+        return wait_until(listening, "a listener on port %d" % port, limit=timeout,
+                          retry_on=(OSError,))
+    except AssertionError:
+        return False
 
 
 def run(cmd, **kw):
@@ -344,7 +366,7 @@ class Client:
             f.write(text)
         os.chmod(self.config, mode)
 
-    def fetch(self, *args, timeout=120, check=None):
+    def fetch(self, *args, timeout=RUNAWAY_SEC, check=None):
         p = subprocess.run([self.bin, "fetch"] + list(args), env=self.env, capture_output=True,
                            timeout=timeout)
         p.out = p.stdout.decode(errors="replace")
@@ -364,7 +386,13 @@ class Client:
 
 class LatencyProxy:
     """A TCP relay on 127.0.0.1 that delays every chunk by `delay` seconds in
-    each direction: a long link, to show what pipelining buys."""
+    each direction: a long link, to show what pipelining buys.
+
+    It counts, per connection (self.flights, in accept order), the chunks
+    the client sent: each is one flight of commands, and a client that waits
+    for an answer before it sends again pays one round trip per flight. A
+    count of round trips, unlike a duration, does not depend on how loaded
+    the machine is."""
 
     def __init__(self, target_port, delay=0.02):
         import threading
@@ -375,6 +403,7 @@ class LatencyProxy:
         self.sock.listen(8)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
+        self.flights = []
         self.stopping = False
         self.threading = threading
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -394,10 +423,11 @@ class LatencyProxy:
             except OSError:
                 return
             s = socket.create_connection(("127.0.0.1", self.target_port))
-            self._pump(c, s)
+            self.flights.append(0)
+            self._pump(c, s, len(self.flights) - 1)
             self._pump(s, c)
 
-    def _pump(self, src, dst):
+    def _pump(self, src, dst, count_in=None):
         q = []
         cv = self.threading.Condition()
 
@@ -408,6 +438,8 @@ class LatencyProxy:
                 except OSError:
                     data = b""
                 with cv:
+                    if data and count_in is not None:
+                        self.flights[count_in] += 1
                     q.append((time.monotonic() + self.delay, data))
                     cv.notify()
                 if not data:

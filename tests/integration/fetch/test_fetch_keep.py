@@ -4,7 +4,7 @@ max_size, --list, --rebuild-state, the account lock."""
 import fcntl
 import os
 
-from fetch_env import digest_counts, make_message, read_maildir
+from fetch_env import RUNAWAY_SEC, digest_counts, make_message, read_maildir
 
 
 def state_entries(client, account="test"):
@@ -139,7 +139,7 @@ def test_concurrent_runs_never_duplicate(client, mailbox, account_conf, tmp_path
     account_conf(mailbox)
     procs = [client.popen() for _ in range(3)]
     for p in procs:
-        p.wait(timeout=60)
+        p.wait(timeout=RUNAWAY_SEC)
     client.fetch(check=0)
     got = read_maildir(str(tmp_path / "Mail"))
     assert digest_counts(got.values()) == digest_counts(msgs)

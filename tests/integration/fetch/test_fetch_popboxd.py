@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from fetch_env import CertAuthority, digest_counts, make_message, read_maildir  # noqa: E402
+from fetch_env import (RUNAWAY_SEC, CertAuthority, digest_counts, make_message,  # noqa: E402
+                       read_maildir)
 
 try:
     import popbox_server  # noqa: E402
@@ -88,7 +89,7 @@ def test_implicit_tls_against_popboxd(client, tmp_path):
         import ssl
         try:
             ctx = ssl.create_default_context(cafile=ca.ca)
-            poplib.POP3_SSL("127.0.0.1", tls_port, context=ctx, timeout=10).quit()
+            poplib.POP3_SSL("127.0.0.1", tls_port, context=ctx, timeout=RUNAWAY_SEC).quit()
         except (OSError, ssl.SSLError, poplib.error_proto) as e:
             pytest.skip("popboxd does not serve implicit TLS yet (%s)" % e)
         p = client.fetch("--host", "127.0.0.1", "--port", str(tls_port), "--tls", "implicit",
@@ -98,7 +99,7 @@ def test_implicit_tls_against_popboxd(client, tmp_path):
         assert p.returncode == 0, p.err
         assert digest_counts(read_maildir(str(tmp_path / "Mail")).values()) == digest_counts(msgs)
         # STLS on the plain port, where popboxd offers it
-        pl = poplib.POP3("127.0.0.1", srv.port, timeout=10)
+        pl = poplib.POP3("127.0.0.1", srv.port, timeout=RUNAWAY_SEC)
         has_stls = "STLS" in pl.capa()
         pl.quit()
         if not has_stls:
@@ -120,5 +121,5 @@ def test_auth_auto_against_popboxd(client, popboxd, tmp_path):
     a = args(popboxd, tmp_path)
     i = a.index("--auth")
     del a[i:i + 2]
-    client.fetch(*(a + ["--timeout", "3"]), check=0, timeout=60)
+    client.fetch(*a, check=0)
     assert popboxd.message_files() == {}

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from fetch_env import digest_counts, make_message, read_maildir, read_mboxrd
+from fetch_env import (RUNAWAY_SEC, digest_counts, make_message, read_maildir, read_mboxrd,
+                       wait_until)
 
 KILLS_REQUIRED = 20
 MAX_ROUNDS = 80
@@ -33,18 +34,21 @@ def crash_loop(client, mailbox, expected, batch_start, rnd, kills_required):
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
-        p.wait(timeout=60)
+        p.wait(timeout=RUNAWAY_SEC)
     return kills, rounds
 
 
 def finish(client):
     """The run to completion after the kills. A server session left by a
-    killed client may still hold a lock for a moment: 75 means try again."""
-    for _ in range(5):
-        p = client.fetch()
-        if p.returncode != 75:
-            break
-        time.sleep(0.5)
+    killed client may still hold a lock for a moment: 75 means try again
+    (until the runaway guard: a 75 that never goes away fails)."""
+    runs = []
+
+    def attempt():
+        runs.append(client.fetch())
+        return runs[-1].returncode != 75
+    wait_until(attempt, "a run not refused with 75 (temporary) after the kills", step=0.5)
+    p = runs[-1]
     assert p.returncode == 0, p.err
     return p
 
@@ -154,7 +158,7 @@ def test_kill_9_during_keep_mode_fetch(client, mailbox, account_conf, tmp_path):
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
-        p.wait(timeout=60)
+        p.wait(timeout=RUNAWAY_SEC)
         if kills >= 10:
             break
     finish(client)
@@ -186,7 +190,7 @@ def test_disk_full_in_the_middle_of_a_batch_deletes_nothing_undurable(client, tm
     try:
         p = client.fetch("--host", "127.0.0.1", "--port", str(srv.port), "--tls", "off",
                          "--allow-plaintext", "--user", "u", "--password-command", "echo pw",
-                         "--deliver", "maildir:%s" % target, "--timeout", "5", check=74)
+                         "--deliver", "maildir:%s" % target, check=74)
     finally:
         srv.stop()
     assert "No space left on device" in p.err and "nothing deleted" in p.err, p.err

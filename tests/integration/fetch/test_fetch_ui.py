@@ -4,10 +4,9 @@ import os
 import pty
 import select
 import subprocess
-import time
 
 from fake_pop3 import FakePop3
-from fetch_env import make_message
+from fetch_env import RUNAWAY_SEC, make_message
 
 
 def test_progress_line_on_a_terminal(client, mailbox, account_conf):
@@ -18,9 +17,10 @@ def test_progress_line_on_a_terminal(client, mailbox, account_conf):
                          stderr=slave)
     os.close(slave)
     seen = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([master], [], [], 0.5)
+    while True:     # until the client closes the terminal or exits
+        # RUNAWAY_SEC: a runaway guard, not a limit on the fetch
+        r, _, _ = select.select([master], [], [], RUNAWAY_SEC)
+        assert r or p.poll() is not None, "runaway guard: no output and no exit"
         if r:
             try:
                 chunk = os.read(master, 65536)
@@ -29,9 +29,9 @@ def test_progress_line_on_a_terminal(client, mailbox, account_conf):
             if not chunk:
                 break
             seen += chunk
-        elif p.poll() is not None:
+        else:
             break
-    out, _ = p.communicate(timeout=30)
+    out, _ = p.communicate(timeout=RUNAWAY_SEC)
     os.close(master)
     assert p.returncode == 0
     text = seen.decode(errors="replace")
