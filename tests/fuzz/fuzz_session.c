@@ -1,4 +1,4 @@
-/* Z1: the server session state machine, in process (reliability §4.9 Z1).
+/* Z1: the server session state machine, in process (docs/RELIABILITY.md §7).
  *
  * The real worker code (src/server/session.c framing, commands.c, login.c,
  * cmd_trans.c, the Maildir store on the worker's store thread) runs on a

@@ -1,4 +1,4 @@
-/* Z5: the dot-stuffing pair (reliability §4.9 Z5, S40/C10). The server's
+/* Z5: the dot-stuffing pair (docs/RELIABILITY.md §7). The server's
  * streaming encoder (src/common/wire.c) and the client's streaming unstuffer
  * (src/common/pop3_proto.c) must be inverse on every stored message:
  *

@@ -1,5 +1,5 @@
-"""Crash consistency of the server's UPDATE (reliability §3.7, §4.4 S34/S35,
-§4.8 F1/F2): popboxd's worker is killed with SIGKILL at the N-th relevant
+"""Crash consistency of the server's UPDATE (docs/RELIABILITY.md §1
+and §6): popboxd's worker is killed with SIGKILL at the N-th relevant
 system call of UPDATE, for every N, by strace fault injection; I/O errors are
 injected the same way. After each cycle:
 

@@ -1,9 +1,10 @@
-"""Hostile clients against a real popboxd (reliability §4.1-4.6, the S cases
-that apply to what exists). Raw sockets, each test connection from its own
+"""Hostile clients against a real popboxd (docs/RELIABILITY.md §3-§4, the
+cases that apply to what exists). Raw sockets, each test connection from its own
 127.x source address (the failed-login penalty is per address), loopback only,
 every loop bounded. Memory is checked as the worker's RSS from /proc.
 
-Case numbers refer to docs/reliability.md §4 (S3, S4, ...)."""
+Case numbers (S3, S4, ...) are those of the adversarial test plan the
+project started from; docs/RELIABILITY.md §4 lists what they cover."""
 
 import os
 import sys

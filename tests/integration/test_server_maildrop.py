@@ -465,7 +465,7 @@ def test_broken_maildrop_gives_sys_code_without_leaking_paths(server):
 
 
 def test_lock_excludes_sessions_of_another_server(server_factory):
-    """Two popboxd instances on one Maildir tree (design §9: several nodes on
+    """Two popboxd instances on one Maildir tree (docs/DESIGN.md "Behind a load balancer": several nodes on
     shared storage): the maildrop lock holds across processes."""
     a_srv = server_factory()
     fill(a_srv, 2)

@@ -1,4 +1,4 @@
-"""Crash consistency of `popbox fetch` (reliability.md §3.7, §4.8 item 1):
+"""Crash consistency of `popbox fetch` (docs/RELIABILITY.md §1, §6):
 SIGKILL at the N-th relevant system call of a Maildir delivery, by strace
 fault injection, for every N, then a run to completion.
 
@@ -28,8 +28,8 @@ process cannot clean up; the Maildir rule is that readers ignore tmp/ and
 delete files older than 36 h): the next run ignores them (they do not count
 as delivered) and leaves none of its own.
 
-The recording also serves as a trace-order oracle (reliability.md §4.8 item
-5a): with strace -y, every data write of a message is followed by the sync
+The recording also serves as a trace-order oracle (docs/RELIABILITY.md §8,
+the order oracle): with strace -y, every data write of a message is followed by the sync
 of its file (syncfs, or fsync of that file) before its move into new/
 (renameat2, or linkat in the fallback), every move by an fsync of new/, and
 that before the message's DELE.

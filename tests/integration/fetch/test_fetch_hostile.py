@@ -1,4 +1,4 @@
-"""popbox fetch against a hostile or broken server (reliability.md §4.7):
+"""popbox fetch against a hostile or broken server (docs/RELIABILITY.md §5):
 nothing is delivered as complete unless it was, nothing is deleted."""
 
 import os

@@ -1,7 +1,7 @@
 """popbox fetch against a server that drops the connection at every possible
 point, or sends endless, unterminated or lying answers, or -ERR to DELE/QUIT
-(reliability.md §4.7: C1, C2, C4, C14 and the "drops the connection at every
-possible point" case of issue 5; §3.7 for the invariants).
+(docs/RELIABILITY.md §5, the cases C1, C2, C4, C14 and the "drops the
+connection at every possible point" case of issue 5; §1 for the invariants).
 
 The drop points are not hand-picked: one clean session against the scripted
 server (fake_pop3.FakePop3, with PIPELINING, as Dovecot offers) is recorded,
