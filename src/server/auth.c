@@ -27,6 +27,7 @@
 
 #include <event2/event.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 
 #include "common/log.h"
 #include "server/auth_passdb.h"
@@ -799,6 +800,12 @@ auth_main(struct child_env *env)
 	for (unsigned i = 0; i < env->n_workers; i++)
 		close(env->worker_fds[i]);
 
+	/* Forked from the master, we hold its TLS context and with it the
+	 * private key: the auth process never serves TLS, so drop it first
+	 * (OpenSSL wipes a private key when it frees it). Reloads bring no
+	 * key either (master.c). */
+	SSL_CTX_free(env->ssl_ctx);
+	env->ssl_ctx = NULL;
 	auth.config = env->config;
 	auth.control_fd = env->control_fd;
 	auth.passdb_ops = &passdb_passwdfile;

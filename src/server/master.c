@@ -346,17 +346,27 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	config_free(master.config);
 	master.config = next;
 	master.env.config = next;
+	/* The certificate and key go to the workers only: the auth process
+	 * never serves TLS, and a process that verifies passwords should not
+	 * hold the private key too (docs/DESIGN.md, "The auth process"). */
 	const struct ipc_reload msg = { .path = next->path, .config = text, .cert_pem = cert,
 	    .key_pem = key };
+	const struct ipc_reload auth_msg = { .path = next->path, .config = text, .cert_pem = "",
+	    .key_pem = "" };
 	unsigned char *buf = xmalloc(IPC_MAX_MSG);
 	size_t len = ipc_reload_encode(buf, IPC_MAX_MSG, &msg);
+	unsigned char *auth_buf = xmalloc(IPC_MAX_MSG);
+	size_t auth_len = ipc_reload_encode(auth_buf, IPC_MAX_MSG, &auth_msg);
 	for (size_t i = 0; i < master.n_children; i++) {
 		struct child *c = &master.children[i];
-		if (c->pid != 0 && ipc_send(c->control_master, buf, len) < 0)
+		bool auth = c->role == ROLE_AUTH;
+		if (c->pid != 0 && ipc_send(c->control_master, auth ? auth_buf : buf,
+		    auth ? auth_len : len) < 0)
 			log_warn("reload: cannot notify child %d", (int)c->pid);
 	}
 	secure_wipe(buf, len);   /* it holds the private key */
 	free(buf);
+	free(auth_buf);
 	free(cert);
 	free_secret(key);
 	free(text);
