@@ -41,25 +41,37 @@ def private_scalar(key_path):
     return bytes.fromhex(re.sub(r"[\s:]", "", m.group(1))).lstrip(b"\0")
 
 
+# Mappings larger than this are not searched: a sanitizer's shadow memory
+# (terabytes reserved, never holding data of ours), not a heap.
+MAX_MAPPING = 1 << 30
+CHUNK = 16 << 20
+
+
 def memory_contains(pid, needles):
     """Which of needles occur in the readable memory of process pid
     (/proc/PID/maps and /proc/PID/mem: needs ptrace rights over it, which
     the test runner has over its own descendants, and root over all)."""
     found = set()
+    overlap = max(len(n) for n in needles) - 1
     with open("/proc/%d/maps" % pid) as maps, open("/proc/%d/mem" % pid, "rb", 0) as mem:
         for line in maps:
             fields = line.split()
             if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
                 continue
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except (OSError, ValueError, OverflowError):
+            if end - start > MAX_MAPPING:
                 continue
-            for n in needles:
-                if n in data:
-                    found.add(n)
+            tail = b""
+            for at in range(start, end, CHUNK):
+                try:
+                    mem.seek(at)
+                    data = tail + mem.read(min(CHUNK, end - at))
+                except (OSError, ValueError, OverflowError):
+                    break
+                for n in needles:
+                    if n in data:
+                        found.add(n)
+                tail = data[-overlap:]
     return found
 
 
