@@ -114,6 +114,20 @@ install: $(BUILD)/popboxd $(BUILD)/popbox
 	install -m 0755 $(BUILD)/popbox $(DESTDIR)$(PREFIX)/bin/popbox
 	for m in docs/*.[158]; do [ -f "$$m" ] || continue; \
 	    s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
+	@# The users popboxd runs as when started as root (run_as, auth_user:
+	@# popboxd.conf(5)); only for a real install by root, never in a DESTDIR.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" -eq 0 ] && command -v useradd >/dev/null 2>&1; then \
+	    for u in popbox popbox-auth; do \
+	        if ! getent passwd $$u >/dev/null; then \
+	            echo "useradd --system $$u"; \
+	            useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	                --shell /usr/sbin/nologin $$u || exit 1; \
+	        fi; \
+	    done; \
+	else \
+	    echo "make install: not creating the users popbox and popbox-auth (DESTDIR set," \
+	        "not root or no useradd): create them before starting popboxd as root"; \
+	fi
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -248,6 +248,7 @@ class Popboxd(Server):
             self.tls_port = None
         if AS_ROOT:
             lines.append("run_as = nobody")
+            lines.append("auth_user = daemon")   # a user of its own (popboxd.conf(5))
             own(os.path.join(self.dir, "state"))
         else:
             lines.append("run_as = %s" % pwd.getpwuid(os.geteuid()).pw_name)

@@ -68,6 +68,8 @@ def main():
     with open(os.path.join(base, "popboxd.conf"), "w") as f:
         f.write("listen = 127.0.0.1:%d\nusers = users\nmail = maildir:%s/mail/%%u\n"
                 "state_dir = state\nrun_as = %s\nmax_connections = 5000\n" % (port, base, run_as))
+        if root:   # the auth process has a user of its own (popboxd.conf(5))
+            f.write("auth_user = daemon\n")
     log = open(os.path.join(base, "log"), "wb")
     proc = subprocess.Popen([os.path.join(a.build, "popboxd"), "-f", "-c",
                              os.path.join(base, "popboxd.conf")], stdout=log, stderr=log)

@@ -57,9 +57,13 @@ fi
 if [ "$(id -u)" -eq 0 ]; then
 	RUN_AS=nobody
 	GROUP=$(id -gn nobody 2>/dev/null || echo nogroup)
+	# the auth process needs a user of its own (auth_user, popboxd.conf(5)):
+	# popbox-auth when `make install` made it, else the system user daemon
+	if id popbox-auth >/dev/null 2>&1; then AUTH_USER=popbox-auth; else AUTH_USER=daemon; fi
 else
 	RUN_AS=$(id -un)
 	GROUP=$(id -gn)
+	AUTH_USER=$RUN_AS
 fi
 
 mkdir -p "$DEMO"
@@ -90,6 +94,7 @@ users = users
 mail = maildir:mail/%u
 state_dir = state
 run_as = $RUN_AS
+auth_user = $AUTH_USER
 workers = 2
 EOF
 

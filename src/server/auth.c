@@ -27,6 +27,7 @@
 
 #include <event2/event.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 
 #include "common/log.h"
 #include "server/auth_passdb.h"
@@ -66,6 +67,8 @@ struct sasl_exchange {
 	struct sasl_conv *conv;
 	char peer[64];
 	bool busy;              /* a step is on the thread pool */
+	bool step_had_input;    /* the client gave data to the last step */
+	bool challenged;        /* a challenge answered data from the client */
 	time_t last;
 };
 
@@ -222,7 +225,9 @@ auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
 		log_warnx("session %016llx: user %s: mail location: %s", (unsigned long long)session_id,
 		    e->user, error);
 		free(error);
-		reply_send(fd, id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
+		/* Held by the penalty like any answer: an answer at once would
+		 * tell a guesser under penalty that the password was right. */
+		auth_answer(fd, id, peer, AUTH_RESULT_TEMP, e->user, NULL, NULL);
 		return;
 	}
 	auth_answer(fd, id, peer, AUTH_RESULT_OK, e->user, location, sasl_data);
@@ -293,7 +298,7 @@ auth_handle_pass(int fd, const struct ipc_auth_pass *msg)
 	j->user = xstrdup(msg->user);
 	j->password = xstrdup(msg->password);
 	j->entry = ref->ops->lookup(ref->db, j->user);
-	if (ref->ops->verify_is_cheap(j->entry)) {
+	if (ref->ops->verify_is_cheap(ref->db, j->entry)) {
 		pass_run(&j->job);
 		pass_done(&j->job);
 		return;
@@ -388,6 +393,7 @@ exchange_answer(struct sasl_exchange *x, int rc, const char *output)
 	const char *user, *why;
 	switch (auth_sasl_conv_outcome(x->conv, rc, &e, &user, &why)) {
 	case SASL_OUTCOME_CONTINUE:
+		x->challenged |= x->step_had_input;
 		auth_answer(x->fd, x->id, x->peer, AUTH_RESULT_CONTINUE, NULL, NULL, output);
 		return;
 	case SASL_OUTCOME_FAILURE:
@@ -415,6 +421,7 @@ sasl_done(struct auth_pool_job *job)
 	struct sasl_exchange *x = j->x;
 	x->busy = false;
 	x->last = time(NULL);
+	x->step_had_input = j->input != NULL && j->input[0] != '\0';
 	if (x->fd < 0)
 		exchange_free(x);   /* aborted while the step ran */
 	else
@@ -477,12 +484,21 @@ auth_handle_sasl_step(int fd, const struct ipc_sasl_step *msg)
 	exchange_step(x, msg->response);
 }
 
+/* A cancel ("*") or a client gone after a challenge that answered its data
+ * (a SCRAM salt, LOGIN's password prompt) counts as a failed login: the
+ * client learnt what the exchange shows and left before the verdict, which
+ * the penalty would have held. A cancel before that costs nothing. */
 static void
 auth_handle_sasl_abort(int fd, const struct ipc_sasl_abort *msg)
 {
 	struct sasl_exchange *x = exchange_find(fd, msg->request_id);
 	if (x == NULL)
 		return;
+	if (x->challenged && !x->busy) {
+		const char *user = auth_sasl_conv_user(x->conv);
+		log_failure(x->session_id, user, x->peer, "exchange cancelled after a challenge");
+		auth_penalty_failed(auth.penalty, x->peer, user, time(NULL));
+	}
 	if (x->busy) {
 		x->fd = -1;   /* freed when its step comes back */
 		return;
@@ -758,12 +774,24 @@ auth_apply_reload(const struct ipc_reload *msg)
 	passdb_reload(true);   /* re-read the users file even if unchanged */
 }
 
+/* Answer the master's ping (id 0: we are ready to serve); master.c restarts
+ * an auth process that stops answering. */
+static void
+pong_send(uint64_t id)
+{
+	unsigned char buf[IPC_HEADER_SIZE];
+	const struct ipc_ping pong = { .request_id = id };
+	if (ipc_send(auth.control_fd, buf, ipc_pong_encode(buf, sizeof(buf), &pong)) < 0)
+		log_warn("cannot answer the master's ping");
+}
+
 static void
 control_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
 	struct ipc_reload reload;
 	struct ipc_users_fd users;
+	struct ipc_ping ping;
 	int passed;
 	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
 	if (n == 0) {
@@ -773,6 +801,10 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (n > 0 && ipc_users_fd_decode(buf, (size_t)n, &users)) {
 		passdb_fd_received(&users, passed);
+		return;
+	}
+	if (n > 0 && ipc_ping_decode(buf, (size_t)n, &ping)) {
+		pong_send(ping.request_id);
 		return;
 	}
 	if (passed >= 0)
@@ -789,9 +821,27 @@ sigterm_cb(evutil_socket_t sig, short what, void *arg)
 	exit(0);
 }
 
+/* The SCRAM salt key from the descriptor the master opened (its file is
+ * not readable by us), into key; false when there is none. */
+static bool
+salt_key_read(int fd, unsigned char key[AUTH_SASL_KEY_SIZE])
+{
+	if (fd < 0)
+		return false;
+	ssize_t n = pread(fd, key, AUTH_SASL_KEY_SIZE, 0);
+	close(fd);
+	if (n != AUTH_SASL_KEY_SIZE) {
+		log_warnx("cannot read the SCRAM salt key; salts of users without a SCRAM secret "
+		    "change at each start of the auth process");
+		return false;
+	}
+	return true;
+}
+
 void
 auth_main(struct child_env *env)
 {
+	unsigned char salt_key[AUTH_SASL_KEY_SIZE];
 	prctl(PR_SET_NAME, "popboxd-auth");
 	log_set_procname("popboxd-auth");
 	for (size_t i = 0; i < env->n_listeners; i++)
@@ -799,13 +849,20 @@ auth_main(struct child_env *env)
 	for (unsigned i = 0; i < env->n_workers; i++)
 		close(env->worker_fds[i]);
 
+	/* Forked from the master, we hold its TLS context and with it the
+	 * private key: the auth process never serves TLS, so drop it first
+	 * (OpenSSL wipes a private key when it frees it). Reloads bring no
+	 * key either (master.c). */
+	SSL_CTX_free(env->ssl_ctx);
+	env->ssl_ctx = NULL;
 	auth.config = env->config;
 	auth.control_fd = env->control_fd;
 	auth.passdb_ops = &passdb_passwdfile;
 	auth.base = event_base_new();
 	if (auth.base == NULL)
 		fatalx("event_base_new failed");
-	auth.sasl = auth_sasl_new();
+	auth.sasl = auth_sasl_new(salt_key_read(env->salt_key_fd, salt_key) ? salt_key : NULL);
+	secure_wipe(salt_key, sizeof(salt_key));
 	auth.penalty = auth_penalty_new(AUTH_PENALTY_IPV6_PREFIX);
 	passdb_load_initial(env->users_fd, env->users_errno);
 
@@ -830,6 +887,7 @@ auth_main(struct child_env *env)
 	    .tv_usec = (AUTH_PASSDB_CHECK_MS % 1000) * 1000 };
 	event_add(pc, &check);
 
+	pong_send(0);
 	event_base_dispatch(auth.base);
 	exit(0);
 }

@@ -46,18 +46,24 @@ struct passdb_ops {
 	/* --- users and secrets; db is never NULL --- */
 	/* Exact lookup; NULL for an unknown user. Cheap. */
 	const struct passwd_entry *(*lookup)(const struct passdb *db, const char *user);
-	/* Check a password. e == NULL (unknown user) spends about the time a
-	 * real check would and fails (no user enumeration by timing). May be
-	 * slow: pool threads only, unless verify_is_cheap(e). */
+	/* Check a password. e == NULL (unknown user), a disabled entry and a
+	 * wrong password cost the same work, whatever kind of secret most
+	 * users have (no user enumeration by timing). May be slow: pool
+	 * threads only, unless verify_is_cheap(db, e). */
 	enum password_result (*verify)(const struct passdb *db, const struct passwd_entry *e,
 	    const char *password);
-	bool (*verify_is_cheap)(const struct passwd_entry *e);
+	bool (*verify_is_cheap)(const struct passdb *db, const struct passwd_entry *e);
 	/* The plaintext secret (APOP, CRAM-MD5, SCRAM from a plaintext), or
 	 * NULL when the backend does not have it. */
 	const char *(*plaintext)(const struct passwd_entry *e);
 	/* A stored SCRAM secret: 0 and *secret filled (scram_secret_clear it),
 	 * or -1 when the user has none (or an unusable one). */
 	int (*scram_secret)(const struct passwd_entry *e, struct scram_secret *secret);
+	/* What SCRAM announces for a user without a stored secret of its
+	 * mechanism (unknown, {PLAIN}, other schemes): the iteration count and
+	 * salt length most stored SCRAM secrets have, so that every account's
+	 * first challenge looks alike. */
+	void (*scram_defaults)(const struct passdb *db, unsigned *iterations_r, size_t *salt_len_r);
 };
 
 /* The backends. */

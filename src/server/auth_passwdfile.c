@@ -73,21 +73,18 @@ passwdfile_lookup(const struct passdb *db, const char *user)
 	return passwd_db_lookup(db->users, user);
 }
 
+/* Unknown and disabled users cost the dummy's work (passwd.h). */
 static enum password_result
 passwdfile_verify(const struct passdb *db, const struct passwd_entry *e, const char *password)
 {
-	if (e == NULL) {
-		password_verify_dummy(db->users, password);
-		return PASSWORD_MISMATCH;
-	}
-	return password_verify(e->password, password);
+	return passwd_db_verify(db->users, e, password);
 }
 
-/* {PLAIN} secrets and disabled accounts are checked on the event loop. */
+/* In a file of {PLAIN} secrets, checked on the event loop. */
 static bool
-passwdfile_verify_is_cheap(const struct passwd_entry *e)
+passwdfile_verify_is_cheap(const struct passdb *db, const struct passwd_entry *e)
 {
-	return e != NULL && (password_plaintext(e->password) != NULL || e->password[0] == '\0');
+	return passwd_db_verify_is_cheap(db->users, e);
 }
 
 static const char *
@@ -107,6 +104,12 @@ passwdfile_scram_secret(const struct passwd_entry *e, struct scram_secret *secre
 	return 0;
 }
 
+static void
+passwdfile_scram_defaults(const struct passdb *db, unsigned *iterations_r, size_t *salt_len_r)
+{
+	passwd_db_scram_defaults(db->users, iterations_r, salt_len_r);
+}
+
 const struct passdb_ops passdb_passwdfile = {
 	.name = "users file",
 	.source = passwdfile_source,
@@ -119,4 +122,5 @@ const struct passdb_ops passdb_passwdfile = {
 	.verify_is_cheap = passwdfile_verify_is_cheap,
 	.plaintext = passwdfile_plaintext,
 	.scram_secret = passwdfile_scram_secret,
+	.scram_defaults = passwdfile_scram_defaults,
 };

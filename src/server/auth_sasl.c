@@ -1,6 +1,7 @@
 /* SASL exchanges with GNU SASL. Contract in auth_sasl.h. */
 #include "server/auth_sasl.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,15 +14,14 @@
 
 #include "common/base64.h"
 #include "common/log.h"
+#include "common/scram.h"
 #include "common/util.h"
-
-/* Iteration count announced for users without a SCRAM secret of the
- * mechanism: the usual one, so nothing stands out. */
-#define SASL_FAKE_ITERATIONS "4096"
 
 struct auth_sasl {
 	Gsasl *gsasl;
-	unsigned char fake_salt_key[32];  /* SCRAM salts for unknown users */
+	/* Key of the salts announced for users without a stored SCRAM secret
+	 * (auth_sasl.h): kept in state_dir, so the salts survive restarts. */
+	unsigned char salt_key[AUTH_SASL_KEY_SIZE];
 };
 
 struct sasl_conv {
@@ -29,7 +29,17 @@ struct sasl_conv {
 	Gsasl_session *sctx;
 	struct passdb_ref *ref;
 	char mech[32];
+	char scram_mech[32];    /* "SCRAM-SHA-256" for scram-sha-256[-plus], else "" */
 	unsigned steps;
+	/* What SCRAM announces for users without a stored secret of the
+	 * mechanism (passdb_ops.scram_defaults). */
+	unsigned iterations;
+	size_t salt_len;
+	/* Users without a secret get keys made by PBKDF2 (the work a {PLAIN}
+	 * user costs) where most users are {PLAIN}, else random ones. */
+	bool fake_keys_by_pbkdf2;
+	bool fake_keys_made;
+	unsigned char fake_stored[SCRAM_KEY_MAX], fake_server[SCRAM_KEY_MAX];
 	/* Set by the callback, on the pool thread of the current step. */
 	bool validated;         /* PLAIN/LOGIN: password checked by our callback */
 	bool unknown_user;
@@ -50,31 +60,91 @@ hex_to_base64(const char *hex)
 	return base64_encode(bin, n);
 }
 
-/* For a user who does not exist (or has no usable SCRAM secret), answer with
- * a salt that is stable per user name and keys nobody knows, so the exchange
- * looks the same as for a real user and fails only at the proof. */
-static int
-scram_fake(const struct sasl_conv *c, Gsasl_property prop, const char *authid)
+/* The salt announced to authid when it has no stored secret of this
+ * mechanism: HMAC-SHA-256 blocks of the salt key over a block counter, the
+ * mechanism and the name; salt_len octets, base64 (malloc'd). The same for
+ * a name every time and across restarts, different for each mechanism (as
+ * a stored secret serves one), unguessable without the key. */
+static char *
+scram_salt(const struct sasl_conv *c, const char *authid)
 {
-	unsigned char mac[EVP_MAX_MD_SIZE], rnd[32];
-	unsigned int maclen = 0;
-	bool sha256 = strncasecmp(c->mech, "SCRAM-SHA-256", 13) == 0;
-	char *s;
+	unsigned char salt[SCRAM_SALT_MAX], mac[EVP_MAX_MD_SIZE];
+	size_t len = c->salt_len > 0 && c->salt_len <= sizeof(salt) ? c->salt_len : SCRAM_SALT_SIZE;
+	size_t mlen = strlen(c->scram_mech) + 1, alen = strlen(authid);
+	unsigned char *msg = xmalloc(1 + mlen + alen);
+	memcpy(msg + 1, c->scram_mech, mlen);
+	memcpy(msg + 1 + mlen, authid, alen);
+	for (size_t done = 0, block = 0; done < len; block++) {
+		unsigned int maclen = 0;
+		msg[0] = (unsigned char)block;
+		if (HMAC(EVP_sha256(), c->sasl->salt_key, sizeof(c->sasl->salt_key), msg,
+		    1 + mlen + alen, mac, &maclen) == NULL)
+			fatalx("HMAC failed");
+		size_t n = len - done < maclen ? len - done : maclen;
+		memcpy(salt + done, mac, n);
+		done += n;
+	}
+	free(msg);
+	return base64_encode(salt, len);
+}
+
+/* The keys of a user without a secret: nobody's password matches them. */
+static void
+scram_fake_keys(struct sasl_conv *c, const char *authid)
+{
+	size_t klen = scram_mech_key_len(c->scram_mech);
+	if (c->fake_keys_made)
+		return;
+	c->fake_keys_made = true;
+	if (c->fake_keys_by_pbkdf2) {
+		unsigned char rnd[16], salt[SCRAM_SALT_MAX];
+		char password[2 * sizeof(rnd) + 1], *error = NULL;
+		char *salt_b64 = scram_salt(c, authid);
+		unsigned char *salt_bin = NULL;
+		size_t salt_n = 0;
+		RAND_bytes(rnd, sizeof(rnd));
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			snprintf(password + 2 * i, 3, "%02x", rnd[i]);
+		if (base64_decode(salt_b64, strlen(salt_b64), &salt_bin, &salt_n) && salt_n <= sizeof(salt) &&
+		    scram_derive_keys(c->scram_mech, password, salt_bin, salt_n, c->iterations,
+		    c->fake_stored, c->fake_server, &error) == 0) {
+			free(salt_b64);
+			free(salt_bin);
+			secure_wipe(password, sizeof(password));
+			return;
+		}
+		free(error);
+		free(salt_b64);
+		free(salt_bin);
+		secure_wipe(password, sizeof(password));
+	}
+	RAND_bytes(c->fake_stored, (int)klen);
+	RAND_bytes(c->fake_server, (int)klen);
+}
+
+/* For a user who does not exist (or has no usable SCRAM secret of this
+ * mechanism), answer like for a user with a stored secret: the usual
+ * iteration count, a salt of the usual length that is stable per user name,
+ * keys nobody knows; the exchange fails only at the proof. */
+static int
+scram_fake(struct sasl_conv *c, Gsasl_property prop, const char *authid)
+{
+	char it[16], *s;
 	switch (prop) {
 	case GSASL_SCRAM_ITER:
-		gsasl_property_set(c->sctx, prop, SASL_FAKE_ITERATIONS);
+		snprintf(it, sizeof(it), "%u", c->iterations);
+		gsasl_property_set(c->sctx, prop, it);
 		return GSASL_OK;
 	case GSASL_SCRAM_SALT:
-		HMAC(EVP_sha256(), c->sasl->fake_salt_key, sizeof(c->sasl->fake_salt_key),
-		    (const unsigned char *)authid, strlen(authid), mac, &maclen);
-		s = base64_encode(mac, 16);
+		s = scram_salt(c, authid);
 		gsasl_property_set(c->sctx, prop, s);
 		free(s);
 		return GSASL_OK;
 	case GSASL_SCRAM_STOREDKEY:
 	case GSASL_SCRAM_SERVERKEY:
-		RAND_bytes(rnd, sizeof(rnd));
-		s = base64_encode(rnd, sha256 ? 32 : 20);
+		scram_fake_keys(c, authid);
+		s = base64_encode(prop == GSASL_SCRAM_STOREDKEY ? c->fake_stored : c->fake_server,
+		    scram_mech_key_len(c->scram_mech));
 		gsasl_property_set(c->sctx, prop, s);
 		free(s);
 		return GSASL_OK;
@@ -163,8 +233,15 @@ sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
 	case GSASL_SCRAM_SERVERKEY:
 		if (authid == NULL)
 			return GSASL_NO_CALLBACK;
-		if (e != NULL && ops->plaintext(e) != NULL)
-			return GSASL_NO_CALLBACK;   /* gsasl derives the keys from GSASL_PASSWORD */
+		if (e != NULL && ops->plaintext(e) != NULL) {
+			/* gsasl derives the keys from GSASL_PASSWORD, with the
+			 * count and salt given here: left to itself it would
+			 * announce a fresh random salt of its own length each
+			 * time, unlike every other account. */
+			if (prop == GSASL_SCRAM_ITER || prop == GSASL_SCRAM_SALT)
+				return scram_fake(c, prop, authid);
+			return GSASL_NO_CALLBACK;
+		}
 		return scram_property(c, prop, authid, e);
 	default:
 		return GSASL_NO_CALLBACK;
@@ -172,13 +249,15 @@ sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
 }
 
 struct auth_sasl *
-auth_sasl_new(void)
+auth_sasl_new(const unsigned char *salt_key)
 {
 	struct auth_sasl *sasl = xcalloc(1, sizeof(*sasl));
 	if (gsasl_init(&sasl->gsasl) != GSASL_OK)
 		fatalx("GNU SASL initialisation failed");
 	gsasl_callback_set(sasl->gsasl, sasl_callback);
-	if (RAND_bytes(sasl->fake_salt_key, sizeof(sasl->fake_salt_key)) != 1)
+	if (salt_key != NULL)
+		memcpy(sasl->salt_key, salt_key, sizeof(sasl->salt_key));
+	else if (RAND_bytes(sasl->salt_key, sizeof(sasl->salt_key)) != 1)
 		fatalx("no randomness");
 	return sasl;
 }
@@ -189,7 +268,7 @@ auth_sasl_free(struct auth_sasl *sasl)
 	if (sasl == NULL)
 		return;
 	gsasl_done(sasl->gsasl);
-	secure_wipe(sasl->fake_salt_key, sizeof(sasl->fake_salt_key));
+	secure_wipe(sasl->salt_key, sizeof(sasl->salt_key));
 	free(sasl);
 }
 
@@ -205,6 +284,15 @@ auth_sasl_conv_new(struct auth_sasl *sasl, const char *mech, struct passdb_ref *
 	c->sasl = sasl;
 	c->ref = passdb_ref_hold(ref);
 	snprintf(c->mech, sizeof(c->mech), "%s", mech);
+	if (strncasecmp(mech, "SCRAM-", 6) == 0) {
+		size_t n = strlen(c->mech);
+		if (n > 5 && strcasecmp(c->mech + n - 5, "-PLUS") == 0)
+			n -= 5;
+		for (size_t i = 0; i < n && i + 1 < sizeof(c->scram_mech); i++)
+			c->scram_mech[i] = (char)toupper((unsigned char)c->mech[i]);
+	}
+	ref->ops->scram_defaults(ref->db, &c->iterations, &c->salt_len);
+	c->fake_keys_by_pbkdf2 = ref->ops->verify_is_cheap(ref->db, NULL);
 	gsasl_session_hook_set(c->sctx, c);
 	if (cb_exporter != NULL && cb_exporter[0] != '\0')
 		gsasl_property_set(c->sctx, GSASL_CB_TLS_EXPORTER, cb_exporter);
@@ -213,11 +301,20 @@ auth_sasl_conv_new(struct auth_sasl *sasl, const char *mech, struct passdb_ref *
 	return c;
 }
 
+const char *
+auth_sasl_conv_user(const struct sasl_conv *c)
+{
+	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
+	return authid != NULL ? authid : "";
+}
+
 void
 auth_sasl_conv_free(struct sasl_conv *c)
 {
 	if (c == NULL)
 		return;
+	secure_wipe(c->fake_stored, sizeof(c->fake_stored));
+	secure_wipe(c->fake_server, sizeof(c->fake_server));
 	gsasl_finish(c->sctx);
 	passdb_ref_release(c->ref);
 	free(c);

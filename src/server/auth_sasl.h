@@ -14,11 +14,18 @@
 
 #include "server/auth_passdb.h"
 
-struct auth_sasl;    /* per process: the GNU SASL library, the fake-salt key */
+struct auth_sasl;    /* per process: the GNU SASL library, the salt key */
 struct sasl_conv;    /* one exchange */
 
-/* Fatal when GNU SASL or the random generator fails. */
-struct auth_sasl *auth_sasl_new(void);
+#define AUTH_SASL_KEY_SIZE 32
+
+/* salt_key: AUTH_SASL_KEY_SIZE octets that key the SCRAM salts of users
+ * without a stored secret of the mechanism (unknown users, {PLAIN} users,
+ * other schemes), so that these are the same for a user name every time
+ * and, with the key kept in state_dir, across restarts (docs/DESIGN.md,
+ * "The auth process"); NULL: a random key (salts change at each start).
+ * Fatal when GNU SASL or the random generator fails. */
+struct auth_sasl *auth_sasl_new(const unsigned char *salt_key);
 void auth_sasl_free(struct auth_sasl *sasl);
 
 /* Start an exchange of mech (as the client named it) against the users of
@@ -41,6 +48,9 @@ enum sasl_outcome {
 	SASL_OUTCOME_SUCCESS,    /* *entry_r logged in */
 	SASL_OUTCOME_FAILURE,    /* *why_r says why, for the log */
 };
+
+/* The authentication id the client gave so far, "" before it gave one. */
+const char *auth_sasl_conv_user(const struct sasl_conv *conv);
 
 /* The verdict on a step that returned rc. *user_r: the authentication id
  * the client gave, "" before it gave one (for answers and logs). */

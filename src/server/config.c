@@ -45,6 +45,7 @@
 #define CONFIG_DEFAULT_LISTEN_PORT "110"
 #define CONFIG_DEFAULT_STATE_DIR "/run/popbox"
 #define CONFIG_DEFAULT_RUN_AS "popbox"
+#define CONFIG_DEFAULT_AUTH_USER "popbox-auth"
 #define CONFIG_DEFAULT_TLS_MIN_VERSION "TLSv1.2"
 
 struct config_parser;
@@ -413,6 +414,12 @@ config_key_run_as(struct config_parser *p, const char *key, const char *value)
 }
 
 static int
+config_key_auth_user(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->auth_user, xstrdup(value));
+}
+
+static int
 config_key_plaintext_auth(struct config_parser *p, const char *key, const char *value)
 {
 	if (strcmp(value, "tls-or-loopback") == 0)
@@ -612,6 +619,7 @@ static const struct config_key config_keys[] = {
 	{ "max_maildrop_messages", config_key_max_maildrop_messages, false },
 	{ "max_maildrop_size", config_key_max_maildrop_size, false },
 	{ "proxy_trusted", config_key_proxy_trusted, true },
+	{ "auth_user", config_key_auth_user, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -685,6 +693,7 @@ config_new(const char *name)
 	c->tls_min_version = xstrdup(CONFIG_DEFAULT_TLS_MIN_VERSION);
 	c->state_dir = xstrdup(CONFIG_DEFAULT_STATE_DIR);
 	c->run_as = xstrdup(CONFIG_DEFAULT_RUN_AS);
+	c->auth_user = xstrdup(CONFIG_DEFAULT_AUTH_USER);
 	c->plaintext_auth = PLAINTEXT_TLS_OR_LOOPBACK;
 	c->workers = 0;
 	c->apop = false;
@@ -891,5 +900,6 @@ config_free(struct config *config)
 	free(config->mail);
 	free(config->state_dir);
 	free(config->run_as);
+	free(config->auth_user);
 	free(config);
 }

@@ -52,6 +52,7 @@ struct config {
 	char *mail;                     /* "maildir:PATH", required, %u %n %d ~ */
 	char *state_dir;                /* default "/run/popbox" */
 	char *run_as;                   /* default "popbox" */
+	char *auth_user;                /* the auth process's user, default "popbox-auth" */
 	enum plaintext_auth plaintext_auth;
 	unsigned workers;               /* 0 = auto (one per core) */
 	bool apop;                      /* default no */

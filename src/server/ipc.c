@@ -48,6 +48,8 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	[IPC_SASL_ABORT] = { 1, { NUMBER(UINT64_MAX) } },
 	[IPC_USERS_OPEN] = { 0, { { 0, 0 } } },
 	[IPC_USERS_FD] = { 1, { TEXT(IPC_MAX_ERROR) } },
+	[IPC_PING] = { 0, { { 0, 0 } } },
+	[IPC_PONG] = { 0, { { 0, 0 } } },
 };
 
 /* One field in generic form. */
@@ -313,6 +315,30 @@ ipc_users_fd_decode(const void *buf, size_t len, struct ipc_users_fd *m)
 		return false;
 	m->error = v[0].text;
 	return true;
+}
+
+size_t
+ipc_ping_encode(void *buf, size_t size, const struct ipc_ping *m)
+{
+	return ipc_encode(buf, size, IPC_PING, m->request_id, NULL);
+}
+
+bool
+ipc_ping_decode(const void *buf, size_t len, struct ipc_ping *m)
+{
+	return ipc_decode(buf, len, IPC_PING, &m->request_id, NULL);
+}
+
+size_t
+ipc_pong_encode(void *buf, size_t size, const struct ipc_ping *m)
+{
+	return ipc_encode(buf, size, IPC_PONG, m->request_id, NULL);
+}
+
+bool
+ipc_pong_decode(const void *buf, size_t len, struct ipc_ping *m)
+{
+	return ipc_decode(buf, len, IPC_PONG, &m->request_id, NULL);
 }
 
 /* --- transport ----------------------------------------------------------------- */

@@ -79,6 +79,10 @@ enum ipc_type {
 	 * readable by root only) and handed over as a descriptor */
 	IPC_USERS_OPEN,
 	IPC_USERS_FD,
+	/* master -> auth: are you alive? auth -> master: yes (the ping's id;
+	 * id 0 once at start, when the auth process begins to serve) */
+	IPC_PING,
+	IPC_PONG,
 	IPC_TYPE_MAX,
 };
 
@@ -175,6 +179,12 @@ struct ipc_users_fd {
 	                            * else why not, at most IPC_MAX_ERROR */
 };
 
+/* IPC_PING, master -> auth, and IPC_PONG, auth -> master. No fields. The
+ * master restarts an auth process that does not answer (master.c). */
+struct ipc_ping {
+	uint64_t request_id;       /* PONG: the PING's, or 0 (ready) */
+};
+
 /* Encode m into buf[0..size): returns the message's length, or 0 when a
  * field breaks its type's rules (see above) or the message does not fit. */
 size_t ipc_auth_pass_encode(void *buf, size_t size, const struct ipc_auth_pass *m);
@@ -186,6 +196,8 @@ size_t ipc_sasl_step_encode(void *buf, size_t size, const struct ipc_sasl_step *
 size_t ipc_sasl_abort_encode(void *buf, size_t size, const struct ipc_sasl_abort *m);
 size_t ipc_users_open_encode(void *buf, size_t size, const struct ipc_users_open *m);
 size_t ipc_users_fd_encode(void *buf, size_t size, const struct ipc_users_fd *m);
+size_t ipc_ping_encode(void *buf, size_t size, const struct ipc_ping *m);
+size_t ipc_pong_encode(void *buf, size_t size, const struct ipc_ping *m);
 
 /* Decode buf[0..len) (one received message) into *m: true when it is a
  * well-formed message of this type, else false and *m undefined. */
@@ -198,6 +210,8 @@ bool ipc_sasl_step_decode(const void *buf, size_t len, struct ipc_sasl_step *m);
 bool ipc_sasl_abort_decode(const void *buf, size_t len, struct ipc_sasl_abort *m);
 bool ipc_users_open_decode(const void *buf, size_t len, struct ipc_users_open *m);
 bool ipc_users_fd_decode(const void *buf, size_t len, struct ipc_users_fd *m);
+bool ipc_ping_decode(const void *buf, size_t len, struct ipc_ping *m);
+bool ipc_pong_decode(const void *buf, size_t len, struct ipc_ping *m);
 
 /* The type in the header of buf[0..len), or 0 when there is no header. Only
  * picks the decoder: nothing else of the message is checked. */

@@ -8,6 +8,7 @@
 #include "server/config.h"
 #include "server/master.h"
 #include "server/popboxd.h"
+#include "server/tls.h"
 
 static void
 usage(FILE *out)
@@ -27,6 +28,9 @@ main(int argc, char **argv)
 	const char *config_path = NULL;
 	bool foreground = false, test_only = false, debug = false;
 	int ch;
+
+	/* Before anything can make OpenSSL allocate (tls.h says why). */
+	bool wiping = tls_wipe_freed_memory();
 
 	while ((ch = getopt(argc, argv, "c:ftdhV")) != -1) {
 		switch (ch) {
@@ -64,5 +68,8 @@ main(int argc, char **argv)
 		return 0;
 	}
 	log_init("popboxd", foreground, debug || config->log_debug);
+	if (!wiping)
+		log_warnx("OpenSSL allocated memory before start-up: freed copies of the TLS key "
+		    "may stay in memory");
 	return master_run(config, foreground);
 }

@@ -24,8 +24,10 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/rand.h>
 
 #include "common/log.h"
+#include "server/auth_sasl.h"
 #include "server/ipc.h"
 #include "server/popboxd.h"
 #include "server/tls.h"
@@ -41,6 +43,14 @@
 #define MASTER_HEALTHY_SECONDS 10
 /* On SIGTERM, how long children get before SIGKILL. */
 #define MASTER_STOP_GRACE_SECONDS 5
+/* The auth process is pinged this often over its control channel; one that
+ * has not answered a ping for MASTER_PING_TIMEOUT_SECONDS (stopped, hung) is
+ * killed and restarted. Until its first answer (it loads the users file
+ * before it serves, seconds for a big one) it has
+ * MASTER_AUTH_START_SECONDS. */
+#define MASTER_PING_INTERVAL_SECONDS 5
+#define MASTER_PING_TIMEOUT_SECONDS 15
+#define MASTER_AUTH_START_SECONDS 120
 
 enum child_role { ROLE_AUTH, ROLE_WORKER };
 
@@ -53,6 +63,11 @@ struct child {
 	time_t started;
 	unsigned backoff_ms;
 	struct event *restart_timer;
+	/* auth process: liveness (monotonic seconds) */
+	uint64_t ping_id;       /* of the ping waiting for its answer */
+	time_t ping_sent;       /* when it left; 0 = none waiting */
+	bool answered;          /* this incarnation has answered (or said it is ready) */
+	time_t forked;
 };
 
 static struct {
@@ -63,22 +78,35 @@ static struct {
 	size_t n_children;
 	char *pid_path;
 	bool stopping;
-	struct event *events[5];   /* signals and the auth control channel */
+	struct event *events[6];   /* signals, the auth control channel, the ping timer */
 } master;
 
 static void child_start(struct child *c);
 
-static int
-resolve_run_as(const struct config *config, uid_t *uid, gid_t *gid, char **error_r)
+static time_t
+monotonic_seconds(void)
 {
-	struct passwd *pw = getpwnam(config->run_as);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+/* The uid and gid of user (the value of key): it must exist and not be
+ * root. */
+static int
+resolve_user(const struct config *config, const char *key, const char *user, uid_t *uid,
+    gid_t *gid, char **error_r)
+{
+	struct passwd *pw = getpwnam(user);
 	if (pw == NULL) {
-		*error_r = xasprintf("%s: run_as user '%s' does not exist", config->path, config->run_as);
+		*error_r = xasprintf("%s: %s user '%s' does not exist%s", config->path, key, user,
+		    strcmp(key, "auth_user") == 0 ? " (make install creates popbox-auth; "
+		    "or set auth_user to an unprivileged user of its own)" : "");
 		return -1;
 	}
 	if (pw->pw_uid == 0) {
-		*error_r = xasprintf("%s: run_as user '%s' is root; workers must not run as root",
-		    config->path, config->run_as);
+		*error_r = xasprintf("%s: %s user '%s' is root; children must not run as root",
+		    config->path, key, user);
 		return -1;
 	}
 	*uid = pw->pw_uid;
@@ -86,12 +114,20 @@ resolve_run_as(const struct config *config, uid_t *uid, gid_t *gid, char **error
 	return 0;
 }
 
+/* run_as for the workers and auth_user for the auth process, into env. */
+static int
+resolve_users(const struct config *config, struct child_env *env, char **error_r)
+{
+	return resolve_user(config, "run_as", config->run_as, &env->uid, &env->gid, error_r) < 0 ||
+	    resolve_user(config, "auth_user", config->auth_user, &env->auth_uid, &env->auth_gid,
+	    error_r) < 0 ? -1 : 0;
+}
+
 int
 master_check(const struct config *config, char **error_r)
 {
-	uid_t uid;
-	gid_t gid;
-	if (geteuid() == 0 && resolve_run_as(config, &uid, &gid, error_r) < 0)
+	struct child_env env;
+	if (geteuid() == 0 && resolve_users(config, &env, error_r) < 0)
 		return -1;
 	if (access(config->users, R_OK) < 0) {
 		*error_r = xasprintf("%s: users file %s: %s", config->path, config->users, strerror(errno));
@@ -154,13 +190,17 @@ listener_bind(const struct config_listen *cl, struct listener *out, char **error
 /* Called in every child right after fork (child_start), before any child
  * code runs, so no child role can forget it. */
 static void
-privileges_drop(const struct child_env *env)
+privileges_drop(const struct child_env *env, enum child_role role)
 {
 	if (!env->drop_privileges)
 		return;
-	if (setgroups(1, &env->gid) < 0 || setresgid(env->gid, env->gid, env->gid) < 0 ||
-	    setresuid(env->uid, env->uid, env->uid) < 0)
-		fatal("cannot drop privileges to uid %u", (unsigned)env->uid);
+	/* The auth process has a user of its own: a worker (run_as) cannot
+	 * signal or trace it (docs/DESIGN.md, "The auth process"). */
+	uid_t uid = role == ROLE_AUTH ? env->auth_uid : env->uid;
+	gid_t gid = role == ROLE_AUTH ? env->auth_gid : env->gid;
+	if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
+	    setresuid(uid, uid, uid) < 0)
+		fatal("cannot drop privileges to uid %u", (unsigned)uid);
 	if (setuid(0) == 0 || geteuid() == 0)
 		fatalx("privileges were not dropped");
 	/* Dropping ids clears the dumpable flag; keep it off so no one attaches. */
@@ -210,15 +250,93 @@ users_file_open(void)
 	return open(master.config->users, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 }
 
+/* The key of the SCRAM salts of users without a stored secret
+ * (auth_sasl.h): AUTH_SASL_KEY_SIZE random octets in state_dir, made by the
+ * master at the first start, mode 0600, owned by the master's user, read
+ * by no one else: the auth process gets it as a descriptor, like the users
+ * file. The state directory may be writable by the run_as user, so the
+ * file is never followed through a link and one with the wrong owner, mode,
+ * type or size is not used (at start-up it is replaced). */
+#define MASTER_SALT_KEY_FILE "scram-salt.key"
+
+static bool
+salt_key_usable(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+	    (st.st_mode & 077) == 0 && st.st_size == AUTH_SASL_KEY_SIZE;
+}
+
+/* An open, usable key file, or -1 (logged). */
+static int
+salt_key_open(void)
+{
+	int dfd = open(master.config->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = dfd < 0 ? -1 : openat(dfd, MASTER_SALT_KEY_FILE,
+	    O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (fd >= 0 && !salt_key_usable(fd)) {
+		close(fd);
+		fd = -1;
+		errno = EPERM;
+	}
+	if (fd < 0)
+		log_warn("%s/%s: not usable; SCRAM salts of users without a SCRAM secret "
+		    "change at each start of the auth process", master.config->state_dir,
+		    MASTER_SALT_KEY_FILE);
+	if (dfd >= 0)
+		close(dfd);
+	return fd;
+}
+
+/* At start-up: make the key file unless a usable one is there. Failure is
+ * logged, not fatal (salt_key_open says what follows). */
+static void
+salt_key_prepare(const struct config *config)
+{
+	unsigned char key[AUTH_SASL_KEY_SIZE];
+	int dfd = open(config->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return;
+	int fd = openat(dfd, MASTER_SALT_KEY_FILE, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK |
+	    O_CLOEXEC);
+	if (fd >= 0 && salt_key_usable(fd)) {
+		close(fd);
+		close(dfd);
+		return;
+	}
+	if (fd >= 0 || errno != ENOENT) {
+		log_warnx("%s/%s: wrong owner, mode, type or size; making a new one",
+		    config->state_dir, MASTER_SALT_KEY_FILE);
+		if (fd >= 0)
+			close(fd);
+		(void)unlinkat(dfd, MASTER_SALT_KEY_FILE, 0);
+	}
+	fd = openat(dfd, MASTER_SALT_KEY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	    0600);
+	if (fd < 0 || RAND_bytes(key, sizeof(key)) != 1 ||
+	    write(fd, key, sizeof(key)) != (ssize_t)sizeof(key) || fsync(fd) < 0) {
+		log_warn("cannot write %s/%s", config->state_dir, MASTER_SALT_KEY_FILE);
+		if (fd >= 0)
+			(void)unlinkat(dfd, MASTER_SALT_KEY_FILE, 0);
+	}
+	secure_wipe(key, sizeof(key));
+	if (fd >= 0)
+		close(fd);
+	close(dfd);
+}
+
 static void
 child_start(struct child *c)
 {
 	/* The auth process loads the users file before it serves. */
 	int users_fd = c->role == ROLE_AUTH ? users_file_open() : -1;
 	int users_errno = errno;
+	int salt_key_fd = c->role == ROLE_AUTH ? salt_key_open() : -1;
 	pid_t pid = fork();
 	if (pid != 0 && users_fd >= 0)
 		close(users_fd);   /* the child has it */
+	if (pid != 0 && salt_key_fd >= 0)
+		close(salt_key_fd);
 	if (pid < 0) {
 		log_warn("fork");
 		struct timeval tv = { .tv_sec = 1 };
@@ -250,17 +368,21 @@ child_start(struct child *c)
 		master.env.control_fd = c->control_child;
 		master.env.users_fd = users_fd;
 		master.env.users_errno = users_errno;
+		master.env.salt_key_fd = salt_key_fd;
 		master.env.slot = c->slot;
 		master.env.config = master.config;
 		signal(SIGCHLD, SIG_DFL);
 		signal(SIGPIPE, SIG_IGN);
-		privileges_drop(&master.env);
+		privileges_drop(&master.env, c->role);
 		if (c->role == ROLE_AUTH)
 			auth_main(&master.env);
 		worker_main(&master.env);
 	}
 	c->pid = pid;
 	c->started = time(NULL);
+	c->forked = monotonic_seconds();
+	c->ping_sent = 0;
+	c->answered = false;
 	log_debug("started %s %u as pid %d", c->role == ROLE_AUTH ? "auth" : "worker",
 	    c->slot, (int)pid);
 }
@@ -323,8 +445,9 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	if (!same_listen)
 		log_warnx("reload: listen addresses changed; restart popboxd to apply them");
 	if (strcmp(next->run_as, master.config->run_as) != 0 ||
+	    strcmp(next->auth_user, master.config->auth_user) != 0 ||
 	    workers_wanted(next) != master.env.n_workers)
-		log_warnx("reload: run_as and workers changes need a restart of popboxd");
+		log_warnx("reload: run_as, auth_user and workers changes need a restart of popboxd");
 	/* TLS: a certificate or key that does not load keeps the old one. */
 	char *cert = NULL, *key = NULL;
 	if (next->tls_cert != NULL) {
@@ -346,34 +469,94 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 	config_free(master.config);
 	master.config = next;
 	master.env.config = next;
+	/* The certificate and key go to the workers only: the auth process
+	 * never serves TLS, and a process that verifies passwords should not
+	 * hold the private key too (docs/DESIGN.md, "The auth process"). */
 	const struct ipc_reload msg = { .path = next->path, .config = text, .cert_pem = cert,
 	    .key_pem = key };
+	const struct ipc_reload auth_msg = { .path = next->path, .config = text, .cert_pem = "",
+	    .key_pem = "" };
 	unsigned char *buf = xmalloc(IPC_MAX_MSG);
 	size_t len = ipc_reload_encode(buf, IPC_MAX_MSG, &msg);
+	unsigned char *auth_buf = xmalloc(IPC_MAX_MSG);
+	size_t auth_len = ipc_reload_encode(auth_buf, IPC_MAX_MSG, &auth_msg);
 	for (size_t i = 0; i < master.n_children; i++) {
 		struct child *c = &master.children[i];
-		if (c->pid != 0 && ipc_send(c->control_master, buf, len) < 0)
+		bool auth = c->role == ROLE_AUTH;
+		if (c->pid != 0 && ipc_send(c->control_master, auth ? auth_buf : buf,
+		    auth ? auth_len : len) < 0)
 			log_warn("reload: cannot notify child %d", (int)c->pid);
 	}
 	secure_wipe(buf, len);   /* it holds the private key */
 	free(buf);
+	free(auth_buf);
 	free(cert);
 	free_secret(key);
 	free(text);
 	log_info("configuration reloaded");
 }
 
-/* The auth process asks for the users file (a reload): open it here and
- * hand over the descriptor (users_file_open says why). */
+/* Ping the auth process; kill one that has not answered in time (the
+ * SIGCHLD that follows restarts it as any dead child). A stopped or hung
+ * auth process would otherwise hold every login until it is noticed by
+ * hand. */
+static void
+auth_ping_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct child *c = &master.children[0];
+	time_t now = monotonic_seconds();
+	if (c->pid <= 0 || master.stopping)
+		return;
+	if (c->ping_sent != 0 || !c->answered) {
+		time_t since = c->answered ? c->ping_sent : c->forked;
+		time_t limit = c->answered ? MASTER_PING_TIMEOUT_SECONDS : MASTER_AUTH_START_SECONDS;
+		if (now - since >= limit) {
+			log_warnx("auth process (pid %d) has not answered for %lld s; killing it",
+			    (int)c->pid, (long long)(now - since));
+			kill(c->pid, SIGKILL);
+			c->ping_sent = 0;
+			c->answered = true;   /* no second kill before the restart */
+			c->forked = now;
+			return;
+		}
+		if (c->ping_sent != 0)
+			return;   /* one ping at a time */
+	}
+	unsigned char buf[IPC_HEADER_SIZE];
+	const struct ipc_ping ping = { .request_id = ++c->ping_id };
+	size_t len = ipc_ping_encode(buf, sizeof(buf), &ping);
+	if (ipc_send(c->control_master, buf, len) < 0 && errno != EAGAIN)
+		log_warn("cannot ping the auth process");
+	c->ping_sent = now;
+}
+
+static void
+auth_pong(const struct ipc_ping *pong)
+{
+	struct child *c = &master.children[0];
+	if (pong->request_id == 0 || pong->request_id == c->ping_id) {
+		c->answered = true;
+		if (pong->request_id != 0)
+			c->ping_sent = 0;
+	}
+}
+
+/* The auth process answers a ping, or asks for the users file (a reload):
+ * open it here and hand over the descriptor (users_file_open says why). */
 static void
 auth_control_cb(evutil_socket_t fd, short what, void *arg)
 {
 	unsigned char buf[IPC_HEADER_SIZE + IPC_MAX_ERROR + 1];
 	struct ipc_users_open req;
+	struct ipc_ping pong;
 	int passed;
 	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
 	if (passed >= 0)
 		close(passed);   /* nobody sends us descriptors */
+	if (n > 0 && ipc_pong_decode(buf, (size_t)n, &pong)) {
+		auth_pong(&pong);
+		return;
+	}
 	if (n <= 0 || !ipc_users_open_decode(buf, (size_t)n, &req))
 		return;
 	char why[IPC_MAX_ERROR + 1] = "";
@@ -546,10 +729,14 @@ master_prepare(const struct config *config)
 {
 	char *error = NULL;
 	if (getuid() == 0 || geteuid() == 0) {
-		if (resolve_run_as(config, &master.env.uid, &master.env.gid, &error) < 0) {
+		if (resolve_users(config, &master.env, &error) < 0) {
 			log_warnx("%s", error);
 			return -1;
 		}
+		if (master.env.auth_uid == master.env.uid)
+			log_warnx("auth_user %s has the uid of run_as %s: a compromised worker could "
+			    "stop or trace the auth process; give it a user of its own",
+			    config->auth_user, config->run_as);
 		master.env.drop_privileges = true;
 	}
 	if (config->tls_cert != NULL) {
@@ -567,6 +754,7 @@ master_prepare(const struct config *config)
 		log_warnx("%s", error);
 		return -1;
 	}
+	salt_key_prepare(config);
 	master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
 	for (size_t i = 0; i < config->n_listens; i++) {
 		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
@@ -623,8 +811,11 @@ master_events_add(void)
 	master.events[3] = evsignal_new(master.base, SIGINT, sigterm_cb, NULL);
 	master.events[4] = event_new(master.base, master.children[0].control_master,
 	    EV_READ | EV_PERSIST, auth_control_cb, NULL);
-	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+	master.events[5] = event_new(master.base, -1, EV_PERSIST, auth_ping_cb, NULL);
+	for (size_t i = 0; i < N_ELEMENTS(master.events) - 1; i++)
 		event_add(master.events[i], NULL);
+	struct timeval ping = { .tv_sec = MASTER_PING_INTERVAL_SECONDS };
+	event_add(master.events[5], &ping);
 }
 
 static void

@@ -37,6 +37,8 @@
 #define PASSWD_DUMMY_CLASS_LEN 64
 /* The phrase hashed for unknown users; its value does not matter. */
 #define PASSWD_DUMMY_PHRASE "popbox-dummy-password"
+/* The salt of a dummy SCRAM secret; its value does not matter either. */
+#define PASSWD_DUMMY_SALT "popbox-dummy-slt"
 /* Longest {SCHEME} name, with encoding suffix, e.g. "SHA512-CRYPT.B64". */
 #define PASSWORD_SCHEME_MAX 32
 /* Longest plaintext verified: far beyond any real password, and it bounds
@@ -53,6 +55,9 @@ struct passwd_db {
 	uint32_t *table;         /* open addressing: entry index + 1, 0 = free */
 	size_t table_size;
 	char *dummy;             /* stored-form secret for password_verify_dummy */
+	char dummy_class[PASSWD_DUMMY_CLASS_LEN]; /* its cost class (password_cost_class), "" = none */
+	unsigned scram_iterations;   /* the most common of the SCRAM secrets */
+	size_t scram_salt_len;       /* the same for their salts' length in octets */
 };
 
 /* Field value for a missing field: the struct has char * members. */
@@ -485,6 +490,19 @@ password_cost_class(const char *stored, char *out, size_t size)
 {
 	struct password_parsed p;
 
+	if (strncasecmp(stored, "{SCRAM-SHA-", 11) == 0) {
+		/* SCRAM: PBKDF2 of the mechanism's hash, as many iterations
+		 * as the secret says ("SCRAM-SHA-256:4096") */
+		struct scram_secret sec;
+		char *error = NULL;
+		if (scram_secret_parse(stored, &sec, &error) < 0) {
+			free(error);
+			return false;
+		}
+		snprintf(out, size, "%s:%u", sec.mech, sec.iterations);
+		scram_secret_clear(&sec);
+		return true;
+	}
 	if (stored[0] == '\0' || !password_parse(stored, &p))
 		return false;
 	if (p.scheme != NULL && p.scheme->kind == PASSWORD_KIND_PLAIN) {
@@ -492,6 +510,8 @@ password_cost_class(const char *stored, char *out, size_t size)
 		return true;
 	}
 	const char *h = p.data;
+	if (h[0] == '!' && h[1] != '\0')
+		h++;   /* "!hash": locked, but its hash is still computed */
 	if (h[0] == '!' || h[0] == '*' || h[0] == '\0')
 		return false;
 	if (h[0] != '$') {
@@ -519,6 +539,77 @@ password_cost_class(const char *stored, char *out, size_t size)
 	memcpy(out, h, len);
 	out[len] = '\0';
 	return true;
+}
+
+/* Count value v in a small table of (value, count); a table that is full
+ * ignores new values. */
+struct passwd_tally {
+	size_t n;
+	struct {
+		uint64_t value;
+		size_t count;
+	} rows[PASSWD_DUMMY_CLASSES_MAX];
+};
+
+static void
+passwd_tally_add(struct passwd_tally *t, uint64_t v)
+{
+	size_t i;
+	for (i = 0; i < t->n && t->rows[i].value != v; i++)
+		;
+	if (i == t->n) {
+		if (t->n == N_ELEMENTS(t->rows))
+			return;
+		t->rows[t->n].value = v;
+		t->rows[t->n++].count = 0;
+	}
+	t->rows[i].count++;
+}
+
+/* The most common value (the first seen among equals), or dflt. */
+static uint64_t
+passwd_tally_most(const struct passwd_tally *t, uint64_t dflt)
+{
+	size_t best = 0;
+	if (t->n == 0)
+		return dflt;
+	for (size_t i = 1; i < t->n; i++)
+		if (t->rows[i].count > t->rows[best].count)
+			best = i;
+	return t->rows[best].value;
+}
+
+/* The iteration count and salt length most SCRAM secrets have: what SCRAM
+ * announces for users without a secret of its mechanism. */
+static void
+passwd_db_prepare_scram(struct passwd_db *db)
+{
+	struct passwd_tally iterations = { 0 }, salt_lens = { 0 };
+	for (size_t i = 0; i < db->count; i++) {
+		struct scram_secret sec;
+		char *error = NULL;
+		if (strncasecmp(db->entries[i].password, "{SCRAM-SHA-", 11) != 0)
+			continue;
+		if (scram_secret_parse(db->entries[i].password, &sec, &error) < 0) {
+			free(error);
+			continue;
+		}
+		size_t b64 = strlen(sec.salt_b64), pad = 0;
+		while (pad < b64 && pad < 2 && sec.salt_b64[b64 - 1 - pad] == '=')
+			pad++;
+		passwd_tally_add(&iterations, sec.iterations);
+		passwd_tally_add(&salt_lens, (b64 - pad) * 3 / 4);
+		scram_secret_clear(&sec);
+	}
+	db->scram_iterations = (unsigned)passwd_tally_most(&iterations, SCRAM_ITERATIONS_DEFAULT);
+	db->scram_salt_len = (size_t)passwd_tally_most(&salt_lens, SCRAM_SALT_SIZE);
+}
+
+void
+passwd_db_scram_defaults(const struct passwd_db *db, unsigned *iterations_r, size_t *salt_len_r)
+{
+	*iterations_r = db != NULL ? db->scram_iterations : SCRAM_ITERATIONS_DEFAULT;
+	*salt_len_r = db != NULL ? db->scram_salt_len : SCRAM_SALT_SIZE;
 }
 
 /* Choose the cost class most users have and prepare a secret of that class,
@@ -557,8 +648,28 @@ passwd_db_prepare_dummy(struct passwd_db *db)
 			best = c;
 
 	const char *rep = db->entries[classes[best].rep].password;
+	_Static_assert(sizeof(db->dummy_class) == sizeof(classes[best].key), "same size");
+	memcpy(db->dummy_class, classes[best].key, sizeof(db->dummy_class));
 	if (strcmp(classes[best].key, "PLAIN") == 0) {
 		db->dummy = xstrdup("{PLAIN}" PASSWD_DUMMY_PHRASE);
+		return;
+	}
+	if (strncasecmp(rep, "{SCRAM-SHA-", 11) == 0) {
+		/* The same mechanism and iteration count, a fixed salt. */
+		struct scram_secret sec;
+		char *error = NULL;
+		if (scram_secret_parse(rep, &sec, &error) == 0) {
+			db->dummy = scram_secret_make(PASSWD_DUMMY_PHRASE, sec.mech, sec.iterations,
+			    (const unsigned char *)PASSWD_DUMMY_SALT, sizeof(PASSWD_DUMMY_SALT) - 1,
+			    &error);
+			scram_secret_clear(&sec);
+		}
+		if (db->dummy == NULL) {
+			log_warnx("%s: cannot make a dummy SCRAM secret: %s", db->name,
+			    error ? error : "unknown error");
+			db->dummy_class[0] = '\0';
+		}
+		free(error);
 		return;
 	}
 	/* Hash a fixed phrase with the representative's salt and parameters:
@@ -567,11 +678,14 @@ passwd_db_prepare_dummy(struct passwd_db *db)
 	struct password_parsed p;
 	(void)password_parse(rep, &p);
 	struct crypt_data *cd = xcalloc(1, sizeof(*cd));
-	const char *out = crypt_rn(PASSWD_DUMMY_PHRASE, p.data, cd, (int)sizeof(*cd));
-	if (out != NULL && out[0] != '*')
+	const char *hash = p.data[0] == '!' ? p.data + 1 : p.data;
+	const char *out = crypt_rn(PASSWD_DUMMY_PHRASE, hash, cd, (int)sizeof(*cd));
+	if (out != NULL && out[0] != '*') {
 		db->dummy = xasprintf("%.*s%s", (int)(p.data - rep), rep, out);
-	else
+	} else {
 		log_warnx("%s: the most common hash method is not supported by crypt(3)", db->name);
+		db->dummy_class[0] = '\0';
+	}
 	secure_wipe(cd, sizeof(*cd));
 	free(cd);
 }
@@ -581,7 +695,47 @@ password_verify_dummy(const struct passwd_db *db, const char *plain)
 {
 	if (db == NULL || db->dummy == NULL || plain == NULL)
 		return;
-	(void)password_verify(db->dummy, plain);
+	/* An empty or over-long password would be refused before any work. */
+	bool usable = plain[0] != '\0' && strlen(plain) <= PASSWORD_PLAIN_MAX;
+	(void)password_verify(db->dummy, usable ? plain : PASSWD_DUMMY_PHRASE);
+}
+
+/* Whether verifying e costs about what the dummy does: e's secret is of the
+ * dummy's cost class, or of a class at least as costly. Disabled entries
+ * and unknown schemes cost nothing, {PLAIN} next to nothing. */
+static bool
+passwd_entry_costs_dummy(const struct passwd_db *db, const struct passwd_entry *e)
+{
+	char key[PASSWD_DUMMY_CLASS_LEN];
+	if (!password_cost_class(e->password, key, sizeof(key)))
+		return false;
+	return strcmp(key, "PLAIN") != 0 || strcmp(db->dummy_class, "PLAIN") == 0;
+}
+
+enum password_result
+passwd_db_verify(const struct passwd_db *db, const struct passwd_entry *e, const char *plain)
+{
+	if (e == NULL) {
+		password_verify_dummy(db, plain);
+		return PASSWORD_MISMATCH;
+	}
+	enum password_result r = password_verify(e->password, plain);
+	/* password_verify refuses an empty or over-long password before any
+	 * work: such a password costs the dummy's work for everyone. */
+	if (plain == NULL || plain[0] == '\0' || strlen(plain) > PASSWORD_PLAIN_MAX ||
+	    !passwd_entry_costs_dummy(db, e))
+		password_verify_dummy(db, plain);
+	return r;
+}
+
+bool
+passwd_db_verify_is_cheap(const struct passwd_db *db, const struct passwd_entry *e)
+{
+	char key[PASSWD_DUMMY_CLASS_LEN];
+	bool dummy_cheap = db->dummy == NULL || strcmp(db->dummy_class, "PLAIN") == 0;
+	if (e == NULL || !password_cost_class(e->password, key, sizeof(key)))
+		return dummy_cheap;
+	return dummy_cheap && strcmp(key, "PLAIN") == 0;
 }
 
 /* ---- loading ---- */
@@ -619,6 +773,7 @@ passwd_db_parse_buffer(struct passwd_db *db)
 		passwd_db_add_line(db, line, lineno);
 	}
 	passwd_db_prepare_dummy(db);
+	passwd_db_prepare_scram(db);
 }
 
 static struct passwd_db *

@@ -63,10 +63,31 @@ enum password_result password_verify(const char *stored, const char *plain);
  * unknown user (no user enumeration by timing). */
 void password_verify_dummy(const struct passwd_db *db, const char *plain);
 
+/* Verify plain for entry e of db (NULL: an unknown user) so that unknown
+ * users, disabled entries (empty, "*", "!"), unknown schemes and {PLAIN}
+ * secrets in a file of hashes cost at least the work of
+ * password_verify_dummy: the work of the most common kind of secret in the
+ * file, SCRAM's PBKDF2 included (no user enumeration by timing). A user
+ * whose hash is costlier than most users' costs its own work. Pool threads
+ * only, unless passwd_db_verify_is_cheap(db, e). */
+enum password_result passwd_db_verify(const struct passwd_db *db, const struct passwd_entry *e,
+    const char *plain);
+/* Whether passwd_db_verify(db, e, ...) costs next to nothing: the file is
+ * mostly {PLAIN} (or has nothing to verify) and e is {PLAIN}, disabled or
+ * unknown. */
+bool passwd_db_verify_is_cheap(const struct passwd_db *db, const struct passwd_entry *e);
+
+/* The iteration count and salt length (octets) that most {SCRAM-*}
+ * secrets of db have; SCRAM_ITERATIONS_DEFAULT and SCRAM_SALT_SIZE when it
+ * has none. SCRAM announces them for users without a secret of its own. */
+void passwd_db_scram_defaults(const struct passwd_db *db, unsigned *iterations_r,
+    size_t *salt_len_r);
+
 /* The secret password_verify_dummy verifies against: a hash of a fixed
  * phrase with the method, cost and {SCHEME} prefix most users of db have
- * (e.g. "{SHA512-CRYPT}$6$rounds=10000$..."), "{PLAIN}..." when most are
- * plaintext, NULL for a db without verifiable users. For tests. */
+ * (e.g. "{SHA512-CRYPT}$6$rounds=10000$...", "{SCRAM-SHA-256}4096,..."),
+ * "{PLAIN}..." when most are plaintext, NULL for a db without verifiable
+ * users. For tests. */
 const char *passwd_db_dummy_secret(const struct passwd_db *db);
 
 /* The plaintext of a {PLAIN}/{CLEARTEXT} secret (APOP, CRAM-MD5), else NULL. */

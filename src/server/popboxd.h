@@ -30,6 +30,8 @@ struct child_env {
 	unsigned slot;       /* worker slot number */
 	uid_t uid;           /* run_as (only used when started as root) */
 	gid_t gid;
+	uid_t auth_uid;      /* auth_user: the auth process's (same) */
+	gid_t auth_gid;
 	bool drop_privileges;
 	struct ssl_ctx_st *ssl_ctx;  /* built by the master before fork; NULL = no TLS */
 	struct iplimit *iplimit;     /* shared connection counts per address */
@@ -37,10 +39,14 @@ struct child_env {
 	 * fork (it may be readable by root alone); -1 with users_errno. */
 	int users_fd;
 	int users_errno;
+	/* Auth process only: the SCRAM salt key file in state_dir, opened by
+	 * the master (master.c, salt_key_open), or -1. */
+	int salt_key_fd;
 };
 
-/* Each never returns. The master has already dropped privileges to
- * env->uid/gid (when env->drop_privileges) before calling them. */
+/* Each never returns. The master has already dropped privileges (when
+ * env->drop_privileges) to env->auth_uid/auth_gid for auth_main, to
+ * env->uid/gid for worker_main. */
 void auth_main(struct child_env *env) __attribute__((noreturn));
 void worker_main(struct child_env *env) __attribute__((noreturn));
 

@@ -4,12 +4,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
@@ -26,6 +28,48 @@
  * of the same client (phones poll every few minutes). */
 #define TLS_SESSION_CACHE_SIZE 20000
 #define TLS_SESSION_TIMEOUT_SECONDS 3600
+
+/* OpenSSL's allocation functions (tls_wipe_freed_memory): every block is
+ * wiped before it goes back to malloc, and a realloc moves the data to a
+ * new block and wipes the old one. */
+static void *
+tls_mem_malloc(size_t size, const char *file, int line)
+{
+	return malloc(size);
+}
+
+static void
+tls_mem_free(void *p, const char *file, int line)
+{
+	if (p == NULL)
+		return;
+	secure_wipe(p, malloc_usable_size(p));
+	free(p);
+}
+
+static void *
+tls_mem_realloc(void *p, size_t size, const char *file, int line)
+{
+	if (p == NULL)
+		return malloc(size);
+	if (size == 0) {
+		tls_mem_free(p, file, line);
+		return NULL;
+	}
+	size_t old = malloc_usable_size(p);
+	void *q = malloc(size);
+	if (q == NULL)
+		return NULL;
+	memcpy(q, p, old < size ? old : size);
+	tls_mem_free(p, file, line);
+	return q;
+}
+
+bool
+tls_wipe_freed_memory(void)
+{
+	return CRYPTO_set_mem_functions(tls_mem_malloc, tls_mem_realloc, tls_mem_free) == 1;
+}
 
 static char *
 openssl_error_string(void)

@@ -6,9 +6,19 @@
 #ifndef POPBOX_TLS_H
 #define POPBOX_TLS_H
 
+#include <stdbool.h>
+
 #include <openssl/ssl.h>
 
 #include "server/config.h"
+
+/* Make OpenSSL wipe every block it frees (its allocation functions, set
+ * before its first allocation: call first thing in main). OpenSSL frees
+ * some copies of a private key it decodes (the DER of a PEM file) without
+ * wiping them, and every child forked later inherits the master's heap:
+ * the auth process must not find the key there (docs/DESIGN.md, "The auth
+ * process"). Returns false when OpenSSL had allocated already. */
+bool tls_wipe_freed_memory(void);
 
 /* Read tls_cert and tls_key of config into malloc'd strings. Refuses a key
  * file that others can read or write. Returns 0 or -1 with *error_r. */

@@ -139,6 +139,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ROUND_TRIP(users_fd, uf, uf2);
 		check_same_text(uf.error, uf2.error, "error");
 	}
+	struct ipc_ping pi, pi2;
+	if (ipc_ping_decode(copy, size, &pi)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_PING, "PING decoder took type %u", type);
+		ROUND_TRIP(ping, pi, pi2);
+	}
+	struct ipc_ping po, po2;
+	if (ipc_pong_decode(copy, size, &po)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_PONG, "PONG decoder took type %u", type);
+		ROUND_TRIP(pong, po, po2);
+	}
 	FUZZ_CHECK(accepted <= 1, "%u decoders accepted one input", accepted);
 	free(copy);
 	return 0;

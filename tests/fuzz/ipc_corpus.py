@@ -9,7 +9,7 @@ import struct
 
 # enum ipc_type
 AUTH_PASS, AUTH_APOP, AUTH_RESULT, RELOAD, SASL_START, SASL_STEP, SASL_ABORT, \
-    USERS_OPEN, USERS_FD = range(1, 10)
+    USERS_OPEN, USERS_FD, PING, PONG = range(1, 12)
 # enum auth_result
 OK, FAIL, TEMP, CONTINUE = range(4)
 
@@ -37,6 +37,10 @@ SEEDS = {
     "users_open": msg(USERS_OPEN, 1700000000),
     "users_fd_ok": msg(USERS_FD, 1700000000, ""),
     "users_fd_error": msg(USERS_FD, 1700000000, "/etc/popbox/users: Permission denied"),
+    "ping": msg(PING, 42),
+    "pong": msg(PONG, 42),
+    "pong_ready": msg(PONG, 0),
+    "bad_ping_field": msg(PING, 42, 1),
     # refused: result past the enum, flag 2, one field short, trailing octet
     "bad_result_enum": msg(AUTH_RESULT, 4, 4, "", "", ""),
     "bad_sasl_flag": msg(SASL_START, 8, 9, "PLAIN", 2, "", "", "", ""),

@@ -8,7 +8,9 @@ A PopboxServer owns a temporary tree (config, users file, Maildirs, state
 directory, log file), starts `popboxd -c CONF -f` on a free 127.0.0.1 port and
 stops it by PID. When the tests run as root (CI), the tree lives in a directory
 that user `nobody` can traverse, is owned by nobody:nogroup and the config sets
-`run_as = nobody`; otherwise everything runs as the invoking user.
+`run_as = nobody` and `auth_user` to another existing unprivileged system user
+(`daemon`: the auth process has a uid of its own, see AUTH_USERS); otherwise
+everything runs as the invoking user.
 
 Nothing here depends on pytest.
 """
@@ -284,6 +286,20 @@ class StartError(Exception):
     pass
 
 
+# When root: users that Debian's base-passwd always has, none of them nobody;
+# the first that exists runs the auth process (auth_user).
+AUTH_USERS = ("daemon", "bin")
+
+
+def auth_user_for_tests():
+    for name in AUTH_USERS:
+        try:
+            return pwd.getpwnam(name).pw_name
+        except KeyError:
+            pass
+    raise RuntimeError("none of the users %r exists for auth_user" % (AUTH_USERS,))
+
+
 class PopboxServer:
     """One popboxd instance with its own temporary tree.
 
@@ -306,6 +322,7 @@ class PopboxServer:
         self.base = base
         if self.as_root:
             self.run_as = "nobody"
+            self.auth_user = auth_user_for_tests()
             self.uid = pwd.getpwnam("nobody").pw_uid
             try:
                 self.gid = grp.getgrnam("nogroup").gr_gid
@@ -313,6 +330,7 @@ class PopboxServer:
                 self.gid = pwd.getpwnam("nobody").pw_gid
         else:
             self.run_as = pwd.getpwuid(os.geteuid()).pw_name
+            self.auth_user = self.run_as    # not root: everything runs as the invoking user
             self.uid = os.geteuid()
             self.gid = os.getegid()
         self.conf_path = os.path.join(base, "popboxd.conf")
@@ -333,6 +351,8 @@ class PopboxServer:
             "state_dir": self.state_dir,
             "run_as": self.run_as,
         }
+        if self.as_root:
+            self.config["auth_user"] = self.auth_user
         if workers is not None:
             self.config["workers"] = str(workers)
         if config:

@@ -29,7 +29,9 @@ def write_raw_config(srv, text):
 
 def base_config(srv):
     return ("listen = 127.0.0.1:%d\nusers = %s\nmail = maildir:%s/%%u\nstate_dir = %s\nrun_as = %s\n"
-            % (srv.port or 1, srv.users_path, srv.mail_root, srv.state_dir, srv.run_as))
+            "auth_user = %s\n"
+            % (srv.port or 1, srv.users_path, srv.mail_root, srv.state_dir, srv.run_as,
+               srv.auth_user))
 
 
 @pytest.fixture
@@ -157,8 +159,10 @@ def test_process_layout(server_factory):
 
 def test_privileges_dropped(server):
     ch = server.wait_children(lambda c: len(c) >= 3)
-    expect_uid = pwd.getpwnam(server.run_as).pw_uid
     for pid in ch:
+        # the auth process has a user of its own (test_server_auth_security.py)
+        user = server.auth_user if comm_of(pid) == AUTH else server.run_as
+        expect_uid = pwd.getpwnam(user).pw_uid
         with open("/proc/%d/status" % pid) as f:
             status = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
         uids = status["Uid"].split()

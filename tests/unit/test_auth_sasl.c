@@ -43,7 +43,7 @@ setup(void **state)
 	free(text);
 	free(scram);
 	users = passdb_ref_new(&passdb_passwdfile, db);
-	sasl = auth_sasl_new();
+	sasl = auth_sasl_new(NULL);
 	assert_int_equal(gsasl_init(&client_ctx), GSASL_OK);
 	return 0;
 }
@@ -238,6 +238,58 @@ test_scram_unknown_user(void **state)
 	free(salt3);
 }
 
+/* The first challenge looks the same for every account: a {PLAIN} user
+ * and an unknown user get a salt of the length of the stored secrets'
+ * (bob's: 8 octets), stable per name (gsasl alone gives {PLAIN} users a
+ * fresh 12-octet salt each time), and the same with another instance that
+ * has the same key (a restart). */
+static void
+test_scram_salts_alike(void **state)
+{
+	char *a1 = NULL, *a2 = NULL, *b = NULL, *u = NULL, *a3 = NULL, *u3 = NULL;
+	const char *why = NULL;
+	assert_int_equal(scram_login("SCRAM-SHA-256", "alice", "secret", &a1, &why),
+	    SASL_OUTCOME_SUCCESS);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "alice", "secret", &a2, &why),
+	    SASL_OUTCOME_SUCCESS);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "bob", "scrampw", &b, &why),
+	    SASL_OUTCOME_SUCCESS);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "nobody", "x", &u, &why),
+	    SASL_OUTCOME_FAILURE);
+	assert_string_equal(a1, a2);
+	assert_int_equal(strlen(a1), strlen(b));
+	assert_int_equal(strlen(u), strlen(b));
+
+	unsigned char key[AUTH_SASL_KEY_SIZE];
+	memset(key, 7, sizeof(key));
+	struct auth_sasl *saved = sasl;
+	sasl = auth_sasl_new(key);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "alice", "secret", &a3, &why),
+	    SASL_OUTCOME_SUCCESS);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "nobody", "x", &u3, &why),
+	    SASL_OUTCOME_FAILURE);
+	auth_sasl_free(sasl);
+	char *a4 = NULL, *u4 = NULL;
+	sasl = auth_sasl_new(key);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "alice", "secret", &a4, &why),
+	    SASL_OUTCOME_SUCCESS);
+	assert_int_equal(scram_login("SCRAM-SHA-256", "nobody", "x", &u4, &why),
+	    SASL_OUTCOME_FAILURE);
+	auth_sasl_free(sasl);
+	sasl = saved;
+	assert_string_equal(a3, a4);
+	assert_string_equal(u3, u4);
+	assert_string_not_equal(a3, a1);   /* another key, other salts */
+	free(a1);
+	free(a2);
+	free(a3);
+	free(a4);
+	free(b);
+	free(u);
+	free(u3);
+	free(u4);
+}
+
 static void
 test_unknown_mechanism(void **state)
 {
@@ -252,6 +304,7 @@ main(void)
 		cmocka_unit_test(test_login_initial_response),
 		cmocka_unit_test(test_scram),
 		cmocka_unit_test(test_scram_unknown_user),
+		cmocka_unit_test(test_scram_salts_alike),
 		cmocka_unit_test(test_unknown_mechanism),
 	};
 	return cmocka_run_group_tests_name("auth_sasl", tests, setup, teardown);

@@ -72,6 +72,7 @@ test_defaults(void **state)
 	assert_string_equal(c->mail, "maildir:~/Maildir");
 	assert_string_equal(c->state_dir, "/run/popbox");
 	assert_string_equal(c->run_as, "popbox");
+	assert_string_equal(c->auth_user, "popbox-auth");
 	assert_int_equal(c->plaintext_auth, PLAINTEXT_TLS_OR_LOOPBACK);
 	assert_int_equal(c->workers, 0);
 	assert_false(c->apop);
@@ -100,6 +101,7 @@ test_every_key(void **state)
 	    "mail = maildir:/var/mail/%d/%n\n"
 	    "state_dir = /var/run/pb\n"
 	    "run_as = mailer\n"
+	    "auth_user = mailauth\n"
 	    "plaintext_auth = never\n"
 	    "workers = 8\n"
 	    "apop = yes\n"
@@ -123,6 +125,7 @@ test_every_key(void **state)
 	assert_string_equal(c->mail, "maildir:/var/mail/%d/%n");
 	assert_string_equal(c->state_dir, "/var/run/pb");
 	assert_string_equal(c->run_as, "mailer");
+	assert_string_equal(c->auth_user, "mailauth");
 	assert_int_equal(c->plaintext_auth, PLAINTEXT_NEVER);
 	assert_int_equal(c->workers, 8);
 	assert_true(c->apop);

@@ -271,6 +271,24 @@ test_users(void **state)
 	CHECK_FRAMING(ipc_users_fd_decode, struct ipc_users_fd, len);
 }
 
+static void
+test_ping(void **state)
+{
+	const struct ipc_ping p = { .request_id = 9 };
+	size_t len = ipc_ping_encode(buf, sizeof(buf), &p);
+	assert_int_equal(len, IPC_HEADER_SIZE);
+	struct ipc_ping d;
+	assert_true(ipc_ping_decode(buf, len, &d));
+	assert_true(d.request_id == 9);
+	assert_false(ipc_pong_decode(buf, len, &d));   /* the type tells them apart */
+	CHECK_FRAMING(ipc_ping_decode, struct ipc_ping, len);
+	len = ipc_pong_encode(buf, sizeof(buf), &(struct ipc_ping){ .request_id = 0 });
+	assert_true(ipc_pong_decode(buf, len, &d));
+	assert_true(d.request_id == 0);
+	assert_false(ipc_ping_decode(buf, len, &d));
+	CHECK_FRAMING(ipc_pong_decode, struct ipc_ping, len);
+}
+
 /* Header-level refusals: short, unknown or zero type, over the size limit. */
 static void
 test_header(void **state)
@@ -333,6 +351,7 @@ main(void)
 		cmocka_unit_test(test_sasl),
 		cmocka_unit_test(test_field_maximum),
 		cmocka_unit_test(test_users),
+		cmocka_unit_test(test_ping),
 		cmocka_unit_test(test_header),
 		cmocka_unit_test(test_send_fd),
 	};

@@ -599,6 +599,65 @@ test_dummy_costs_the_same(void **state)
 	free(h);
 }
 
+/* A file of SCRAM secrets gets a dummy SCRAM secret of the same mechanism
+ * and iteration count (it had none: unknown users cost nothing). */
+static void
+test_dummy_scram(void **state)
+{
+	char *s1 = scram_secret_make("a", "SCRAM-SHA-256", 5000, (const unsigned char *)"salt1", 5,
+	    NULL);
+	char *s2 = scram_secret_make("b", "SCRAM-SHA-256", 5000, (const unsigned char *)"salt2", 5,
+	    NULL);
+	char *text = xasprintf("u1:%s\nu2:%s\nu3:{PLAIN}x\nu4:*\n", s1, s2);
+	struct passwd_db *db = parse(text);
+	const char *dummy = passwd_db_dummy_secret(db);
+	assert_non_null(dummy);
+	assert_true(strncmp(dummy, "{SCRAM-SHA-256}5000,", 20) == 0);
+	assert_int_equal(password_verify(dummy, "a"), PASSWORD_MISMATCH);
+	assert_false(passwd_db_verify_is_cheap(db, NULL));
+	assert_false(passwd_db_verify_is_cheap(db, passwd_db_lookup(db, "u3")));
+	assert_int_equal(passwd_db_verify(db, passwd_db_lookup(db, "u1"), "a"), PASSWORD_OK);
+	assert_int_equal(passwd_db_verify(db, passwd_db_lookup(db, "u3"), "x"), PASSWORD_OK);
+	assert_int_equal(passwd_db_verify(db, passwd_db_lookup(db, "u4"), "*"), PASSWORD_MISMATCH);
+	assert_int_equal(passwd_db_verify(db, NULL, "a"), PASSWORD_MISMATCH);
+	passwd_db_free(db);
+	free(text);
+	free(s1);
+	free(s2);
+}
+
+/* Unknown users, disabled entries ("", "*", "!"), an unknown scheme and a
+ * {PLAIN} secret among SCRAM secrets cost what a wrong password for a
+ * SCRAM user does (CPU time of this thread, least of three tries). */
+static void
+test_verify_costs_the_same_for_everyone(void **state)
+{
+	char *s1 = scram_secret_make("pw", "SCRAM-SHA-256", 100000, (const unsigned char *)"salt", 4,
+	    NULL);
+	char *text = xasprintf("u1:%s\nu2:%s\nu3:\nu4:*\nu5:!\nu6:{FOO}x\nu7:{PLAIN}x\n", s1, s1);
+	struct passwd_db *db = parse(text);
+	const char *who[] = { "u1", NULL, "u3", "u4", "u5", "u6", "u7" };
+	double best[N_ELEMENTS(who)];
+	for (size_t i = 0; i < N_ELEMENTS(who); i++) {
+		best[i] = 1e9;
+		const struct passwd_entry *e = who[i] ? passwd_db_lookup(db, who[i]) : NULL;
+		for (int k = 0; k < 3; k++) {
+			double t0 = cpu_seconds();
+			assert_int_not_equal(passwd_db_verify(db, e, "wrong"), PASSWORD_OK);
+			double t = cpu_seconds() - t0;
+			if (t < best[i])
+				best[i] = t;
+		}
+	}
+	for (size_t i = 1; i < N_ELEMENTS(who); i++) {
+		assert_true(best[i] > best[0] / 3);
+		assert_true(best[i] < best[0] * 3);
+	}
+	passwd_db_free(db);
+	free(text);
+	free(s1);
+}
+
 static char *
 expand(const char *template, const char *user, const char *home, char **error_r)
 {
@@ -733,6 +792,8 @@ main(void)
 		cmocka_unit_test(test_verify_unknown_and_empty),
 		cmocka_unit_test(test_dummy),
 		cmocka_unit_test(test_dummy_costs_the_same),
+		cmocka_unit_test(test_dummy_scram),
+		cmocka_unit_test(test_verify_costs_the_same_for_everyone),
 		cmocka_unit_test(test_mail_location),
 		cmocka_unit_test(test_verify_scram_secret),
 	};
