@@ -12,24 +12,13 @@ import time
 import pytest
 
 from popbox_server import comm_of
+from runaway import wait_until
 from test_server_tls_lib import PKI, tls_server
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return PKI(str(tmp_path_factory.mktemp("pki")))
-
-
-def wait_for(predicate, what, timeout=180.0, step=0.1):
-    """Poll predicate() until it returns something true; the timeout is only
-    a guard against a run-away test, never a pass condition."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "gave up waiting for " + what
-        time.sleep(step)
 
 
 def private_scalar(key_path):
@@ -76,7 +65,7 @@ def memory_contains(pid, needles):
 
 
 def auth_pid(srv):
-    return wait_for(lambda: srv.children_by_comm("popboxd-auth"), "the auth process")[0]
+    return wait_until(lambda: srv.children_by_comm("popboxd-auth"), "the auth process")[0]
 
 
 def test_auth_process_does_not_hold_the_tls_private_key(server_factory, pki):
@@ -93,7 +82,7 @@ def test_auth_process_does_not_hold_the_tls_private_key(server_factory, pki):
     offset = len(srv.log())
     srv.reload()
     # the auth process re-reads the users file after a reload message
-    wait_for(lambda: "reloaded: 1 users" in srv.log()[offset:], "the auth process's reload")
+    wait_until(lambda: "reloaded: 1 users" in srv.log()[offset:], "the auth process's reload")
     with srv.session() as c:          # both channels served after the reload
         c.quit()
     worker = srv.children_by_comm("popboxd-worker")[0]
@@ -287,8 +276,8 @@ def test_stopped_auth_process_is_restarted(server_factory):
     old = auth_pid(srv)
     os.kill(old, signal.SIGSTOP)
     try:
-        new = wait_for(lambda: [p for p in srv.children_by_comm("popboxd-auth") if p != old],
-                       "a new auth process", timeout=300, step=0.5)[0]
+        new = wait_until(lambda: [p for p in srv.children_by_comm("popboxd-auth") if p != old],
+                       "a new auth process", limit=300, step=0.5)[0]
     finally:
         if comm_of(old) is not None:
             try:
