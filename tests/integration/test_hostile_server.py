@@ -41,7 +41,8 @@ def cpu_seconds(pid):
 
 def one_worker(server_factory, **kw):
     srv = server_factory(workers=1, **kw)
-    ch = srv.wait_children(lambda c: list(c.values()).count(WORKER) == 1)
+    # the auth process too: tests look it up (its name is set after the fork)
+    ch = srv.wait_children(lambda c: list(c.values()).count(WORKER) == 1 and AUTH in c.values())
     workers = [p for p, c in ch.items() if c == WORKER]
     assert len(workers) == 1, ch
     return srv, workers[0]
@@ -557,7 +558,7 @@ def test_workers_cannot_read_the_users_file(server_factory):
     srv = server_factory(workers=1)
     os.chown(srv.users_path, 0, 0)
     os.chmod(srv.users_path, 0o600)
-    srv.wait_children(lambda c: list(c.values()).count(WORKER) == 1)
+    srv.wait_children(lambda c: list(c.values()).count(WORKER) == 1 and AUTH in c.values())
     worker = srv.children_by_comm(WORKER)[0]
     auth = srv.children_by_comm(AUTH)[0]
     assert not _can_read_as(worker, srv.users_path)

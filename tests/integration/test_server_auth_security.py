@@ -85,7 +85,7 @@ def test_auth_process_does_not_hold_the_tls_private_key(server_factory, pki):
     wait_until(lambda: "reloaded: 1 users" in srv.log()[offset:], "the auth process's reload")
     with srv.session() as c:          # both channels served after the reload
         c.quit()
-    worker = srv.children_by_comm("popboxd-worker")[0]
+    worker = wait_until(lambda: srv.children_by_comm("popboxd-worker"), "a worker")[0]
     assert memory_contains(worker, needles), "the memory search does not find the key in a worker"
     assert not memory_contains(auth_pid(srv), needles), "the auth process holds the TLS private key"
 
