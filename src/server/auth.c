@@ -7,7 +7,7 @@
  * answers (with the failed-login penalty) and the password database's
  * loading and reloading. Users and secrets are read only through the passdb
  * interface (auth_passdb.h; the users file is auth_passwdfile.c), SASL
- * exchanges are auth_sasl.c, the thread pool auth_pool.c (docs/DESIGN.md,
+ * exchanges are auth_sasl.c, the thread pool thread_pool.c (docs/DESIGN.md,
  * "The auth process").
  *
  * Anything that may be slow (crypt hashes take tens of ms, SCRAM's PBKDF2 a
@@ -32,7 +32,7 @@
 #include "common/log.h"
 #include "server/auth_passdb.h"
 #include "server/auth_penalty.h"
-#include "server/auth_pool.h"
+#include "server/thread_pool.h"
 #include "server/auth_sasl.h"
 #include "server/ipc.h"
 #include "server/popboxd.h"
@@ -40,7 +40,7 @@
 /* Hashing threads: one per core keeps both cores busy under a login storm;
  * more would only queue inside the kernel. */
 #define AUTH_MAX_THREADS 16
-/* Niceness of the hashing threads (see auth_pool.c). */
+/* Niceness of the hashing threads (see thread_pool.c). */
 #define AUTH_THREAD_NICE 10
 /* Pending jobs beyond this are answered "temp" at once: a flood of logins
  * must not grow memory without bound. */
@@ -74,7 +74,7 @@ struct sasl_exchange {
 
 /* USER/PASS: the password check, on the pool unless cheap. */
 struct pass_job {
-	struct auth_pool_job job;
+	struct thread_pool_job job;
 	int fd;                 /* worker channel to answer on */
 	uint64_t id;
 	uint64_t session_id;    /* the worker's session, for log lines */
@@ -88,7 +88,7 @@ struct pass_job {
 
 /* One SASL step on the pool. */
 struct sasl_job {
-	struct auth_pool_job job;
+	struct thread_pool_job job;
 	struct sasl_exchange *x;
 	char *input;            /* base64 from the client; NULL = no input yet */
 	char *output;           /* base64 from gsasl */
@@ -97,7 +97,7 @@ struct sasl_job {
 
 /* Loading the password database on the pool. */
 struct passdb_load_job {
-	struct auth_pool_job job;
+	struct thread_pool_job job;
 	const struct passdb_ops *ops;
 	char *source;           /* NULL: the backend reads no file */
 	int fd;
@@ -122,7 +122,7 @@ static struct {
 	time_t reload_since;
 	time_t reload_retry_after;      /* after a failure */
 	bool reload_again;              /* a forced reload came during one */
-	struct auth_pool *pool;
+	struct thread_pool *pool;
 	struct auth_sasl *sasl;
 	struct sasl_exchange *exchanges;
 	unsigned n_exchanges;
@@ -246,7 +246,7 @@ log_failure(uint64_t session_id, const char *user, const char *peer, const char 
 /* --- USER/PASS ------------------------------------------------------------ */
 
 static void
-pass_run(struct auth_pool_job *job)
+pass_run(struct thread_pool_job *job)
 {
 	struct pass_job *j = (struct pass_job *)job;
 	j->result = j->ref->ops->verify(j->ref->db, j->entry, j->password);
@@ -254,7 +254,7 @@ pass_run(struct auth_pool_job *job)
 }
 
 static void
-pass_done(struct auth_pool_job *job)
+pass_done(struct thread_pool_job *job)
 {
 	struct pass_job *j = (struct pass_job *)job;
 	if (j->entry != NULL && j->result == PASSWORD_OK) {
@@ -280,10 +280,10 @@ auth_handle_pass(int fd, const struct ipc_auth_pass *msg)
 	char peer[64];
 	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
 	struct passdb_ref *ref = auth.passdb;
-	if (ref == NULL || auth_pool_pending(auth.pool) >= AUTH_MAX_PENDING) {
+	if (ref == NULL || thread_pool_pending(auth.pool) >= AUTH_MAX_PENDING) {
 		if (ref != NULL)
 			log_warnx("session %016llx: %u logins pending, refusing more for now",
-			    (unsigned long long)msg->session_id, auth_pool_pending(auth.pool));
+			    (unsigned long long)msg->session_id, thread_pool_pending(auth.pool));
 		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
 	}
@@ -303,7 +303,7 @@ auth_handle_pass(int fd, const struct ipc_auth_pass *msg)
 		pass_done(&j->job);
 		return;
 	}
-	auth_pool_queue(auth.pool, &j->job);
+	thread_pool_queue(auth.pool, &j->job);
 }
 
 /* --- APOP ------------------------------------------------------------------ */
@@ -408,14 +408,14 @@ exchange_answer(struct sasl_exchange *x, int rc, const char *output)
 }
 
 static void
-sasl_run(struct auth_pool_job *job)
+sasl_run(struct thread_pool_job *job)
 {
 	struct sasl_job *j = (struct sasl_job *)job;
 	j->rc = auth_sasl_conv_step(j->x->conv, j->input, &j->output);
 }
 
 static void
-sasl_done(struct auth_pool_job *job)
+sasl_done(struct thread_pool_job *job)
 {
 	struct sasl_job *j = (struct sasl_job *)job;
 	struct sasl_exchange *x = j->x;
@@ -440,7 +440,7 @@ exchange_step(struct sasl_exchange *x, const char *input)
 	j->x = x;
 	j->input = input ? xstrdup(input) : NULL;
 	x->busy = true;
-	auth_pool_queue(auth.pool, &j->job);
+	thread_pool_queue(auth.pool, &j->job);
 }
 
 static void
@@ -449,7 +449,7 @@ auth_handle_sasl_start(int fd, const struct ipc_sasl_start *msg)
 	char peer[64];
 	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
 	if (auth.passdb == NULL || auth.n_exchanges >= AUTH_MAX_SASL ||
-	    auth_pool_pending(auth.pool) >= AUTH_MAX_PENDING ||
+	    thread_pool_pending(auth.pool) >= AUTH_MAX_PENDING ||
 	    exchange_find(fd, msg->request_id) != NULL) {
 		reply_send(fd, msg->request_id, AUTH_RESULT_TEMP, NULL, NULL, NULL);
 		return;
@@ -557,7 +557,7 @@ passdb_reload_ended(void)
 }
 
 static void
-passdb_load_run(struct auth_pool_job *job)
+passdb_load_run(struct thread_pool_job *job)
 {
 	struct passdb_load_job *j = (struct passdb_load_job *)job;
 	j->db = j->ops->load(j->source, j->fd, &j->error);
@@ -566,7 +566,7 @@ passdb_load_run(struct auth_pool_job *job)
 }
 
 static void
-passdb_load_done(struct auth_pool_job *job)
+passdb_load_done(struct thread_pool_job *job)
 {
 	struct passdb_load_job *j = (struct passdb_load_job *)job;
 	if (j->db != NULL)
@@ -591,7 +591,7 @@ passdb_load_queue(int fd)
 	j->source = source ? xstrdup(source) : NULL;
 	j->fd = fd;
 	auth.reload = PASSDB_LOADING;
-	auth_pool_queue(auth.pool, &j->job);
+	thread_pool_queue(auth.pool, &j->job);
 }
 
 /* Start a reload when forced (SIGHUP) or when the source changed. */
@@ -868,7 +868,7 @@ auth_main(struct child_env *env)
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned nthreads = ncpu < 1 ? 1 : ncpu > AUTH_MAX_THREADS ? AUTH_MAX_THREADS : (unsigned)ncpu;
-	auth.pool = auth_pool_new(auth.base, nthreads, AUTH_THREAD_NICE);
+	auth.pool = thread_pool_new(auth.base, nthreads, AUTH_THREAD_NICE);
 
 	for (unsigned i = 0; i < env->n_workers; i++) {
 		struct event *wev = event_new(auth.base, env->auth_fds[i], EV_READ | EV_PERSIST,

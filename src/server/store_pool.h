@@ -8,13 +8,14 @@
 #include <stdbool.h>
 
 #include "server/store.h"
+#include "server/thread_pool.h"
 
 struct event_base;
 
 enum store_job_kind { STORE_JOB_OPEN, STORE_JOB_EXPUNGE };
 
 struct store_job {
-	struct store_job *next;       /* the pool's queues */
+	struct thread_pool_job pool_job;   /* the pool's; first member */
 	enum store_job_kind kind;
 	const struct store_backend *backend;  /* OPEN */
 	char *path;                   /* OPEN */

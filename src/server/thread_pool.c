@@ -1,5 +1,5 @@
-/* Thread pool of the auth process. Contract in auth_pool.h. */
-#include "server/auth_pool.h"
+/* Thread pool beside an event loop. Contract in thread_pool.h. */
+#include "server/thread_pool.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -16,11 +16,11 @@
 #include "common/log.h"
 #include "common/util.h"
 
-struct auth_pool {
+struct thread_pool {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct auth_pool_job *queue_head, *queue_tail;  /* under lock */
-	struct auth_pool_job *done;                     /* under lock */
+	struct thread_pool_job *queue_head, *queue_tail;  /* under lock */
+	struct thread_pool_job *done;                     /* under lock */
 	bool stopping;                                  /* under lock */
 	unsigned pending;       /* event loop thread only */
 	int nice;
@@ -33,17 +33,19 @@ struct auth_pool {
 static void *
 pool_thread(void *arg)
 {
-	struct auth_pool *pool = arg;
-	/* Hashing yields to serving: when the CPUs are full, the workers'
-	 * event loops (sessions already logged in) and the auth process's own
-	 * loop run before the next login's hash. On Linux the priority of a
-	 * thread is its own (PRIO_PROCESS with its thread id). */
-	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), pool->nice);
+	struct thread_pool *pool = arg;
+	/* With a positive niceness the pool yields to serving: when the CPUs
+	 * are full, the workers' event loops (sessions already logged in) and
+	 * the auth process's own loop run before the next login's hash. On
+	 * Linux the priority of a thread is its own (PRIO_PROCESS with its
+	 * thread id). */
+	if (pool->nice != 0)
+		(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), pool->nice);
 	for (;;) {
 		pthread_mutex_lock(&pool->lock);
 		while (pool->queue_head == NULL && !pool->stopping)
 			pthread_cond_wait(&pool->cond, &pool->lock);
-		struct auth_pool_job *j = pool->queue_head;
+		struct thread_pool_job *j = pool->queue_head;
 		if (j == NULL) {
 			pthread_mutex_unlock(&pool->lock);
 			return NULL;    /* stopping, and nothing left */
@@ -68,26 +70,34 @@ pool_thread(void *arg)
 static void
 pool_done_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct auth_pool *pool = arg;
+	struct thread_pool *pool = arg;
 	uint64_t n;
 	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
 		log_warn("eventfd read");
 	pthread_mutex_lock(&pool->lock);
-	struct auth_pool_job *list = pool->done;
+	struct thread_pool_job *list = pool->done;
 	pool->done = NULL;
 	pthread_mutex_unlock(&pool->lock);
+	/* The list is newest first; answer in the order they finished. */
+	struct thread_pool_job *rev = NULL;
 	while (list != NULL) {
-		struct auth_pool_job *next = list->next;
-		pool->pending--;
-		list->done(list);
+		struct thread_pool_job *next = list->next;
+		list->next = rev;
+		rev = list;
 		list = next;
+	}
+	while (rev != NULL) {
+		struct thread_pool_job *next = rev->next;
+		pool->pending--;
+		rev->done(rev);
+		rev = next;
 	}
 }
 
-struct auth_pool *
-auth_pool_new(struct event_base *base, unsigned threads, int nice)
+struct thread_pool *
+thread_pool_new(struct event_base *base, unsigned threads, int nice)
 {
-	struct auth_pool *pool = xcalloc(1, sizeof(*pool));
+	struct thread_pool *pool = xcalloc(1, sizeof(*pool));
 	pthread_mutex_init(&pool->lock, NULL);
 	pthread_cond_init(&pool->cond, NULL);
 	pool->nice = nice;
@@ -102,14 +112,14 @@ auth_pool_new(struct event_base *base, unsigned threads, int nice)
 	pool->threads = xcalloc(threads, sizeof(*pool->threads));
 	for (unsigned i = 0; i < threads; i++) {
 		if (pthread_create(&pool->threads[i], NULL, pool_thread, pool) != 0)
-			fatalx("cannot start hashing thread");
+			fatalx("cannot start a pool thread");
 		pool->n_threads++;
 	}
 	return pool;
 }
 
 void
-auth_pool_free(struct auth_pool *pool)
+thread_pool_free(struct thread_pool *pool)
 {
 	if (pool == NULL)
 		return;
@@ -128,7 +138,7 @@ auth_pool_free(struct auth_pool *pool)
 }
 
 void
-auth_pool_queue(struct auth_pool *pool, struct auth_pool_job *job)
+thread_pool_queue(struct thread_pool *pool, struct thread_pool_job *job)
 {
 	pool->pending++;
 	pthread_mutex_lock(&pool->lock);
@@ -143,7 +153,7 @@ auth_pool_queue(struct auth_pool *pool, struct auth_pool_job *job)
 }
 
 unsigned
-auth_pool_pending(const struct auth_pool *pool)
+thread_pool_pending(const struct thread_pool *pool)
 {
 	return pool->pending;
 }
