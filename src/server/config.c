@@ -480,6 +480,12 @@ config_key_auth_mechanisms(struct config_parser *p, const char *key, const char 
 }
 
 static int
+config_key_sasl_channel_binding(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->sasl_channel_binding);
+}
+
+static int
 config_key_max_maildrop_messages(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_number(p, key, value, 1, 1000000, &p->config->max_maildrop_messages);
@@ -612,6 +618,7 @@ static const struct config_key config_keys[] = {
 	{ "max_maildrop_messages", config_key_max_maildrop_messages, false },
 	{ "max_maildrop_size", config_key_max_maildrop_size, false },
 	{ "proxy_trusted", config_key_proxy_trusted, true },
+	{ "sasl_channel_binding", config_key_sasl_channel_binding, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -695,6 +702,7 @@ config_new(const char *name)
 	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
 	c->log_debug = false;
 	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);
+	c->sasl_channel_binding = false;
 	c->max_maildrop_messages = 1000000;
 	c->max_maildrop_size = 0;
 	return c;

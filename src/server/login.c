@@ -197,6 +197,17 @@ login_sasl_cancel(struct session *s)
 	session_enter_state(s, SESSION_AUTHORIZATION);
 }
 
+/* Whether -PLUS mechanisms are offered and the channel bindings go to the
+ * auth process: only over TLS, and only with sasl_channel_binding = yes.
+ * Without it GNU SASL sees a server that cannot bind, so a client's SCRAM
+ * "y" flag is accepted, as RFC 5802 §6 requires when -PLUS is not offered
+ * (docs/PROTOCOL.md §5). */
+static bool
+login_channel_binding(const struct session *s)
+{
+	return s->tls && s->worker->config->sasl_channel_binding;
+}
+
 const char *
 login_sasl_mechanisms(const struct session *s)
 {
@@ -209,8 +220,8 @@ login_sasl_mechanisms(const struct session *s)
 		size_t mlen = strlen(m);
 		bool plus = mlen > 5 && strcmp(m + mlen - 5, "-PLUS") == 0;
 		bool plain = strcmp(m, "PLAIN") == 0 || strcmp(m, "LOGIN") == 0;
-		if (plus && !s->tls)
-			continue;   /* channel binding needs TLS */
+		if (plus && !login_channel_binding(s))
+			continue;
 		if (plain && !login_plaintext_allowed(s))
 			continue;
 		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s", len ? " " : "", m);
@@ -226,7 +237,7 @@ login_sasl_start(struct session *s, const char *mech, const char *initial)
 {
 	char *cb_exporter = NULL, *cb_unique = NULL;
 	struct ssl_st *ssl = session_ssl(s);
-	if (ssl != NULL) {
+	if (ssl != NULL && login_channel_binding(s)) {
 		cb_exporter = tls_channel_binding_exporter(ssl);
 		cb_unique = tls_channel_binding_unique(ssl);
 	}

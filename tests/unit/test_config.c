@@ -81,6 +81,7 @@ test_defaults(void **state)
 	assert_int_equal(c->max_connections_per_ip, 50);
 	assert_int_equal(c->max_bad_commands, 20);
 	assert_false(c->log_debug);
+	assert_false(c->sasl_channel_binding);
 	config_free(c);
 }
 
@@ -108,6 +109,7 @@ test_every_key(void **state)
 	    "max_connections = 500\n"
 	    "max_connections_per_ip = 5\n"
 	    "max_bad_commands = 3\n"
+	    "sasl_channel_binding = yes\n"
 	    "log_debug = on\n");
 	assert_int_equal(c->n_listens, 2);
 	assert_string_equal(c->listens[0].host, "0.0.0.0");
@@ -131,6 +133,7 @@ test_every_key(void **state)
 	assert_int_equal(c->max_connections, 500);
 	assert_int_equal(c->max_connections_per_ip, 5);
 	assert_int_equal(c->max_bad_commands, 3);
+	assert_true(c->sasl_channel_binding);
 	assert_true(c->log_debug);
 	config_free(c);
 }
