@@ -806,7 +806,7 @@ auth_main(struct child_env *env)
 	if (auth.base == NULL)
 		fatalx("event_base_new failed");
 	auth.sasl = auth_sasl_new();
-	auth.penalty = auth_penalty_new(AUTH_PENALTY_IPV6_PREFIX);
+	auth.penalty = auth_penalty_new(auth.config->auth_penalty_ipv6_prefix);
 	passdb_load_initial(env->users_fd, env->users_errno);
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);

@@ -4,6 +4,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "server/auth_penalty.h"
 #include "server/limits_popboxd.h"
 
 #include <arpa/inet.h>
@@ -585,6 +586,13 @@ config_key_max_bad_commands(struct config_parser *p, const char *key, const char
 	    &p->config->max_bad_commands);
 }
 
+static int
+config_key_auth_penalty_ipv6_prefix(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, AUTH_PENALTY_IPV6_PREFIX_MIN,
+	    AUTH_PENALTY_IPV6_PREFIX_MAX, &p->config->auth_penalty_ipv6_prefix);
+}
+
 enum {
 	CONFIG_KEY_LISTEN_TLS = 1,
 	CONFIG_KEY_TLS_CERT = 2,
@@ -619,6 +627,7 @@ static const struct config_key config_keys[] = {
 	{ "max_maildrop_size", config_key_max_maildrop_size, false },
 	{ "proxy_trusted", config_key_proxy_trusted, true },
 	{ "sasl_channel_binding", config_key_sasl_channel_binding, false },
+	{ "auth_penalty_ipv6_prefix", config_key_auth_penalty_ipv6_prefix, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -700,6 +709,7 @@ config_new(const char *name)
 	c->max_connections = CONFIG_MAX_CONNECTIONS_DEFAULT;
 	c->max_connections_per_ip = CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT;
 	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
+	c->auth_penalty_ipv6_prefix = AUTH_PENALTY_IPV6_PREFIX;
 	c->log_debug = false;
 	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);
 	c->sasl_channel_binding = false;

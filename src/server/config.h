@@ -60,6 +60,9 @@ struct config {
 	unsigned max_connections;       /* global, default 10000 */
 	unsigned max_connections_per_ip;/* default 50 */
 	unsigned max_bad_commands;      /* per session, default 20 */
+	/* The failed-login penalty counts an IPv6 source by this prefix
+	 * (auth_penalty.h: default 64, bounds there); read at start only. */
+	unsigned auth_penalty_ipv6_prefix;
 	bool log_debug;                 /* default no */
 	/* SASL mechanisms offered (upper case, space separated); PLAIN and LOGIN
 	 * only where plaintext_auth allows, -PLUS only over TLS and with
