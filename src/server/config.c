@@ -38,6 +38,10 @@
 #define CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT 50u
 #define CONFIG_MAX_BAD_COMMANDS_DEFAULT 20u
 #define CONFIG_MAX_BAD_COMMANDS_LIMIT 10000u
+/* Failed logins before a session is closed: a client with the right
+ * password needs one or two tries; each try more is a guess. */
+#define CONFIG_MAX_AUTH_FAILURES_DEFAULT 3u
+#define CONFIG_MAX_AUTH_FAILURES_LIMIT 1000u
 /* Listening sockets in total: each costs a file descriptor in every worker. */
 #define CONFIG_LISTEN_MAX 64
 #define CONFIG_PORT_MAX 65535u
@@ -587,6 +591,13 @@ config_key_max_bad_commands(struct config_parser *p, const char *key, const char
 }
 
 static int
+config_key_max_auth_failures(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, CONFIG_MAX_AUTH_FAILURES_LIMIT,
+	    &p->config->max_auth_failures);
+}
+
+static int
 config_key_auth_penalty_ipv6_prefix(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_number(p, key, value, AUTH_PENALTY_IPV6_PREFIX_MIN,
@@ -628,6 +639,7 @@ static const struct config_key config_keys[] = {
 	{ "proxy_trusted", config_key_proxy_trusted, true },
 	{ "sasl_channel_binding", config_key_sasl_channel_binding, false },
 	{ "auth_penalty_ipv6_prefix", config_key_auth_penalty_ipv6_prefix, false },
+	{ "max_auth_failures", config_key_max_auth_failures, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -709,6 +721,7 @@ config_new(const char *name)
 	c->max_connections = CONFIG_MAX_CONNECTIONS_DEFAULT;
 	c->max_connections_per_ip = CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT;
 	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
+	c->max_auth_failures = CONFIG_MAX_AUTH_FAILURES_DEFAULT;
 	c->auth_penalty_ipv6_prefix = AUTH_PENALTY_IPV6_PREFIX;
 	c->log_debug = false;
 	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);

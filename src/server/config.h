@@ -60,6 +60,7 @@ struct config {
 	unsigned max_connections;       /* global, default 10000 */
 	unsigned max_connections_per_ip;/* default 50 */
 	unsigned max_bad_commands;      /* per session, default 20 */
+	unsigned max_auth_failures;     /* failed logins per session, default 3 */
 	/* The failed-login penalty counts an IPv6 source by this prefix
 	 * (auth_penalty.h: default 64, bounds there); read at start only. */
 	unsigned auth_penalty_ipv6_prefix;

@@ -21,6 +21,7 @@
 
 #define LOGIN_TEMP_REPLY "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later"
 #define LOGIN_FAILED_REPLY "-ERR [AUTH] Authentication failed"
+#define LOGIN_TOO_MANY_REPLY "-ERR [AUTH] Authentication failed; too many failed logins, closing connection"
 #define LOGIN_PLAINTEXT_REPLY \
 	"-ERR [AUTH] Plaintext authentication is not allowed on an unencrypted connection"
 /* RFC 1939 §7: the APOP digest is MD5 in hex. */
@@ -93,6 +94,8 @@ login_request(struct session *s, uint64_t id, size_t len)
 	return true;
 }
 
+static void login_failed(struct session *s, enum auth_result result);
+
 /* --- the greeting, USER, PASS, APOP ----------------------------------------- */
 
 void
@@ -157,7 +160,7 @@ login_apop(struct session *s, int argc, char **argv)
 	}
 	size_t dlen = strlen(argv[1]);
 	if (dlen != LOGIN_APOP_DIGEST_LEN || strspn(argv[1], "0123456789abcdefABCDEF") != dlen) {
-		session_reply(s, LOGIN_FAILED_REPLY);
+		login_failed(s, AUTH_RESULT_FAIL);
 		return;
 	}
 	login_name_set(s, argv[0]);
@@ -295,7 +298,6 @@ login_auth(struct session *s, int argc, char **argv)
 	login_sasl_start(s, mech, argc == 2 ? argv[1] : NULL);
 }
 
-static void login_failed(struct session *s, enum auth_result result);
 static void login_accept(struct session *s, const char *user, const char *location);
 
 /* The client's answer to our success data: only an empty line completes
@@ -368,14 +370,29 @@ login_sasl_input(struct session *s, enum session_input what, char *line, size_t 
 
 /* --- answers of the auth process, and the maildrop --------------------------- */
 
-/* Any answer but success: back to AUTHORIZATION, the name forgotten. */
+/* Any answer but success: back to AUTHORIZATION, the name forgotten. A
+ * failed login (wrong credentials by USER/PASS, APOP or AUTH; not a TEMP
+ * answer, not a cancelled exchange) counts, and the max_auth_failures-th
+ * closes the session, so one connection cannot guess without end
+ * (docs/DESIGN.md "Protocol"). */
 static void
 login_failed(struct session *s, enum auth_result result)
 {
 	login_sasl_end(s);
 	session_enter_state(s, SESSION_AUTHORIZATION);
 	login_name_set(s, NULL);
-	session_reply(s, "%s", result == AUTH_RESULT_TEMP ? LOGIN_TEMP_REPLY : LOGIN_FAILED_REPLY);
+	if (result == AUTH_RESULT_TEMP) {
+		session_reply(s, LOGIN_TEMP_REPLY);
+		return;
+	}
+	if (++s->auth_failures >= s->worker->config->max_auth_failures) {
+		log_info("session %016llx: %u failed logins from %s, closing", (unsigned long long)s->id,
+		    s->auth_failures, s->peer);
+		session_reply(s, LOGIN_TOO_MANY_REPLY);
+		session_close_after_reply(s, "auth-failures");
+		return;
+	}
+	session_reply(s, LOGIN_FAILED_REPLY);
 }
 
 /* Whether the maildrop job's result can be served; if not, say why (log

@@ -93,6 +93,7 @@ struct session {
 	char *pending_user;           /* the login to finish after sasl_final */
 	char *pending_location;
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
+	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
 	unsigned bad_commands;
 
 	/* TRANSACTION (cmd_trans.c) */

@@ -83,6 +83,7 @@ test_defaults(void **state)
 	assert_false(c->log_debug);
 	assert_false(c->sasl_channel_binding);
 	assert_int_equal(c->auth_penalty_ipv6_prefix, 64);
+	assert_int_equal(c->max_auth_failures, 3);
 	config_free(c);
 }
 
@@ -112,6 +113,7 @@ test_every_key(void **state)
 	    "max_bad_commands = 3\n"
 	    "sasl_channel_binding = yes\n"
 	    "auth_penalty_ipv6_prefix = 56\n"
+	    "max_auth_failures = 7\n"
 	    "log_debug = on\n");
 	assert_int_equal(c->n_listens, 2);
 	assert_string_equal(c->listens[0].host, "0.0.0.0");
@@ -137,6 +139,7 @@ test_every_key(void **state)
 	assert_int_equal(c->max_bad_commands, 3);
 	assert_true(c->sasl_channel_binding);
 	assert_int_equal(c->auth_penalty_ipv6_prefix, 56);
+	assert_int_equal(c->max_auth_failures, 7);
 	assert_true(c->log_debug);
 	config_free(c);
 }
@@ -630,6 +633,8 @@ test_limits(void **state)
 	c = parse_ok(REQUIRED "auth_penalty_ipv6_prefix = 128\n");
 	assert_int_equal(c->auth_penalty_ipv6_prefix, 128);
 	config_free(c);
+	expect_error(REQUIRED "max_auth_failures = 0\n",
+	    "test.conf:3: bad value '0' for key 'max_auth_failures': expected a number from 1 to 1000");
 	expect_error(REQUIRED "auth_penalty_ipv6_prefix = 31\n",
 	    "test.conf:3: bad value '31' for key 'auth_penalty_ipv6_prefix': "
 	    "expected a number from 32 to 128");
