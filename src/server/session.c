@@ -523,9 +523,9 @@ addr_is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-/* "host:port" and the bare address of the client, for logs and limits. */
+/* The bare address of sa (ip) and "host:port" (hostport). */
 static void
-session_peer_set(struct session *s, const struct sockaddr *sa, int salen)
+addr_format(const struct sockaddr *sa, int salen, char ip[48], char hostport[64])
 {
 	char host[NI_MAXHOST], serv[NI_MAXSERV];
 	if (getnameinfo(sa, (socklen_t)salen, host, sizeof(host), serv, sizeof(serv),
@@ -533,12 +533,30 @@ session_peer_set(struct session *s, const struct sockaddr *sa, int salen)
 		snprintf(host, sizeof(host), "unknown");
 		snprintf(serv, sizeof(serv), "0");
 	}
-	snprintf(s->peer_ip, sizeof(s->peer_ip), "%.46s", host);
+	snprintf(ip, 48, "%.46s", host);
 	if (strchr(host, ':'))
-		snprintf(s->peer, sizeof(s->peer), "[%.46s]:%.8s", host, serv);
+		snprintf(hostport, 64, "[%.46s]:%.8s", host, serv);
 	else
-		snprintf(s->peer, sizeof(s->peer), "%.46s:%.8s", host, serv);
-	s->loopback = addr_is_loopback(sa);
+		snprintf(hostport, 64, "%.46s:%.8s", host, serv);
+}
+
+/* The client's "host:port" and bare address, for logs and limits; with
+ * unknown, sa is the load balancer's and the client is
+ * SESSION_PEER_UNKNOWN: its own key for the penalty and the limits, and
+ * not loopback, whatever the balancer's address is. */
+static void
+session_peer_set(struct session *s, const struct sockaddr *sa, int salen, bool unknown)
+{
+	char via_ip[48], via[64];
+	if (!unknown) {
+		addr_format(sa, salen, s->peer_ip, s->peer);
+		s->loopback = addr_is_loopback(sa);
+		return;
+	}
+	addr_format(sa, salen, via_ip, via);
+	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", SESSION_PEER_UNKNOWN);
+	snprintf(s->peer, sizeof(s->peer), "%s-via-%s", SESSION_PEER_UNKNOWN, via);
+	s->loopback = false;
 }
 
 /* The bufferevent of fd: TLS from the first byte on a TLS listener. False
@@ -600,9 +618,9 @@ session_admit(struct session *s)
 	return true;
 }
 
-void
-session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
-    const struct session_handler *handler)
+static void
+session_open(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool unknown,
+    bool tls_listener, const struct session_handler *handler)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
 	int one = 1;
@@ -611,7 +629,7 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	s->handler = handler;
 	s->id = ++w->next_session;
 	s->tls_listener = tls_listener;
-	session_peer_set(s, sa, salen);
+	session_peer_set(s, sa, salen, unknown);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (!session_bev_new(s, fd)) {
 		close(fd);
@@ -633,4 +651,18 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
 	if (session_admit(s))
 		handler->start(s);
+}
+
+void
+session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
+    const struct session_handler *handler)
+{
+	session_open(w, fd, sa, salen, false, tls_listener, handler);
+}
+
+void
+session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int vialen,
+    bool tls_listener, const struct session_handler *handler)
+{
+	session_open(w, fd, via, vialen, true, tls_listener, handler);
 }

@@ -76,8 +76,8 @@ struct session {
 	struct event *timer;          /* idle / login timeout */
 	struct event *linger;         /* closing: waiting for TLS records to drain */
 	enum session_state state;
-	char peer[64];                /* "127.0.0.1:1234" */
-	char peer_ip[48];
+	char peer[80];                /* "127.0.0.1:1234", "unknown-via-10.0.0.1:1234" */
+	char peer_ip[48];             /* the client's address, or SESSION_PEER_UNKNOWN */
 	bool loopback;
 	bool tls;                     /* connection is encrypted */
 	bool tls_listener;
@@ -125,9 +125,21 @@ struct session {
 	struct store_job *store_job;
 };
 
-/* Accept path: take ownership of fd; lines go to handler. */
+/* The client address of a session whose load balancer did not say who the
+ * client is (PROXY v1 UNKNOWN, v2 LOCAL or UNSPEC): not the balancer's
+ * address, never loopback; the failed-login penalty and the per-address
+ * limit count all such clients as one (docs/DESIGN.md "Behind a load
+ * balancer"). Not a numeric address, so it matches no real client. */
+#define SESSION_PEER_UNKNOWN "unknown"
+
+/* Accept path: take ownership of fd; the client is at sa; lines go to
+ * handler. */
 void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
     const struct session_handler *handler);
+/* The same for a connection from the load balancer at via whose PROXY
+ * header gave no client address: the client is SESSION_PEER_UNKNOWN. */
+void session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int vialen,
+    bool tls_listener, const struct session_handler *handler);
 /* Worker shutdown: end every session without UPDATE. */
 void session_close_all(struct worker *w, const char *reason);
 
