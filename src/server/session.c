@@ -87,8 +87,8 @@ session_flush(struct session *s)
 {
 	/* TLS and the STLS filter write through OpenSSL; a stream refills from
 	 * the write callback; a closing session waits for that callback. */
-	if (s->freed_pending || s->tls || s->streaming || s->state == SESSION_CLOSING ||
-	    bufferevent_get_underlying(s->bev) != NULL)
+	if (s->freed_pending || s->tls || s->streaming || s->producer != NULL ||
+	    s->state == SESSION_CLOSING || bufferevent_get_underlying(s->bev) != NULL)
 		return;
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	size_t len = evbuffer_get_length(out);
@@ -145,6 +145,7 @@ session_log_end(struct session *s)
 	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
 }
 
+/* Stop the message or listing being sent, if any. */
 static void
 session_stream_stop(struct session *s)
 {
@@ -152,6 +153,7 @@ session_stream_stop(struct session *s)
 		close(s->stream.fd);
 		s->streaming = false;
 	}
+	s->producer = NULL;
 }
 
 static void
@@ -349,6 +351,26 @@ session_stream_start(struct session *s, const struct store_stream *st, int64_t t
 	session_stream_fill(s);
 }
 
+/* Let the producer add to the output until the high mark or its end. */
+static void
+session_produce_fill(struct session *s)
+{
+	struct evbuffer *out = session_output(s);
+	while (s->producer != NULL && evbuffer_get_length(out) < SESSION_OUTPUT_HIGH) {
+		size_t before = evbuffer_get_length(out);
+		if (s->producer(s, out))
+			s->producer = NULL;
+		s->bytes_out += evbuffer_get_length(out) - before;
+	}
+}
+
+void
+session_produce_start(struct session *s, session_fill_fn *fill)
+{
+	s->producer = fill;
+	session_produce_fill(s);
+}
+
 void
 session_bad_line(struct session *s, const char *msg)
 {
@@ -363,13 +385,13 @@ session_bad_line(struct session *s, const char *msg)
 
 /* Frame complete lines and hand them to the handler while the session can
  * take a command: not waiting for the auth process or the store thread, not
- * streaming, output not backed up. */
+ * streaming a message or a listing, output not backed up. */
 void
 session_process_input(struct session *s)
 {
 	char *line = s->worker->line_buf;
 
-	while (!s->freed_pending && !s->streaming &&
+	while (!s->freed_pending && !s->streaming && s->producer == NULL &&
 	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION ||
 	    s->state == SESSION_SASL)) {
 		/* Looked up each time: STLS replaces the bufferevent. */
@@ -432,7 +454,9 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	}
 	if (s->streaming && !session_stream_fill(s))
 		return;
-	if (!s->streaming)
+	if (s->producer != NULL)
+		session_produce_fill(s);
+	if (!s->streaming && s->producer == NULL)
 		session_process_input(s);
 }
 

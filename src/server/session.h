@@ -68,6 +68,11 @@ struct session_handler {
 	void (*end)(struct session *s);
 };
 
+/* Produces a multi-line answer in pieces (LIST, UIDL): adds the next lines
+ * to out and returns true once the answer, terminator included, is
+ * complete (session_produce_start). */
+typedef bool session_fill_fn(struct session *s, struct evbuffer *out);
+
 struct session {
 	uint64_t id;                  /* in every log line about this session */
 	struct worker *worker;
@@ -101,6 +106,10 @@ struct session {
 	bool *deleted;
 	uint32_t deleted_count;
 	uint64_t deleted_size;
+	uint32_t list_next;           /* LIST/UIDL: next message to list */
+
+	/* a listing being produced as the client reads, NULL = none */
+	session_fill_fn *producer;
 
 	/* streaming RETR/TOP */
 	bool streaming;
@@ -166,5 +175,12 @@ struct ssl_st *session_ssl(const struct session *s);
  * (top_lines < 0) or TOP's, dot-stuffed and terminated, pausing while the
  * client does not read. The status line must be queued. */
 void session_stream_start(struct session *s, const struct store_stream *st, int64_t top_lines);
+/* Send a multi-line answer made by fill (the status line must be queued)
+ * as RETR's body is sent: fill is called while less than
+ * SESSION_OUTPUT_HIGH is queued, again from the write callback as the
+ * client reads, until it returns true; no command runs meanwhile. So a
+ * listing of a huge maildrop costs at most the high mark and one piece of
+ * memory, whatever its length and however slowly the client reads. */
+void session_produce_start(struct session *s, session_fill_fn *fill);
 
 #endif
