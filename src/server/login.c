@@ -492,6 +492,9 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 	if (s == NULL)
 		return;  /* session gone, or an answer to a previous incarnation */
 	login_pending_remove(s);
+	if (s->freed_pending)
+		return;  /* its connection ended in this loop round: it is freed next,
+		          * so nothing may start for it (no maildrop job) */
 	bool sasl = s->sasl_id == id;
 	if (r->result == AUTH_RESULT_CONTINUE && sasl) {
 		session_enter_state(s, SESSION_SASL);

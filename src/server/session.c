@@ -145,6 +145,16 @@ session_log_end(struct session *s)
 	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
 }
 
+/* The pending maildrop job, if any, finishes without us (store_pool.h). */
+static void
+session_detach_job(struct session *s)
+{
+	if (s->store_job != NULL) {
+		s->store_job->arg = NULL;
+		s->store_job = NULL;
+	}
+}
+
 /* Stop the message or listing being sent, if any. */
 static void
 session_stream_stop(struct session *s)
@@ -162,6 +172,9 @@ session_free(struct session *s)
 	struct worker *w = s->worker;
 	session_log_end(s);
 	s->handler->end(s);
+	/* A job submitted after the session was condemned must not call back
+	 * into freed memory either. */
+	session_detach_job(s);
 	if (s->ip_counted)
 		iplimit_add(w->iplimit, w->slot, s->peer_ip, -1);
 	if (s->total_counted)
@@ -201,11 +214,7 @@ session_destroy_later(struct session *s, const char *reason)
 	s->freed_pending = true;
 	if (s->end_reason == NULL)
 		s->end_reason = reason;
-	if (s->store_job != NULL) {
-		/* The job finishes without us (store_pool.h). */
-		s->store_job->arg = NULL;
-		s->store_job = NULL;
-	}
+	session_detach_job(s);
 	bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 	evtimer_del(s->timer);
 	session_stream_stop(s);

@@ -295,6 +295,39 @@ test_quit_deletes_only_marked(void **state)
 	assert_int_equal(stat(path, &st), 0);
 }
 
+/* The client hangs up while its PASS is with the auth process, and the
+ * answer (OK) is handled in the same loop round as the hang-up: after the
+ * session was condemned (session_destroy_later), before it is freed. The
+ * answer must not start opening the maildrop, whose callback would run on
+ * the freed session: a use after free that ASan found in
+ * test_maildrop_session_survives_other_session_errors (integration). Here
+ * session_close_all() condemns the session as the hang-up did. */
+static void
+test_auth_answer_for_a_condemned_session(void **state)
+{
+	char buf[IPC_MAX_MSG];
+	struct ipc_auth_pass req;
+	assert_string_equal(cmd("USER alice\r\n"), "+OK\r\n");
+	assert_string_equal(cmd("PASS secret\r\n"), "");
+	ssize_t n = recv(auth_end, buf, sizeof(buf), MSG_DONTWAIT);
+	assert_true(n > 0);
+	assert_true(ipc_auth_pass_decode(buf, (size_t)n, &req));
+	session_close_all(&w, "test");
+	assert_non_null(w.all);
+	assert_true(w.all->freed_pending);
+	const struct ipc_auth_result r = { .request_id = req.request_id, .result = AUTH_RESULT_OK,
+	    .user = "alice", .location = location, .data = "" };
+	login_auth_result(&w, &r);
+	assert_null(w.all->store_job);
+	pump();
+	assert_null(w.all);
+	/* a job started anyway would report now, to the freed session (ASan) */
+	for (int i = 0; i < 20; i++) {
+		usleep(10000);
+		pump();
+	}
+}
+
 /* Messages of the big-listing test: far more listing than the output high
  * mark and the socket buffers together (~80 octets a UIDL line). */
 #define BIG_COUNT 20000
@@ -420,6 +453,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_too_many_bad_commands, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_quit_deletes_only_marked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_big_listing_follows_the_reader, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_answer_for_a_condemned_session, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("commands", tests, NULL, NULL);
 }
