@@ -863,7 +863,7 @@ auth_main(struct child_env *env)
 		fatalx("event_base_new failed");
 	auth.sasl = auth_sasl_new(salt_key_read(env->salt_key_fd, salt_key) ? salt_key : NULL);
 	secure_wipe(salt_key, sizeof(salt_key));
-	auth.penalty = auth_penalty_new(AUTH_PENALTY_IPV6_PREFIX);
+	auth.penalty = auth_penalty_new(auth.config->auth_penalty_ipv6_prefix);
 	passdb_load_initial(env->users_fd, env->users_errno);
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);

@@ -77,22 +77,26 @@ put_u64(char *p, uint64_t v)
 	return p;
 }
 
-/* The lines of a LIST or UIDL listing ("N SIZE" or "N UIDL"), formatted in
- * a local buffer and added in large pieces: evbuffer_add_printf per line was
- * a third of the time of a 100,000-message listing. */
-static void
-list_lines(struct session *s, bool uidl)
+/* One piece of a listing. */
+#define LIST_PIECE 16384
+/* Longest listing line: "N " + UIDL (at most 70) or SIZE (at most 20) + CRLF. */
+#define LIST_LINE_MAX (10 + 1 + UIDL_MAX_LEN + 2)
+
+/* The next piece of a LIST or UIDL listing ("N SIZE" or "N UIDL" lines from
+ * message s->list_next on, then ".") for session_produce_start: formatted
+ * in a local buffer and added at once (evbuffer_add_printf per line was a
+ * third of the time of a 100,000-message listing), one piece per call, so
+ * a listing of a million messages (~80 MB of UIDLs) is never in memory
+ * whole (docs/DESIGN.md "Protocol"). Returns true when it is complete. */
+static bool
+list_fill(struct session *s, struct evbuffer *out, bool uidl)
 {
-	struct evbuffer *out = session_output(s);
-	char buf[16384], *p = buf;
-	for (uint32_t i = 0; i < s->store->count; i++) {
+	char buf[LIST_PIECE], *p = buf;
+	uint32_t i = s->list_next;
+	/* room for one more line and the terminator */
+	for (; i < s->store->count && p <= buf + sizeof(buf) - LIST_LINE_MAX - 3; i++) {
 		if (s->deleted[i])
 			continue;
-		/* "N " + UIDL (at most 70) or SIZE (at most 20) + CRLF */
-		if (p > buf + sizeof(buf) - (10 + 1 + UIDL_MAX_LEN + 2)) {
-			evbuffer_add(out, buf, (size_t)(p - buf));
-			p = buf;
-		}
 		p = put_u64(p, i + 1);
 		*p++ = ' ';
 		if (uidl) {
@@ -105,9 +109,26 @@ list_lines(struct session *s, bool uidl)
 		*p++ = '\r';
 		*p++ = '\n';
 	}
-	memcpy(p, ".\r\n", 3);
-	p += 3;
+	s->list_next = i;
+	bool done = i == s->store->count;
+	if (done) {
+		memcpy(p, ".\r\n", 3);
+		p += 3;
+	}
 	evbuffer_add(out, buf, (size_t)(p - buf));
+	return done;
+}
+
+static bool
+list_fill_sizes(struct session *s, struct evbuffer *out)
+{
+	return list_fill(s, out, false);
+}
+
+static bool
+list_fill_uidls(struct session *s, struct evbuffer *out)
+{
+	return list_fill(s, out, true);
 }
 
 void
@@ -120,7 +141,8 @@ cmd_trans_list(struct session *s, int argc, char **argv)
 		return;
 	}
 	session_reply(s, "+OK %u messages (%llu octets)", live_count(s), (unsigned long long)live_size(s));
-	list_lines(s, false);
+	s->list_next = 0;
+	session_produce_start(s, list_fill_sizes);
 }
 
 void
@@ -133,7 +155,8 @@ cmd_trans_uidl(struct session *s, int argc, char **argv)
 		return;
 	}
 	session_reply(s, "+OK Unique-ID listing follows");
-	list_lines(s, true);
+	s->list_next = 0;
+	session_produce_start(s, list_fill_uidls);
 }
 
 /* Answer RETR (top_lines < 0) or TOP for message idx and stream it. */

@@ -4,6 +4,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "server/auth_penalty.h"
 #include "server/limits_popboxd.h"
 
 #include <arpa/inet.h>
@@ -37,6 +38,10 @@
 #define CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT 50u
 #define CONFIG_MAX_BAD_COMMANDS_DEFAULT 20u
 #define CONFIG_MAX_BAD_COMMANDS_LIMIT 10000u
+/* Failed logins before a session is closed: a client with the right
+ * password needs one or two tries; each try more is a guess. */
+#define CONFIG_MAX_AUTH_FAILURES_DEFAULT 3u
+#define CONFIG_MAX_AUTH_FAILURES_LIMIT 1000u
 /* Listening sockets in total: each costs a file descriptor in every worker. */
 #define CONFIG_LISTEN_MAX 64
 #define CONFIG_PORT_MAX 65535u
@@ -487,6 +492,12 @@ config_key_auth_mechanisms(struct config_parser *p, const char *key, const char 
 }
 
 static int
+config_key_sasl_channel_binding(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->sasl_channel_binding);
+}
+
+static int
 config_key_max_maildrop_messages(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_number(p, key, value, 1, 1000000, &p->config->max_maildrop_messages);
@@ -586,6 +597,20 @@ config_key_max_bad_commands(struct config_parser *p, const char *key, const char
 	    &p->config->max_bad_commands);
 }
 
+static int
+config_key_max_auth_failures(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, CONFIG_MAX_AUTH_FAILURES_LIMIT,
+	    &p->config->max_auth_failures);
+}
+
+static int
+config_key_auth_penalty_ipv6_prefix(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, AUTH_PENALTY_IPV6_PREFIX_MIN,
+	    AUTH_PENALTY_IPV6_PREFIX_MAX, &p->config->auth_penalty_ipv6_prefix);
+}
+
 enum {
 	CONFIG_KEY_LISTEN_TLS = 1,
 	CONFIG_KEY_TLS_CERT = 2,
@@ -620,6 +645,9 @@ static const struct config_key config_keys[] = {
 	{ "max_maildrop_size", config_key_max_maildrop_size, false },
 	{ "proxy_trusted", config_key_proxy_trusted, true },
 	{ "auth_user", config_key_auth_user, false },
+	{ "sasl_channel_binding", config_key_sasl_channel_binding, false },
+	{ "auth_penalty_ipv6_prefix", config_key_auth_penalty_ipv6_prefix, false },
+	{ "max_auth_failures", config_key_max_auth_failures, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
@@ -702,8 +730,11 @@ config_new(const char *name)
 	c->max_connections = CONFIG_MAX_CONNECTIONS_DEFAULT;
 	c->max_connections_per_ip = CONFIG_MAX_CONNECTIONS_PER_IP_DEFAULT;
 	c->max_bad_commands = CONFIG_MAX_BAD_COMMANDS_DEFAULT;
+	c->max_auth_failures = CONFIG_MAX_AUTH_FAILURES_DEFAULT;
+	c->auth_penalty_ipv6_prefix = AUTH_PENALTY_IPV6_PREFIX;
 	c->log_debug = false;
 	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);
+	c->sasl_channel_binding = false;
 	c->max_maildrop_messages = 1000000;
 	c->max_maildrop_size = 0;
 	return c;

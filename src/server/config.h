@@ -61,11 +61,20 @@ struct config {
 	unsigned max_connections;       /* global, default 10000 */
 	unsigned max_connections_per_ip;/* default 50 */
 	unsigned max_bad_commands;      /* per session, default 20 */
+	unsigned max_auth_failures;     /* failed logins per session, default 3 */
+	/* The failed-login penalty counts an IPv6 source by this prefix
+	 * (auth_penalty.h: default 64, bounds there); read at start only. */
+	unsigned auth_penalty_ipv6_prefix;
 	bool log_debug;                 /* default no */
 	/* SASL mechanisms offered (upper case, space separated); PLAIN and LOGIN
-	 * only where plaintext_auth allows, -PLUS only over TLS. CRAM-MD5 is off by
+	 * only where plaintext_auth allows, -PLUS only over TLS and with
+	 * sasl_channel_binding. CRAM-MD5 is off by
 	 * default: it needs plaintext-equivalent secrets. */
 	char *auth_mechanisms;
+	/* Offer the -PLUS mechanisms of auth_mechanisms over TLS and hand the
+	 * TLS channel bindings to the auth process; default no (mutt 2.2 picks
+	 * -PLUS, cannot bind, and falls out of step: docs/PROTOCOL.md §5). */
+	bool sasl_channel_binding;
 	/* PROXY protocol v1/v2 on every listener (behind a load balancer); only
 	 * connections from proxy_trusted networks are accepted then. */
 	/* A maildrop with more messages or octets is refused at login with

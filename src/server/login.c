@@ -21,6 +21,7 @@
 
 #define LOGIN_TEMP_REPLY "-ERR [SYS/TEMP] Authentication is temporarily unavailable, try again later"
 #define LOGIN_FAILED_REPLY "-ERR [AUTH] Authentication failed"
+#define LOGIN_TOO_MANY_REPLY "-ERR [AUTH] Authentication failed; too many failed logins, closing connection"
 #define LOGIN_PLAINTEXT_REPLY \
 	"-ERR [AUTH] Plaintext authentication is not allowed on an unencrypted connection"
 /* RFC 1939 §7: the APOP digest is MD5 in hex. */
@@ -93,6 +94,8 @@ login_request(struct session *s, uint64_t id, size_t len)
 	return true;
 }
 
+static void login_failed(struct session *s, enum auth_result result);
+
 /* --- the greeting, USER, PASS, APOP ----------------------------------------- */
 
 void
@@ -157,7 +160,7 @@ login_apop(struct session *s, int argc, char **argv)
 	}
 	size_t dlen = strlen(argv[1]);
 	if (dlen != LOGIN_APOP_DIGEST_LEN || strspn(argv[1], "0123456789abcdefABCDEF") != dlen) {
-		session_reply(s, LOGIN_FAILED_REPLY);
+		login_failed(s, AUTH_RESULT_FAIL);
 		return;
 	}
 	login_name_set(s, argv[0]);
@@ -197,6 +200,17 @@ login_sasl_cancel(struct session *s)
 	session_enter_state(s, SESSION_AUTHORIZATION);
 }
 
+/* Whether -PLUS mechanisms are offered and the channel bindings go to the
+ * auth process: only over TLS, and only with sasl_channel_binding = yes.
+ * Without it GNU SASL sees a server that cannot bind, so a client's SCRAM
+ * "y" flag is accepted, as RFC 5802 §6 requires when -PLUS is not offered
+ * (docs/PROTOCOL.md §5). */
+static bool
+login_channel_binding(const struct session *s)
+{
+	return s->tls && s->worker->config->sasl_channel_binding;
+}
+
 const char *
 login_sasl_mechanisms(const struct session *s)
 {
@@ -209,8 +223,8 @@ login_sasl_mechanisms(const struct session *s)
 		size_t mlen = strlen(m);
 		bool plus = mlen > 5 && strcmp(m + mlen - 5, "-PLUS") == 0;
 		bool plain = strcmp(m, "PLAIN") == 0 || strcmp(m, "LOGIN") == 0;
-		if (plus && !s->tls)
-			continue;   /* channel binding needs TLS */
+		if (plus && !login_channel_binding(s))
+			continue;
 		if (plain && !login_plaintext_allowed(s))
 			continue;
 		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s", len ? " " : "", m);
@@ -226,7 +240,7 @@ login_sasl_start(struct session *s, const char *mech, const char *initial)
 {
 	char *cb_exporter = NULL, *cb_unique = NULL;
 	struct ssl_st *ssl = session_ssl(s);
-	if (ssl != NULL) {
+	if (ssl != NULL && login_channel_binding(s)) {
 		cb_exporter = tls_channel_binding_exporter(ssl);
 		cb_unique = tls_channel_binding_unique(ssl);
 	}
@@ -284,7 +298,6 @@ login_auth(struct session *s, int argc, char **argv)
 	login_sasl_start(s, mech, argc == 2 ? argv[1] : NULL);
 }
 
-static void login_failed(struct session *s, enum auth_result result);
 static void login_accept(struct session *s, const char *user, const char *location);
 
 /* The client's answer to our success data: only an empty line completes
@@ -357,14 +370,29 @@ login_sasl_input(struct session *s, enum session_input what, char *line, size_t 
 
 /* --- answers of the auth process, and the maildrop --------------------------- */
 
-/* Any answer but success: back to AUTHORIZATION, the name forgotten. */
+/* Any answer but success: back to AUTHORIZATION, the name forgotten. A
+ * failed login (wrong credentials by USER/PASS, APOP or AUTH; not a TEMP
+ * answer, not a cancelled exchange) counts, and the max_auth_failures-th
+ * closes the session, so one connection cannot guess without end
+ * (docs/DESIGN.md "Protocol"). */
 static void
 login_failed(struct session *s, enum auth_result result)
 {
 	login_sasl_end(s);
 	session_enter_state(s, SESSION_AUTHORIZATION);
 	login_name_set(s, NULL);
-	session_reply(s, "%s", result == AUTH_RESULT_TEMP ? LOGIN_TEMP_REPLY : LOGIN_FAILED_REPLY);
+	if (result == AUTH_RESULT_TEMP) {
+		session_reply(s, LOGIN_TEMP_REPLY);
+		return;
+	}
+	if (++s->auth_failures >= s->worker->config->max_auth_failures) {
+		log_info("session %016llx: %u failed logins from %s, closing", (unsigned long long)s->id,
+		    s->auth_failures, s->peer);
+		session_reply(s, LOGIN_TOO_MANY_REPLY);
+		session_close_after_reply(s, "auth-failures");
+		return;
+	}
+	session_reply(s, LOGIN_FAILED_REPLY);
 }
 
 /* Whether the maildrop job's result can be served; if not, say why (log
@@ -464,6 +492,9 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 	if (s == NULL)
 		return;  /* session gone, or an answer to a previous incarnation */
 	login_pending_remove(s);
+	if (s->freed_pending)
+		return;  /* its connection ended in this loop round: it is freed next,
+		          * so nothing may start for it (no maildrop job) */
 	bool sasl = s->sasl_id == id;
 	if (r->result == AUTH_RESULT_CONTINUE && sasl) {
 		session_enter_state(s, SESSION_SASL);

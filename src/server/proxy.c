@@ -119,7 +119,7 @@ proxy_parse_v2(const unsigned char *buf, size_t len, struct proxy_header *out)
 		out->has_address = true;
 		return PROXY_OK;
 	}
-	case 0x00:     /* UNSPEC: keep the connection's address */
+	case 0x00:     /* UNSPEC: no client address */
 		return PROXY_OK;
 	default:       /* UDP or UNIX: not a POP3 client */
 		return PROXY_BAD;

@@ -1,7 +1,8 @@
 /* PROXY protocol v1 and v2 (HAProxy's specification) for popboxd behind a
  * TCP load balancer (docs/DESIGN.md "Behind a load balancer"): the header the balancer sends before any
  * POP3 or TLS byte carries the real client address, used for logging, the
- * per-address limits and the failed-login penalty. Only balancers listed in
+ * per-address limits and the failed-login penalty; a header without one
+ * makes the client "unknown", not the balancer. Only balancers listed in
  * proxy_trusted may send it; anything else is closed. */
 #ifndef POPBOX_PROXY_H
 #define POPBOX_PROXY_H
@@ -25,7 +26,7 @@ enum proxy_result {
 
 struct proxy_header {
 	size_t length;                 /* octets to consume */
-	bool has_address;              /* false: LOCAL / UNKNOWN: keep the peer */
+	bool has_address;              /* false: LOCAL / UNKNOWN / UNSPEC: no client address */
 	struct sockaddr_storage source;
 	socklen_t source_len;
 };

@@ -87,8 +87,8 @@ session_flush(struct session *s)
 {
 	/* TLS and the STLS filter write through OpenSSL; a stream refills from
 	 * the write callback; a closing session waits for that callback. */
-	if (s->freed_pending || s->tls || s->streaming || s->state == SESSION_CLOSING ||
-	    bufferevent_get_underlying(s->bev) != NULL)
+	if (s->freed_pending || s->tls || s->streaming || s->producer != NULL ||
+	    s->state == SESSION_CLOSING || bufferevent_get_underlying(s->bev) != NULL)
 		return;
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	size_t len = evbuffer_get_length(out);
@@ -145,6 +145,17 @@ session_log_end(struct session *s)
 	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
 }
 
+/* The pending maildrop job, if any, finishes without us (store_pool.h). */
+static void
+session_detach_job(struct session *s)
+{
+	if (s->store_job != NULL) {
+		s->store_job->arg = NULL;
+		s->store_job = NULL;
+	}
+}
+
+/* Stop the message or listing being sent, if any. */
 static void
 session_stream_stop(struct session *s)
 {
@@ -152,6 +163,7 @@ session_stream_stop(struct session *s)
 		close(s->stream.fd);
 		s->streaming = false;
 	}
+	s->producer = NULL;
 }
 
 static void
@@ -160,6 +172,9 @@ session_free(struct session *s)
 	struct worker *w = s->worker;
 	session_log_end(s);
 	s->handler->end(s);
+	/* A job submitted after the session was condemned must not call back
+	 * into freed memory either. */
+	session_detach_job(s);
 	if (s->ip_counted)
 		iplimit_add(w->iplimit, w->slot, s->peer_ip, -1);
 	if (s->total_counted)
@@ -199,11 +214,7 @@ session_destroy_later(struct session *s, const char *reason)
 	s->freed_pending = true;
 	if (s->end_reason == NULL)
 		s->end_reason = reason;
-	if (s->store_job != NULL) {
-		/* The job finishes without us (store_pool.h). */
-		s->store_job->arg = NULL;
-		s->store_job = NULL;
-	}
+	session_detach_job(s);
 	bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 	evtimer_del(s->timer);
 	session_stream_stop(s);
@@ -349,6 +360,26 @@ session_stream_start(struct session *s, const struct store_stream *st, int64_t t
 	session_stream_fill(s);
 }
 
+/* Let the producer add to the output until the high mark or its end. */
+static void
+session_produce_fill(struct session *s)
+{
+	struct evbuffer *out = session_output(s);
+	while (s->producer != NULL && evbuffer_get_length(out) < SESSION_OUTPUT_HIGH) {
+		size_t before = evbuffer_get_length(out);
+		if (s->producer(s, out))
+			s->producer = NULL;
+		s->bytes_out += evbuffer_get_length(out) - before;
+	}
+}
+
+void
+session_produce_start(struct session *s, session_fill_fn *fill)
+{
+	s->producer = fill;
+	session_produce_fill(s);
+}
+
 void
 session_bad_line(struct session *s, const char *msg)
 {
@@ -363,13 +394,13 @@ session_bad_line(struct session *s, const char *msg)
 
 /* Frame complete lines and hand them to the handler while the session can
  * take a command: not waiting for the auth process or the store thread, not
- * streaming, output not backed up. */
+ * streaming a message or a listing, output not backed up. */
 void
 session_process_input(struct session *s)
 {
 	char *line = s->worker->line_buf;
 
-	while (!s->freed_pending && !s->streaming &&
+	while (!s->freed_pending && !s->streaming && s->producer == NULL &&
 	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION ||
 	    s->state == SESSION_SASL)) {
 		/* Looked up each time: STLS replaces the bufferevent. */
@@ -432,7 +463,9 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	}
 	if (s->streaming && !session_stream_fill(s))
 		return;
-	if (!s->streaming)
+	if (s->producer != NULL)
+		session_produce_fill(s);
+	if (!s->streaming && s->producer == NULL)
 		session_process_input(s);
 }
 
@@ -523,9 +556,9 @@ addr_is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-/* "host:port" and the bare address of the client, for logs and limits. */
+/* The bare address of sa (ip) and "host:port" (hostport). */
 static void
-session_peer_set(struct session *s, const struct sockaddr *sa, int salen)
+addr_format(const struct sockaddr *sa, int salen, char ip[48], char hostport[64])
 {
 	char host[NI_MAXHOST], serv[NI_MAXSERV];
 	if (getnameinfo(sa, (socklen_t)salen, host, sizeof(host), serv, sizeof(serv),
@@ -533,12 +566,30 @@ session_peer_set(struct session *s, const struct sockaddr *sa, int salen)
 		snprintf(host, sizeof(host), "unknown");
 		snprintf(serv, sizeof(serv), "0");
 	}
-	snprintf(s->peer_ip, sizeof(s->peer_ip), "%.46s", host);
+	snprintf(ip, 48, "%.46s", host);
 	if (strchr(host, ':'))
-		snprintf(s->peer, sizeof(s->peer), "[%.46s]:%.8s", host, serv);
+		snprintf(hostport, 64, "[%.46s]:%.8s", host, serv);
 	else
-		snprintf(s->peer, sizeof(s->peer), "%.46s:%.8s", host, serv);
-	s->loopback = addr_is_loopback(sa);
+		snprintf(hostport, 64, "%.46s:%.8s", host, serv);
+}
+
+/* The client's "host:port" and bare address, for logs and limits; with
+ * unknown, sa is the load balancer's and the client is
+ * SESSION_PEER_UNKNOWN: its own key for the penalty and the limits, and
+ * not loopback, whatever the balancer's address is. */
+static void
+session_peer_set(struct session *s, const struct sockaddr *sa, int salen, bool unknown)
+{
+	char via_ip[48], via[64];
+	if (!unknown) {
+		addr_format(sa, salen, s->peer_ip, s->peer);
+		s->loopback = addr_is_loopback(sa);
+		return;
+	}
+	addr_format(sa, salen, via_ip, via);
+	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", SESSION_PEER_UNKNOWN);
+	snprintf(s->peer, sizeof(s->peer), "%s-via-%s", SESSION_PEER_UNKNOWN, via);
+	s->loopback = false;
 }
 
 /* The bufferevent of fd: TLS from the first byte on a TLS listener. False
@@ -600,9 +651,9 @@ session_admit(struct session *s)
 	return true;
 }
 
-void
-session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
-    const struct session_handler *handler)
+static void
+session_open(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool unknown,
+    bool tls_listener, const struct session_handler *handler)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
 	int one = 1;
@@ -611,7 +662,7 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	s->handler = handler;
 	s->id = ++w->next_session;
 	s->tls_listener = tls_listener;
-	session_peer_set(s, sa, salen);
+	session_peer_set(s, sa, salen, unknown);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (!session_bev_new(s, fd)) {
 		close(fd);
@@ -633,4 +684,18 @@ session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, b
 	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
 	if (session_admit(s))
 		handler->start(s);
+}
+
+void
+session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
+    const struct session_handler *handler)
+{
+	session_open(w, fd, sa, salen, false, tls_listener, handler);
+}
+
+void
+session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int vialen,
+    bool tls_listener, const struct session_handler *handler)
+{
+	session_open(w, fd, via, vialen, true, tls_listener, handler);
 }

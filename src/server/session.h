@@ -68,6 +68,11 @@ struct session_handler {
 	void (*end)(struct session *s);
 };
 
+/* Produces a multi-line answer in pieces (LIST, UIDL): adds the next lines
+ * to out and returns true once the answer, terminator included, is
+ * complete (session_produce_start). */
+typedef bool session_fill_fn(struct session *s, struct evbuffer *out);
+
 struct session {
 	uint64_t id;                  /* in every log line about this session */
 	struct worker *worker;
@@ -76,8 +81,8 @@ struct session {
 	struct event *timer;          /* idle / login timeout */
 	struct event *linger;         /* closing: waiting for TLS records to drain */
 	enum session_state state;
-	char peer[64];                /* "127.0.0.1:1234" */
-	char peer_ip[48];
+	char peer[80];                /* "127.0.0.1:1234", "unknown-via-10.0.0.1:1234" */
+	char peer_ip[48];             /* the client's address, or SESSION_PEER_UNKNOWN */
 	bool loopback;
 	bool tls;                     /* connection is encrypted */
 	bool tls_listener;
@@ -93,6 +98,7 @@ struct session {
 	char *pending_user;           /* the login to finish after sasl_final */
 	char *pending_location;
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
+	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
 	unsigned bad_commands;
 
 	/* TRANSACTION (cmd_trans.c) */
@@ -100,6 +106,10 @@ struct session {
 	bool *deleted;
 	uint32_t deleted_count;
 	uint64_t deleted_size;
+	uint32_t list_next;           /* LIST/UIDL: next message to list */
+
+	/* a listing being produced as the client reads, NULL = none */
+	session_fill_fn *producer;
 
 	/* streaming RETR/TOP */
 	bool streaming;
@@ -124,9 +134,21 @@ struct session {
 	struct store_job *store_job;
 };
 
-/* Accept path: take ownership of fd; lines go to handler. */
+/* The client address of a session whose load balancer did not say who the
+ * client is (PROXY v1 UNKNOWN, v2 LOCAL or UNSPEC): not the balancer's
+ * address, never loopback; the failed-login penalty and the per-address
+ * limit count all such clients as one (docs/DESIGN.md "Behind a load
+ * balancer"). Not a numeric address, so it matches no real client. */
+#define SESSION_PEER_UNKNOWN "unknown"
+
+/* Accept path: take ownership of fd; the client is at sa; lines go to
+ * handler. */
 void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
     const struct session_handler *handler);
+/* The same for a connection from the load balancer at via whose PROXY
+ * header gave no client address: the client is SESSION_PEER_UNKNOWN. */
+void session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int vialen,
+    bool tls_listener, const struct session_handler *handler);
 /* Worker shutdown: end every session without UPDATE. */
 void session_close_all(struct worker *w, const char *reason);
 
@@ -153,5 +175,12 @@ struct ssl_st *session_ssl(const struct session *s);
  * (top_lines < 0) or TOP's, dot-stuffed and terminated, pausing while the
  * client does not read. The status line must be queued. */
 void session_stream_start(struct session *s, const struct store_stream *st, int64_t top_lines);
+/* Send a multi-line answer made by fill (the status line must be queued)
+ * as RETR's body is sent: fill is called while less than
+ * SESSION_OUTPUT_HIGH is queued, again from the write callback as the
+ * client reads, until it returns true; no command runs meanwhile. So a
+ * listing of a huge maildrop costs at most the high mark and one piece of
+ * memory, whatever its length and however slowly the client reads. */
+void session_produce_start(struct session *s, session_fill_fn *fill);
 
 #endif

@@ -112,8 +112,8 @@ proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
 	if (h.has_address)
 		session_create(w, cfd, (struct sockaddr *)&h.source, (int)h.source_len, tls,
 		    &commands_handler);
-	else
-		session_create(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls,
+	else   /* the balancer did not say who the client is: not the balancer */
+		session_create_unknown(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls,
 		    &commands_handler);
 	proxy_wait_end(pw, NULL, false);
 }

@@ -121,11 +121,11 @@ def test_v2_with_tlvs_and_local_command(server_factory):
     login_and_quit(s)
     s.close()
     assert wait_log(srv, "peer=198.51.100.9:1234"), srv.log()
-    # LOCAL (a health check): the connection's own address is kept
+    # LOCAL (a health check): no client address; the balancer's is logged
     s = raw(srv.port, v2(0, 0x00, b""), source="127.9.9.9")
     login_and_quit(s)
     s.close()
-    assert wait_log(srv, "peer=127.9.9.9:"), srv.log()
+    assert wait_log(srv, "peer=unknown-via-127.9.9.9:"), srv.log()
 
 
 def test_header_split_over_segments(server_factory):
@@ -231,3 +231,60 @@ def test_plaintext_policy_uses_the_real_address(server_factory):
     s.sendall(b"USER alice\r\n")
     assert read_line(s).startswith(b"-ERR [AUTH]")
     s.close()
+
+
+NO_ADDRESS = {
+    "v1-unknown": b"PROXY UNKNOWN\r\n",
+    "v1-unknown-with-addresses": b"PROXY UNKNOWN 203.0.113.7 127.0.0.1 40001 110\r\n",
+    "v2-local": v2(0, 0x00, b""),
+    "v2-unspec": v2(1, 0x00, b""),
+}
+
+
+@pytest.mark.parametrize("header", sorted(NO_ADDRESS))
+def test_header_without_address_is_not_loopback(server_factory, header):
+    """A header that names no client (v1 UNKNOWN, v2 LOCAL, v2 UNSPEC) does
+    not make the client the balancer: the balancer is on loopback here, yet
+    tls-or-loopback refuses USER/PASS in clear, and the session's peer is
+    "unknown", logged with the balancer that passed it on."""
+    srv = server_factory(config={"proxy_protocol": "yes", "proxy_trusted": "127.0.0.0/8"}, start=False)
+    srv.deliver(MSG)
+    start_proxied(srv)
+    s = raw(srv.port, NO_ADDRESS[header], source="127.9.9.10")
+    assert read_line(s).startswith(b"+OK")
+    s.sendall(b"CAPA\r\n")
+    capa = b""
+    while not capa.endswith(b"\r\n.\r\n"):
+        capa += read_line(s)
+    assert b"\r\nUSER\r\n" not in capa and b"PLAIN" not in capa, capa
+    s.sendall(b"USER alice\r\n")
+    assert read_line(s).startswith(b"-ERR [AUTH] Plaintext"), "the client counted as loopback"
+    s.sendall(b"QUIT\r\n")
+    read_line(s)
+    s.close()
+    assert wait_log(srv, "peer=unknown-via-127.9.9.10:"), srv.log()
+
+
+def test_header_without_address_has_its_own_penalty_key(server_factory):
+    """Failed logins of clients whose balancer named no client count under
+    "unknown" in the auth process, not under the balancer's address: the
+    real clients behind the same balancer (and the balancer) are not
+    slowed by them, and they all share that one key, whichever balancer
+    passed them on."""
+    srv = proxied(server_factory)
+
+    def attempt(balancer, password):
+        s = raw(srv.port, b"PROXY UNKNOWN\r\n", source=balancer)
+        read_line(s)
+        s.sendall(b"USER alice\r\nPASS %s\r\n" % password)
+        read_line(s)
+        t0 = time.monotonic()
+        line = read_line(s)
+        s.close()
+        return line, time.monotonic() - t0
+
+    line, _ = attempt(fresh_source(), b"wrong")
+    assert line.startswith(b"-ERR")
+    assert wait_log(srv, "login failed: user=alice peer=unknown:"), srv.log()
+    line, slow = attempt(fresh_source(), b"wrong")    # another balancer address
+    assert line.startswith(b"-ERR") and slow >= 1.5, slow

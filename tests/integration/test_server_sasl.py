@@ -36,9 +36,10 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 def ssrv(server_factory, pki):
-    """popboxd with TLS, users alice ({PLAIN}secret) and bob (a
-    {SCRAM-SHA-256} secret for "bob pw"), one message each."""
-    srv = tls_server(server_factory, pki, start=False)
+    """popboxd with TLS and sasl_channel_binding = yes (the -PLUS tests
+    need it), users alice ({PLAIN}secret) and bob (a {SCRAM-SHA-256} secret
+    for "bob pw"), one message each."""
+    srv = tls_server(server_factory, pki, config={"sasl_channel_binding": "yes"}, start=False)
     srv.add_user("bob", scram_secret("bob pw"), scheme="RAW")
     srv.deliver(MSG)
     srv.deliver(MSG, user="bob")
@@ -241,6 +242,59 @@ def test_scram_sha_256_plus_tls_exporter(ssrv, pki, how):
             c.quit()
         finally:
             c.close()
+
+
+def test_scram_plus_offered_over_tls_with_channel_binding(ssrv, pki):
+    """sasl_channel_binding = yes: CAPA and AUTH over TLS list the -PLUS
+    mechanisms."""
+    c = tls_connect(ssrv, pki)
+    try:
+        st, body = c.multi("CAPA")
+        assert b"\r\nSASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 PLAIN LOGIN\r\n" \
+            in b"\r\n" + body, body
+        st, body = c.multi("AUTH")
+        assert body.decode().split()[:2] == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"], body
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def default_cb_server(server_factory, pki):
+    """popboxd with TLS and sasl_channel_binding left at its default (no)."""
+    srv = tls_server(server_factory, pki, start=False)
+    srv.add_user("bob", scram_secret("bob pw"), scheme="RAW")
+    srv.deliver(MSG)
+    srv.deliver(MSG, user="bob")
+    srv.start()
+    return srv
+
+
+@pytest.mark.parametrize("how", ["implicit", "stls"])
+def test_channel_binding_off_by_default(default_cb_server, pki, how):
+    """Without sasl_channel_binding no -PLUS mechanism is offered over TLS
+    (mutt 2.2 picks one it cannot complete, see test_server_mutt.py), AUTH
+    refuses them, and a SCRAM client's "y" flag (it could bind, but the
+    server offers no -PLUS) is accepted, as RFC 5802 §6 requires."""
+    srv = default_cb_server
+    c = tls_connect(srv, pki) if how == "implicit" else plain_connect_stls(srv, pki)
+    try:
+        st, body = c.multi("CAPA")
+        assert b"\r\nSASL SCRAM-SHA-256 SCRAM-SHA-1 PLAIN LOGIN\r\n" in b"\r\n" + body, body
+        st, body = c.multi("AUTH")
+        assert body.decode().split() == ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN"], body
+        st = c.cmd("AUTH SCRAM-SHA-256-PLUS " + b64("p=tls-exporter,,n=bob,r=abcdefgh"))
+        assert st == b"-ERR Unsupported authentication mechanism", st
+        st, sc, seen = scram_login(c, "bob", "bob pw", gs2_flag="y")
+        assert st.startswith(b"+OK Logged in"), seen
+        assert c.quit().startswith(b"+OK")
+    finally:
+        c.close()
+    c = tls_connect(srv, pki)
+    try:
+        st, sc, seen = scram_login(c, "alice", "secret", gs2_flag="y")
+        logged_in(c, st)
+    finally:
+        c.close()
 
 
 def test_scram_plus_wrong_channel_binding(ssrv, pki):

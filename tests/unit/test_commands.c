@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "common/log.h"
@@ -297,6 +299,150 @@ test_quit_deletes_only_marked(void **state)
 	assert_int_equal(stat(path, &st), 0);
 }
 
+/* The client hangs up while its PASS is with the auth process, and the
+ * answer (OK) is handled in the same loop round as the hang-up: after the
+ * session was condemned (session_destroy_later), before it is freed. The
+ * answer must not start opening the maildrop, whose callback would run on
+ * the freed session: a use after free that ASan found in
+ * test_maildrop_session_survives_other_session_errors (integration). Here
+ * session_close_all() condemns the session as the hang-up did. */
+static void
+test_auth_answer_for_a_condemned_session(void **state)
+{
+	char buf[IPC_MAX_MSG];
+	struct ipc_auth_pass req;
+	assert_string_equal(cmd("USER alice\r\n"), "+OK\r\n");
+	assert_string_equal(cmd("PASS secret\r\n"), "");
+	ssize_t n = recv(auth_end, buf, sizeof(buf), MSG_DONTWAIT);
+	assert_true(n > 0);
+	assert_true(ipc_auth_pass_decode(buf, (size_t)n, &req));
+	session_close_all(&w, "test");
+	assert_non_null(w.all);
+	assert_true(w.all->freed_pending);
+	const struct ipc_auth_result r = { .request_id = req.request_id, .result = AUTH_RESULT_OK,
+	    .user = "alice", .location = location, .data = "" };
+	login_auth_result(&w, &r);
+	assert_null(w.all->store_job);
+	pump();
+	assert_null(w.all);
+	/* a job started anyway would report now, to the freed session (ASan) */
+	for (int i = 0; i < 20; i++) {
+		usleep(10000);
+		pump();
+	}
+}
+
+/* Messages of the big-listing test: far more listing than the output high
+ * mark and the socket buffers together (~80 octets a UIDL line). */
+#define BIG_COUNT 20000
+/* Runaway guard only (a stuck store thread or listing), never a pass
+ * condition: iterations of 10 ms, two minutes. */
+#define RUNAWAY_GUARD_ROUNDS 12000
+
+static void
+wait_store_job(void)
+{
+	for (int i = 0; i < RUNAWAY_GUARD_ROUNDS && w.all != NULL && w.all->store_job != NULL; i++) {
+		usleep(10000);
+		pump();
+	}
+	assert_true(w.all != NULL && w.all->store_job == NULL);
+}
+
+/* Read what the server sends until the answer ends with tail; returns it
+ * (malloc'd). */
+static char *
+read_until(const char *tail, size_t *len_r)
+{
+	size_t cap = 1 << 20, len = 0, tlen = strlen(tail);
+	char *buf = xmalloc(cap);
+	for (int idle = 0; idle < RUNAWAY_GUARD_ROUNDS;) {
+		if (cap - len < 65536)
+			buf = xrealloc(buf, cap *= 2);
+		ssize_t n = recv(client_fd, buf + len, cap - len - 1, MSG_DONTWAIT);
+		if (n > 0) {
+			len += (size_t)n;
+			buf[len] = '\0';
+			if (len >= tlen && memcmp(buf + len - tlen, tail, tlen) == 0)
+				break;
+			continue;
+		}
+		pump();
+		if (++idle % 100 == 0)
+			usleep(10000);
+	}
+	buf[len] = '\0';
+	*len_r = len;
+	return buf;
+}
+
+/* What the session has queued for the client and not yet written. */
+static size_t
+queued(void)
+{
+	return evbuffer_get_length(bufferevent_get_output(w.all->bev));
+}
+
+/* LIST and UIDL of a maildrop whose listing is far larger than the output
+ * high mark: while the client does not read, the worker holds no more than
+ * the high mark and one piece of it (before, the whole listing was queued
+ * at once: ~80 MB for a million messages); as the client reads, the rest
+ * follows, whole and in order, and a pipelined command is answered after
+ * it. */
+static void
+test_big_listing_follows_the_reader(void **state)
+{
+	char path[600];
+	for (unsigned i = 0; i < BIG_COUNT; i++) {
+		/* 70 characters: the longest UIDL that is the name itself */
+		snprintf(path, sizeof(path), "%s/new/%010u.%059u", maildir, 3000 + i, i);
+		write_file(path, "x\n");
+	}
+	assert_string_equal(cmd("USER alice\r\n"), "+OK\r\n");
+	assert_string_equal(cmd("PASS secret\r\n"), "");
+	auth_answer(AUTH_RESULT_OK);
+	pump();
+	wait_store_job();
+	size_t len;
+	char *out = read_until("\r\n", &len);
+	assert_true(strncmp(out, "+OK Logged in, 20002 messages", 29) == 0);
+	free(out);
+
+	const char *commands[] = { "UIDL\r\nNOOP\r\n", "LIST\r\nNOOP\r\n" };
+	for (size_t c = 0; c < N_ELEMENTS(commands); c++) {
+		bool uidl = c == 0;
+		assert_int_equal(send(client_fd, commands[c], strlen(commands[c]), 0),
+		    (ssize_t)strlen(commands[c]));
+		for (int i = 0; i < 50; i++)
+			pump();
+		/* the high mark, one piece (16 KiB) and the status line; the
+		 * LIST of these small sizes fits in the socket buffer, the
+		 * UIDL listing (~1.6 MB) does not */
+		assert_true(queued() <= SESSION_OUTPUT_HIGH + 16384 + 512);
+		out = read_until(".\r\n+OK\r\n", &len);
+		assert_true(len > (size_t)BIG_COUNT * (uidl ? 70 : 3));
+		char *line = strstr(out, "\r\n") + 2;
+		assert_true(strncmp(out, uidl ? "+OK Unique-ID listing follows\r\n" :
+		    "+OK 20002 messages (", uidl ? 31 : 20) == 0);
+		unsigned n = 0;
+		while (strncmp(line, ".\r\n", 3) != 0) {
+			char want[16];
+			int wl = snprintf(want, sizeof(want), "%u ", ++n);
+			assert_memory_equal(line, want, (size_t)wl);
+			char *end = strstr(line, "\r\n");
+			assert_non_null(end);
+			if (uidl && n > 2)
+				assert_int_equal(end - line - wl, 70);
+			else if (!uidl && n > 2)
+				assert_true(end - line - wl == 1 && line[wl] == '3');
+			line = end + 2;
+		}
+		assert_int_equal(n, BIG_COUNT + 2);
+		assert_string_equal(line, ".\r\n+OK\r\n");
+		free(out);
+	}
+}
+
 int
 main(void)
 {
@@ -310,6 +456,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_pipelined_and_long_lines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_too_many_bad_commands, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_quit_deletes_only_marked, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_big_listing_follows_the_reader, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_answer_for_a_condemned_session, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("commands", tests, NULL, NULL);
 }

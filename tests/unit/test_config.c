@@ -82,6 +82,9 @@ test_defaults(void **state)
 	assert_int_equal(c->max_connections_per_ip, 50);
 	assert_int_equal(c->max_bad_commands, 20);
 	assert_false(c->log_debug);
+	assert_false(c->sasl_channel_binding);
+	assert_int_equal(c->auth_penalty_ipv6_prefix, 64);
+	assert_int_equal(c->max_auth_failures, 3);
 	config_free(c);
 }
 
@@ -110,6 +113,9 @@ test_every_key(void **state)
 	    "max_connections = 500\n"
 	    "max_connections_per_ip = 5\n"
 	    "max_bad_commands = 3\n"
+	    "sasl_channel_binding = yes\n"
+	    "auth_penalty_ipv6_prefix = 56\n"
+	    "max_auth_failures = 7\n"
 	    "log_debug = on\n");
 	assert_int_equal(c->n_listens, 2);
 	assert_string_equal(c->listens[0].host, "0.0.0.0");
@@ -134,6 +140,9 @@ test_every_key(void **state)
 	assert_int_equal(c->max_connections, 500);
 	assert_int_equal(c->max_connections_per_ip, 5);
 	assert_int_equal(c->max_bad_commands, 3);
+	assert_true(c->sasl_channel_binding);
+	assert_int_equal(c->auth_penalty_ipv6_prefix, 56);
+	assert_int_equal(c->max_auth_failures, 7);
 	assert_true(c->log_debug);
 	config_free(c);
 }
@@ -621,6 +630,20 @@ test_limits(void **state)
 	    "test.conf:3: bad value '10001' for key 'max_bad_commands': "
 	    "expected a number from 1 to 10000");
 	expect_error_prefix(REQUIRED "max_connections = 1e3\n", "test.conf:3: bad value '1e3'");
+	c = parse_ok(REQUIRED "auth_penalty_ipv6_prefix = 32\n");
+	assert_int_equal(c->auth_penalty_ipv6_prefix, 32);
+	config_free(c);
+	c = parse_ok(REQUIRED "auth_penalty_ipv6_prefix = 128\n");
+	assert_int_equal(c->auth_penalty_ipv6_prefix, 128);
+	config_free(c);
+	expect_error(REQUIRED "max_auth_failures = 0\n",
+	    "test.conf:3: bad value '0' for key 'max_auth_failures': expected a number from 1 to 1000");
+	expect_error(REQUIRED "auth_penalty_ipv6_prefix = 31\n",
+	    "test.conf:3: bad value '31' for key 'auth_penalty_ipv6_prefix': "
+	    "expected a number from 32 to 128");
+	expect_error(REQUIRED "auth_penalty_ipv6_prefix = 129\n",
+	    "test.conf:3: bad value '129' for key 'auth_penalty_ipv6_prefix': "
+	    "expected a number from 32 to 128");
 }
 
 int
