@@ -210,9 +210,11 @@ sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
 			c->unknown_user = true;
 			return GSASL_AUTHENTICATION_ERROR;
 		}
-		if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0)
-			return GSASL_AUTHENTICATION_ERROR;
-		if (ops->verify(c->ref->db, e, pw) != PASSWORD_OK)
+		/* The password first, whatever the authzid: refusing another
+		 * authzid before the check would answer a known user sooner
+		 * than an unknown one (which costs the dummy check). */
+		bool ok = ops->verify(c->ref->db, e, pw) == PASSWORD_OK;
+		if (!ok || (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authid) != 0))
 			return GSASL_AUTHENTICATION_ERROR;
 		c->validated = true;
 		return GSASL_OK;

@@ -1016,21 +1016,24 @@ store_maildir_check_owner(int fd, const char *path, const char *what, char **err
 	return true;
 }
 
-/* Could the mail user (this process's uid) have put entry name of dir
- * there, or replace it? Yes when it may write dir, unless dir is sticky
- * (/tmp) and neither dir nor the entry is the user's: then the sticky bit
- * keeps the user from renaming or removing the entry. */
+/* Could anyone but root have put entry name of dir there, or replace it?
+ * Only root's directories that nobody else may write are trusted: a
+ * directory of the mail user (this process's uid) or of any other user
+ * (a local user's home) is the owner's to fill with links, and a group- or
+ * world-writable one is everybody's, except that in a sticky directory
+ * (/tmp) an entry of root's cannot be renamed or removed by others. */
 static bool
-store_maildir_user_controls(int dir, const char *name)
+store_maildir_entry_untrusted(int dir, const char *name)
 {
 	struct stat st, entry;
 
-	if (faccessat(dir, ".", W_OK, AT_EACCESS) != 0)
-		return false;
-	if (fstat(dir, &st) < 0 || (st.st_mode & S_ISVTX) == 0 || st.st_uid == geteuid())
+	if (fstat(dir, &st) < 0 || st.st_uid != 0)
 		return true;
-	return fstatat(dir, name, &entry, AT_SYMLINK_NOFOLLOW) < 0 ||
-	    entry.st_uid == geteuid();
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) == 0)
+		return false;
+	if ((st.st_mode & S_ISVTX) == 0)
+		return true;
+	return fstatat(dir, name, &entry, AT_SYMLINK_NOFOLLOW) < 0 || entry.st_uid != 0;
 }
 
 /* One step of store_maildir_open_root's walk: component name of dir, opened
@@ -1061,8 +1064,8 @@ store_maildir_open_component(int dir, const char *name, bool last, bool nofollow
 	saved = errno;
 	if ((saved == ELOOP || saved == ENOTDIR) &&
 	    fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
-		*error_r = xasprintf("maildir %s: %s is a symbolic link that the mail user "
-		    "could have made (not followed)", path, name);
+		*error_r = xasprintf("maildir %s: %s is a symbolic link in a directory "
+		    "that not only root can change (not followed)", path, name);
 		saved = ELOOP;
 	} else {
 		*error_r = xasprintf("maildir %s: open %s: %s", path, name, strerror(saved));
@@ -1074,10 +1077,10 @@ store_maildir_open_component(int dir, const char *name, bool last, bool nofollow
 /* Opens the maildrop directory path, creating its last component when
  * missing, without following a symbolic link that the mail user could have
  * placed: no link in the last component, and none from the first component
- * that the mail user controls on (store_maildir_user_controls: with
- * mail = maildir:~/mail/Maildir the user could otherwise turn ~/mail into a
- * link to another user's mail; everything below a component the user
- * controls is the user's too).
+ * that anyone but root could have placed on (store_maildir_entry_untrusted:
+ * with mail = maildir:~/mail/Maildir a user who owns her home could
+ * otherwise turn ~/mail into a link to another user's mail; everything below
+ * such a component is its owner's too).
  * Links in directories only the administrator can change (/var/mail -> /srv)
  * are followed. docs/DESIGN.md "Storage" states the guarantee.
  * Fast path: one openat2(RESOLVE_NO_SYMLINKS), which succeeds when the path
@@ -1092,7 +1095,7 @@ store_maildir_open_root(const char *path, char **error_r)
 		.resolve = RESOLVE_NO_SYMLINKS,
 	};
 	int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
-	bool user_controls = false;
+	bool untrusted = false;
 	char *copy, *save = NULL;
 	int dir;
 
@@ -1107,9 +1110,9 @@ store_maildir_open_root(const char *path, char **error_r)
 	for (char *name = strtok_r(copy, "/", &save); name != NULL; ) {
 		char *next = strtok_r(NULL, "/", &save);
 
-		if (!user_controls)
-			user_controls = store_maildir_user_controls(dir, name);
-		fd = store_maildir_open_component(dir, name, next == NULL, user_controls,
+		if (!untrusted)
+			untrusted = store_maildir_entry_untrusted(dir, name);
+		fd = store_maildir_open_component(dir, name, next == NULL, untrusted,
 		    path, error_r);
 		int saved = errno;
 		close(dir);

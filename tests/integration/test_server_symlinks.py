@@ -8,6 +8,8 @@ the administrator can change are followed."""
 
 import os
 
+import pytest
+
 from popbox_server import wire_form
 
 
@@ -83,9 +85,11 @@ def test_no_maildrop_created_through_a_link(server_factory):
     assert os.listdir(elsewhere) == []
 
 
-def test_link_in_a_directory_only_the_admin_can_change_is_followed(server_factory):
-    """/srv/links/mail -> the real mail root, in a directory the mail user
-    cannot write (root's when the tests run as root, mode 0555 otherwise)."""
+def test_link_in_a_directory_only_root_can_change_is_followed(server_factory):
+    """links/mail -> the real mail root. As root (CI) links/ is root's with
+    mode 0555: only the administrator could have made the link, so it is
+    followed. Run as another user, links/ is that user's own directory: its
+    owner could have made the link, so it is refused."""
     srv = server_factory(start=False)
     links = os.path.join(srv.base, "links")
     os.makedirs(links)
@@ -95,12 +99,47 @@ def test_link_in_a_directory_only_the_admin_can_change_is_followed(server_factor
     name = srv.deliver(b"Subject: through the admin's link\n\nhello\n")
     srv.start()
     try:
-        with srv.session() as c:
-            assert c.uidl() == {1: name}
-            assert c.retr(1) == wire_form(b"Subject: through the admin's link\n\nhello\n")
-            c.quit()
+        if srv.as_root:
+            with srv.session() as c:
+                assert c.uidl() == {1: name}
+                assert c.retr(1) == wire_form(b"Subject: through the admin's link\n\nhello\n")
+                c.quit()
+        else:
+            c = srv.connect()
+            assert c.cmd("USER alice").startswith(b"+OK")
+            st = c.cmd("PASS secret")
+            assert is_err(st) and b"[SYS/PERM]" in st, st
+            c.close()
     finally:
         os.chmod(links, 0o755)
+
+
+def test_link_in_a_local_users_home_is_not_followed(server_factory):
+    """The audit's case: homes owned by local users (not by root, not by the
+    mail user), mail = maildir:~/mail/Maildir with maildirs owned by the
+    mail user. alice turns ~/mail into a link to bob's ~/mail: she gets an
+    error, not bob's mail. Needs root to give the homes their owners."""
+    srv, homes = home_server(server_factory)
+    if not srv.as_root:
+        pytest.skip("needs root to make homes owned by other users (CI runs as root)")
+    os.chown(os.path.dirname(homes["alice"]), 0, 0)      # /home is root's
+    for n, user in enumerate(("alice", "bob")):
+        os.chown(homes[user], 23450 + n, 23450 + n)
+        os.chmod(homes[user], 0o755)
+    bob_md = os.path.join(homes["bob"], "mail", "Maildir")
+    make_maildir(srv, bob_md)
+    secret = put_message(srv, bob_md, "1000.bob.host", b"Subject: for bob only\n\nsecret\n")
+    os.symlink(os.path.join(homes["bob"], "mail"), os.path.join(homes["alice"], "mail"))
+    srv.start()
+    c = srv.connect()
+    assert c.cmd("USER alice").startswith(b"+OK")
+    st = c.cmd("PASS alicepw")
+    assert is_err(st) and b"[SYS/PERM]" in st, st
+    c.close()
+    assert os.path.exists(secret)
+    with srv.session("bob", "bobpw") as s:
+        assert s.retr(1) == wire_form(b"Subject: for bob only\n\nsecret\n")
+        s.quit()
 
 
 def test_pid_file_not_written_through_a_planted_link(server_factory):

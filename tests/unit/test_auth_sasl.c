@@ -124,6 +124,53 @@ test_plain(void **state)
 	auth_sasl_conv_free(c);
 }
 
+/* The users file's passdb, counting password checks. */
+static unsigned verify_calls;
+static struct passdb_ops counting_ops;
+
+static enum password_result
+counting_verify(const struct passdb *db, const struct passwd_entry *e, const char *password)
+{
+	verify_calls++;
+	return passdb_passwdfile.verify(db, e, password);
+}
+
+/* PLAIN with an authorization identity other than the user costs one
+ * password check for a known user, as for an unknown one (which gets the
+ * dummy check): refused before the check, a known user was answered
+ * sooner, which told that it exists. */
+static void
+test_plain_authzid_costs_a_check(void **state)
+{
+	static const struct {
+		const char *in;
+		size_t len;
+	} cases[] = {
+		{ "bob\0alice\0secret", 16 },     /* known, right password */
+		{ "bob\0alice\0wrong", 15 },      /* known, wrong password */
+		{ "bob\0nobody\0secret", 17 },    /* unknown */
+	};
+	const struct passwd_entry *e;
+	const char *why;
+	char *out, *in;
+
+	counting_ops = passdb_passwdfile;
+	counting_ops.verify = counting_verify;
+	/* shares users' database: freed by itself, never released */
+	struct passdb_ref *counted = passdb_ref_new(&counting_ops, users->db);
+	for (size_t k = 0; k < N_ELEMENTS(cases); k++) {
+		struct sasl_conv *c = auth_sasl_conv_new(sasl, "PLAIN", counted, NULL, NULL);
+		verify_calls = 0;
+		in = b64(cases[k].in, cases[k].len);
+		assert_int_equal(step(c, in, &out, &e, &why), SASL_OUTCOME_FAILURE);
+		assert_int_equal(verify_calls, 1);
+		free(in);
+		free(out);
+		auth_sasl_conv_free(c);
+	}
+	free(counted);
+}
+
 static void
 test_login_initial_response(void **state)
 {
@@ -301,6 +348,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain),
+		cmocka_unit_test(test_plain_authzid_costs_a_check),
 		cmocka_unit_test(test_login_initial_response),
 		cmocka_unit_test(test_scram),
 		cmocka_unit_test(test_scram_unknown_user),

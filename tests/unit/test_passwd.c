@@ -628,7 +628,8 @@ test_dummy_scram(void **state)
 
 /* Unknown users, disabled entries ("", "*", "!"), an unknown scheme and a
  * {PLAIN} secret among SCRAM secrets cost what a wrong password for a
- * SCRAM user does (CPU time of this thread, least of three tries). */
+ * SCRAM user does (CPU time of this thread, least of five interleaved
+ * tries, within a factor 3 either way). */
 static void
 test_verify_costs_the_same_for_everyone(void **state)
 {
@@ -638,10 +639,14 @@ test_verify_costs_the_same_for_everyone(void **state)
 	struct passwd_db *db = parse(text);
 	const char *who[] = { "u1", NULL, "u3", "u4", "u5", "u6", "u7" };
 	double best[N_ELEMENTS(who)];
-	for (size_t i = 0; i < N_ELEMENTS(who); i++) {
+	for (size_t i = 0; i < N_ELEMENTS(who); i++)
 		best[i] = 1e9;
-		const struct passwd_entry *e = who[i] ? passwd_db_lookup(db, who[i]) : NULL;
-		for (int k = 0; k < 3; k++) {
+	/* Rounds over all kinds, so that a change in the machine's load (CPU
+	 * time still stretches when another process shares the core) touches
+	 * every kind alike; the least of five per kind. */
+	for (int k = 0; k < 5; k++) {
+		for (size_t i = 0; i < N_ELEMENTS(who); i++) {
+			const struct passwd_entry *e = who[i] ? passwd_db_lookup(db, who[i]) : NULL;
 			double t0 = cpu_seconds();
 			assert_int_not_equal(passwd_db_verify(db, e, "wrong"), PASSWORD_OK);
 			double t = cpu_seconds() - t0;
@@ -650,8 +655,9 @@ test_verify_costs_the_same_for_everyone(void **state)
 		}
 	}
 	for (size_t i = 1; i < N_ELEMENTS(who); i++) {
-		assert_true(best[i] > best[0] / 3);
-		assert_true(best[i] < best[0] * 3);
+		if (best[i] <= best[0] / 3 || best[i] >= best[0] * 3)
+			fail_msg("%s: %.6f s of CPU against %.6f s for a SCRAM user",
+			    who[i] ? who[i] : "(unknown)", best[i], best[0]);
 	}
 	passwd_db_free(db);
 	free(text);

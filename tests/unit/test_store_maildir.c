@@ -818,9 +818,9 @@ test_refuses_unsafe_maildrop(void **state)
 }
 
 /* The mail location ~/mail/Maildir with ~/mail replaced by a link to another
- * user's directory: the link is in a directory the mail user can write, so
- * it is not followed, neither to open the other maildrop nor to create one
- * there; the same path without the link works. */
+ * user's directory: the link is in a directory that not only root can change
+ * (a local user's home), so it is not followed, neither to open the other
+ * maildrop nor to create one there; the same path without the link works. */
 static void
 test_symlink_above_maildrop(void **state)
 {
@@ -838,6 +838,9 @@ test_symlink_above_maildrop(void **state)
 	assert_int_equal(mkdir(bob_mail, 0700), 0);
 	assert_int_equal(mkdir(bob_empty, 0700), 0);
 	assert_int_equal(mkdir(home, 0700), 0);
+	/* A local user's home: not root's (as root, another uid owns it). */
+	if (geteuid() == 0)
+		assert_int_equal(chown(home, 12345, 12345), 0);
 	free(f->maildir);
 	f->maildir = xasprintf("%s/Maildir", bob_mail);
 	store = open_ok(f);     /* creates bob's maildrop */
