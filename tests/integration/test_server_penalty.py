@@ -10,9 +10,8 @@ from popbox_server import POP3Raw, fresh_source
 HELD = 1.5   # the first penalty step is 2 s; anything held this long was held
 
 
-def attempt(srv, source, user, password):
-    """USER/PASS from source; returns (answer to PASS, seconds it took)."""
-    c = POP3Raw(srv.port, source=source)
+def timed_pass(c, user, password):
+    """USER/PASS on connection c; returns (answer to PASS, seconds it took)."""
     try:
         assert c.cmd("USER " + user).startswith(b"+OK")
         t0 = time.monotonic()
@@ -20,6 +19,11 @@ def attempt(srv, source, user, password):
         return line, time.monotonic() - t0
     finally:
         c.close()
+
+
+def attempt(srv, source, user, password):
+    """USER/PASS from source."""
+    return timed_pass(POP3Raw(srv.port, source=source), user, password)
 
 
 def test_own_logins_do_not_reset_guesses(server_factory):
@@ -36,20 +40,13 @@ def test_own_logins_do_not_reset_guesses(server_factory):
     assert took >= HELD, "the guess after the attacker's own login was not held (%.2f s)" % took
 
 
-
 def proxied_attempt(srv, addr, user, password):
     """USER/PASS from IPv6 address addr, as a load balancer would pass it
-    on (PROXY v1 TCP6); returns (answer to PASS, seconds it took)."""
+    on (PROXY v1 TCP6)."""
     c = POP3Raw(srv.port, source=fresh_source(), read_greeting=False)
-    try:
-        c.send("PROXY TCP6 %s 2001:db8::ffff 40000 110\r\n" % addr)
-        assert c.readline().startswith(b"+OK")
-        assert c.cmd("USER " + user).startswith(b"+OK")
-        t0 = time.monotonic()
-        line = c.cmd("PASS " + password)
-        return line, time.monotonic() - t0
-    finally:
-        c.close()
+    c.send("PROXY TCP6 %s 2001:db8::ffff 40000 110\r\n" % addr)
+    assert c.readline().startswith(b"+OK")
+    return timed_pass(c, user, password)
 
 
 def test_ipv6_aggregation_prefix_is_configurable(server_factory):
