@@ -529,11 +529,11 @@ password_cost_class(const char *stored, char *out, size_t size)
 	bool cost_field = (strncmp(id_end + 1, "rounds=", 7) == 0) ||
 	    (idlen == 2 && h[1] == '2') || (idlen == 1 && h[1] == 'y') ||
 	    (idlen == 2 && strncmp(h + 1, "gy", 2) == 0);
-	if (cost_field && next != NULL)
-		len = (size_t)(next - h) + 1;
 	/* scrypt "$7$": N, r, p are the 11 characters before the salt. */
-	if (idlen == 1 && h[1] == '7' && strlen(id_end + 1) >= 11)
-		len += 11;
+	if (idlen == 1 && h[1] == '7')
+		len += strlen(id_end + 1) >= 11 ? 11 : 0;
+	else if (cost_field && next != NULL)
+		len = (size_t)(next - h) + 1;
 	if (len >= size)
 		return false;
 	memcpy(out, h, len);
