@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from runaway import RUNAWAY_SEC, wait_until
+from ports import free_port  # noqa: F401  (re-exported: tests import it from here)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # Runaway guards (runaway.py), not expectations of speed: popboxd starts,
@@ -45,14 +46,6 @@ def build_dir():
 
 def popboxd_path():
     return os.path.join(build_dir(), "popboxd")
-
-
-def free_port(host="127.0.0.1"):
-    """A port that was free a moment ago (bind to 0, read it, close)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- wire forms

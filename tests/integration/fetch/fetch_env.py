@@ -24,6 +24,7 @@ REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 
 sys.path.insert(0, os.path.dirname(HERE))      # tests/integration: runaway.py
 from runaway import RUNAWAY_SEC, wait_until  # noqa: E402,F401
+from ports import free_port  # noqa: E402,F401
 
 
 def popbox_path():
@@ -46,14 +47,6 @@ def sanitized():
         except OSError:
             _sanitized[path] = False
     return _sanitized[path]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, timeout=RUNAWAY_SEC):
