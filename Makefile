@@ -1,5 +1,6 @@
 # popbox: GNU make + pkg-config, no autotools.
-# Layout: src/common -> libpopbox_common.a, src/server -> popboxd, src/client -> popbox.
+# Layout: src/common -> libpopbox_common.a, src/server -> popboxd, src/client -> popbox
+# (popbox links the server archive too, for the subcommands that work on the store).
 # Every src/<part>/*.c except main.c goes into that part's archive, so new files
 # need no Makefile change; unit tests tests/unit/test_*.c link against all archives.
 
@@ -59,7 +60,7 @@ $(CLIENT_LIB): $(call obj,$(CLIENT_SRC))
 
 $(BUILD)/popboxd: $(BUILD)/src/server/main.o $(SERVER_LIB) $(COMMON_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/popbox: $(BUILD)/src/client/main.o $(CLIENT_LIB) $(COMMON_LIB)
+$(BUILD)/popbox: $(BUILD)/src/client/main.o $(CLIENT_LIB) $(SERVER_LIB) $(COMMON_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(COMMON_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -1,6 +1,8 @@
-/* popbox: the command-line tool. Subcommands:
- *   fetch   download mail from POP3 servers (fetch_cli.c, fetch.c)
- *   hash    password hash for the users file (hash.c)
+/* popbox: the command-line tool. One entry per subcommand in `commands`
+ * below; each takes (argc, argv) with argv[0] the subcommand's name and
+ * returns a sysexits code. Subcommands that work on popboxd's mail store
+ * (passdb, mail location, store) come from the server archive, which the
+ * popbox binary links as well (Makefile).
  */
 #include "client/fetch.h"
 #include "client/hash.h"
@@ -11,13 +13,23 @@
 #include <string.h>
 #include <sysexits.h>
 
+struct subcommand {
+	const char *name;
+	int (*run)(int argc, char **argv);
+	const char *summary;
+};
+
+static const struct subcommand commands[] = {
+	{ "fetch", fetch_main, "download mail from POP3 servers (popbox fetch --help)" },
+	{ "hash", hash_main, "make a password hash line for the users file (popbox hash --help)" },
+};
+
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: popbox COMMAND [options]\n"
-	    "commands:\n"
-	    "  fetch    download mail from POP3 servers (popbox fetch --help)\n");
-	fprintf(f, "  hash     make a password hash line for the users file (popbox hash --help)\n");
+	fprintf(f, "usage: popbox COMMAND [options]\ncommands:\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
 }
 
 int
@@ -35,10 +47,9 @@ main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
-	if (!strcmp(argv[1], "fetch"))
-		return fetch_main(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "hash"))
-		return hash_main(argc - 1, argv + 1);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].run(argc - 1, argv + 1);
 	fprintf(stderr, "popbox: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	return EX_USAGE;
