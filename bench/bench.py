@@ -16,6 +16,7 @@ handlers); every load loop is bounded by a duration. The system users and
 spools made for popa3d are removed at exit, also on error or signal.
 """
 
+import csv
 import fcntl
 import json
 import os
@@ -1011,10 +1012,59 @@ def bench(mode, prof):
                 f.write("\n" + render_fetch(fetch) + "\n")
         if not ONLY:
             chart(result, outdir, mode)
+            append_history(result, outdir)
+            write_trend(outdir)
     if mode == "smoke":
         # the harness works: pop3load ran every smoke scenario without errors
         return 0 if ok else 1
     return 0 if ok else 1
+
+
+def append_history(result, outdir):
+    """One line per scenario and run in bench/results/history.csv (date,
+    commit, mode, scenario, unit, each server's figure, popboxd's ratio over
+    Dovecot with >1 = popboxd better), so a regression shows as a falling
+    ratio between commits. Appended, never rewritten."""
+    path = os.path.join(outdir, "history.csv")
+    fields = ["date", "commit", "mode", "scenario", "unit", "popboxd", "Dovecot", "popa3d", "ratio"]
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(fields)
+        for name, vals, unit, limit, better in result["rows"]:
+            p, d = vals.get("popboxd"), vals.get("Dovecot")
+            ratio = ((p / d) if better == "high" else (d / p)) if (p and d) else None
+            w.writerow([result["date"], result["commit"], result["mode"], name, unit] +
+                       [fmt(vals.get(n)) for n in ("popboxd", "Dovecot", "popa3d")] +
+                       ["%.3f" % ratio if ratio else "-"])
+
+
+HEADLINES = ("sessions/s, PLAIN, 64 clients", "TLS sessions/s (resumed), 64 clients",
+             "RETR 4 KiB msgs/s, 8 clients", "RETR 1 MiB MB/s, 1 client",
+             "big maildrop 20000: 2nd login..LIST ms", "KiB PSS per idle session at 2000")
+
+
+def write_trend(outdir):
+    """bench/results/trend.md: the headline ratios over Dovecot (>1 =
+    popboxd better) of every recorded run, oldest first, from history.csv."""
+    with open(os.path.join(outdir, "history.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    runs = []
+    for r in rows:
+        key = (r["date"], r["commit"], r["mode"])
+        if key not in runs:
+            runs.append(key)
+    ratio = {(r["date"], r["commit"], r["mode"], r["scenario"]): r["ratio"] for r in rows}
+    lines = ["| run (date, commit, mode) | " + " | ".join(HEADLINES) + " |",
+             "|---" * (len(HEADLINES) + 1) + "|"]
+    for run in runs:
+        lines.append("| %s %s %s | " % run + " | ".join(
+            (ratio.get(run + (h,)) or "-") for h in HEADLINES) + " |")
+    with open(os.path.join(outdir, "trend.md"), "w") as f:
+        f.write("Headline ratios, popboxd over Dovecot (>1 = popboxd better), "
+                "one line per `make bench`/`make bench-full` run (bench/results/history.csv).\n\n")
+        f.write("\n".join(lines) + "\n")
 
 
 def fmt(v):
