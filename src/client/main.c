@@ -6,6 +6,7 @@
  */
 #include "client/fetch.h"
 #include "client/hash.h"
+#include "client/migrate_uidls.h"
 #include "common/log.h"
 
 #include <signal.h>
@@ -22,6 +23,7 @@ struct subcommand {
 static const struct subcommand commands[] = {
 	{ "fetch", fetch_main, "download mail from POP3 servers (popbox fetch --help)" },
 	{ "hash", hash_main, "make a password hash line for the users file (popbox hash --help)" },
+	{ "migrate-uidls", migrate_uidls_main, "keep the UIDLs of Dovecot or Courier (popbox migrate-uidls --help)" },
 };
 
 static void

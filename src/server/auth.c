@@ -128,6 +128,10 @@ static struct {
 	unsigned n_exchanges;
 	struct auth_penalty *penalty;
 	int control_fd;                 /* to the master */
+	/* The user settings an OK answer carries: set by auth_login_granted
+	 * only while it encodes that answer (answers are encoded at once, a
+	 * delayed one too). */
+	enum uidl_format grant_uidl_format;
 } auth;
 
 /* --- answers, with the failed-login penalty ------------------------------ */
@@ -147,7 +151,8 @@ result_encode(const unsigned char **msg_r, uint64_t id, enum auth_result result,
 {
 	static unsigned char buf[IPC_MAX_MSG];
 	const struct ipc_auth_result m = { .request_id = id, .result = result, .user = user,
-	    .location = location, .data = data };
+	    .location = location, .data = data,
+	    .uidl_format = result == AUTH_RESULT_OK ? auth.grant_uidl_format : UIDL_FORMAT_UNSET };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 	if (len == 0) {
 		log_warnx("answer to a worker over the message limits, sending temp");
@@ -230,7 +235,9 @@ auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
 		auth_answer(fd, id, peer, AUTH_RESULT_TEMP, e->user, NULL, NULL);
 		return;
 	}
+	auth.grant_uidl_format = e->uidl_format;
 	auth_answer(fd, id, peer, AUTH_RESULT_OK, e->user, location, sasl_data);
+	auth.grant_uidl_format = UIDL_FORMAT_UNSET;
 	free(location);
 }
 

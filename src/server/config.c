@@ -62,6 +62,9 @@ struct config_key {
 	bool repeatable;
 };
 
+/* room for every key of config_keys[] (checked below the table) */
+#define CONFIG_KEYS_MAX 128
+
 struct config_parser {
 	const char *name;      /* file name for messages */
 	const char *base_dir;  /* relative paths resolve here; NULL = leave as is */
@@ -72,7 +75,7 @@ struct config_parser {
 	struct config_listen *plain, *tls;
 	size_t n_plain, n_tls;
 	bool listen_none;
-	unsigned first_line[32]; /* per config_keys index: line first seen, 0 = never */
+	unsigned first_line[CONFIG_KEYS_MAX]; /* per config_keys index: line first seen, 0 = never */
 };
 
 static int config_error(struct config_parser *p, const char *fmt, ...) PRINTF_LIKE(2, 3);
@@ -611,6 +614,26 @@ config_key_auth_penalty_ipv6_prefix(struct config_parser *p, const char *key, co
 	    AUTH_PENALTY_IPV6_PREFIX_MAX, &p->config->auth_penalty_ipv6_prefix);
 }
 
+static int
+config_key_uidl_format(struct config_parser *p, const char *key, const char *value)
+{
+	if (!uidl_format_parse(value, &p->config->uidl_format))
+		return config_bad_value(p, key, value, "popbox, dovecot or courier");
+	return 0;
+}
+
+static int
+config_key_dovecot_uidl_format(struct config_parser *p, const char *key, const char *value)
+{
+	char *error = NULL;
+	if (!uidl_dovecot_template_check(value, &error)) {
+		int r = config_error(p, "%s: %s", key, error);
+		free(error);
+		return r;
+	}
+	return config_set_string(&p->config->dovecot_uidl_format, xstrdup(value));
+}
+
 enum {
 	CONFIG_KEY_LISTEN_TLS = 1,
 	CONFIG_KEY_TLS_CERT = 2,
@@ -648,9 +671,11 @@ static const struct config_key config_keys[] = {
 	{ "sasl_channel_binding", config_key_sasl_channel_binding, false },
 	{ "auth_penalty_ipv6_prefix", config_key_auth_penalty_ipv6_prefix, false },
 	{ "max_auth_failures", config_key_max_auth_failures, false },
+	{ "uidl_format", config_key_uidl_format, false },
+	{ "dovecot_uidl_format", config_key_dovecot_uidl_format, false },
 };
 
-_Static_assert(N_ELEMENTS(config_keys) <= 32, "config_parser.first_line too small");
+_Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
 
 /* One non-blank, non-comment line, already trimmed. */
 static int
@@ -737,6 +762,8 @@ config_new(const char *name)
 	c->sasl_channel_binding = false;
 	c->max_maildrop_messages = 1000000;
 	c->max_maildrop_size = 0;
+	c->uidl_format = UIDL_FORMAT_POPBOX;
+	c->dovecot_uidl_format = xstrdup(UIDL_DOVECOT_DEFAULT_TEMPLATE);
 	return c;
 }
 
@@ -932,5 +959,6 @@ config_free(struct config *config)
 	free(config->state_dir);
 	free(config->run_as);
 	free(config->auth_user);
+	free(config->dovecot_uidl_format);
 	free(config);
 }

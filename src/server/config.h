@@ -29,6 +29,7 @@
 #include <stddef.h>
 
 #include "server/proxy.h"
+#include "server/uidl_migrate.h"
 
 enum plaintext_auth {
 	PLAINTEXT_TLS_OR_LOOPBACK = 0, /* default */
@@ -84,6 +85,12 @@ struct config {
 	bool proxy_protocol;
 	struct proxy_cidr *proxy_trusted;
 	size_t n_proxy_trusted;
+	/* UIDLs of messages popboxd has not served yet: popbox (default),
+	 * dovecot or courier (uidl_migrate.h); a user's "uidl_format=" extra
+	 * field overrides it. dovecot_uidl_format: Dovecot's pop3_uidl_format
+	 * (default "%08Xu%08Xv"), checked at load. */
+	enum uidl_format uidl_format;
+	char *dovecot_uidl_format;
 };
 
 #define CONFIG_DEFAULT_AUTH_MECHANISMS \

@@ -36,8 +36,8 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    TEXT(IPC_MAX_PEER) } },
 	[IPC_AUTH_APOP] = { 5, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_APOP_STAMP),
 	    TEXT(IPC_MAX_APOP_DIGEST), TEXT(IPC_MAX_PEER) } },
-	[IPC_AUTH_RESULT] = { 4, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
-	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA) } },
+	[IPC_AUTH_RESULT] = { 5, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
+	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA), NUMBER(UIDL_FORMAT_MAX) } },
 	/* the limits of the files they carry (limits_popboxd.h) */
 	[IPC_RELOAD] = { 4, { TEXT(POPBOXD_CONFIG_PATH_MAX), TEXT(POPBOXD_CONFIG_MAX),
 	    TEXT(POPBOXD_PEM_MAX), TEXT(POPBOXD_PEM_MAX) } },
@@ -190,20 +190,21 @@ size_t
 ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m)
 {
 	const union field v[] = { { .number = (uint64_t)m->result }, { .text = m->user },
-	    { .text = m->location }, { .text = m->data } };
+	    { .text = m->location }, { .text = m->data }, { .number = (uint64_t)m->uidl_format } };
 	return ipc_encode(buf, size, IPC_AUTH_RESULT, m->request_id, v);
 }
 
 bool
 ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 {
-	union field v[4];
+	union field v[5];
 	if (!ipc_decode(buf, len, IPC_AUTH_RESULT, &m->request_id, v))
 		return false;
 	m->result = (enum auth_result)v[0].number;   /* range checked by the rule */
 	m->user = v[1].text;
 	m->location = v[2].text;
 	m->data = v[3].text;
+	m->uidl_format = (enum uidl_format)v[4].number;   /* range checked too */
 	return true;
 }
 

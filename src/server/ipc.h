@@ -38,6 +38,7 @@
 #include <sys/types.h>
 
 #include "server/limits_popboxd.h"
+#include "server/uidl_migrate.h"
 
 /* IPC_MAX_MSG, the largest message (a config reload), and IPC_HEADER_SIZE
  * are in limits_popboxd.h, derived from the limits they must carry. */
@@ -119,7 +120,7 @@ struct ipc_auth_apop {
 };
 
 /* IPC_AUTH_RESULT: the answer to any request but SASL_ABORT. Fields: number
- * result; texts user, location, data. */
+ * result; texts user, location, data; number uidl_format. */
 struct ipc_auth_result {
 	uint64_t request_id;       /* the request's (SASL: the exchange's) */
 	enum auth_result result;
@@ -127,6 +128,7 @@ struct ipc_auth_result {
 	const char *location;      /* OK: mail location, else ""; at most IPC_MAX_LOCATION */
 	const char *data;          /* SASL challenge or success data (base64), may be "";
 	                            * at most IPC_MAX_SASL_DATA */
+	enum uidl_format uidl_format; /* OK: the user's own (users file), else UNSET */
 };
 
 /* IPC_RELOAD: new configuration. Fields: texts path, config, cert_pem,

@@ -40,6 +40,14 @@
  * passwd.c refuses longer ones; IPC_AUTH_RESULT carries it). */
 #define POPBOXD_MAIL_LOCATION_MAX (PATH_MAX + 64)
 
+/* The old server's UIDL list of one maildrop (dovecot-uidlist,
+ * courierpop3dsizelist), read whole by uidl_migrate.c. It is written by
+ * another program (and by the maildrop's owner): a line is about 60-120
+ * octets, so 128 MiB holds the 1,000,000 messages a maildrop may have
+ * (store_maildir.c) and bounds the allocation. A larger file is ignored
+ * (logged): its messages get popbox UIDLs. */
+#define POPBOXD_OLD_UIDLIST_MAX ((size_t)128 << 20)
+
 /* The fixed header of every IPC message (struct ipc_header in ipc.c, which
  * checks the two agree). */
 #define IPC_HEADER_SIZE 16

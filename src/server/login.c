@@ -298,7 +298,8 @@ login_auth(struct session *s, int argc, char **argv)
 	login_sasl_start(s, mech, argc == 2 ? argv[1] : NULL);
 }
 
-static void login_accept(struct session *s, const char *user, const char *location);
+static void login_accept(struct session *s, const char *user, const char *location,
+    enum uidl_format uidl_format);
 
 /* The client's answer to our success data: only an empty line completes
  * the login. */
@@ -312,7 +313,7 @@ login_sasl_final(struct session *s, size_t len)
 	char *user = s->pending_user, *location = s->pending_location;
 	s->pending_user = s->pending_location = NULL;
 	login_sasl_end(s);
-	login_accept(s, user, location);
+	login_accept(s, user, location, s->pending_uidl_format);
 	free(user);
 	free(location);
 }
@@ -459,7 +460,8 @@ login_maildrop_opened(struct store_job *job, void *arg)
 /* The auth process said OK: open the maildrop at location on the store
  * thread; login_maildrop_opened() answers. */
 static void
-login_accept(struct session *s, const char *user, const char *location)
+login_accept(struct session *s, const char *user, const char *location,
+    enum uidl_format uidl_format)
 {
 	const char *path;
 	const struct store_backend *backend = store_backend_for(location, &path);
@@ -474,6 +476,10 @@ login_accept(struct session *s, const char *user, const char *location)
 	job->kind = STORE_JOB_OPEN;
 	job->backend = backend;
 	job->path = xstrdup(path);
+	/* The user's own UIDL format (users file), else the config's. */
+	const struct config *c = s->worker->config;
+	job->options.uidl_format = uidl_format != UIDL_FORMAT_UNSET ? uidl_format : c->uidl_format;
+	job->uidl_template = xstrdup(c->dovecot_uidl_format);
 	job->done = login_maildrop_opened;
 	job->arg = s;
 	s->store_job = job;
@@ -505,11 +511,12 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 		s->sasl_final = true;
 		s->pending_user = xstrdup(r->user);
 		s->pending_location = xstrdup(r->location);
+		s->pending_uidl_format = r->uidl_format;
 		session_enter_state(s, SESSION_SASL);
 		session_reply(s, "+ %s", r->data);
 	} else if (r->result == AUTH_RESULT_OK) {
 		login_sasl_end(s);
-		login_accept(s, r->user, r->location);
+		login_accept(s, r->user, r->location, r->uidl_format);
 	} else {
 		login_failed(s, r->result);
 	}

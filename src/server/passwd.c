@@ -131,6 +131,33 @@ passwd_user_problem(const char *user)
 	return NULL;
 }
 
+/* The settings popboxd takes from the extra fields (space-separated
+ * key=value, Dovecot's userdb extras); others are ignored. Returns a
+ * problem, or NULL. */
+static const char *
+passwd_extra_fields(char *extra, struct passwd_entry *e)
+{
+	static const char *const keys[] = { "uidl_format=", "userdb_uidl_format=" };
+
+	e->uidl_format = UIDL_FORMAT_UNSET;
+	for (char *tok = extra, *end; *tok != '\0'; tok = end) {
+		end = tok + strcspn(tok, " \t");
+		char saved = *end;
+		*end = '\0';
+		for (size_t k = 0; k < N_ELEMENTS(keys); k++) {
+			size_t n = strlen(keys[k]);
+			if (strncmp(tok, keys[k], n) == 0 &&
+			    !uidl_format_parse(tok + n, &e->uidl_format)) {
+				*end = saved;
+				return "uidl_format is not popbox, dovecot or courier";
+			}
+		}
+		*end = saved;
+		end += strspn(end, " \t");
+	}
+	return NULL;
+}
+
 static void
 passwd_db_add_line(struct passwd_db *db, char *line, unsigned lineno)
 {
@@ -178,6 +205,10 @@ passwd_db_add_line(struct passwd_db *db, char *line, unsigned lineno)
 		passwd_table_grow(db);
 
 	struct passwd_entry *e = &db->entries[db->count];
+	if ((problem = passwd_extra_fields(n > 7 ? fields[7] : passwd_empty, e)) != NULL) {
+		log_warnx("%s:%u: skipped line: %s", db->name, lineno, problem);
+		return;
+	}
 	e->user = fields[0];
 	e->password = fields[1];
 	e->uid = n > 2 ? fields[2] : passwd_empty;
@@ -858,6 +889,12 @@ size_t
 passwd_db_count(const struct passwd_db *db)
 {
 	return db == NULL ? 0 : db->count;
+}
+
+const struct passwd_entry *
+passwd_db_entry(const struct passwd_db *db, size_t i)
+{
+	return db != NULL && i < db->count ? &db->entries[i] : NULL;
 }
 
 /* ---- mail location ---- */

@@ -9,11 +9,19 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "server/uidl_migrate.h"
+
 struct passwd_entry {
 	char *user;       /* as written, e.g. "alice" or "alice@example.org" */
 	char *password;   /* secret as written; may be "" (account disabled) */
 	char *uid, *gid;  /* may be "" */
 	char *home;       /* may be "" */
+	/* From the extra fields: "uidl_format=popbox|dovecot|courier" (or
+	 * userdb_uidl_format=, Dovecot's spelling); UIDL_FORMAT_UNSET without.
+	 * A line with another value is skipped (logged): serving the user's
+	 * mail with UIDLs the admin did not choose would make clients fetch
+	 * it all again. */
+	enum uidl_format uidl_format;
 };
 
 struct passwd_db;
@@ -38,6 +46,8 @@ void passwd_db_free(struct passwd_db *db);
 /* Exact, case-sensitive lookup; NULL if absent. */
 const struct passwd_entry *passwd_db_lookup(const struct passwd_db *db, const char *user);
 size_t passwd_db_count(const struct passwd_db *db);
+/* Entry i (0 <= i < passwd_db_count) in file order, else NULL. */
+const struct passwd_entry *passwd_db_entry(const struct passwd_db *db, size_t i);
 
 enum password_result {
 	PASSWORD_OK = 0,

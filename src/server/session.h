@@ -97,6 +97,7 @@ struct session {
 	bool sasl_final;              /* success data sent, waiting for the empty line */
 	char *pending_user;           /* the login to finish after sasl_final */
 	char *pending_location;
+	enum uidl_format pending_uidl_format;  /* with pending_location */
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
 	unsigned bad_commands;

@@ -5,6 +5,8 @@
 #include "common/util.h"
 
 #include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* RFC 1939 §7 (UIDL): 1 to 70 characters in the range 0x21 to 0x7E. */
@@ -45,21 +47,16 @@ store_name_is_uidl(const char *base, size_t len)
 	return true;
 }
 
-char *
-maildir_uidl_from_name(const char *base, size_t len)
+/* "H" + UIDL_HASH_HEX_LEN hex chars of the SHA-256 of data. */
+static char *
+store_uidl_digest(const void *data, size_t len)
 {
 	static const char hex[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	char *uidl;
 
-	if (store_name_is_uidl(base, len))
-		return xstrndup(base, len);
-
-	/* A name a client could not take as a UIDL (too long, space, 8-bit)
-	 * still must give a stable UIDL: derive it from the name only, never
-	 * from the contents or a cache, so it survives any rebuild. */
-	if (EVP_Digest(base, len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
+	if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
 	    mdlen * 2 < UIDL_HASH_HEX_LEN)
 		fatalx("SHA-256 digest failed");
 	uidl = xmalloc(1 + UIDL_HASH_HEX_LEN + 1);
@@ -69,5 +66,28 @@ maildir_uidl_from_name(const char *base, size_t len)
 		uidl[2 + 2 * i] = hex[md[i] & 0x0f];
 	}
 	uidl[1 + UIDL_HASH_HEX_LEN] = '\0';
+	return uidl;
+}
+
+char *
+maildir_uidl_from_name(const char *base, size_t len)
+{
+	if (store_name_is_uidl(base, len))
+		return xstrndup(base, len);
+
+	/* A name a client could not take as a UIDL (too long, space, 8-bit)
+	 * still must give a stable UIDL: derive it from the name only, never
+	 * from the contents or a cache, so it survives any rebuild. */
+	return store_uidl_digest(base, len);
+}
+
+char *
+maildir_uidl_salted(const char *base, size_t len, unsigned salt)
+{
+	char *data = xmalloc(len + 16);
+	int n = snprintf(data + len, 16, "/%u", salt);   /* '/' is in no file name */
+	memcpy(data, base, len);
+	char *uidl = store_uidl_digest(data, len + (size_t)n);
+	free(data);
 	return uidl;
 }

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "server/uidl_migrate.h"
+
 enum store_status {
 	STORE_OK = 0,
 	STORE_IN_USE,   /* another session holds the maildrop lock -> [IN-USE] */
@@ -34,6 +36,27 @@ struct store_stream {
 
 struct store;
 
+/* Where a message's UIDL came from (store_open_options.report). */
+enum store_uidl_source {
+	STORE_UIDL_REMEMBERED,   /* popbox.index: served before, kept */
+	STORE_UIDL_OLD,          /* the old server's list */
+	STORE_UIDL_OWN,          /* its base name (store.h), see the miss for why */
+	STORE_UIDL_REPLACED,     /* it collided with another message's, replaced */
+};
+
+/* How a maildrop's messages get their UIDLs at their first login under
+ * popboxd (uidl_migrate.h); afterwards the index remembers each one. */
+struct store_open_options {
+	enum uidl_format uidl_format;      /* UIDL_FORMAT_POPBOX (or UNSET): base names */
+	const char *dovecot_uidl_format;   /* a checked pop3_uidl_format; NULL: Dovecot's default */
+	/* popbox migrate-uidls: leave popbox.index as it is (a report) */
+	bool keep_index;
+	/* Called for each message, in order, during the open (NULL: not). */
+	void (*report)(void *arg, const char *name, const char *uidl,
+	    enum store_uidl_source source, enum uidl_old_miss miss);
+	void *report_arg;
+};
+
 struct store_backend {
 	const char *scheme; /* "maildir" */
 	/* Open the maildrop at path (expanded, scheme prefix removed), create it
@@ -41,6 +64,9 @@ struct store_backend {
 	 * failure returns status != STORE_OK and sets *error_r (malloc'd, for the
 	 * log; never shown to the client). */
 	enum store_status (*open)(const char *path, struct store **store_r, char **error_r);
+	/* The same, with options (NULL: the defaults, as open). */
+	enum store_status (*open_with)(const char *path, const struct store_open_options *options,
+	    struct store **store_r, char **error_r);
 	/* Open message idx (0-based) for reading. */
 	enum store_status (*message_open)(struct store *store, uint32_t idx,
 	    struct store_stream *stream_r, char **error_r);
@@ -71,6 +97,9 @@ const struct store_backend *store_backend_for(const char *location, const char *
 /* RFC 1939 §7: a unique-id is 1 to 70 characters 0x21..0x7E. */
 #define UIDL_MAX_LEN 70
 char *maildir_uidl_from_name(const char *base, size_t len);
+/* "H" + 40 hex chars of the SHA-256 of the base name and salt: a stand-in
+ * for a UIDL that another message already has (uidl_make_unique). */
+char *maildir_uidl_salted(const char *base, size_t len, unsigned salt);
 
 extern const struct store_backend store_maildir;
 /* How old the ctime of new/ and cur/ must be before popbox.index records it

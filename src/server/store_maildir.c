@@ -17,6 +17,7 @@
  */
 #include "server/store.h"
 #include "server/lock.h"
+#include "server/uidl_migrate.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "common/wire.h"
@@ -54,16 +55,22 @@ _Static_assert(MAILDIR_MAX_MESSAGES <= (1 << 20),
 /* One fixed temp name is safe: writers hold the session lock. */
 #define MAILDIR_INDEX_TMP_NAME "popbox.index.tmp"
 /* First line of the index; bump the number when the format changes, so an
- * old or foreign file is rebuilt instead of misread. */
-#define MAILDIR_INDEX_HEADER "popbox-index 2"
+ * old or foreign file is rebuilt instead of misread. Version 3 adds the
+ * UIDL a message was served with, where it is not the one its name gives
+ * (docs/DESIGN.md "UIDLs kept from the old server"). */
+#define MAILDIR_INDEX_HEADER "popbox-index 3"
+/* Version 2 (no UIDLs: every message was served with its name's UIDL) is
+ * read as version 3 without them and rewritten. */
+#define MAILDIR_INDEX_HEADER_V2 "popbox-index 2"
 /* Version 1 (base names, no directories) still supplies sizes, so an
  * upgrade does not read every message again. */
 #define MAILDIR_INDEX_HEADER_V1 "popbox-index 1"
 /* See the top of the file; tests shorten it. */
 unsigned store_maildir_settle_ms = 2000;
 /* Longest valid index line: 20-digit size, " n " or " c ", a NAME_MAX-byte
- * name with every byte %-escaped, newline. Longer means damage. */
-#define MAILDIR_INDEX_LINE_MAX (20 + 3 + 3 * NAME_MAX + 1)
+ * name with every byte %-escaped, a space and a UIDL, newline. Longer means
+ * damage. */
+#define MAILDIR_INDEX_LINE_MAX (20 + 3 + 3 * NAME_MAX + 1 + UIDL_MAX_LEN + 1)
 /* popbox.index is read whole into one buffer, and it is written by the
  * maildrop's owner: 128 MiB bounds that allocation (the largest index any
  * line length allows would be ~790 MB) and still holds 1,000,000 messages
@@ -103,6 +110,8 @@ struct maildir_store {
 	struct lock *lock;
 	struct maildir_duplicate *dups;
 	size_t n_dups;
+	/* During the open only: how new messages get their UIDLs. */
+	const struct store_open_options *options;
 };
 
 /* One directory entry found by the scan. */
@@ -114,6 +123,10 @@ struct maildir_entry {
 	uint64_t size;
 	bool have_size;
 	enum maildir_subdir subdir;
+	char *uidl;               /* the UIDL served, NULL: the name's (store.h) */
+	bool remembered;          /* the index had it: served before */
+	enum store_uidl_source source;  /* for store_open_options.report */
+	enum uidl_old_miss miss;
 };
 
 struct maildir_index_entry {
@@ -123,6 +136,7 @@ struct maildir_index_entry {
 	uint64_t time;            /* as maildir_entry.time */
 	uint64_t size;
 	enum maildir_subdir subdir;
+	const char *uidl;         /* in maildir_index.text; NULL: the name's */
 	bool used;
 };
 
@@ -143,6 +157,7 @@ struct maildir_index {
 	size_t count;
 	struct maildir_dirs dirs;
 	bool v1;                  /* the old format: to be rewritten */
+	bool v2;                  /* no UIDLs: to be rewritten */
 };
 
 struct maildir_base_key {
@@ -291,6 +306,16 @@ store_maildir_index_parse_line(char *line, struct maildir_index_entry *e, bool v
 	}
 	if (*name == '\0')
 		return false;
+	/* Version 3: " UIDL" after the name (a name never holds a space). */
+	if (!v1) {
+		char *uidl = strchr(name, ' ');
+		if (uidl != NULL) {
+			*uidl++ = '\0';
+			if (!uidl_is_valid(uidl, strlen(uidl)))
+				return false;
+			e->uidl = uidl;
+		}
+	}
 	/* Most names have no escape: the part before the first '%' is taken as
 	 * it is (a name we did not write matches no file, or has the size the
 	 * file would have; the merge join below trusts nothing else of it). */
@@ -424,7 +449,8 @@ store_maildir_index_parse(struct maildir_index *index, size_t len)
 				header = index->v1 = true;
 				continue;
 			}
-			if (strcmp(line, MAILDIR_INDEX_HEADER) != 0)
+			index->v2 = strcmp(line, MAILDIR_INDEX_HEADER_V2) == 0;
+			if (!index->v2 && strcmp(line, MAILDIR_INDEX_HEADER) != 0)
 				return false;
 			header = true;
 			/* the dirs line comes next */
@@ -453,7 +479,8 @@ store_maildir_index_parse(struct maildir_index *index, size_t len)
 		}
 		struct maildir_index_entry *e = &index->entries[index->count];
 		memset(e, 0, sizeof(*e));
-		if (!store_maildir_index_parse_line(line, e, index->v1))
+		if (!store_maildir_index_parse_line(line, e, index->v1) ||
+		    (index->v2 && e->uidl != NULL))
 			return false;
 		index->count++;
 	}
@@ -508,10 +535,14 @@ store_maildir_index_write_name(FILE *fp, const char *base, size_t len)
  * rename, so a reader sees the old or the new file whole. No fsync: after a
  * crash a lost or torn index is detected (header, end line) and rebuilt, and
  * the cost would be paid on every login that saw new mail. Failure only costs
- * speed at the next login, so it is logged, not returned. */
+ * speed at the next login, so it is logged, not returned. The exception is
+ * durable: an index that records UIDLs for the first time (taken from the
+ * old server's list, or replacing a collision) is synced with its
+ * directory, since the old list may be deleted afterwards and nothing else
+ * could give them back. */
 static void
 store_maildir_index_write(struct maildir_store *ms, const struct maildir_entry *entries,
-    size_t count, const struct maildir_dirs *dirs)
+    size_t count, const struct maildir_dirs *dirs, bool durable)
 {
 	FILE *fp;
 	int fd;
@@ -540,10 +571,12 @@ store_maildir_index_write(struct maildir_store *ms, const struct maildir_entry *
 		fprintf(fp, "%llu %c ", (unsigned long long)entries[i].size,
 		    entries[i].subdir == MAILDIR_NEW ? 'n' : 'c');
 		store_maildir_index_write_name(fp, entries[i].file, strlen(entries[i].file));
+		if (entries[i].uidl != NULL)
+			fprintf(fp, " %s", entries[i].uidl);
 		putc('\n', fp);
 	}
 	fprintf(fp, "end %zu\n", count);
-	if (fflush(fp) != 0 || ferror(fp)) {
+	if (fflush(fp) != 0 || ferror(fp) || (durable && fsync(fileno(fp)) < 0)) {
 		log_warn("maildir %s: write %s", ms->path, MAILDIR_INDEX_TMP_NAME);
 		fclose(fp);
 		goto fail;
@@ -557,6 +590,8 @@ store_maildir_index_write(struct maildir_store *ms, const struct maildir_entry *
 		log_warn("maildir %s: rename %s", ms->path, MAILDIR_INDEX_TMP_NAME);
 		goto fail;
 	}
+	if (durable && fsync(ms->root_fd) < 0)
+		log_warn("maildir %s: fsync after writing %s", ms->path, MAILDIR_INDEX_NAME);
 	return;
 fail:
 	unlinkat(ms->root_fd, MAILDIR_INDEX_TMP_NAME, 0);
@@ -612,8 +647,10 @@ fail:
 static void
 store_maildir_entries_free(struct maildir_entry *entries, size_t count)
 {
-	for (size_t i = 0; i < count; i++)
+	for (size_t i = 0; i < count; i++) {
 		free(entries[i].name);
+		free(entries[i].uidl);
+	}
 	free(entries);
 }
 
@@ -756,7 +793,8 @@ store_maildir_load_index(struct maildir_store *ms, const struct maildir_index *i
 	for (size_t i = 0; i < index->count; i++) {
 		const struct maildir_index_entry *e = &index->entries[i];
 		struct store_message *m = &ms->store.messages[i];
-		m->uidl = maildir_uidl_from_name(e->base, e->base_len);
+		m->uidl = e->uidl != NULL ? xstrdup(e->uidl) :
+		    maildir_uidl_from_name(e->base, e->base_len);
 		m->size = e->size;
 		m->name = xmalloc(MAILDIR_SUBDIR_PREFIX_LEN + e->name_len + 1);
 		memcpy(m->name, maildir_subdir_names[e->subdir], MAILDIR_SUBDIR_PREFIX_LEN - 1);
@@ -805,6 +843,9 @@ store_maildir_size_from_index(struct maildir_index *index, size_t *ic, struct ma
 		return false;
 	e->size = ie->size;
 	e->have_size = true;
+	e->remembered = true;
+	if (ie->uidl != NULL && e->uidl == NULL)
+		e->uidl = xstrdup(ie->uidl);
 	bool first_use = !ie->used;
 	ie->used = true;
 	return first_use;
@@ -855,6 +896,118 @@ store_maildir_compute_size(struct maildir_store *ms, struct maildir_entry *e,
 	return MAILDIR_SIZE_ERROR;
 }
 
+/* ---- UIDLs (docs/DESIGN.md "UIDLs kept from the old server") ---- */
+
+/* The old server's UIDL for e, a message popboxd has not served yet;
+ * *list is the old list, read at the first need (*tried). Returns whether
+ * e got a UIDL other than its name's. */
+static bool
+store_maildir_old_uidl(struct maildir_store *ms, struct maildir_entry *e,
+    struct uidl_old_list **list, bool *tried)
+{
+	const struct store_open_options *o = ms->options;
+	enum uidl_old_miss miss;
+	char name[64];
+
+	if (!*tried) {
+		char *error = NULL;
+		*tried = true;
+		*list = uidl_old_load(ms->root_fd, o->uidl_format, o->dovecot_uidl_format != NULL ?
+		    o->dovecot_uidl_format : UIDL_DOVECOT_DEFAULT_TEMPLATE, &error);
+		if (error != NULL) {
+			log_warnx("maildir %s: %s", ms->path, error);
+			free(error);
+		}
+	}
+	char *uidl = uidl_old_lookup(*list, e->file, e->base_len, &miss);
+	e->miss = miss;
+	e->source = miss == UIDL_OLD_FOUND ? STORE_UIDL_OLD : STORE_UIDL_OWN;
+	if (miss == UIDL_OLD_INVALID) {
+		store_maildir_log_name(name, sizeof(name), e->file);
+		log_warnx("maildir %s: the old server's UIDL of %s/%s is not a valid UIDL "
+		    "(1-70 printable characters), the message gets a new one", ms->path,
+		    maildir_subdir_names[e->subdir], name);
+	}
+	if (uidl == NULL)
+		return false;
+	char *own = maildir_uidl_from_name(e->file, e->base_len);
+	bool differs = strcmp(own, uidl) != 0;
+	free(own);
+	if (differs)
+		e->uidl = uidl;
+	else
+		free(uidl);
+	return differs;
+}
+
+/* Replace UIDLs that two messages share (a UIDL from the old list equal to
+ * another message's); logged. Returns how many were replaced. */
+static size_t
+store_maildir_unique_uidls(struct maildir_store *ms, struct maildir_entry *entries, size_t count)
+{
+	struct uidl_slot *slots = xcalloc(count, sizeof(*slots));
+	size_t replaced;
+
+	for (size_t i = 0; i < count; i++) {
+		struct maildir_entry *e = &entries[i];
+		slots[i].uidl = e->uidl != NULL ? e->uidl :
+		    maildir_uidl_from_name(e->file, e->base_len);
+		slots[i].base = e->file;
+		slots[i].base_len = e->base_len;
+		slots[i].rank = e->remembered ? 0 : e->uidl != NULL ? 1 : 2;
+		e->uidl = NULL;
+	}
+	replaced = uidl_make_unique(slots, count);
+	for (size_t i = 0; i < count; i++) {
+		struct maildir_entry *e = &entries[i];
+		char *own = maildir_uidl_from_name(e->file, e->base_len);
+		if (slots[i].replaced) {
+			char name[64];
+			e->source = STORE_UIDL_REPLACED;
+			store_maildir_log_name(name, sizeof(name), e->file);
+			log_warnx("maildir %s: %s/%s had a UIDL another message has, "
+			    "it is now %s", ms->path, maildir_subdir_names[e->subdir], name,
+			    slots[i].uidl);
+		}
+		if (strcmp(own, slots[i].uidl) == 0)
+			free(slots[i].uidl);
+		else
+			e->uidl = slots[i].uidl;
+		free(own);
+	}
+	free(slots);
+	return replaced;
+}
+
+/* UIDLs for the messages popboxd has not served yet (the rest keep what the
+ * index remembers). Returns how many UIDLs the index must now remember
+ * that it did not (so it is written durably). */
+static size_t
+store_maildir_assign_uidls(struct maildir_store *ms, struct maildir_entry *entries, size_t count)
+{
+	const struct store_open_options *o = ms->options;
+	struct uidl_old_list *list = NULL;
+	bool tried = false, explicit = false;
+	size_t added = 0;
+
+	for (size_t i = 0; i < count; i++) {
+		struct maildir_entry *e = &entries[i];
+		e->source = e->remembered ? STORE_UIDL_REMEMBERED : STORE_UIDL_OWN;
+		e->miss = e->remembered ? UIDL_OLD_FOUND : UIDL_OLD_NO_LIST;
+		if (!e->remembered && o != NULL && (o->uidl_format == UIDL_FORMAT_DOVECOT ||
+		    o->uidl_format == UIDL_FORMAT_COURIER) &&
+		    store_maildir_old_uidl(ms, e, &list, &tried))
+			added++;
+		explicit = explicit || e->uidl != NULL;
+	}
+	uidl_old_free(list);
+	/* Base names are unique, and so are their UIDLs: only others can
+	 * collide. */
+	if (explicit)
+		added += store_maildir_unique_uidls(ms, entries, count);
+	return added;
+}
+
 /* The scanned entries become the session's messages (names taken over). */
 static void
 store_maildir_take_entries(struct maildir_store *ms, struct maildir_entry *entries, size_t count)
@@ -864,7 +1017,9 @@ store_maildir_take_entries(struct maildir_store *ms, struct maildir_entry *entri
 	ms->store.total_size = 0;
 	for (size_t i = 0; i < count; i++) {
 		struct store_message *m = &ms->store.messages[i];
-		m->uidl = maildir_uidl_from_name(entries[i].file, entries[i].base_len);
+		m->uidl = entries[i].uidl != NULL ? entries[i].uidl :
+		    maildir_uidl_from_name(entries[i].file, entries[i].base_len);
+		entries[i].uidl = NULL;
 		m->size = entries[i].size;
 		m->name = entries[i].name;
 		entries[i].name = NULL;
@@ -890,6 +1045,10 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	if (index_valid && dirs_ok && store_maildir_dirs_equal(&index.dirs, &dirs)) {
 		store_maildir_load_index(ms, &index);
 		store_maildir_index_free(&index);
+		for (uint32_t i = 0; ms->options != NULL && ms->options->report != NULL &&
+		    i < ms->store.count; i++)
+			ms->options->report(ms->options->report_arg, ms->store.messages[i].name,
+			    ms->store.messages[i].uidl, STORE_UIDL_REMEMBERED, UIDL_OLD_FOUND);
 		return STORE_OK;
 	}
 
@@ -916,6 +1075,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 		if (!e.have_size) {
 			enum maildir_size_result r = store_maildir_compute_size(ms, &e, &buf, error_r);
 			if (r == MAILDIR_SIZE_ERROR) {
+				free(e.uidl);
 				/* Free the not yet compacted rest too. */
 				for (size_t j = i; j < count; j++)
 					free(entries[j].name);
@@ -925,6 +1085,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 			}
 			if (r == MAILDIR_SIZE_SKIP) {
 				skipped++;
+				free(e.uidl);
 				free(e.name);
 				continue;
 			}
@@ -933,15 +1094,20 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 		entries[kept++] = e;
 	}
 	count = kept;
+	size_t new_uidls = store_maildir_assign_uidls(ms, entries, count);
 
 	/* Record the directories only for a scan that saw every entry as a
 	 * message (no hidden copy, nothing skipped, nothing vanished). */
 	if (!dirs_ok || ms->n_dups > 0 || skipped > 0 || !store_maildir_dirs_settled(&dirs, &now))
 		dirs.known = false;
-	if (!index_valid || computed > 0 || used != index.count || dirs.known ||
-	    index.dirs.known || index.v1)
-		store_maildir_index_write(ms, entries, count, &dirs);
+	if ((!index_valid || computed > 0 || used != index.count || dirs.known ||
+	    index.dirs.known || index.v1 || index.v2 || new_uidls > 0) &&
+	    (ms->options == NULL || !ms->options->keep_index))
+		store_maildir_index_write(ms, entries, count, &dirs, new_uidls > 0);
 	store_maildir_take_entries(ms, entries, count);
+	for (size_t i = 0; ms->options != NULL && ms->options->report != NULL && i < count; i++)
+		ms->options->report(ms->options->report_arg, ms->store.messages[i].name,
+		    ms->store.messages[i].uidl, entries[i].source, entries[i].miss);
 out:
 	store_maildir_entries_free(entries, count);
 	store_maildir_index_free(&index);
@@ -1182,13 +1348,15 @@ store_maildir_open_subdirs(struct maildir_store *ms, char **error_r)
 }
 
 static enum store_status
-store_maildir_open(const char *path, struct store **store_r, char **error_r)
+store_maildir_open_with(const char *path, const struct store_open_options *options,
+    struct store **store_r, char **error_r)
 {
 	struct maildir_store *ms;
 	enum store_status status;
 
 	*store_r = NULL;
 	ms = xcalloc(1, sizeof(*ms));
+	ms->options = options;
 	ms->store.backend = &store_maildir;
 	ms->path = xstrdup(path);
 	ms->root_fd = -1;
@@ -1226,11 +1394,18 @@ store_maildir_open(const char *path, struct store **store_r, char **error_r)
 	 * idle sessions: one descriptor less each). */
 	close(ms->root_fd);
 	ms->root_fd = -1;
+	ms->options = NULL;
 	*store_r = &ms->store;
 	return STORE_OK;
 fail:
 	store_maildir_close(&ms->store);
 	return status;
+}
+
+static enum store_status
+store_maildir_open(const char *path, struct store **store_r, char **error_r)
+{
+	return store_maildir_open_with(path, NULL, store_r, error_r);
 }
 
 /* Calls visit(name, arg) for every entry of sub/ whose name does not start
@@ -1581,6 +1756,7 @@ store_maildir_expunge(struct store *store, const bool *deleted, char **error_r)
 const struct store_backend store_maildir = {
 	.scheme = "maildir",
 	.open = store_maildir_open,
+	.open_with = store_maildir_open_with,
 	.message_open = store_maildir_message_open,
 	.expunge = store_maildir_expunge,
 	.close = store_maildir_close,

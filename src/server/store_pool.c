@@ -24,6 +24,7 @@ store_job_free(struct store_job *job)
 	if (job->store != NULL)
 		job->store->backend->close(job->store);   /* no UPDATE for an open */
 	free(job->path);
+	free(job->uidl_template);
 	free(job->deleted);
 	free(job->error);
 	free(job);
@@ -36,7 +37,10 @@ store_job_run(struct thread_pool_job *pool_job)
 	struct store_job *j = (struct store_job *)pool_job;
 
 	if (j->kind == STORE_JOB_OPEN) {
-		j->status = j->backend->open(j->path, &j->store, &j->error);
+		j->options.dovecot_uidl_format = j->uidl_template;
+		j->status = j->backend->open_with != NULL ?
+		    j->backend->open_with(j->path, &j->options, &j->store, &j->error) :
+		    j->backend->open(j->path, &j->store, &j->error);
 		if (j->status != STORE_OK)
 			j->store = NULL;
 	} else {

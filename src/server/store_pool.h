@@ -19,6 +19,10 @@ struct store_job {
 	enum store_job_kind kind;
 	const struct store_backend *backend;  /* OPEN */
 	char *path;                   /* OPEN */
+	/* OPEN: options.dovecot_uidl_format is uidl_template (owned: a reload
+	 * may free the config meanwhile). */
+	struct store_open_options options;
+	char *uidl_template;
 	struct store *store;          /* OPEN: result; EXPUNGE: owned by the job */
 	bool *deleted;                /* EXPUNGE: copy of the marks */
 	enum store_status status;

@@ -107,7 +107,8 @@ test_auth_result(void **state)
 {
 	for (int r = AUTH_RESULT_OK; r <= AUTH_RESULT_CONTINUE; r++) {
 		const struct ipc_auth_result m = { .request_id = 99, .result = (enum auth_result)r,
-		    .user = "alice", .location = "maildir:/home/alice/Maildir", .data = "dj1zZXJ2ZXI=" };
+		    .user = "alice", .location = "maildir:/home/alice/Maildir", .data = "dj1zZXJ2ZXI=",
+		    .uidl_format = (enum uidl_format)(r % (UIDL_FORMAT_MAX + 1)) };
 		size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 		assert_true(len > 0);
 		struct ipc_auth_result d;
@@ -117,6 +118,7 @@ test_auth_result(void **state)
 		assert_string_equal(d.user, "alice");
 		assert_string_equal(d.location, m.location);
 		assert_string_equal(d.data, m.data);
+		assert_int_equal(d.uidl_format, m.uidl_format);
 		assert_int_equal(ipc_auth_result_encode(again, sizeof(again), &d), len);
 		assert_memory_equal(again, buf, len);
 		CHECK_FRAMING(ipc_auth_result_decode, struct ipc_auth_result, len);
@@ -124,7 +126,7 @@ test_auth_result(void **state)
 	/* NULL texts go out as "". */
 	const struct ipc_auth_result temp = { .request_id = 1, .result = AUTH_RESULT_TEMP };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &temp);
-	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3);
+	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8);
 	struct ipc_auth_result d;
 	assert_true(ipc_auth_result_decode(buf, len, &d));
 	assert_string_equal(d.user, "");
@@ -139,6 +141,10 @@ test_auth_result(void **state)
 	assert_false(ipc_auth_result_decode(buf, len, &d));
 	const struct ipc_auth_result m = { .request_id = 1, .result = (enum auth_result)(AUTH_RESULT_CONTINUE + 1) };
 	assert_int_equal(ipc_auth_result_encode(buf, sizeof(buf), &m), 0);
+	/* A UIDL format past the enum: refused both ways too. */
+	const struct ipc_auth_result f = { .request_id = 1, .result = AUTH_RESULT_OK,
+	    .uidl_format = (enum uidl_format)(UIDL_FORMAT_MAX + 1) };
+	assert_int_equal(ipc_auth_result_encode(buf, sizeof(buf), &f), 0);
 }
 
 static void

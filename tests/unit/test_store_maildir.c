@@ -353,7 +353,7 @@ test_index_written_and_reused(void **state)
 
 	char *index = read_index(f);
 	assert_non_null(index);
-	char *want = xasprintf("popbox-index 2\ndirs -\n%llu n 1000.A.host\n", (unsigned long long)size0);
+	char *want = xasprintf("popbox-index 3\ndirs -\n%llu n 1000.A.host\n", (unsigned long long)size0);
 	assert_memory_equal(index, want, strlen(want));
 	assert_non_null(strstr(index, "\nend 4\n"));
 	assert_int_equal(index[strlen(index) - 1], '\n');
@@ -368,7 +368,7 @@ test_index_written_and_reused(void **state)
 	char *p = strstr(planted, "dirs -\n");   /* the first entry line follows */
 	assert_non_null(p);
 	char *line_end = strchr(p + strlen("dirs -\n"), '\n');
-	char *fake = xasprintf("popbox-index 2\ndirs -\n777 n 1000.A.host%s", line_end);
+	char *fake = xasprintf("popbox-index 3\ndirs -\n777 n 1000.A.host%s", line_end);
 	put_index(f, fake);
 	char *idx_path = xasprintf("%s/popbox.index", f->maildir);
 	struct stat st1, st2;
@@ -386,7 +386,7 @@ test_index_written_and_reused(void **state)
 	assert_int_equal(store->messages[0].size, 778);
 	store->backend->close(store);
 	char *v2 = read_index(f);
-	assert_true(strncmp(v2, "popbox-index 2\ndirs -\n778 n 1000.A.host\n", 40) == 0);
+	assert_true(strncmp(v2, "popbox-index 3\ndirs -\n778 n 1000.A.host\n", 40) == 0);
 	free(v2);
 	free(idx_path);
 	free(planted);
@@ -425,7 +425,7 @@ test_index_merge(void **state)
 	store->backend->close(store);
 	/* rewritten with the ghost dropped and the new sizes added */
 	char *now = read_index(f);
-	assert_string_equal(now, "popbox-index 2\ndirs -\n17 n 50.A.host\n701 n 200.B.host\n"
+	assert_string_equal(now, "popbox-index 3\ndirs -\n17 n 50.A.host\n701 n 200.B.host\n"
 	    "703 n 400.C.host\n704 c 400.D.host:2,S\n17 n 600.F.host\n"
 	    "705 n 99999999999999999999.Z.host\nend 6\n");
 	free(now);

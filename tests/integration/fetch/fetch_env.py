@@ -115,7 +115,8 @@ class CertAuthority:
 
 class Dovecot:
     def __init__(self, mechanisms="plain login scram-sha-256 scram-sha-1 apop cram-md5",
-                 lock_session=False):
+                 lock_session=False, extra_config=""):
+        """extra_config: more dovecot.conf lines (e.g. pop3_uidl_format)."""
         self.dir = tempfile.mkdtemp(prefix="popbox-dovecot-")
         os.chmod(self.dir, 0o755)  # login/auth processes run as other users
         self.ca = CertAuthority(self.dir)
@@ -181,7 +182,7 @@ service anvil {{
 """.format(d=self.dir, log=self.log, cert=self.ca.cert, key=self.ca.key,
            mechs=mechanisms, users=self.users_file, uid=self.uid, gid=self.gid,
            mail=self.mail_root, port=self.pop3_port, sport=self.pop3s_port,
-           lock="yes" if lock_session else "no", extra=extra))
+           lock="yes" if lock_session else "no", extra=extra + extra_config))
         self.proc = None
 
     def start(self):
