@@ -3,7 +3,7 @@
  *
  *   pop3load sessions  [opts]   connect, greeting, USER/PASS, STAT, QUIT in a
  *                               loop per client; sessions/s and latency
- *   pop3load tls       [opts]   the same over implicit TLS, with resumption
+ *   pop3load tls       [opts]   the same over implicit TLS (-T is implied)
  *   pop3load retr      [opts]   log in, LIST, RETR every message (verifies the
  *                               end marker and the LIST size), QUIT, again
  *   pop3load idle      [opts]   open and hold K authenticated sessions
@@ -19,7 +19,15 @@
  * Options:
  *   -H HOST (127.0.0.1)  -p PORT  -c CLIENTS (1)  -d SECONDS (5)  -n COUNT
  *   -u USERPREFIX ("u": users u0, u1, ...)   -U NUSERS (= clients)  -o USEROFFSET (0)
- *   -P PASSWORD ("secret")  -T (TLS on the connection, implied by mode tls)
+ *   -P PASSWORD ("secret")
+ *   -T  implicit TLS (port 995 style) in every mode; implied by mode tls
+ *   -E  STLS: greeting, STLS, then the handshake, in every mode
+ *   -R none|ticket|cache  TLS resumption of a client's previous session:
+ *       none = a full handshake every connection; ticket (the default) =
+ *       whatever the library offers, TLS 1.3 session tickets; cache = TLS 1.2
+ *       without the ticket extension, i.e. the server's session-ID cache
+ *   -G GROUPS  key-exchange groups offered, e.g. P-256 or X25519 (OpenSSL
+ *       names, colon-separated); the default is the library's list
  *   -k SESSIONS (idle)   -r READYFILE (idle: written when all are open)
  *   -m MSGS -s SIZE (ideal-server: maildrop it pretends to have)
  *   -S (bind a distinct 127.0.0.x source address per client)
@@ -59,7 +67,9 @@ static const char *opt_userpfx = "u";
 static int opt_nusers = 0;
 static int opt_useroff = 0;
 static const char *opt_password = "secret";
-static int opt_tls = 0;
+static int opt_tls = 0;  /* 1 implicit TLS, 2 STLS */
+static enum { RESUME_NONE, RESUME_TICKET, RESUME_CACHE } opt_resume = RESUME_TICKET;
+static const char *opt_groups = NULL;
 static int opt_sessions = 100;
 static const char *opt_ready = NULL;
 static int opt_msgs = 10;
@@ -160,7 +170,34 @@ struct conn {
 	char *buf;
 	size_t cap, r, w;
 	int resumed;
+	int greeted; /* the greeting was read (STLS reads it before the handshake) */
 };
+
+/* what the first TLS handshake negotiated, printed with the result */
+static char tls_desc[160];
+static pthread_mutex_t tls_desc_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+tls_describe(SSL *ssl)
+{
+	pthread_mutex_lock(&tls_desc_lock);
+	if (tls_desc[0] == '\0') {
+		const char *group = "?", *cert = "?";
+		int nid = SSL_get_negotiated_group(ssl);
+		if (nid != NID_undef) {
+			const char *n = SSL_group_to_name(ssl, nid);
+			if (n)
+				group = n;
+		}
+		X509 *x = SSL_get0_peer_certificate(ssl);
+		EVP_PKEY *k = x ? X509_get0_pubkey(x) : NULL;
+		if (k)
+			cert = EVP_PKEY_get0_type_name(k);
+		snprintf(tls_desc, sizeof tls_desc, " tls_version=%s tls_group=%s tls_cert=%s%d",
+		    SSL_get_version(ssl), group, cert ? cert : "?", k ? EVP_PKEY_get_bits(k) : 0);
+	}
+	pthread_mutex_unlock(&tls_desc_lock);
+}
 
 static void
 set_nodelay(int fd)
@@ -170,6 +207,9 @@ set_nodelay(int fd)
 }
 
 static struct sockaddr_in server_addr;
+
+static char *conn_line(struct conn *c);
+static int conn_write(struct conn *c, const void *p, size_t n);
 
 static void
 resolve(void)
@@ -207,28 +247,52 @@ conn_open(struct conn *c, size_t cap, int idx, SSL_SESSION **sess)
 	c->buf = malloc(cap);
 	if (!c->buf)
 		die("out of memory");
+	if (opt_tls == 2) {
+		/* STLS: plain greeting and command, then the handshake */
+		char *st = conn_line(c);
+		if (!st || strncmp(st, "+OK", 3) != 0 || conn_write(c, "STLS\r\n", 6) < 0 ||
+		    (st = conn_line(c)) == NULL || strncmp(st, "+OK", 3) != 0 || c->r != c->w)
+			goto fail;
+		c->greeted = 1;
+	}
 	if (opt_tls) {
 		c->ssl = SSL_new(client_ctx);
 		SSL_set_fd(c->ssl, c->fd);
-		if (sess && *sess)
+		if (sess && *sess && opt_resume != RESUME_NONE)
 			SSL_set_session(c->ssl, *sess);
 		if (SSL_connect(c->ssl) != 1) {
 			SSL_free(c->ssl);
 			c->ssl = NULL;
-			close(c->fd);
-			free(c->buf);
-			return -1;
+			goto fail;
 		}
 		c->resumed = SSL_session_reused(c->ssl);
+		if (!c->resumed)
+			tls_describe(c->ssl);
 	}
 	return 0;
+fail:
+	close(c->fd);
+	free(c->buf);
+	c->buf = NULL;
+	c->fd = -1;
+	return -1;
+}
+
+/* the server's greeting (already read under STLS); 0 if +OK */
+static int
+conn_greeting(struct conn *c)
+{
+	if (c->greeted)
+		return 0;
+	char *st = conn_line(c);
+	return st && strncmp(st, "+OK", 3) == 0 ? 0 : -1;
 }
 
 static void
 conn_close(struct conn *c, SSL_SESSION **sess)
 {
 	if (c->ssl) {
-		if (sess) {
+		if (sess && opt_resume != RESUME_NONE) {
 			SSL_SESSION *s = SSL_get1_session(c->ssl);
 			if (s) {
 				if (*sess)
@@ -246,12 +310,11 @@ conn_close(struct conn *c, SSL_SESSION **sess)
 	c->fd = -1;
 }
 
-static ssize_t
+static int
 conn_write(struct conn *c, const void *p, size_t n)
 {
 	if (c->ssl) {
-		int r = SSL_write(c->ssl, p, (int)n);
-		return r > 0 ? r : -1;
+		return SSL_write(c->ssl, p, (int)n) > 0 ? 0 : -1;
 	}
 	size_t off = 0;
 	while (off < n) {
@@ -262,7 +325,7 @@ conn_write(struct conn *c, const void *p, size_t n)
 			return -1;
 		off += r;
 	}
-	return (ssize_t)n;
+	return 0;
 }
 
 /* read more into the buffer; 0 on success, -1 on EOF/error */
@@ -439,8 +502,7 @@ sessions_thread(void *arg)
 			usleep(1000);
 			continue;
 		}
-		char *st = conn_line(&c);
-		int ok = st && strncmp(st, "+OK", 3) == 0 && login(&c, uidx) == 0 &&
+		int ok = conn_greeting(&c) == 0 && login(&c, uidx) == 0 &&
 		    cmd(&c, "STAT", NULL) == 0 && cmd(&c, "QUIT", NULL) == 0;
 		if (ok && c.resumed)
 			w->resumed++;
@@ -472,8 +534,7 @@ retr_thread(void *arg)
 			usleep(1000);
 			continue;
 		}
-		char *st = conn_line(&c);
-		if (!st || strncmp(st, "+OK", 3) != 0 || login(&c, w->idx) < 0 ||
+		if (conn_greeting(&c) < 0 || login(&c, w->idx) < 0 ||
 		    cmd(&c, "LIST", NULL) < 0) {
 			w->errors++;
 			conn_close(&c, NULL);
@@ -563,8 +624,7 @@ idle_open_thread(void *arg)
 			IS.conns[i].fd = -1;
 			continue;
 		}
-		char *st = conn_line(c);
-		if (!st || strncmp(st, "+OK", 3) != 0 || login(c, i) < 0 ||
+		if (conn_greeting(c) < 0 || login(c, i) < 0 ||
 		    cmd(c, "STAT", NULL) < 0) {
 			atomic_fetch_add(&IS.errors, 1);
 			conn_close(c, NULL);
@@ -621,8 +681,8 @@ run_idle(void)
 		conn_close(&IS.conns[i], NULL);
 	}
 	long errs = atomic_load(&IS.errors) + dead;
-	printf("RESULT mode=idle sessions=%d open_s=%.3f open_rate=%.1f dead=%ld errors=%ld\n",
-	    opened, t_open, t_open > 0 ? opened / t_open : 0, dead, errs);
+	printf("RESULT mode=idle sessions=%d open_s=%.3f open_rate=%.1f dead=%ld errors=%ld%s\n",
+	    opened, t_open, t_open > 0 ? opened / t_open : 0, dead, errs, tls_desc);
 	return opened == opt_sessions && errs == 0 ? 0 : 1;
 }
 
@@ -635,9 +695,9 @@ run_bigbox(void)
 	double t0 = now();
 	if (conn_open(&c, 256 * 1024, 0, NULL) < 0)
 		die("connect: %s", strerror(errno));
-	char *st = conn_line(&c);
-	if (!st || strncmp(st, "+OK", 3) != 0)
+	if (conn_greeting(&c) < 0)
 		die("no greeting");
+	char *st;
 	double t_greet = now();
 	char u[128], line[300];
 	user_name(u, sizeof u, 0);
@@ -898,7 +958,8 @@ usage(void)
 	fprintf(stderr,
 	    "usage: pop3load sessions|tls|retr|idle|bigbox|stream|ideal-server [-H host] [-p port]\n"
 	    "       [-c clients] [-d seconds] [-n count] [-u userprefix] [-U nusers] [-o useroffset]\n"
-	    "       [-P password] [-T] [-k sessions] [-r readyfile] [-m msgs] [-s size] [-S]\n");
+	    "       [-P password] [-T|-E] [-R none|ticket|cache] [-G groups] [-k sessions]\n"
+	    "       [-r readyfile] [-m msgs] [-s size] [-S]\n");
 	exit(2);
 }
 
@@ -910,7 +971,7 @@ main(int argc, char **argv)
 	const char *mode = argv[1];
 	int ch;
 	optind = 2;
-	while ((ch = getopt(argc, argv, "H:p:c:d:n:u:U:o:P:Tk:r:m:s:S")) != -1) {
+	while ((ch = getopt(argc, argv, "H:p:c:d:n:u:U:o:P:TER:G:k:r:m:s:S")) != -1) {
 		switch (ch) {
 		case 'H': opt_host = optarg; break;
 		case 'p': opt_port = atoi(optarg); break;
@@ -922,6 +983,18 @@ main(int argc, char **argv)
 		case 'o': opt_useroff = atoi(optarg); break;
 		case 'P': opt_password = optarg; break;
 		case 'T': opt_tls = 1; break;
+		case 'E': opt_tls = 2; break;
+		case 'R':
+			if (strcmp(optarg, "none") == 0)
+				opt_resume = RESUME_NONE;
+			else if (strcmp(optarg, "ticket") == 0)
+				opt_resume = RESUME_TICKET;
+			else if (strcmp(optarg, "cache") == 0)
+				opt_resume = RESUME_CACHE;
+			else
+				usage();
+			break;
+		case 'G': opt_groups = optarg; break;
 		case 'k': opt_sessions = atoi(optarg); break;
 		case 'r': opt_ready = optarg; break;
 		case 'm': opt_msgs = atoi(optarg); break;
@@ -932,7 +1005,7 @@ main(int argc, char **argv)
 	}
 	if (opt_clients < 1 || opt_duration <= 0 || opt_duration > 3600)
 		die("need -c >= 1 and 0 < -d <= 3600");
-	if (strcmp(mode, "tls") == 0)
+	if (strcmp(mode, "tls") == 0 && opt_tls == 0)
 		opt_tls = 1;
 	signal(SIGPIPE, SIG_IGN);
 	struct rlimit rl;
@@ -944,6 +1017,13 @@ main(int argc, char **argv)
 		client_ctx = SSL_CTX_new(TLS_client_method());
 		SSL_CTX_set_verify(client_ctx, SSL_VERIFY_NONE, NULL);
 		SSL_CTX_set_session_cache_mode(client_ctx, SSL_SESS_CACHE_CLIENT);
+		if (opt_resume == RESUME_CACHE) {
+			/* session IDs: TLS 1.2 without the ticket extension */
+			SSL_CTX_set_max_proto_version(client_ctx, TLS1_2_VERSION);
+			SSL_CTX_set_options(client_ctx, SSL_OP_NO_TICKET);
+		}
+		if (opt_groups && SSL_CTX_set1_groups_list(client_ctx, opt_groups) != 1)
+			die("-G %s: unknown group", opt_groups);
 	}
 	resolve();
 	t_deadline = now() + opt_duration;
@@ -988,7 +1068,7 @@ main(int argc, char **argv)
 	if (strcmp(mode, "retr") == 0)
 		printf(" bytes=%ld mbps=%.1f", bytes, bytes / el / 1e6);
 	if (opt_tls)
-		printf(" resumed=%ld", resumed);
+		printf(" resumed=%ld%s", resumed, tls_desc);
 	lat_print(&all, "");
 	printf("\n");
 	free(all.v);
