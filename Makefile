@@ -10,7 +10,7 @@ BUILD   ?= build
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
 
-PKGS    := libevent libevent_openssl openssl libgsasl
+PKGS    := libevent libevent_openssl openssl libgsasl pam
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -115,6 +115,13 @@ install: $(BUILD)/popboxd $(BUILD)/popbox
 	install -m 0755 $(BUILD)/popbox $(DESTDIR)$(PREFIX)/bin/popbox
 	for m in docs/*.[158]; do [ -f "$$m" ] || continue; \
 	    s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
+	@# The PAM service of users = pam; an admin's own copy is kept.
+	install -d $(DESTDIR)/etc/pam.d
+	@if [ -e $(DESTDIR)/etc/pam.d/popbox ]; then \
+	    echo "make install: keeping $(DESTDIR)/etc/pam.d/popbox"; \
+	else \
+	    install -m 0644 contrib/pam.d/popbox $(DESTDIR)/etc/pam.d/popbox; \
+	fi
 	@# The users popboxd runs as when started as root (run_as, auth_user:
 	@# popboxd.conf(5)); only for a real install by root, never in a DESTDIR.
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" -eq 0 ] && command -v useradd >/dev/null 2>&1; then \

@@ -778,6 +778,7 @@ auth_apply_reload(const struct ipc_reload *msg)
 	 * need, and pool threads never read it. */
 	config_free(auth.config);
 	auth.config = next;
+	auth_pam_configure(auth.config);
 	passdb_reload(true);   /* re-read the users file even if unchanged */
 }
 
@@ -864,7 +865,8 @@ auth_main(struct child_env *env)
 	env->ssl_ctx = NULL;
 	auth.config = env->config;
 	auth.control_fd = env->control_fd;
-	auth.passdb_ops = &passdb_passwdfile;
+	auth.passdb_ops = auth.config->passdb_pam ? &passdb_pam : &passdb_passwdfile;
+	auth_pam_configure(auth.config);
 	auth.base = event_base_new();
 	if (auth.base == NULL)
 		fatalx("event_base_new failed");

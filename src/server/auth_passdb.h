@@ -4,8 +4,8 @@
  * without changes to auth.c or auth_sasl.c, which know users only through
  * these functions.
  *
- * A loaded database (struct passdb) is immutable: pool threads read it
- * without locks. A reload builds a new one and auth.c swaps it in; requests
+ * A loaded database (struct passdb) is immutable (PAM's cache of system
+ * accounts guards itself with a mutex): pool threads read it without locks. A reload builds a new one and auth.c swaps it in; requests
  * under way keep the one they started with, through a reference
  * (struct passdb_ref), counted on the event loop thread only.
  *
@@ -68,6 +68,15 @@ struct passdb_ops {
 
 /* The backends. */
 extern const struct passdb_ops passdb_passwdfile;   /* users file: auth_passwdfile.c */
+/* Unix accounts through PAM (users = pam): auth_pam.c. Its database is a
+ * cache of the accounts looked up, guarded by a mutex, not immutable;
+ * lookup may block (getpwnam_r) and verify runs one PAM conversation at a
+ * time. */
+extern const struct passdb_ops passdb_pam;
+/* The settings (pam_service, first_valid_uid, deny_users) the next load
+ * of passdb_pam uses: call at start and after each reload, on the event
+ * loop. Copies what it needs. */
+void auth_pam_configure(const struct config *config);
 
 /* A reference-counted loaded database. */
 struct passdb_ref {

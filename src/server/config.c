@@ -52,6 +52,16 @@
 #define CONFIG_DEFAULT_RUN_AS "popbox"
 #define CONFIG_DEFAULT_AUTH_USER "popbox-auth"
 #define CONFIG_DEFAULT_TLS_MIN_VERSION "TLSv1.2"
+#define CONFIG_DEFAULT_PAM_SERVICE "popbox"
+/* Debian's first uid of a person's account (adduser.conf FIRST_UID):
+ * below are system accounts, which never read mail over POP3. */
+#define CONFIG_DEFAULT_FIRST_VALID_UID 1000u
+/* A PAM service is a file name in /etc/pam.d. */
+#define CONFIG_PAM_SERVICE_MAX 64
+/* How long a login waits for another program's mbox lock before
+ * [IN-USE]: an MTA's append takes milliseconds, a mutt rewrite of a big
+ * mbox seconds; a POP3 client times out after about a minute. */
+#define CONFIG_DEFAULT_LOCK_WAIT 10u
 
 struct config_parser;
 typedef int config_handler(struct config_parser *p, const char *key, const char *value);
@@ -359,23 +369,35 @@ config_key_tls_min_version(struct config_parser *p, const char *key, const char 
 static int
 config_key_users(struct config_parser *p, const char *key, const char *value)
 {
+	/* "pam": Unix accounts through PAM (auth_pam.c), no file. */
+	if (strcmp(value, CONFIG_USERS_PAM) == 0) {
+		p->config->passdb_pam = true;
+		return config_set_string(&p->config->users, xstrdup(value));
+	}
 	return config_set_string(&p->config->users, config_resolve_path(p, value));
 }
 
 static int
 config_key_mail(struct config_parser *p, const char *key, const char *value)
 {
-	static const char maildir[] = "maildir:";
-	const char *path;
+	static const char *const schemes[] = { "maildir:" };
+	const char *path = NULL, *scheme = NULL;
 
 	if (strncasecmp(value, "mbox:", 5) == 0) {
 		char v[CONFIG_ERROR_VALUE_MAX + 1];
 		config_sanitize(v, sizeof(v), value);
 		return config_error(p, "mbox is not supported yet (mail = %s); use maildir:PATH", v);
 	}
-	if (strncmp(value, maildir, sizeof(maildir) - 1) != 0 || value[sizeof(maildir) - 1] == '\0')
+
+	for (size_t i = 0; i < N_ELEMENTS(schemes); i++) {
+		size_t n = strlen(schemes[i]);
+		if (strncmp(value, schemes[i], n) == 0 && value[n] != '\0') {
+			scheme = schemes[i];
+			path = value + n;
+		}
+	}
+	if (path == NULL)
 		return config_bad_value(p, key, value, "maildir:PATH");
-	path = value + sizeof(maildir) - 1;
 	/* Catch template typos now instead of at every login. */
 	for (const char *c = path; *c != '\0'; c++) {
 		if (*c == '~' && c != path)
@@ -388,8 +410,8 @@ config_key_mail(struct config_parser *p, const char *key, const char *value)
 		if (*c != 'u' && *c != 'n' && *c != 'd' && *c != '%')
 			return config_bad_value(p, key, value, "variables %u, %n, %d or %%");
 	}
-	/* A relative maildir path is relative to the config file, like users:
-	 * the daemon's working directory is not something admins control. The
+	/* A relative path is relative to the config file, like users: the
+	 * daemon's working directory is not something admins control. The
 	 * directory is a literal, so its '%' are escaped for the template. */
 	if (path[0] != '/' && path[0] != '~' && p->base_dir != NULL) {
 		size_t n = 0;
@@ -402,7 +424,7 @@ config_key_mail(struct config_parser *p, const char *key, const char *value)
 				*d++ = '%';
 		}
 		*d = '\0';
-		char *mail = xasprintf("%s%s/%s", maildir, dir, path);
+		char *mail = xasprintf("%s%s/%s", scheme, dir, path);
 		free(dir);
 		return config_set_string(&p->config->mail, mail);
 	}
@@ -634,6 +656,44 @@ config_key_dovecot_uidl_format(struct config_parser *p, const char *key, const c
 	return config_set_string(&p->config->dovecot_uidl_format, xstrdup(value));
 }
 
+static int
+config_key_pam_service(struct config_parser *p, const char *key, const char *value)
+{
+	/* A file name in /etc/pam.d: no path, nothing a shell or PAM reads
+	 * specially. */
+	if (strlen(value) > CONFIG_PAM_SERVICE_MAX || value[0] == '.' ||
+	    strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+	    strlen(value))
+		return config_bad_value(p, key, value, "a PAM service name (letters, digits, '.', '_', '-')");
+	return config_set_string(&p->config->pam_service, xstrdup(value));
+}
+
+static int
+config_key_first_valid_uid(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 0, UINT32_MAX - 1, &p->config->first_valid_uid);
+}
+
+static int
+config_key_deny_users(struct config_parser *p, const char *key, const char *value)
+{
+	/* Names separated by spaces or commas, kept as " a b c " so that a
+	 * lookup is a search for " name ". */
+	char *copy = xstrdup(value), *save = NULL;
+	size_t len = strlen(p->config->deny_users), cap = len + strlen(value) + 3;
+	char *list = xmalloc(cap);
+	memcpy(list, p->config->deny_users, len + 1);
+	for (char *w = strtok_r(copy, " ,\t", &save); w != NULL; w = strtok_r(NULL, " ,\t", &save)) {
+		if (len == 0)
+			list[len++] = ' ';
+		len += (size_t)snprintf(list + len, cap - len, "%s ", w);
+	}
+	free(copy);
+	free(p->config->deny_users);
+	p->config->deny_users = list;
+	return 0;
+}
+
 enum {
 	CONFIG_KEY_LISTEN_TLS = 1,
 	CONFIG_KEY_TLS_CERT = 2,
@@ -673,6 +733,9 @@ static const struct config_key config_keys[] = {
 	{ "max_auth_failures", config_key_max_auth_failures, false },
 	{ "uidl_format", config_key_uidl_format, false },
 	{ "dovecot_uidl_format", config_key_dovecot_uidl_format, false },
+	{ "pam_service", config_key_pam_service, false },
+	{ "first_valid_uid", config_key_first_valid_uid, false },
+	{ "deny_users", config_key_deny_users, true },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -764,6 +827,11 @@ config_new(const char *name)
 	c->max_maildrop_size = 0;
 	c->uidl_format = UIDL_FORMAT_POPBOX;
 	c->dovecot_uidl_format = xstrdup(UIDL_DOVECOT_DEFAULT_TEMPLATE);
+	c->pam_service = xstrdup(CONFIG_DEFAULT_PAM_SERVICE);
+	c->first_valid_uid = CONFIG_DEFAULT_FIRST_VALID_UID;
+	c->deny_users = xstrdup("");
+	c->mbox_format = MBOX_FORMAT_MBOXRD;
+	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
 	return c;
 }
 
@@ -775,6 +843,29 @@ config_listens_free(struct config_listen *l, size_t n)
 		free(l[i].port);
 	}
 	free(l);
+}
+
+/* users = pam: PAM checks a password and has no secrets to give, so
+ * neither APOP nor SCRAM can work (docs/DESIGN.md, "Unix users"). */
+static int
+config_finish_pam(struct config_parser *p)
+{
+	struct config *c = p->config;
+	if (c->apop)
+		return config_error(p, "apop = yes needs stored secrets; users = pam has none");
+	if (strcmp(c->auth_mechanisms, CONFIG_DEFAULT_AUTH_MECHANISMS) == 0)
+		return config_set_string(&c->auth_mechanisms, xstrdup("PLAIN LOGIN"));
+	char *list = xstrdup(c->auth_mechanisms), *save = NULL;
+	for (char *m = strtok_r(list, " ", &save); m != NULL; m = strtok_r(NULL, " ", &save)) {
+		if (strcmp(m, "PLAIN") != 0 && strcmp(m, "LOGIN") != 0) {
+			int r = config_error(p, "auth_mechanisms: %s needs stored secrets; users = pam "
+			    "offers PLAIN and LOGIN only", m);
+			free(list);
+			return r;
+		}
+	}
+	free(list);
+	return 0;
 }
 
 /* Checks that need the whole file. Line numbers point at the key that
@@ -808,6 +899,8 @@ config_finish(struct config_parser *p)
 	}
 	if (p->n_plain + p->n_tls == 0)
 		return config_error(p, "no listen addresses ('listen = none' and no listen_tls)");
+	if (c->passdb_pam && config_finish_pam(p) < 0)
+		return -1;
 	if (c->proxy_protocol && c->n_proxy_trusted == 0)
 		return config_error(p, "proxy_protocol = yes needs proxy_trusted (the load balancers' networks)");
 
@@ -960,5 +1053,7 @@ config_free(struct config *config)
 	free(config->run_as);
 	free(config->auth_user);
 	free(config->dovecot_uidl_format);
+	free(config->pam_service);
+	free(config->deny_users);
 	free(config);
 }

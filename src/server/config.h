@@ -19,7 +19,9 @@
  * - Booleans: yes/no, true/false, on/off, 1/0 (case-insensitive).
  *   Durations: seconds, or a number with suffix s, m or h; 1 s to 24 h.
  *   idle_timeout below 600 s is accepted with a warning (RFC 1939 §3).
- * - mail must be "maildir:PATH" ("mbox:" is refused: not supported yet);
+ * - mail must be "maildir:PATH" or "mbox:PATH" (a file);
+ * - users = pam takes no file (relative paths do not apply); it refuses
+ *   apop = yes and auth_mechanisms other than PLAIN and LOGIN;
  *   only %u %n %d %% and a leading "~" or "~/" are allowed in PATH.
  * - tls_cert and tls_key: both or neither; listen_tls requires them. */
 #ifndef POPBOX_CONFIG_H
@@ -30,6 +32,11 @@
 
 #include "server/proxy.h"
 #include "server/uidl_migrate.h"
+
+enum mbox_format {
+	MBOX_FORMAT_MBOXRD = 0,   /* ">*From " loses one '>' */
+	MBOX_FORMAT_MBOXO,        /* only ">From " loses its '>' */
+};
 
 enum plaintext_auth {
 	PLAINTEXT_TLS_OR_LOOPBACK = 0, /* default */
@@ -91,7 +98,22 @@ struct config {
 	 * (default "%08Xu%08Xv"), checked at load. */
 	enum uidl_format uidl_format;
 	char *dovecot_uidl_format;
+	/* users = pam (CONFIG_USERS_PAM): Unix accounts through PAM service
+	 * pam_service (default "popbox"); users whose uid is below
+	 * first_valid_uid (default 1000) or who are named in deny_users are
+	 * refused like a wrong password. deny_users is " a b " (empty: ""). */
+	bool passdb_pam;
+	char *pam_service;
+	unsigned first_valid_uid;
+	char *deny_users;
+	/* mbox stores: how ">From " lines are read (default mboxrd, as
+	 * Debian's Postfix writes) and how long a login waits for another
+	 * program's lock (seconds, default 10). */
+	enum mbox_format mbox_format;
+	unsigned lock_wait;
 };
+
+#define CONFIG_USERS_PAM "pam"
 
 #define CONFIG_DEFAULT_AUTH_MECHANISMS \
 	"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 PLAIN LOGIN"

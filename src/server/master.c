@@ -51,6 +51,8 @@
 #define MASTER_PING_INTERVAL_SECONDS 5
 #define MASTER_PING_TIMEOUT_SECONDS 15
 #define MASTER_AUTH_START_SECONDS 120
+/* The group that may read /etc/shadow on Debian (users = pam). */
+#define MASTER_SHADOW_GROUP "shadow"
 
 enum child_role { ROLE_AUTH, ROLE_WORKER };
 
@@ -118,9 +120,24 @@ resolve_user(const struct config *config, const char *key, const char *user, uid
 static int
 resolve_users(const struct config *config, struct child_env *env, char **error_r)
 {
-	return resolve_user(config, "run_as", config->run_as, &env->uid, &env->gid, error_r) < 0 ||
+	if (resolve_user(config, "run_as", config->run_as, &env->uid, &env->gid, error_r) < 0 ||
 	    resolve_user(config, "auth_user", config->auth_user, &env->auth_uid, &env->auth_gid,
-	    error_r) < 0 ? -1 : 0;
+	    error_r) < 0)
+		return -1;
+	env->auth_shadow_gid = (gid_t)-1;
+	if (config->passdb_pam) {
+		/* pam_unix reads /etc/shadow itself when it may (root or group
+		 * shadow); its helper unix_chkpwd checks only the caller's own
+		 * password. */
+		struct group *gr = getgrnam(MASTER_SHADOW_GROUP);
+		if (gr == NULL) {
+			*error_r = xasprintf("%s: users = pam needs group '%s' for the auth process, "
+			    "and it does not exist", config->path, MASTER_SHADOW_GROUP);
+			return -1;
+		}
+		env->auth_shadow_gid = gr->gr_gid;
+	}
+	return 0;
 }
 
 int
@@ -198,7 +215,9 @@ privileges_drop(const struct child_env *env, enum child_role role)
 	 * signal or trace it (docs/DESIGN.md, "The auth process"). */
 	uid_t uid = role == ROLE_AUTH ? env->auth_uid : env->uid;
 	gid_t gid = role == ROLE_AUTH ? env->auth_gid : env->gid;
-	if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
+	gid_t groups[2] = { gid, env->auth_shadow_gid };
+	size_t n_groups = role == ROLE_AUTH && env->auth_shadow_gid != (gid_t)-1 ? 2 : 1;
+	if (setgroups(n_groups, groups) < 0 || setresgid(gid, gid, gid) < 0 ||
 	    setresuid(uid, uid, uid) < 0)
 		fatal("cannot drop privileges to uid %u", (unsigned)uid);
 	if (setuid(0) == 0 || geteuid() == 0)
@@ -212,7 +231,7 @@ static void
 users_file_check(const struct config *config)
 {
 	struct stat st;
-	if (!master.env.drop_privileges || stat(config->users, &st) < 0)
+	if (!master.env.drop_privileges || config->passdb_pam || stat(config->users, &st) < 0)
 		return;
 	bool readable = (st.st_uid == master.env.uid && (st.st_mode & S_IRUSR)) ||
 	    (st.st_gid == master.env.gid && (st.st_mode & S_IRGRP)) || (st.st_mode & S_IROTH);
@@ -329,7 +348,7 @@ static void
 child_start(struct child *c)
 {
 	/* The auth process loads the users file before it serves. */
-	int users_fd = c->role == ROLE_AUTH ? users_file_open() : -1;
+	int users_fd = c->role == ROLE_AUTH && !master.config->passdb_pam ? users_file_open() : -1;
 	int users_errno = errno;
 	int salt_key_fd = c->role == ROLE_AUTH ? salt_key_open() : -1;
 	pid_t pid = fork();
@@ -446,8 +465,10 @@ sighup_cb(evutil_socket_t sig, short what, void *arg)
 		log_warnx("reload: listen addresses changed; restart popboxd to apply them");
 	if (strcmp(next->run_as, master.config->run_as) != 0 ||
 	    strcmp(next->auth_user, master.config->auth_user) != 0 ||
-	    workers_wanted(next) != master.env.n_workers)
-		log_warnx("reload: run_as, auth_user and workers changes need a restart of popboxd");
+	    workers_wanted(next) != master.env.n_workers ||
+	    next->passdb_pam != master.config->passdb_pam)
+		log_warnx("reload: run_as, auth_user, workers and users = pam changes need a restart "
+		    "of popboxd");
 	/* TLS: a certificate or key that does not load keeps the old one. */
 	char *cert = NULL, *key = NULL;
 	if (next->tls_cert != NULL) {

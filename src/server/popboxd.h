@@ -32,6 +32,9 @@ struct child_env {
 	gid_t gid;
 	uid_t auth_uid;      /* auth_user: the auth process's (same) */
 	gid_t auth_gid;
+	/* users = pam: group shadow, so that pam_unix reads /etc/shadow in
+	 * the auth process; (gid_t)-1 otherwise. */
+	gid_t auth_shadow_gid;
 	bool drop_privileges;
 	struct ssl_ctx_st *ssl_ctx;  /* built by the master before fork; NULL = no TLS */
 	struct iplimit *iplimit;     /* shared connection counts per address */

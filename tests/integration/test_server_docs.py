@@ -162,5 +162,9 @@ def test_make_install_honours_prefix_and_destdir(popboxd_bin):
                     "share/man/man5/popboxd.conf.5"):
             assert os.path.exists(os.path.join(root, rel)), rel
         assert os.access(os.path.join(root, "sbin/popboxd"), os.X_OK)
+        # the PAM service of users = pam (test_server_pam.py uses the same file)
+        with open(os.path.join(dest, "etc/pam.d/popbox")) as f, \
+                open(os.path.join(REPO, "contrib/pam.d/popbox")) as g:
+            assert f.read() == g.read()
     finally:
         shutil.rmtree(dest, ignore_errors=True)

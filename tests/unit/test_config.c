@@ -471,6 +471,40 @@ test_required(void **state)
 	expect_error("# only comments\n\n", "test.conf: missing required key 'users'");
 }
 
+/* users = pam: no file, PLAIN and LOGIN only, the PAM keys. */
+static void
+test_users_pam(void **state)
+{
+	struct config *c = parse_ok("users = pam\nmail = maildir:/m/%u\n");
+	assert_true(c->passdb_pam);
+	assert_string_equal(c->users, "pam");
+	assert_string_equal(c->auth_mechanisms, "PLAIN LOGIN");
+	assert_string_equal(c->pam_service, "popbox");
+	assert_int_equal(c->first_valid_uid, 1000);
+	assert_string_equal(c->deny_users, "");
+	config_free(c);
+	c = parse_ok("users = pam\nmail = maildir:/m/%u\npam_service = pop3\nfirst_valid_uid = 500\n"
+	    "deny_users = a, b\ndeny_users = c\nauth_mechanisms = LOGIN\n");
+	assert_string_equal(c->pam_service, "pop3");
+	assert_int_equal(c->first_valid_uid, 500);
+	assert_string_equal(c->deny_users, " a b c ");
+	assert_string_equal(c->auth_mechanisms, "LOGIN");
+	config_free(c);
+	c = parse_ok("users = /u\nmail = maildir:/m/%u\n");
+	assert_false(c->passdb_pam);
+	config_free(c);
+	expect_error("users = pam\nmail = maildir:/m\napop = yes\n",
+	    "test.conf: apop = yes needs stored secrets; users = pam has none");
+	expect_error("users = pam\nmail = maildir:/m\nauth_mechanisms = PLAIN SCRAM-SHA-1\n",
+	    "test.conf: auth_mechanisms: SCRAM-SHA-1 needs stored secrets; users = pam offers PLAIN "
+	    "and LOGIN only");
+	expect_error("users = pam\nmail = maildir:/m\npam_service = ../x\n",
+	    "test.conf:3: bad value '../x' for key 'pam_service': expected a PAM service name "
+	    "(letters, digits, '.', '_', '-')");
+	expect_error("users = pam\nmail = maildir:/m\nfirst_valid_uid = -1\n",
+	    "test.conf:3: bad value '-1' for key 'first_valid_uid': expected a number from 0 to 4294967294");
+}
+
 static void
 test_mail(void **state)
 {
@@ -662,6 +696,7 @@ main(void)
 		cmocka_unit_test(test_syntax),
 		cmocka_unit_test(test_required),
 		cmocka_unit_test(test_mail),
+		cmocka_unit_test(test_users_pam),
 		cmocka_unit_test(test_workers),
 		cmocka_unit_test(test_booleans),
 		cmocka_unit_test(test_durations),
