@@ -4,6 +4,7 @@
  * (passdb, mail location, store) come from the server archive, which the
  * popbox binary links as well (Makefile).
  */
+#include "client/deliver_cmd.h"
 #include "client/fetch.h"
 #include "client/hash.h"
 #include "client/migrate_uidls.h"
@@ -21,6 +22,7 @@ struct subcommand {
 };
 
 static const struct subcommand commands[] = {
+	{ "deliver", deliver_cmd_main, "deliver a message into a maildrop, for MTAs (popbox deliver --help)" },
 	{ "fetch", fetch_main, "download mail from POP3 servers (popbox fetch --help)" },
 	{ "hash", hash_main, "make a password hash line for the users file (popbox hash --help)" },
 	{ "migrate-uidls", migrate_uidls_main, "keep the UIDLs of Dovecot or Courier (popbox migrate-uidls --help)" },

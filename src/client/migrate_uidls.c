@@ -2,6 +2,7 @@
  * maildrop is opened with the user's UIDL options and a report callback,
  * with popbox.index left alone unless --freeze. */
 #include "client/migrate_uidls.h"
+#include "client/mail_owner.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "server/config.h"
@@ -10,8 +11,6 @@
 
 #include <errno.h>
 #include <getopt.h>
-#include <grp.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,30 +127,6 @@ migrate_one(const struct config *config, const struct migrate_user *u, bool free
 	return 0;
 }
 
-/* As popboxd's children: the mail is never touched as root. */
-static int
-migrate_drop_privileges(const struct config *config)
-{
-	struct passwd *pw;
-
-	if (geteuid() != 0 && getuid() != 0)
-		return 0;
-	if ((pw = getpwnam(config->run_as)) == NULL) {
-		fprintf(stderr, "popbox migrate-uidls: run_as user %s does not exist\n",
-		    config->run_as);
-		return -1;
-	}
-	gid_t gid = pw->pw_gid;
-	if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
-	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0 || setuid(0) == 0 ||
-	    geteuid() == 0) {
-		fprintf(stderr, "popbox migrate-uidls: cannot drop privileges to %s\n",
-		    config->run_as);
-		return -1;
-	}
-	return 0;
-}
-
 /* The maildrop of users file entry e, or false (told why). */
 static bool
 migrate_resolve(const struct config *config, const struct passwd_entry *e,
@@ -255,7 +230,7 @@ migrate_uidls_main(int argc, char **argv)
 	}
 	rc = migrate_users(config, argc - optind, argv + optind, &users, &n);
 	size_t todo = n;
-	if (migrate_drop_privileges(config) < 0) {
+	if (mail_owner_become(config, "popbox migrate-uidls") < 0) {
 		rc = EX_NOPERM;
 		todo = 0;       /* nothing is opened as root */
 	}

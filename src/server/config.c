@@ -62,6 +62,9 @@
  * [IN-USE]: an MTA's append takes milliseconds, a mutt rewrite of a big
  * mbox seconds; a POP3 client times out after about a minute. */
 #define CONFIG_DEFAULT_LOCK_WAIT 10u
+/* Mail in (docs/DESIGN.md "Mail in"): LMTP's SIZE and popbox deliver's
+ * bound, 64 MiB like the usual MTA defaults' order of magnitude. */
+#define CONFIG_MAX_MESSAGE_SIZE_DEFAULT (64ull << 20)
 
 struct config_parser;
 typedef int config_handler(struct config_parser *p, const char *key, const char *value);
@@ -529,8 +532,10 @@ config_key_max_maildrop_messages(struct config_parser *p, const char *key, const
 }
 
 /* Sizes: octets, or with K, M, G (powers of 1024); 0 = no limit. */
+/* A size in octets, or with K, M or G (binary multiples). */
 static int
-config_key_max_maildrop_size(struct config_parser *p, const char *key, const char *value)
+config_parse_size(struct config_parser *p, const char *key, const char *value,
+    unsigned long long *out)
 {
 	char digits[32];
 	size_t len = strlen(value);
@@ -544,11 +549,40 @@ config_key_max_maildrop_size(struct config_parser *p, const char *key, const cha
 			digits[--len] = '\0';
 		}
 		if (parse_u64(digits, UINT64_MAX / mult, &n)) {
-			p->config->max_maildrop_size = n * mult;
+			*out = n * mult;
 			return 0;
 		}
 	}
 	return config_bad_value(p, key, value, "a size in octets, or with K, M or G (0 = no limit)");
+}
+
+static int
+config_key_max_maildrop_size(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_size(p, key, value, &p->config->max_maildrop_size);
+}
+
+static int
+config_key_max_message_size(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_size(p, key, value, &p->config->max_message_size);
+}
+
+static int
+config_key_max_maildrop_size_bounce(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->max_maildrop_size_bounce);
+}
+
+/* Characters that start a "+detail" in a local part (Postfix's
+ * recipient_delimiter): printable, no '@' or space. */
+static int
+config_key_recipient_delimiter(struct config_parser *p, const char *key, const char *value)
+{
+	for (const char *c = value; *c != '\0'; c++)
+		if (*c == '@' || *c == ' ' || (unsigned char)*c > 0x7e)
+			return config_bad_value(p, key, value, "characters like + or -, not @ or space");
+	return config_set_string(&p->config->recipient_delimiter, xstrdup(value));
 }
 
 static int
@@ -736,6 +770,9 @@ static const struct config_key config_keys[] = {
 	{ "pam_service", config_key_pam_service, false },
 	{ "first_valid_uid", config_key_first_valid_uid, false },
 	{ "deny_users", config_key_deny_users, true },
+	{ "max_message_size", config_key_max_message_size, false },
+	{ "max_maildrop_size_bounce", config_key_max_maildrop_size_bounce, false },
+	{ "recipient_delimiter", config_key_recipient_delimiter, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -821,6 +858,7 @@ config_new(const char *name)
 	c->max_auth_failures = CONFIG_MAX_AUTH_FAILURES_DEFAULT;
 	c->auth_penalty_ipv6_prefix = AUTH_PENALTY_IPV6_PREFIX;
 	c->log_debug = false;
+	c->max_message_size = CONFIG_MAX_MESSAGE_SIZE_DEFAULT;
 	c->auth_mechanisms = xstrdup(CONFIG_DEFAULT_AUTH_MECHANISMS);
 	c->sasl_channel_binding = false;
 	c->max_maildrop_messages = 1000000;
@@ -1055,5 +1093,6 @@ config_free(struct config *config)
 	free(config->dovecot_uidl_format);
 	free(config->pam_service);
 	free(config->deny_users);
+	free(config->recipient_delimiter);
 	free(config);
 }

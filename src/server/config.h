@@ -111,6 +111,13 @@ struct config {
 	 * program's lock (seconds, default 10). */
 	enum mbox_format mbox_format;
 	unsigned lock_wait;
+	/* Mail in (docs/DESIGN.md "Mail in"). max_message_size: octets, 0 = no
+	 * limit, default 64 MiB (LMTP SIZE). max_maildrop_size_bounce: a
+	 * delivery over max_maildrop_size fails for good (77, 552) instead of
+	 * for now (75, 452). recipient_delimiter: NULL = none. */
+	unsigned long long max_message_size;
+	bool max_maildrop_size_bounce;
+	char *recipient_delimiter;
 };
 
 #define CONFIG_USERS_PAM "pam"

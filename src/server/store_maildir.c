@@ -16,6 +16,7 @@
  * (a change in the same clock tick would not move it).
  */
 #include "server/store.h"
+#include "server/store_maildir_int.h"
 #include "server/lock.h"
 #include "server/uidl_migrate.h"
 #include "common/log.h"
@@ -46,8 +47,6 @@
 #define MAILDIR_INDEX_MAX_SIZE ((uint64_t)1 << 43)
 _Static_assert(MAILDIR_MAX_MESSAGES <= (1 << 20),
     "MAILDIR_MAX_MESSAGES * MAILDIR_INDEX_MAX_SIZE must stay below 2^63");
-/* New directories: the maildrop is private to its owner. */
-#define MAILDIR_DIR_MODE 0700
 /* Session lock and index cache live in the maildrop root, where Maildir
  * readers never look for messages (only new/ and cur/ hold mail). */
 #define MAILDIR_LOCK_NAME "popbox.lock"
@@ -165,7 +164,7 @@ struct maildir_base_key {
 	size_t len;
 };
 
-static enum store_status
+enum store_status
 store_maildir_errno_status(int err)
 {
 	/* Conditions an administrator must fix are permanent; anything else
@@ -1149,7 +1148,7 @@ store_maildir_close(struct store *store)
 /* Create dir (relative to dir_fd) unless it exists. Never creates parents:
  * a missing parent may be a file system not mounted yet, and mail delivered
  * into a directory on the mount point would be hidden later. */
-static int
+int
 store_maildir_mkdir(int dir_fd, const char *name)
 {
 	if (mkdirat(dir_fd, name, MAILDIR_DIR_MODE) < 0 && errno != EEXIST)
@@ -1159,7 +1158,7 @@ store_maildir_mkdir(int dir_fd, const char *name)
 
 /* The maildrop must belong to us and be writable by nobody else: another
  * user able to write there could plant or remove mail (docs/RELIABILITY.md §3). */
-static bool
+bool
 store_maildir_check_owner(int fd, const char *path, const char *what, char **error_r)
 {
 	struct stat st;
@@ -1253,7 +1252,7 @@ store_maildir_open_component(int dir, const char *name, bool last, bool nofollow
  * has no link at all; the walk runs only when it fails (a link somewhere, a
  * missing maildrop, no openat2). Returns the descriptor, or -1 with errno and
  * *error_r. */
-static int
+int
 store_maildir_open_root(const char *path, char **error_r)
 {
 	struct open_how how = {

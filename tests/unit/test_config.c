@@ -56,6 +56,27 @@ expect_error_prefix(const char *text, const char *prefix)
 	free(error);
 }
 
+/* Mail-in keys (docs/popboxd.conf.5 "Mail in"). */
+static void
+test_mail_in_keys(void **state)
+{
+	(void)state;
+	struct config *c = parse_ok(REQUIRED);
+	assert_int_equal(c->max_message_size, 64ull << 20);
+	assert_false(c->max_maildrop_size_bounce);
+	assert_null(c->recipient_delimiter);
+	config_free(c);
+	c = parse_ok(REQUIRED "max_message_size = 10M\nmax_maildrop_size_bounce = yes\n"
+	    "recipient_delimiter = +-\n");
+	assert_int_equal(c->max_message_size, 10ull << 20);
+	assert_true(c->max_maildrop_size_bounce);
+	assert_string_equal(c->recipient_delimiter, "+-");
+	config_free(c);
+	expect_error(REQUIRED "recipient_delimiter = @\n", "test.conf:3: bad value '@' for key "
+	    "'recipient_delimiter': expected characters like + or -, not @ or space");
+	expect_error_prefix(REQUIRED "max_message_size = big\n", "test.conf:3: bad value 'big'");
+}
+
 static void
 test_defaults(void **state)
 {
@@ -685,6 +706,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_mail_in_keys),
 		cmocka_unit_test(test_every_key),
 		cmocka_unit_test(test_plaintext_auth_values),
 		cmocka_unit_test(test_listen_lists),

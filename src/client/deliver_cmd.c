@@ -1,0 +1,190 @@
+/* popbox deliver (deliver_cmd.h). The store does the delivery; this file
+ * turns the command line into a target and the outcome into an exit code
+ * and one log line. */
+#include "client/deliver_cmd.h"
+#include "client/mail_owner.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "server/config.h"
+#include "server/passwd.h"
+#include "server/recipient.h"
+#include "server/store.h"
+#include "server/store_deliver.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#define DELIVER_DEFAULT_CONFIG "/etc/popbox/popboxd.conf"
+#define DELIVER_PROG "popbox deliver"
+/* An envelope sender is a mailbox (RFC 5321 §4.5.3.1.3: a path is at most
+ * 256 octets); a longer one is refused rather than cut. */
+#define DELIVER_SENDER_MAX 256
+/* Postfix's local(8) exports the queue id of the mail it delivers. */
+#define DELIVER_QUEUE_ID_ENV "QUEUE_ID"
+
+static void
+deliver_usage(FILE *f)
+{
+	fprintf(f, "usage: popbox deliver [-c CONF] [-f SENDER] [-a ADDRESS] USER < message\n"
+	    "  deliver one message into USER's maildrop; exit 0 delivered, 67 unknown user,\n"
+	    "  75 try again later, 77 refused for good, 78 configuration error\n");
+}
+
+/* "Return-Path: <sender>\n", or NULL with *error_r for a sender that cannot
+ * be one (control characters, spaces, too long). "<a@b>" and "a@b" both
+ * give <a@b>; "" and "<>" the null sender. */
+static char *
+deliver_return_path(const char *sender, const char **error_r)
+{
+	size_t len = strlen(sender);
+
+	if (len >= 2 && sender[0] == '<' && sender[len - 1] == '>') {
+		sender++;
+		len -= 2;
+	}
+	if (len > DELIVER_SENDER_MAX) {
+		*error_r = "sender address too long";
+		return NULL;
+	}
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)sender[i];
+		if (c <= 0x20 || c == 0x7f || c == '<' || c == '>') {
+			*error_r = "sender address with spaces, brackets or control characters";
+			return NULL;
+		}
+	}
+	return xasprintf("Return-Path: <%.*s>\n", (int)len, sender);
+}
+
+static int
+deliver_exit_code(enum delivery_status st, const struct config *config)
+{
+	switch (st) {
+	case DELIVERY_OK:
+		return 0;
+	case DELIVERY_OVER_QUOTA:
+		return config->max_maildrop_size_bounce ? EX_NOPERM : EX_TEMPFAIL;
+	case DELIVERY_TOO_BIG:
+		return EX_NOPERM;
+	case DELIVERY_PERM:
+		return EX_CONFIG;
+	case DELIVERY_TEMP:
+		break;
+	}
+	return EX_TEMPFAIL;
+}
+
+/* The maildrop path of USER (address), or an exit code. */
+static int
+deliver_find_user(const struct config *config, const char *address, char **user_r,
+    char **path_r)
+{
+	struct passwd_db *db = NULL;
+	char *error = NULL;
+	int rc = 0;
+
+	if (passwd_db_load(config->users, &db, &error) < 0) {
+		fprintf(stderr, DELIVER_PROG ": %s\n", error);
+		free(error);
+		return EX_CONFIG;
+	}
+	const struct passwd_entry *e = recipient_lookup(db, address, config->recipient_delimiter);
+	if (e == NULL) {
+		char a[128];
+		str_sanitize(a, sizeof(a), address, strlen(address));
+		fprintf(stderr, DELIVER_PROG ": %s: no such user\n", a);
+		rc = EX_NOUSER;
+	} else {
+		char *location = mail_location_expand(config->mail, e, &error);
+		const char *path;
+		if (location == NULL) {
+			fprintf(stderr, DELIVER_PROG ": %s\n", error);
+			free(error);
+			rc = EX_CONFIG;
+		} else if (store_backend_for(location, &path) != &store_maildir) {
+			fprintf(stderr, DELIVER_PROG ": %s: mail location is not a Maildir\n", e->user);
+			rc = EX_CONFIG;
+		} else {
+			*user_r = xstrdup(e->user);
+			*path_r = xstrdup(path);
+		}
+		free(location);
+	}
+	passwd_db_free(db);
+	return rc;
+}
+
+int
+deliver_cmd_main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *conf = DELIVER_DEFAULT_CONFIG, *sender = NULL, *address = NULL;
+	const char *problem = NULL, *queue_id = getenv(DELIVER_QUEUE_ID_ENV);
+	char *header = NULL, *user = NULL, *path = NULL, *error = NULL;
+	struct config *config = NULL;
+	struct delivery_result result = { NULL, 0 };
+	int ch, rc;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "c:f:a:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': conf = optarg; break;
+		case 'f': sender = optarg; break;
+		case 'a': address = optarg; break;
+		case 'h': deliver_usage(stdout); return 0;
+		default: deliver_usage(stderr); return EX_USAGE;
+		}
+	}
+	if (argc - optind != 1) {
+		deliver_usage(stderr);
+		return EX_USAGE;
+	}
+	if (sender != NULL && (header = deliver_return_path(sender, &problem)) == NULL) {
+		fprintf(stderr, DELIVER_PROG ": %s\n", problem);
+		return EX_USAGE;
+	}
+	/* the delivery line goes to syslog (mail), errors to the MTA too */
+	log_init("popbox-deliver", false, false);
+	if (config_load(conf, &config, &error) < 0) {
+		fprintf(stderr, DELIVER_PROG ": %s\n", error);
+		free(error);
+		free(header);
+		return EX_CONFIG;
+	}
+	rc = deliver_find_user(config, argv[optind], &user, &path);
+	if (rc == 0 && mail_owner_become(config, DELIVER_PROG) < 0)
+		rc = EX_CONFIG;
+	if (rc == 0) {
+		struct delivery_target t = {
+			.path = path,
+			.max_maildrop_size = config->max_maildrop_size,
+		};
+		enum delivery_status st = store_maildir_deliver_stream(&t, header, STDIN_FILENO,
+		    config->max_message_size, &result, &error);
+		rc = deliver_exit_code(st, config);
+		if (st != DELIVERY_OK)
+			fprintf(stderr, DELIVER_PROG ": %s: %s\n", user,
+			    error != NULL ? error : delivery_status_name(st));
+		char a[128];
+		str_sanitize(a, sizeof(a), address != NULL ? address : argv[optind],
+		    strlen(address != NULL ? address : argv[optind]));
+		log_info("delivery queue_id=%.32s to=%s user=%s size=%llu result=%s%s%s exit=%d",
+		    queue_id != NULL ? queue_id : "-", a, user, (unsigned long long)result.size,
+		    delivery_status_name(st), error != NULL ? ": " : "", error != NULL ? error : "", rc);
+		free(error);
+	}
+	free(result.file);
+	free(user);
+	free(path);
+	free(header);
+	config_free(config);
+	return rc;
+}
