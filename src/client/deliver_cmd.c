@@ -87,6 +87,10 @@ deliver_find_user(const struct config *config, const char *address, char **user_
 	char *error = NULL;
 	int rc = 0;
 
+	if (config->passdb_pam) {
+		fprintf(stderr, DELIVER_PROG ": users = pam is not supported yet (a users file is)\n");
+		return EX_CONFIG;
+	}
 	if (passwd_db_load(config->users, &db, &error) < 0) {
 		fprintf(stderr, DELIVER_PROG ": %s\n", error);
 		free(error);
