@@ -117,15 +117,16 @@ set_tls(struct account *a, const char *value, const char *where, struct fetch_er
 static bool
 set_auth(struct account *a, const char *value, const char *where, struct fetch_error *err)
 {
-	static const char *const mechs[] = { "auto", "SCRAM-SHA-256", "SCRAM-SHA-1",
-	    "PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER", "APOP", "USER" };
+	static const char *const mechs[] = { "auto", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS",
+	    "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER", "APOP", "USER" };
 	size_t i;
 	for (i = 0; i < N_ELEMENTS(mechs); i++)
 		if (!strcasecmp(value, mechs[i]))
 			break;
 	if (i == N_ELEMENTS(mechs))
 		return fetch_error_set(err, EX_CONFIG,
-		    "%s: auth must be auto, scram-sha-256, scram-sha-1, plain, login, "
+		    "%s: auth must be auto, scram-sha-256-plus, scram-sha-1-plus, scram-sha-256, "
+		    "scram-sha-1, plain, login, "
 		    "cram-md5, xoauth2, oauthbearer, apop or user", where);
 	set_str(&a->auth, mechs[i]);
 	return true;

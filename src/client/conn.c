@@ -1,4 +1,5 @@
 #include "client/conn.h"
+#include "common/base64.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -396,6 +397,37 @@ bool
 conn_is_tls(const struct conn *c)
 {
 	return c->ssl != NULL;
+}
+
+const char *
+conn_channel_binding(struct conn *c, char **data_b64)
+{
+	SSL *ssl = c->ssl;
+	*data_b64 = NULL;
+	if (ssl == NULL)
+		return NULL;
+	if (SSL_version(ssl) >= TLS1_3_VERSION) {
+		static const char label[] = "EXPORTER-Channel-Binding";
+		unsigned char cb[32];
+		if (SSL_export_keying_material(ssl, cb, sizeof(cb), label, sizeof(label) - 1,
+		    NULL, 0, 0) != 1) {
+			ERR_clear_error();
+			return NULL;
+		}
+		*data_b64 = base64_encode(cb, sizeof(cb));
+		return "tls-exporter";
+	}
+	if (SSL_get_extms_support(ssl) != 1)
+		return NULL;
+	/* The first Finished message: ours on a full handshake, the
+	 * server's on an abbreviated (resumed) one. */
+	unsigned char fin[EVP_MAX_MD_SIZE];
+	size_t n = SSL_session_reused(ssl) ? SSL_get_peer_finished(ssl, fin, sizeof(fin)) :
+	    SSL_get_finished(ssl, fin, sizeof(fin));
+	if (n == 0 || n > sizeof(fin))
+		return NULL;
+	*data_b64 = base64_encode(fin, n);
+	return "tls-unique";
 }
 
 const char *

@@ -72,6 +72,17 @@ bool conn_read_line(struct conn *c, char *out, size_t size, struct fetch_error *
  * EOF/error. On success c->buf[c->start..c->end) is non-empty. */
 bool conn_fill(struct conn *c, struct fetch_error *err);
 
+/* The channel binding of the TLS session for SCRAM-*-PLUS (RFC 5056):
+ * on TLS 1.3 "tls-exporter" (RFC 9266: 32 octets exported with the label
+ * EXPORTER-Channel-Binding), on TLS 1.2 "tls-unique" (RFC 5929: the first
+ * Finished message of the handshake), but only when the extended master
+ * secret (RFC 7627) was negotiated: without it tls-unique can be made
+ * equal on two different connections (the triple handshake attack).
+ * Returns the type (a static string) and sets *data_b64 (xmalloc'd,
+ * base64, the caller frees it), or returns NULL when the connection has
+ * no binding to offer (no TLS, TLS 1.2 without extended master secret). */
+const char *conn_channel_binding(struct conn *c, char **data_b64);
+
 /* Description of the TLS session for -v, or "" without TLS. */
 const char *conn_tls_description(struct conn *c);
 bool conn_is_tls(const struct conn *c);

@@ -23,7 +23,7 @@
  * the server has no SCRAM secret is common; endless retries are not). */
 #define AUTH_MAX_ATTEMPTS 3
 /* Mechanisms auth = auto knows (choose_mechanisms). */
-#define AUTH_ORDER_MAX 6
+#define AUTH_ORDER_MAX 8
 
 static void
 trace(const char *dir, const char *line, int secret_from)
@@ -255,6 +255,40 @@ mech_client_first(const char *mech)
 	    !strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER");
 }
 
+/* SCRAM-SHA-256-PLUS and the like: SCRAM with channel binding. */
+static bool
+mech_is_plus(const char *mech)
+{
+	size_t n = strlen(mech);
+	return n > 5 && !strcmp(mech + n - 5, "-PLUS");
+}
+
+/* The channel binding for a SCRAM exchange (RFC 5802 §6): a -PLUS
+ * mechanism sends this connection's binding (flag "p"). SCRAM without
+ * -PLUS always says "n" (no binding property is set). "y" (we could bind,
+ * the server offered no -PLUS) would be right where the server offers no
+ * -PLUS over TLS, but the SCRAM client of GNU SASL 2.2 fails its first
+ * step whenever a binding is set without -PLUS; and "y" is wrong (the
+ * server must refuse it) when the server does offer -PLUS. The downgrade
+ * "y" guards against, a man in the middle removing -PLUS from CAPA, needs
+ * a certificate we trust; and auth = auto never falls back from a refused
+ * -PLUS mechanism to its plain twin (choose_mechanisms). */
+static bool
+scram_set_binding(struct pop3c *s, Gsasl_session *ss, const char *mech,
+    struct fetch_error *err)
+{
+	if (!mech_is_plus(mech))
+		return true;
+	if (s->cb_type == NULL)
+		return fetch_error_set(err, EX_UNAVAILABLE,
+		    "%s needs channel binding, and this connection has none", mech);
+	gsasl_property_set(ss, !strcmp(s->cb_type, "tls-exporter") ? GSASL_CB_TLS_EXPORTER :
+	    GSASL_CB_TLS_UNIQUE, s->cb_data);
+	if (fetch_trace)
+		fprintf(stderr, "popbox: channel binding %s\n", s->cb_type);
+	return true;
+}
+
 static bool
 read_sasl_challenge(struct pop3c *s, char **challenge, enum pop3_status *st,
     struct fetch_error *err)
@@ -462,6 +496,10 @@ auth_sasl(struct pop3c *s, const char *mech, const char *user, const char *passw
 	}
 	gsasl_session_hook_set(ss, &sc);
 	enum pop3_status st = POP3_INVALID;
+	if (!strncmp(mech, "SCRAM-", 6) && !scram_set_binding(s, ss, mech, err)) {
+		gsasl_finish(ss);
+		return POP3_INVALID;
+	}
 	char *out = NULL;
 	int rc = GSASL_NEEDS_MORE;
 	bool ok;
@@ -570,6 +608,8 @@ mech_available(struct pop3c *s, const char *mech)
 		return false;
 	if (!strcmp(mech, "XOAUTH2") || !strcmp(mech, "OAUTHBEARER"))
 		return true;
+	if (mech_is_plus(mech) && s->cb_type == NULL)
+		return false;
 	return gsasl_has(mech);
 }
 
@@ -583,8 +623,9 @@ static bool
 choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
     struct fetch_error *err)
 {
-	static const char *const order[AUTH_ORDER_MAX] = { "SCRAM-SHA-256", "SCRAM-SHA-1",
-	    "PLAIN", "LOGIN", "APOP", "USER" };
+	static const char *const order[AUTH_ORDER_MAX] = { "SCRAM-SHA-256-PLUS",
+	    "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "APOP",
+	    "USER" };
 	const struct account *a = s->account;
 	size_t n = 0;
 	bool clear_ok = conn_is_tls(s->conn) || a->allow_plaintext;
@@ -598,6 +639,12 @@ choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
 			    "accept that", a->name, a->auth, mech_md5_digest(a->auth) ?
 			    "an MD5 digest of the password (anyone who sees it can try guesses "
 			    "offline)" : "the password in clear");
+		if (mech_is_plus(a->auth) && s->cb_type == NULL)
+			return fetch_error_set(err, EX_UNAVAILABLE,
+			    "account %s: auth %s needs TLS with channel binding (TLS 1.3, or "
+			    "TLS 1.2 with the extended master secret), and this connection %s",
+			    a->name, a->auth, conn_is_tls(s->conn) ? "has no channel binding" :
+			    "is not encrypted");
 		if (!strcmp(a->auth, "CRAM-MD5") ? !pop3_capa_has_sasl(&s->capa, "CRAM-MD5") :
 		    !mech_available(s, a->auth))
 			return fetch_error_set(err, EX_UNAVAILABLE,
@@ -618,6 +665,18 @@ choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
 		/* PLAIN and LOGIN are the same secret; try one of them */
 		if (!strcmp(order[i], "LOGIN") && n > 0 && !strcmp(cands[n - 1], "PLAIN"))
 			continue;
+		/* SCRAM without binding after its -PLUS twin was refused would
+		 * let a man in the middle (whose TLS session is not the
+		 * server's) strip the binding: never a fallback */
+		if (!strncmp(order[i], "SCRAM-", 6) && !mech_is_plus(order[i])) {
+			char *twin = xasprintf("%s-PLUS", order[i]);
+			bool have_twin = false;
+			for (size_t k = 0; k < n; k++)
+				have_twin = have_twin || !strcmp(cands[k], twin);
+			free(twin);
+			if (have_twin)
+				continue;
+		}
 		cands[n++] = order[i];
 	}
 	if (n == 0 && refused_clear)
@@ -739,6 +798,7 @@ pop3c_open(const struct account *a, const char *password, struct fetch_error *er
 	}
 	if (fetch_trace && conn_is_tls(s->conn))
 		fprintf(stderr, "popbox: TLS %s\n", conn_tls_description(s->conn));
+	s->cb_type = conn_channel_binding(s->conn, &s->cb_data);
 	if (!authenticate(s, password, err))
 		goto fail;
 	/* capabilities may change after login (RFC 2449 §5); best effort */
@@ -772,5 +832,6 @@ pop3c_abort(struct pop3c *s)
 	if (s == NULL)
 		return;
 	conn_close(s->conn);
+	free(s->cb_data);
 	free(s);
 }
