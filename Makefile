@@ -6,11 +6,17 @@
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR  ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+# systemd units (contrib/systemd): system units and user units
+SYSTEMD_UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSTEMD_USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 BUILD   ?= build
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
 
-PKGS    := libevent libevent_openssl openssl libgsasl pam
+PKGS    := libevent libevent_openssl openssl libgsasl pam libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -43,8 +49,29 @@ CLIENT_LIB := $(BUILD)/libpopbox_client.a
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRC))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-basic valgrind fuzz-ci unit integration demo sanitize install clean bench bench-full
-all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS)
+.PHONY: all check check-basic valgrind fuzz-ci unit integration demo sanitize install clean bench bench-full units
+all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS) units
+
+# systemd units with this build's paths: contrib/systemd/*.in get @SBINDIR@,
+# @BINDIR@ and @SYSCONFDIR@ replaced; the rest are copied. Into
+# $(BUILD)/systemd/{system,user}; make install copies them from there.
+UNIT_SRC    := $(sort $(wildcard contrib/systemd/*))
+SYSTEM_UNITS := $(patsubst contrib/systemd/%,$(BUILD)/systemd/system/%,$(patsubst %.in,%,$(filter-out contrib/systemd/popbox-fetch@%,$(UNIT_SRC))))
+USER_UNITS   := $(patsubst contrib/systemd/%,$(BUILD)/systemd/user/%,$(patsubst %.in,%,$(filter contrib/systemd/popbox-fetch@%,$(UNIT_SRC))))
+UNIT_SED := sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+units: $(SYSTEM_UNITS) $(USER_UNITS)
+$(BUILD)/systemd/system/%: contrib/systemd/%.in Makefile
+	@mkdir -p $(dir $@)
+	$(UNIT_SED) $< > $@.tmp && mv $@.tmp $@
+$(BUILD)/systemd/user/%: contrib/systemd/%.in Makefile
+	@mkdir -p $(dir $@)
+	$(UNIT_SED) $< > $@.tmp && mv $@.tmp $@
+$(BUILD)/systemd/system/%: contrib/systemd/% Makefile
+	@mkdir -p $(dir $@)
+	cp $< $@
+$(BUILD)/systemd/user/%: contrib/systemd/% Makefile
+	@mkdir -p $(dir $@)
+	cp $< $@
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -107,12 +134,15 @@ bench: all
 bench-full: all
 	sh bench/run.sh full
 
-install: $(BUILD)/popboxd $(BUILD)/popbox
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin \
+install: $(BUILD)/popboxd $(BUILD)/popbox units
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
-	    $(DESTDIR)$(PREFIX)/share/man/man8
-	install -m 0755 $(BUILD)/popboxd $(DESTDIR)$(PREFIX)/sbin/popboxd
-	install -m 0755 $(BUILD)/popbox $(DESTDIR)$(PREFIX)/bin/popbox
+	    $(DESTDIR)$(PREFIX)/share/man/man8 \
+	    $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)$(SYSTEMD_USERUNITDIR)
+	install -m 0755 $(BUILD)/popboxd $(DESTDIR)$(SBINDIR)/popboxd
+	install -m 0755 $(BUILD)/popbox $(DESTDIR)$(BINDIR)/popbox
+	install -m 0644 $(SYSTEM_UNITS) $(DESTDIR)$(SYSTEMD_UNITDIR)/
+	install -m 0644 $(USER_UNITS) $(DESTDIR)$(SYSTEMD_USERUNITDIR)/
 	for m in docs/*.[158]; do [ -f "$$m" ] || continue; \
 	    s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
 	@# The PAM service of users = pam; an admin's own copy is kept.

@@ -32,6 +32,7 @@
 #include "server/popboxd.h"
 #include "server/tls.h"
 #include "server/iplimit.h"
+#include "server/service.h"
 
 /* Listen backlog: bursts of connects queue in the kernel, not in us. */
 #define MASTER_LISTEN_BACKLOG 1024
@@ -41,6 +42,9 @@
 #define MASTER_BACKOFF_MAX_MS 30000
 /* A child that ran this long was healthy: reset its back-off. */
 #define MASTER_HEALTHY_SECONDS 10
+/* Under systemd ($NOTIFY_SOCKET), how often the master looks whether the
+ * STATUS= line (connections, children) changed; it is sent only then. */
+#define MASTER_STATUS_INTERVAL_MS 1000
 /* On SIGTERM, how long children get before SIGKILL. */
 #define MASTER_STOP_GRACE_SECONDS 5
 /* The auth process is pinged this often over its control channel; one that
@@ -80,7 +84,9 @@ static struct {
 	size_t n_children;
 	char *pid_path;
 	bool stopping;
+	bool socket_activated;     /* the listeners came from systemd */
 	struct event *events[6];   /* signals, the auth control channel, the ping timer */
+	struct event *status_timer;   /* STATUS= for systemd, only with $NOTIFY_SOCKET */
 } master;
 
 static void child_start(struct child *c);
@@ -199,8 +205,7 @@ listener_bind(const struct config_listen *cl, struct listener *out, char **error
 	freeaddrinfo(res);
 	out->fd = fd;
 	out->tls = cl->tls;
-	out->name = strchr(cl->host, ':') ? xasprintf("[%s]:%s", cl->host, cl->port)
-	    : xasprintf("%s:%s", cl->host, cl->port);
+	out->name = service_listen_name(cl);
 	return 0;
 }
 
@@ -444,8 +449,48 @@ sigchld_cb(evutil_socket_t sig, short what, void *arg)
 		child_reaped(pid, status);
 }
 
+/* The STATUS= line systemd shows: open connections (all workers, from the
+ * shared counters) and the children running. */
+static char *
+master_status_text(void)
+{
+	unsigned running = 0;
+	for (size_t i = 0; i < master.n_children; i++)
+		running += master.children[i].pid > 0;
+	unsigned conns = master.env.iplimit != NULL ? iplimit_total(master.env.iplimit) : 0;
+	return xasprintf("%u connections, %u of %zu processes running (%u workers + auth), "
+	    "%zu listeners", conns, running, master.n_children, master.env.n_workers,
+	    master.env.n_listeners);
+}
+
+static void
+status_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char *text = master_status_text();
+	service_notify_status(text);
+	free(text);
+}
+
+static void
+notify_ready(void)
+{
+	char *text = master_status_text();
+	service_notify_ready(text);
+	free(text);
+}
+
+static void master_reload(void);
+
 static void
 sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	service_notify_reloading();
+	master_reload();
+	notify_ready();
+}
+
+static void
+master_reload(void)
 {
 	char *error = NULL, *text = NULL;
 	struct config *next;
@@ -596,6 +641,7 @@ static void
 sigterm_cb(evutil_socket_t sig, short what, void *arg)
 {
 	master.stopping = true;
+	service_notify_stopping();
 	log_info("stopping on signal %d", (int)sig);
 	for (size_t i = 0; i < master.n_children; i++)
 		if (master.children[i].pid > 0)
@@ -776,8 +822,21 @@ master_prepare(const struct config *config)
 		return -1;
 	}
 	salt_key_prepare(config);
-	master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
-	for (size_t i = 0; i < config->n_listens; i++) {
+	/* Sockets passed by systemd replace binding; they must match the
+	 * config's listeners one to one (service.h). */
+	int activated = service_listeners(config, &master.env.listeners, &error);
+	if (activated < 0) {
+		log_warnx("%s", error);
+		free(error);
+		return -1;
+	}
+	if (activated > 0) {
+		master.socket_activated = true;
+		master.env.n_listeners = config->n_listens;
+	}
+	if (!activated)
+		master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
+	for (size_t i = 0; !activated && i < config->n_listens; i++) {
 		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
 			log_warnx("%s", error);
 			return -1;
@@ -844,6 +903,8 @@ master_free(void)
 {
 	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
 		event_free(master.events[i]);
+	if (master.status_timer != NULL)
+		event_free(master.status_timer);
 	for (size_t i = 0; i < master.n_children; i++)
 		event_free(master.children[i].restart_timer);
 	event_base_free(master.base);
@@ -883,10 +944,20 @@ master_run(struct config *config, bool foreground)
 	for (size_t i = 0; i < master.n_children; i++)
 		child_start(&master.children[i]);
 
-	log_info("popboxd %s started: %u workers, %zu listeners (%s%s)", POPBOXD_VERSION,
+	log_info("popboxd %s started: %u workers, %zu listeners (%s%s)%s", POPBOXD_VERSION,
 	    master.env.n_workers, master.env.n_listeners,
 	    master.env.n_listeners ? master.env.listeners[0].name : "",
-	    master.env.n_listeners > 1 ? ", ..." : "");
+	    master.env.n_listeners > 1 ? ", ..." : "",
+	    master.socket_activated ? ", sockets from systemd" : "");
+	/* Listening since master_prepare: connections wait in the backlog
+	 * until a worker accepts them. */
+	notify_ready();
+	if (getenv("NOTIFY_SOCKET") != NULL) {
+		master.status_timer = event_new(master.base, -1, EV_PERSIST, status_timer_cb, NULL);
+		struct timeval tv = { .tv_sec = MASTER_STATUS_INTERVAL_MS / 1000,
+		    .tv_usec = (MASTER_STATUS_INTERVAL_MS % 1000) * 1000 };
+		event_add(master.status_timer, &tv);
+	}
 
 	event_base_dispatch(master.base);
 
