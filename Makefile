@@ -49,7 +49,8 @@ CLIENT_LIB := $(BUILD)/libpopbox_client.a
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRC))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-basic valgrind fuzz-ci unit integration demo sanitize install clean bench bench-full units
+.PHONY: all check check-basic valgrind fuzz-ci unit integration demo sanitize install clean bench bench-full units \
+	deb check-package
 all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS) units
 
 # systemd units with this build's paths: contrib/systemd/*.in get @SBINDIR@,
@@ -167,9 +168,28 @@ install: $(BUILD)/popboxd $(BUILD)/popbox units
 	        "not root or no useradd): create them before starting popboxd as root"; \
 	fi
 
+# The Debian package (debian/): the files a build needs are copied to
+# $(BUILD)/deb/popbox, where dpkg-buildpackage builds in obj-deb/ and leaves
+# popbox_*.deb in $(BUILD)/deb. Nothing is written outside $(BUILD).
+DEB_DIR := $(BUILD)/deb
+DEB_FILES := Makefile mk src contrib docs debian README.md SECURITY.md
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/popbox
+	cp -a $(DEB_FILES) $(DEB_DIR)/popbox/
+	cd $(DEB_DIR)/popbox && DEB_BUILD_OPTIONS="nocheck parallel=$$(nproc)" \
+	    dpkg-buildpackage -us -uc -b
+	ls -l $(DEB_DIR)/*.deb
+
+# Build the package, run lintian on it, and install, reinstall, remove and
+# purge it on this machine (root only: it installs into the system), with
+# the installed popboxd serving a POP3 session (tests/package).
+check-package: deb
+	POPBOX_DEB_DIR=$(abspath $(DEB_DIR)) $(PYTHON) -m pytest -q -rs tests/package
+
 clean:
 	rm -rf build build-san build-fuzz
 
 include mk/fuzz.mk
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+# (the package build's tree in $(BUILD)/deb has its own, and a contrib/pam.d)
+-include $(shell find $(BUILD) -path $(BUILD)/deb -prune -o -name '*.d' -type f -print 2>/dev/null)

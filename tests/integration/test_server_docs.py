@@ -96,7 +96,8 @@ def test_demo_script_is_posix_sh():
 
 def test_ci_runs_make_check():
     ci = read(".ci/run")
-    assert ci.rstrip().endswith("make check")
+    lines = [l.strip() for l in ci.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    assert lines[-2:] == ["make check", "make check-package"], lines
     assert "tools/debian-packages.txt" in ci
 
 
@@ -162,6 +163,14 @@ def test_make_install_honours_prefix_and_destdir(popboxd_bin):
                     "share/man/man5/popboxd.conf.5"):
             assert os.path.exists(os.path.join(root, rel)), rel
         assert os.access(os.path.join(root, "sbin/popboxd"), os.X_OK)
+        # systemd units, with the paths of this PREFIX
+        with open(os.path.join(root, "lib/systemd/system/popboxd.service")) as f:
+            assert "ExecStart=/opt/pb/sbin/popboxd -f -c /etc/popbox/popboxd.conf\n" in f.read()
+        with open(os.path.join(root, "lib/systemd/user/popbox-fetch@.service")) as f:
+            assert "ExecStart=/opt/pb/bin/popbox fetch %i\n" in f.read()
+        for unit in ("popboxd.socket", "popboxd-pop3s.socket"):
+            assert os.path.exists(os.path.join(root, "lib/systemd/system", unit)), unit
+        assert os.path.exists(os.path.join(root, "lib/systemd/user/popbox-fetch@.timer"))
         # the PAM service of users = pam (test_server_pam.py uses the same file)
         with open(os.path.join(dest, "etc/pam.d/popbox")) as f, \
                 open(os.path.join(REPO, "contrib/pam.d/popbox")) as g:
