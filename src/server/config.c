@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* A config file is written by hand; anything bigger than POPBOXD_CONFIG_MAX
@@ -65,6 +66,14 @@
 /* Mail in (docs/DESIGN.md "Mail in"): LMTP's SIZE and popbox deliver's
  * bound, 64 MiB like the usual MTA defaults' order of magnitude. */
 #define CONFIG_MAX_MESSAGE_SIZE_DEFAULT (64ull << 20)
+#define CONFIG_LMTP_UNIX_PREFIX "unix:"
+/* The LMTP socket: its owner (run_as unless lmtp_socket_owner) and group
+ * may connect; Postfix's lmtp client runs as postfix, which the admin
+ * names in lmtp_socket_owner or puts in the group. */
+#define CONFIG_DEFAULT_LMTP_SOCKET_MODE 0660u
+/* RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next
+ * command; the same bounds each DATA read. */
+#define CONFIG_DEFAULT_LMTP_TIMEOUT 300u
 
 struct config_parser;
 typedef int config_handler(struct config_parser *p, const char *key, const char *value);
@@ -85,8 +94,8 @@ struct config_parser {
 	unsigned line;
 	char *error;
 	/* listen and listen_tls collected apart: the struct lists plain first */
-	struct config_listen *plain, *tls;
-	size_t n_plain, n_tls;
+	struct config_listen *plain, *tls, *lmtp;
+	size_t n_plain, n_tls, n_lmtp;
 	bool listen_none;
 	unsigned first_line[CONFIG_KEYS_MAX]; /* per config_keys index: line first seen, 0 = never */
 };
@@ -225,16 +234,21 @@ config_parse_number(struct config_parser *p, const char *key, const char *value,
 
 /* One "host:port" item. Hosts are kept unresolved (the listener resolves
  * them), but their shape is checked here so typos fail at start-up. */
+enum config_listen_kind { CONFIG_LISTEN_PLAIN, CONFIG_LISTEN_TLS, CONFIG_LISTEN_LMTP };
+
 static int
 config_parse_listen_item(struct config_parser *p, const char *key, const char *item,
-    bool tls)
+    enum config_listen_kind kind)
 {
 	const char *expected = "host:port, [IPv6]:port or *:port";
 	const char *colon;
 	char *host;
 	uint32_t port;
-	struct config_listen **list = tls ? &p->tls : &p->plain;
-	size_t *n = tls ? &p->n_tls : &p->n_plain;
+	bool tls = kind == CONFIG_LISTEN_TLS;
+	struct config_listen **list = kind == CONFIG_LISTEN_TLS ? &p->tls :
+	    kind == CONFIG_LISTEN_LMTP ? &p->lmtp : &p->plain;
+	size_t *n = kind == CONFIG_LISTEN_TLS ? &p->n_tls :
+	    kind == CONFIG_LISTEN_LMTP ? &p->n_lmtp : &p->n_plain;
 
 	if (item[0] == '[') {
 		const char *end = strchr(item, ']');
@@ -270,15 +284,15 @@ config_parse_listen_item(struct config_parser *p, const char *key, const char *i
 		free(host);
 		return config_bad_value(p, key, item, "a port from 1 to 65535");
 	}
-	if (p->n_plain + p->n_tls >= CONFIG_LISTEN_MAX) {
+	if (p->n_plain + p->n_tls + p->n_lmtp >= CONFIG_LISTEN_MAX) {
 		free(host);
 		return config_error(p, "too many listen addresses (at most %d)", CONFIG_LISTEN_MAX);
 	}
 	/* Two sockets on one address would fail at bind time with a less
 	 * helpful message; catch it here with the line number. */
-	for (int pass = 0; pass < 2; pass++) {
-		const struct config_listen *l = pass ? p->tls : p->plain;
-		size_t cnt = pass ? p->n_tls : p->n_plain;
+	for (int pass = 0; pass < 3; pass++) {
+		const struct config_listen *l = pass == 2 ? p->lmtp : pass ? p->tls : p->plain;
+		size_t cnt = pass == 2 ? p->n_lmtp : pass ? p->n_tls : p->n_plain;
 		for (size_t i = 0; i < cnt; i++) {
 			if (strcmp(l[i].host, host) == 0 && (uint32_t)atoi(l[i].port) == port) {
 				char v[CONFIG_ERROR_VALUE_MAX + 1];
@@ -296,8 +310,40 @@ config_parse_listen_item(struct config_parser *p, const char *key, const char *i
 	return 0;
 }
 
+/* listen_lmtp's "unix:PATH": a socket in the file system, for an MTA on
+ * this host (Postfix's lmtp:unix:). */
 static int
-config_parse_listen_list(struct config_parser *p, const char *key, const char *value, bool tls)
+config_parse_lmtp_unix(struct config_parser *p, const char *key, const char *item)
+{
+	const char *path = item + strlen(CONFIG_LMTP_UNIX_PREFIX);
+	struct config *c = p->config;
+	struct sockaddr_un sun;
+
+	if (*path == '\0' || path[strlen(path) - 1] == '/')
+		return config_bad_value(p, key, item, "unix:/path/of/the/socket");
+	char *full = config_resolve_path(p, path);
+	if (strlen(full) >= sizeof(sun.sun_path)) {
+		free(full);
+		return config_bad_value(p, key, item, "a socket path of at most 107 octets");
+	}
+	for (size_t i = 0; i < c->n_lmtp_unix; i++) {
+		if (strcmp(c->lmtp_unix[i], full) == 0) {
+			free(full);
+			return config_bad_value(p, key, item, "each socket path once");
+		}
+	}
+	if (p->n_plain + p->n_tls + p->n_lmtp + c->n_lmtp_unix >= CONFIG_LISTEN_MAX) {
+		free(full);
+		return config_error(p, "too many listen addresses (at most %d)", CONFIG_LISTEN_MAX);
+	}
+	c->lmtp_unix = xrealloc(c->lmtp_unix, (c->n_lmtp_unix + 1) * sizeof(char *));
+	c->lmtp_unix[c->n_lmtp_unix++] = full;
+	return 0;
+}
+
+static int
+config_parse_listen_list(struct config_parser *p, const char *key, const char *value,
+    enum config_listen_kind kind)
 {
 	const char *s = value;
 
@@ -313,7 +359,9 @@ config_parse_listen_list(struct config_parser *p, const char *key, const char *v
 		if (len == 0)
 			return config_bad_value(p, key, value, "a comma-separated list without empty items");
 		char *item = xstrndup(s, len);
-		int r = config_parse_listen_item(p, key, item, tls);
+		int r = kind == CONFIG_LISTEN_LMTP &&
+		    strncmp(item, CONFIG_LMTP_UNIX_PREFIX, strlen(CONFIG_LMTP_UNIX_PREFIX)) == 0 ?
+		    config_parse_lmtp_unix(p, key, item) : config_parse_listen_item(p, key, item, kind);
 		free(item);
 		if (r < 0)
 			return -1;
@@ -338,13 +386,79 @@ config_key_listen(struct config_parser *p, const char *key, const char *value)
 	}
 	if (p->listen_none)
 		return config_error(p, "'listen = none' cannot be combined with other listen addresses");
-	return config_parse_listen_list(p, key, value, false);
+	return config_parse_listen_list(p, key, value, CONFIG_LISTEN_PLAIN);
 }
 
 static int
 config_key_listen_tls(struct config_parser *p, const char *key, const char *value)
 {
-	return config_parse_listen_list(p, key, value, true);
+	return config_parse_listen_list(p, key, value, CONFIG_LISTEN_TLS);
+}
+
+static int
+config_key_listen_lmtp(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_listen_list(p, key, value, CONFIG_LISTEN_LMTP);
+}
+
+/* Who may connect to an LMTP TCP listener besides loopback. */
+static int
+config_key_lmtp_trusted(struct config_parser *p, const char *key, const char *value)
+{
+	char *copy = xstrdup(value);
+	for (char *save = NULL, *t = strtok_r(copy, " ,\t", &save); t != NULL;
+	    t = strtok_r(NULL, " ,\t", &save)) {
+		struct proxy_cidr cidr;
+		if (!proxy_cidr_parse(t, &cidr)) {
+			int r = config_bad_value(p, key, t, "networks like 192.0.2.0/24 or 2001:db8::/32");
+			free(copy);
+			return r;
+		}
+		struct config *c = p->config;
+		c->lmtp_trusted = xrealloc(c->lmtp_trusted, (c->n_lmtp_trusted + 1) * sizeof(cidr));
+		c->lmtp_trusted[c->n_lmtp_trusted++] = cidr;
+	}
+	free(copy);
+	return 0;
+}
+
+/* An octal file mode of the LMTP socket: 0600, 0660, 0666. */
+static int
+config_key_lmtp_socket_mode(struct config_parser *p, const char *key, const char *value)
+{
+	unsigned mode = 0;
+	size_t len = strlen(value);
+
+	if (len < 3 || len > 4)
+		goto bad;
+	for (size_t i = 0; i < len; i++) {
+		if (value[i] < '0' || value[i] > '7')
+			goto bad;
+		mode = mode * 8 + (unsigned)(value[i] - '0');
+	}
+	if (mode > 0777)
+		goto bad;
+	p->config->lmtp_socket_mode = mode;
+	return 0;
+bad:
+	return config_bad_value(p, key, value, "an octal mode like 0660");
+}
+
+/* "user" or "user:group" (names; checked against the system when the
+ * master makes the socket). */
+static int
+config_key_lmtp_socket_owner(struct config_parser *p, const char *key, const char *value)
+{
+	const char *colon = strchr(value, ':');
+	if (colon == value || (colon != NULL && (colon[1] == '\0' || strchr(colon + 1, ':'))))
+		return config_bad_value(p, key, value, "user or user:group");
+	return config_set_string(&p->config->lmtp_socket_owner, xstrdup(value));
+}
+
+static int
+config_key_lmtp_timeout(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_duration(p, key, value, &p->config->lmtp_timeout);
 }
 
 static int
@@ -729,6 +843,7 @@ config_key_deny_users(struct config_parser *p, const char *key, const char *valu
 }
 
 enum {
+	CONFIG_KEY_LISTEN_LMTP = 35,
 	CONFIG_KEY_LISTEN_TLS = 1,
 	CONFIG_KEY_TLS_CERT = 2,
 	CONFIG_KEY_TLS_KEY = 3,
@@ -773,6 +888,11 @@ static const struct config_key config_keys[] = {
 	{ "max_message_size", config_key_max_message_size, false },
 	{ "max_maildrop_size_bounce", config_key_max_maildrop_size_bounce, false },
 	{ "recipient_delimiter", config_key_recipient_delimiter, false },
+	{ "listen_lmtp", config_key_listen_lmtp, true },
+	{ "lmtp_trusted", config_key_lmtp_trusted, true },
+	{ "lmtp_socket_mode", config_key_lmtp_socket_mode, false },
+	{ "lmtp_socket_owner", config_key_lmtp_socket_owner, false },
+	{ "lmtp_timeout", config_key_lmtp_timeout, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -870,6 +990,8 @@ config_new(const char *name)
 	c->deny_users = xstrdup("");
 	c->mbox_format = MBOX_FORMAT_MBOXRD;
 	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
+	c->lmtp_socket_mode = CONFIG_DEFAULT_LMTP_SOCKET_MODE;
+	c->lmtp_timeout = CONFIG_DEFAULT_LMTP_TIMEOUT;
 	return c;
 }
 
@@ -881,6 +1003,22 @@ config_listens_free(struct config_listen *l, size_t n)
 		free(l[i].port);
 	}
 	free(l);
+}
+
+/* A host name of listen_lmtp that only this machine can reach. */
+static bool
+config_host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1)
+		return IN6_IS_ADDR_LOOPBACK(&a6);
+	return false;
 }
 
 /* users = pam: PAM checks a password and has no secrets to give, so
@@ -935,8 +1073,17 @@ config_finish(struct config_parser *p)
 		p->plain[0].tls = false;
 		p->n_plain = 1;
 	}
-	if (p->n_plain + p->n_tls == 0)
+	if (p->n_plain + p->n_tls + p->n_lmtp + c->n_lmtp_unix == 0)
 		return config_error(p, "no listen addresses ('listen = none' and no listen_tls)");
+	/* Anyone who can reach an LMTP port can put mail into every maildrop:
+	 * beyond this host only the networks the admin names. */
+	for (size_t i = 0; i < p->n_lmtp; i++) {
+		if (!config_host_is_loopback(p->lmtp[i].host) && c->n_lmtp_trusted == 0) {
+			p->line = p->first_line[CONFIG_KEY_LISTEN_LMTP];
+			return config_error(p, "listen_lmtp %s:%s is not a loopback address: "
+			    "lmtp_trusted must name who may deliver", p->lmtp[i].host, p->lmtp[i].port);
+		}
+	}
 	if (c->passdb_pam && config_finish_pam(p) < 0)
 		return -1;
 	if (c->proxy_protocol && c->n_proxy_trusted == 0)
@@ -952,6 +1099,10 @@ config_finish(struct config_parser *p)
 	free(p->tls);
 	p->plain = p->tls = NULL;
 	p->n_plain = p->n_tls = 0;
+	c->lmtp_listens = p->lmtp;
+	c->n_lmtp_listens = p->n_lmtp;
+	p->lmtp = NULL;
+	p->n_lmtp = 0;
 	return 0;
 }
 
@@ -1006,6 +1157,7 @@ config_parse_text(const char *name, const char *base_dir, const char *text, size
 		ret = config_finish(&p);
 	config_listens_free(p.plain, p.n_plain);
 	config_listens_free(p.tls, p.n_tls);
+	config_listens_free(p.lmtp, p.n_lmtp);
 	if (ret < 0) {
 		config_free(p.config);
 		*config_r = NULL;
@@ -1094,5 +1246,11 @@ config_free(struct config *config)
 	free(config->pam_service);
 	free(config->deny_users);
 	free(config->recipient_delimiter);
+	config_listens_free(config->lmtp_listens, config->n_lmtp_listens);
+	for (size_t i = 0; i < config->n_lmtp_unix; i++)
+		free(config->lmtp_unix[i]);
+	free(config->lmtp_unix);
+	free(config->lmtp_trusted);
+	free(config->lmtp_socket_owner);
 	free(config);
 }

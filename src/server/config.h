@@ -118,6 +118,21 @@ struct config {
 	unsigned long long max_message_size;
 	bool max_maildrop_size_bounce;
 	char *recipient_delimiter;
+	/* LMTP (docs/DESIGN.md "Mail in"): listen_lmtp's TCP addresses
+	 * (tls always false) and unix socket paths (absolute); TCP beyond
+	 * loopback needs lmtp_trusted, whose networks (and loopback) may
+	 * connect. The unix sockets get lmtp_socket_mode (default 0660) and
+	 * lmtp_socket_owner ("user[:group]", NULL = run_as). lmtp_timeout:
+	 * seconds a session waits for a command or for more DATA (300). */
+	struct config_listen *lmtp_listens;
+	size_t n_lmtp_listens;
+	char **lmtp_unix;
+	size_t n_lmtp_unix;
+	struct proxy_cidr *lmtp_trusted;
+	size_t n_lmtp_trusted;
+	unsigned lmtp_socket_mode;
+	char *lmtp_socket_owner;
+	unsigned lmtp_timeout;
 };
 
 #define CONFIG_USERS_PAM "pam"

@@ -50,6 +50,7 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	[IPC_USERS_FD] = { 1, { TEXT(IPC_MAX_ERROR) } },
 	[IPC_PING] = { 0, { { 0, 0 } } },
 	[IPC_PONG] = { 0, { { 0, 0 } } },
+	[IPC_RCPT_LOOKUP] = { 2, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER) } },
 };
 
 /* One field in generic form. */
@@ -286,6 +287,24 @@ ipc_sasl_abort_decode(const void *buf, size_t len, struct ipc_sasl_abort *m)
 	if (!ipc_decode(buf, len, IPC_SASL_ABORT, &m->request_id, v))
 		return false;
 	m->session_id = v[0].number;
+	return true;
+}
+
+size_t
+ipc_rcpt_lookup_encode(void *buf, size_t size, const struct ipc_rcpt_lookup *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .text = m->address } };
+	return ipc_encode(buf, size, IPC_RCPT_LOOKUP, m->request_id, v);
+}
+
+bool
+ipc_rcpt_lookup_decode(const void *buf, size_t len, struct ipc_rcpt_lookup *m)
+{
+	union field v[2];
+	if (!ipc_decode(buf, len, IPC_RCPT_LOOKUP, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->address = v[1].text;
 	return true;
 }
 

@@ -84,6 +84,10 @@ enum ipc_type {
 	 * id 0 once at start, when the auth process begins to serve) */
 	IPC_PING,
 	IPC_PONG,
+	/* worker -> auth: which user does this delivery address name (LMTP
+	 * RCPT)? Answered with IPC_AUTH_RESULT: OK (user, location), FAIL (no
+	 * such user) or TEMP. */
+	IPC_RCPT_LOOKUP,
 	IPC_TYPE_MAX,
 };
 
@@ -187,6 +191,14 @@ struct ipc_ping {
 	uint64_t request_id;       /* PONG: the PING's, or 0 (ready) */
 };
 
+/* IPC_RCPT_LOOKUP. Fields: number session_id; text address. The answer
+ * is not held by the failed-login penalty: no secret is tried. */
+struct ipc_rcpt_lookup {
+	uint64_t request_id;
+	uint64_t session_id;       /* the LMTP session's */
+	const char *address;       /* RCPT's address, at most IPC_MAX_USER */
+};
+
 /* Encode m into buf[0..size): returns the message's length, or 0 when a
  * field breaks its type's rules (see above) or the message does not fit. */
 size_t ipc_auth_pass_encode(void *buf, size_t size, const struct ipc_auth_pass *m);
@@ -200,6 +212,7 @@ size_t ipc_users_open_encode(void *buf, size_t size, const struct ipc_users_open
 size_t ipc_users_fd_encode(void *buf, size_t size, const struct ipc_users_fd *m);
 size_t ipc_ping_encode(void *buf, size_t size, const struct ipc_ping *m);
 size_t ipc_pong_encode(void *buf, size_t size, const struct ipc_ping *m);
+size_t ipc_rcpt_lookup_encode(void *buf, size_t size, const struct ipc_rcpt_lookup *m);
 
 /* Decode buf[0..len) (one received message) into *m: true when it is a
  * well-formed message of this type, else false and *m undefined. */
@@ -214,6 +227,7 @@ bool ipc_users_open_decode(const void *buf, size_t len, struct ipc_users_open *m
 bool ipc_users_fd_decode(const void *buf, size_t len, struct ipc_users_fd *m);
 bool ipc_ping_decode(const void *buf, size_t len, struct ipc_ping *m);
 bool ipc_pong_decode(const void *buf, size_t len, struct ipc_ping *m);
+bool ipc_rcpt_lookup_decode(const void *buf, size_t len, struct ipc_rcpt_lookup *m);
 
 /* The type in the header of buf[0..len), or 0 when there is no header. Only
  * picks the decoder: nothing else of the message is checked. */

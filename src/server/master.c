@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -207,6 +208,89 @@ listener_bind(const struct config_listen *cl, struct listener *out, char **error
 	out->tls = cl->tls;
 	out->name = service_listen_name(cl);
 	return 0;
+}
+
+/* listen_lmtp = unix:PATH. A socket file left by a popboxd that is gone
+ * is replaced; one that answers belongs to a running server and is left
+ * alone; anything else at PATH is an error. Mode and owner are set before
+ * listen(), so no MTA can connect before they are right. */
+static int
+lmtp_unix_bind(const struct config *config, const char *path, struct listener *out,
+    char **error_r)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd;
+
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		*error_r = xasprintf("listen_lmtp unix:%s: path too long", path);
+		return -1;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			*error_r = xasprintf("listen_lmtp unix:%s: exists and is not a socket", path);
+			return -1;
+		}
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+			close(probe);
+			*error_r = xasprintf("listen_lmtp unix:%s: another server listens there", path);
+			return -1;
+		}
+		if (probe >= 0)
+			close(probe);
+		unlink(path);
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*error_r = xasprintf("listen_lmtp unix:%s: socket: %s", path, strerror(errno));
+		return -1;
+	}
+	mode_t old = umask(0177);
+	int r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old);
+	if (r < 0) {
+		*error_r = xasprintf("listen_lmtp unix:%s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if (getuid() == 0 || geteuid() == 0) {
+		const char *owner = config->lmtp_socket_owner != NULL ? config->lmtp_socket_owner :
+		    config->run_as;
+		char *user = xstrdup(owner), *group = strchr(user, ':');
+		struct passwd *pw;
+		struct group *gr = NULL;
+		if (group != NULL)
+			*group++ = '\0';
+		if ((pw = getpwnam(user)) == NULL || (group != NULL && (gr = getgrnam(group)) == NULL)) {
+			*error_r = xasprintf("lmtp_socket_owner %s: no such %s", owner,
+			    pw == NULL ? "user" : "group");
+			free(user);
+			goto fail;
+		}
+		free(user);
+		if (chown(path, pw->pw_uid, gr != NULL ? gr->gr_gid : pw->pw_gid) < 0) {
+			*error_r = xasprintf("listen_lmtp unix:%s: chown: %s", path, strerror(errno));
+			goto fail;
+		}
+	}
+	if (chmod(path, config->lmtp_socket_mode) < 0 || lstat(path, &st) < 0 ||
+	    listen(fd, MASTER_LISTEN_BACKLOG) < 0) {
+		*error_r = xasprintf("listen_lmtp unix:%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	out->fd = fd;
+	out->lmtp = true;
+	out->unix_socket = true;
+	out->dev = st.st_dev;
+	out->ino = st.st_ino;
+	out->name = xasprintf("unix:%s", path);
+	return 0;
+fail:
+	close(fd);
+	unlink(path);
+	return -1;
 }
 
 /* Called in every child right after fork (child_start), before any child
@@ -508,6 +592,15 @@ master_reload(void)
 		    next->listens[i].tls == master.config->listens[i].tls;
 	if (!same_listen)
 		log_warnx("reload: listen addresses changed; restart popboxd to apply them");
+	bool same_lmtp = next->n_lmtp_listens == master.config->n_lmtp_listens &&
+	    next->n_lmtp_unix == master.config->n_lmtp_unix;
+	for (size_t i = 0; same_lmtp && i < next->n_lmtp_listens; i++)
+		same_lmtp = strcmp(next->lmtp_listens[i].host, master.config->lmtp_listens[i].host) == 0 &&
+		    strcmp(next->lmtp_listens[i].port, master.config->lmtp_listens[i].port) == 0;
+	for (size_t i = 0; same_lmtp && i < next->n_lmtp_unix; i++)
+		same_lmtp = strcmp(next->lmtp_unix[i], master.config->lmtp_unix[i]) == 0;
+	if (!same_lmtp)
+		log_warnx("reload: listen_lmtp changed; restart popboxd to apply it");
 	if (strcmp(next->run_as, master.config->run_as) != 0 ||
 	    strcmp(next->auth_user, master.config->auth_user) != 0 ||
 	    workers_wanted(next) != master.env.n_workers ||
@@ -823,7 +916,9 @@ master_prepare(const struct config *config)
 	}
 	salt_key_prepare(config);
 	/* Sockets passed by systemd replace binding; they must match the
-	 * config's listeners one to one (service.h). */
+	 * config's listeners one to one (service.h). The LMTP listeners are
+	 * bound here either way (no socket unit for them yet). */
+	size_t n_lmtp = config->n_lmtp_listens + config->n_lmtp_unix;
 	int activated = service_listeners(config, &master.env.listeners, &error);
 	if (activated < 0) {
 		log_warnx("%s", error);
@@ -833,11 +928,31 @@ master_prepare(const struct config *config)
 	if (activated > 0) {
 		master.socket_activated = true;
 		master.env.n_listeners = config->n_listens;
+		master.env.listeners = xrealloc(master.env.listeners,
+		    (config->n_listens + n_lmtp) * sizeof(struct listener));
+		memset(master.env.listeners + config->n_listens, 0, n_lmtp * sizeof(struct listener));
 	}
 	if (!activated)
-		master.env.listeners = xcalloc(config->n_listens, sizeof(struct listener));
+		master.env.listeners = xcalloc(config->n_listens + n_lmtp, sizeof(struct listener));
 	for (size_t i = 0; !activated && i < config->n_listens; i++) {
 		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
+			log_warnx("%s", error);
+			return -1;
+		}
+		master.env.n_listeners++;
+	}
+	for (size_t i = 0; i < config->n_lmtp_listens; i++) {
+		struct listener *l = &master.env.listeners[master.env.n_listeners];
+		if (listener_bind(&config->lmtp_listens[i], l, &error) < 0) {
+			log_warnx("LMTP %s", error);
+			return -1;
+		}
+		l->lmtp = true;
+		master.env.n_listeners++;
+	}
+	for (size_t i = 0; i < config->n_lmtp_unix; i++) {
+		struct listener *l = &master.env.listeners[master.env.n_listeners];
+		if (lmtp_unix_bind(config, config->lmtp_unix[i], l, &error) < 0) {
 			log_warnx("%s", error);
 			return -1;
 		}
@@ -910,8 +1025,14 @@ master_free(void)
 	event_base_free(master.base);
 	free(master.pid_path);
 	for (size_t i = 0; i < master.env.n_listeners; i++) {
-		close(master.env.listeners[i].fd);
-		free(master.env.listeners[i].name);
+		struct listener *l = &master.env.listeners[i];
+		struct stat st;
+		close(l->fd);
+		/* our socket file, unless another server has replaced it */
+		if (l->unix_socket && lstat(l->name + strlen("unix:"), &st) == 0 &&
+		    st.st_dev == l->dev && st.st_ino == l->ino)
+			unlink(l->name + strlen("unix:"));
+		free(l->name);
 	}
 	free(master.env.listeners);
 	config_free(master.config);

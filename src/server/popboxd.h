@@ -15,6 +15,10 @@
 struct listener {
 	int fd;
 	bool tls;
+	bool lmtp;          /* listen_lmtp: LMTP sessions (lmtp_session.h) */
+	bool unix_socket;   /* ... on a unix socket: name is its path */
+	dev_t dev;          /* unix_socket: the socket file, removed at exit */
+	ino_t ino;          /*   only while it is still ours */
 	char *name;         /* "127.0.0.1:110" for logs */
 };
 

@@ -55,6 +55,20 @@ enum delivery_status store_maildir_deliver_stream(const struct delivery_target *
 enum delivery_status store_maildir_deliver_file(const struct delivery_target *t,
     int file_fd, uint64_t wire_size, struct delivery_result *result_r, char **error_r);
 
+/* LMTP's spool file for one transaction: an anonymous file (O_TMPFILE) in
+ * the tmp/ of the maildrop at path (made as a login would make it), so
+ * that store_maildir_deliver_file can hard-link it into this and every
+ * maildrop on the same file system. *fd_r is the descriptor (read-write);
+ * on failure -1, with the status and *error_r (malloc'd). */
+enum delivery_status store_maildir_spool_open(const char *path, int *fd_r, char **error_r);
+
+/* Would size more octets pass t->max_maildrop_size (LMTP's RCPT check,
+ * size 0 when the sender declared none)? DELIVERY_OK when not, or when
+ * there is no limit (then nothing is read); DELIVERY_OVER_QUOTA, or
+ * DELIVERY_TEMP/PERM when the maildrop cannot be read. */
+enum delivery_status store_maildir_deliver_check(const struct delivery_target *t,
+    uint64_t size, char **error_r);
+
 /* The delivery's message file: an anonymous file (O_TMPFILE) in dir_fd,
  * e.g. an LMTP spool directory. Returns the descriptor or -1 with errno. */
 int store_deliver_tmpfile(int dir_fd);

@@ -435,3 +435,38 @@ out:
 	deliver_target_close(&mt);
 	return status;
 }
+
+enum delivery_status
+store_maildir_spool_open(const char *path, int *fd_r, char **error_r)
+{
+	struct maildir_target mt;
+	enum delivery_status st = deliver_target_open(path, &mt, error_r);
+
+	*fd_r = -1;
+	if (st != DELIVERY_OK)
+		return st;
+	*fd_r = store_deliver_tmpfile(mt.tmp_fd);
+	if (*fd_r < 0) {
+		*error_r = xasprintf("maildir %s: create in tmp/: %s", path, strerror(errno));
+		st = deliver_errno_status(errno);
+	}
+	deliver_target_close(&mt);
+	return st;
+}
+
+enum delivery_status
+store_maildir_deliver_check(const struct delivery_target *t, uint64_t size, char **error_r)
+{
+	struct maildir_target mt;
+	enum delivery_status st;
+
+	if (t->max_maildrop_size == 0)
+		return DELIVERY_OK;
+	st = deliver_target_open(t->path, &mt, error_r);
+	if (st != DELIVERY_OK)
+		return st;
+	/* at least one octet: a full maildrop refuses even a declared 0 */
+	st = deliver_check_quota(&mt, t->max_maildrop_size, size > 0 ? size : 1, error_r);
+	deliver_target_close(&mt);
+	return st;
+}

@@ -76,3 +76,9 @@ store_pool_submit(struct store_pool *p, struct store_job *job)
 	job->pool_job.done = store_job_done;
 	thread_pool_queue(p->threads, &job->pool_job);
 }
+
+void
+store_pool_run(struct store_pool *p, struct thread_pool_job *job)
+{
+	thread_pool_queue(p->threads, job);
+}

@@ -39,5 +39,9 @@ struct store_job {
 struct store_pool *store_pool_new(struct event_base *base);
 /* Queue job (kind and its inputs, done and arg set); the pool owns it. */
 void store_pool_submit(struct store_pool *pool, struct store_job *job);
+/* Queue a job of another module's own kind (LMTP's spool writes and
+ * deliveries: lmtp_session.c) on the same store thread, so that maildrop
+ * work of every protocol is done in one place and in order. */
+void store_pool_run(struct store_pool *pool, struct thread_pool_job *job);
 
 #endif

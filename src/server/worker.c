@@ -20,6 +20,7 @@
 #include "server/commands.h"
 #include "server/ipc.h"
 #include "server/iplimit.h"
+#include "server/lmtp_session.h"
 #include "server/login.h"
 #include "server/popboxd.h"
 #include "server/proxy.h"
@@ -38,6 +39,7 @@ static struct event *accept_resume_ev;
 struct listener_arg {
 	struct worker *w;
 	bool tls;
+	bool lmtp;
 };
 
 /* How long a load balancer may take to send its PROXY header. */
@@ -118,6 +120,34 @@ proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
 	proxy_wait_end(pw, NULL, false);
 }
 
+static bool
+worker_addr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+/* An LMTP connection: from the unix socket (its mode decides), loopback,
+ * or lmtp_trusted; anyone else could put mail into every maildrop. */
+static void
+accept_lmtp(struct worker *w, int fd, struct sockaddr *sa, int salen)
+{
+	if (sa->sa_family != AF_UNIX && !worker_addr_is_loopback(sa) &&
+	    !proxy_cidr_match(w->config->lmtp_trusted, w->config->n_lmtp_trusted, sa)) {
+		char host[64] = "?";
+		getnameinfo(sa, (socklen_t)salen, host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+		log_warnx("LMTP connection from %s refused: not in lmtp_trusted", host);
+		close(fd);
+		return;
+	}
+	lmtp_session_create(w, fd, sa, salen);
+}
+
 static void
 accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
@@ -125,6 +155,10 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	struct worker *w = la->w;
 	if (w->stopping) {
 		close(fd);
+		return;
+	}
+	if (la->lmtp) {
+		accept_lmtp(w, fd, sa, salen);
 		return;
 	}
 	if (!w->config->proxy_protocol) {
@@ -182,7 +216,8 @@ auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 			log_warnx("malformed message from the auth process, ignored");
 			continue;
 		}
-		login_auth_result(&worker, &msg);
+		if (!lmtp_auth_result(&worker, &msg))
+			login_auth_result(&worker, &msg);
 	}
 }
 
@@ -195,6 +230,7 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 	if (n == 0) {
 		log_warnx("master went away, closing sessions and exiting");
 		session_close_all(&worker, "shutdown");
+		lmtp_close_all(&worker);
 		event_base_loopexit(worker.base, NULL);
 		worker.stopping = true;
 		return;
@@ -235,6 +271,7 @@ sigterm_cb(evutil_socket_t sig, short what, void *arg)
 	for (size_t i = 0; i < worker.n_listeners; i++)
 		evconnlistener_disable(worker.listeners[i]);
 	session_close_all(&worker, "shutdown");
+	lmtp_close_all(&worker);
 	event_base_loopexit(worker.base, NULL);
 }
 
@@ -286,6 +323,7 @@ worker_main(struct child_env *env)
 		struct listener_arg *la = xcalloc(1, sizeof(*la));
 		la->w = &worker;
 		la->tls = env->listeners[i].tls;
+		la->lmtp = env->listeners[i].lmtp;
 		worker.listeners[i] = evconnlistener_new(worker.base, accept_cb, la,
 		    LEV_OPT_CLOSE_ON_EXEC, -1, env->listeners[i].fd);
 		if (worker.listeners[i] == NULL)

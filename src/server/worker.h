@@ -11,6 +11,7 @@
 #include "server/config.h"
 
 struct session;
+struct lmtp_session;
 
 struct worker {
 	struct event_base *base;
@@ -29,6 +30,9 @@ struct worker {
 	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
 	struct store_pool *store_pool; /* the maildrop thread (store_pool.h) */
 	unsigned sessions;
+	struct lmtp_session *lmtp_all;          /* every LMTP session (lmtp_session.c) */
+	struct lmtp_session *lmtp_auth_pending; /* waiting for a recipient lookup */
+	unsigned lmtp_sessions;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
 	bool stopping;

@@ -151,6 +151,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(type == IPC_PONG, "PONG decoder took type %u", type);
 		ROUND_TRIP(pong, po, po2);
 	}
+	struct ipc_rcpt_lookup rl, rl2;
+	if (ipc_rcpt_lookup_decode(copy, size, &rl)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_RCPT_LOOKUP, "RCPT_LOOKUP decoder took type %u", type);
+		ROUND_TRIP(rcpt_lookup, rl, rl2);
+		FUZZ_CHECK(rl.session_id == rl2.session_id, "session id");
+		check_same_text(rl.address, rl2.address, "address");
+	}
 	FUZZ_CHECK(accepted <= 1, "%u decoders accepted one input", accepted);
 	free(copy);
 	return 0;

@@ -9,7 +9,7 @@ import struct
 
 # enum ipc_type
 AUTH_PASS, AUTH_APOP, AUTH_RESULT, RELOAD, SASL_START, SASL_STEP, SASL_ABORT, \
-    USERS_OPEN, USERS_FD, PING, PONG = range(1, 12)
+    USERS_OPEN, USERS_FD, PING, PONG, RCPT_LOOKUP = range(1, 13)
 # enum auth_result
 OK, FAIL, TEMP, CONTINUE = range(4)
 
@@ -43,6 +43,7 @@ SEEDS = {
     "ping": msg(PING, 42),
     "pong": msg(PONG, 42),
     "pong_ready": msg(PONG, 0),
+    "rcpt_lookup": msg(RCPT_LOOKUP, 10, 11, "alice+list@example.org"),
     "bad_ping_field": msg(PING, 42, 1),
     # refused: result past the enum, flag 2, one field short, trailing octet
     "bad_result_enum": msg(AUTH_RESULT, 4, 4, "", "", "", 0),

@@ -77,6 +77,56 @@ test_mail_in_keys(void **state)
 	expect_error_prefix(REQUIRED "max_message_size = big\n", "test.conf:3: bad value 'big'");
 }
 
+/* listen_lmtp: unix sockets (relative to the config's directory) and TCP
+ * addresses; beyond loopback only with lmtp_trusted. */
+static void
+test_lmtp_keys(void **state)
+{
+	(void)state;
+	struct config *c = parse_ok(REQUIRED);
+	assert_int_equal(c->n_lmtp_listens + c->n_lmtp_unix, 0);
+	assert_int_equal(c->lmtp_socket_mode, 0660);
+	assert_null(c->lmtp_socket_owner);
+	assert_int_equal(c->lmtp_timeout, 300);
+	config_free(c);
+	c = parse_ok(REQUIRED "listen_lmtp = unix:lmtp, 127.0.0.1:24\nlisten_lmtp = [::1]:24\n"
+	    "listen_lmtp = unix:/run/popbox/lmtp\nlmtp_socket_mode = 0600\n"
+	    "lmtp_socket_owner = postfix:mail\nlmtp_timeout = 10m\n");
+	assert_int_equal(c->n_lmtp_unix, 2);
+	assert_string_equal(c->lmtp_unix[0], "/etc/popbox/lmtp");
+	assert_string_equal(c->lmtp_unix[1], "/run/popbox/lmtp");
+	assert_int_equal(c->n_lmtp_listens, 2);
+	assert_string_equal(c->lmtp_listens[0].host, "127.0.0.1");
+	assert_string_equal(c->lmtp_listens[0].port, "24");
+	assert_string_equal(c->lmtp_listens[1].host, "::1");
+	assert_false(c->lmtp_listens[0].tls);
+	assert_int_equal(c->n_listens, 1);   /* POP3's default stays */
+	assert_int_equal(c->lmtp_socket_mode, 0600);
+	assert_string_equal(c->lmtp_socket_owner, "postfix:mail");
+	assert_int_equal(c->lmtp_timeout, 600);
+	config_free(c);
+	/* an LMTP-only server */
+	c = parse_ok(REQUIRED "listen = none\nlisten_lmtp = unix:/run/l\n");
+	assert_int_equal(c->n_listens, 0);
+	config_free(c);
+	c = parse_ok(REQUIRED "listen_lmtp = 192.0.2.1:24\nlmtp_trusted = 192.0.2.0/24\n");
+	assert_int_equal(c->n_lmtp_trusted, 1);
+	config_free(c);
+	expect_error(REQUIRED "listen_lmtp = 192.0.2.1:24\n", "test.conf:3: listen_lmtp "
+	    "192.0.2.1:24 is not a loopback address: lmtp_trusted must name who may deliver");
+	expect_error_prefix(REQUIRED "listen_lmtp = *:24\n", "test.conf:3: listen_lmtp *:24 is not");
+	expect_error_prefix(REQUIRED "listen = 127.0.0.1:24\nlisten_lmtp = 127.0.0.1:24\n",
+	    "test.conf:4: listen address '127.0.0.1:24' given twice");
+	expect_error_prefix(REQUIRED "listen_lmtp = unix:\n", "test.conf:3: bad value 'unix:'");
+	expect_error_prefix(REQUIRED "listen_lmtp = unix:/a, unix:/a\n", "test.conf:3: bad value");
+	expect_error_prefix(REQUIRED "lmtp_socket_mode = 0668\n", "test.conf:3: bad value '0668'");
+	c = parse_ok(REQUIRED "lmtp_socket_mode = 666\n");
+	assert_int_equal(c->lmtp_socket_mode, 0666);
+	config_free(c);
+	expect_error_prefix(REQUIRED "lmtp_socket_owner = a:b:c\n", "test.conf:3: bad value");
+	expect_error_prefix(REQUIRED "lmtp_trusted = nonsense\n", "test.conf:3: bad value");
+}
+
 static void
 test_defaults(void **state)
 {
@@ -707,6 +757,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_mail_in_keys),
+		cmocka_unit_test(test_lmtp_keys),
 		cmocka_unit_test(test_every_key),
 		cmocka_unit_test(test_plaintext_auth_values),
 		cmocka_unit_test(test_listen_lists),

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "server/ipc.h"
 
 static unsigned char buf[IPC_MAX_MSG + 64];
@@ -295,6 +296,32 @@ test_ping(void **state)
 	CHECK_FRAMING(ipc_pong_decode, struct ipc_ping, len);
 }
 
+/* LMTP's recipient question: fields kept, the address bounded like a
+ * user name, the type told apart from its neighbours. */
+static void
+test_rcpt_lookup(void **state)
+{
+	const struct ipc_rcpt_lookup r = { .request_id = 5, .session_id = 6,
+	    .address = "alice+list@Example.org" };
+	size_t len = ipc_rcpt_lookup_encode(buf, sizeof(buf), &r);
+	assert_true(len > IPC_HEADER_SIZE);
+	struct ipc_rcpt_lookup d;
+	assert_true(ipc_rcpt_lookup_decode(buf, len, &d));
+	assert_true(d.request_id == 5 && d.session_id == 6);
+	assert_string_equal(d.address, r.address);
+	struct ipc_sasl_step st;
+	assert_false(ipc_sasl_step_decode(buf, len, &st));
+	CHECK_FRAMING(ipc_rcpt_lookup_decode, struct ipc_rcpt_lookup, len);
+	char *longer = xmalloc(IPC_MAX_USER + 2);
+	memset(longer, 'a', IPC_MAX_USER + 1);
+	longer[IPC_MAX_USER + 1] = '\0';
+	const struct ipc_rcpt_lookup over = { .request_id = 1, .address = longer };
+	assert_int_equal(ipc_rcpt_lookup_encode(buf, sizeof(buf), &over), 0);
+	longer[IPC_MAX_USER] = '\0';
+	assert_true(ipc_rcpt_lookup_encode(buf, sizeof(buf), &over) > 0);
+	free(longer);
+}
+
 /* Header-level refusals: short, unknown or zero type, over the size limit. */
 static void
 test_header(void **state)
@@ -358,6 +385,7 @@ main(void)
 		cmocka_unit_test(test_field_maximum),
 		cmocka_unit_test(test_users),
 		cmocka_unit_test(test_ping),
+		cmocka_unit_test(test_rcpt_lookup),
 		cmocka_unit_test(test_header),
 		cmocka_unit_test(test_send_fd),
 	};
