@@ -16,7 +16,7 @@ BUILD   ?= build
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
 
-PKGS    := libevent libevent_openssl openssl libgsasl pam libsystemd
+PKGS    := libevent libevent_openssl openssl libgsasl pam libsystemd libcurl jansson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -1,8 +1,10 @@
 #include "client/account.h"
+#include "client/oauth2.h"
 #include "common/log.h"
 #include "common/util.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,9 +34,46 @@ account_init(struct account *a)
 	a->pipelining = -1;
 }
 
+/* The oauth2_* keys: plain strings (oauth2.c checks them). */
+static const struct {
+	const char *key;
+	size_t offset;
+} oauth2_keys[] = {
+	{ "oauth2_token_command", offsetof(struct account_oauth2, token_command) },
+	{ "oauth2_provider", offsetof(struct account_oauth2, provider) },
+	{ "oauth2_client_id", offsetof(struct account_oauth2, client_id) },
+	{ "oauth2_client_secret", offsetof(struct account_oauth2, client_secret) },
+	{ "oauth2_client_secret_command", offsetof(struct account_oauth2, client_secret_command) },
+	{ "oauth2_token_endpoint", offsetof(struct account_oauth2, token_endpoint) },
+	{ "oauth2_device_endpoint", offsetof(struct account_oauth2, device_endpoint) },
+	{ "oauth2_auth_endpoint", offsetof(struct account_oauth2, auth_endpoint) },
+	{ "oauth2_scope", offsetof(struct account_oauth2, scope) },
+	{ "oauth2_refresh_token_file", offsetof(struct account_oauth2, refresh_token_file) },
+};
+
+static char **
+oauth2_field(struct account_oauth2 *o, size_t i)
+{
+	return (char **)((char *)o + oauth2_keys[i].offset);
+}
+
+bool
+account_has_oauth2(const struct account *a)
+{
+	return a->oauth2.token_command != NULL || a->oauth2.client_id != NULL ||
+	    a->oauth2.provider != NULL;
+}
+
 void
 account_free(struct account *a)
 {
+	for (size_t i = 0; i < N_ELEMENTS(oauth2_keys); i++) {
+		char **f = oauth2_field(&a->oauth2, i);
+		if (!strcmp(oauth2_keys[i].key, "oauth2_client_secret"))
+			free_secret(*f);
+		else
+			free(*f);
+	}
 	free(a->name);
 	free(a->source);
 	free(a->host);
@@ -157,6 +196,38 @@ set_deliver(struct account *a, const char *value, const char *where,
 	return true;
 }
 
+static bool
+set_oauth2(struct account *a, const char *key, const char *value, const char *where,
+    bool allow_password, struct fetch_error *err)
+{
+	size_t i;
+	for (i = 0; i < N_ELEMENTS(oauth2_keys); i++)
+		if (!strcmp(key, oauth2_keys[i].key))
+			break;
+	if (i == N_ELEMENTS(oauth2_keys))
+		return fetch_error_set(err, EX_CONFIG, "%s: unknown key '%s'", where, key);
+	bool secret = !strcmp(key, "oauth2_client_secret");
+	if (secret && !allow_password)
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s: a client secret is never accepted on the command line (it would "
+		    "show in ps); put it in the accounts file or use "
+		    "--oauth2-client-secret-command", where);
+	if (value[0] == '\0' || has_crlf_nul(value))
+		return fetch_error_set(err, EX_CONFIG, "%s: invalid %s", where, key);
+	if (!strcmp(key, "oauth2_provider") && !oauth2_provider_known(value))
+		return fetch_error_set(err, EX_CONFIG,
+		    "%s: oauth2_provider must be google or microsoft (or leave it out and "
+		    "give oauth2_token_endpoint)", where);
+	char **f = oauth2_field(&a->oauth2, i);
+	if (secret) {
+		free_secret(*f);
+		*f = xstrdup(value);
+	} else {
+		set_str(f, value);
+	}
+	return true;
+}
+
 bool
 account_set(struct account *a, const char *key, const char *value, const char *where,
     bool allow_password, struct fetch_error *err)
@@ -235,6 +306,8 @@ account_set(struct account *a, const char *key, const char *value, const char *w
 		else if (!parse_bool(value, &a->pipelining))
 			return fetch_error_set(err, EX_CONFIG,
 			    "%s: pipelining must be auto, yes or no", where);
+	} else if (!strncmp(key, "oauth2_", 7)) {
+		return set_oauth2(a, key, value, where, allow_password, err);
 	} else {
 		return fetch_error_set(err, EX_CONFIG, "%s: unknown key '%s'", where, key);
 	}
@@ -287,6 +360,11 @@ account_override(struct account *dst, const struct account *src)
 		dst->allow_plaintext = src->allow_plaintext;
 	if (src->pipelining >= 0)
 		dst->pipelining = src->pipelining;
+	for (size_t i = 0; i < N_ELEMENTS(oauth2_keys); i++) {
+		char *const *from = oauth2_field((struct account_oauth2 *)&src->oauth2, i);
+		if (*from != NULL)
+			set_str(oauth2_field(&dst->oauth2, i), *from);
+	}
 }
 
 static char *
@@ -339,6 +417,19 @@ account_finish(struct account *a, struct fetch_error *err)
 		free(a->deliver_target);
 		a->deliver_target = p;
 	}
+	if (a->oauth2.refresh_token_file != NULL) {
+		char *p = expand_tilde(a->oauth2.refresh_token_file);
+		free(a->oauth2.refresh_token_file);
+		a->oauth2.refresh_token_file = p;
+	}
+	if (account_has_oauth2(a) && strcmp(a->auth, "auto") != 0 &&
+	    strcmp(a->auth, "XOAUTH2") != 0 && strcmp(a->auth, "OAUTHBEARER") != 0)
+		return fetch_error_set(err, EX_CONFIG, "account %s: oauth2_* settings give an "
+		    "OAuth2 token, which only auth = xoauth2, oauthbearer or auto can use (auth "
+		    "is %s)", n, a->auth);
+	if (a->oauth2.client_secret != NULL && a->oauth2.client_secret_command != NULL)
+		return fetch_error_set(err, EX_CONFIG, "account %s: set oauth2_client_secret or "
+		    "oauth2_client_secret_command, not both", n);
 	if (a->tls_trust_file != NULL) {
 		char *p = expand_tilde(a->tls_trust_file);
 		free(a->tls_trust_file);
@@ -464,7 +555,7 @@ account_load_file(const char *path, bool must_exist, struct account **out, int *
 			    "%s: '%s' outside an [account NAME] section", where, key);
 			goto out;
 		}
-		if (!strcmp(key, "password"))
+		if (!strcmp(key, "password") || !strcmp(key, "oauth2_client_secret"))
 			has_password = true;
 		if (!account_set(&list[n - 1], key, value, where, true, err))
 			goto out;
@@ -483,6 +574,7 @@ out:
 		for (int i = 0; i < n; i++)
 			account_free(&list[i]);
 		free(list);
+		errno = 0;	/* not ENOENT: the file is there (account.h) */
 		return false;
 	}
 	*out = list;
@@ -491,21 +583,14 @@ out:
 }
 
 bool
-account_get_password(const struct account *a, char **password, struct fetch_error *err)
+account_run_secret_command(const struct account *a, const char *command, const char *what,
+    char **out, struct fetch_error *err)
 {
-	*password = NULL;
-	if (a->password != NULL) {
-		*password = xstrdup(a->password);
-		return true;
-	}
-	if (a->password_command == NULL) {
-		*password = NULL;
-		return true;	/* caller decides if a password was needed */
-	}
-	FILE *p = popen(a->password_command, "re");
+	*out = NULL;
+	FILE *p = popen(command, "re");
 	if (p == NULL)
-		return fetch_error_set(err, EX_CONFIG, "account %s: cannot run password_command: %s",
-		    a->name, strerror(errno));
+		return fetch_error_set(err, EX_CONFIG, "account %s: cannot run %s: %s",
+		    a->name, what, strerror(errno));
 	char *buf = xmalloc(ACCOUNT_MAX_SECRET + 2);
 	size_t len = 0;
 	bool got = fgets(buf, ACCOUNT_MAX_SECRET + 2, p) != NULL;
@@ -521,10 +606,24 @@ account_get_password(const struct account *a, char **password, struct fetch_erro
 		secure_wipe(buf, ACCOUNT_MAX_SECRET + 2);
 		free(buf);
 		return fetch_error_set(err, EX_CONFIG,
-		    "account %s: password_command failed or printed no password (exit %d)",
-		    a->name, st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+		    "account %s: %s failed or printed nothing (exit %d)",
+		    a->name, what, st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1);
 	}
 	buf[len] = '\0';
-	*password = buf;
+	*out = buf;
 	return true;
+}
+
+bool
+account_get_password(const struct account *a, char **password, struct fetch_error *err)
+{
+	*password = NULL;
+	if (a->password != NULL) {
+		*password = xstrdup(a->password);
+		return true;
+	}
+	if (a->password_command == NULL)
+		return true;	/* caller decides if a password was needed */
+	return account_run_secret_command(a, a->password_command, "password_command", password,
+	    err);
 }

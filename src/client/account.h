@@ -32,6 +32,13 @@ struct account {
 	int64_t deadline;          /* seconds, -1: default */
 	int allow_plaintext;       /* -1 unset, 0, 1 */
 	int pipelining;            /* -1 auto, 0 off, 1 on (if offered) */
+	struct account_oauth2 {    /* OAuth2 token source (oauth2.h); all NULL: none */
+		char *token_command;       /* prints an access token */
+		char *provider;            /* preset: google, microsoft */
+		char *client_id, *client_secret, *client_secret_command;
+		char *token_endpoint, *device_endpoint, *auth_endpoint, *scope;
+		char *refresh_token_file;  /* NULL: STATE_DIR/NAME.oauth2 */
+	} oauth2;
 };
 
 #define ACCOUNT_DEFAULT_TIMEOUT 60
@@ -78,6 +85,16 @@ char *account_default_config_path(void);
  * free_secret(). */
 bool account_get_password(const struct account *a, char **password,
     struct fetch_error *err);
+
+/* Run command with /bin/sh -c and return the first line it printed
+ * (xmalloc'd, free with free_secret()). what names it in the EX_CONFIG
+ * error when it fails or prints nothing ("password_command"). */
+bool account_run_secret_command(const struct account *a, const char *command,
+    const char *what, char **out, struct fetch_error *err);
+
+/* Does the account name an OAuth2 token source (oauth2_token_command, or
+ * oauth2_client_id / oauth2_provider for the built-in refresh flow)? */
+bool account_has_oauth2(const struct account *a);
 
 /* Parse "123", "10K", "5M" (1024-based) into octets. */
 bool account_parse_size(const char *s, int64_t *out);

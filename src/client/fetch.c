@@ -21,6 +21,7 @@
  *    the server deletes nothing in that session.
  */
 #include "client/fetch_run.h"
+#include "client/oauth2.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -49,8 +50,8 @@ fetch_now(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static char *
-state_dir(struct fetch_error *err)
+char *
+fetch_state_dir(struct fetch_error *err)
 {
 	const char *x = getenv("XDG_STATE_HOME");
 	char *dir;
@@ -305,7 +306,7 @@ static bool
 open_state(struct run *r, struct fetch_error *err)
 {
 	const struct account *a = r->a;
-	if ((r->state_dir = state_dir(err)) == NULL)
+	if ((r->state_dir = fetch_state_dir(err)) == NULL)
 		return false;
 	if (!lock_account(r->state_dir, a->name, &r->lockfd, err))
 		return false;
@@ -328,10 +329,14 @@ connect_and_list(struct run *r, struct fetch_error *err)
 {
 	const struct account *a = r->a;
 	char *password = NULL;
-	if (!account_get_password(a, &password, err))
+	bool oauth2 = account_has_oauth2(a);
+	if (oauth2 ? !oauth2_access_token(a, r->state_dir, &password, err) :
+	    !account_get_password(a, &password, err))
 		return false;
 	r->s = pop3c_open(a, password, err);
 	free_secret(password);
+	if (r->s == NULL && oauth2 && err->code == EX_NOPERM)
+		oauth2_forget_access_token(a, r->state_dir);
 	if (r->s == NULL || !read_listings(r, err))
 		return false;
 	if (!r->have_uidl && r->count > 0 && (a->keep || r->o->rebuild))

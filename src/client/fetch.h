@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "client/account.h"
+#include "client/fetch_error.h"
 
 /* What the command line asks for, besides the accounts. */
 struct fetch_options {
@@ -14,6 +15,10 @@ struct fetch_options {
 	struct account over;       /* account keys given as options */
 	bool have_over;            /* at least one of them was given */
 };
+
+/* The state directory ($XDG_STATE_HOME/popbox or ~/.local/state/popbox),
+ * created 0700 if missing (xmalloc'd), or NULL with err set. */
+char *fetch_state_dir(struct fetch_error *err);
 
 /* Entry point of `popbox fetch`; argv[0] is "fetch". Returns a sysexits.h
  * status: 0 when every account was fetched, otherwise the status of the

@@ -32,6 +32,13 @@ static const struct keyopt keyopts[] = {
 	{ "timeout", "timeout", false }, { "allow-plaintext", "allow_plaintext", true },
 	{ "pipelining", "pipelining", false },
 	{ "max-message-size", "max_message_size", false }, { "deadline", "deadline", false },
+	{ "oauth2-token-command", "oauth2_token_command", false },
+	{ "oauth2-provider", "oauth2_provider", false },
+	{ "oauth2-client-id", "oauth2_client_id", false },
+	{ "oauth2-client-secret", "oauth2_client_secret", false },
+	{ "oauth2-client-secret-command", "oauth2_client_secret_command", false },
+	{ "oauth2-token-endpoint", "oauth2_token_endpoint", false },
+	{ "oauth2-refresh-token-file", "oauth2_refresh_token_file", false },
 };
 
 static void
@@ -53,6 +60,9 @@ usage(FILE *f)
 	    "  --auth auto|MECH --deliver maildir:PATH|mbox:PATH|mda:CMD --keep[=yes|no]\n"
 	    "  --keep-days N --max-size N[K|M] --timeout SEC --allow-plaintext[=yes|no]\n"
 	    "  --pipelining auto|yes|no --max-message-size N[K|M|G] --deadline SEC\n"
+	    "  --oauth2-token-command CMD --oauth2-provider google|microsoft\n"
+	    "  --oauth2-client-id ID --oauth2-client-secret-command CMD\n"
+	    "  --oauth2-token-endpoint URL --oauth2-refresh-token-file FILE\n"
 	    "A password is never taken from the command line: use the file or\n"
 	    "--password-command. See popbox(1) and popbox-accounts.conf(5).\n"
 	    "Exit: 0 ok, 75 temporary failure, 77 login refused, 78 configuration,\n"

@@ -8,6 +8,7 @@
 #include "client/fetch.h"
 #include "client/hash.h"
 #include "client/migrate_uidls.h"
+#include "client/oauth2_cmd.h"
 #include "common/log.h"
 
 #include <signal.h>
@@ -26,6 +27,7 @@ static const struct subcommand commands[] = {
 	{ "fetch", fetch_main, "download mail from POP3 servers (popbox fetch --help)" },
 	{ "hash", hash_main, "make a password hash line for the users file (popbox hash --help)" },
 	{ "migrate-uidls", migrate_uidls_main, "keep the UIDLs of Dovecot or Courier (popbox migrate-uidls --help)" },
+	{ "oauth2", oauth2_cmd_main, "authorize popbox once for an OAuth2 account (popbox oauth2 --help)" },
 };
 
 static void

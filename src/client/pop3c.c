@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include <gsasl.h>
+#include <jansson.h>
 #include <openssl/evp.h>
 
 /* RFC 2449 §4 / RFC 5034 §4: a command line is at most 255 octets incl.
@@ -345,6 +346,30 @@ sasl_send_initial(struct pop3c *s, const char *mech, const char *ir, struct fetc
 	return pop3c_send(s, ir, 0, err);
 }
 
+/* The error challenge of OAUTHBEARER / XOAUTH2 (RFC 7628 §3.2.2): base64
+ * of a JSON object whose "status" says why the token was refused
+ * ("invalid_token", or an HTTP-like "401"); kept for the error message. */
+static void
+oauth_error_detail(struct pop3c *s, const char *challenge)
+{
+	unsigned char *dec;
+	size_t len;
+	if (!base64_decode(challenge, strlen(challenge), &dec, &len))
+		return;
+	json_error_t jerr;
+	json_t *j = json_loadb((const char *)dec, len, 0, &jerr);
+	free(dec);
+	json_t *status = json_object_get(j, "status");
+	if (json_is_string(status)) {
+		const char *v = json_string_value(status);
+		char clean[64];
+		str_sanitize(clean, sizeof(clean), v, strlen(v));
+		snprintf(s->sasl_detail, sizeof(s->sasl_detail), "the server says the token is %s",
+		    clean);
+	}
+	json_decref(j);
+}
+
 /* XOAUTH2 / OAUTHBEARER: one client message with the bearer token; on
  * failure the server sends an error challenge we must answer. Done here
  * rather than in GNU SASL because the libgsasl in Debian 12 (2.2.0) has
@@ -372,6 +397,7 @@ auth_oauth(struct pop3c *s, const char *mech, const char *user, const char *toke
 			return POP3_INVALID;
 		if (st != POP3_CONT)
 			return st;
+		oauth_error_detail(s, ch);
 		free(ch);
 		/* error details were sent; finish the exchange (RFC 7628 §3.2.3) */
 		if (!pop3c_send(s, !strcmp(mech, "XOAUTH2") ? "" : "AQ==", -1, err))
@@ -631,6 +657,26 @@ choose_mechanisms(struct pop3c *s, const char **cands, size_t *ncands,
 	bool clear_ok = conn_is_tls(s->conn) || a->allow_plaintext;
 	bool refused_clear = false;
 
+	if (strcasecmp(a->auth, "auto") == 0 && account_has_oauth2(a)) {
+		/* a token source: only the bearer-token mechanisms, the
+		 * standard one first (RFC 7628) */
+		static const char *const bearer[] = { "OAUTHBEARER", "XOAUTH2" };
+		for (size_t i = 0; i < N_ELEMENTS(bearer); i++)
+			if (mech_available(s, bearer[i]))
+				cands[n++] = bearer[i];
+		if (n == 0)
+			return fetch_error_set(err, EX_UNAVAILABLE,
+			    "account %s: an OAuth2 token source is configured, but the server "
+			    "offers neither OAUTHBEARER nor XOAUTH2 (it offers: %s)", a->name,
+			    s->capa.sasl[0] ? s->capa.sasl : "no SASL mechanism");
+		if (!clear_ok)
+			return fetch_error_set(err, EX_CONFIG,
+			    "account %s: an OAuth2 access token would go over an unencrypted "
+			    "connection; use tls = starttls or implicit, or set allow_plaintext = "
+			    "yes if you accept that", a->name);
+		*ncands = n;
+		return true;
+	}
 	if (strcasecmp(a->auth, "auto") != 0) {
 		if (mech_needs_tls(a->auth) && !clear_ok)
 			return fetch_error_set(err, EX_CONFIG,
@@ -728,7 +774,13 @@ authenticate(struct pop3c *s, const char *password, struct fetch_error *err)
 		/* -ERR: temporary trouble or last candidate ends it */
 		if (pop3_code_is_temporary(s->code) || s->code == POP3_CODE_SYS_PERM ||
 		    i + 1 == n || i + 1 == AUTH_MAX_ATTEMPTS) {
-			char *what = xasprintf("login as %s with %s refused", a->user, mech);
+			char *what = xasprintf("login as %s with %s refused%s%s", a->user, mech,
+			    s->sasl_detail[0] ? " (" : "", s->sasl_detail);
+			if (s->sasl_detail[0]) {
+				char *w2 = xasprintf("%s)", what);
+				free(what);
+				what = w2;
+			}
 			pop3c_fail(s, EX_NOPERM, what, err);
 			free(what);
 			return false;

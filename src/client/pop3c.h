@@ -28,6 +28,7 @@ struct pop3c {
 	const char *text;                       /* text after +OK/-ERR in line */
 	enum pop3_resp_code code;
 	char mechanism[32];                      /* what authenticated us */
+	char sasl_detail[128];                   /* the server's OAUTHBEARER error status */
 	const char *cb_type;                     /* conn_channel_binding(), NULL: none */
 	char *cb_data;                           /* its data, base64 (owned) */
 	char body[CONN_BUF_SIZE + 1];            /* pop3c_read_body's output */

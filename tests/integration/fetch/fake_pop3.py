@@ -33,6 +33,8 @@ class FakePop3:
         self.stls_inject = stls_inject      # bytes sent right after +OK to STLS
         self.received = []
         self.token = "tok-123"
+        self.oauth_challenge = False   # refuse a token with RFC 7628's JSON challenge
+        self.oauth_mechs = []          # the OAuth mechanisms tried, in order
         self.auth_payload = b""
         self.uidl_fn = uidl_fn or (lambda i: "uid-%d" % i)
         # AUTH SCRAM-SHA-256 and APOP check this password (APOP needs a
@@ -154,6 +156,13 @@ class FakePop3:
                 mech, _, ir = arg.partition(" ")
                 self.auth_payload = base64.b64decode(ir)
                 ok = b"auth=Bearer " + self.token.encode() + b"\x01\x01" in self.auth_payload
+                self.oauth_mechs.append(mech.upper())
+                if not ok and self.oauth_challenge:
+                    # RFC 7628 §3.2.2: the error as a JSON challenge, which
+                    # the client answers with %x01 before the -ERR
+                    send(b"+ " + base64.b64encode(b'{"status":"invalid_token",'
+                                                  b'"schemes":"bearer"}') + b"\r\n")
+                    self.received.append(f.readline(1024).rstrip(b"\r\n").decode())
                 send(b"+OK welcome\r\n" if ok else b"-ERR [AUTH] bad token\r\n")
             elif cmd == "AUTH" and arg.upper().startswith("SCRAM-SHA-256 "):
                 if not self._scram(f, send, arg.partition(" ")[2]):
