@@ -34,6 +34,7 @@
 #include "server/auth_penalty.h"
 #include "server/thread_pool.h"
 #include "server/auth_sasl.h"
+#include "server/devices.h"
 #include "server/ipc.h"
 #include "server/popboxd.h"
 #include "server/recipient.h"
@@ -82,7 +83,8 @@ struct pass_job {
 	char peer[64];
 	struct passdb_ref *ref;
 	const struct passwd_entry *entry;   /* in ref; NULL = unknown user */
-	char *user;
+	char *user;             /* the users-file name (without a device) */
+	char *device;           /* "" for a classic login */
 	char *password;         /* wiped and freed after use */
 	enum password_result result;
 };
@@ -133,7 +135,30 @@ static struct {
 	 * only while it encodes that answer (answers are encoded at once, a
 	 * delayed one too). */
 	enum uidl_format grant_uidl_format;
+	const char *grant_device;
 } auth;
+
+/* The device separator in force ('\0': devices = no). */
+static char
+auth_device_separator(void)
+{
+	return auth.config->devices ? auth.config->device_separator : '\0';
+}
+
+/* Split a login name into the users-file name (*user_r, malloc'd) and the
+ * device (*device_r, malloc'd: the separator and what follows it, "" for a
+ * classic login, as IPC_AUTH_RESULT carries it): at the last
+ * separator, so "alice#phone" is alice's device "phone" (docs/DESIGN.md).
+ * The device is not checked here: a bad one is refused by the worker after
+ * the login, so that the answer never tells whether the user exists. */
+static void
+auth_split_login(const char *name, char **user_r, char **device_r)
+{
+	size_t ulen;
+	const char *dev = device_split(name, auth_device_separator(), &ulen);
+	*user_r = dev != NULL ? xstrndup(name, ulen) : xstrdup(name);
+	*device_r = xstrdup(dev != NULL ? dev - 1 : "");   /* with its separator */
+}
 
 /* --- answers, with the failed-login penalty ------------------------------ */
 
@@ -153,7 +178,8 @@ result_encode(const unsigned char **msg_r, uint64_t id, enum auth_result result,
 	static unsigned char buf[IPC_MAX_MSG];
 	const struct ipc_auth_result m = { .request_id = id, .result = result, .user = user,
 	    .location = location, .data = data,
-	    .uidl_format = result == AUTH_RESULT_OK ? auth.grant_uidl_format : UIDL_FORMAT_UNSET };
+	    .uidl_format = result == AUTH_RESULT_OK ? auth.grant_uidl_format : UIDL_FORMAT_UNSET,
+	    .device = result == AUTH_RESULT_OK ? auth.grant_device : "" };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 	if (len == 0) {
 		log_warnx("answer to a worker over the message limits, sending temp");
@@ -223,7 +249,7 @@ auth_answer(int fd, uint64_t id, const char *peer, enum auth_result result, cons
  * sasl_data: SCRAM's success data, or NULL. */
 static void
 auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
-    const struct passwd_entry *e, const char *sasl_data)
+    const struct passwd_entry *e, const char *device, const char *sasl_data)
 {
 	char *error = NULL;
 	char *location = mail_location_expand(auth.config->mail, e, &error);
@@ -237,8 +263,10 @@ auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
 		return;
 	}
 	auth.grant_uidl_format = e->uidl_format;
+	auth.grant_device = device;
 	auth_answer(fd, id, peer, AUTH_RESULT_OK, e->user, location, sasl_data);
 	auth.grant_uidl_format = UIDL_FORMAT_UNSET;
+	auth.grant_device = "";
 	free(location);
 }
 
@@ -266,7 +294,7 @@ pass_done(struct thread_pool_job *job)
 {
 	struct pass_job *j = (struct pass_job *)job;
 	if (j->entry != NULL && j->result == PASSWORD_OK) {
-		auth_login_granted(j->fd, j->id, j->session_id, j->peer, j->entry, NULL);
+		auth_login_granted(j->fd, j->id, j->session_id, j->peer, j->entry, j->device, NULL);
 	} else {
 		char *why = j->entry == NULL ? xstrdup("unknown user") :
 		    j->result == PASSWORD_BAD_SCHEME ?
@@ -279,6 +307,7 @@ pass_done(struct thread_pool_job *job)
 	passdb_ref_release(j->ref);
 	free_secret(j->password);
 	free(j->user);
+	free(j->device);
 	free(j);
 }
 
@@ -303,7 +332,7 @@ auth_handle_pass(int fd, const struct ipc_auth_pass *msg)
 	j->session_id = msg->session_id;
 	memcpy(j->peer, peer, sizeof(peer));
 	j->ref = passdb_ref_hold(ref);
-	j->user = xstrdup(msg->user);
+	auth_split_login(msg->user, &j->user, &j->device);
 	j->password = xstrdup(msg->password);
 	j->entry = ref->ops->lookup(ref->db, j->user);
 	if (ref->ops->verify_is_cheap(ref->db, j->entry)) {
@@ -350,12 +379,15 @@ apop_digest_matches(const char *stamp, const char *plain, const char *digest)
 static void
 auth_handle_apop(int fd, const struct ipc_auth_apop *msg)
 {
-	const char *user = msg->user;
+	char *user, *device;
 	char peer[64];
 	str_sanitize(peer, sizeof(peer), msg->peer, strlen(msg->peer));
 	struct passdb_ref *ref = auth.passdb;
+	auth_split_login(msg->user, &user, &device);
 	if (!auth.config->apop || ref == NULL) {
 		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, user, NULL, NULL);
+		free(user);
+		free(device);
 		return;
 	}
 	const struct passwd_entry *e = ref->ops->lookup(ref->db, user);
@@ -364,9 +396,13 @@ auth_handle_apop(int fd, const struct ipc_auth_apop *msg)
 		log_failure(msg->session_id, user, peer, e == NULL ? "unknown user (APOP)" :
 		    plain == NULL ? "APOP needs a {PLAIN} secret" : "wrong APOP digest");
 		auth_answer(fd, msg->request_id, peer, AUTH_RESULT_FAIL, user, NULL, NULL);
+		free(user);
+		free(device);
 		return;
 	}
-	auth_login_granted(fd, msg->request_id, msg->session_id, peer, e, NULL);
+	auth_login_granted(fd, msg->request_id, msg->session_id, peer, e, device, NULL);
+	free(user);
+	free(device);
 }
 
 /* --- SASL ------------------------------------------------------------------ */
@@ -409,7 +445,8 @@ exchange_answer(struct sasl_exchange *x, int rc, const char *output)
 		auth_answer(x->fd, x->id, x->peer, AUTH_RESULT_FAIL, user, NULL, NULL);
 		break;
 	case SASL_OUTCOME_SUCCESS:
-		auth_login_granted(x->fd, x->id, x->session_id, x->peer, e, output);
+		auth_login_granted(x->fd, x->id, x->session_id, x->peer, e,
+		    auth_sasl_conv_device(x->conv), output);
 		break;
 	}
 	exchange_free(x);
@@ -468,6 +505,7 @@ auth_handle_sasl_start(int fd, const struct ipc_sasl_start *msg)
 		reply_send(fd, msg->request_id, AUTH_RESULT_FAIL, NULL, NULL, NULL);
 		return;
 	}
+	auth_sasl_conv_set_device_separator(conv, auth_device_separator());
 	struct sasl_exchange *x = xcalloc(1, sizeof(*x));
 	x->fd = fd;
 	x->id = msg->request_id;

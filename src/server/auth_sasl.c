@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/scram.h"
 #include "common/util.h"
+#include "server/devices.h"
 
 struct auth_sasl {
 	Gsasl *gsasl;
@@ -43,7 +44,31 @@ struct sasl_conv {
 	/* Set by the callback, on the pool thread of the current step. */
 	bool validated;         /* PLAIN/LOGIN: password checked by our callback */
 	bool unknown_user;
+	/* Devices (devices.h): the authentication id is split at the last
+	 * separator ('\0': never), the users file sees only the part before. */
+	char device_separator;
+	char *base;             /* the authid without its device, cached */
+	char *base_of;          /* the authid base was made from */
 };
+
+/* The users-file name in authid: the part before the last device
+ * separator. SCRAM keeps the whole name in the exchange (both sides prove
+ * over "n=alice#phone"), only the lookup strips it. */
+static const char *
+conv_base(struct sasl_conv *c, const char *authid)
+{
+	size_t ulen;
+	if (authid == NULL)
+		return NULL;
+	if (c->base_of != NULL && strcmp(c->base_of, authid) == 0)
+		return c->base;
+	free(c->base);
+	free(c->base_of);
+	c->base_of = xstrdup(authid);
+	c->base = device_split(authid, c->device_separator, &ulen) != NULL ?
+	    xstrndup(authid, ulen) : xstrdup(authid);
+	return c->base;
+}
 
 static char *
 hex_to_base64(const char *hex)
@@ -197,7 +222,8 @@ sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
 	struct sasl_conv *c = gsasl_session_hook_get(sctx);
 	const struct passdb_ops *ops = c->ref->ops;
 	const char *authid = gsasl_property_fast(sctx, GSASL_AUTHID);
-	const struct passwd_entry *e = authid ? ops->lookup(c->ref->db, authid) : NULL;
+	const char *base = conv_base(c, authid);
+	const struct passwd_entry *e = base ? ops->lookup(c->ref->db, base) : NULL;
 
 	switch (prop) {
 	case GSASL_VALIDATE_SIMPLE: {
@@ -241,10 +267,13 @@ sasl_callback(Gsasl *ctx, Gsasl_session *sctx, Gsasl_property prop)
 			 * announce a fresh random salt of its own length each
 			 * time, unlike every other account. */
 			if (prop == GSASL_SCRAM_ITER || prop == GSASL_SCRAM_SALT)
-				return scram_fake(c, prop, authid);
+				return scram_fake(c, prop, base);
 			return GSASL_NO_CALLBACK;
 		}
-		return scram_property(c, prop, authid, e);
+		/* The fake salt of the user, not of user#device: else two
+		 * devices of one unknown name would get different salts, and
+		 * of a real user the same one. */
+		return scram_property(c, prop, base, e);
 	default:
 		return GSASL_NO_CALLBACK;
 	}
@@ -307,7 +336,22 @@ const char *
 auth_sasl_conv_user(const struct sasl_conv *c)
 {
 	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
-	return authid != NULL ? authid : "";
+	return authid != NULL ? conv_base((struct sasl_conv *)c, authid) : "";
+}
+
+void
+auth_sasl_conv_set_device_separator(struct sasl_conv *c, char sep)
+{
+	c->device_separator = sep;
+}
+
+const char *
+auth_sasl_conv_device(const struct sasl_conv *c)
+{
+	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
+	size_t ulen;
+	const char *dev = authid != NULL ? device_split(authid, c->device_separator, &ulen) : NULL;
+	return dev != NULL ? dev - 1 : "";   /* with its separator */
 }
 
 void
@@ -319,6 +363,8 @@ auth_sasl_conv_free(struct sasl_conv *c)
 	secure_wipe(c->fake_server, sizeof(c->fake_server));
 	gsasl_finish(c->sctx);
 	passdb_ref_release(c->ref);
+	free(c->base);
+	free(c->base_of);
 	free(c);
 }
 
@@ -346,8 +392,9 @@ auth_sasl_conv_outcome(struct sasl_conv *c, int rc, const struct passwd_entry **
 {
 	const char *authid = gsasl_property_fast(c->sctx, GSASL_AUTHID);
 	const char *authzid = gsasl_property_fast(c->sctx, GSASL_AUTHZID);
+	const char *base = conv_base(c, authid);
 	*entry_r = NULL;
-	*user_r = authid ? authid : "";
+	*user_r = base ? base : "";
 	*why_r = NULL;
 	if (rc == GSASL_NEEDS_MORE)
 		return SASL_OUTCOME_CONTINUE;
@@ -355,7 +402,7 @@ auth_sasl_conv_outcome(struct sasl_conv *c, int rc, const struct passwd_entry **
 		*why_r = c->unknown_user ? "unknown user (SASL)" : gsasl_strerror(rc);
 		return SASL_OUTCOME_FAILURE;
 	}
-	const struct passwd_entry *e = authid ? c->ref->ops->lookup(c->ref->db, authid) : NULL;
+	const struct passwd_entry *e = base ? c->ref->ops->lookup(c->ref->db, base) : NULL;
 	if (e == NULL || c->unknown_user) {
 		*why_r = "unknown user (SASL)";
 		return SASL_OUTCOME_FAILURE;

@@ -49,11 +49,20 @@ enum sasl_outcome {
 	SASL_OUTCOME_FAILURE,    /* *why_r says why, for the log */
 };
 
-/* The authentication id the client gave so far, "" before it gave one. */
+/* The authentication id the client gave so far (without its device, see
+ * below), "" before it gave one. */
 const char *auth_sasl_conv_user(const struct sasl_conv *conv);
+/* Devices (devices.h): the authentication id is split at its last sep
+ * ('\0', the default: never); the users file is asked for the part before
+ * it, and auth_sasl_conv_device gives the separator and what follows it
+ * ("" without a separator; as IPC_AUTH_RESULT carries it). The
+ * exchange itself (SCRAM's proof) uses the whole name. */
+void auth_sasl_conv_set_device_separator(struct sasl_conv *conv, char sep);
+const char *auth_sasl_conv_device(const struct sasl_conv *conv);
 
 /* The verdict on a step that returned rc. *user_r: the authentication id
- * the client gave, "" before it gave one (for answers and logs). */
+ * the client gave without its device, "" before it gave one (for answers,
+ * the penalty and logs). */
 enum sasl_outcome auth_sasl_conv_outcome(struct sasl_conv *conv, int rc,
     const struct passwd_entry **entry_r, const char **user_r, const char **why_r);
 

@@ -13,25 +13,42 @@
 #include "server/store_pool.h"
 
 void
-cmd_trans_begin(struct session *s, struct store *store)
+cmd_trans_begin(struct session *s, struct store *store, uint32_t *view, uint32_t view_count,
+    uint64_t view_size)
 {
 	s->store = store;
-	s->deleted = xcalloc(store->count ? store->count : 1, sizeof(bool));
+	s->view = view;
+	s->view_count = view != NULL ? view_count : store->count;
+	s->view_size = view != NULL ? view_size : store->total_size;
+	s->deleted = xcalloc(s->view_count ? s->view_count : 1, sizeof(bool));
 	s->deleted_count = 0;
 	s->deleted_size = 0;
 	session_enter_state(s, SESSION_TRANSACTION);
 }
 
+/* The store index of the session's message i (0-based). */
+static uint32_t
+store_index(const struct session *s, uint32_t i)
+{
+	return s->view != NULL ? s->view[i] : i;
+}
+
+static const struct store_message *
+message_at(const struct session *s, uint32_t i)
+{
+	return &s->store->messages[store_index(s, i)];
+}
+
 static uint32_t
 live_count(const struct session *s)
 {
-	return s->store->count - s->deleted_count;
+	return s->view_count - s->deleted_count;
 }
 
 static uint64_t
 live_size(const struct session *s)
 {
-	return s->store->total_size - s->deleted_size;
+	return s->view_size - s->deleted_size;
 }
 
 /* Parse a message number argument strictly and check it names a message that
@@ -44,7 +61,7 @@ message_arg(struct session *s, const char *arg, uint32_t *idx_r)
 		session_reply(s, "-ERR Invalid message number");
 		return false;
 	}
-	if (n == 0 || n > s->store->count) {
+	if (n == 0 || n > s->view_count) {
 		session_reply(s, "-ERR There is no message %u", n);
 		return false;
 	}
@@ -94,23 +111,24 @@ list_fill(struct session *s, struct evbuffer *out, bool uidl)
 	char buf[LIST_PIECE], *p = buf;
 	uint32_t i = s->list_next;
 	/* room for one more line and the terminator */
-	for (; i < s->store->count && p <= buf + sizeof(buf) - LIST_LINE_MAX - 3; i++) {
+	for (; i < s->view_count && p <= buf + sizeof(buf) - LIST_LINE_MAX - 3; i++) {
 		if (s->deleted[i])
 			continue;
+		const struct store_message *m = message_at(s, i);
 		p = put_u64(p, i + 1);
 		*p++ = ' ';
 		if (uidl) {
-			size_t n = strlen(s->store->messages[i].uidl);
-			memcpy(p, s->store->messages[i].uidl, n);
+			size_t n = strlen(m->uidl);
+			memcpy(p, m->uidl, n);
 			p += n;
 		} else {
-			p = put_u64(p, s->store->messages[i].size);
+			p = put_u64(p, m->size);
 		}
 		*p++ = '\r';
 		*p++ = '\n';
 	}
 	s->list_next = i;
-	bool done = i == s->store->count;
+	bool done = i == s->view_count;
 	if (done) {
 		memcpy(p, ".\r\n", 3);
 		p += 3;
@@ -137,7 +155,7 @@ cmd_trans_list(struct session *s, int argc, char **argv)
 	uint32_t idx;
 	if (argc == 1) {
 		if (message_arg(s, argv[0], &idx))
-			session_reply(s, "+OK %u %llu", idx + 1, (unsigned long long)s->store->messages[idx].size);
+			session_reply(s, "+OK %u %llu", idx + 1, (unsigned long long)message_at(s, idx)->size);
 		return;
 	}
 	session_reply(s, "+OK %u messages (%llu octets)", live_count(s), (unsigned long long)live_size(s));
@@ -151,7 +169,7 @@ cmd_trans_uidl(struct session *s, int argc, char **argv)
 	uint32_t idx;
 	if (argc == 1) {
 		if (message_arg(s, argv[0], &idx))
-			session_reply(s, "+OK %u %s", idx + 1, s->store->messages[idx].uidl);
+			session_reply(s, "+OK %u %s", idx + 1, message_at(s, idx)->uidl);
 		return;
 	}
 	session_reply(s, "+OK Unique-ID listing follows");
@@ -165,7 +183,8 @@ cmd_trans_send(struct session *s, uint32_t idx, int64_t top_lines)
 {
 	struct store_stream st;
 	char *error = NULL;
-	enum store_status r = s->store->backend->message_open(s->store, idx, &st, &error);
+	enum store_status r = s->store->backend->message_open(s->store, store_index(s, idx), &st,
+	    &error);
 	if (r != STORE_OK) {
 		if (error != NULL) {
 			log_warnx("session %016llx: message %u: %s", (unsigned long long)s->id, idx + 1, error);
@@ -178,7 +197,7 @@ cmd_trans_send(struct session *s, uint32_t idx, int64_t top_lines)
 		return;
 	}
 	if (top_lines < 0)
-		session_reply(s, "+OK %llu octets", (unsigned long long)s->store->messages[idx].size);
+		session_reply(s, "+OK %llu octets", (unsigned long long)message_at(s, idx)->size);
 	else
 		session_reply(s, "+OK Top of message %u follows", idx + 1);
 	session_stream_start(s, &st, top_lines);
@@ -216,7 +235,7 @@ cmd_trans_dele(struct session *s, int argc, char **argv)
 		return;
 	s->deleted[idx] = true;
 	s->deleted_count++;
-	s->deleted_size += s->store->messages[idx].size;
+	s->deleted_size += message_at(s, idx)->size;
 	session_reply(s, "+OK Message %u deleted", idx + 1);
 }
 
@@ -229,11 +248,11 @@ cmd_trans_noop(struct session *s, int argc, char **argv)
 void
 cmd_trans_rset(struct session *s, int argc, char **argv)
 {
-	memset(s->deleted, 0, s->store->count * sizeof(bool));
+	memset(s->deleted, 0, s->view_count * sizeof(bool));
 	s->deleted_count = 0;
 	s->deleted_size = 0;
-	session_reply(s, "+OK %u messages (%llu octets)", s->store->count,
-	    (unsigned long long)s->store->total_size);
+	session_reply(s, "+OK %u messages (%llu octets)", s->view_count,
+	    (unsigned long long)s->view_size);
 }
 
 /* The store thread has removed the marked messages (or failed to): answer
@@ -242,10 +261,8 @@ static void
 cmd_trans_expunged(struct store_job *job, void *arg)
 {
 	struct session *s = arg;
-	uint32_t removed = 0;
+	uint32_t removed = s->deleted_count;
 	s->store_job = NULL;
-	for (uint32_t i = 0; i < job->store->count; i++)
-		removed += job->deleted[i];
 	/* Unlock before the client can read the answer (it may log in again
 	 * at once). */
 	job->store->backend->close(job->store);
@@ -258,6 +275,9 @@ cmd_trans_expunged(struct store_job *job, void *arg)
 		return;
 	}
 	s->dele_count = removed;
+	if (job->device_state != NULL)
+		log_info("session %016llx: device %s deleted %u, %u files removed",
+		    (unsigned long long)s->id, s->device, removed, job->removed);
 	session_reply(s, "+OK Bye, %u messages deleted", removed);
 	session_close_after_reply(s, "quit");
 }
@@ -281,8 +301,16 @@ cmd_trans_quit(struct session *s, int argc, char **argv)
 	struct store_job *job = xcalloc(1, sizeof(*job));
 	job->kind = STORE_JOB_EXPUNGE;
 	job->store = s->store;               /* the job owns it now */
-	job->deleted = xcalloc(s->store->count, sizeof(bool));
-	memcpy(job->deleted, s->deleted, s->store->count * sizeof(bool));
+	job->deleted = xcalloc(s->store->count ? s->store->count : 1, sizeof(bool));
+	for (uint32_t i = 0; i < s->view_count; i++)
+		if (s->deleted[i])
+			job->deleted[store_index(s, i)] = true;
+	if (s->devices != NULL && s->device != NULL) {
+		job->device_state = s->devices;      /* the job owns it now */
+		job->device_slot = s->device_slot;
+		job->device_idle_days = s->worker->config->device_idle_days;
+		s->devices = NULL;
+	}
 	job->done = cmd_trans_expunged;
 	job->arg = s;
 	s->store = NULL;

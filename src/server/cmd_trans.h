@@ -7,8 +7,11 @@
 
 #include "server/session.h"
 
-/* A login opened store for s: TRANSACTION starts, nothing marked. */
-void cmd_trans_begin(struct session *s, struct store *store);
+/* A login opened store for s: TRANSACTION starts, nothing marked. view:
+ * the store indexes the session sees (a device's view; taken), NULL for
+ * every message (view_count and view_size then unused). */
+void cmd_trans_begin(struct session *s, struct store *store, uint32_t *view, uint32_t view_count,
+    uint64_t view_size);
 
 /* Command handlers for commands.c's table (state and argument count are
  * checked there). QUIT serves AUTHORIZATION too. */

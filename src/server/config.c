@@ -5,9 +5,11 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "server/auth_penalty.h"
+#include "server/devices.h"
 #include "server/limits_popboxd.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -842,6 +844,38 @@ config_key_deny_users(struct config_parser *p, const char *key, const char *valu
 	return 0;
 }
 
+static int
+config_key_devices(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_bool(p, key, value, &p->config->devices);
+}
+
+/* One printable character that cannot be in a device name, is not '@'
+ * (addresses as user names) and not ':' (the users file's separator). */
+static int
+config_key_device_separator(struct config_parser *p, const char *key, const char *value)
+{
+	if (strlen(value) != 1 || (unsigned char)value[0] <= 0x20 || (unsigned char)value[0] > 0x7e ||
+	    strchr("@:._-", value[0]) != NULL || isalnum((unsigned char)value[0]))
+		return config_bad_value(p, key, value, "one character such as # or +, not a letter, "
+		    "digit, space, @, :, '.', '_' or '-'");
+	p->config->device_separator = value[0];
+	return 0;
+}
+
+static int
+config_key_device_idle_days(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, CONFIG_DEVICE_IDLE_DAYS_MAX,
+	    &p->config->device_idle_days);
+}
+
+static int
+config_key_max_devices(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_number(p, key, value, 1, DEVICES_MAX_LIMIT, &p->config->max_devices);
+}
+
 enum {
 	CONFIG_KEY_LISTEN_LMTP = 35,
 	CONFIG_KEY_LISTEN_TLS = 1,
@@ -893,6 +927,10 @@ static const struct config_key config_keys[] = {
 	{ "lmtp_socket_mode", config_key_lmtp_socket_mode, false },
 	{ "lmtp_socket_owner", config_key_lmtp_socket_owner, false },
 	{ "lmtp_timeout", config_key_lmtp_timeout, false },
+	{ "devices", config_key_devices, false },
+	{ "device_separator", config_key_device_separator, false },
+	{ "device_idle_days", config_key_device_idle_days, false },
+	{ "max_devices", config_key_max_devices, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -992,6 +1030,10 @@ config_new(const char *name)
 	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
 	c->lmtp_socket_mode = CONFIG_DEFAULT_LMTP_SOCKET_MODE;
 	c->lmtp_timeout = CONFIG_DEFAULT_LMTP_TIMEOUT;
+	c->devices = true;
+	c->device_separator = '#';
+	c->device_idle_days = CONFIG_DEVICE_IDLE_DAYS_DEFAULT;
+	c->max_devices = CONFIG_MAX_DEVICES_DEFAULT;
 	return c;
 }
 

@@ -133,7 +133,20 @@ struct config {
 	unsigned lmtp_socket_mode;
 	char *lmtp_socket_owner;
 	unsigned lmtp_timeout;
+	/* Every device gets every message (docs/DESIGN.md): "USER#DEVICE"
+	 * logins when devices (default yes), split at the last
+	 * device_separator (default '#'); a device idle for device_idle_days
+	 * (default 30) no longer holds messages back; at most max_devices
+	 * active devices per user (default 8, at most DEVICES_MAX_LIMIT). */
+	bool devices;
+	char device_separator;
+	unsigned device_idle_days;
+	unsigned max_devices;
 };
+
+#define CONFIG_DEVICE_IDLE_DAYS_DEFAULT 30
+#define CONFIG_DEVICE_IDLE_DAYS_MAX 3650
+#define CONFIG_MAX_DEVICES_DEFAULT 8
 
 #define CONFIG_USERS_PAM "pam"
 

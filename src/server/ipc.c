@@ -36,8 +36,9 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    TEXT(IPC_MAX_PEER) } },
 	[IPC_AUTH_APOP] = { 5, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_APOP_STAMP),
 	    TEXT(IPC_MAX_APOP_DIGEST), TEXT(IPC_MAX_PEER) } },
-	[IPC_AUTH_RESULT] = { 5, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
-	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA), NUMBER(UIDL_FORMAT_MAX) } },
+	[IPC_AUTH_RESULT] = { 6, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
+	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA), NUMBER(UIDL_FORMAT_MAX),
+	    TEXT(IPC_MAX_USER) } },
 	/* the limits of the files they carry (limits_popboxd.h) */
 	[IPC_RELOAD] = { 4, { TEXT(POPBOXD_CONFIG_PATH_MAX), TEXT(POPBOXD_CONFIG_MAX),
 	    TEXT(POPBOXD_PEM_MAX), TEXT(POPBOXD_PEM_MAX) } },
@@ -191,14 +192,15 @@ size_t
 ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m)
 {
 	const union field v[] = { { .number = (uint64_t)m->result }, { .text = m->user },
-	    { .text = m->location }, { .text = m->data }, { .number = (uint64_t)m->uidl_format } };
+	    { .text = m->location }, { .text = m->data }, { .number = (uint64_t)m->uidl_format },
+	    { .text = m->device } };
 	return ipc_encode(buf, size, IPC_AUTH_RESULT, m->request_id, v);
 }
 
 bool
 ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 {
-	union field v[5];
+	union field v[6];
 	if (!ipc_decode(buf, len, IPC_AUTH_RESULT, &m->request_id, v))
 		return false;
 	m->result = (enum auth_result)v[0].number;   /* range checked by the rule */
@@ -206,6 +208,7 @@ ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 	m->location = v[2].text;
 	m->data = v[3].text;
 	m->uidl_format = (enum uidl_format)v[4].number;   /* range checked too */
+	m->device = v[5].text;
 	return true;
 }
 

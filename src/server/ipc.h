@@ -57,7 +57,7 @@
 #define IPC_MAX_ERROR 1024
 
 /* Worker <-> auth messages fit well within the largest message. */
-_Static_assert(IPC_HEADER_SIZE + 8 + (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION + 1) +
+_Static_assert(IPC_HEADER_SIZE + 16 + 2 * (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION + 1) +
     (IPC_MAX_SASL_DATA + 1) <= IPC_MAX_MSG, "an auth result must fit");
 _Static_assert(IPC_HEADER_SIZE + 16 + (IPC_MAX_SASL_MECH + 1) + (IPC_MAX_SASL_DATA + 1) +
     (IPC_MAX_PEER + 1) + 2 * (IPC_MAX_CHANNEL_BINDING + 1) <= IPC_MAX_MSG,
@@ -124,7 +124,7 @@ struct ipc_auth_apop {
 };
 
 /* IPC_AUTH_RESULT: the answer to any request but SASL_ABORT. Fields: number
- * result; texts user, location, data; number uidl_format. */
+ * result; texts user, location, data; number uidl_format; text device. */
 struct ipc_auth_result {
 	uint64_t request_id;       /* the request's (SASL: the exchange's) */
 	enum auth_result result;
@@ -133,6 +133,10 @@ struct ipc_auth_result {
 	const char *data;          /* SASL challenge or success data (base64), may be "";
 	                            * at most IPC_MAX_SASL_DATA */
 	enum uidl_format uidl_format; /* OK: the user's own (users file), else UNSET */
+	/* OK: the last device_separator of the login name and what followed
+	 * it, as given ("#phone"; checked by the worker after the login:
+	 * devices.h), "" for a classic login; at most IPC_MAX_USER */
+	const char *device;
 };
 
 /* IPC_RELOAD: new configuration. Fields: texts path, config, cert_pem,

@@ -15,6 +15,7 @@
 #include "common/base64.h"
 #include "common/log.h"
 #include "server/cmd_trans.h"
+#include "server/devices.h"
 #include "server/ipc.h"
 #include "server/store_pool.h"
 #include "server/tls.h"
@@ -189,6 +190,8 @@ login_sasl_end(struct session *s)
 	s->pending_user = NULL;
 	free(s->pending_location);
 	s->pending_location = NULL;
+	free(s->pending_device);
+	s->pending_device = NULL;
 }
 
 /* The client ended the exchange, or broke it: back to AUTHORIZATION. */
@@ -299,7 +302,7 @@ login_auth(struct session *s, int argc, char **argv)
 }
 
 static void login_accept(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format);
+    enum uidl_format uidl_format, const char *device);
 
 /* The client's answer to our success data: only an empty line completes
  * the login. */
@@ -311,11 +314,13 @@ login_sasl_final(struct session *s, size_t len)
 		return;
 	}
 	char *user = s->pending_user, *location = s->pending_location;
-	s->pending_user = s->pending_location = NULL;
+	char *device = s->pending_device;
+	s->pending_user = s->pending_location = s->pending_device = NULL;
 	login_sasl_end(s);
-	login_accept(s, user, location, s->pending_uidl_format);
+	login_accept(s, user, location, s->pending_uidl_format, device != NULL ? device : "");
 	free(user);
 	free(location);
+	free(device);
 }
 
 /* A line from the client during an AUTH exchange. */
@@ -447,13 +452,39 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		session_process_input(s);
 		return;
 	}
+	if (job->devices.refusal == DEVICES_TOO_MANY) {
+		unsigned limit = s->worker->config->max_devices;
+		log_info("session %016llx: user %s: new device %s refused: %u devices already",
+		    (unsigned long long)s->id, name, job->devices.device, limit);
+		free(user);
+		/* Unlock before answering: the client may try again at once. */
+		devices_login_clear(&job->devices);
+		job->store->backend->close(job->store);
+		job->store = NULL;
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [SYS/PERM] Too many devices for this user (max_devices %u): "
+		    "log in from a device used before, or have the administrator free one", limit);
+		session_process_input(s);
+		return;
+	}
 	s->user = user;   /* the one place: logged in */
-	cmd_trans_begin(s, job->store);
+	s->device = job->devices.device;
+	job->devices.device = NULL;
+	s->devices = job->devices.state;
+	job->devices.state = NULL;
+	s->device_slot = job->devices.slot;
+	cmd_trans_begin(s, job->store, job->devices.view, job->devices.view_count,
+	    job->devices.view_size);
+	job->devices.view = NULL;
 	job->store = NULL;
-	log_info("session %016llx: login user=%s peer=%s messages=%u", (unsigned long long)s->id,
-	    name, s->peer, s->store->count);
-	session_reply(s, "+OK Logged in, %u messages (%llu octets)", s->store->count,
-	    (unsigned long long)s->store->total_size);
+	if (s->device != NULL)
+		log_info("session %016llx: login user=%s device=%s peer=%s messages=%u of %u",
+		    (unsigned long long)s->id, name, s->device, s->peer, s->view_count, s->store->count);
+	else
+		log_info("session %016llx: login user=%s peer=%s messages=%u", (unsigned long long)s->id,
+		    name, s->peer, s->store->count);
+	session_reply(s, "+OK Logged in, %u messages (%llu octets)", s->view_count,
+	    (unsigned long long)s->view_size);
 	session_process_input(s);
 }
 
@@ -461,9 +492,23 @@ login_maildrop_opened(struct store_job *job, void *arg)
  * thread; login_maildrop_opened() answers. */
 static void
 login_accept(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format)
+    enum uidl_format uidl_format, const char *device)
 {
+	const struct config *c = s->worker->config;
 	const char *path;
+	/* device: the separator and the name, or "" (ipc.h). Checked only
+	 * now, after the password: a refusal before would tell whether the
+	 * user exists. Not a failed login. */
+	if (device[0] != '\0' && !device_name_valid(device + 1)) {
+		char shown[48];
+		str_sanitize(shown, sizeof(shown), device + 1, strlen(device + 1));
+		log_info("session %016llx: user %s: invalid device name '%s'", (unsigned long long)s->id,
+		    user, shown);
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [SYS/PERM] Invalid device name after '%c': use 1 to %d letters, "
+		    "digits, '.', '_' or '-'", device[0], DEVICE_NAME_MAX);
+		return;
+	}
 	const struct store_backend *backend = store_backend_for(location, &path);
 	if (backend == NULL) {
 		log_warnx("session %016llx: user %s: unknown mail location scheme", (unsigned long long)s->id, user);
@@ -476,8 +521,13 @@ login_accept(struct session *s, const char *user, const char *location,
 	job->kind = STORE_JOB_OPEN;
 	job->backend = backend;
 	job->path = xstrdup(path);
+	if (device[0] != '\0') {
+		job->devices.device = xstrdup(device + 1);
+		job->devices.idle_days = c->device_idle_days;
+		job->devices.max_devices = c->max_devices;
+		job->options.keep_state_dir = true;
+	}
 	/* The user's own UIDL format (users file), else the config's. */
-	const struct config *c = s->worker->config;
 	job->options.uidl_format = uidl_format != UIDL_FORMAT_UNSET ? uidl_format : c->uidl_format;
 	job->uidl_template = xstrdup(c->dovecot_uidl_format);
 	job->done = login_maildrop_opened;
@@ -512,11 +562,12 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 		s->pending_user = xstrdup(r->user);
 		s->pending_location = xstrdup(r->location);
 		s->pending_uidl_format = r->uidl_format;
+		s->pending_device = xstrdup(r->device != NULL ? r->device : "");
 		session_enter_state(s, SESSION_SASL);
 		session_reply(s, "+ %s", r->data);
 	} else if (r->result == AUTH_RESULT_OK) {
 		login_sasl_end(s);
-		login_accept(s, r->user, r->location, r->uidl_format);
+		login_accept(s, r->user, r->location, r->uidl_format, r->device != NULL ? r->device : "");
 	} else {
 		login_failed(s, r->result);
 	}

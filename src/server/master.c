@@ -3,6 +3,7 @@
  * stops everything on SIGTERM. It never reads a byte from the network and never
  * reads a password, so it is the only part that may keep root. */
 #include "server/master.h"
+#include "server/passwd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -147,6 +148,39 @@ resolve_users(const struct config *config, struct child_env *env, char **error_r
 	return 0;
 }
 
+/* popboxd -t: a users-file name with the device separator in it cannot
+ * log in as it is while devices are on (the login name is split at the
+ * last separator, docs/DESIGN.md "Every device gets every message"). */
+static void
+master_check_device_names(const struct config *config)
+{
+	struct passwd_db *db;
+	char *error = NULL;
+	unsigned shown = 0;
+	if (!config->devices || config->passdb_pam)
+		return;
+	if (passwd_db_load(config->users, &db, &error) < 0) {
+		free(error);
+		return;
+	}
+	for (size_t i = 0; i < passwd_db_count(db); i++) {
+		const struct passwd_entry *e = passwd_db_entry(db, i);
+		if (strchr(e->user, config->device_separator) == NULL)
+			continue;
+		if (shown++ < 10) {
+			char name[64];
+			str_sanitize(name, sizeof(name), e->user, strlen(e->user));
+			log_warnx("%s: user %s contains the device separator '%c': that name is read as "
+			    "a user and a device; set device_separator to another character or "
+			    "devices = no", config->users, name, config->device_separator);
+		}
+	}
+	if (shown > 10)
+		log_warnx("%s: %u users contain the device separator '%c'", config->users, shown,
+		    config->device_separator);
+	passwd_db_free(db);
+}
+
 int
 master_check(const struct config *config, char **error_r)
 {
@@ -157,6 +191,7 @@ master_check(const struct config *config, char **error_r)
 		*error_r = xasprintf("%s: users file %s: %s", config->path, config->users, strerror(errno));
 		return -1;
 	}
+	master_check_device_names(config);
 	if (config->tls_cert != NULL) {
 		char *cert, *key;
 		if (tls_read_pem(config, &cert, &key, error_r) < 0)

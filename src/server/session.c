@@ -3,6 +3,7 @@
  * timers, STLS, close and the per-session log line. What a line means is the
  * session's handler's business (session.h). */
 #include "server/session.h"
+#include "server/devices.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -180,9 +181,12 @@ session_free(struct session *s)
 	if (s->total_counted)
 		iplimit_total_add(w->iplimit, w->slot, -1);
 	session_stream_stop(s);
+	devices_free(s->devices);
 	if (s->store != NULL)
 		s->store->backend->close(s->store);   /* no UPDATE: nothing removed */
 	free(s->deleted);
+	free(s->view);
+	free(s->device);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	event_free(s->timer);

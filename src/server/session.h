@@ -98,12 +98,24 @@ struct session {
 	char *pending_user;           /* the login to finish after sasl_final */
 	char *pending_location;
 	enum uidl_format pending_uidl_format;  /* with pending_location */
+	char *pending_device;         /* with pending_location, as the auth process gave it */
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
 	unsigned bad_commands;
 
 	/* TRANSACTION (cmd_trans.c) */
 	struct store *store;
+	/* A device's session (docs/DESIGN.md "Every device gets every
+	 * message"): its name, the maildrop's device state and the device's
+	 * slot in it; the messages it sees are view[0..view_count) (store
+	 * indexes), all of them when view is NULL. Message numbers, deleted[]
+	 * and list_next count in the view. */
+	char *device;
+	struct devices *devices;
+	int device_slot;
+	uint32_t *view;
+	uint32_t view_count;
+	uint64_t view_size;
 	bool *deleted;
 	uint32_t deleted_count;
 	uint64_t deleted_size;

@@ -51,6 +51,8 @@ struct store_open_options {
 	const char *dovecot_uidl_format;   /* a checked pop3_uidl_format; NULL: Dovecot's default */
 	/* popbox migrate-uidls: leave popbox.index as it is (a report) */
 	bool keep_index;
+	/* Keep the maildrop's directory open (store.state_dir_fd). */
+	bool keep_state_dir;
 	/* Called for each message, in order, during the open (NULL: not). */
 	void (*report)(void *arg, const char *name, const char *uidl,
 	    enum store_uidl_source source, enum uidl_old_miss miss);
@@ -84,6 +86,11 @@ struct store {
 	struct store_message *messages;
 	uint32_t count;
 	uint64_t total_size;
+	const char *path;    /* the maildrop, for log lines */
+	/* The maildrop's directory, where state beside the index lives (the
+	 * device state, devices.h), open while the store is: only with
+	 * store_open_options.keep_state_dir, else -1. */
+	int state_dir_fd;
 };
 
 /* "maildir:PATH" -> backend and *path_r pointing into location; NULL if the

@@ -1358,6 +1358,8 @@ store_maildir_open_with(const char *path, const struct store_open_options *optio
 	ms->options = options;
 	ms->store.backend = &store_maildir;
 	ms->path = xstrdup(path);
+	ms->store.path = ms->path;
+	ms->store.state_dir_fd = -1;
 	ms->root_fd = -1;
 	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++)
 		ms->sub_fd[sub] = -1;
@@ -1391,8 +1393,12 @@ store_maildir_open_with(const char *path, const struct store_open_options *optio
 	/* The root was needed for the lock, the directories and the index;
 	 * a session holds its socket, the lock, new/ and cur/ only (10,000
 	 * idle sessions: one descriptor less each). */
-	close(ms->root_fd);
-	ms->root_fd = -1;
+	if (options != NULL && options->keep_state_dir) {
+		ms->store.state_dir_fd = ms->root_fd;   /* closed by close() */
+	} else {
+		close(ms->root_fd);
+		ms->root_fd = -1;
+	}
 	ms->options = NULL;
 	*store_r = &ms->store;
 	return STORE_OK;

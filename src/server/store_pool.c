@@ -21,6 +21,8 @@ _Static_assert(offsetof(struct store_job, pool_job) == 0,
 static void
 store_job_free(struct store_job *job)
 {
+	devices_login_clear(&job->devices);
+	devices_free(job->device_state);
 	if (job->store != NULL)
 		job->store->backend->close(job->store);   /* no UPDATE for an open */
 	free(job->path);
@@ -43,8 +45,16 @@ store_job_run(struct thread_pool_job *pool_job)
 		    j->backend->open(j->path, &j->store, &j->error);
 		if (j->status != STORE_OK)
 			j->store = NULL;
+		else
+			j->status = devices_login_run(&j->devices, j->store, &j->error);
+	} else if (j->device_state != NULL) {
+		j->status = devices_update_run(j->device_state, j->device_slot, j->device_idle_days,
+		    j->store, j->deleted, &j->removed, &j->error);
 	} else {
 		j->status = j->store->backend->expunge(j->store, j->deleted, &j->error);
+		if (j->status == STORE_OK)
+			for (uint32_t i = 0; i < j->store->count; i++)
+				j->removed += j->deleted[i];
 	}
 }
 

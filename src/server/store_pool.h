@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 
+#include "server/devices_session.h"
 #include "server/store.h"
 #include "server/thread_pool.h"
 
@@ -24,7 +25,16 @@ struct store_job {
 	struct store_open_options options;
 	char *uidl_template;
 	struct store *store;          /* OPEN: result; EXPUNGE: owned by the job */
-	bool *deleted;                /* EXPUNGE: copy of the marks */
+	bool *deleted;                /* EXPUNGE: copy of the marks, by store index */
+	/* OPEN: the device part of the login (devices_session.h); its
+	 * outputs are the job's until done() takes them. */
+	struct devices_login devices;
+	/* EXPUNGE of a device's session: the state (owned by the job) and
+	 * the device's slot; NULL: a classic expunge. */
+	struct devices *device_state;
+	int device_slot;
+	unsigned device_idle_days;
+	uint32_t removed;             /* EXPUNGE: files removed */
 	enum store_status status;
 	char *error;
 	/* Called on the event loop when the job is done, with arg; not called

@@ -337,6 +337,7 @@ class PopboxServer:
         self.proc = None
         self.logf = None
         self.known_children = set()
+        self.env = None          # popboxd's environment (None: ours)
         self.users = {}          # name -> password field as written
         self.config = {
             "mail": "maildir:%s/%%u" % self.mail_root,
@@ -481,7 +482,7 @@ class PopboxServer:
             self.log_offset = self.logf.tell()
             self.proc = subprocess.Popen(self.command(*extra_args), stdin=subprocess.DEVNULL,
                                          stdout=self.logf, stderr=subprocess.STDOUT,
-                                         cwd=self.cwd, preexec_fn=_die_with_parent)
+                                         cwd=self.cwd, env=self.env, preexec_fn=_die_with_parent)
             if not wait:
                 return self
             try:

@@ -109,7 +109,7 @@ test_auth_result(void **state)
 	for (int r = AUTH_RESULT_OK; r <= AUTH_RESULT_CONTINUE; r++) {
 		const struct ipc_auth_result m = { .request_id = 99, .result = (enum auth_result)r,
 		    .user = "alice", .location = "maildir:/home/alice/Maildir", .data = "dj1zZXJ2ZXI=",
-		    .uidl_format = (enum uidl_format)(r % (UIDL_FORMAT_MAX + 1)) };
+		    .uidl_format = (enum uidl_format)(r % (UIDL_FORMAT_MAX + 1)), .device = "#phone" };
 		size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 		assert_true(len > 0);
 		struct ipc_auth_result d;
@@ -120,6 +120,7 @@ test_auth_result(void **state)
 		assert_string_equal(d.location, m.location);
 		assert_string_equal(d.data, m.data);
 		assert_int_equal(d.uidl_format, m.uidl_format);
+		assert_string_equal(d.device, "#phone");
 		assert_int_equal(ipc_auth_result_encode(again, sizeof(again), &d), len);
 		assert_memory_equal(again, buf, len);
 		CHECK_FRAMING(ipc_auth_result_decode, struct ipc_auth_result, len);
@@ -127,7 +128,7 @@ test_auth_result(void **state)
 	/* NULL texts go out as "". */
 	const struct ipc_auth_result temp = { .request_id = 1, .result = AUTH_RESULT_TEMP };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &temp);
-	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8);
+	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8 + 1);
 	struct ipc_auth_result d;
 	assert_true(ipc_auth_result_decode(buf, len, &d));
 	assert_string_equal(d.user, "");
