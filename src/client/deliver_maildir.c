@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef __linux__
@@ -492,11 +493,46 @@ const struct deliver_ops deliver_maildir_ops = {
 	.scan = deliver_maildir_scan,
 };
 
+/* Maildir's rule: a file in tmp/ untouched for 36 hours is a delivery
+ * that died (here: a batch of up to 64 whose run was killed before the
+ * move into new/). Removed at the next scan, best effort: a failure to
+ * remove one costs disk space, never mail (the message is still on the
+ * server, or already in new/ under its final name). */
+#define MAILDIR_TMP_STALE_SEC (36 * 3600)
+
+static void
+maildir_clean_tmp(const char *path)
+{
+	char *dir = xasprintf("%s/tmp", path);
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd < 0)
+		return;
+	DIR *dp = fdopendir(fd);
+	if (dp == NULL) {
+		close(fd);
+		return;
+	}
+	time_t now = time(NULL);
+	struct dirent *de;
+	while ((de = readdir(dp)) != NULL) {
+		struct stat st;
+		if (de->d_name[0] == '.' ||
+		    fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			continue;
+		/* mtime: a delivery still writing keeps it current */
+		if (now - st.st_mtime > MAILDIR_TMP_STALE_SEC)
+			(void)unlinkat(fd, de->d_name, 0);
+	}
+	closedir(dp);
+}
+
 bool
 deliver_maildir_scan(const char *path, deliver_marker_fn *fn, void *ctx,
     struct fetch_error *err)
 {
 	static const char *const sub[] = { "new", "cur" };
+	maildir_clean_tmp(path);
 	for (size_t i = 0; i < N_ELEMENTS(sub); i++) {
 		char *dir = xasprintf("%s/%s", path, sub[i]);
 		int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -301,6 +302,31 @@ lock_account(const char *dir, const char *name, int *fd_out, struct fetch_error 
 	return true;
 }
 
+/* Temp files a killed run left while saving the state file or the OAuth2
+ * token file (NAME.state.tmp.PID, NAME.oauth2.tmp.PID): removed once the
+ * account's lock is held, when no save of this account can be running. */
+static void
+clean_state_temps(const char *dir, const char *name)
+{
+	DIR *dp = opendir(dir);
+	if (dp == NULL)
+		return;
+	char *p1 = xasprintf("%s.state.tmp.", name), *p2 = xasprintf("%s.oauth2.tmp.", name);
+	struct dirent *de;
+	while ((de = readdir(dp)) != NULL) {
+		if (strncmp(de->d_name, p1, strlen(p1)) != 0 &&
+		    strncmp(de->d_name, p2, strlen(p2)) != 0)
+			continue;
+		const char *pid = strrchr(de->d_name, '.') + 1;
+		if (pid[0] == '\0' || strspn(pid, "0123456789") != strlen(pid))
+			continue;
+		(void)unlinkat(dirfd(dp), de->d_name, 0);
+	}
+	free(p1);
+	free(p2);
+	closedir(dp);
+}
+
 /* The account's lock and state file: the first things a run takes. */
 static bool
 open_state(struct run *r, struct fetch_error *err)
@@ -310,6 +336,7 @@ open_state(struct run *r, struct fetch_error *err)
 		return false;
 	if (!lock_account(r->state_dir, a->name, &r->lockfd, err))
 		return false;
+	clean_state_temps(r->state_dir, a->name);
 	char *path = xasprintf("%s/%s.state", r->state_dir, a->name);
 	char *header = xasprintf("account %s server %s@%s:%s", a->name, a->user, a->host, a->port);
 	bool loaded = uidl_state_load(&r->st, path, header, err);

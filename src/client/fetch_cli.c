@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum {
 	OPT_CONFIG = 1000, OPT_LIST, OPT_REBUILD, OPT_HELP, OPT_KEY,
@@ -69,6 +70,16 @@ usage(FILE *f)
 	    "74 local delivery failed, 69 untrusted certificate, 76 protocol error.\n");
 }
 
+static bool
+is_bool_word(const char *s)
+{
+	static const char *const words[] = { "yes", "no", "true", "false", "on", "off" };
+	for (size_t i = 0; i < N_ELEMENTS(words); i++)
+		if (!strcasecmp(s, words[i]))
+			return true;
+	return false;
+}
+
 /* Parse the options into o (initialised here; the caller frees o->over
  * with account_free() in every case). Returns -1 to go on, or the exit
  * status (0 for --help). On return optind is the first ACCOUNT. */
@@ -120,7 +131,13 @@ parse_options(int argc, char **argv, struct fetch_options *o)
 				const struct keyopt *k = &keyopts[c - OPT_KEY];
 				char where[64];
 				snprintf(where, sizeof(where), "option --%s", k->opt);
-				if (!account_set(&o->over, k->key, optarg ? optarg : "yes", where,
+				/* "--keep yes": the yes/no as the next word is taken
+				 * too, rather than as an account name */
+				const char *val = optarg;
+				if (val == NULL && k->optional_arg && optind < argc &&
+				    is_bool_word(argv[optind]))
+					val = argv[optind++];
+				if (!account_set(&o->over, k->key, val ? val : "yes", where,
 				    false, &err)) {
 					fprintf(stderr, "popbox: %s\n", err.msg);
 					return err.code;
@@ -139,8 +156,8 @@ parse_options(int argc, char **argv, struct fetch_options *o)
  * or every section of the accounts file. Returns 0 with *accts (xcalloc'd,
  * *nacct > 0 entries) or EX_CONFIG, the problem said on stderr. */
 static int
-load_accounts(const struct fetch_options *o, bool oneoff, struct account **accts,
-    int *nacct)
+load_accounts(const struct fetch_options *o, bool oneoff, int names, const char *first_name,
+    struct account **accts, int *nacct)
 {
 	struct fetch_error err = { 0 };
 	if (oneoff) {
@@ -152,7 +169,12 @@ load_accounts(const struct fetch_options *o, bool oneoff, struct account **accts
 	char *path = o->config ? xstrdup(o->config) : account_default_config_path();
 	bool ok = account_load_file(path, true, accts, nacct, &err);
 	if (!ok) {
-		if (errno == ENOENT && o->config == NULL)
+		if (errno == ENOENT && o->config == NULL && o->over.host != NULL && names > 0)
+			fprintf(stderr, "popbox: '%s' is not an option, so it was taken as an "
+			    "account name, but there is no accounts file %s. With --host, --user "
+			    "and --deliver give no account name; an option's value goes after "
+			    "'=' or as the next word (--keep=yes, --keep yes)\n", first_name, path);
+		else if (errno == ENOENT && o->config == NULL)
 			fprintf(stderr, "popbox: no accounts file %s; create it (see "
 			    "popbox-accounts.conf(5)) or give --host, --user and --deliver\n",
 			    path);
@@ -222,7 +244,8 @@ fetch_main(int argc, char **argv)
 	struct account *accts = NULL;
 	int nacct = 0;
 	bool oneoff = optind == argc && o.over.host != NULL;
-	status = load_accounts(&o, oneoff, &accts, &nacct);
+	status = load_accounts(&o, oneoff, argc - optind, optind < argc ? argv[optind] : NULL,
+	    &accts, &nacct);
 	if (status != 0) {
 		account_free(&o.over);
 		return status;

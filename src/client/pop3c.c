@@ -80,6 +80,15 @@ pop3c_status(struct pop3c *s, struct fetch_error *err)
 	if (!conn_read_line(s->conn, s->line, sizeof(s->line), err))
 		return POP3_INVALID;
 	trace("S:", s->line, -1);
+	/* RFC 2449 §4: a status line is at most 512 octets with its CRLF.
+	 * Longer is the server breaking the protocol (the line buffer is
+	 * larger only so that such a line is read whole and named). */
+	if (strlen(s->line) + 2 > POP3_MAX_RESPONSE_LINE) {
+		fetch_error_set(err, EX_PROTOCOL, "the server sent a status line of %zu octets, "
+		    "longer than the %d RFC 2449 allows", strlen(s->line) + 2,
+		    POP3_MAX_RESPONSE_LINE);
+		return POP3_INVALID;
+	}
 	enum pop3_status st = pop3_parse_status(s->line, &s->text, &s->code);
 	if (st == POP3_INVALID) {
 		char clean[80];

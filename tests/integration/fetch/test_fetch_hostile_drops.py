@@ -331,20 +331,32 @@ def test_overlong_line_aborts_with_bounded_memory(tmp_path, cmd, reply, what):
         srv.stop()
 
 
-def test_513_octet_status_line_is_tolerated(tmp_path):
-    """RFC 2449 caps a response line at 512 octets; the client accepts up to
-    1 KiB (real servers overshoot, e.g. long CAPA IMPLEMENTATION lines) and
-    the session goes on normally."""
+def test_status_line_over_512_octets_is_a_protocol_error(tmp_path):
+    """RFC 2449 §4 caps a status line at 512 octets with its CRLF: 512 is
+    read normally, 513 ends the session with 76 (issue 16 item 6), before
+    anything is fetched or deleted."""
     msgs = [make_message(0)]
     srv = ScriptedPop3(messages=msgs, capa=CAPA)
-    long_stat = b"+OK 1 %d " % len(FakePop3.wire(msgs[0]))
-    long_stat += b"z" * (513 - 2 - len(long_stat)) + b"\r\n"
-    assert len(long_stat) == 513
-    srv.rewrite = lambda c, data: (long_stat, False) if c == "STAT" else None
+    stat = b"+OK 1 %d " % len(FakePop3.wire(msgs[0]))
+    size = [512]
+
+    def long_stat():
+        line = stat + b"z" * (size[0] - 2 - len(stat)) + b"\r\n"
+        assert len(line) == size[0]
+        return line
+    srv.rewrite = lambda c, data: (long_stat(), False) if c == "STAT" else None
     c = Client(str(tmp_path / "h"))
     try:
         c.fetch(*args_for(srv, str(tmp_path / "M")), check=0)
         assert digest_counts(read_maildir(str(tmp_path / "M")).values()) == digest_counts(msgs)
+        srv.messages.append(make_message(1))
+        srv.deleted.clear()
+        size[0] = 513
+        p = c.fetch(*args_for(srv, str(tmp_path / "M2")))
+        assert p.returncode == 76, p.err
+        assert "status line of 513 octets" in p.err
+        assert srv.deleted == set()
+        assert read_maildir(str(tmp_path / "M2")) == {}
     finally:
         srv.stop()
 
