@@ -3,6 +3,9 @@
 nothing partial on failure, bounded memory, the index kept warm."""
 
 import os
+import re
+import shutil
+import signal
 import subprocess
 
 import pytest
@@ -217,3 +220,61 @@ def test_index_stays_warm_after_a_delivery(server):
         assert c.retr(fresh) == wire_form(new)
         c.quit()
     assert after == dict(first, **{uidls[fresh]: len(wire_form(new))})
+
+
+def syscall_sequence(cmd, data, tmp):
+    """The system calls cmd makes, in order, as (name, nth call of that
+    name): strace's injection counts each call separately."""
+    trace = os.path.join(tmp, "trace")
+    subprocess.run(["strace", "-f", "-qq", "-o", trace] + cmd, input=data,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+    seen, seq = {}, []
+    with open(trace) as f:
+        for line in f:
+            m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+            if m:
+                name = m.group(1)
+                seen[name] = seen.get(name, 0) + 1
+                seq.append((name, seen[name]))
+    return seq
+
+
+def test_sigkill_at_every_system_call_is_all_or_nothing(server, tmp_path):
+    """strace kills popbox deliver at each of its system calls in turn: after
+    every run the message is in new/ whole or not at all, tmp/ is empty,
+    and exit 0 comes only with the message there."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is needed: tools/debian-packages.txt")
+    data = b"Subject: kill\n\n" + b"0123456789abcdef\n" * 4096
+    server.write_config()
+    cmd = [popbox_path(), "deliver", "-c", server.conf_path, "alice"]
+    md = server.maildir()
+    new = os.path.join(md, "new")
+
+    def clear():
+        for f in os.listdir(new):
+            os.unlink(os.path.join(new, f))
+    seq = syscall_sequence(cmd, data, str(tmp_path))
+    clear()
+    names = [n for n, _ in seq]
+    assert "linkat" in names and "fsync" in names, names
+    outcomes = {"absent": 0, "whole": 0}
+    for name, nth in seq:
+        r = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
+                            "-e", "inject=%s:signal=KILL:when=%d" % (name, nth)] + cmd,
+                           input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=60)
+        files = os.listdir(new)
+        assert len(files) <= 1, files
+        if files:
+            with open(os.path.join(new, files[0]), "rb") as f:
+                assert f.read() == data, "a partial message after a kill at %s #%d" % (name, nth)
+        assert stray_files(md) == []
+        if r.returncode == 0:
+            assert files, "exit 0 without the message (kill at %s #%d)" % (name, nth)
+        else:
+            assert r.returncode == -signal.SIGKILL, (name, nth, r.returncode, r.stderr)
+            outcomes["whole" if files else "absent"] += 1
+        clear()
+    # the kills came before and after the message became visible
+    assert outcomes["absent"] > 10 and outcomes["whole"] >= 1, outcomes

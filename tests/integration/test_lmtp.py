@@ -256,3 +256,36 @@ def test_50_mb_message_in_bounded_worker_memory(server_factory):
         p.login()
         assert p.list() == {1: size}
         p.quit()
+
+
+def test_no_pop3_lock_taken_and_the_index_stays_warm(server_factory):
+    """A POP3 session holds alice's maildrop while LMTP delivers into it:
+    the delivery does not wait (Maildir delivery takes no lock), the
+    session's snapshot does not change, and the next login sees the new
+    message. Earlier files are made unreadable to popboxd before that
+    login: their sizes still come from popbox.index, only the new file is
+    read (docs/DESIGN.md "Mail in")."""
+    srv = lmtp_server(server_factory)
+    for i in range(50):
+        srv.deliver(b"Subject: %d\n\n%s\n" % (i, b"y" * i))
+    with srv.connect() as p:
+        p.login()
+        first = {p.uidl()[n]: size for n, size in p.list().items()}
+        with LMTPRaw(srv.lmtp_port) as c:
+            c.lhlo()
+            _, _, _, done = lmtp_transaction(c, "s@x", ["alice"], b"Subject: new\r\n\r\nfresh\r\n")
+            assert [d[0] for d in done] == [250]
+        assert p.stat()[0] == 50
+        p.quit()
+    if os.geteuid() == 0:
+        for path in srv.message_files().values():
+            if b"fresh" not in open(path, "rb").read():
+                os.chmod(path, 0)
+    with srv.connect() as p:
+        p.login()
+        uidls, sizes = p.uidl(), p.list()
+        after = {uidls[n]: size for n, size in sizes.items()}
+        (fresh,) = [n for n, u in uidls.items() if u not in first]
+        assert p.retr(fresh) == rp("s@x") + b"Subject: new\r\n\r\nfresh\r\n"
+        p.quit()
+    assert after == dict(first, **{uidls[fresh]: len(rp("s@x") + b"Subject: new\r\n\r\nfresh\r\n")})
