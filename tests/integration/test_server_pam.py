@@ -18,10 +18,10 @@ import time
 import pytest
 
 from popbox_server import REPO, fresh_source
+from unix_accounts import PASSWORD, Accounts, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix accounts: root only (CI)")
 
-PASSWORD = "Right-Horse-7"
 FAIL = b"-ERR [AUTH] Authentication failed"
 # Timing samples per kind: 5 users of each kind, 4 wrong passwords each
 # (the per-user penalty counts from a user's 6th failure).
@@ -29,51 +29,8 @@ TIMING_USERS = 5
 TIMING_ROUNDS = 4
 
 
-def run(*argv, stdin=None):
-    subprocess.run(argv, input=stdin, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE, timeout=120)
-
-
-class Accounts:
-    """Unix accounts made for one test module; removed by remove_all()."""
-
-    def __init__(self):
-        self.prefix = "pbt" + secrets.token_hex(3)
-        self.names = []
-
-    def add(self, tag, system=False, password=PASSWORD):
-        name = self.prefix + tag
-        argv = ["useradd", "--no-create-home", "--home-dir", "/nonexistent",
-                "--shell", "/usr/sbin/nologin", "--user-group"]
-        if system:
-            argv.append("--system")
-        run(*(argv + [name]))
-        self.names.append(name)
-        run("chpasswd", stdin=("%s:%s\n" % (name, password)).encode())
-        return name
-
-    def remove_all(self):
-        for name in self.names:
-            subprocess.run(["userdel", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 @pytest.fixture(scope="module")
-def passwd_readable():
-    """/etc/passwd is 0644 on Debian; some container images make it 0600,
-    where nothing but root can look a user up (the auth process runs as
-    auth_user). Such a mode is put right for the test and back afterwards."""
-    mode = os.stat("/etc/passwd").st_mode & 0o7777
-    if mode & 0o004 == 0:
-        os.chmod("/etc/passwd", 0o644)
-    try:
-        yield
-    finally:
-        if mode & 0o004 == 0:
-            os.chmod("/etc/passwd", mode)
-
-
-@pytest.fixture(scope="module")
-def accounts(passwd_readable):
+def accounts():
     acc = Accounts()
     try:
         yield acc
