@@ -55,24 +55,17 @@ all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS) units
 
 # systemd units with this build's paths: contrib/systemd/*.in get @SBINDIR@,
 # @BINDIR@ and @SYSCONFDIR@ replaced; the rest are copied. Into
-# $(BUILD)/systemd/{system,user}; make install copies them from there.
-UNIT_SRC    := $(sort $(wildcard contrib/systemd/*))
-SYSTEM_UNITS := $(patsubst contrib/systemd/%,$(BUILD)/systemd/system/%,$(patsubst %.in,%,$(filter-out contrib/systemd/popbox-fetch@%,$(UNIT_SRC))))
-USER_UNITS   := $(patsubst contrib/systemd/%,$(BUILD)/systemd/user/%,$(patsubst %.in,%,$(filter contrib/systemd/popbox-fetch@%,$(UNIT_SRC))))
+# $(BUILD)/systemd/{system,user} (popbox-fetch@* are user units), written
+# anew every time so that other paths (make install PREFIX=...) never meet
+# stale files; make install copies them from there.
 UNIT_SED := sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
-units: $(SYSTEM_UNITS) $(USER_UNITS)
-$(BUILD)/systemd/system/%: contrib/systemd/%.in Makefile
-	@mkdir -p $(dir $@)
-	$(UNIT_SED) $< > $@.tmp && mv $@.tmp $@
-$(BUILD)/systemd/user/%: contrib/systemd/%.in Makefile
-	@mkdir -p $(dir $@)
-	$(UNIT_SED) $< > $@.tmp && mv $@.tmp $@
-$(BUILD)/systemd/system/%: contrib/systemd/% Makefile
-	@mkdir -p $(dir $@)
-	cp $< $@
-$(BUILD)/systemd/user/%: contrib/systemd/% Makefile
-	@mkdir -p $(dir $@)
-	cp $< $@
+units:
+	@mkdir -p $(BUILD)/systemd/system $(BUILD)/systemd/user
+	@for f in contrib/systemd/*; do \
+	    b=$${f##*/}; b=$${b%.in}; \
+	    case $$b in popbox-fetch@*) d=$(BUILD)/systemd/user;; *) d=$(BUILD)/systemd/system;; esac; \
+	    $(UNIT_SED) $$f > $$d/$$b.tmp && mv $$d/$$b.tmp $$d/$$b || exit 1; \
+	done
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -142,8 +135,8 @@ install: $(BUILD)/popboxd $(BUILD)/popbox units
 	    $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)$(SYSTEMD_USERUNITDIR)
 	install -m 0755 $(BUILD)/popboxd $(DESTDIR)$(SBINDIR)/popboxd
 	install -m 0755 $(BUILD)/popbox $(DESTDIR)$(BINDIR)/popbox
-	install -m 0644 $(SYSTEM_UNITS) $(DESTDIR)$(SYSTEMD_UNITDIR)/
-	install -m 0644 $(USER_UNITS) $(DESTDIR)$(SYSTEMD_USERUNITDIR)/
+	install -m 0644 $(BUILD)/systemd/system/* $(DESTDIR)$(SYSTEMD_UNITDIR)/
+	install -m 0644 $(BUILD)/systemd/user/* $(DESTDIR)$(SYSTEMD_USERUNITDIR)/
 	for m in docs/*.[158]; do [ -f "$$m" ] || continue; \
 	    s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
 	@# The PAM service of users = pam; an admin's own copy is kept.

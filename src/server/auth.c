@@ -32,6 +32,7 @@
 #include "common/log.h"
 #include "server/auth_passdb.h"
 #include "server/auth_penalty.h"
+#include "server/metrics.h"
 #include "server/thread_pool.h"
 #include "server/auth_sasl.h"
 #include "server/devices.h"
@@ -228,6 +229,8 @@ auth_answer(int fd, uint64_t id, const char *peer, enum auth_result result, cons
 		auth_penalty_succeeded(auth.penalty, peer, who);
 	if (result != AUTH_RESULT_OK)
 		user = location = NULL;
+	if (delay_ms > 0)
+		METRICS_INC(penalties);
 	if (delay_ms == 0) {
 		reply_send(fd, id, result, user, location, data);
 		return;

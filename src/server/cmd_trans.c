@@ -10,6 +10,7 @@
 #include <event2/buffer.h>
 
 #include "common/log.h"
+#include "server/metrics.h"
 #include "server/store_pool.h"
 
 void
@@ -210,6 +211,7 @@ cmd_trans_retr(struct session *s, int argc, char **argv)
 	if (!message_arg(s, argv[0], &idx))
 		return;
 	s->retr_count++;
+	METRICS_INC(retrieved);
 	cmd_trans_send(s, idx, -1);
 }
 
@@ -278,6 +280,7 @@ cmd_trans_expunged(struct store_job *job, void *arg)
 	if (job->device_state != NULL)
 		log_info("session %016llx: device %s deleted %u, %u files removed",
 		    (unsigned long long)s->id, s->device, removed, job->removed);
+	METRICS_ADD(deleted, removed);
 	session_reply(s, "+OK Bye, %u messages deleted", removed);
 	session_close_after_reply(s, "quit");
 }

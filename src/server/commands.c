@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "common/log.h"
+#include "server/metrics.h"
 #include "server/cmd_trans.h"
 #include "server/login.h"
 
@@ -102,6 +103,7 @@ commands_dispatch(struct session *s, char *line, size_t len)
 	size_t klen = p ? (size_t)(p - line) : len;
 	const struct command *cmd = NULL;
 
+	metrics_command(line, klen);
 	if (klen >= 3 && klen <= COMMAND_MAX_KEYWORD) {
 		for (size_t i = 0; i < N_ELEMENTS(command_table); i++)
 			if (strlen(command_table[i].name) == klen &&

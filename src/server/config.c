@@ -103,6 +103,7 @@ struct config_parser {
 };
 
 static int config_error(struct config_parser *p, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static void config_listens_free(struct config_listen *l, size_t n);
 
 static int
 config_error(struct config_parser *p, const char *fmt, ...)
@@ -461,6 +462,33 @@ static int
 config_key_lmtp_timeout(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_duration(p, key, value, &p->config->lmtp_timeout);
+}
+
+/* One host:port, "none" (the default) turns it off. Parsed like a listen
+ * item, into a list of its own. */
+static int
+config_key_metrics_listen(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcasecmp(value, "none") == 0)
+		return 0;
+	if (strchr(value, ',') != NULL)
+		return config_bad_value(p, key, value, "one host:port");
+	struct config_listen *saved = p->plain;
+	size_t n_saved = p->n_plain;
+	p->plain = NULL;
+	p->n_plain = 0;
+	int r = config_parse_listen_item(p, key, value, false);
+	struct config_listen *got = p->plain;
+	p->plain = saved;
+	p->n_plain = n_saved;
+	if (r < 0)
+		return r;
+	if (strcmp(got->host, "*") == 0) {
+		config_listens_free(got, 1);
+		return config_bad_value(p, key, value, "an address (the metrics are not for everyone)");
+	}
+	p->config->metrics_listen = got;
+	return 0;
 }
 
 static int
@@ -931,6 +959,7 @@ static const struct config_key config_keys[] = {
 	{ "device_separator", config_key_device_separator, false },
 	{ "device_idle_days", config_key_device_idle_days, false },
 	{ "max_devices", config_key_max_devices, false },
+	{ "metrics_listen", config_key_metrics_listen, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -1294,5 +1323,7 @@ config_free(struct config *config)
 	free(config->lmtp_unix);
 	free(config->lmtp_trusted);
 	free(config->lmtp_socket_owner);
+	if (config->metrics_listen != NULL)
+		config_listens_free(config->metrics_listen, 1);
 	free(config);
 }

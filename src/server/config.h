@@ -142,6 +142,10 @@ struct config {
 	char device_separator;
 	unsigned device_idle_days;
 	unsigned max_devices;
+	/* metrics_listen: where the metrics process serves GET /metrics
+	 * (Prometheus text format, docs/DESIGN.md "Metrics"); NULL = off.
+	 * Changes need a restart. */
+	struct config_listen *metrics_listen;
 };
 
 #define CONFIG_DEVICE_IDLE_DAYS_DEFAULT 30

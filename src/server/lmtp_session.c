@@ -23,6 +23,7 @@
 #include "common/wire.h"
 #include "server/ipc.h"
 #include "server/lmtp_proto.h"
+#include "server/metrics.h"
 #include "server/session.h"
 #include "server/store.h"
 #include "server/store_deliver.h"
@@ -433,6 +434,8 @@ lmtp_reply_delivery(struct lmtp_session *s, const struct lmtp_rcpt *r,
 
 	lmtp_sanitize(a, sizeof(a), r->address);
 	lmtp_log_delivery(s, r, delivery_status_name(st), error);
+	if ((unsigned)st < METRICS_DELIVERY_N)
+		METRICS_INC(lmtp_deliveries[st]);
 	switch (st) {
 	case DELIVERY_OK:
 		s->delivered++;

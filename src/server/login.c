@@ -14,6 +14,7 @@
 
 #include "common/base64.h"
 #include "common/log.h"
+#include "server/metrics.h"
 #include "server/cmd_trans.h"
 #include "server/devices.h"
 #include "server/ipc.h"
@@ -86,6 +87,7 @@ login_request(struct session *s, uint64_t id, size_t len)
 		return false;
 	}
 	s->auth_request = id;
+	s->auth_sent_us = monotonic_us();
 	s->auth_prev = NULL;
 	s->auth_next = w->auth_pending;
 	if (w->auth_pending)
@@ -147,6 +149,7 @@ login_pass(struct session *s, int argc, char **argv)
 		session_reply(s, "-ERR USER first");
 		return;
 	}
+	s->login_mech = METRICS_MECH_USER;
 	const struct ipc_auth_pass m = { .request_id = ++s->worker->next_request, .session_id = s->id,
 	    .user = s->login_name, .password = argv[0], .peer = s->peer_ip };
 	login_request(s, m.request_id, ipc_auth_pass_encode(request_buf, sizeof(request_buf), &m));
@@ -160,6 +163,7 @@ login_apop(struct session *s, int argc, char **argv)
 		return;
 	}
 	size_t dlen = strlen(argv[1]);
+	s->login_mech = METRICS_MECH_APOP;
 	if (dlen != LOGIN_APOP_DIGEST_LEN || strspn(argv[1], "0123456789abcdefABCDEF") != dlen) {
 		login_failed(s, AUTH_RESULT_FAIL);
 		return;
@@ -243,6 +247,7 @@ login_sasl_start(struct session *s, const char *mech, const char *initial)
 {
 	char *cb_exporter = NULL, *cb_unique = NULL;
 	struct ssl_st *ssl = session_ssl(s);
+	s->login_mech = metrics_mech(mech);
 	if (ssl != NULL && login_channel_binding(s)) {
 		cb_exporter = tls_channel_binding_exporter(ssl);
 		cb_unique = tls_channel_binding_unique(ssl);
@@ -387,6 +392,8 @@ login_failed(struct session *s, enum auth_result result)
 	login_sasl_end(s);
 	session_enter_state(s, SESSION_AUTHORIZATION);
 	login_name_set(s, NULL);
+	METRICS_INC(logins[s->login_mech][result == AUTH_RESULT_TEMP ? METRICS_LOGIN_TEMP :
+	    METRICS_LOGIN_FAIL]);
 	if (result == AUTH_RESULT_TEMP) {
 		session_reply(s, LOGIN_TEMP_REPLY);
 		return;
@@ -411,6 +418,8 @@ login_maildrop_usable(struct session *s, struct store_job *job, const char *user
 		log_warnx("session %016llx: user %s: %s", (unsigned long long)s->id, user,
 		    job->error ? job->error : "cannot open the maildrop");
 		session_enter_state(s, SESSION_AUTHORIZATION);
+		METRICS_INC(logins[s->login_mech][job->status == STORE_IN_USE ? METRICS_LOGIN_IN_USE :
+		    METRICS_LOGIN_ERROR]);
 		if (job->status == STORE_IN_USE)
 			session_reply(s, "-ERR [IN-USE] Mailbox is locked by another POP3 session");
 		else if (job->status == STORE_PERM)
@@ -429,6 +438,7 @@ login_maildrop_usable(struct session *s, struct store_job *job, const char *user
 		job->store->backend->close(job->store);
 		job->store = NULL;
 		session_enter_state(s, SESSION_AUTHORIZATION);
+		METRICS_INC(logins[s->login_mech][METRICS_LOGIN_ERROR]);
 		session_reply(s, "-ERR [SYS/PERM] Mailbox is too large for this server "
 		    "(%u messages), contact the administrator", count);
 		return false;
@@ -468,6 +478,7 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		return;
 	}
 	s->user = user;   /* the one place: logged in */
+	METRICS_INC(logins[s->login_mech][METRICS_LOGIN_OK]);
 	s->device = job->devices.device;
 	job->devices.device = NULL;
 	s->devices = job->devices.state;
@@ -512,6 +523,7 @@ login_accept(struct session *s, const char *user, const char *location,
 	const struct store_backend *backend = store_backend_for(location, &path);
 	if (backend == NULL) {
 		log_warnx("session %016llx: user %s: unknown mail location scheme", (unsigned long long)s->id, user);
+		METRICS_INC(logins[s->login_mech][METRICS_LOGIN_ERROR]);
 		session_enter_state(s, SESSION_AUTHORIZATION);
 		session_reply(s, "-ERR [SYS/PERM] Mailbox is not available, contact the administrator");
 		return;
@@ -547,6 +559,7 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 			break;
 	if (s == NULL)
 		return;  /* session gone, or an answer to a previous incarnation */
+	metrics_auth_latency(monotonic_us() - s->auth_sent_us);
 	login_pending_remove(s);
 	if (s->freed_pending)
 		return;  /* its connection ended in this loop round: it is freed next,

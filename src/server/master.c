@@ -35,6 +35,7 @@
 #include "server/tls.h"
 #include "server/iplimit.h"
 #include "server/service.h"
+#include "server/metrics.h"
 
 /* Listen backlog: bursts of connects queue in the kernel, not in us. */
 #define MASTER_LISTEN_BACKLOG 1024
@@ -60,7 +61,7 @@
 /* The group that may read /etc/shadow on Debian (users = pam). */
 #define MASTER_SHADOW_GROUP "shadow"
 
-enum child_role { ROLE_AUTH, ROLE_WORKER };
+enum child_role { ROLE_AUTH, ROLE_WORKER, ROLE_METRICS };
 
 struct child {
 	enum child_role role;
@@ -82,7 +83,7 @@ static struct {
 	struct event_base *base;
 	struct config *config;
 	struct child_env env;
-	struct child children[1 + POPBOXD_MAX_WORKERS];
+	struct child children[2 + POPBOXD_MAX_WORKERS];   /* auth, workers, metrics */
 	size_t n_children;
 	char *pid_path;
 	bool stopping;
@@ -517,8 +518,12 @@ child_start(struct child *c)
 		signal(SIGCHLD, SIG_DFL);
 		signal(SIGPIPE, SIG_IGN);
 		privileges_drop(&master.env, c->role);
+		metrics_attach(c->role == ROLE_METRICS ? NULL : master.env.metrics,
+		    c->role == ROLE_AUTH ? METRICS_ROW_AUTH : (int)c->slot);
 		if (c->role == ROLE_AUTH)
 			auth_main(&master.env);
+		if (c->role == ROLE_METRICS)
+			metrics_main(&master.env);
 		worker_main(&master.env);
 	}
 	c->pid = pid;
@@ -526,8 +531,8 @@ child_start(struct child *c)
 	c->forked = monotonic_seconds();
 	c->ping_sent = 0;
 	c->answered = false;
-	log_debug("started %s %u as pid %d", c->role == ROLE_AUTH ? "auth" : "worker",
-	    c->slot, (int)pid);
+	log_debug("started %s %u as pid %d", c->role == ROLE_AUTH ? "auth" :
+	    c->role == ROLE_METRICS ? "metrics" : "worker", c->slot, (int)pid);
 }
 
 static void
@@ -540,7 +545,10 @@ child_reaped(pid_t pid, int status)
 		c->pid = 0;
 		if (master.stopping)
 			return;
-		const char *what = c->role == ROLE_AUTH ? "auth process" : "worker";
+		const char *what = c->role == ROLE_AUTH ? "auth process" :
+		    c->role == ROLE_METRICS ? "metrics process" : "worker";
+		METRICS_INC(restarts[c->role == ROLE_AUTH ? METRICS_ROLE_AUTH :
+		    c->role == ROLE_METRICS ? METRICS_ROLE_METRICS : METRICS_ROLE_WORKER]);
 		if (WIFSIGNALED(status))
 			log_warnx("%s %u (pid %d) killed by signal %d; restarting", what, c->slot,
 			    (int)pid, WTERMSIG(status));
@@ -577,9 +585,9 @@ master_status_text(void)
 	for (size_t i = 0; i < master.n_children; i++)
 		running += master.children[i].pid > 0;
 	unsigned conns = master.env.iplimit != NULL ? iplimit_total(master.env.iplimit) : 0;
-	return xasprintf("%u connections, %u of %zu processes running (%u workers + auth), "
+	return xasprintf("%u connections, %u of %zu processes running (%u workers, auth%s), "
 	    "%zu listeners", conns, running, master.n_children, master.env.n_workers,
-	    master.env.n_listeners);
+	    master.env.metrics_fd >= 0 ? ", metrics" : "", master.env.n_listeners);
 }
 
 static void
@@ -994,6 +1002,23 @@ master_prepare(const struct config *config)
 		master.env.n_listeners++;
 	}
 	master.env.n_workers = workers_wanted(config);
+	master.env.metrics_fd = -1;
+	if (config->metrics_listen != NULL) {
+		struct listener ml;
+		master.env.metrics = metrics_new(master.env.n_workers);
+		if (master.env.metrics == NULL) {
+			log_warn("shared memory for the metrics");
+			return -1;
+		}
+		if (listener_bind(config->metrics_listen, &ml, &error) < 0) {
+			log_warnx("metrics_listen: %s", error);
+			free(error);
+			return -1;
+		}
+		master.env.metrics_fd = ml.fd;
+		master.env.metrics_name = ml.name;
+		metrics_attach(master.env.metrics, METRICS_ROW_MASTER);
+	}
 	master.env.iplimit = iplimit_new(master.env.n_workers);
 	if (master.env.iplimit == NULL)
 		log_warn("shared memory for max_connections_per_ip; the limit is not enforced");
@@ -1012,11 +1037,11 @@ master_prepare(const struct config *config)
 static void
 master_children_init(void)
 {
-	master.n_children = 1 + master.env.n_workers;
+	master.n_children = 1 + master.env.n_workers + (master.env.metrics_fd >= 0);
 	for (size_t i = 0; i < master.n_children; i++) {
 		struct child *c = &master.children[i];
 		int sv[2];
-		c->role = i == 0 ? ROLE_AUTH : ROLE_WORKER;
+		c->role = i == 0 ? ROLE_AUTH : i <= master.env.n_workers ? ROLE_WORKER : ROLE_METRICS;
 		c->slot = i == 0 ? 0 : (unsigned)(i - 1);
 		c->backoff_ms = MASTER_BACKOFF_MIN_MS;
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
@@ -1070,6 +1095,9 @@ master_free(void)
 		free(l->name);
 	}
 	free(master.env.listeners);
+	if (master.env.metrics_fd >= 0)
+		close(master.env.metrics_fd);
+	free(master.env.metrics_name);
 	config_free(master.config);
 }
 

@@ -49,6 +49,11 @@ struct child_env {
 	/* Auth process only: the SCRAM salt key file in state_dir, opened by
 	 * the master (master.c, salt_key_open), or -1. */
 	int salt_key_fd;
+	/* metrics_listen: the shared counters (metrics.h; NULL = off), and
+	 * for the metrics process its bound socket and name. */
+	struct metrics *metrics;
+	int metrics_fd;
+	char *metrics_name;
 };
 
 /* Each never returns. The master has already dropped privileges (when
@@ -56,5 +61,6 @@ struct child_env {
  * env->uid/gid for worker_main. */
 void auth_main(struct child_env *env) __attribute__((noreturn));
 void worker_main(struct child_env *env) __attribute__((noreturn));
+void metrics_main(struct child_env *env) __attribute__((noreturn));
 
 #endif

@@ -23,6 +23,7 @@
 
 #include "common/log.h"
 #include "server/iplimit.h"
+#include "server/metrics.h"
 #include "server/store_pool.h"
 
 static void session_destroy_later(struct session *s, const char *reason);
@@ -58,11 +59,43 @@ session_timer_arm(struct session *s)
 	evtimer_add(s->timer, &tv);
 }
 
+/* The metrics' session gauge a state counts under; -1: none (closing). */
+static int
+metrics_state(enum session_state state)
+{
+	switch (state) {
+	case SESSION_AUTHORIZATION:
+	case SESSION_AUTH_WAIT:
+	case SESSION_SASL:
+		return METRICS_STATE_AUTHORIZATION;
+	case SESSION_MAILDROP_WAIT:
+	case SESSION_TRANSACTION:
+		return METRICS_STATE_TRANSACTION;
+	case SESSION_UPDATE:
+		return METRICS_STATE_UPDATE;
+	default:
+		return -1;
+	}
+}
+
+static void
+metrics_state_move(enum session_state from, enum session_state to)
+{
+	int a = metrics_state(from), b = metrics_state(to);
+	if (a == b)
+		return;
+	if (a >= 0)
+		METRICS_ADD(sessions[a], -1);
+	if (b >= 0)
+		METRICS_INC(sessions[b]);
+}
+
 void
 session_enter_state(struct session *s, enum session_state state)
 {
 	log_debug("session %016llx: %s -> %s", (unsigned long long)s->id, state_name(s->state),
 	    state_name(state));
+	metrics_state_move(s->state, state);
 	s->state = state;
 	session_timer_arm(s);
 }
@@ -172,6 +205,10 @@ session_free(struct session *s)
 {
 	struct worker *w = s->worker;
 	session_log_end(s);
+	int gauge = metrics_state(s->state);
+	if (gauge >= 0)
+		METRICS_ADD(sessions[gauge], -1);
+	METRICS_ADD(bytes_sent, s->bytes_out);
 	s->handler->end(s);
 	/* A job submitted after the session was condemned must not call back
 	 * into freed memory either. */
@@ -477,6 +514,19 @@ static void
 session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
+	if ((what & BEV_EVENT_CONNECTED) && s->tls && !s->tls_done) {
+		/* the TLS handshake (implicit TLS or after STLS) completed */
+		s->tls_done = true;
+		METRICS_INC(tls_handshakes);
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		if (ssl != NULL && SSL_session_reused(ssl))
+			METRICS_INC(tls_resumed);
+		return;
+	}
+	if (s->tls && !s->tls_done && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
+		s->tls_done = true;   /* counted once */
+		METRICS_INC(tls_failed);
+	}
 	if (what & BEV_EVENT_EOF)
 		session_destroy_later(s, s->state == SESSION_CLOSING ? NULL : "disconnected");
 	else if (what & BEV_EVENT_ERROR) {
@@ -637,12 +687,14 @@ session_admit(struct session *s)
 	bool over = w->iplimit != NULL ? iplimit_total(w->iplimit) > w->config->max_connections
 	    : w->sessions > (w->config->max_connections + w->n_workers - 1) / w->n_workers;
 	if (w->config->max_connections > 0 && over) {
+		METRICS_INC(refused[METRICS_REFUSED_MAX_CONNECTIONS]);
 		session_reply(s, "-ERR [SYS/TEMP] Too many connections, try again later");
 		session_close_after_reply(s, "too-many-connections");
 		return false;
 	}
 	if (w->config->max_connections_per_ip > 0) {
 		if (iplimit_count(w->iplimit, s->peer_ip) >= w->config->max_connections_per_ip) {
+			METRICS_INC(refused[METRICS_REFUSED_MAX_CONNECTIONS_PER_IP]);
 			log_info("session %016llx: refused %s: max_connections_per_ip (%u) reached",
 			    (unsigned long long)s->id, s->peer, w->config->max_connections_per_ip);
 			session_reply(s, "-ERR [SYS/TEMP] Too many connections from your address, try again later");
@@ -684,6 +736,8 @@ session_open(struct worker *w, int fd, const struct sockaddr *sa, int salen, boo
 	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	s->state = SESSION_AUTHORIZATION;
+	METRICS_INC(accepted);
+	METRICS_INC(sessions[METRICS_STATE_AUTHORIZATION]);
 	session_timer_arm(s);
 	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
 	if (session_admit(s))

@@ -87,6 +87,7 @@ struct session {
 	bool tls;                     /* connection is encrypted */
 	bool tls_listener;
 	bool tls_shutdown;            /* close_notify sent */
+	bool tls_done;                /* handshake completed or failed (counted) */
 
 	/* AUTHORIZATION: login.c owns these and sets each name in one place. */
 	char *login_name;             /* the name the client gave (USER, APOP) */
@@ -101,6 +102,8 @@ struct session {
 	char *pending_device;         /* with pending_location, as the auth process gave it */
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
+	int login_mech;               /* enum metrics_mech of the login under way */
+	uint64_t auth_sent_us;        /* when the pending request left (monotonic) */
 	unsigned bad_commands;
 
 	/* TRANSACTION (cmd_trans.c) */

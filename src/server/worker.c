@@ -22,6 +22,7 @@
 #include "server/iplimit.h"
 #include "server/lmtp_session.h"
 #include "server/login.h"
+#include "server/metrics.h"
 #include "server/popboxd.h"
 #include "server/proxy.h"
 #include "server/session.h"
@@ -67,6 +68,8 @@ proxy_wait_end(struct proxy_wait *pw, const char *why, bool quiet)
 		getnameinfo((struct sockaddr *)&pw->peer, pw->peer_len, host, sizeof(host), NULL, 0,
 		    NI_NUMERICHOST);
 		/* A balancer's TCP health check connects and closes: not news. */
+		if (!quiet)
+			METRICS_INC(refused[METRICS_REFUSED_PROXY]);
 		if (quiet)
 			log_debug("connection from %s closed: %s", host, why);
 		else
@@ -299,6 +302,7 @@ worker_main(struct child_env *env)
 	worker.ssl_ctx = env->ssl_ctx;
 	worker.iplimit = env->iplimit;
 	iplimit_reset_worker(worker.iplimit, worker.slot);
+	metrics_clear_gauges();   /* the previous incarnation's sessions are gone */
 	/* Request and session ids start at random points so that a late answer
 	 * meant for a previous incarnation of this worker matches nothing. */
 	uint64_t rnd[2] = { 0, 0 };
