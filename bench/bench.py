@@ -64,7 +64,7 @@ CLEANUP = []        # callables undoing system changes (popa3d's users, spools),
 FORKERS = []        # servers whose sessions outlive the listener (popa3d): .stop() first
 # POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (results go to
 # bench/results/MODE-SECTIONS.*, no chart); the default runs all: limits
-# sessions retr bigbox memory fetch
+# sessions retr tls peruser bigbox memory fetch
 ONLY = set(filter(None, os.environ.get("POPBOX_BENCH_ONLY", "").split(",")))
 
 
@@ -330,6 +330,29 @@ class Popboxd(Server):
             os.unlink(os.path.join(self.mail, user, "popbox.index"))
         except FileNotFoundError:
             pass
+
+
+class PopboxdPerUser(Popboxd):
+    """popboxd with session_process = per-user: every login gets a process
+    of its own (docs/DESIGN.md "A process per user session"). As root the
+    users file gets uid/gid fields (nobody's, the owner of the bench
+    Maildirs); otherwise the processes run as the invoking user."""
+    name = "popboxd per-user"
+
+    def __init__(self, root, users, mail, cert, key):
+        if AS_ROOT:
+            pw = pwd.getpwnam("nobody")
+            pu = os.path.join(root, "users-peruser")
+            with open(users) as src, open(pu, "w") as dst:
+                for line in src:
+                    dst.write("%s:%d:%d\n" % (line.rstrip("\n"), pw.pw_uid, pw.pw_gid))
+            os.chmod(pu, 0o600)
+            users = pu
+        sub = os.path.join(root, "peruser")
+        os.makedirs(sub, exist_ok=True)
+        super().__init__(sub, users, mail, cert, key)
+        self.lines.append("session_process = per-user")
+        self.write_conf()
 
 
 class Dovecot(Server):
@@ -1028,6 +1051,49 @@ def bench(mode, prof):
                 ok &= errors_of(res) == 0
                 record("TLS RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps")
 
+    # ---- per-user session processes: the same popboxd with a process per
+    # login (fd passed on plain connections, TLS relayed by the worker)
+    # against today's workers, on the same Maildirs
+    peruser_rows = []
+    if want("peruser"):
+        pu = PopboxdPerUser(TMP, users, trees["popboxd"], cert, key)
+        pu.start()
+        pair = [pb, pu]
+        c = prof["sess_clients"]
+
+        def precord(name, unit, res, key, better="high"):
+            vals = {s: med([r.get(key) for r in rs]) for s, rs in res.items()}
+            peruser_rows.append((name, vals, unit, None, better))
+            raw["per-user: " + name] = res
+            log("%-34s %s" % (name, "  ".join("%s=%s" % (k, fmt(v)) for k, v in vals.items())))
+
+        res = alternate(pair, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur,
+                                                       "-u", "s", "-S", srv=s))
+        ok &= errors_of(res) == 0
+        precord("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate")
+        precord("server CPU µs per session, PLAIN", "µs", res, "cpu_us", "low")
+        res = alternate(pair, reps, lambda s: pop3load("retr", s.port, "-c", 1, "-d", dur, "-u", "r", srv=s))
+        ok &= errors_of(res) == 0
+        precord("RETR 4 KiB msgs/s, 1 client (plain: socket passed)", "msgs/s", res, "rate")
+        if prof["tls"]:
+            res = alternate(pair, reps, lambda s: pop3load("tls", s.tls_port, "-c", c, "-d", dur,
+                                                           "-u", "s", "-S", "-R", "ticket", srv=s))
+            ok &= errors_of(res) == 0
+            precord("TLS sessions/s (resumed), %d clients" % c, "sessions/s", res, "rate")
+            precord("server CPU µs per TLS session (resumed)", "µs", res, "cpu_us", "low")
+            res = alternate(pair, reps, lambda s: pop3load("retr", s.tls_port, "-T", "-c", 1, "-d", dur,
+                                                           "-u", "r", srv=s))
+            ok &= errors_of(res) == 0
+            precord("TLS RETR 4 KiB msgs/s, 1 client (relayed)", "msgs/s", res, "rate")
+            precord("server CPU µs per TLS RETR 4 KiB (relayed)", "µs", res, "cpu_us", "low")
+            if prof["m1_msgs"]:
+                res = alternate(pair, reps, lambda s: pop3load("retr", s.tls_port, "-T", "-c", 1, "-d", dur,
+                                                               "-u", "m", srv=s))
+                ok &= errors_of(res) == 0
+                precord("TLS RETR 1 MiB MB/s, 1 client (relayed)", "MB/s", res, "mbps")
+                precord("server CPU µs per TLS RETR 1 MiB (relayed)", "µs", res, "cpu_us", "low")
+        pu.stop()
+
     # ---- big maildrop
     if want("bigbox"):
         if prof["big_msgs"]:
@@ -1078,6 +1144,9 @@ def bench(mode, prof):
 
     elapsed = time.monotonic() - t_start_global
     table = render(rows, servers)
+    if peruser_rows:
+        table += "\n\nPer-user session processes (session_process = per-user against the workers):\n\n"
+        table += render(peruser_rows, [pb, pu]).split("\n(")[0]
     print(table)
     if fetch:
         print(render_fetch(fetch))

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -137,6 +138,12 @@ static struct {
 	 * delayed one too). */
 	enum uidl_format grant_uidl_format;
 	const char *grant_device;
+	const char *grant_ticket;       /* "" = the session stays in its worker */
+	/* Per-user session processes: the workers' channels by slot, and
+	 * whether the master can give a process the user's uid (root). */
+	int worker_chans[POPBOXD_MAX_WORKERS];
+	unsigned n_workers;
+	bool drop_privileges;
 } auth;
 
 /* The device separator in force ('\0': devices = no). */
@@ -180,7 +187,8 @@ result_encode(const unsigned char **msg_r, uint64_t id, enum auth_result result,
 	const struct ipc_auth_result m = { .request_id = id, .result = result, .user = user,
 	    .location = location, .data = data,
 	    .uidl_format = result == AUTH_RESULT_OK ? auth.grant_uidl_format : UIDL_FORMAT_UNSET,
-	    .device = result == AUTH_RESULT_OK ? auth.grant_device : "" };
+	    .device = result == AUTH_RESULT_OK ? auth.grant_device : "",
+	    .ticket = result == AUTH_RESULT_OK ? auth.grant_ticket : "" };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 	if (len == 0) {
 		log_warnx("answer to a worker over the message limits, sending temp");
@@ -246,6 +254,66 @@ auth_answer(int fd, uint64_t id, const char *peer, enum auth_result result, cons
 		delayed_reply_cb(-1, 0, d);
 }
 
+/* The uid and gid a per-user session process of e runs as: the account's
+ * (PAM: getpwnam; users file: its uid and gid fields). Not started as root,
+ * every process runs as the invoking user, and so does this one. */
+static bool
+grant_ids(const struct passwd_entry *e, uint32_t *uid_r, uint32_t *gid_r, const char **why_r)
+{
+	if (!auth.drop_privileges) {
+		*uid_r = (uint32_t)getuid();
+		*gid_r = (uint32_t)getgid();
+		return true;
+	}
+	if (e->uid == NULL || e->gid == NULL || !parse_u32(e->uid, UINT32_MAX - 1, uid_r) ||
+	    !parse_u32(e->gid, UINT32_MAX - 1, gid_r)) {
+		*why_r = "no numeric uid and gid (session_process = per-user needs them in the users file)";
+		return false;
+	}
+	if (*uid_r == 0 || *uid_r < auth.config->first_valid_uid) {
+		*why_r = "uid below first_valid_uid (or root): no session process for it";
+		return false;
+	}
+	return true;
+}
+
+/* Tell the master that the worker behind fd may hand session_id over to a
+ * process of its own running as e's uid (docs/DESIGN.md "A process per
+ * user session"); the ticket goes back to the worker with the OK answer, so
+ * a worker can only hand over a session the auth process logged in.
+ * False (logged) when there can be no such process. */
+static bool
+session_grant(int fd, uint64_t session_id, const struct passwd_entry *e, const char *location,
+    char ticket[IPC_TICKET_LEN + 1])
+{
+	unsigned slot = auth.n_workers;
+	for (unsigned i = 0; i < auth.n_workers; i++)
+		if (auth.worker_chans[i] == fd)
+			slot = i;
+	uint32_t uid, gid;
+	const char *why = "no worker slot";
+	if (slot == auth.n_workers || !grant_ids(e, &uid, &gid, &why)) {
+		log_warnx("session %016llx: user %s: %s", (unsigned long long)session_id, e->user, why);
+		return false;
+	}
+	unsigned char rnd[IPC_TICKET_LEN / 2];
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+		return false;
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(ticket + 2 * i, 3, "%02x", rnd[i]);
+	const struct ipc_session_grant g = { .slot = slot, .session_id = session_id, .uid = uid,
+	    .gid = gid, .ticket = ticket, .user = e->user, .location = location,
+	    .uidl_format = e->uidl_format };
+	unsigned char buf[IPC_HEADER_SIZE + 64 + IPC_MAX_TICKET + IPC_MAX_USER + IPC_MAX_LOCATION + 8];
+	size_t len = ipc_session_grant_encode(buf, sizeof(buf), &g);
+	if (len == 0 || ipc_send(auth.control_fd, buf, len) < 0) {
+		log_warn("session %016llx: cannot tell the master about user %s's session process",
+		    (unsigned long long)session_id, e->user);
+		return false;
+	}
+	return true;
+}
+
 /* A login succeeded (USER/PASS, APOP or SASL): the one place that turns it
  * into the answer, OK with the user and the mail location, or TEMP when the
  * location cannot be made (logged; the session may try again later).
@@ -265,11 +333,20 @@ auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
 		auth_answer(fd, id, peer, AUTH_RESULT_TEMP, e->user, NULL, NULL);
 		return;
 	}
+	char ticket[IPC_TICKET_LEN + 1] = "";
+	if (config_session_per_user(auth.config) &&
+	    !session_grant(fd, session_id, e, location, ticket)) {
+		auth_answer(fd, id, peer, AUTH_RESULT_TEMP, e->user, NULL, NULL);
+		free(location);
+		return;
+	}
 	auth.grant_uidl_format = e->uidl_format;
 	auth.grant_device = device;
+	auth.grant_ticket = ticket;
 	auth_answer(fd, id, peer, AUTH_RESULT_OK, e->user, location, sasl_data);
 	auth.grant_uidl_format = UIDL_FORMAT_UNSET;
 	auth.grant_device = "";
+	auth.grant_ticket = "";
 	free(location);
 }
 
@@ -955,6 +1032,11 @@ auth_main(struct child_env *env)
 	env->ssl_ctx = NULL;
 	auth.config = env->config;
 	auth.control_fd = env->control_fd;
+	auth.grant_ticket = "";
+	auth.n_workers = env->n_workers;
+	for (unsigned i = 0; i < env->n_workers; i++)
+		auth.worker_chans[i] = env->auth_fds[i];
+	auth.drop_privileges = env->drop_privileges;
 	auth.passdb_ops = auth.config->passdb_pam ? &passdb_pam : &passdb_passwdfile;
 	auth_pam_configure(auth.config);
 	auth.base = event_base_new();

@@ -611,6 +611,38 @@ config_key_plaintext_auth(struct config_parser *p, const char *key, const char *
 }
 
 static int
+config_key_session_process(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcmp(value, "auto") == 0)
+		p->config->session_process = SESSION_PROCESS_AUTO;
+	else if (strcmp(value, "worker") == 0)
+		p->config->session_process = SESSION_PROCESS_WORKER;
+	else if (strcmp(value, "per-user") == 0)
+		p->config->session_process = SESSION_PROCESS_PER_USER;
+	else
+		return config_bad_value(p, key, value, "auto, worker or per-user");
+	return 0;
+}
+
+static int
+config_key_mail_privileged_group(struct config_parser *p, const char *key, const char *value)
+{
+	/* A group name as useradd takes it, or empty for none. */
+	if (strlen(value) > 32 || value[0] == '-' ||
+	    strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+	    strlen(value))
+		return config_bad_value(p, key, value, "a group name (or empty for none)");
+	return config_set_string(&p->config->mail_privileged_group, xstrdup(value));
+}
+
+bool
+config_session_per_user(const struct config *config)
+{
+	return config->session_process == SESSION_PROCESS_PER_USER ||
+	    (config->session_process == SESSION_PROCESS_AUTO && config->passdb_pam);
+}
+
+static int
 config_key_workers(struct config_parser *p, const char *key, const char *value)
 {
 	uint32_t n;
@@ -960,6 +992,8 @@ static const struct config_key config_keys[] = {
 	{ "device_idle_days", config_key_device_idle_days, false },
 	{ "max_devices", config_key_max_devices, false },
 	{ "metrics_listen", config_key_metrics_listen, false },
+	{ "session_process", config_key_session_process, false },
+	{ "mail_privileged_group", config_key_mail_privileged_group, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -1055,6 +1089,8 @@ config_new(const char *name)
 	c->pam_service = xstrdup(CONFIG_DEFAULT_PAM_SERVICE);
 	c->first_valid_uid = CONFIG_DEFAULT_FIRST_VALID_UID;
 	c->deny_users = xstrdup("");
+	c->session_process = SESSION_PROCESS_AUTO;
+	c->mail_privileged_group = xstrdup(CONFIG_DEFAULT_MAIL_PRIVILEGED_GROUP);
 	c->mbox_format = MBOX_FORMAT_MBOXRD;
 	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
 	c->lmtp_socket_mode = CONFIG_DEFAULT_LMTP_SOCKET_MODE;
@@ -1316,6 +1352,7 @@ config_free(struct config *config)
 	free(config->dovecot_uidl_format);
 	free(config->pam_service);
 	free(config->deny_users);
+	free(config->mail_privileged_group);
 	free(config->recipient_delimiter);
 	config_listens_free(config->lmtp_listens, config->n_lmtp_listens);
 	for (size_t i = 0; i < config->n_lmtp_unix; i++)

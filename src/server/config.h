@@ -38,6 +38,14 @@ enum mbox_format {
 	MBOX_FORMAT_MBOXO,        /* only ">From " loses its '>' */
 };
 
+/* Where a logged-in session runs (docs/DESIGN.md "A process per user
+ * session"). */
+enum session_process {
+	SESSION_PROCESS_AUTO = 0,  /* per-user with users = pam, else worker */
+	SESSION_PROCESS_WORKER,    /* in the worker that accepted it (run_as) */
+	SESSION_PROCESS_PER_USER,  /* a process of its own, as the user's uid */
+};
+
 enum plaintext_auth {
 	PLAINTEXT_TLS_OR_LOOPBACK = 0, /* default */
 	PLAINTEXT_ALWAYS,
@@ -117,6 +125,11 @@ struct config {
 	 * for now (75, 452). recipient_delimiter: NULL = none. */
 	unsigned long long max_message_size;
 	bool max_maildrop_size_bounce;
+	/* session_process (default auto) and the group a per-user session
+	 * process of an mbox user also gets (dot-locks in /var/mail; default
+	 * "mail", "" = none). */
+	enum session_process session_process;
+	char *mail_privileged_group;
 	char *recipient_delimiter;
 	/* LMTP (docs/DESIGN.md "Mail in"): listen_lmtp's TCP addresses
 	 * (tls always false) and unix socket paths (absolute); TCP beyond
@@ -153,6 +166,10 @@ struct config {
 #define CONFIG_MAX_DEVICES_DEFAULT 8
 
 #define CONFIG_USERS_PAM "pam"
+#define CONFIG_DEFAULT_MAIL_PRIVILEGED_GROUP "mail"
+
+/* Whether logins of this configuration get a session process of their own. */
+bool config_session_per_user(const struct config *config);
 
 #define CONFIG_DEFAULT_AUTH_MECHANISMS \
 	"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 PLAIN LOGIN"

@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "server/popboxd.h"
+
 struct ipc_header {
 	uint32_t type;
 	uint32_t nfields;
@@ -36,9 +38,9 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    TEXT(IPC_MAX_PEER) } },
 	[IPC_AUTH_APOP] = { 5, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_APOP_STAMP),
 	    TEXT(IPC_MAX_APOP_DIGEST), TEXT(IPC_MAX_PEER) } },
-	[IPC_AUTH_RESULT] = { 6, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
+	[IPC_AUTH_RESULT] = { 7, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA), NUMBER(UIDL_FORMAT_MAX),
-	    TEXT(IPC_MAX_USER) } },
+	    TEXT(IPC_MAX_USER), TEXT(IPC_MAX_TICKET) } },
 	/* the limits of the files they carry (limits_popboxd.h) */
 	[IPC_RELOAD] = { 4, { TEXT(POPBOXD_CONFIG_PATH_MAX), TEXT(POPBOXD_CONFIG_MAX),
 	    TEXT(POPBOXD_PEM_MAX), TEXT(POPBOXD_PEM_MAX) } },
@@ -52,6 +54,13 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	[IPC_PING] = { 0, { { 0, 0 } } },
 	[IPC_PONG] = { 0, { { 0, 0 } } },
 	[IPC_RCPT_LOOKUP] = { 2, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER) } },
+	[IPC_SESSION_GRANT] = { 8, { NUMBER(POPBOXD_MAX_WORKERS - 1), NUMBER(UINT64_MAX),
+	    NUMBER(UINT32_MAX), NUMBER(UINT32_MAX), TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_USER),
+	    TEXT(IPC_MAX_LOCATION), NUMBER(UIDL_FORMAT_MAX) } },
+	[IPC_HANDOVER] = { 7, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
+	    TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
+	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
+	[IPC_HANDOVER_DONE] = { 2, { NUMBER(UINT64_MAX), NUMBER(1) } },
 };
 
 /* One field in generic form. */
@@ -193,14 +202,14 @@ ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m)
 {
 	const union field v[] = { { .number = (uint64_t)m->result }, { .text = m->user },
 	    { .text = m->location }, { .text = m->data }, { .number = (uint64_t)m->uidl_format },
-	    { .text = m->device } };
+	    { .text = m->device }, { .text = m->ticket } };
 	return ipc_encode(buf, size, IPC_AUTH_RESULT, m->request_id, v);
 }
 
 bool
 ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 {
-	union field v[6];
+	union field v[7];
 	if (!ipc_decode(buf, len, IPC_AUTH_RESULT, &m->request_id, v))
 		return false;
 	m->result = (enum auth_result)v[0].number;   /* range checked by the rule */
@@ -209,6 +218,7 @@ ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 	m->data = v[3].text;
 	m->uidl_format = (enum uidl_format)v[4].number;   /* range checked too */
 	m->device = v[5].text;
+	m->ticket = v[6].text;
 	return true;
 }
 
@@ -426,4 +436,73 @@ ipc_send_fd(int sock, const void *msg, size_t len, int pass_fd)
 	if (n < 0)
 		return -1;
 	return (size_t)n == len ? 0 : -1;
+}
+
+size_t
+ipc_session_grant_encode(void *buf, size_t size, const struct ipc_session_grant *m)
+{
+	const union field v[] = { { .number = m->slot }, { .number = m->session_id },
+	    { .number = m->uid }, { .number = m->gid }, { .text = m->ticket }, { .text = m->user },
+	    { .text = m->location }, { .number = (uint64_t)m->uidl_format } };
+	return ipc_encode(buf, size, IPC_SESSION_GRANT, m->request_id, v);
+}
+
+bool
+ipc_session_grant_decode(const void *buf, size_t len, struct ipc_session_grant *m)
+{
+	union field v[8];
+	if (!ipc_decode(buf, len, IPC_SESSION_GRANT, &m->request_id, v))
+		return false;
+	m->slot = (unsigned)v[0].number;
+	m->session_id = v[1].number;
+	m->uid = (uint32_t)v[2].number;
+	m->gid = (uint32_t)v[3].number;
+	m->ticket = v[4].text;
+	m->user = v[5].text;
+	m->location = v[6].text;
+	m->uidl_format = (enum uidl_format)v[7].number;
+	return true;
+}
+
+size_t
+ipc_handover_encode(void *buf, size_t size, const struct ipc_handover *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .number = m->flags },
+	    { .text = m->ticket }, { .text = m->peer }, { .text = m->peer_ip }, { .text = m->device },
+	    { .text = m->input } };
+	return ipc_encode(buf, size, IPC_HANDOVER, m->request_id, v);
+}
+
+bool
+ipc_handover_decode(const void *buf, size_t len, struct ipc_handover *m)
+{
+	union field v[7];
+	if (!ipc_decode(buf, len, IPC_HANDOVER, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->flags = (unsigned)v[1].number;
+	m->ticket = v[2].text;
+	m->peer = v[3].text;
+	m->peer_ip = v[4].text;
+	m->device = v[5].text;
+	m->input = v[6].text;
+	return true;
+}
+
+size_t
+ipc_handover_done_encode(void *buf, size_t size, const struct ipc_handover_done *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .number = m->ok ? 1 : 0 } };
+	return ipc_encode(buf, size, IPC_HANDOVER_DONE, m->request_id, v);
+}
+
+bool
+ipc_handover_done_decode(const void *buf, size_t len, struct ipc_handover_done *m)
+{
+	union field v[2];
+	if (!ipc_decode(buf, len, IPC_HANDOVER_DONE, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->ok = v[1].number == 1;
+	return true;
 }

@@ -55,10 +55,24 @@
 #define IPC_MAX_SASL_DATA (16 * 1024)     /* base64; above the 12 KiB SASL line */
 #define IPC_MAX_CHANNEL_BINDING 128       /* base64 of at most 64 octets */
 #define IPC_MAX_ERROR 1024
+/* A login ticket (per-user session processes): 16 random octets in hex. */
+#define IPC_TICKET_LEN 32
+#define IPC_MAX_TICKET IPC_TICKET_LEN
+#define IPC_MAX_PEER_NAME 79      /* "[v6]:port" or "unknown-via-[v6]:port" (session.h) */
+/* Input a worker has read from a client but not yet run when it hands the
+ * session over (pipelined commands): its read high mark plus a TLS
+ * record; base64 in the message. */
+#define IPC_MAX_HANDOVER_INPUT (96 * 1024)
+#define IPC_MAX_HANDOVER_INPUT_B64 (4 * ((IPC_MAX_HANDOVER_INPUT + 2) / 3))
 
 /* Worker <-> auth messages fit well within the largest message. */
 _Static_assert(IPC_HEADER_SIZE + 16 + 2 * (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION + 1) +
-    (IPC_MAX_SASL_DATA + 1) <= IPC_MAX_MSG, "an auth result must fit");
+    (IPC_MAX_SASL_DATA + 1) + (IPC_MAX_TICKET + 1) <= IPC_MAX_MSG, "an auth result must fit");
+/* A handover is sent on a worker's control socket, whose send buffer is the
+ * kernel's default (208 KiB; a SEQPACKET message must fit in it, less 32). */
+_Static_assert(IPC_HEADER_SIZE + 16 + (IPC_MAX_TICKET + 1) + (IPC_MAX_PEER_NAME + 1) +
+    (IPC_MAX_PEER + 1) + (IPC_MAX_USER + 1) + (IPC_MAX_HANDOVER_INPUT_B64 + 1) <= 212992 - 32,
+    "a handover must fit in a default socket buffer");
 _Static_assert(IPC_HEADER_SIZE + 16 + (IPC_MAX_SASL_MECH + 1) + (IPC_MAX_SASL_DATA + 1) +
     (IPC_MAX_PEER + 1) + 2 * (IPC_MAX_CHANNEL_BINDING + 1) <= IPC_MAX_MSG,
     "a SASL start must fit");
@@ -88,6 +102,13 @@ enum ipc_type {
 	 * RCPT)? Answered with IPC_AUTH_RESULT: OK (user, location), FAIL (no
 	 * such user) or TEMP. */
 	IPC_RCPT_LOOKUP,
+	/* per-user session processes (docs/DESIGN.md "A process per user
+	 * session"): auth -> master, a login may become a session process;
+	 * worker -> master, here is its connection (a descriptor comes along);
+	 * master -> worker, it was or was not started */
+	IPC_SESSION_GRANT,
+	IPC_HANDOVER,
+	IPC_HANDOVER_DONE,
 	IPC_TYPE_MAX,
 };
 
@@ -124,7 +145,7 @@ struct ipc_auth_apop {
 };
 
 /* IPC_AUTH_RESULT: the answer to any request but SASL_ABORT. Fields: number
- * result; texts user, location, data; number uidl_format; text device. */
+ * result; texts user, location, data; number uidl_format; texts device, ticket. */
 struct ipc_auth_result {
 	uint64_t request_id;       /* the request's (SASL: the exchange's) */
 	enum auth_result result;
@@ -137,6 +158,50 @@ struct ipc_auth_result {
 	 * it, as given ("#phone"; checked by the worker after the login:
 	 * devices.h), "" for a classic login; at most IPC_MAX_USER */
 	const char *device;
+	const char *ticket;        /* OK: "" = serve the session here; else the
+	                            * ticket of its session process (IPC_HANDOVER),
+	                            * IPC_TICKET_LEN hex digits */
+};
+
+/* IPC_SESSION_GRANT, auth -> master, sent before the OK answer that carries
+ * the ticket: the worker in slot may hand session_id over to a process
+ * running as uid/gid that serves user's mail at location. Fields: numbers
+ * slot, session_id, uid, gid; texts ticket, user, location; number
+ * uidl_format. */
+struct ipc_session_grant {
+	uint64_t request_id;       /* 0 */
+	unsigned slot;             /* below POPBOXD_MAX_WORKERS */
+	uint64_t session_id;
+	uint32_t uid, gid;         /* not root's (the master checks again) */
+	const char *ticket;        /* IPC_TICKET_LEN hex digits */
+	const char *user;          /* at most IPC_MAX_USER */
+	const char *location;      /* at most IPC_MAX_LOCATION */
+	enum uidl_format uidl_format;
+};
+
+/* IPC_HANDOVER, worker -> master, with the descriptor of the connection
+ * (plain) or of the worker's end of a relay socketpair (TLS: the worker
+ * keeps TLS and relays plaintext). Fields: numbers session_id, flags;
+ * texts ticket, peer, peer_ip, device, input. */
+#define IPC_HANDOVER_TLS 1u        /* the client's connection is encrypted */
+#define IPC_HANDOVER_LOOPBACK 2u   /* the client is on loopback */
+struct ipc_handover {
+	uint64_t request_id;       /* the worker's; the DONE answer carries it */
+	uint64_t session_id;
+	unsigned flags;            /* IPC_HANDOVER_* */
+	const char *ticket;        /* the auth answer's */
+	const char *peer;          /* "host:port", at most IPC_MAX_PEER_NAME */
+	const char *peer_ip;       /* at most IPC_MAX_PEER */
+	const char *device;        /* the auth answer's ("#phone" or ""), at most IPC_MAX_USER */
+	const char *input;         /* base64 of the unprocessed input, at most
+	                            * IPC_MAX_HANDOVER_INPUT_B64 */
+};
+
+/* IPC_HANDOVER_DONE, master -> worker. Fields: numbers session_id, ok (0/1). */
+struct ipc_handover_done {
+	uint64_t request_id;       /* the HANDOVER's */
+	uint64_t session_id;
+	bool ok;                   /* the session process has the connection */
 };
 
 /* IPC_RELOAD: new configuration. Fields: texts path, config, cert_pem,
@@ -217,6 +282,9 @@ size_t ipc_users_fd_encode(void *buf, size_t size, const struct ipc_users_fd *m)
 size_t ipc_ping_encode(void *buf, size_t size, const struct ipc_ping *m);
 size_t ipc_pong_encode(void *buf, size_t size, const struct ipc_ping *m);
 size_t ipc_rcpt_lookup_encode(void *buf, size_t size, const struct ipc_rcpt_lookup *m);
+size_t ipc_session_grant_encode(void *buf, size_t size, const struct ipc_session_grant *m);
+size_t ipc_handover_encode(void *buf, size_t size, const struct ipc_handover *m);
+size_t ipc_handover_done_encode(void *buf, size_t size, const struct ipc_handover_done *m);
 
 /* Decode buf[0..len) (one received message) into *m: true when it is a
  * well-formed message of this type, else false and *m undefined. */
@@ -232,6 +300,9 @@ bool ipc_users_fd_decode(const void *buf, size_t len, struct ipc_users_fd *m);
 bool ipc_ping_decode(const void *buf, size_t len, struct ipc_ping *m);
 bool ipc_pong_decode(const void *buf, size_t len, struct ipc_ping *m);
 bool ipc_rcpt_lookup_decode(const void *buf, size_t len, struct ipc_rcpt_lookup *m);
+bool ipc_session_grant_decode(const void *buf, size_t len, struct ipc_session_grant *m);
+bool ipc_handover_decode(const void *buf, size_t len, struct ipc_handover *m);
+bool ipc_handover_done_decode(const void *buf, size_t len, struct ipc_handover_done *m);
 
 /* The type in the header of buf[0..len), or 0 when there is no header. Only
  * picks the decoder: nothing else of the message is checked. */

@@ -94,3 +94,10 @@ iplimit_total_add(struct iplimit *l, unsigned slot, int delta)
 	else if (l->totals[slot] > 0)
 		l->totals[slot]--;
 }
+
+void
+iplimit_detach(struct iplimit *l)
+{
+	if (l != NULL)
+		munmap(l, sizeof(struct iplimit) + (size_t)l->n_workers * IPLIMIT_COLUMNS * sizeof(uint16_t));
+}

@@ -21,5 +21,7 @@ void iplimit_add(struct iplimit *l, unsigned slot, const char *addr, int delta);
 /* All connections of all workers (max_connections), kept the same way. */
 unsigned iplimit_total(const struct iplimit *l);
 void iplimit_total_add(struct iplimit *l, unsigned slot, int delta);
+/* Unmap the table in a process that must not touch it (a session process). */
+void iplimit_detach(struct iplimit *l);
 
 #endif

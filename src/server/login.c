@@ -196,6 +196,7 @@ login_sasl_end(struct session *s)
 	s->pending_location = NULL;
 	free(s->pending_device);
 	s->pending_device = NULL;
+	s->pending_ticket[0] = '\0';
 }
 
 /* The client ended the exchange, or broke it: back to AUTHORIZATION. */
@@ -306,8 +307,8 @@ login_auth(struct session *s, int argc, char **argv)
 	login_sasl_start(s, mech, argc == 2 ? argv[1] : NULL);
 }
 
-static void login_accept(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format, const char *device);
+static void login_granted(struct session *s, const char *user, const char *location,
+    enum uidl_format uidl_format, const char *device, const char *ticket);
 
 /* The client's answer to our success data: only an empty line completes
  * the login. */
@@ -321,8 +322,10 @@ login_sasl_final(struct session *s, size_t len)
 	char *user = s->pending_user, *location = s->pending_location;
 	char *device = s->pending_device;
 	s->pending_user = s->pending_location = s->pending_device = NULL;
+	char ticket[sizeof(s->pending_ticket)];
+	memcpy(ticket, s->pending_ticket, sizeof(ticket));
 	login_sasl_end(s);
-	login_accept(s, user, location, s->pending_uidl_format, device != NULL ? device : "");
+	login_granted(s, user, location, s->pending_uidl_format, device != NULL ? device : "", ticket);
 	free(user);
 	free(location);
 	free(device);
@@ -459,6 +462,12 @@ login_maildrop_opened(struct store_job *job, void *arg)
 	str_sanitize(name, sizeof(name), user, strlen(user));
 	if (!login_maildrop_usable(s, job, name)) {
 		free(user);
+		if (s->worker->exit_when_idle) {
+			/* A session process serves one login; the client may
+			 * log in again on a new connection. */
+			session_close_after_reply(s, "maildrop-unavailable");
+			return;
+		}
 		session_process_input(s);
 		return;
 	}
@@ -499,27 +508,34 @@ login_maildrop_opened(struct store_job *job, void *arg)
 	session_process_input(s);
 }
 
-/* The auth process said OK: open the maildrop at location on the store
- * thread; login_maildrop_opened() answers. */
-static void
-login_accept(struct session *s, const char *user, const char *location,
+/* device: the separator and the name, or "" (ipc.h). Checked only after
+ * the password: a refusal before would tell whether the user exists. Not a
+ * failed login. True (answered) when the name is not a device name. */
+static bool
+login_device_refused(struct session *s, const char *user, const char *device)
+{
+	if (device[0] == '\0' || device_name_valid(device + 1))
+		return false;
+	char shown[48];
+	str_sanitize(shown, sizeof(shown), device + 1, strlen(device + 1));
+	log_info("session %016llx: user %s: invalid device name '%s'", (unsigned long long)s->id,
+	    user, shown);
+	session_enter_state(s, SESSION_AUTHORIZATION);
+	session_reply(s, "-ERR [SYS/PERM] Invalid device name after '%c': use 1 to %d letters, "
+	    "digits, '.', '_' or '-'", device[0], DEVICE_NAME_MAX);
+	return true;
+}
+
+/* Open the maildrop at location on the store thread (a worker's, or a
+ * session process's inline one); login_maildrop_opened() answers. */
+void
+login_open_maildrop(struct session *s, const char *user, const char *location,
     enum uidl_format uidl_format, const char *device)
 {
 	const struct config *c = s->worker->config;
 	const char *path;
-	/* device: the separator and the name, or "" (ipc.h). Checked only
-	 * now, after the password: a refusal before would tell whether the
-	 * user exists. Not a failed login. */
-	if (device[0] != '\0' && !device_name_valid(device + 1)) {
-		char shown[48];
-		str_sanitize(shown, sizeof(shown), device + 1, strlen(device + 1));
-		log_info("session %016llx: user %s: invalid device name '%s'", (unsigned long long)s->id,
-		    user, shown);
-		session_enter_state(s, SESSION_AUTHORIZATION);
-		session_reply(s, "-ERR [SYS/PERM] Invalid device name after '%c': use 1 to %d letters, "
-		    "digits, '.', '_' or '-'", device[0], DEVICE_NAME_MAX);
+	if (login_device_refused(s, user, device))
 		return;
-	}
 	const struct store_backend *backend = store_backend_for(location, &path);
 	if (backend == NULL) {
 		log_warnx("session %016llx: user %s: unknown mail location scheme", (unsigned long long)s->id, user);
@@ -549,6 +565,28 @@ login_accept(struct session *s, const char *user, const char *location,
 	store_pool_submit(s->worker->store_pool, job);
 }
 
+/* The auth process said OK: serve the session here, or hand it to a
+ * session process of its own (a ticket: docs/DESIGN.md "A process per
+ * user session"). */
+static void
+login_granted(struct session *s, const char *user, const char *location,
+    enum uidl_format uidl_format, const char *device, const char *ticket)
+{
+	if (ticket == NULL || ticket[0] == '\0') {
+		login_open_maildrop(s, user, location, uidl_format, device);
+		return;
+	}
+	if (login_device_refused(s, user, device))
+		return;
+	char name[64];
+	str_sanitize(name, sizeof(name), user, strlen(user));
+	log_info("session %016llx: login user=%s peer=%s: to its session process",
+	    (unsigned long long)s->id, name, s->peer);
+	free(s->user);
+	s->user = xstrdup(user);   /* for this worker's log line; the process serves it */
+	session_handover(s, ticket, device);
+}
+
 void
 login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 {
@@ -576,11 +614,13 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 		s->pending_location = xstrdup(r->location);
 		s->pending_uidl_format = r->uidl_format;
 		s->pending_device = xstrdup(r->device != NULL ? r->device : "");
+		snprintf(s->pending_ticket, sizeof(s->pending_ticket), "%s", r->ticket ? r->ticket : "");
 		session_enter_state(s, SESSION_SASL);
 		session_reply(s, "+ %s", r->data);
 	} else if (r->result == AUTH_RESULT_OK) {
 		login_sasl_end(s);
-		login_accept(s, r->user, r->location, r->uidl_format, r->device != NULL ? r->device : "");
+		login_granted(s, r->user, r->location, r->uidl_format,
+		    r->device != NULL ? r->device : "", r->ticket);
 	} else {
 		login_failed(s, r->result);
 	}

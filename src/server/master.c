@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@
 #include <event2/event.h>
 #include <openssl/rand.h>
 
+#include "common/base64.h"
 #include "common/log.h"
 #include "server/auth_sasl.h"
 #include "server/ipc.h"
@@ -60,6 +62,34 @@
 #define MASTER_AUTH_START_SECONDS 120
 /* The group that may read /etc/shadow on Debian (users = pam). */
 #define MASTER_SHADOW_GROUP "shadow"
+/* Per-user session processes: a grant of the auth process waits this long
+ * for its worker's handover (the auth answer may be held by the failed-login
+ * penalty meanwhile), and at most this many wait. */
+#define MASTER_GRANT_SECONDS 300
+#define MASTER_GRANTS_MAX 4096
+
+/* The auth process's word that a worker may hand a session over to a
+ * process of its own (IPC_SESSION_GRANT). */
+struct grant {
+	char ticket[IPC_TICKET_LEN + 1];
+	unsigned slot;
+	uint64_t session_id;
+	uid_t uid;
+	gid_t gid;
+	char *user;
+	char *location;
+	enum uidl_format uidl_format;
+	time_t expires;             /* monotonic seconds */
+	struct grant *next;
+};
+
+/* A running per-user session process. */
+struct session_child {
+	pid_t pid;
+	uint64_t session_id;
+	char user[64];              /* sanitized, for the log */
+	struct session_child *next;
+};
 
 enum child_role { ROLE_AUTH, ROLE_WORKER, ROLE_METRICS };
 
@@ -90,6 +120,12 @@ static struct {
 	bool socket_activated;     /* the listeners came from systemd */
 	struct event *events[6];   /* signals, the auth control channel, the ping timer */
 	struct event *status_timer;   /* STATUS= for systemd, only with $NOTIFY_SOCKET */
+	struct event *worker_events[POPBOXD_MAX_WORKERS];  /* workers' control channels */
+	struct grant *grants;
+	unsigned n_grants;
+	struct session_child *sessions;
+	unsigned n_sessions;
+	gid_t mail_gid;            /* mail_privileged_group, (gid_t)-1 = none */
 } master;
 
 static void child_start(struct child *c);
@@ -469,6 +505,43 @@ salt_key_prepare(const struct config *config)
 	close(dfd);
 }
 
+static void grants_free(void);
+static void mail_group_resolve(const struct config *config);
+
+/* In a child right after fork: give it a clean slate. The master's loop and
+ * its signal handlers must not fire here. reinit first (while every fd is
+ * still open) so that deleting and freeing touch only the child's own epoll
+ * instance, never the one shared with the master. Every control end is
+ * closed but own's (NULL: all of them, a session process). */
+static void
+child_forked(struct child *own)
+{
+	event_reinit(master.base);
+	for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
+		if (master.events[i] != NULL)
+			event_free(master.events[i]);
+	for (size_t i = 0; i < N_ELEMENTS(master.worker_events); i++)
+		if (master.worker_events[i] != NULL)
+			event_free(master.worker_events[i]);
+	for (size_t i = 0; i < master.n_children; i++)
+		event_free(master.children[i].restart_timer);
+	if (master.status_timer != NULL)
+		event_free(master.status_timer);
+	master.status_timer = NULL;
+	event_base_free(master.base);
+	master.base = NULL;
+	for (size_t i = 0; i < master.n_children; i++) {
+		close(master.children[i].control_master);
+		if (&master.children[i] != own)
+			close(master.children[i].control_child);
+	}
+	/* Other sessions' tickets, users and mail locations. */
+	grants_free();
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
+	signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
+}
+
 static void
 child_start(struct child *c)
 {
@@ -488,27 +561,7 @@ child_start(struct child *c)
 		return;
 	}
 	if (pid == 0) {
-		/* Give the child a clean slate: the master's loop and its signal
-		 * handlers must not fire here. reinit first (while every fd is
-		 * still open) so that deleting and freeing touch only the child's
-		 * own epoll instance, never the one shared with the master. */
-		event_reinit(master.base);
-		for (size_t i = 0; i < N_ELEMENTS(master.events); i++)
-			if (master.events[i] != NULL)
-				event_free(master.events[i]);
-		for (size_t i = 0; i < master.n_children; i++)
-			event_free(master.children[i].restart_timer);
-		event_base_free(master.base);
-		master.base = NULL;
-		/* Close every control end but our own. */
-		for (size_t i = 0; i < master.n_children; i++) {
-			close(master.children[i].control_master);
-			if (&master.children[i] != c)
-				close(master.children[i].control_child);
-		}
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
-		signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
+		child_forked(c);
 		master.env.control_fd = c->control_child;
 		master.env.users_fd = users_fd;
 		master.env.users_errno = users_errno;
@@ -567,13 +620,38 @@ child_reaped(pid_t pid, int status)
 	}
 }
 
+/* A session process ended: it is not restarted (its session is over). */
+static bool
+session_reaped(pid_t pid, int status)
+{
+	for (struct session_child **pp = &master.sessions; *pp != NULL; pp = &(*pp)->next) {
+		struct session_child *sc = *pp;
+		if (sc->pid != pid)
+			continue;
+		if (WIFSIGNALED(status))
+			log_warnx("session %016llx: session process of user %s (pid %d) killed by "
+			    "signal %d", (unsigned long long)sc->session_id, sc->user, (int)pid,
+			    WTERMSIG(status));
+		else if (WEXITSTATUS(status) != 0)
+			log_warnx("session %016llx: session process of user %s (pid %d) exited with "
+			    "status %d", (unsigned long long)sc->session_id, sc->user, (int)pid,
+			    WEXITSTATUS(status));
+		*pp = sc->next;
+		free(sc);
+		master.n_sessions--;
+		return true;
+	}
+	return false;
+}
+
 static void
 sigchld_cb(evutil_socket_t sig, short what, void *arg)
 {
 	int status;
 	pid_t pid;
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-		child_reaped(pid, status);
+		if (!session_reaped(pid, status))
+			child_reaped(pid, status);
 }
 
 /* The STATUS= line systemd shows: open connections (all workers, from the
@@ -671,6 +749,7 @@ master_reload(void)
 	config_free(master.config);
 	master.config = next;
 	master.env.config = next;
+	mail_group_resolve(next);
 	/* The certificate and key go to the workers only: the auth process
 	 * never serves TLS, and a process that verifies passwords should not
 	 * hold the private key too (docs/DESIGN.md, "The auth process"). */
@@ -743,20 +822,282 @@ auth_pong(const struct ipc_ping *pong)
 	}
 }
 
+/* --- per-user session processes (docs/DESIGN.md "A process per user
+ * session") --------------------------------------------------------------- */
+
+static void
+grant_free(struct grant *g)
+{
+	secure_wipe(g->ticket, sizeof(g->ticket));
+	free(g->user);
+	free(g->location);
+	free(g);
+}
+
+static void
+grants_free(void)
+{
+	while (master.grants != NULL) {
+		struct grant *g = master.grants;
+		master.grants = g->next;
+		grant_free(g);
+	}
+	master.n_grants = 0;
+}
+
+/* Drop the grants whose handover never came (the session ended first). */
+static void
+grants_expire(void)
+{
+	time_t now = monotonic_seconds();
+	for (struct grant **pp = &master.grants; *pp != NULL;) {
+		struct grant *g = *pp;
+		if (g->expires > now) {
+			pp = &g->next;
+			continue;
+		}
+		*pp = g->next;
+		grant_free(g);
+		master.n_grants--;
+	}
+}
+
+static void
+grant_add(const struct ipc_session_grant *m)
+{
+	grants_expire();
+	if (master.n_grants >= MASTER_GRANTS_MAX) {
+		log_warnx("session %016llx: %u session grants waiting for their workers; refused",
+		    (unsigned long long)m->session_id, master.n_grants);
+		return;   /* the handover fails: [SYS/TEMP] */
+	}
+	struct grant *g = xcalloc(1, sizeof(*g));
+	snprintf(g->ticket, sizeof(g->ticket), "%s", m->ticket);
+	g->slot = m->slot;
+	g->session_id = m->session_id;
+	g->uid = (uid_t)m->uid;
+	g->gid = (gid_t)m->gid;
+	g->user = xstrdup(m->user);
+	g->location = xstrdup(m->location);
+	g->uidl_format = m->uidl_format;
+	g->expires = monotonic_seconds() + MASTER_GRANT_SECONDS;
+	g->next = master.grants;
+	master.grants = g;
+	master.n_grants++;
+}
+
+/* The grant of the session a worker hands over, taken off the list; NULL
+ * when the auth process granted no such thing to that worker. */
+static struct grant *
+grant_take(unsigned slot, uint64_t session_id, const char *ticket)
+{
+	if (strlen(ticket) != IPC_TICKET_LEN)
+		return NULL;
+	for (struct grant **pp = &master.grants; *pp != NULL; pp = &(*pp)->next) {
+		struct grant *g = *pp;
+		if (g->slot == slot && g->session_id == session_id &&
+		    const_time_eq(g->ticket, ticket, IPC_TICKET_LEN)) {
+			*pp = g->next;
+			master.n_grants--;
+			return g;
+		}
+	}
+	return NULL;
+}
+
+static void auth_control_cb(evutil_socket_t fd, short what, void *arg);
+
+/* The auth process sends a grant before the answer that lets the worker
+ * hand over, but on another socket: read what it has sent so far. */
+static void
+auth_control_drain(void)
+{
+	int fd = master.children[0].control_master;
+	for (int i = 0; i < 64; i++) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+			return;
+		auth_control_cb(fd, EV_READ, NULL);
+	}
+}
+
+/* Become the user: uid, gid, and the mail group where the store needs it
+ * (dot-locks in /var/mail); no other supplementary group. */
+static void
+session_privileges_drop(uid_t uid, gid_t gid, gid_t mail_gid)
+{
+	if (!master.env.drop_privileges)
+		return;
+	gid_t groups[2] = { gid, mail_gid };
+	size_t n_groups = mail_gid != (gid_t)-1 && mail_gid != gid ? 2 : 1;
+	if (setgroups(n_groups, groups) < 0 || setresgid(gid, gid, gid) < 0 ||
+	    setresuid(uid, uid, uid) < 0)
+		fatal("cannot become uid %u", (unsigned)uid);
+	if (setuid(0) == 0 || geteuid() == 0 || getuid() != uid)
+		fatalx("privileges were not dropped");
+	/* The user must not trace or read this process, forked from root's
+	 * (its heap had the master's secrets until they were freed): not
+	 * dumpable, whatever fs.suid_dumpable says. */
+	if (prctl(PR_SET_DUMPABLE, 0) < 0)
+		fatal("prctl(PR_SET_DUMPABLE)");
+}
+
+/* Start the session process of a handover from worker slot; fd is the
+ * connection (or relay). False (logged) when it cannot be. */
+static bool
+session_child_start(unsigned slot, const struct ipc_handover *h, int fd)
+{
+	struct grant *g = grant_take(slot, h->session_id, h->ticket);
+	if (g == NULL) {
+		auth_control_drain();
+		g = grant_take(slot, h->session_id, h->ticket);
+	}
+	if (g == NULL) {
+		log_warnx("worker %u: handover of session %016llx without a grant of the auth "
+		    "process, refused", slot, (unsigned long long)h->session_id);
+		return false;
+	}
+	char name[64];
+	str_sanitize(name, sizeof(name), g->user, strlen(g->user));
+	bool ok = false;
+	unsigned char *input = NULL;
+	size_t input_len = 0;
+	if (master.config->max_connections > 0 && master.n_sessions >= master.config->max_connections) {
+		log_warnx("session %016llx: %u session processes (max_connections); user %s refused "
+		    "for now", (unsigned long long)h->session_id, master.n_sessions, name);
+		goto out;
+	}
+	if (master.env.drop_privileges && (g->uid == 0 || g->uid < master.config->first_valid_uid)) {
+		log_warnx("session %016llx: user %s has uid %u, below first_valid_uid: no session "
+		    "process", (unsigned long long)h->session_id, name, (unsigned)g->uid);
+		goto out;
+	}
+	if (h->input[0] != '\0' && (!base64_decode(h->input, strlen(h->input), &input, &input_len) ||
+	    input_len > IPC_MAX_HANDOVER_INPUT)) {
+		log_warnx("worker %u: malformed handover input", slot);
+		goto out;
+	}
+	bool mbox = strncmp(g->location, "mbox:", 5) == 0;
+	pid_t pid = fork();
+	if (pid < 0) {
+		log_warn("session %016llx: fork", (unsigned long long)h->session_id);
+		goto out;
+	}
+	if (pid == 0) {
+		child_forked(NULL);
+		for (size_t i = 0; i < master.env.n_listeners; i++)
+			close(master.env.listeners[i].fd);
+		for (unsigned i = 0; i < master.env.n_workers; i++) {
+			close(master.env.auth_fds[i]);
+			close(master.env.worker_fds[i]);
+		}
+		iplimit_detach(master.env.iplimit);
+		master.env.iplimit = NULL;
+		/* Its sessions are not counted (docs/DESIGN.md "A process per
+		 * user session", Limits). */
+		metrics_detach(master.env.metrics);
+		master.env.metrics = NULL;
+		if (master.env.metrics_fd >= 0)
+			close(master.env.metrics_fd);
+		signal(SIGCHLD, SIG_DFL);
+		signal(SIGPIPE, SIG_IGN);
+		session_privileges_drop(g->uid, g->gid, mbox ? master.mail_gid : (gid_t)-1);
+		struct session_handoff ho = { .fd = fd, .session_id = h->session_id,
+		    .tls = (h->flags & IPC_HANDOVER_TLS) != 0,
+		    .loopback = (h->flags & IPC_HANDOVER_LOOPBACK) != 0,
+		    .input = input, .input_len = input_len, .user = g->user, .location = g->location,
+		    .uidl_format = g->uidl_format, .device = h->device };
+		snprintf(ho.peer, sizeof(ho.peer), "%s", h->peer);
+		snprintf(ho.peer_ip, sizeof(ho.peer_ip), "%s", h->peer_ip);
+		master.env.config = master.config;
+		session_proc_main(&master.env, &ho);
+	}
+	struct session_child *sc = xcalloc(1, sizeof(*sc));
+	sc->pid = pid;
+	sc->session_id = h->session_id;
+	memcpy(sc->user, name, sizeof(sc->user));
+	sc->next = master.sessions;
+	master.sessions = sc;
+	master.n_sessions++;
+	log_debug("session %016llx: session process of user %s is pid %d",
+	    (unsigned long long)h->session_id, name, (int)pid);
+	ok = true;
+out:
+	if (input != NULL) {
+		secure_wipe(input, input_len);
+		free(input);
+	}
+	grant_free(g);
+	return ok;
+}
+
+/* A worker hands a logged-in session over (IPC_HANDOVER, with the
+ * connection's descriptor); answer whether its process runs. */
+static void
+worker_control_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct child *c = arg;
+	static unsigned char *buf;
+	if (buf == NULL)
+		buf = xmalloc(IPC_MAX_MSG);
+	int passed;
+	struct ipc_handover h;
+	ssize_t n = ipc_recv_fd(fd, buf, IPC_MAX_MSG, &passed);
+	if (n <= 0)
+		return;
+	if (!ipc_handover_decode(buf, (size_t)n, &h) || passed < 0) {
+		log_warnx("worker %u: malformed message on its control channel, ignored", c->slot);
+		if (passed >= 0)
+			close(passed);
+		return;
+	}
+	bool ok = session_child_start(c->slot, &h, passed);
+	close(passed);   /* the session process has its own */
+	unsigned char answer[IPC_HEADER_SIZE + 16];
+	const struct ipc_handover_done done = { .request_id = h.request_id,
+	    .session_id = h.session_id, .ok = ok };
+	secure_wipe(buf, (size_t)n);   /* pipelined input */
+	if (ipc_send(fd, answer, ipc_handover_done_encode(answer, sizeof(answer), &done)) < 0)
+		log_warn("cannot answer worker %u's handover", c->slot);
+}
+
+/* mail_privileged_group's gid, at start and at each reload. */
+static void
+mail_group_resolve(const struct config *config)
+{
+	master.mail_gid = (gid_t)-1;
+	if (config->mail_privileged_group[0] == '\0' || !config_session_per_user(config))
+		return;
+	struct group *gr = getgrnam(config->mail_privileged_group);
+	if (gr == NULL)
+		log_warnx("mail_privileged_group %s does not exist; session processes get no mail "
+		    "group", config->mail_privileged_group);
+	else
+		master.mail_gid = gr->gr_gid;
+}
+
 /* The auth process answers a ping, or asks for the users file (a reload):
  * open it here and hand over the descriptor (users_file_open says why). */
 static void
 auth_control_cb(evutil_socket_t fd, short what, void *arg)
 {
-	unsigned char buf[IPC_HEADER_SIZE + IPC_MAX_ERROR + 1];
+	/* The largest: a grant. */
+	static unsigned char buf[IPC_HEADER_SIZE + 6 * 8 + (IPC_MAX_TICKET + 1) + (IPC_MAX_USER + 1) +
+	    (IPC_MAX_LOCATION + 1) + IPC_MAX_ERROR];
 	struct ipc_users_open req;
 	struct ipc_ping pong;
+	struct ipc_session_grant grant;
 	int passed;
 	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
 	if (passed >= 0)
 		close(passed);   /* nobody sends us descriptors */
 	if (n > 0 && ipc_pong_decode(buf, (size_t)n, &pong)) {
 		auth_pong(&pong);
+		return;
+	}
+	if (n > 0 && ipc_session_grant_decode(buf, (size_t)n, &grant)) {
+		grant_add(&grant);
+		secure_wipe(buf, (size_t)n);
 		return;
 	}
 	if (n <= 0 || !ipc_users_open_decode(buf, (size_t)n, &req))
@@ -782,6 +1123,8 @@ sigterm_cb(evutil_socket_t sig, short what, void *arg)
 	for (size_t i = 0; i < master.n_children; i++)
 		if (master.children[i].pid > 0)
 			kill(master.children[i].pid, SIGTERM);
+	for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next)
+		kill(sc->pid, SIGTERM);
 	event_base_loopbreak(master.base);
 }
 
@@ -790,7 +1133,7 @@ master_wait_children(void)
 {
 	time_t deadline = time(NULL) + MASTER_STOP_GRACE_SECONDS;
 	for (;;) {
-		bool any = false;
+		bool any = master.sessions != NULL;
 		for (size_t i = 0; i < master.n_children; i++)
 			any |= master.children[i].pid > 0;
 		if (!any)
@@ -798,6 +1141,8 @@ master_wait_children(void)
 		int status;
 		pid_t pid = waitpid(-1, &status, WNOHANG);
 		if (pid > 0) {
+			if (session_reaped(pid, status))
+				continue;
 			for (size_t i = 0; i < master.n_children; i++)
 				if (master.children[i].pid == pid)
 					master.children[i].pid = 0;
@@ -806,6 +1151,8 @@ master_wait_children(void)
 		if (pid < 0 && errno == ECHILD)
 			return;
 		if (time(NULL) >= deadline) {
+			for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next)
+				kill(sc->pid, SIGKILL);
 			for (size_t i = 0; i < master.n_children; i++)
 				if (master.children[i].pid > 0)
 					kill(master.children[i].pid, SIGKILL);
@@ -1069,6 +1416,13 @@ master_events_add(void)
 	master.events[5] = event_new(master.base, -1, EV_PERSIST, auth_ping_cb, NULL);
 	for (size_t i = 0; i < N_ELEMENTS(master.events) - 1; i++)
 		event_add(master.events[i], NULL);
+	/* Workers hand sessions over to per-user session processes. */
+	for (size_t i = 1; i < master.n_children; i++) {
+		struct child *c = &master.children[i];
+		master.worker_events[c->slot] = event_new(master.base, c->control_master,
+		    EV_READ | EV_PERSIST, worker_control_cb, c);
+		event_add(master.worker_events[c->slot], NULL);
+	}
 	struct timeval ping = { .tv_sec = MASTER_PING_INTERVAL_SECONDS };
 	event_add(master.events[5], &ping);
 }
@@ -1080,9 +1434,18 @@ master_free(void)
 		event_free(master.events[i]);
 	if (master.status_timer != NULL)
 		event_free(master.status_timer);
+	for (size_t i = 0; i < N_ELEMENTS(master.worker_events); i++)
+		if (master.worker_events[i] != NULL)
+			event_free(master.worker_events[i]);
 	for (size_t i = 0; i < master.n_children; i++)
 		event_free(master.children[i].restart_timer);
 	event_base_free(master.base);
+	grants_free();
+	while (master.sessions != NULL) {
+		struct session_child *sc = master.sessions;
+		master.sessions = sc->next;
+		free(sc);
+	}
 	free(master.pid_path);
 	for (size_t i = 0; i < master.env.n_listeners; i++) {
 		struct listener *l = &master.env.listeners[i];
@@ -1124,6 +1487,7 @@ master_run(struct config *config, bool foreground)
 	master_children_init();
 	master_events_add();
 	users_file_check(config);
+	mail_group_resolve(config);
 
 	for (size_t i = 0; i < master.n_children; i++)
 		child_start(&master.children[i]);

@@ -221,3 +221,11 @@ metrics_format(const struct metrics *m, bool om, char **out)
 		fatal("metrics text");
 	return len;
 }
+
+void
+metrics_detach(struct metrics *m)
+{
+	metrics_self = NULL;
+	if (m != NULL)
+		munmap(m, sizeof(struct metrics) + m->n_rows * sizeof(struct metrics_row));
+}

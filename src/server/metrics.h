@@ -89,6 +89,9 @@ struct metrics *metrics_new(unsigned n_workers);
 #define METRICS_ROW_MASTER (-2)
 /* This process adds to that row from now on (after fork). */
 void metrics_attach(struct metrics *m, int row);
+/* Stop counting and unmap the table (a per-user session process, which
+ * must not be able to write other processes' counters). */
+void metrics_detach(struct metrics *m);
 /* A worker at start: its gauges read zero. */
 void metrics_clear_gauges(void);
 

@@ -4,6 +4,7 @@
 #define POPBOX_POPBOXD_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "server/config.h"
@@ -56,11 +57,29 @@ struct child_env {
 	char *metrics_name;
 };
 
+/* What a per-user session process is started with (master.c forks it,
+ * session_proc.c serves it; docs/DESIGN.md "A process per user session"). */
+struct session_handoff {
+	int fd;                 /* the client's socket, or the worker's relay pair */
+	uint64_t session_id;    /* the worker's, kept for the logs */
+	bool tls, loopback;
+	char peer[80];
+	char peer_ip[48];
+	unsigned char *input;   /* what the worker had read and not run */
+	size_t input_len;
+	char *user;
+	char *location;
+	enum uidl_format uidl_format;
+	const char *device;     /* "#phone" or "" (ipc.h, IPC_AUTH_RESULT) */
+};
+
 /* Each never returns. The master has already dropped privileges (when
  * env->drop_privileges) to env->auth_uid/auth_gid for auth_main, to
  * env->uid/gid for worker_main. */
 void auth_main(struct child_env *env) __attribute__((noreturn));
 void worker_main(struct child_env *env) __attribute__((noreturn));
 void metrics_main(struct child_env *env) __attribute__((noreturn));
+/* Already running as the user (master.c). */
+void session_proc_main(struct child_env *env, struct session_handoff *h) __attribute__((noreturn));
 
 #endif

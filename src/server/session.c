@@ -21,6 +21,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "common/base64.h"
 #include "common/log.h"
 #include "server/iplimit.h"
 #include "server/metrics.h"
@@ -39,6 +40,8 @@ state_name(enum session_state st)
 	case SESSION_TRANSACTION: return "TRANSACTION";
 	case SESSION_UPDATE: return "UPDATE";
 	case SESSION_CLOSING: return "CLOSING";
+	case SESSION_HANDOVER: return "HANDOVER";
+	case SESSION_RELAY: return "RELAY";
 	}
 	return "?";
 }
@@ -49,7 +52,11 @@ session_timer_arm(struct session *s)
 	const struct config *c = s->worker->config;
 	unsigned secs;
 	switch (s->state) {
-	case SESSION_AUTH_WAIT: secs = SESSION_AUTH_TIMEOUT_SECONDS; break;
+	case SESSION_AUTH_WAIT: case SESSION_HANDOVER: secs = SESSION_AUTH_TIMEOUT_SECONDS; break;
+	case SESSION_RELAY:
+		/* The session process keeps the time; its end ends the relay. */
+		evtimer_del(s->timer);
+		return;
 	case SESSION_TRANSACTION: case SESSION_UPDATE: case SESSION_MAILDROP_WAIT:
 		secs = c->idle_timeout;
 		break;
@@ -224,6 +231,11 @@ session_free(struct session *s)
 	free(s->deleted);
 	free(s->view);
 	free(s->device);
+	if (s->relay != NULL)
+		bufferevent_free(s->relay);   /* the session process sees the end */
+	if (s->relay_fd >= 0)
+		close(s->relay_fd);
+	free(s->handover_device);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	event_free(s->timer);
@@ -237,6 +249,8 @@ session_free(struct session *s)
 		s->all_next->all_prev = s->all_prev;
 	w->sessions--;
 	free(s);
+	if (w->exit_when_idle && w->sessions == 0)
+		event_base_loopexit(w->base, NULL);
 }
 
 static void
@@ -257,6 +271,8 @@ session_destroy_later(struct session *s, const char *reason)
 		s->end_reason = reason;
 	session_detach_job(s);
 	bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+	if (s->relay != NULL)
+		bufferevent_disable(s->relay, EV_READ | EV_WRITE);
 	evtimer_del(s->timer);
 	session_stream_stop(s);
 	struct timeval zero = { 0, 0 };
@@ -491,12 +507,21 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	session_flush(arg);
 }
 
+static void session_handover_send(struct session *s);
+
 static void
 session_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
 	if (s->freed_pending)
 		return;
+	if (s->state == SESSION_HANDOVER) {
+		if (s->handover_flushing && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+			s->handover_flushing = false;
+			session_handover_send(s);
+		}
+		return;
+	}
 	session_timer_arm(s);  /* the client is reading: not idle */
 	if (s->state == SESSION_CLOSING) {
 		session_close_if_flushed(s);
@@ -549,6 +574,12 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct session *s = arg;
 	if (s->state == SESSION_AUTH_WAIT) {
 		s->handler->auth_timeout(s);
+		return;
+	}
+	if (s->state == SESSION_HANDOVER) {
+		log_warnx("session %016llx: no answer from the master to the handover",
+		    (unsigned long long)s->id);
+		session_destroy_later(s, "handover-timeout");
 		return;
 	}
 	/* RFC 1939 §3: on the autologout timer, close without a response and
@@ -716,6 +747,7 @@ session_open(struct worker *w, int fd, const struct sockaddr *sa, int salen, boo
 
 	s->worker = w;
 	s->handler = handler;
+	s->relay_fd = -1;
 	s->id = ++w->next_session;
 	s->tls_listener = tls_listener;
 	session_peer_set(s, sa, salen, unknown);
@@ -756,4 +788,234 @@ session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int
     bool tls_listener, const struct session_handler *handler)
 {
 	session_open(w, fd, via, vialen, true, tls_listener, handler);
+}
+
+/* --- per-user session processes (docs/DESIGN.md "A process per user
+ * session") ------------------------------------------------------------ */
+
+struct session *
+session_adopt(struct worker *w, int fd, const struct session_origin *o, const void *input,
+    size_t input_len, const struct session_handler *handler)
+{
+	struct session *s = xcalloc(1, sizeof(*s));
+	s->worker = w;
+	s->handler = handler;
+	s->relay_fd = -1;
+	s->id = o->id;
+	snprintf(s->peer, sizeof(s->peer), "%s", o->peer);
+	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", o->peer_ip);
+	s->loopback = o->loopback;
+	/* The worker in front holds the TLS state (s->tls is about this
+	 * descriptor, which carries plaintext). */
+	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		close(fd);
+		free(s);
+		return NULL;
+	}
+	bufferevent_set_max_single_write(s->bev, SESSION_OUTPUT_HIGH);
+	if (input_len > 0) {
+		/* A socket bufferevent keeps the end of its input frozen outside
+		 * its own reads. */
+		struct evbuffer *in = bufferevent_get_input(s->bev);
+		evbuffer_unfreeze(in, 0);
+		if (evbuffer_add(in, input, input_len) < 0)
+			fatalx("evbuffer_add failed");
+		evbuffer_freeze(in, 0);
+	}
+	s->timer = evtimer_new(w->base, session_timer_cb, s);
+	s->all_next = w->all;
+	if (w->all)
+		w->all->all_prev = s;
+	w->all = s;
+	w->sessions++;
+	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH);
+	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->state = SESSION_MAILDROP_WAIT;
+	session_timer_arm(s);
+	return s;
+}
+
+/* The handover failed before the session process had the connection:
+ * back to AUTHORIZATION, as after any login that cannot be served. */
+static void
+session_handover_failed(struct session *s)
+{
+	if (s->relay_fd >= 0) {
+		close(s->relay_fd);
+		s->relay_fd = -1;
+	}
+	s->handover_request = 0;
+	free(s->user);
+	s->user = NULL;
+	session_enter_state(s, SESSION_AUTHORIZATION);
+	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
+	session_reply(s, "-ERR [SYS/TEMP] Mailbox is temporarily unavailable, try again later");
+	bufferevent_enable(s->bev, EV_READ);
+	session_process_input(s);
+	session_flush(s);
+}
+
+static void
+session_handover_send(struct session *s)
+{
+	struct worker *w = s->worker;
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t len = evbuffer_get_length(in);
+	if (len > IPC_MAX_HANDOVER_INPUT) {
+		log_warnx("session %016llx: %zu octets of pipelined input, more than a handover "
+		    "carries", (unsigned long long)s->id, len);
+		session_handover_failed(s);
+		return;
+	}
+	int fd = bufferevent_getfd(s->bev);
+	if (s->tls) {
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+			log_warn("session %016llx: relay socketpair", (unsigned long long)s->id);
+			session_handover_failed(s);
+			return;
+		}
+		s->relay_fd = sv[0];
+		fd = sv[1];
+	}
+	char *b64 = base64_encode(len > 0 ? evbuffer_pullup(in, (ev_ssize_t)len) : (unsigned char *)"", len);
+	const struct ipc_handover m = { .request_id = ++w->next_request, .session_id = s->id,
+	    .flags = (s->tls ? IPC_HANDOVER_TLS : 0) | (s->loopback ? IPC_HANDOVER_LOOPBACK : 0),
+	    .ticket = s->ticket, .peer = s->peer, .peer_ip = s->peer_ip,
+	    .device = s->handover_device != NULL ? s->handover_device : "", .input = b64 };
+	unsigned char *buf = xmalloc(IPC_MAX_MSG);
+	size_t mlen = ipc_handover_encode(buf, IPC_MAX_MSG, &m);
+	int r = mlen == 0 ? -1 : ipc_send_fd(w->control_fd, buf, mlen, fd);
+	if (r < 0)
+		log_warn("session %016llx: cannot hand the session over to the master",
+		    (unsigned long long)s->id);
+	/* The pipelined input may hold a password (PASS pipelined twice). */
+	secure_wipe(buf, mlen);
+	free(buf);
+	free_secret(b64);
+	if (s->tls)
+		close(fd);   /* the master got its own reference (or nothing) */
+	if (r < 0) {
+		session_handover_failed(s);
+		return;
+	}
+	s->handover_request = m.request_id;
+}
+
+void
+session_handover(struct session *s, const char *ticket, const char *device)
+{
+	snprintf(s->ticket, sizeof(s->ticket), "%s", ticket);
+	free(s->handover_device);
+	s->handover_device = xstrdup(device);
+	session_enter_state(s, SESSION_HANDOVER);
+	/* What the client sends from now on is the session process's to read
+	 * (plain) or to get through the relay (TLS). */
+	bufferevent_disable(s->bev, EV_READ);
+	if (!s->tls && evbuffer_get_length(bufferevent_get_output(s->bev)) > 0) {
+		/* Our replies must reach the client before the session
+		 * process's first one: wait for the write callback. */
+		s->handover_flushing = true;
+		bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+		bufferevent_enable(s->bev, EV_WRITE);
+		return;
+	}
+	session_handover_send(s);
+}
+
+/* --- the TLS relay: client (s->bev, TLS) <-> session process (s->relay) --- */
+
+static void
+relay_client_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	struct evbuffer *to = bufferevent_get_output(s->relay);
+	evbuffer_add_buffer(to, bufferevent_get_input(s->bev));
+	if (evbuffer_get_length(to) >= SESSION_OUTPUT_HIGH)
+		bufferevent_disable(s->bev, EV_READ);   /* until the process reads */
+}
+
+static void
+relay_client_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	/* The client read below the low mark: take more from the process. */
+	if (!s->freed_pending && s->relay != NULL)
+		bufferevent_enable(s->relay, EV_READ);
+}
+
+static void
+relay_proc_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	struct evbuffer *to = bufferevent_get_output(s->bev);
+	size_t before = evbuffer_get_length(to);
+	evbuffer_add_buffer(to, bufferevent_get_input(s->relay));
+	s->bytes_out += evbuffer_get_length(to) - before;
+	if (evbuffer_get_length(to) >= SESSION_OUTPUT_HIGH)
+		bufferevent_disable(s->relay, EV_READ);   /* until the client reads */
+}
+
+static void
+relay_proc_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	if (!s->freed_pending)
+		bufferevent_enable(s->bev, EV_READ);
+}
+
+static void
+relay_proc_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+		return;
+	/* The session process ended (QUIT, its timeout, killed): send the
+	 * client what it wrote last, then close_notify and close. */
+	evbuffer_add_buffer(bufferevent_get_output(s->bev), bufferevent_get_input(s->relay));
+	bufferevent_free(s->relay);
+	s->relay = NULL;
+	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+	session_close_after_reply(s, "session-process-ended");
+}
+
+void
+session_handover_done(struct worker *w, const struct ipc_handover_done *m)
+{
+	struct session *s;
+	for (s = w->all; s != NULL; s = s->all_next)
+		if (s->handover_request == m->request_id && s->id == m->session_id)
+			break;
+	if (s == NULL || s->freed_pending || s->state != SESSION_HANDOVER)
+		return;   /* gone meanwhile: the session process sees the end */
+	s->handover_request = 0;
+	if (!m->ok) {
+		log_warnx("session %016llx: the master could not start a session process",
+		    (unsigned long long)s->id);
+		session_handover_failed(s);
+		return;
+	}
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));   /* the process has it */
+	if (!s->tls) {
+		/* The process has the connection; ours closes with the session. */
+		session_destroy_later(s, "handed-over");
+		return;
+	}
+	s->relay = bufferevent_socket_new(w->base, s->relay_fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->relay == NULL) {
+		session_destroy_later(s, "relay-error");
+		return;
+	}
+	s->relay_fd = -1;
+	session_enter_state(s, SESSION_RELAY);
+	bufferevent_setcb(s->relay, relay_proc_read_cb, relay_proc_write_cb, relay_proc_event_cb, s);
+	bufferevent_setwatermark(s->relay, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
+	bufferevent_setcb(s->bev, relay_client_read_cb, relay_client_write_cb, session_event_cb, s);
+	bufferevent_enable(s->relay, EV_READ | EV_WRITE);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	/* What the process wrote before we listened is read at once. */
 }

@@ -19,6 +19,7 @@
 
 #include "common/wire.h"
 #include "server/config.h"
+#include "server/ipc.h"
 #include "server/store.h"
 #include "server/worker.h"
 
@@ -45,6 +46,10 @@ enum session_state {
 	SESSION_TRANSACTION,
 	SESSION_UPDATE,
 	SESSION_CLOSING,        /* flushing the last reply, then free */
+	/* Per-user session processes (docs/DESIGN.md "A process per user
+	 * session"), in the worker: */
+	SESSION_HANDOVER,       /* logged in; the connection is going to its own process */
+	SESSION_RELAY,          /* TLS: relaying plaintext to and from that process */
 };
 
 /* What the framing hands up: a complete line, or a line it refused. */
@@ -100,6 +105,7 @@ struct session {
 	char *pending_location;
 	enum uidl_format pending_uidl_format;  /* with pending_location */
 	char *pending_device;         /* with pending_location, as the auth process gave it */
+	char pending_ticket[IPC_TICKET_LEN + 1];  /* with pending_location */
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
 	int login_mech;               /* enum metrics_mech of the login under way */
@@ -148,6 +154,23 @@ struct session {
 	 * it sets this and its done() clears it; if the session ends first,
 	 * it detaches the job (arg = NULL). */
 	struct store_job *store_job;
+
+	/* Handing over to a per-user session process (worker side). */
+	char ticket[IPC_TICKET_LEN + 1];
+	char *handover_device;        /* the auth answer's device ("" for none) */
+	uint64_t handover_request;    /* the IPC_HANDOVER's id, 0 = none sent */
+	bool handover_flushing;       /* plain: waiting for our output to drain */
+	int relay_fd;                 /* TLS: our end of the relay pair until DONE, else -1 */
+	struct bufferevent *relay;    /* TLS: the relay to the session process */
+};
+
+/* Who a connection handed over to a session process is (session_adopt). */
+struct session_origin {
+	uint64_t id;                  /* the worker's session id, kept for the logs */
+	const char *peer;
+	const char *peer_ip;
+	bool loopback;
+	bool tls;                     /* encrypted by the worker relaying it */
 };
 
 /* The client address of a session whose load balancer did not say who the
@@ -165,6 +188,21 @@ void session_create(struct worker *w, int fd, const struct sockaddr *sa, int sal
  * header gave no client address: the client is SESSION_PEER_UNKNOWN. */
 void session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int vialen,
     bool tls_listener, const struct session_handler *handler);
+/* A session process: serve the connection fd (the client's socket, or a
+ * relay from the worker that keeps its TLS) whose session began in a
+ * worker; input is what that worker had read and not yet run. The session
+ * starts in SESSION_MAILDROP_WAIT (no greeting): open the maildrop next. */
+struct session *session_adopt(struct worker *w, int fd, const struct session_origin *o,
+    const void *input, size_t input_len, const struct session_handler *handler);
+/* Worker: hand the logged-in session over to its session process (the
+ * master starts it; ticket from the auth process's answer). Plain: the
+ * descriptor itself goes, once our output is flushed; TLS: we keep the TLS
+ * state and relay plaintext over a socketpair. Unprocessed input goes
+ * along. On failure the session is back in AUTHORIZATION with -ERR
+ * [SYS/TEMP]. */
+void session_handover(struct session *s, const char *ticket, const char *device);
+/* The master's answer to a handover. */
+void session_handover_done(struct worker *w, const struct ipc_handover_done *m);
 /* Worker shutdown: end every session without UPDATE. */
 void session_close_all(struct worker *w, const char *reason);
 

@@ -5,6 +5,9 @@
 
 #include <stdlib.h>
 
+#include <event2/event.h>
+
+#include "common/log.h"
 #include "common/util.h"
 
 /* Store threads per worker: maildrop work is disk-bound, and two workers
@@ -12,7 +15,8 @@
 #define STORE_POOL_THREADS 1
 
 struct store_pool {
-	struct thread_pool *threads;
+	struct thread_pool *threads;   /* NULL: inline (store_pool_new_inline) */
+	struct event_base *base;
 };
 
 _Static_assert(offsetof(struct store_job, pool_job) == 0,
@@ -79,12 +83,36 @@ store_pool_new(struct event_base *base)
 	return p;
 }
 
+struct store_pool *
+store_pool_new_inline(struct event_base *base)
+{
+	struct store_pool *p = xcalloc(1, sizeof(*p));
+
+	p->base = base;
+	return p;
+}
+
+static void
+store_job_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	store_job_done(arg);
+}
+
 void
 store_pool_submit(struct store_pool *p, struct store_job *job)
 {
 	job->pool_job.run = store_job_run;
 	job->pool_job.done = store_job_done;
-	thread_pool_queue(p->threads, &job->pool_job);
+	if (p->threads != NULL) {
+		thread_pool_queue(p->threads, &job->pool_job);
+		return;
+	}
+	/* Inline: the work now, the callback from the loop, as from a thread
+	 * (never inside the submitter's own call). */
+	store_job_run(&job->pool_job);
+	struct timeval zero = { 0, 0 };
+	if (event_base_once(p->base, -1, EV_TIMEOUT, store_job_done_cb, job, &zero) < 0)
+		fatalx("event_base_once failed");
 }
 
 void

@@ -47,6 +47,11 @@ struct store_job {
 
 /* The store thread(s) of a worker, reporting on base. */
 struct store_pool *store_pool_new(struct event_base *base);
+/* A pool without a thread: each job runs inside store_pool_submit, its
+ * done() from the next loop round. For a session process, which serves
+ * one session: nothing else waits on its loop, and a thread would cost
+ * more than the work (docs/DESIGN.md "A process per user session"). */
+struct store_pool *store_pool_new_inline(struct event_base *base);
 /* Queue job (kind and its inputs, done and arg set); the pool owns it. */
 void store_pool_submit(struct store_pool *pool, struct store_job *job);
 /* Queue a job of another module's own kind (LMTP's spool writes and

@@ -238,6 +238,12 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		worker.stopping = true;
 		return;
 	}
+	if (n > 0 && ipc_type(buf, (size_t)n) == IPC_HANDOVER_DONE) {
+		struct ipc_handover_done done;
+		if (ipc_handover_done_decode(buf, (size_t)n, &done))
+			session_handover_done(&worker, &done);
+		return;
+	}
 	if (n < 0 || !ipc_reload_decode(buf, (size_t)n, &msg))
 		return;
 	struct config *next;
@@ -297,6 +303,7 @@ worker_main(struct child_env *env)
 	worker.slot = env->slot;
 	worker.n_workers = env->n_workers;
 	worker.auth_fd = env->worker_fds[env->slot];
+	worker.control_fd = env->control_fd;
 	worker.read_buf = xmalloc(SESSION_READ_CHUNK);
 	worker.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
 	worker.ssl_ctx = env->ssl_ctx;

@@ -36,6 +36,9 @@ struct worker {
 	struct evconnlistener **listeners;
 	size_t n_listeners;
 	bool stopping;
+	int control_fd;                /* SEQPACKET to the master, -1 = none */
+	/* A session process: one session, and the loop ends with it. */
+	bool exit_when_idle;
 };
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "fuzz_common.h"
 #include "server/ipc.h"
+#include "server/popboxd.h"
 
 static unsigned char out[IPC_MAX_MSG];
 static const unsigned char *in;
@@ -84,6 +85,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_same_text(res.user, res2.user, "user");
 		check_same_text(res.location, res2.location, "location");
 		check_same_text(res.data, res2.data, "data");
+		check_same_text(res.ticket, res2.ticket, "ticket");
 		FUZZ_CHECK(strlen(res.location) <= IPC_MAX_LOCATION && strlen(res.data) <= IPC_MAX_SASL_DATA,
 		    "AUTH_RESULT field over its maximum");
 	}
@@ -158,6 +160,38 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ROUND_TRIP(rcpt_lookup, rl, rl2);
 		FUZZ_CHECK(rl.session_id == rl2.session_id, "session id");
 		check_same_text(rl.address, rl2.address, "address");
+	}
+	struct ipc_session_grant gr, gr2;
+	if (ipc_session_grant_decode(copy, size, &gr)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_SESSION_GRANT, "SESSION_GRANT decoder took type %u", type);
+		FUZZ_CHECK(gr.slot < POPBOXD_MAX_WORKERS, "slot %u", gr.slot);
+		ROUND_TRIP(session_grant, gr, gr2);
+		FUZZ_CHECK(gr.session_id == gr2.session_id && gr.uid == gr2.uid && gr.gid == gr2.gid,
+		    "numbers");
+		check_same_text(gr.ticket, gr2.ticket, "ticket");
+		check_same_text(gr.user, gr2.user, "user");
+		check_same_text(gr.location, gr2.location, "location");
+	}
+	struct ipc_handover ho, ho2;
+	if (ipc_handover_decode(copy, size, &ho)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_HANDOVER, "HANDOVER decoder took type %u", type);
+		FUZZ_CHECK((ho.flags & ~(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK)) == 0, "flags");
+		ROUND_TRIP(handover, ho, ho2);
+		check_same_text(ho.ticket, ho2.ticket, "ticket");
+		check_same_text(ho.peer, ho2.peer, "peer");
+		check_same_text(ho.peer_ip, ho2.peer_ip, "peer_ip");
+		check_same_text(ho.device, ho2.device, "device");
+		check_same_text(ho.input, ho2.input, "input");
+		FUZZ_CHECK(strlen(ho.input) <= IPC_MAX_HANDOVER_INPUT_B64, "input over its maximum");
+	}
+	struct ipc_handover_done hd, hd2;
+	if (ipc_handover_done_decode(copy, size, &hd)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_HANDOVER_DONE, "HANDOVER_DONE decoder took type %u", type);
+		ROUND_TRIP(handover_done, hd, hd2);
+		FUZZ_CHECK(hd.ok == hd2.ok && hd.session_id == hd2.session_id, "numbers");
 	}
 	FUZZ_CHECK(accepted <= 1, "%u decoders accepted one input", accepted);
 	free(copy);

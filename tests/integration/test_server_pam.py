@@ -67,10 +67,33 @@ def users(accounts):
     return u
 
 
-def pam_server(server_factory, service, users, extra=None):
+def own_maildir(srv, user, mode=None):
+    """user's Maildir in srv's tree, owned by user (as an MDA running as the
+    user makes it): with users = pam each session runs as its user
+    (session_process = auto, test_server_peruser.py). mode: of its
+    directories."""
+    pw = pwd.getpwnam(user)
+    top = srv.maildir(user)
+    for root, dirs, files in os.walk(top):
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            os.chown(name, pw.pw_uid, pw.pw_gid)
+        if mode is not None:
+            os.chmod(root, mode)
+    return top
+
+
+def pam_server(server_factory, service, users, extra=None, messages=None):
+    """messages: {user: [message]} delivered before the start; every
+    account in users gets a Maildir of its own."""
     config = {"users": "pam", "pam_service": service, "deny_users": users["denied"] + " nobody"}
     config.update(extra or {})
-    srv = server_factory(users={}, config=config)
+    srv = server_factory(users={}, config=config, start=False)
+    for user, msgs in (messages or {}).items():
+        for m in msgs:
+            srv.deliver(m, user=user)
+    for user in users.values():
+        own_maildir(srv, user)
+    srv.start()
     return srv
 
 
@@ -91,8 +114,8 @@ def test_pam_logins_ok_and_refused(server_factory, pam_service, users):
     message in its Maildir); a wrong password, an unknown user, a locked
     account, an expired one, a uid below first_valid_uid, a name in
     deny_users and root all get the same answer."""
-    srv = pam_server(server_factory, pam_service, users)
-    srv.deliver(b"Subject: hi\n\nfrom PAM\n", user=users["ok"])
+    srv = pam_server(server_factory, pam_service, users,
+                     messages={users["ok"]: [b"Subject: hi\n\nfrom PAM\n"]})
     p = srv.poplib()
     p.user(users["ok"])
     p.pass_(PASSWORD)

@@ -16,6 +16,7 @@
 
 #include "common/util.h"
 #include "server/ipc.h"
+#include "server/popboxd.h"
 
 static unsigned char buf[IPC_MAX_MSG + 64];
 static unsigned char again[IPC_MAX_MSG + 64];
@@ -109,7 +110,8 @@ test_auth_result(void **state)
 	for (int r = AUTH_RESULT_OK; r <= AUTH_RESULT_CONTINUE; r++) {
 		const struct ipc_auth_result m = { .request_id = 99, .result = (enum auth_result)r,
 		    .user = "alice", .location = "maildir:/home/alice/Maildir", .data = "dj1zZXJ2ZXI=",
-		    .uidl_format = (enum uidl_format)(r % (UIDL_FORMAT_MAX + 1)), .device = "#phone" };
+		    .uidl_format = (enum uidl_format)(r % (UIDL_FORMAT_MAX + 1)), .device = "#phone",
+		    .ticket = r == AUTH_RESULT_OK ? "0123456789abcdef0123456789abcdef" : "" };
 		size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 		assert_true(len > 0);
 		struct ipc_auth_result d;
@@ -121,6 +123,7 @@ test_auth_result(void **state)
 		assert_string_equal(d.data, m.data);
 		assert_int_equal(d.uidl_format, m.uidl_format);
 		assert_string_equal(d.device, "#phone");
+		assert_string_equal(d.ticket, m.ticket);
 		assert_int_equal(ipc_auth_result_encode(again, sizeof(again), &d), len);
 		assert_memory_equal(again, buf, len);
 		CHECK_FRAMING(ipc_auth_result_decode, struct ipc_auth_result, len);
@@ -128,12 +131,17 @@ test_auth_result(void **state)
 	/* NULL texts go out as "". */
 	const struct ipc_auth_result temp = { .request_id = 1, .result = AUTH_RESULT_TEMP };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &temp);
-	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8 + 1);
+	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8 + 2);
 	struct ipc_auth_result d;
 	assert_true(ipc_auth_result_decode(buf, len, &d));
 	assert_string_equal(d.user, "");
 	assert_string_equal(d.location, "");
 	assert_string_equal(d.data, "");
+	assert_string_equal(d.ticket, "");
+	/* A ticket one octet too long. */
+	const struct ipc_auth_result lt = { .request_id = 1, .result = AUTH_RESULT_OK,
+	    .ticket = "0123456789abcdef0123456789abcdef0" };
+	assert_int_equal(ipc_auth_result_encode(again, sizeof(again), &lt), 0);
 	/* A result number past the enum, in the message and in the encoder. */
 	uint64_t bad = AUTH_RESULT_CONTINUE + 1;
 	memcpy(buf + IPC_HEADER_SIZE, &bad, sizeof(bad));
@@ -323,6 +331,62 @@ test_rcpt_lookup(void **state)
 	free(longer);
 }
 
+/* Per-user session processes: the grant, the handover and its answer. */
+static void
+test_handover(void **state)
+{
+	const struct ipc_session_grant g = { .slot = POPBOXD_MAX_WORKERS - 1, .session_id = 77,
+	    .uid = 1001, .gid = 1002, .ticket = "0123456789abcdef0123456789abcdef", .user = "alice",
+	    .location = "mbox:/var/mail/alice", .uidl_format = UIDL_FORMAT_DOVECOT };
+	size_t len = ipc_session_grant_encode(buf, sizeof(buf), &g);
+	assert_true(len > 0);
+	struct ipc_session_grant gd;
+	assert_true(ipc_session_grant_decode(buf, len, &gd));
+	assert_int_equal(gd.slot, g.slot);
+	assert_true(gd.session_id == 77 && gd.uid == 1001 && gd.gid == 1002);
+	assert_string_equal(gd.ticket, g.ticket);
+	assert_string_equal(gd.user, "alice");
+	assert_string_equal(gd.location, g.location);
+	assert_int_equal(gd.uidl_format, UIDL_FORMAT_DOVECOT);
+	assert_int_equal(ipc_session_grant_encode(again, sizeof(again), &gd), len);
+	assert_memory_equal(again, buf, len);
+	CHECK_FRAMING(ipc_session_grant_decode, struct ipc_session_grant, len);
+	struct ipc_session_grant bad = g;
+	bad.slot = POPBOXD_MAX_WORKERS;   /* no such worker slot */
+	assert_int_equal(ipc_session_grant_encode(again, sizeof(again), &bad), 0);
+
+	const struct ipc_handover h = { .request_id = 5, .session_id = 77,
+	    .flags = IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK, .ticket = g.ticket,
+	    .peer = "[::1]:1234", .peer_ip = "::1", .device = "#phone", .input = "U1RBVA0K" };
+	len = ipc_handover_encode(buf, sizeof(buf), &h);
+	assert_true(len > 0);
+	struct ipc_handover hd;
+	assert_true(ipc_handover_decode(buf, len, &hd));
+	assert_true(hd.request_id == 5 && hd.session_id == 77);
+	assert_int_equal(hd.flags, IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK);
+	assert_string_equal(hd.ticket, g.ticket);
+	assert_string_equal(hd.peer, "[::1]:1234");
+	assert_string_equal(hd.peer_ip, "::1");
+	assert_string_equal(hd.device, "#phone");
+	assert_string_equal(hd.input, "U1RBVA0K");
+	assert_false(ipc_session_grant_decode(buf, len, &gd));   /* the type tells them apart */
+	CHECK_FRAMING(ipc_handover_decode, struct ipc_handover, len);
+	struct ipc_handover hb = h;
+	hb.flags = 4;   /* an unknown flag */
+	assert_int_equal(ipc_handover_encode(again, sizeof(again), &hb), 0);
+
+	const struct ipc_handover_done d = { .request_id = 5, .session_id = 77, .ok = true };
+	len = ipc_handover_done_encode(buf, sizeof(buf), &d);
+	assert_int_equal(len, IPC_HEADER_SIZE + 16);
+	struct ipc_handover_done dd;
+	assert_true(ipc_handover_done_decode(buf, len, &dd));
+	assert_true(dd.ok && dd.session_id == 77 && dd.request_id == 5);
+	CHECK_FRAMING(ipc_handover_done_decode, struct ipc_handover_done, len);
+	uint64_t two = 2;
+	memcpy(buf + IPC_HEADER_SIZE + 8, &two, sizeof(two));
+	assert_false(ipc_handover_done_decode(buf, len, &dd));
+}
+
 /* Header-level refusals: short, unknown or zero type, over the size limit. */
 static void
 test_header(void **state)
@@ -387,6 +451,7 @@ main(void)
 		cmocka_unit_test(test_users),
 		cmocka_unit_test(test_ping),
 		cmocka_unit_test(test_rcpt_lookup),
+		cmocka_unit_test(test_handover),
 		cmocka_unit_test(test_header),
 		cmocka_unit_test(test_send_fd),
 	};

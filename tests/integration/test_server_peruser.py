@@ -1,0 +1,231 @@
+"""A process per user session (docs/DESIGN.md "A process per user session";
+popboxd.conf(5) session_process).
+
+With users = pam a logged-in session leaves its worker for a process of its
+own that runs as the user's uid. Root only (CI runs as root): the tests make
+real accounts with useradd (prefix "pbt", a random part), real PAM (the
+service contrib/pam.d/popbox under a name of this run's own), Maildirs
+owned by each user, and remove all of it at the end, even on failure.
+"""
+
+import os
+import pwd
+import signal
+import subprocess
+
+import pytest
+
+from popbox_server import ConnectionClosed, fresh_source, wire_form
+from runaway import wait_until
+from test_server_pam import own_maildir
+from test_server_pam import pam_service  # noqa: F401 (fixture)
+from unix_accounts import PASSWORD, Accounts
+from test_server_tls_lib import PKI, install_cert, starttls, tls_connect
+from ports import free_port
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix accounts: root only (CI)")
+
+FAIL = b"-ERR [AUTH] Authentication failed"
+# A message whose wire form tests the byte path through the relay: a lone
+# dot, a line starting with a dot, 8-bit octets, no final newline.
+MSG = (b"Subject: per-user\n\nfirst\n.\n..dots\n\xe4\xf6\xfc 8-bit\n" + b"x" * 70000 + b"\nlast")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return PKI(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="module")
+def accounts():
+    acc = Accounts()
+    try:
+        yield acc
+    finally:
+        acc.remove_all()
+
+
+@pytest.fixture(scope="module")
+def users(accounts):
+    u = {"a": accounts.add("a"), "b": accounts.add("b"), "sys": accounts.add("s", system=True)}
+    assert pwd.getpwnam(u["sys"]).pw_uid < 1000
+    return u
+
+
+def peruser_server(server_factory, pki, service, users, deliver, config=None):
+    """users = pam with TLS on a plain (STLS) and an implicit-TLS listener;
+    deliver: {user: [messages]} put into Maildirs owned by each user."""
+    cfg = {"users": "pam", "pam_service": service}
+    cfg.update(config or {})
+    srv = server_factory(users={}, config=cfg, start=False)
+    install_cert(srv, pki.server[0])
+    srv.tls_port = free_port()
+    srv.config["listen_tls"] = "127.0.0.1:%d" % srv.tls_port
+    for user, msgs in deliver.items():
+        for m in msgs:
+            srv.deliver(m, user=user)
+        own_maildir(srv, user, mode=0o700)
+    srv.start()
+    return srv
+
+
+def proc_status(pid):
+    """{field: value} of /proc/PID/status."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def session_procs(srv):
+    return srv.children_by_comm("popboxd-session")
+
+
+def wait_session_procs(srv, n):
+    wait_until(lambda: len(session_procs(srv)) == n, "%d session processes" % n)
+    return session_procs(srv)
+
+
+def connect(srv, pki, how):
+    if how == "plain":
+        return srv.connect(source=fresh_source())
+    if how == "stls":
+        return starttls(srv.connect(source=fresh_source()), pki)
+    return tls_connect(srv, pki)
+
+
+@pytest.mark.parametrize("how", ["plain", "stls", "tls"])
+def test_session_runs_as_the_user(server_factory, pki, pam_service, users, how):  # noqa: F811
+    """Over plain, STLS and implicit TLS: the login (pipelined with the
+    commands after it, all in one write) is served by a popboxd-session
+    process whose uids and gids are the user's and nothing else; RETR is
+    byte-exact, DELE + QUIT remove the message from the user's Maildir, and
+    the process is gone after QUIT."""
+    a = users["a"]
+    pw = pwd.getpwnam(a)
+    srv = peruser_server(server_factory, pki, pam_service, users, {a: [MSG, b"Subject: two\n\n2\n"]})
+    # (a worker is named popboxd-worker only once it runs its own code)
+    ch = srv.wait_children(lambda ch: list(ch.values()).count("popboxd-worker") == 2)
+    workers = {p for p, comm in ch.items() if comm == "popboxd-worker"}
+    assert len(workers) == 2, ch
+    c = connect(srv, pki, how)
+    # Everything up to STAT in one write: the worker reads it all before the
+    # login ends, and must hand the unread part over with the connection.
+    c.send(("USER %s\r\nPASS %s\r\nSTAT\r\nNOOP\r\n" % (a, PASSWORD)).encode())
+    assert c.readline().startswith(b"+OK")
+    assert c.readline().startswith(b"+OK Logged in, 2 messages")
+    assert c.readline().startswith(b"+OK 2 ")
+    assert c.readline().startswith(b"+OK")
+    (pid,) = wait_session_procs(srv, 1)
+    st = proc_status(pid)
+    assert st["Uid"].split() == [str(pw.pw_uid)] * 4, st["Uid"]
+    assert st["Gid"].split() == [str(pw.pw_gid)] * 4, st["Gid"]
+    assert st["Groups"].split() == [str(pw.pw_gid)], st["Groups"]
+    assert c.retr(1) == wire_form(MSG)
+    assert c.cmd("DELE 1").startswith(b"+OK")
+    assert c.quit().startswith(b"+OK")
+    assert len(os.listdir(os.path.join(srv.mail_root, a, "cur")) +
+               os.listdir(os.path.join(srv.mail_root, a, "new"))) == 1
+    wait_session_procs(srv, 0)
+    # The workers served the login and were not replaced.
+    assert set(srv.children_by_comm("popboxd-worker")) == workers
+    log = srv.log()
+    assert "login user=%s" % a in log and "to its session process" in log
+    assert PASSWORD not in log
+
+
+def test_users_stay_apart(server_factory, pki, pam_service, users):  # noqa: F811
+    """Two users logged in at once get one process each, each with its own
+    uid; a's process holds no descriptor in b's Maildir and a's uid cannot
+    read b's messages (b's Maildir is 0700) nor its own process's memory; killing a's session process
+    ends a's connection without UPDATE (its DELE is not done) and b's
+    session goes on to RETR and QUIT."""
+    a, b = users["a"], users["b"]
+    srv = peruser_server(server_factory, pki, pam_service, users,
+                         {a: [b"Subject: for a\n\na\n"], b: [b"Subject: for b\n\nb\n", MSG]})
+    ca = connect(srv, pki, "plain")
+    ca.login(a, PASSWORD)
+    cb = connect(srv, pki, "tls")
+    cb.login(b, PASSWORD)
+    pids = wait_session_procs(srv, 2)
+    by_uid = {int(proc_status(p)["Uid"].split()[0]): p for p in pids}
+    ua, ub = pwd.getpwnam(a).pw_uid, pwd.getpwnam(b).pw_uid
+    assert set(by_uid) == {ua, ub}
+    b_dir = os.path.realpath(os.path.join(srv.mail_root, b))
+    fd_dir = "/proc/%d/fd" % by_uid[ua]
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except FileNotFoundError:
+            continue
+        assert not target.startswith(b_dir), target
+    b_msg = next(iter(srv.message_files(b).values()))
+    r = subprocess.run(["setpriv", "--reuid=%d" % ua, "--regid=%d" % pwd.getpwnam(a).pw_gid,
+                        "--clear-groups", "cat", b_msg], capture_output=True, timeout=30)
+    assert r.returncode != 0 and b"Permission denied" in r.stderr, r
+    # The user cannot read the memory of their own session process either
+    # (it was forked from root's master): /proc/PID/environ needs ptrace access.
+    r = subprocess.run(["setpriv", "--reuid=%d" % ua, "--regid=%d" % pwd.getpwnam(a).pw_gid,
+                        "--clear-groups", "cat", "/proc/%d/environ" % by_uid[ua]],
+                       capture_output=True, timeout=30)
+    assert r.returncode != 0 and b"Permission denied" in r.stderr, r
+    assert ca.cmd("DELE 1").startswith(b"+OK")
+    os.kill(by_uid[ua], signal.SIGKILL)
+    # The connection ends (a reset, or a close and then a broken pipe).
+    with pytest.raises((ConnectionClosed, OSError)):
+        ca.wait_closed()
+        ca.cmd("NOOP")
+    wait_session_procs(srv, 1)
+    assert len(srv.message_files(a)) == 1, "DELE without QUIT was carried out"
+    assert cb.retr(2) == wire_form(MSG)
+    assert cb.quit().startswith(b"+OK")
+    wait_until(lambda: "killed by signal 9" in srv.log(), "the kill logged")
+    ca.close()
+    cb.close()
+
+
+def test_refused_accounts_and_virtual_users(server_factory, pki, pam_service, users):  # noqa: F811
+    """root and an account below first_valid_uid get the answer of a wrong
+    password and no process. session_process = per-user with a users file:
+    an entry with uid 0 or without uid gets [SYS/TEMP] and no process; an
+    entry with an ordinary uid gets one. The default with a users file
+    (auto = worker) starts none."""
+    srv = peruser_server(server_factory, pki, pam_service, users, {})
+    for user in ("root", users["sys"]):
+        with srv.connect(source=fresh_source()) as c:
+            assert c.cmd("USER " + user).startswith(b"+OK")
+            assert c.cmd("PASS " + PASSWORD) == FAIL
+    assert session_procs(srv) == []
+
+    a = users["a"]
+    pw = pwd.getpwnam(a)
+    v = server_factory(users={}, config={"session_process": "per-user"}, start=False)
+    v.add_user("rooty", "pw", extra=":0:0::/nonexistent", write=False)
+    v.add_user("nouid", "pw", write=False)
+    v.add_user(a, "pw", extra=":%d:%d::/nonexistent" % (pw.pw_uid, pw.pw_gid), write=False)
+    v.write_users()
+    v.deliver(b"Subject: v\n\nv\n", user=a)
+    own_maildir(v, a, mode=0o700)
+    v.start()
+    for user in ("rooty", "nouid"):
+        with v.connect(source=fresh_source()) as c:
+            assert c.cmd("USER " + user).startswith(b"+OK")
+            assert c.cmd("PASS pw").startswith(b"-ERR [SYS/TEMP]")
+    assert session_procs(v) == []
+    with v.connect(source=fresh_source()) as c:
+        c.login(a, "pw")
+        (pid,) = wait_session_procs(v, 1)
+        assert int(proc_status(pid)["Uid"].split()[0]) == pw.pw_uid
+        assert c.quit().startswith(b"+OK")
+    log = v.log()
+    assert "uid below first_valid_uid (or root)" in log and "no numeric uid and gid" in log
+
+    plain = server_factory()
+    plain.deliver(b"Subject: w\n\nw\n")
+    with plain.connect(source=fresh_source()) as c:
+        c.login()
+        assert c.stat()[0] == 1
+        assert session_procs(plain) == []
+        assert c.quit().startswith(b"+OK")
