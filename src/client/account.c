@@ -509,8 +509,10 @@ private_file(FILE *f, const char *path, struct fetch_error *err)
 
 bool
 account_load_file(const char *path, bool must_exist, struct account **out, int *count,
-    struct fetch_error *err)
+    int *jobs, struct fetch_error *err)
 {
+	if (jobs != NULL)
+		*jobs = 0;
 	FILE *f = fopen(path, "re");
 	struct account *list = NULL;
 	int n = 0, lineno = 0;
@@ -550,6 +552,16 @@ account_load_file(const char *path, bool must_exist, struct account **out, int *
 		}
 		*eq = '\0';
 		char *key = trim(s), *value = trim(eq + 1);
+		if (n == 0 && jobs != NULL && !strcmp(key, "jobs")) {
+			uint64_t u;
+			if (!parse_u64(value, ACCOUNT_MAX_JOBS, &u) || u == 0) {
+				fetch_error_set(err, EX_CONFIG, "%s: jobs must be 1..%d", where,
+				    ACCOUNT_MAX_JOBS);
+				goto out;
+			}
+			*jobs = (int)u;
+			continue;
+		}
 		if (n == 0) {
 			fetch_error_set(err, EX_CONFIG,
 			    "%s: '%s' outside an [account NAME] section", where, key);

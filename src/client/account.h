@@ -42,6 +42,9 @@ struct account {
 };
 
 #define ACCOUNT_DEFAULT_TIMEOUT 60
+/* The most accounts fetched at once (jobs =): each is a process and a
+ * connection; more only hammers the disk and the providers. */
+#define ACCOUNT_MAX_JOBS 64
 /* Limits against a hostile server (docs/DESIGN.md, "popbox fetch: limits
  * against a hostile server"): the most octets one message may take
  * whatever LIST says, and the longest a session may last. */
@@ -72,9 +75,12 @@ bool account_finish(struct account *a, struct fetch_error *err);
  * *count and the accounts in *out (xmalloc'd array: the caller frees each
  * with account_free(), then the array), or false with err set (EX_CONFIG)
  * and nothing to free (errno is ENOENT when the file was missing). A
- * missing file with must_exist false is zero accounts. */
+ * missing file with must_exist false is zero accounts. The one key
+ * allowed before the first section, jobs = N (1..FETCH_MAX_JOBS of
+ * fetch.h), goes to *jobs (0 when absent; jobs may be NULL: then the key
+ * is an error). */
 bool account_load_file(const char *path, bool must_exist, struct account **out,
-    int *count, struct fetch_error *err);
+    int *count, int *jobs, struct fetch_error *err);
 
 /* Default config path: $XDG_CONFIG_HOME/popbox/accounts.conf or
  * ~/.config/popbox/accounts.conf (xmalloc'd). */

@@ -523,6 +523,8 @@ finish(struct run *r, const struct fetch_error *err, bool quit_ok)
 		pop3c_abort(r->s);
 	if (!o->list && !o->rebuild && r->m != NULL && !o->quiet)
 		fetch_report_summary(r, err->code != 0);
+	if (!o->list && !o->rebuild)
+		fetch_report_final(r, err->code != 0);
 	fflush(stdout);
 	int code = err->code;
 	if (code != 0)

@@ -14,15 +14,37 @@ struct fetch_options {
 	bool list, rebuild, quiet, verbose;
 	struct account over;       /* account keys given as options */
 	bool have_over;            /* at least one of them was given */
+	int jobs;                  /* accounts fetched at once (--jobs, jobs =), 0: default */
+	int progress_fd;           /* in a child of fetch_parallel: where progress goes, else -1 */
 };
+
+/* Accounts fetched at once unless --jobs or the file's jobs = says. */
+#define FETCH_DEFAULT_JOBS 4
+#define FETCH_MAX_JOBS ACCOUNT_MAX_JOBS
+
+/* The worse of two sysexits statuses of accounts (0: success), for the
+ * exit status of a run over several accounts (docs/popbox.1, EXIT
+ * STATUS): what needs a person most wins, a temporary failure least. */
+int fetch_status_worse(int a, int b);
+
+/* Fetch accts[i] for every selected[i] (each completed with the options
+ * first), up to o->jobs at once, each in a child process; on a terminal
+ * one progress line per account, and a summary table at the end. Returns
+ * the worst status (fetch_status_worse). */
+int fetch_parallel(struct account *accts, const bool *selected, int nacct,
+    const struct fetch_options *o);
+
+/* Complete account a with the options (account_override, account_finish)
+ * and fetch it; the status (errors said on stderr). */
+int fetch_one(struct account *a, const struct fetch_options *o);
 
 /* The state directory ($XDG_STATE_HOME/popbox or ~/.local/state/popbox),
  * created 0700 if missing (xmalloc'd), or NULL with err set. */
 char *fetch_state_dir(struct fetch_error *err);
 
 /* Entry point of `popbox fetch`; argv[0] is "fetch". Returns a sysexits.h
- * status: 0 when every account was fetched, otherwise the status of the
- * first account that failed. */
+ * status: 0 when every account was fetched, otherwise the worst status of
+ * the accounts (fetch_status_worse). */
 int fetch_main(int argc, char **argv);
 
 /* Fetch one account (complete: account_finish() succeeded) as o says:

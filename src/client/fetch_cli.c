@@ -13,7 +13,7 @@
 #include <strings.h>
 
 enum {
-	OPT_CONFIG = 1000, OPT_LIST, OPT_REBUILD, OPT_HELP, OPT_KEY,
+	OPT_CONFIG = 1000, OPT_LIST, OPT_REBUILD, OPT_HELP, OPT_JOBS, OPT_KEY,
 };
 
 struct keyopt {
@@ -53,6 +53,7 @@ usage(FILE *f)
 	    "  --config FILE            accounts file\n"
 	    "  --list                   show what would be fetched; change nothing\n"
 	    "  --rebuild-state          rebuild the state file from the Maildir\n"
+	    "  --jobs N                 fetch up to N accounts at once (default 4)\n"
 	    "  -q, --quiet              no progress, no summary (errors only)\n"
 	    "  -v, --verbose            protocol trace on stderr (secrets masked)\n"
 	    "Every accounts.conf key is also an option (one-off use, or override):\n"
@@ -91,12 +92,14 @@ parse_options(int argc, char **argv, struct fetch_options *o)
 	size_t n = 0;
 
 	memset(o, 0, sizeof(*o));
+	o->progress_fd = -1;
 	account_init(&o->over);
 	for (size_t i = 0; i < N_ELEMENTS(keyopts); i++)
 		longopts[n++] = (struct option){ keyopts[i].opt,
 		    keyopts[i].optional_arg ? optional_argument : required_argument, NULL,
 		    OPT_KEY + (int)i };
 	longopts[n++] = (struct option){ "config", required_argument, NULL, OPT_CONFIG };
+	longopts[n++] = (struct option){ "jobs", required_argument, NULL, OPT_JOBS };
 	longopts[n++] = (struct option){ "list", no_argument, NULL, OPT_LIST };
 	longopts[n++] = (struct option){ "rebuild-state", no_argument, NULL, OPT_REBUILD };
 	longopts[n++] = (struct option){ "quiet", no_argument, NULL, 'q' };
@@ -114,6 +117,15 @@ parse_options(int argc, char **argv, struct fetch_options *o)
 		case OPT_LIST:
 			o->list = true;
 			break;
+		case OPT_JOBS: {
+			uint64_t u;
+			if (!parse_u64(optarg, FETCH_MAX_JOBS, &u) || u == 0) {
+				fprintf(stderr, "popbox: --jobs must be 1..%d\n", FETCH_MAX_JOBS);
+				return EX_USAGE;
+			}
+			o->jobs = (int)u;
+			break;
+		}
 		case OPT_REBUILD:
 			o->rebuild = true;
 			break;
@@ -157,7 +169,7 @@ parse_options(int argc, char **argv, struct fetch_options *o)
  * *nacct > 0 entries) or EX_CONFIG, the problem said on stderr. */
 static int
 load_accounts(const struct fetch_options *o, bool oneoff, int names, const char *first_name,
-    struct account **accts, int *nacct)
+    struct account **accts, int *nacct, int *file_jobs)
 {
 	struct fetch_error err = { 0 };
 	if (oneoff) {
@@ -167,7 +179,7 @@ load_accounts(const struct fetch_options *o, bool oneoff, int names, const char 
 		return 0;
 	}
 	char *path = o->config ? xstrdup(o->config) : account_default_config_path();
-	bool ok = account_load_file(path, true, accts, nacct, &err);
+	bool ok = account_load_file(path, true, accts, nacct, file_jobs, &err);
 	if (!ok) {
 		if (errno == ENOENT && o->config == NULL && o->over.host != NULL && names > 0)
 			fprintf(stderr, "popbox: '%s' is not an option, so it was taken as an "
@@ -216,8 +228,7 @@ select_accounts(char **names, int n, const struct account *accts, int nacct,
 	return 0;
 }
 
-/* Complete account a with the options and fetch it. */
-static int
+int
 fetch_one(struct account *a, const struct fetch_options *o)
 {
 	struct fetch_error e = { 0 };
@@ -244,8 +255,9 @@ fetch_main(int argc, char **argv)
 	struct account *accts = NULL;
 	int nacct = 0;
 	bool oneoff = optind == argc && o.over.host != NULL;
+	int file_jobs = 0;
 	status = load_accounts(&o, oneoff, argc - optind, optind < argc ? argv[optind] : NULL,
-	    &accts, &nacct);
+	    &accts, &nacct, &file_jobs);
 	if (status != 0) {
 		account_free(&o.over);
 		return status;
@@ -256,13 +268,18 @@ fetch_main(int argc, char **argv)
 		fprintf(stderr, "popbox: --rebuild-state needs the ACCOUNT to rebuild\n");
 		status = EX_USAGE;
 	}
-	if (status == 0) {
+	int nsel = 0;
+	for (int k = 0; k < nacct; k++)
+		nsel += selected[k];
+	if (o.jobs == 0)
+		o.jobs = file_jobs > 0 ? file_jobs : FETCH_DEFAULT_JOBS;
+	if (status == 0 && nsel > 1 && o.jobs > 1 && !o.list && !o.rebuild) {
+		status = fetch_parallel(accts, selected, nacct, &o);
+	} else if (status == 0) {
 		/* every selected account, whatever happened to the others */
-		for (int k = 0; k < nacct; k++) {
-			int rc = selected[k] ? fetch_one(&accts[k], &o) : 0;
-			if (rc != 0 && status == 0)
-				status = rc;
-		}
+		for (int k = 0; k < nacct; k++)
+			if (selected[k])
+				status = fetch_status_worse(status, fetch_one(&accts[k], &o));
 	}
 	for (int k = 0; k < nacct; k++)
 		account_free(&accts[k]);

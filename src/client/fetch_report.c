@@ -4,8 +4,10 @@
 #include "common/util.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Progress line refresh interval, in milliseconds. */
 #define FETCH_PROGRESS_MS 200
@@ -23,15 +25,49 @@ human_size(uint64_t n, char *out, size_t size)
 		snprintf(out, size, "%.2f GB", n / (1024.0 * 1024 * 1024));
 }
 
+/* A record on the progress pipe of fetch_parallel: one line, written
+ * whole (a pipe write under PIPE_BUF is atomic); a full pipe drops it
+ * (the descriptor is non-blocking: progress is never worth a wait). */
+static void
+progress_record(int fd, const char *fmt, ...) PRINTF_LIKE(2, 3);
+
+static void
+progress_record(int fd, const char *fmt, ...)
+{
+	char line[256];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n > 0 && (size_t)n < sizeof(line))
+		(void)!write(fd, line, (size_t)n);
+}
+
+void
+fetch_report_final(const struct run *r, bool aborted)
+{
+	if (r->o->progress_fd < 0)
+		return;
+	progress_record(r->o->progress_fd, "S %u %" PRIu64 " %u %u %u %u %.1f %d\n",
+	    r->n_fetched, r->bytes_fetched, r->n_deleted, r->n_kept, r->n_skipped,
+	    r->n_failed + r->n_too_big, fetch_now() - r->t0, aborted ? 1 : 0);
+}
+
 void
 fetch_report_progress(struct run *r, bool force)
 {
-	if (!r->progress_on)
+	if (!r->progress_on && r->o->progress_fd < 0)
 		return;
 	double t = fetch_now();
 	if (!force && (t - r->last_progress) * 1000 < FETCH_PROGRESS_MS)
 		return;
 	r->last_progress = t;
+	if (r->o->progress_fd >= 0) {
+		progress_record(r->o->progress_fd, "P %u %u %" PRIu64 " %" PRIu64 "\n",
+		    r->n_fetched + r->n_failed, r->n_fetch_planned, r->bytes_fetched,
+		    r->bytes_planned);
+		return;
+	}
 	char done[32], rate[32], eta[32] = "--:--";
 	double el = t - r->t0;
 	double bps = el > 0.05 ? r->bytes_fetched / el : 0;

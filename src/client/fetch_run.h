@@ -61,7 +61,7 @@ struct run {
 	uint64_t bytes_planned, bytes_fetched;
 	double t0, last_progress, last_save;
 	size_t unsaved;                 /* state entries added since the last save */
-	bool progress_on;
+	bool progress_on;               /* the progress line on our own stderr */
 	int soft_code;                  /* a refused message's status, reported at the end */
 	char soft_msg[1024];
 };
@@ -90,5 +90,8 @@ void fetch_report_clear(struct run *r);
 void fetch_report_list(const struct run *r);
 /* The line "NAME: fetched N (SIZE) in T s, ..." on stdout. */
 void fetch_report_summary(const struct run *r, bool aborted);
+/* In a child of fetch_parallel (o->progress_fd >= 0): the run's counts
+ * as the last record on the progress pipe ("S ..."), for the table. */
+void fetch_report_final(const struct run *r, bool aborted);
 
 #endif

@@ -399,7 +399,7 @@ load_account(const char *config, const char *name, struct account *out,
 	char *path = config ? xstrdup(config) : account_default_config_path();
 	struct account *list = NULL;
 	int n = 0;
-	bool ok = account_load_file(path, true, &list, &n, err);
+	bool ok = account_load_file(path, true, &list, &n, NULL, err);
 	free(path);
 	if (!ok)
 		return false;

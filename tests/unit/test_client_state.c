@@ -161,11 +161,11 @@ test_config_file_permissions(void **state)
 	fputs("# comment\n[account one]\nhost = a\npassword = p w\n\n[account two]\nhost = b\n", f);
 	fclose(f);
 	chmod(path, 0640);
-	assert_false(account_load_file(path, true, &list, &n, &err));
+	assert_false(account_load_file(path, true, &list, &n, NULL, &err));
 	assert_non_null(strstr(err.msg, "chmod 600"));
 	chmod(path, 0600);
 	memset(&err, 0, sizeof(err));
-	assert_true(account_load_file(path, true, &list, &n, &err));
+	assert_true(account_load_file(path, true, &list, &n, NULL, &err));
 	assert_int_equal(n, 2);
 	assert_string_equal(list[0].password, "p w");
 	assert_string_equal(list[1].host, "b");
