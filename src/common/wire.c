@@ -18,6 +18,31 @@ wire_encoder_init(struct wire_encoder *enc, int64_t top_lines)
 	 * before anything stops; RETR never stops. */
 }
 
+void
+wire_encoder_set_from_quoting(struct wire_encoder *enc, enum wire_from_quoting mode)
+{
+	enc->from_quoting = (uint8_t)mode;
+}
+
+static const char wire_from[] = "From ";
+#define WIRE_FROM_LEN 5
+
+/* The held lead of a line that turned out not to be a quoted From_ line:
+ * the '>' and the letters of "From " matched so far. */
+static size_t
+wire_lead_flush(struct wire_encoder *enc, char *out)
+{
+	size_t n = 0;
+	out[n++] = '>';
+	if (enc->lead == 2) {
+		memcpy(out + n, wire_from, enc->lead_match);
+		n += enc->lead_match;
+	}
+	enc->lead = 0;
+	enc->lead_match = 0;
+	return n;
+}
+
 /* Write the CRLF that ends the current line and account for TOP. */
 static size_t
 wire_end_line(struct wire_encoder *enc, char *out)
@@ -48,6 +73,34 @@ wire_encode(struct wire_encoder *enc, const char *in, size_t inlen, char *out)
 	char *o = out;
 
 	while (p < end && !enc->done) {
+		if (enc->lead != 0) {
+			/* Inside a line that starts with '>': is it a quoted
+			 * From_ line? Decided byte by byte, then either the
+			 * held '>' is dropped or written back. */
+			if (enc->lead == 1 && *p == '>' && enc->from_quoting == WIRE_FROM_MBOXRD) {
+				/* '>' are all alike: write the extra ones now */
+				*o++ = *p++;
+				continue;
+			}
+			if (enc->lead == 1 && *p == 'F') {
+				enc->lead = 2;
+				enc->lead_match = 1;
+				p++;
+				continue;
+			}
+			if (enc->lead == 2 && *p == wire_from[enc->lead_match]) {
+				p++;
+				if (++enc->lead_match == WIRE_FROM_LEN) {
+					memcpy(o, wire_from, WIRE_FROM_LEN);
+					o += WIRE_FROM_LEN;
+					enc->lead = 0;
+					enc->lead_match = 0;
+				}
+				continue;
+			}
+			o += wire_lead_flush(enc, o);
+			/* *p is an ordinary byte of the line: on below */
+		}
 		if (enc->pending_cr) {
 			/* A CR ended the previous chunk: it is the line end
 			 * if LF follows, else an ordinary (bare) byte. */
@@ -65,6 +118,11 @@ wire_encode(struct wire_encoder *enc, const char *in, size_t inlen, char *out)
 			if (*p == '.') {
 				*o++ = '.';
 				enc->stuffed++;
+			} else if (*p == '>' && enc->from_quoting != WIRE_FROM_NONE) {
+				enc->lead = 1;
+				enc->line_empty = false;
+				p++;
+				continue;
 			}
 		}
 		const char *lf = memchr(p, '\n', (size_t)(end - p));
@@ -107,12 +165,14 @@ wire_encode_finish(struct wire_encoder *enc, char *out)
 
 	if (enc->done)
 		return 0;
+	if (enc->lead != 0)
+		n = wire_lead_flush(enc, out);
 	/* A CR at the very end of the input is that last line's end; an
 	 * unterminated last line gets its CRLF (RFC 1939 §3: lines end in
 	 * CRLF, the terminator must start a line of its own). */
 	if (enc->pending_cr || !enc->at_line_start) {
 		enc->pending_cr = false;
-		n = wire_end_line(enc, out);
+		n += wire_end_line(enc, out + n);
 	}
 	enc->emitted += n;
 	return n;

@@ -182,7 +182,7 @@ cmd_trans_uidl(struct session *s, int argc, char **argv)
 static void
 cmd_trans_send(struct session *s, uint32_t idx, int64_t top_lines)
 {
-	struct store_stream st;
+	struct store_stream st = { .fd = -1 };
 	char *error = NULL;
 	enum store_status r = s->store->backend->message_open(s->store, store_index(s, idx), &st,
 	    &error);

@@ -527,14 +527,8 @@ config_key_users(struct config_parser *p, const char *key, const char *value)
 static int
 config_key_mail(struct config_parser *p, const char *key, const char *value)
 {
-	static const char *const schemes[] = { "maildir:" };
+	static const char *const schemes[] = { "maildir:", "mbox:" };
 	const char *path = NULL, *scheme = NULL;
-
-	if (strncasecmp(value, "mbox:", 5) == 0) {
-		char v[CONFIG_ERROR_VALUE_MAX + 1];
-		config_sanitize(v, sizeof(v), value);
-		return config_error(p, "mbox is not supported yet (mail = %s); use maildir:PATH", v);
-	}
 
 	for (size_t i = 0; i < N_ELEMENTS(schemes); i++) {
 		size_t n = strlen(schemes[i]);
@@ -544,7 +538,7 @@ config_key_mail(struct config_parser *p, const char *key, const char *value)
 		}
 	}
 	if (path == NULL)
-		return config_bad_value(p, key, value, "maildir:PATH");
+		return config_bad_value(p, key, value, "maildir:PATH or mbox:PATH");
 	/* Catch template typos now instead of at every login. */
 	for (const char *c = path; *c != '\0'; c++) {
 		if (*c == '~' && c != path)
@@ -846,6 +840,27 @@ config_key_auth_penalty_ipv6_prefix(struct config_parser *p, const char *key, co
 	    AUTH_PENALTY_IPV6_PREFIX_MAX, &p->config->auth_penalty_ipv6_prefix);
 }
 
+/* How an mbox's quoted ">From " lines are read (wire.h). */
+static int
+config_key_mbox_format(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcmp(value, "mboxo") == 0)
+		p->config->mbox_format = WIRE_FROM_MBOXO;
+	else if (strcmp(value, "mboxrd") == 0)
+		p->config->mbox_format = WIRE_FROM_MBOXRD;
+	else if (strcmp(value, "none") == 0)
+		p->config->mbox_format = WIRE_FROM_NONE;
+	else
+		return config_bad_value(p, key, value, "mboxo, mboxrd or none");
+	return 0;
+}
+
+static int
+config_key_lock_wait(struct config_parser *p, const char *key, const char *value)
+{
+	return config_parse_duration(p, key, value, &p->config->lock_wait);
+}
+
 static int
 config_key_uidl_format(struct config_parser *p, const char *key, const char *value)
 {
@@ -994,6 +1009,9 @@ static const struct config_key config_keys[] = {
 	{ "metrics_listen", config_key_metrics_listen, false },
 	{ "session_process", config_key_session_process, false },
 	{ "mail_privileged_group", config_key_mail_privileged_group, false },
+	/* new keys at the end: CONFIG_KEY_* above are indexes into this table */
+	{ "mbox_format", config_key_mbox_format, false },
+	{ "lock_wait", config_key_lock_wait, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -1091,7 +1109,7 @@ config_new(const char *name)
 	c->deny_users = xstrdup("");
 	c->session_process = SESSION_PROCESS_AUTO;
 	c->mail_privileged_group = xstrdup(CONFIG_DEFAULT_MAIL_PRIVILEGED_GROUP);
-	c->mbox_format = MBOX_FORMAT_MBOXRD;
+	c->mbox_format = WIRE_FROM_MBOXO;
 	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
 	c->lmtp_socket_mode = CONFIG_DEFAULT_LMTP_SOCKET_MODE;
 	c->lmtp_timeout = CONFIG_DEFAULT_LMTP_TIMEOUT;

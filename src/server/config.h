@@ -30,13 +30,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "common/wire.h"
 #include "server/proxy.h"
 #include "server/uidl_migrate.h"
-
-enum mbox_format {
-	MBOX_FORMAT_MBOXRD = 0,   /* ">*From " loses one '>' */
-	MBOX_FORMAT_MBOXO,        /* only ">From " loses its '>' */
-};
 
 /* Where a logged-in session runs (docs/DESIGN.md "A process per user
  * session"). */
@@ -114,10 +110,11 @@ struct config {
 	char *pam_service;
 	unsigned first_valid_uid;
 	char *deny_users;
-	/* mbox stores: how ">From " lines are read (default mboxrd, as
-	 * Debian's Postfix writes) and how long a login waits for another
-	 * program's lock (seconds, default 10). */
-	enum mbox_format mbox_format;
+	/* mbox stores: how ">From " lines are read (default mboxo: Debian's
+	 * Postfix local(8) quotes "From " lines only, so ">>From " in its
+	 * files is text) and how long a login waits for another program's
+	 * lock (seconds, default 10). */
+	enum wire_from_quoting mbox_format;
 	unsigned lock_wait;
 	/* Mail in (docs/DESIGN.md "Mail in"). max_message_size: octets, 0 = no
 	 * limit, default 64 MiB (LMTP SIZE). max_maildrop_size_bounce: a

@@ -558,6 +558,8 @@ login_open_maildrop(struct session *s, const char *user, const char *location,
 	/* The user's own UIDL format (users file), else the config's. */
 	job->options.uidl_format = uidl_format != UIDL_FORMAT_UNSET ? uidl_format : c->uidl_format;
 	job->uidl_template = xstrdup(c->dovecot_uidl_format);
+	job->options.mbox_quoting = c->mbox_format;
+	job->options.mbox_lock_wait_ms = c->lock_wait * 1000u;
 	job->done = login_maildrop_opened;
 	job->arg = s;
 	s->store_job = job;

@@ -386,7 +386,7 @@ session_stream_fill(struct session *s)
 			return false;
 		}
 		struct evbuffer_iovec v;
-		size_t need = n > 0 ? WIRE_ENCODE_MAX((size_t)n) : 8;
+		size_t need = n > 0 ? WIRE_ENCODE_MAX((size_t)n) : WIRE_FINISH_MAX + 3;
 		if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1)
 			fatalx("evbuffer_reserve_space failed");
 		size_t produced = 0;
@@ -414,6 +414,7 @@ session_stream_start(struct session *s, const struct store_stream *st, int64_t t
 	s->stream_pos = 0;
 	s->streaming = true;
 	wire_encoder_init(&s->enc, top_lines);
+	wire_encoder_set_from_quoting(&s->enc, st->from_quoting);
 	session_stream_fill(s);
 }
 

@@ -19,6 +19,7 @@ static const struct {
 	const struct store_backend *backend;
 } store_schemes[] = {
 	{ "maildir:", &store_maildir },
+	{ "mbox:", &store_mbox },
 };
 
 const struct store_backend *

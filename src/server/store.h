@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/wire.h"
 #include "server/uidl_migrate.h"
 
 enum store_status {
@@ -32,6 +33,8 @@ struct store_stream {
 	int fd;          /* caller closes */
 	off_t offset;    /* where the message starts in fd */
 	off_t length;    /* bytes of stored message, -1 = until EOF */
+	/* mbox: quoted From_ lines to unquote while encoding (wire.h) */
+	enum wire_from_quoting from_quoting;
 };
 
 struct store;
@@ -57,6 +60,10 @@ struct store_open_options {
 	void (*report)(void *arg, const char *name, const char *uidl,
 	    enum store_uidl_source source, enum uidl_old_miss miss);
 	void *report_arg;
+	/* mbox stores (store_mbox.c): how ">From " lines are read, and how
+	 * long to wait for another program's mbox lock (ms). */
+	enum wire_from_quoting mbox_quoting;
+	unsigned mbox_lock_wait_ms;
 };
 
 struct store_backend {
@@ -109,6 +116,7 @@ char *maildir_uidl_from_name(const char *base, size_t len);
 char *maildir_uidl_salted(const char *base, size_t len, unsigned salt);
 
 extern const struct store_backend store_maildir;
+extern const struct store_backend store_mbox;
 /* How old the ctime of new/ and cur/ must be before popbox.index records it
  * (store_maildir.c); a variable only so that tests can shorten it. */
 extern unsigned store_maildir_settle_ms;

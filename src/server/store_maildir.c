@@ -1565,6 +1565,7 @@ store_maildir_message_open(struct store *store, uint32_t idx, struct store_strea
 	stream_r->fd = fd;
 	stream_r->offset = 0;
 	stream_r->length = st.st_size;
+	stream_r->from_quoting = WIRE_FROM_NONE;
 	return STORE_OK;
 }
 

@@ -579,12 +579,21 @@ test_users_pam(void **state)
 static void
 test_mail(void **state)
 {
-	expect_error("users = /u\nmail = mbox:/var/mail/%u\n",
-	    "test.conf:2: mbox is not supported yet (mail = mbox:/var/mail/%u); use maildir:PATH");
+	struct config *c = parse_ok("users = /u\nmail = mbox:/var/mail/%u\n");
+	assert_string_equal(c->mail, "mbox:/var/mail/%u");
+	assert_int_equal(c->mbox_format, WIRE_FROM_MBOXO);
+	assert_int_equal(c->lock_wait, 10);
+	config_free(c);
+	c = parse_ok("users = /u\nmail = mbox:/var/mail/%u\nmbox_format = mboxrd\nlock_wait = 2m\n");
+	assert_int_equal(c->mbox_format, WIRE_FROM_MBOXRD);
+	assert_int_equal(c->lock_wait, 120);
+	config_free(c);
+	expect_error("users = /u\nmail = mbox:/m\nmbox_format = mboxcl2\n",
+	    "test.conf:3: bad value 'mboxcl2' for key 'mbox_format': expected mboxo, mboxrd or none");
 	expect_error("users = /u\nmail = /var/mail/%u\n",
-	    "test.conf:2: bad value '/var/mail/%u' for key 'mail': expected maildir:PATH");
+	    "test.conf:2: bad value '/var/mail/%u' for key 'mail': expected maildir:PATH or mbox:PATH");
 	expect_error("users = /u\nmail = maildir:\n",
-	    "test.conf:2: bad value 'maildir:' for key 'mail': expected maildir:PATH");
+	    "test.conf:2: bad value 'maildir:' for key 'mail': expected maildir:PATH or mbox:PATH");
 	expect_error("users = /u\nmail = maildir:/m/%x\n",
 	    "test.conf:2: bad value 'maildir:/m/%x' for key 'mail': expected variables %u, %n, %d or %%");
 	expect_error("users = /u\nmail = maildir:/m/%\n",
@@ -593,7 +602,7 @@ test_mail(void **state)
 	    "test.conf:2: bad value 'maildir:/m/~' for key 'mail': expected '~' only at the start of the path");
 	expect_error("users = /u\nmail = maildir:~bob/M\n",
 	    "test.conf:2: bad value 'maildir:~bob/M' for key 'mail': expected '~' or '~/...' (the user's home)");
-	struct config *c = parse_ok("users = /u\nmail = maildir:~\n");
+	c = parse_ok("users = /u\nmail = maildir:~\n");
 	assert_string_equal(c->mail, "maildir:~");
 	config_free(c);
 	c = parse_ok("users = /u\nmail = maildir:/m/%d/%n/100%%\n");

@@ -1,0 +1,1330 @@
+/* mbox backend of the store interface (store.h; docs/DESIGN.md "mbox").
+ *
+ * Files, all in the mbox's directory (for /var/mail/alice):
+ *   alice               the mbox, never replaced: read and compacted in place
+ *   alice.lock          the dot-lock shared with MTAs and mail readers
+ *   alice.popbox-lock   popboxd's session lock (lock.h): one POP3 session
+ *   alice.popbox-index  cache of the scan: offsets, sizes, digests, UIDLs
+ *   alice.popbox-expunge  the expunge journal while an expunge runs
+ *
+ * The mbox lock (mbox_lock.h) is held for the scan, for a moment at each
+ * message's opening, and for the expunge, never in between: mail delivered
+ * during a session is appended as usual and shown at the next login.
+ * Whenever the file's stat (inode, size, mtime, ctime) differs from the last
+ * one seen, it is parsed again under the lock and every message of the
+ * session must still be where it was with the same digest and size (mail
+ * was only appended, or a flag header was changed in place); otherwise
+ * another program rewrote it, the session reads nothing more and deletes
+ * nothing (popa3d does the same).
+ *
+ * Expunge (journalled in-place compaction), under the lock:
+ *  1. D = offset of the first deleted message; T = every kept byte after D,
+ *     including mail appended since the scan (up to the file's size S now).
+ *  2. T is written to the journal with D, S, the file's device and inode,
+ *     and a SHA-256 over it all; journal fsynced, directory fsynced.
+ *  3. T is written over the mbox at D; fsync.
+ *  4. The first bytes after D+|T| are overwritten by a marker; fsync; the
+ *     journal's phase byte becomes 'C' (copied); fsync.
+ *  5. ftruncate to D+|T|; fsync. 6. journal removed, directory fsynced.
+ * A crash before 2 completes leaves an invalid journal and the mbox as it
+ * was; from 3 on, the journal holds every byte that step 3 may overwrite,
+ * so whoever takes the lock next (login, delivery) finishes the job:
+ * phase 'W' redoes 3-6; phase 'C' looks for the marker to know whether 5
+ * happened. Mail appended after the crash (an MTA breaking our dead
+ * dot-lock) is found beyond S (or beyond D+|T| after 5) and kept: it is
+ * added to a new journal and moved down the same way. The mbox is never
+ * replaced, so owner, group, mode and inode stay, and an MTA that opened
+ * it before we locked appends to the same file afterwards (a rename would
+ * send its mail to an unlinked inode). A full disk fails step 2 before
+ * the mbox is touched; steps 3-5 never make the file longer.
+ */
+#include "server/store.h"
+#include "server/store_deliver.h"
+#include "server/store_mbox.h"
+#include "server/lock.h"
+#include "server/mbox_lock.h"
+#include "server/mbox_parse.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Same bound as Maildir (store_maildir.c): memory and login time. */
+#define MBOX_MAX_MESSAGES 1000000
+/* Read size for parsing and copying. */
+#define MBOX_CHUNK (1024 * 1024)
+#define MBOX_INDEX_HEADER "popbox-mbox-index 1"
+/* The index is read whole; about 200 bytes a message. */
+#define MBOX_INDEX_MAX_BYTES ((size_t)256 << 20)
+#define MBOX_DEFAULT_LOCK_WAIT_MS 10000
+#define MBOX_JOURNAL_MAGIC "popbox-mbox-expunge 1"
+#define MBOX_JOURNAL_HEADER 128       /* fixed: the phase byte is its last */
+#define MBOX_JOURNAL_PHASE_AT (MBOX_JOURNAL_HEADER - 1)
+#define MBOX_MARKER "\0popbox-expunge: garbage after compaction\0"
+#define MBOX_MARKER_LEN (sizeof(MBOX_MARKER) - 1)
+/* UIDL: 40 hex chars of a message's identity (160 bits). */
+#define MBOX_UIDL_HEX 40
+
+struct mbox_ident {
+	bool known;
+	uint64_t dev, ino, size;
+	int64_t mtime_sec, ctime_sec;
+	long mtime_nsec, ctime_nsec;
+};
+
+struct mbox_store {
+	struct store store;          /* first: store.h hands out &store */
+	char *path;
+	char *base;                  /* last component of path */
+	int dir_fd;
+	int fd;                      /* the mbox; -1: it did not exist */
+	bool writable;
+	struct lock *session_lock;
+	struct mbox_message *msgs;   /* store.count of them */
+	uint64_t snap_size;          /* the file's size the scan covered */
+	struct mbox_ident seen;      /* last stat known to agree with msgs */
+	enum wire_from_quoting quoting;
+	unsigned lock_wait_ms;
+	bool stale;                  /* rewritten by another program */
+};
+
+static char *
+mbox_name(const struct mbox_store *ms, const char *suffix)
+{
+	return xasprintf("%s%s", ms->base, suffix);
+}
+
+static void
+mbox_ident_of(const struct stat *st, struct mbox_ident *id)
+{
+	id->known = true;
+	id->dev = (uint64_t)st->st_dev;
+	id->ino = (uint64_t)st->st_ino;
+	id->size = (uint64_t)st->st_size;
+	id->mtime_sec = st->st_mtim.tv_sec;
+	id->mtime_nsec = st->st_mtim.tv_nsec;
+	id->ctime_sec = st->st_ctim.tv_sec;
+	id->ctime_nsec = st->st_ctim.tv_nsec;
+}
+
+static bool
+mbox_ident_eq(const struct mbox_ident *a, const struct mbox_ident *b)
+{
+	return a->known && b->known && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	    a->mtime_sec == b->mtime_sec && a->mtime_nsec == b->mtime_nsec &&
+	    a->ctime_sec == b->ctime_sec && a->ctime_nsec == b->ctime_nsec;
+}
+
+static enum store_status
+mbox_errno_status(int err)
+{
+	switch (err) {
+	case EACCES:
+	case EPERM:
+	case ELOOP:
+	case ENOTDIR:
+	case ENAMETOOLONG:
+	case EROFS:
+		return STORE_PERM;
+	default:
+		return STORE_TEMP;
+	}
+}
+
+static void
+mbox_hex(const unsigned char *in, size_t n, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = hex[in[i] >> 4];
+		out[2 * i + 1] = hex[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+char *
+mbox_uidl_for(const unsigned char *digest, unsigned ordinal)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char *uidl = xmalloc(MBOX_UIDL_HEX + 1);
+
+	if (ordinal == 0) {
+		mbox_hex(digest, MBOX_UIDL_HEX / 2, uidl);
+		return uidl;
+	}
+	/* The n-th copy of the same message: its own, equally stable UIDL. */
+	unsigned char data[MBOX_DIGEST_LEN + 16];
+	memcpy(data, digest, MBOX_DIGEST_LEN);
+	int n = snprintf((char *)data + MBOX_DIGEST_LEN, 16, "/%u", ordinal);
+	if (EVP_Digest(data, MBOX_DIGEST_LEN + (size_t)n, md, &mdlen, EVP_sha256(), NULL) != 1)
+		fatalx("SHA-256 digest failed");
+	mbox_hex(md, MBOX_UIDL_HEX / 2, uidl);
+	return uidl;
+}
+
+/* ---------------------------------------------------------------- parse */
+
+/* Parse fd from 0 to its end now. */
+static enum store_status
+mbox_parse_fd(int fd, enum wire_from_quoting quoting, struct mbox_message **msgs_r,
+    uint32_t *count_r, uint64_t *size_r, char **error_r)
+{
+	struct mbox_parser *p = mbox_parser_new(quoting, MBOX_MAX_MESSAGES);
+	char *buf = xmalloc(MBOX_CHUNK);
+	uint64_t off = 0;
+	enum store_status status = STORE_OK;
+
+	for (;;) {
+		ssize_t n = pread(fd, buf, MBOX_CHUNK, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			*error_r = xasprintf("reading: %s", strerror(errno));
+			status = STORE_TEMP;
+			goto out;
+		}
+		if (n == 0)
+			break;
+		if (!mbox_parser_feed(p, buf, (size_t)n)) {
+			*error_r = xasprintf("%s (near byte %" PRIu64 ")", mbox_parser_error(p), off);
+			status = STORE_PERM;
+			goto out;
+		}
+		off += (uint64_t)n;
+	}
+	if (!mbox_parser_finish(p)) {
+		*error_r = xstrdup(mbox_parser_error(p));
+		status = STORE_PERM;
+		goto out;
+	}
+	*msgs_r = mbox_parser_take(p, count_r);
+	*size_r = off;
+out:
+	free(buf);
+	mbox_parser_free(p);
+	return status;
+}
+
+/* ---------------------------------------------------------------- index */
+
+struct mbox_index {
+	struct mbox_ident ident;
+	int quoting;
+	struct mbox_message *msgs;
+	char **uidls;
+	uint32_t count;
+};
+
+static void
+mbox_index_free(struct mbox_index *ix)
+{
+	for (uint32_t i = 0; i < ix->count; i++)
+		free(ix->uidls[i]);
+	free(ix->uidls);
+	free(ix->msgs);
+	memset(ix, 0, sizeof(*ix));
+}
+
+static bool
+mbox_unhex(const char *s, unsigned char *out, size_t n)
+{
+	for (size_t i = 0; i < 2 * n; i++) {
+		int v;
+		char c = s[i];
+		if (c >= '0' && c <= '9')
+			v = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v = c - 'a' + 10;
+		else
+			return false;
+		if (i % 2 == 0)
+			out[i / 2] = (unsigned char)(v << 4);
+		else
+			out[i / 2] |= (unsigned char)v;
+	}
+	return s[2 * n] == '\0';
+}
+
+static bool
+mbox_uidl_valid(const char *u)
+{
+	size_t n = strlen(u);
+	if (n == 0 || n > UIDL_MAX_LEN)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)u[i] - 0x21u > 0x7eu - 0x21u)
+			return false;
+	return true;
+}
+
+/* Read BASE.popbox-index; false (ix empty) if missing or damaged: the
+ * index is a cache, the mbox the truth. */
+static bool
+mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
+{
+	char *name = mbox_name(ms, ".popbox-index");
+	char *data = NULL, *error = NULL;
+	size_t len = 0;
+	bool ok = false;
+	memset(ix, 0, sizeof(*ix));
+	int fd = openat(ms->dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	free(name);
+	if (fd < 0)
+		return false;
+	if (util_read_file_bounded(fd, "index", MBOX_INDEX_MAX_BYTES, 0, &data, &len, &error) < 0) {
+		free(error);
+		close(fd);
+		return false;
+	}
+	close(fd);
+	if (memchr(data, '\0', len) != NULL)
+		goto out;
+	char *save = NULL;
+	char *line = strtok_r(data, "\n", &save);
+	if (line == NULL || strcmp(line, MBOX_INDEX_HEADER) != 0)
+		goto out;
+	line = strtok_r(NULL, "\n", &save);
+	if (line == NULL)
+		goto out;
+	{
+		unsigned long long dev, ino, size;
+		long long ms_, cs;
+		long mn, cn;
+		int q, end = 0;
+		if (strcmp(line, "ident none") == 0) {
+			ix->ident.known = false;
+		} else if (sscanf(line, "ident %llu %llu %llu %lld %ld %lld %ld %d%n", &dev, &ino, &size,
+		    &ms_, &mn, &cs, &cn, &q, &end) == 8 && line[end] == '\0') {
+			ix->ident.known = true;
+			ix->ident.dev = dev;
+			ix->ident.ino = ino;
+			ix->ident.size = size;
+			ix->ident.mtime_sec = ms_;
+			ix->ident.mtime_nsec = mn;
+			ix->ident.ctime_sec = cs;
+			ix->ident.ctime_nsec = cn;
+			ix->quoting = q;
+		} else {
+			goto out;
+		}
+	}
+	uint32_t alloc = 0;
+	uint64_t expect_from = 0;
+	for (;;) {
+		line = strtok_r(NULL, "\n", &save);
+		if (line == NULL)
+			goto out;    /* no end line: cut short */
+		if (strncmp(line, "end ", 4) == 0) {
+			uint32_t n;
+			if (!parse_u32(line + 4, UINT32_MAX, &n) || n != ix->count)
+				goto out;
+			if (ix->ident.known && expect_from != ix->ident.size)
+				goto out;
+			break;
+		}
+		if (ix->count >= MBOX_MAX_MESSAGES)
+			goto out;
+		char *f[8];
+		int nf = 0;
+		char *s2 = NULL;
+		for (char *t = strtok_r(line, " ", &s2); t != NULL && nf < 8; t = strtok_r(NULL, " ", &s2))
+			f[nf++] = t;
+		if (nf != 8 || strcmp(f[0], "m") != 0 || strtok_r(NULL, " ", &s2) != NULL)
+			goto out;
+		struct mbox_message m;
+		memset(&m, 0, sizeof(m));
+		if (!parse_u64(f[1], INT64_MAX, &m.from_offset) ||
+		    !parse_u64(f[2], INT64_MAX, &m.data_offset) ||
+		    !parse_u64(f[3], INT64_MAX, &m.data_length) ||
+		    !parse_u64(f[4], INT64_MAX, &m.end_offset) ||
+		    !parse_u64(f[5], INT64_MAX, &m.size) ||
+		    !mbox_unhex(f[6], m.digest, MBOX_DIGEST_LEN) || !mbox_uidl_valid(f[7]))
+			goto out;
+		/* The layout must be one a parse could give. */
+		if (m.from_offset != expect_from || m.data_offset < m.from_offset ||
+		    m.data_offset > m.end_offset || m.data_length > m.end_offset - m.data_offset ||
+		    m.size > 2 * m.data_length + 2)
+			goto out;
+		expect_from = m.end_offset;
+		if (ix->count == alloc) {
+			alloc = alloc == 0 ? 64 : alloc * 2;
+			ix->msgs = xrealloc(ix->msgs, (size_t)alloc * sizeof(*ix->msgs));
+			ix->uidls = xrealloc(ix->uidls, (size_t)alloc * sizeof(*ix->uidls));
+		}
+		ix->msgs[ix->count] = m;
+		ix->uidls[ix->count] = xstrdup(f[7]);
+		ix->count++;
+	}
+	ok = true;
+out:
+	free(data);
+	if (!ok)
+		mbox_index_free(ix);
+	return ok;
+}
+
+/* Write the index for the store's messages (ident: what they describe,
+ * or unknown: the next login parses, keeping the UIDLs). */
+static void
+mbox_index_write(struct mbox_store *ms, const struct mbox_ident *ident,
+    const struct mbox_message *msgs, const struct store_message *smsgs, uint32_t count)
+{
+	char *name = mbox_name(ms, ".popbox-index");
+	char *tmp = mbox_name(ms, ".popbox-index.tmp");
+	int fd = openat(ms->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		log_warn("mbox %s: cannot write its index", ms->path);
+		goto out;
+	}
+	FILE *f = fdopen(fd, "w");
+	if (f == NULL) {
+		close(fd);
+		goto out;
+	}
+	fprintf(f, "%s\n", MBOX_INDEX_HEADER);
+	if (ident->known)
+		fprintf(f, "ident %llu %llu %llu %lld %ld %lld %ld %d\n",
+		    (unsigned long long)ident->dev, (unsigned long long)ident->ino,
+		    (unsigned long long)ident->size, (long long)ident->mtime_sec, ident->mtime_nsec,
+		    (long long)ident->ctime_sec, ident->ctime_nsec, (int)ms->quoting);
+	else
+		fprintf(f, "ident none\n");
+	for (uint32_t i = 0; i < count; i++) {
+		const struct mbox_message *m = &msgs[i];
+		char hex[2 * MBOX_DIGEST_LEN + 1];
+		mbox_hex(m->digest, MBOX_DIGEST_LEN, hex);
+		fprintf(f, "m %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %s %s\n",
+		    m->from_offset, m->data_offset, m->data_length, m->end_offset, m->size, hex,
+		    smsgs[i].uidl);
+	}
+	fprintf(f, "end %u\n", count);
+	if (fflush(f) != 0 || ferror(f)) {
+		fclose(f);
+		unlinkat(ms->dir_fd, tmp, 0);
+		log_warnx("mbox %s: cannot write its index (disk full?)", ms->path);
+		goto out;
+	}
+	fclose(f);
+	if (renameat(ms->dir_fd, tmp, ms->dir_fd, name) < 0) {
+		log_warn("mbox %s: cannot rename its index", ms->path);
+		unlinkat(ms->dir_fd, tmp, 0);
+	}
+out:
+	free(name);
+	free(tmp);
+}
+
+/* ---------------------------------------------------------------- UIDLs */
+
+/* qsort has no argument: the array being sorted by mbox_order_cmp. Only
+ * ever used with the store's messages of one thread at a time. */
+static __thread const struct mbox_message *mbox_sort_msgs;
+
+static int
+mbox_order_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	int r = memcmp(mbox_sort_msgs[x].digest, mbox_sort_msgs[y].digest, MBOX_DIGEST_LEN);
+	if (r != 0)
+		return r;
+	return x < y ? -1 : x > y;
+}
+
+struct mbox_remembered {
+	unsigned char digest[MBOX_DIGEST_LEN];
+	uint32_t order;     /* position in the old index: the k-th copy */
+	const char *uidl;
+	bool used;
+};
+
+static int
+mbox_remembered_cmp(const void *a, const void *b)
+{
+	const struct mbox_remembered *x = a, *y = b;
+	int r = memcmp(x->digest, y->digest, MBOX_DIGEST_LEN);
+	if (r != 0)
+		return r;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static int
+mbox_strp_cmp(const void *a, const void *b)
+{
+	const char *const *x = a, *const *y = b;
+	return strcmp(*x, *y);
+}
+
+/* Give every message its UIDL: the one the old index remembers for the
+ * same identity (the k-th copy takes the k-th), else its identity's own
+ * (mbox_uidl_for). Unique whatever the index says. */
+static void
+mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
+{
+	uint32_t n = ms->store.count;
+	struct mbox_remembered *rem = NULL;
+	uint32_t nrem = old != NULL ? old->count : 0;
+	if (nrem > 0) {
+		rem = xcalloc(nrem, sizeof(*rem));
+		for (uint32_t i = 0; i < nrem; i++) {
+			memcpy(rem[i].digest, old->msgs[i].digest, MBOX_DIGEST_LEN);
+			rem[i].order = i;
+			rem[i].uidl = old->uidls[i];
+		}
+		qsort(rem, nrem, sizeof(*rem), mbox_remembered_cmp);
+	}
+	/* New messages: the identity's UIDL, the k-th copy (file order) its
+	 * k-th: ordinals from a sort by (digest, position). */
+	uint32_t *order = xmalloc((size_t)(n ? n : 1) * sizeof(*order));
+	unsigned *ordinal = xmalloc((size_t)(n ? n : 1) * sizeof(*ordinal));
+	for (uint32_t i = 0; i < n; i++)
+		order[i] = i;
+	mbox_sort_msgs = ms->msgs;
+	qsort(order, n, sizeof(*order), mbox_order_cmp);
+	for (uint32_t i = 0; i < n; i++) {
+		bool same = i > 0 && memcmp(ms->msgs[order[i]].digest, ms->msgs[order[i - 1]].digest,
+		    MBOX_DIGEST_LEN) == 0;
+		ordinal[order[i]] = same ? ordinal[order[i - 1]] + 1 : 0;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		if (ms->store.messages[i].uidl == NULL)
+			ms->store.messages[i].uidl = mbox_uidl_for(ms->msgs[i].digest, ordinal[i]);
+	free(order);
+	free(ordinal);
+	free(rem);
+	/* Unique: a remembered UIDL may equal a computed one (a damaged or
+	 * edited index); the later one gets another. */
+	if (n > 1) {
+		char **v = xmalloc((size_t)n * sizeof(*v));
+		for (;;) {
+			for (uint32_t i = 0; i < n; i++)
+				v[i] = ms->store.messages[i].uidl;
+			qsort(v, n, sizeof(*v), mbox_strp_cmp);
+			const char *dup = NULL;
+			for (uint32_t i = 1; i < n && dup == NULL; i++)
+				if (strcmp(v[i - 1], v[i]) == 0)
+					dup = v[i];
+			if (dup == NULL)
+				break;
+			for (uint32_t i = n; i-- > 0;) {
+				if (strcmp(ms->store.messages[i].uidl, dup) == 0) {
+					unsigned salt = 1000000 + i;
+					char *u = mbox_uidl_for(ms->msgs[i].digest, salt);
+					log_warnx("mbox %s: message %u had the UIDL of another, now %s",
+					    ms->path, i + 1, u);
+					free(ms->store.messages[i].uidl);
+					ms->store.messages[i].uidl = u;
+					break;
+				}
+			}
+		}
+		free(v);
+	}
+}
+
+/* ---------------------------------------------------------------- I/O */
+
+static int
+mbox_pwrite_all(int fd, const char *buf, size_t len, uint64_t off)
+{
+	while (len > 0) {
+		ssize_t n = pwrite(fd, buf, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0) {
+			errno = EIO;
+			return -1;
+		}
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int
+mbox_pread_all(int fd, char *buf, size_t len, uint64_t off)
+{
+	while (len > 0) {
+		ssize_t n = pread(fd, buf, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0) {
+			errno = EIO;   /* shorter than it was a moment ago */
+			return -1;
+		}
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Bytes [src_off, src_off+len) of src to dst at dst_off, hashed into md
+ * when md is not NULL. */
+static int
+mbox_copy(int src, uint64_t src_off, int dst, uint64_t dst_off, uint64_t len, char *buf,
+    EVP_MD_CTX *md)
+{
+	while (len > 0) {
+		size_t n = len < MBOX_CHUNK ? (size_t)len : MBOX_CHUNK;
+		if (mbox_pread_all(src, buf, n, src_off) < 0)
+			return -1;
+		if (md != NULL && EVP_DigestUpdate(md, buf, n) != 1)
+			fatalx("SHA-256 update failed");
+		if (mbox_pwrite_all(dst, buf, n, dst_off) < 0)
+			return -1;
+		src_off += n;
+		dst_off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- journal */
+
+struct mbox_journal {
+	int fd;
+	uint64_t dev, ino, d, s, tlen;
+	char phase;       /* 'W' written, 'C' copied */
+};
+
+struct mbox_source {
+	int fd;
+	uint64_t off, len;
+};
+
+static void
+mbox_fsync_dir(struct mbox_store *ms)
+{
+	if (fsync(ms->dir_fd) < 0)
+		log_warn("mbox %s: fsync of its directory", ms->path);
+}
+
+/* Write a journal of T = the sources' bytes, to be put at d in the mbox
+ * whose size is s; durable when this returns 0. */
+static int
+mbox_journal_create(struct mbox_store *ms, const struct stat *st, uint64_t d, uint64_t s,
+    const struct mbox_source *src, size_t nsrc, char *buf, char **error_r)
+{
+	char *name = mbox_name(ms, ".popbox-expunge");
+	char *tmp = mbox_name(ms, ".popbox-expunge.new");
+	uint64_t tlen = 0;
+	int r = -1;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+		fatalx("SHA-256 init failed");
+	for (size_t i = 0; i < nsrc; i++)
+		tlen += src[i].len;
+	int fd = openat(ms->dir_fd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		*error_r = xasprintf("cannot create the expunge journal: %s", strerror(errno));
+		goto out;
+	}
+	char header[MBOX_JOURNAL_HEADER];
+	memset(header, ' ', sizeof(header));
+	int n = snprintf(header, sizeof(header), "%s %llu %llu %" PRIu64 " %" PRIu64 " %" PRIu64 "\n",
+	    MBOX_JOURNAL_MAGIC, (unsigned long long)st->st_dev, (unsigned long long)st->st_ino, d, s, tlen);
+	if (n < 0 || n >= MBOX_JOURNAL_PHASE_AT)
+		fatalx("journal header too long");
+	header[n] = ' ';
+	header[MBOX_JOURNAL_PHASE_AT] = 'W';
+	if (EVP_DigestUpdate(md, header, MBOX_JOURNAL_PHASE_AT) != 1)
+		fatalx("SHA-256 update failed");
+	if (mbox_pwrite_all(fd, header, sizeof(header), 0) < 0)
+		goto io;
+	uint64_t at = MBOX_JOURNAL_HEADER;
+	for (size_t i = 0; i < nsrc; i++) {
+		if (mbox_copy(src[i].fd, src[i].off, fd, at, src[i].len, buf, md) < 0)
+			goto io;
+		at += src[i].len;
+	}
+	unsigned char sum[EVP_MAX_MD_SIZE];
+	unsigned int sumlen = 0;
+	if (EVP_DigestFinal_ex(md, sum, &sumlen) != 1 || sumlen != MBOX_DIGEST_LEN)
+		fatalx("SHA-256 final failed");
+	if (mbox_pwrite_all(fd, (char *)sum, sumlen, at) < 0 || fsync(fd) < 0)
+		goto io;
+	if (renameat(ms->dir_fd, tmp, ms->dir_fd, name) < 0)
+		goto io;
+	mbox_fsync_dir(ms);
+	r = 0;
+	goto out;
+io:
+	*error_r = xasprintf("cannot write the expunge journal (nothing was changed): %s",
+	    strerror(errno));
+	unlinkat(ms->dir_fd, tmp, 0);
+out:
+	if (fd >= 0)
+		close(fd);
+	EVP_MD_CTX_free(md);
+	free(name);
+	free(tmp);
+	return r;
+}
+
+/* Open and check the journal: 1 valid (j filled, j->fd open), 0 none or
+ * invalid (an invalid one was removed: written only partly, the mbox was
+ * not touched yet), -1 error. */
+static int
+mbox_journal_read(struct mbox_store *ms, struct mbox_journal *j, char *buf, char **error_r)
+{
+	char *name = mbox_name(ms, ".popbox-expunge");
+	struct stat st;
+	char header[MBOX_JOURNAL_HEADER + 1];
+	int valid = 0;
+	memset(j, 0, sizeof(*j));
+	j->fd = openat(ms->dir_fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (j->fd < 0) {
+		if (errno == ENOENT) {
+			free(name);
+			return 0;
+		}
+		*error_r = xasprintf("cannot open the expunge journal: %s", strerror(errno));
+		free(name);
+		return -1;
+	}
+	if (fstat(j->fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (uint64_t)st.st_size < MBOX_JOURNAL_HEADER + MBOX_DIGEST_LEN ||
+	    mbox_pread_all(j->fd, header, MBOX_JOURNAL_HEADER, 0) < 0)
+		goto invalid;
+	header[MBOX_JOURNAL_HEADER] = '\0';
+	{
+		unsigned long long dev, ino;
+		uint64_t d, s, tlen;
+		int end = 0;
+		char magic2[16];
+		if (sscanf(header, "popbox-mbox-expunge %15s %llu %llu %" SCNu64 " %" SCNu64 " %" SCNu64 "%n",
+		    magic2, &dev, &ino, &d, &s, &tlen, &end) != 6 || strcmp(magic2, "1") != 0)
+			goto invalid;
+		j->dev = dev;
+		j->ino = ino;
+		j->d = d;
+		j->s = s;
+		j->tlen = tlen;
+	}
+	j->phase = header[MBOX_JOURNAL_PHASE_AT];
+	if ((j->phase != 'W' && j->phase != 'C') || j->tlen > INT64_MAX ||
+	    (uint64_t)st.st_size != MBOX_JOURNAL_HEADER + j->tlen + MBOX_DIGEST_LEN ||
+	    j->d > j->s || j->tlen > j->s - j->d)
+		goto invalid;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(md, header, MBOX_JOURNAL_PHASE_AT) != 1)
+		fatalx("SHA-256 init failed");
+	uint64_t at = MBOX_JOURNAL_HEADER, left = j->tlen;
+	bool ok = true;
+	while (left > 0 && ok) {
+		size_t n = left < MBOX_CHUNK ? (size_t)left : MBOX_CHUNK;
+		ok = mbox_pread_all(j->fd, buf, n, at) == 0 && EVP_DigestUpdate(md, buf, n) == 1;
+		at += n;
+		left -= n;
+	}
+	unsigned char sum[EVP_MAX_MD_SIZE], want[MBOX_DIGEST_LEN];
+	unsigned int sumlen = 0;
+	ok = ok && EVP_DigestFinal_ex(md, sum, &sumlen) == 1 && sumlen == MBOX_DIGEST_LEN &&
+	    mbox_pread_all(j->fd, (char *)want, MBOX_DIGEST_LEN, at) == 0 &&
+	    memcmp(sum, want, MBOX_DIGEST_LEN) == 0;
+	EVP_MD_CTX_free(md);
+	if (!ok)
+		goto invalid;
+	valid = 1;
+	free(name);
+	return valid;
+invalid:
+	/* Cut short before it was complete and fsynced: the mbox is as
+	 * it was before that expunge. */
+	log_warnx("mbox %s: removing an incomplete expunge journal (the mbox was not changed)",
+	    ms->path);
+	close(j->fd);
+	j->fd = -1;
+	unlinkat(ms->dir_fd, name, 0);
+	mbox_fsync_dir(ms);
+	free(name);
+	return 0;
+}
+
+static void
+mbox_journal_remove(struct mbox_store *ms, struct mbox_journal *j)
+{
+	char *name = mbox_name(ms, ".popbox-expunge");
+	close(j->fd);
+	j->fd = -1;
+	if (unlinkat(ms->dir_fd, name, 0) < 0)
+		log_warn("mbox %s: removing the expunge journal", ms->path);
+	mbox_fsync_dir(ms);
+	free(name);
+}
+
+/* Steps 3-6 of the expunge (top of file) from a valid journal in phase
+ * 'W', on the mbox fd (locked). */
+static int
+mbox_journal_apply(struct mbox_store *ms, int fd, struct mbox_journal *j, char *buf,
+    char **error_r)
+{
+	uint64_t end = j->d + j->tlen;
+	if (mbox_copy(j->fd, MBOX_JOURNAL_HEADER, fd, j->d, j->tlen, buf, NULL) < 0 || fsync(fd) < 0)
+		goto io;
+	if (j->s > end) {
+		uint64_t m = j->s - end < MBOX_MARKER_LEN ? j->s - end : MBOX_MARKER_LEN;
+		if (mbox_pwrite_all(fd, MBOX_MARKER, (size_t)m, end) < 0 || fsync(fd) < 0)
+			goto io;
+	}
+	if (mbox_pwrite_all(j->fd, "C", 1, MBOX_JOURNAL_PHASE_AT) < 0 || fsync(j->fd) < 0)
+		goto io;
+	j->phase = 'C';
+	if (j->s > end && (ftruncate(fd, (off_t)end) < 0 || fsync(fd) < 0))
+		goto io;
+	mbox_journal_remove(ms, j);
+	return 0;
+io:
+	*error_r = xasprintf("expunge interrupted, finished at the next login: %s", strerror(errno));
+	return -1;
+}
+
+/* Under the lock: finish an expunge that a crash interrupted (top of
+ * file). 0: nothing left to do; -1: *error_r, try later. */
+static int
+mbox_journal_recover(struct mbox_store *ms, int fd, char *buf, char **error_r)
+{
+	/* A journal being written when a crash came: never renamed into
+	 * place, so the mbox was not touched after it. */
+	char *tmp = mbox_name(ms, ".popbox-expunge.new");
+	if (unlinkat(ms->dir_fd, tmp, 0) == 0)
+		log_warnx("mbox %s: removed an unfinished expunge journal (the mbox was not changed)",
+		    ms->path);
+	free(tmp);
+	for (int round = 0; round < 4; round++) {
+		struct mbox_journal j;
+		int r = mbox_journal_read(ms, &j, buf, error_r);
+		if (r <= 0)
+			return r;
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_dev != j.dev ||
+		    (uint64_t)st.st_ino != j.ino) {
+			/* Not this mbox any more: its data is a copy, the mbox it
+			 * belonged to is gone. Kept for the administrator. */
+			char *name = mbox_name(ms, ".popbox-expunge");
+			char *aside = mbox_name(ms, ".popbox-expunge.orphan");
+			close(j.fd);
+			renameat(ms->dir_fd, name, ms->dir_fd, aside);
+			log_warnx("mbox %s: an expunge journal for another file was moved to %s",
+			    ms->path, aside);
+			free(name);
+			free(aside);
+			return 0;
+		}
+		uint64_t cur = (uint64_t)st.st_size, end = j.d + j.tlen;
+		log_warnx("mbox %s: finishing an interrupted expunge (phase %c)", ms->path, j.phase);
+		bool truncated = false;
+		if (j.phase == 'C' && j.s > end) {
+			char mark[MBOX_MARKER_LEN];
+			uint64_t m = j.s - end < MBOX_MARKER_LEN ? j.s - end : MBOX_MARKER_LEN;
+			truncated = !(cur >= end + m && mbox_pread_all(fd, mark, (size_t)m, end) == 0 &&
+			    memcmp(mark, MBOX_MARKER, (size_t)m) == 0);
+		}
+		if (j.phase == 'C' && (truncated || j.s == end)) {
+			mbox_journal_remove(ms, &j);
+			return 0;
+		}
+		if (cur < j.s) {
+			close(j.fd);
+			*error_r = xasprintf("the mbox is shorter than its expunge journal says (%" PRIu64
+			    " < %" PRIu64 "): left for the administrator", cur, j.s);
+			return -1;
+		}
+		if (cur > j.s) {
+			/* Mail appended after the crash: into the journal too,
+			 * so it moves down with the rest. */
+			struct mbox_source src[2] = {
+				{ j.fd, MBOX_JOURNAL_HEADER, j.tlen },
+				{ fd, j.s, cur - j.s },
+			};
+			int cr = mbox_journal_create(ms, &st, j.d, cur, src, 2, buf, error_r);
+			close(j.fd);
+			if (cr < 0)
+				return -1;
+			continue;
+		}
+		if (j.phase == 'C')
+			j.phase = 'W';   /* not truncated yet: redo (idempotent) */
+		r = mbox_journal_apply(ms, fd, &j, buf, error_r);
+		if (j.fd >= 0)
+			close(j.fd);
+		return r;
+	}
+	*error_r = xstrdup("expunge journal: recovery did not settle");
+	return -1;
+}
+
+/* ---------------------------------------------------------------- open */
+
+/* Under the lock: does the file still hold the session's messages where
+ * they were (only appended to, or flags changed in place)? Updates
+ * ms->seen; sets ms->stale when not. */
+static enum store_status
+mbox_verify(struct mbox_store *ms, char **error_r)
+{
+	struct stat st;
+	if (fstat(ms->fd, &st) < 0) {
+		*error_r = xasprintf("mbox %s: fstat: %s", ms->path, strerror(errno));
+		return STORE_TEMP;
+	}
+	struct mbox_ident now;
+	mbox_ident_of(&st, &now);
+	if (mbox_ident_eq(&now, &ms->seen))
+		return STORE_OK;
+	if (now.dev != ms->seen.dev || now.ino != ms->seen.ino || now.size < ms->snap_size)
+		goto stale;
+	struct mbox_message *msgs = NULL;
+	uint32_t count = 0;
+	uint64_t size = 0;
+	char *err = NULL;
+	if (mbox_parse_fd(ms->fd, ms->quoting, &msgs, &count, &size, &err) != STORE_OK) {
+		free(err);
+		free(msgs);
+		goto stale;
+	}
+	bool same = count >= ms->store.count;
+	for (uint32_t i = 0; same && i < ms->store.count; i++) {
+		const struct mbox_message *a = &ms->msgs[i], *b = &msgs[i];
+		same = a->from_offset == b->from_offset && a->data_offset == b->data_offset &&
+		    a->data_length == b->data_length && a->size == b->size &&
+		    memcmp(a->digest, b->digest, MBOX_DIGEST_LEN) == 0;
+	}
+	free(msgs);
+	if (!same)
+		goto stale;
+	ms->seen = now;
+	return STORE_OK;
+stale:
+	ms->stale = true;
+	*error_r = xasprintf("mbox %s was rewritten by another program during the session: "
+	    "nothing more is read or deleted in this session", ms->path);
+	return STORE_TEMP;
+}
+
+static enum store_status
+mbox_lock_status(struct mbox_store *ms, enum lock_status r, char **error_r)
+{
+	if (r == LOCK_HELD) {
+		*error_r = xasprintf("mbox %s is locked by another program (waited %u ms)", ms->path,
+		    ms->lock_wait_ms);
+		return STORE_IN_USE;
+	}
+	return STORE_TEMP;
+}
+
+static enum store_status
+store_mbox_open_with(const char *path, const struct store_open_options *options,
+    struct store **store_r, char **error_r)
+{
+	struct mbox_store *ms = xcalloc(1, sizeof(*ms));
+	enum store_status status = STORE_OK;
+	struct mbox_lock mlock;
+	bool locked = false;
+	struct mbox_index ix;
+	bool have_ix = false;
+	char *buf = NULL;
+
+	*store_r = NULL;
+	ms->store.backend = &store_mbox;
+	ms->path = xstrdup(path);
+	ms->fd = -1;
+	ms->dir_fd = -1;
+	ms->quoting = options != NULL ? options->mbox_quoting : WIRE_FROM_MBOXO;
+	ms->lock_wait_ms = options != NULL ? options->mbox_lock_wait_ms : MBOX_DEFAULT_LOCK_WAIT_MS;
+
+	const char *slash = strrchr(path, '/');
+	const char *base = slash != NULL ? slash + 1 : path;
+	if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+		*error_r = xasprintf("mbox %s: not a file name", path);
+		status = STORE_PERM;
+		goto fail;
+	}
+	ms->base = xstrdup(base);
+	char *dir = slash == NULL ? xstrdup(".") : slash == path ? xstrdup("/") :
+	    xstrndup(path, (size_t)(slash - path));
+	ms->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ms->dir_fd < 0) {
+		int e = errno;
+		*error_r = xasprintf("mbox %s: cannot open its directory %s: %s", path, dir, strerror(e));
+		free(dir);
+		status = mbox_errno_status(e);
+		goto fail;
+	}
+	free(dir);
+
+	char *lockname = mbox_name(ms, ".popbox-lock");
+	char *lerr = NULL;
+	enum lock_status lr = lock_acquire(ms->dir_fd, lockname, &ms->session_lock, &lerr);
+	free(lockname);
+	if (lr == LOCK_HELD) {
+		status = STORE_IN_USE;
+		*error_r = xasprintf("mbox %s: another POP3 session holds it", path);
+		goto fail;
+	}
+	if (lr != LOCK_OK) {
+		status = mbox_errno_status(errno);
+		*error_r = xasprintf("mbox %s: %s (popboxd needs to write in the mbox's directory)",
+		    path, lerr);
+		free(lerr);
+		goto fail;
+	}
+
+	ms->fd = openat(ms->dir_fd, ms->base, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	ms->writable = ms->fd >= 0;
+	if (ms->fd < 0 && (errno == EACCES || errno == EROFS))
+		ms->fd = openat(ms->dir_fd, ms->base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (ms->fd < 0 && errno != ENOENT) {
+		int e = errno;
+		*error_r = xasprintf("mbox %s: cannot open: %s", path, strerror(e));
+		status = mbox_errno_status(e);
+		goto fail;
+	}
+	struct stat st;
+	if (ms->fd >= 0) {
+		if (fstat(ms->fd, &st) < 0) {
+			*error_r = xasprintf("mbox %s: fstat: %s", path, strerror(errno));
+			status = STORE_TEMP;
+			goto fail;
+		}
+		if (!S_ISREG(st.st_mode) || st.st_nlink != 1) {
+			*error_r = xasprintf("mbox %s: not a regular file with one link", path);
+			status = STORE_PERM;
+			goto fail;
+		}
+		if (st.st_uid != geteuid()) {
+			*error_r = xasprintf("mbox %s is owned by uid %lu, not by uid %lu", path,
+			    (unsigned long)st.st_uid, (unsigned long)geteuid());
+			status = STORE_PERM;
+			goto fail;
+		}
+	}
+
+	/* A missing mbox is an empty maildrop (not created: the MTA does,
+	 * with the owner and mode it wants). */
+	lr = mbox_lock_take(&mlock, ms->dir_fd, ms->base, ms->fd, ms->writable, ms->lock_wait_ms,
+	    &lerr);
+	if (lr != LOCK_OK) {
+		status = mbox_lock_status(ms, lr, error_r);
+		if (lr == LOCK_ERROR) {
+			*error_r = xasprintf("mbox %s: %s", path, lerr);
+			free(lerr);
+		}
+		goto fail;
+	}
+	locked = true;
+	buf = xmalloc(MBOX_CHUNK);
+	if (ms->fd >= 0 && ms->writable && mbox_journal_recover(ms, ms->fd, buf, &lerr) < 0) {
+		*error_r = xasprintf("mbox %s: %s", path, lerr);
+		free(lerr);
+		status = STORE_TEMP;
+		goto fail;
+	}
+	if (ms->fd < 0)
+		goto done;
+	if (fstat(ms->fd, &st) < 0) {
+		*error_r = xasprintf("mbox %s: fstat: %s", path, strerror(errno));
+		status = STORE_TEMP;
+		goto fail;
+	}
+	mbox_ident_of(&st, &ms->seen);
+	have_ix = mbox_index_read(ms, &ix);
+	if (have_ix && mbox_ident_eq(&ix.ident, &ms->seen) && ix.quoting == (int)ms->quoting) {
+		/* Warm: the file is as the index describes it. */
+		ms->msgs = ix.msgs;
+		ms->store.count = ix.count;
+		ms->store.messages = xcalloc(ix.count ? ix.count : 1, sizeof(*ms->store.messages));
+		for (uint32_t i = 0; i < ix.count; i++) {
+			ms->store.messages[i].uidl = ix.uidls[i];
+			ix.uidls[i] = NULL;
+		}
+		ix.msgs = NULL;
+		ms->snap_size = ms->seen.size;
+	} else {
+		char *perr = NULL;
+		uint64_t size = 0;
+		status = mbox_parse_fd(ms->fd, ms->quoting, &ms->msgs, &ms->store.count, &size, &perr);
+		if (status != STORE_OK) {
+			*error_r = xasprintf("mbox %s: %s", path, perr);
+			free(perr);
+			goto fail;
+		}
+		ms->snap_size = size;
+		if (size != ms->seen.size) {
+			/* cannot be under the lock, unless someone ignores it */
+			*error_r = xasprintf("mbox %s changed while locked", path);
+			status = STORE_TEMP;
+			goto fail;
+		}
+		ms->store.messages = xcalloc(ms->store.count ? ms->store.count : 1,
+		    sizeof(*ms->store.messages));
+		mbox_assign_uidls(ms, have_ix ? &ix : NULL);
+		if (!options || !options->keep_index)
+			mbox_index_write(ms, &ms->seen, ms->msgs, ms->store.messages, ms->store.count);
+	}
+done:
+	for (uint32_t i = 0; i < ms->store.count; i++) {
+		ms->store.messages[i].size = ms->msgs[i].size;
+		ms->store.total_size += ms->msgs[i].size;
+		if (options != NULL && options->report != NULL)
+			options->report(options->report_arg, ms->store.messages[i].uidl,
+			    ms->store.messages[i].uidl, STORE_UIDL_OWN, UIDL_OLD_NO_LIST);
+	}
+	mbox_lock_release(&mlock);
+	if (have_ix)
+		mbox_index_free(&ix);
+	free(buf);
+	*store_r = &ms->store;
+	return STORE_OK;
+fail:
+	if (locked)
+		mbox_lock_release(&mlock);
+	if (have_ix)
+		mbox_index_free(&ix);
+	free(buf);
+	ms->store.backend->close(&ms->store);
+	return status;
+}
+
+static enum store_status
+store_mbox_open(const char *path, struct store **store_r, char **error_r)
+{
+	return store_mbox_open_with(path, NULL, store_r, error_r);
+}
+
+static enum store_status
+store_mbox_message_open(struct store *store, uint32_t idx, struct store_stream *stream_r,
+    char **error_r)
+{
+	struct mbox_store *ms = (struct mbox_store *)store;
+	struct mbox_lock mlock;
+	char *lerr = NULL;
+
+	if (idx >= store->count || ms->fd < 0)
+		return STORE_GONE;
+	if (ms->stale) {
+		*error_r = xasprintf("mbox %s was rewritten by another program", ms->path);
+		return STORE_TEMP;
+	}
+	/* Not a byte while another program holds the lock (it may be
+	 * rewriting the file); then the file must still be what we listed. */
+	enum lock_status lr = mbox_lock_take(&mlock, ms->dir_fd, ms->base, ms->fd, false,
+	    ms->lock_wait_ms, &lerr);
+	if (lr != LOCK_OK) {
+		if (lr == LOCK_ERROR) {
+			*error_r = xasprintf("mbox %s: %s", ms->path, lerr);
+			free(lerr);
+		} else {
+			*error_r = xasprintf("mbox %s is locked by another program", ms->path);
+		}
+		return STORE_TEMP;
+	}
+	enum store_status status = mbox_verify(ms, error_r);
+	mbox_lock_release(&mlock);
+	if (status != STORE_OK)
+		return status;
+	int fd = fcntl(ms->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0) {
+		*error_r = xasprintf("mbox %s: dup: %s", ms->path, strerror(errno));
+		return STORE_TEMP;
+	}
+	memset(stream_r, 0, sizeof(*stream_r));
+	stream_r->fd = fd;
+	stream_r->offset = (off_t)ms->msgs[idx].data_offset;
+	stream_r->length = (off_t)ms->msgs[idx].data_length;
+	stream_r->from_quoting = ms->quoting;
+	return STORE_OK;
+}
+
+static enum store_status
+store_mbox_expunge(struct store *store, const bool *deleted, char **error_r)
+{
+	struct mbox_store *ms = (struct mbox_store *)store;
+	struct mbox_lock mlock;
+	char *lerr = NULL;
+	uint32_t first = UINT32_MAX;
+	enum store_status status = STORE_OK;
+
+	for (uint32_t i = 0; i < store->count && first == UINT32_MAX; i++)
+		if (deleted[i])
+			first = i;
+	if (first == UINT32_MAX)
+		return STORE_OK;
+	if (ms->stale) {
+		*error_r = xasprintf("mbox %s was rewritten by another program: nothing deleted",
+		    ms->path);
+		return STORE_TEMP;
+	}
+	if (!ms->writable) {
+		*error_r = xasprintf("mbox %s is not writable: nothing deleted", ms->path);
+		return STORE_PERM;
+	}
+	enum lock_status lr = mbox_lock_take(&mlock, ms->dir_fd, ms->base, ms->fd, true,
+	    ms->lock_wait_ms, &lerr);
+	if (lr != LOCK_OK) {
+		if (lr == LOCK_ERROR) {
+			*error_r = xasprintf("mbox %s: %s", ms->path, lerr);
+			free(lerr);
+		} else {
+			*error_r = xasprintf("mbox %s is locked by another program: nothing deleted",
+			    ms->path);
+		}
+		return STORE_TEMP;
+	}
+	char *buf = xmalloc(MBOX_CHUNK);
+	struct mbox_source *src = NULL;
+	if (mbox_journal_recover(ms, ms->fd, buf, &lerr) < 0) {
+		*error_r = xasprintf("mbox %s: %s", ms->path, lerr);
+		free(lerr);
+		status = STORE_TEMP;
+		goto out;
+	}
+	status = mbox_verify(ms, error_r);
+	if (status != STORE_OK)
+		goto out;
+	struct stat st;
+	if (fstat(ms->fd, &st) < 0) {
+		*error_r = xasprintf("mbox %s: fstat: %s", ms->path, strerror(errno));
+		status = STORE_TEMP;
+		goto out;
+	}
+	uint64_t cur = (uint64_t)st.st_size;
+	uint64_t d = ms->msgs[first].from_offset;
+	/* T: the kept regions after d (adjacent ones merged), then what was
+	 * appended since the scan. */
+	size_t nsrc = 0;
+	src = xcalloc((size_t)(store->count - first) + 1, sizeof(*src));
+	for (uint32_t i = first; i < store->count; i++) {
+		if (deleted[i])
+			continue;
+		const struct mbox_message *m = &ms->msgs[i];
+		if (nsrc > 0 && src[nsrc - 1].off + src[nsrc - 1].len == m->from_offset)
+			src[nsrc - 1].len += m->end_offset - m->from_offset;
+		else
+			src[nsrc++] = (struct mbox_source){ ms->fd, m->from_offset, m->end_offset - m->from_offset };
+	}
+	bool appended = cur > ms->snap_size;
+	if (appended) {
+		if (nsrc > 0 && src[nsrc - 1].off + src[nsrc - 1].len == ms->snap_size)
+			src[nsrc - 1].len += cur - ms->snap_size;
+		else
+			src[nsrc++] = (struct mbox_source){ ms->fd, ms->snap_size, cur - ms->snap_size };
+	}
+	if (nsrc == 0) {
+		/* Nothing kept after d: one truncation, which happens whole
+		 * or not at all. */
+		if (ftruncate(ms->fd, (off_t)d) < 0 || fsync(ms->fd) < 0) {
+			*error_r = xasprintf("mbox %s: truncate: %s", ms->path, strerror(errno));
+			status = STORE_TEMP;
+			goto out;
+		}
+	} else {
+		if (mbox_journal_create(ms, &st, d, cur, src, nsrc, buf, &lerr) < 0) {
+			*error_r = xasprintf("mbox %s: %s", ms->path, lerr);
+			free(lerr);
+			status = STORE_TEMP;
+			goto out;
+		}
+		struct mbox_journal j;
+		int r = mbox_journal_read(ms, &j, buf, &lerr);
+		if (r <= 0) {
+			*error_r = xasprintf("mbox %s: %s", ms->path, r < 0 ? lerr : "journal vanished");
+			free(lerr);
+			status = STORE_TEMP;
+			goto out;
+		}
+		r = mbox_journal_apply(ms, ms->fd, &j, buf, &lerr);
+		if (j.fd >= 0)
+			close(j.fd);
+		if (r < 0) {
+			log_warnx("mbox %s: %s", ms->path, lerr);
+			free(lerr);
+			lerr = NULL;
+			/* Try once more now; else the next login does. */
+			if (mbox_journal_recover(ms, ms->fd, buf, &lerr) < 0) {
+				*error_r = xasprintf("mbox %s: %s", ms->path, lerr);
+				free(lerr);
+				status = STORE_TEMP;
+				goto out;
+			}
+		}
+	}
+	/* The index of what is left: kept messages moved down (the store
+	 * itself stays as listed: the caller counts its deletions). */
+	{
+		struct mbox_message *kept = xcalloc(store->count, sizeof(*kept));
+		struct store_message *kmsg = xcalloc(store->count, sizeof(*kmsg));
+		uint32_t k = 0;
+		uint64_t shift = 0;
+		for (uint32_t i = 0; i < store->count; i++) {
+			struct mbox_message m = ms->msgs[i];
+			if (deleted[i]) {
+				shift += m.end_offset - m.from_offset;
+				continue;
+			}
+			m.from_offset -= shift;
+			m.data_offset -= shift;
+			m.end_offset -= shift;
+			kept[k] = m;
+			kmsg[k] = store->messages[i];
+			k++;
+		}
+		struct mbox_ident after = { .known = false };
+		if (!appended && fstat(ms->fd, &st) == 0)
+			mbox_ident_of(&st, &after);
+		mbox_index_write(ms, &after, kept, kmsg, k);
+		free(kept);
+		free(kmsg);
+		/* The session ends with the expunge. */
+		ms->stale = true;
+	}
+out:
+	mbox_lock_release(&mlock);
+	free(src);
+	free(buf);
+	return status;
+}
+
+static void
+store_mbox_close(struct store *store)
+{
+	struct mbox_store *ms = (struct mbox_store *)store;
+	if (store == NULL)
+		return;
+	for (uint32_t i = 0; i < store->count; i++)
+		free(store->messages[i].uidl);
+	free(store->messages);
+	free(ms->msgs);
+	if (ms->fd >= 0)
+		close(ms->fd);
+	lock_release(ms->session_lock);
+	if (ms->dir_fd >= 0)
+		close(ms->dir_fd);
+	free(ms->base);
+	free(ms->path);
+	free(ms);
+}
+
+const struct store_backend store_mbox = {
+	.scheme = "mbox",
+	.open = store_mbox_open,
+	.open_with = store_mbox_open_with,
+	.message_open = store_mbox_message_open,
+	.expunge = store_mbox_expunge,
+	.close = store_mbox_close,
+};
