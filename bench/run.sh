@@ -20,6 +20,8 @@ esac
 b="${POPBOX_BUILD:-build}"
 [ -x "$b/bench/pop3load" ] && [ -x "$b/popboxd" ] || make BUILD="$b" all >&2
 python3 bench/bench.py "$mode"
+# mail in: LMTP and the delivery agents, popboxd beside Dovecot (issue 12)
+python3 bench/mailin.py "$mode"
 # issue 5: a fresh client stays fast with 1000 slowloris connections open
 if [ "$mode" != smoke ]; then
 	python3 bench/slowloris.py --build "$b"

@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +51,11 @@
 #define LMTP_INPUT_HIGH (LMTP_SPOOL_CHUNK + LMTP_MAX_LINE)
 /* Replies queued beyond this stop command processing until the MTA reads. */
 #define LMTP_OUTPUT_HIGH (64 * 1024)
+/* Delivery threads per worker: a delivery waits for the disk (fsync of
+ * the message, then of new/), and several waiting side by side are
+ * committed together, where one thread would do them one by one; apart
+ * from the store thread, so that no POP3 login waits behind them. */
+#define LMTP_DELIVERY_THREADS 4
 /* Host name in the greeting and LHLO reply. */
 #define LMTP_HOST_MAX 64
 
@@ -406,7 +413,10 @@ lmtp_job_submit(struct lmtp_session *s, struct lmtp_job *j)
 	s->job = j;
 	s->wait = LMTP_WAIT_STORE;
 	lmtp_timer_arm(s);
-	store_pool_run(s->worker->store_pool, &j->pool_job);
+	if (s->worker->delivery_pool == NULL)
+		s->worker->delivery_pool = store_pool_new_threads(s->worker->base,
+		    LMTP_DELIVERY_THREADS);
+	store_pool_run(s->worker->delivery_pool, &j->pool_job);
 }
 
 /* --- replies to a transaction's end ------------------------------------------------ */
@@ -1143,6 +1153,12 @@ lmtp_session_create(struct worker *w, int fd, const struct sockaddr *sa, int sal
 	s->id = ++w->next_session;
 	s->spool_fd = -1;
 	lmtp_peer_format(sa, salen, s->peer);
+	if (sa->sa_family != AF_UNIX) {
+		/* replies are short and come one by one (after a lookup, a
+		 * delivery): Nagle would hold each behind the last one's ACK */
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		close(fd);

@@ -2,8 +2,10 @@
  * (docs/DESIGN.md "Mail in"). They run on the worker's event loop beside
  * the POP3 sessions and never block it: recipients are looked up by the
  * auth process (IPC_RCPT_LOOKUP), and every file operation (the spool
- * file, its writes and fsync, the deliveries) runs on the worker's store
- * thread (store_pool_run), one job at a time per session.
+ * file, its writes and fsync, the deliveries) runs on the worker's
+ * delivery threads (worker.h delivery_pool; beside the POP3 store thread,
+ * so no login waits behind a delivery's fsync), one job at a time per
+ * session.
  *
  * A transaction's message is streamed once into an anonymous spool file
  * in the first recipient's maildrop (store_maildir_spool_open), 256 KiB at
@@ -31,7 +33,7 @@ void lmtp_session_create(struct worker *w, int fd, const struct sockaddr *sa, in
 bool lmtp_auth_result(struct worker *w, const struct ipc_auth_result *msg);
 
 /* Worker shutdown: close every LMTP session ("421" to those waiting for a
- * command). A delivery job under way finishes on the store thread; its
+ * command). A delivery job under way finishes on its thread; its
  * recipients get no reply, so the MTA delivers again (never lost). */
 void lmtp_close_all(struct worker *w);
 

@@ -75,12 +75,18 @@ store_job_done(struct thread_pool_job *pool_job)
 }
 
 struct store_pool *
-store_pool_new(struct event_base *base)
+store_pool_new_threads(struct event_base *base, unsigned threads)
 {
 	struct store_pool *p = xcalloc(1, sizeof(*p));
 
-	p->threads = thread_pool_new(base, STORE_POOL_THREADS, 0);
+	p->threads = thread_pool_new(base, threads, 0);
 	return p;
+}
+
+struct store_pool *
+store_pool_new(struct event_base *base)
+{
+	return store_pool_new_threads(base, STORE_POOL_THREADS);
 }
 
 struct store_pool *
@@ -115,8 +121,22 @@ store_pool_submit(struct store_pool *p, struct store_job *job)
 		fatalx("event_base_once failed");
 }
 
+static void
+store_pool_run_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct thread_pool_job *job = arg;
+	job->done(job);
+}
+
 void
 store_pool_run(struct store_pool *p, struct thread_pool_job *job)
 {
-	thread_pool_queue(p->threads, job);
+	if (p->threads != NULL) {
+		thread_pool_queue(p->threads, job);
+		return;
+	}
+	job->run(job);
+	struct timeval zero = { 0, 0 };
+	if (event_base_once(p->base, -1, EV_TIMEOUT, store_pool_run_done_cb, job, &zero) < 0)
+		fatalx("event_base_once failed");
 }

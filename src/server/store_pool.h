@@ -52,6 +52,8 @@ struct store_pool *store_pool_new(struct event_base *base);
  * one session: nothing else waits on its loop, and a thread would cost
  * more than the work (docs/DESIGN.md "A process per user session"). */
 struct store_pool *store_pool_new_inline(struct event_base *base);
+/* A pool of threads threads (LMTP's delivery threads: worker.h). */
+struct store_pool *store_pool_new_threads(struct event_base *base, unsigned threads);
 /* Queue job (kind and its inputs, done and arg set); the pool owns it. */
 void store_pool_submit(struct store_pool *pool, struct store_job *job);
 /* Queue a job of another module's own kind (LMTP's spool writes and

@@ -29,6 +29,9 @@ struct worker {
 	struct ssl_ctx_st *ssl_ctx;    /* NULL = no TLS configured */
 	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
 	struct store_pool *store_pool; /* the maildrop thread (store_pool.h) */
+	/* LMTP's spool writes, fsyncs and deliveries (lmtp_session.c): made
+	 * at the first LMTP connection, NULL before. */
+	struct store_pool *delivery_pool;
 	unsigned sessions;
 	struct lmtp_session *lmtp_all;          /* every LMTP session (lmtp_session.c) */
 	struct lmtp_session *lmtp_auth_pending; /* waiting for a recipient lookup */

@@ -1,7 +1,8 @@
 """The benchmark harness must not rot: `sh bench/run.sh smoke` (seconds,
 popboxd only, no targets) builds a small corpus, starts popboxd, drives it with
 build/bench/pop3load in every smoke scenario and exits 0 only if pop3load did
-work without errors."""
+work without errors; then bench/mailin.py smoke delivers over LMTP with
+build/bench/lmtpload and with popbox deliver."""
 
 import os
 import subprocess
@@ -22,3 +23,6 @@ def test_bench_smoke():
                        text=True, timeout=RUNAWAY_SEC)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sessions/s" in r.stdout and "RETR 4 KiB" in r.stdout, r.stdout
+    # bench/mailin.py smoke: LMTP and popbox deliver rows
+    assert "| LMTP, 8 connections, 1 MiB |" in r.stdout, r.stdout
+    assert "| delivery agent, 4 KiB |" in r.stdout, r.stdout
