@@ -362,6 +362,8 @@ connect_and_list(struct run *r, struct fetch_error *err)
 		return false;
 	r->s = pop3c_open(a, password, err);
 	free_secret(password);
+	if (r->s != NULL)
+		r->login_delay = r->s->capa.login_delay;
 	if (r->s == NULL && oauth2 && err->code == EX_NOPERM)
 		oauth2_forget_access_token(a, r->state_dir);
 	if (r->s == NULL || !read_listings(r, err))
@@ -524,7 +526,7 @@ finish(struct run *r, const struct fetch_error *err, bool quit_ok)
 	if (!o->list && !o->rebuild && r->m != NULL && !o->quiet)
 		fetch_report_summary(r, err->code != 0);
 	if (!o->list && !o->rebuild)
-		fetch_report_final(r, err->code != 0);
+		fetch_report_final(r, err);
 	fflush(stdout);
 	int code = err->code;
 	if (code != 0)
@@ -556,6 +558,7 @@ fetch_account(struct account *a, const struct fetch_options *o)
 		.o = o,
 		.backend = deliver_backend(a->deliver_kind),
 		.lockfd = -1,
+		.login_delay = -1,
 		.account_key = xasprintf("%s@%s", a->user, a->host),
 		.progress_on = !o->quiet && !o->list && !o->rebuild && isatty(2),
 	};

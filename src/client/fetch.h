@@ -16,6 +16,18 @@ struct fetch_options {
 	bool have_over;            /* at least one of them was given */
 	int jobs;                  /* accounts fetched at once (--jobs, jobs =), 0: default */
 	int progress_fd;           /* in a child of fetch_parallel: where progress goes, else -1 */
+	bool daemon;               /* --daemon: fetch_daemon() */
+	long interval;             /* --interval, seconds (daemon), 0: default */
+};
+
+/* "30s", "5m", "1h", "2d" or plain seconds, 1 s .. 7 days. */
+bool fetch_parse_duration(const char *s, long *seconds);
+
+/* What fetch_parallel learnt of one account's run. */
+struct fetch_result {
+	int status;                /* sysexits status of the run */
+	long login_delay;          /* the server's LOGIN-DELAY, -1: none or unknown */
+	int resp_code;             /* enum pop3_resp_code behind a failure, 0: none */
 };
 
 /* Accounts fetched at once unless --jobs or the file's jobs = says. */
@@ -29,9 +41,17 @@ int fetch_status_worse(int a, int b);
 
 /* Fetch accts[i] for every selected[i] (each completed with the options
  * first), up to o->jobs at once, each in a child process; on a terminal
- * one progress line per account, and a summary table at the end. Returns
- * the worst status (fetch_status_worse). */
+ * one progress line per account, and a summary table at the end (not in
+ * daemon mode). results (NULL, or nacct entries, by account index) get
+ * what each selected account's run found. Returns the worst status
+ * (fetch_status_worse). */
 int fetch_parallel(struct account *accts, const bool *selected, int nacct,
+    const struct fetch_options *o, struct fetch_result *results);
+
+/* popbox fetch --daemon (fetch_daemon.c): fetch the selected accounts
+ * again and again, each on its own schedule (docs/popbox.1, DAEMON), until
+ * SIGTERM or SIGINT; returns 0 then. */
+int fetch_daemon(struct account *accts, const bool *selected, int nacct,
     const struct fetch_options *o);
 
 /* Complete account a with the options (account_override, account_finish)

@@ -13,7 +13,8 @@
 #include <strings.h>
 
 enum {
-	OPT_CONFIG = 1000, OPT_LIST, OPT_REBUILD, OPT_HELP, OPT_JOBS, OPT_KEY,
+	OPT_CONFIG = 1000, OPT_LIST, OPT_REBUILD, OPT_HELP, OPT_JOBS, OPT_DAEMON, OPT_INTERVAL,
+	OPT_KEY,
 };
 
 struct keyopt {
@@ -54,6 +55,8 @@ usage(FILE *f)
 	    "  --list                   show what would be fetched; change nothing\n"
 	    "  --rebuild-state          rebuild the state file from the Maildir\n"
 	    "  --jobs N                 fetch up to N accounts at once (default 4)\n"
+	    "  --daemon                 keep fetching, each account on its own schedule\n"
+	    "  --interval DURATION      how often in daemon mode (default 5m; 30s, 1h)\n"
 	    "  -q, --quiet              no progress, no summary (errors only)\n"
 	    "  -v, --verbose            protocol trace on stderr (secrets masked)\n"
 	    "Every accounts.conf key is also an option (one-off use, or override):\n"
@@ -88,7 +91,7 @@ static int
 parse_options(int argc, char **argv, struct fetch_options *o)
 {
 	struct fetch_error err = { 0 };
-	struct option longopts[N_ELEMENTS(keyopts) + 8];
+	struct option longopts[N_ELEMENTS(keyopts) + 12];
 	size_t n = 0;
 
 	memset(o, 0, sizeof(*o));
@@ -100,6 +103,8 @@ parse_options(int argc, char **argv, struct fetch_options *o)
 		    OPT_KEY + (int)i };
 	longopts[n++] = (struct option){ "config", required_argument, NULL, OPT_CONFIG };
 	longopts[n++] = (struct option){ "jobs", required_argument, NULL, OPT_JOBS };
+	longopts[n++] = (struct option){ "daemon", no_argument, NULL, OPT_DAEMON };
+	longopts[n++] = (struct option){ "interval", required_argument, NULL, OPT_INTERVAL };
 	longopts[n++] = (struct option){ "list", no_argument, NULL, OPT_LIST };
 	longopts[n++] = (struct option){ "rebuild-state", no_argument, NULL, OPT_REBUILD };
 	longopts[n++] = (struct option){ "quiet", no_argument, NULL, 'q' };
@@ -116,6 +121,16 @@ parse_options(int argc, char **argv, struct fetch_options *o)
 			break;
 		case OPT_LIST:
 			o->list = true;
+			break;
+		case OPT_DAEMON:
+			o->daemon = true;
+			break;
+		case OPT_INTERVAL:
+			if (!fetch_parse_duration(optarg, &o->interval)) {
+				fprintf(stderr, "popbox: --interval must be a duration of 1s to 7d "
+				    "(30s, 5m, 1h, or seconds)\n");
+				return EX_USAGE;
+			}
 			break;
 		case OPT_JOBS: {
 			uint64_t u;
@@ -273,8 +288,13 @@ fetch_main(int argc, char **argv)
 		nsel += selected[k];
 	if (o.jobs == 0)
 		o.jobs = file_jobs > 0 ? file_jobs : FETCH_DEFAULT_JOBS;
-	if (status == 0 && nsel > 1 && o.jobs > 1 && !o.list && !o.rebuild) {
-		status = fetch_parallel(accts, selected, nacct, &o);
+	if (status == 0 && o.daemon && (o.list || o.rebuild)) {
+		fprintf(stderr, "popbox: --daemon does not go with --list or --rebuild-state\n");
+		status = EX_USAGE;
+	} else if (status == 0 && o.daemon) {
+		status = fetch_daemon(accts, selected, nacct, &o);
+	} else if (status == 0 && nsel > 1 && o.jobs > 1 && !o.list && !o.rebuild) {
+		status = fetch_parallel(accts, selected, nacct, &o, NULL);
 	} else if (status == 0) {
 		/* every selected account, whatever happened to the others */
 		for (int k = 0; k < nacct; k++)

@@ -21,6 +21,8 @@
 struct fetch_error {
 	int code;          /* 0 = no error */
 	char msg[1024];
+	int resp_code;     /* the server's response code (enum pop3_resp_code) behind
+	                    * the error, 0 when none (pop3c_fail) */
 };
 
 /* Set code and message (only the first error is kept); returns false so

@@ -52,6 +52,9 @@ struct job {
 	uint64_t bytes, bytes_planned;
 	bool final;
 	unsigned fetched, deleted, kept, skipped, failed, aborted;
+	long login_delay;
+	int resp_code;
+	int index;              /* in the caller's account array */
 	uint64_t fetched_bytes;
 	double seconds;
 };
@@ -174,9 +177,9 @@ progress_line(struct job *j, const char *line)
 		(void)sscanf(line, "P %u %u %" SCNu64 " %" SCNu64, &j->done, &j->planned, &j->bytes,
 		    &j->bytes_planned);
 	} else if (line[0] == 'S') {
-		if (sscanf(line, "S %u %" SCNu64 " %u %u %u %u %lf %u", &j->fetched,
+		if (sscanf(line, "S %u %" SCNu64 " %u %u %u %u %lf %u %ld %d", &j->fetched,
 		    &j->fetched_bytes, &j->deleted, &j->kept, &j->skipped, &j->failed,
-		    &j->seconds, &j->aborted) == 8)
+		    &j->seconds, &j->aborted, &j->login_delay, &j->resp_code) == 10)
 			j->final = true;
 	}
 }
@@ -273,6 +276,11 @@ job_start(struct parallel *p, struct job *j, const struct fetch_options *o)
 					close(p->jobs[i].fd[k]);
 		if (dup2(pipes[OUT_STDOUT][1], 1) < 0 || dup2(pipes[OUT_STDERR][1], 2) < 0)
 			_exit(EX_OSERR);
+		/* the daemon's handlers (fetch_daemon.c) are the parent's: a
+		 * child stopped by SIGTERM drops its session (no QUIT, nothing
+		 * deleted) as a plain popbox fetch would */
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGINT, SIG_DFL);
 		for (int k = 0; k < OUT_COUNT; k++)
 			close(pipes[k][0]);
 		close(pipes[OUT_STDOUT][1]);
@@ -370,7 +378,7 @@ print_table(const struct parallel *p)
 
 int
 fetch_parallel(struct account *accts, const bool *selected, int nacct,
-    const struct fetch_options *o)
+    const struct fetch_options *o, struct fetch_result *results)
 {
 	struct parallel p = { 0 };
 	p.jobs = xcalloc((size_t)nacct, sizeof(*p.jobs));
@@ -379,10 +387,12 @@ fetch_parallel(struct account *accts, const bool *selected, int nacct,
 			continue;
 		struct job *j = &p.jobs[p.njobs++];
 		j->a = &accts[k];
+		j->index = k;
+		j->login_delay = -1;
 		for (int m = 0; m < OUT_COUNT; m++)
 			j->fd[m] = -1;
 	}
-	p.tty = !o->quiet && isatty(2);
+	p.tty = !o->quiet && !o->daemon && isatty(2);
 	int running = 0, next = 0, status = 0;
 	struct pollfd *pfd = xcalloc((size_t)p.njobs * OUT_COUNT, sizeof(*pfd));
 	struct pollmap {
@@ -439,9 +449,15 @@ fetch_parallel(struct account *accts, const bool *selected, int nacct,
 	}
 	block_draw(&p, true);
 	p.drawn = 0;	/* the final state of every account stays on the screen */
-	for (int i = 0; i < p.njobs; i++)
-		status = fetch_status_worse(status, p.jobs[i].status);
-	if (!o->quiet)
+	for (int i = 0; i < p.njobs; i++) {
+		const struct job *j = &p.jobs[i];
+		status = fetch_status_worse(status, j->status);
+		if (results != NULL)
+			results[j->index] = (struct fetch_result){ .status = j->status,
+			    .login_delay = j->final ? j->login_delay : -1,
+			    .resp_code = j->final ? j->resp_code : 0 };
+	}
+	if (!o->quiet && !o->daemon)
 		print_table(&p);
 	free(pfd);
 	free(map);

@@ -44,13 +44,14 @@ progress_record(int fd, const char *fmt, ...)
 }
 
 void
-fetch_report_final(const struct run *r, bool aborted)
+fetch_report_final(const struct run *r, const struct fetch_error *err)
 {
 	if (r->o->progress_fd < 0)
 		return;
-	progress_record(r->o->progress_fd, "S %u %" PRIu64 " %u %u %u %u %.1f %d\n",
+	progress_record(r->o->progress_fd, "S %u %" PRIu64 " %u %u %u %u %.1f %d %ld %d\n",
 	    r->n_fetched, r->bytes_fetched, r->n_deleted, r->n_kept, r->n_skipped,
-	    r->n_failed + r->n_too_big, fetch_now() - r->t0, aborted ? 1 : 0);
+	    r->n_failed + r->n_too_big, fetch_now() - r->t0, err->code != 0 ? 1 : 0,
+	    r->login_delay, err->resp_code);
 }
 
 void

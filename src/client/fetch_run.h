@@ -62,6 +62,7 @@ struct run {
 	double t0, last_progress, last_save;
 	size_t unsaved;                 /* state entries added since the last save */
 	bool progress_on;               /* the progress line on our own stderr */
+	long login_delay;               /* the server's LOGIN-DELAY after login, -1: none */
 	int soft_code;                  /* a refused message's status, reported at the end */
 	char soft_msg[1024];
 };
@@ -92,6 +93,6 @@ void fetch_report_list(const struct run *r);
 void fetch_report_summary(const struct run *r, bool aborted);
 /* In a child of fetch_parallel (o->progress_fd >= 0): the run's counts
  * as the last record on the progress pipe ("S ..."), for the table. */
-void fetch_report_final(const struct run *r, bool aborted);
+void fetch_report_final(const struct run *r, const struct fetch_error *err);
 
 #endif

@@ -170,6 +170,8 @@ pop3c_fail(struct pop3c *s, int code, const char *what, struct fetch_error *err)
 {
 	char clean[200];
 	str_sanitize(clean, sizeof(clean), s->text, strlen(s->text));
+	if (err->code == 0)
+		err->resp_code = (int)s->code;
 	if (pop3_code_is_temporary(s->code))
 		code = EX_TEMPFAIL;
 	else if (s->code == POP3_CODE_SYS_PERM)

@@ -69,6 +69,7 @@ void
 pop3_capa_init(struct pop3_capa *capa)
 {
 	memset(capa, 0, sizeof(*capa));
+	capa->login_delay = -1;
 }
 
 void
@@ -96,6 +97,19 @@ pop3_capa_add_line(struct pop3_capa *capa, const char *line)
 		capa->resp_codes = true;
 	else if (strcmp(word, "AUTH-RESP-CODE") == 0)
 		capa->auth_resp_code = true;
+	else if (strcmp(word, "LOGIN-DELAY") == 0 && line[n] == ' ') {
+		/* "LOGIN-DELAY 900" or, before login, "LOGIN-DELAY 900 USER" */
+		char num[16];
+		size_t k = strspn(line + n + 1, "0123456789");
+		uint64_t v;
+		if (k > 0 && k < sizeof(num)) {
+			memcpy(num, line + n + 1, k);
+			num[k] = '\0';
+			if (parse_u64(num, UINT32_MAX, &v))
+				capa->login_delay = v > POP3_MAX_LOGIN_DELAY ? POP3_MAX_LOGIN_DELAY :
+				    (long)v;
+		}
+	}
 	else if (strcmp(word, "SASL") == 0) {
 		const char *p = line + n;
 		size_t o = strlen(capa->sasl);

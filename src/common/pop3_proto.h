@@ -47,7 +47,11 @@ struct pop3_capa {
 	bool have_capa;      /* server answered CAPA with +OK */
 	bool top, uidl, user, stls, pipelining, resp_codes, auth_resp_code;
 	char sasl[256];      /* space separated SASL mechanisms, upper case */
+	long login_delay;    /* LOGIN-DELAY seconds (RFC 2449 §6.5), -1: not announced */
 };
+/* The longest LOGIN-DELAY taken from a server (a week); more is read as
+ * this, so a hostile value cannot stop a schedule for ever. */
+#define POP3_MAX_LOGIN_DELAY (7L * 86400)
 void pop3_capa_init(struct pop3_capa *capa);
 /* Feed one line of the CAPA multi-line body (dot-unstuffed, CRLF removed). */
 void pop3_capa_add_line(struct pop3_capa *capa, const char *line);

@@ -46,6 +46,31 @@ test_status_lines(void **state)
 	assert_int_equal(pop3_parse_status("", &text, &code), POP3_INVALID);
 }
 
+/* LOGIN-DELAY (RFC 2449 §6.5): seconds, optionally followed by USER;
+ * anything else leaves it unknown; a huge value is capped. */
+static void
+test_capa_login_delay(void **state)
+{
+	struct pop3_capa c;
+	pop3_capa_init(&c);
+	assert_int_equal(c.login_delay, -1);
+	pop3_capa_add_line(&c, "LOGIN-DELAY 900");
+	assert_int_equal(c.login_delay, 900);
+	pop3_capa_init(&c);
+	pop3_capa_add_line(&c, "login-delay 60 USER");
+	assert_int_equal(c.login_delay, 60);
+	pop3_capa_init(&c);
+	pop3_capa_add_line(&c, "LOGIN-DELAY");
+	pop3_capa_add_line(&c, "LOGIN-DELAY x");
+	pop3_capa_add_line(&c, "LOGIN-DELAY -5");
+	pop3_capa_add_line(&c, "LOGIN-DELAYS 5");
+	assert_int_equal(c.login_delay, -1);
+	pop3_capa_add_line(&c, "LOGIN-DELAY 99999999999999999999");
+	assert_int_equal(c.login_delay, -1);
+	pop3_capa_add_line(&c, "LOGIN-DELAY 4000000000");
+	assert_int_equal(c.login_delay, POP3_MAX_LOGIN_DELAY);
+}
+
 static void
 test_capa(void **state)
 {
@@ -278,6 +303,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_status_lines),
 		cmocka_unit_test(test_capa),
+		cmocka_unit_test(test_capa_login_delay),
 		cmocka_unit_test(test_listings),
 		cmocka_unit_test(test_apop_timestamp),
 		cmocka_unit_test(test_unstuff_basic),
