@@ -9,11 +9,11 @@ import os
 import smtplib
 import socket
 import stat
-import time
 
 import pytest
 
 from popbox_server import free_port, sanitized
+from runaway import wait_until
 from mailin import (AWKWARD_BODIES, LMTPRaw, fetch_all, lmtp_message, lmtp_stuff,
                     lmtp_transaction, stray_files, wire_form)
 
@@ -289,3 +289,30 @@ def test_no_pop3_lock_taken_and_the_index_stays_warm(server_factory):
         assert p.retr(fresh) == rp("s@x") + b"Subject: new\r\n\r\nfresh\r\n"
         p.quit()
     assert after == dict(first, **{uidls[fresh]: len(rp("s@x") + b"Subject: new\r\n\r\nfresh\r\n")})
+
+
+def test_disconnect_or_stall_in_data_leaves_nothing(server_factory):
+    """An MTA that goes away in the middle of a message (after 600 KiB, so
+    spool pieces were written) or stalls there (lmtp_timeout: 421): no
+    message, nothing in tmp/, and the next delivery works."""
+    srv = lmtp_server(server_factory, config={"lmtp_timeout": "1"}, workers=1)
+    piece = b"z" * 78 + b"\r\n"
+    for stall in (False, True):
+        c = LMTPRaw(srv.lmtp_port)
+        c.lhlo()
+        c.send(b"MAIL FROM:<s@x>\r\nRCPT TO:<alice>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        assert [c.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
+        c.send(b"Subject: cut\r\n\r\n" + piece * (600 * 1024 // len(piece)))
+        if stall:
+            assert c.reply()[0] == 421
+            assert c.closed()
+        c.close()
+    wait_until(lambda: "reason=disconnected-in-data" in srv.log() and "reason=timeout" in srv.log(),
+               "both sessions ending")
+    assert srv.message_files() == {} and srv.message_files("bob@example.org") == {}
+    assert stray_files(srv.maildir()) == [] and stray_files(srv.maildir("bob@example.org")) == []
+    with LMTPRaw(srv.lmtp_port) as c:
+        c.lhlo()
+        _, _, _, done = lmtp_transaction(c, "s@x", ["alice"], b"Subject: after\r\n\r\nok\r\n")
+        assert [d[0] for d in done] == [250]
+    assert fetch_all(srv) == [rp("s@x") + b"Subject: after\r\n\r\nok\r\n"]
