@@ -144,7 +144,25 @@ static struct {
 	int worker_chans[POPBOXD_MAX_WORKERS];
 	unsigned n_workers;
 	bool drop_privileges;
+	unsigned grant_expire, grant_login_delay;
+	/* the workers' channels, for IPC_USERS_POLICY after a load */
+	const int *worker_fds;
+	unsigned n_worker_fds;
 } auth;
+
+/* IPC_USERS_POLICY to fd (-1: every worker): what users have of their own. */
+static void
+policy_send(int fd)
+{
+	unsigned char buf[IPC_HEADER_SIZE + 8];
+	struct ipc_users_policy m = { .request_id = 0, .flags = 0 };
+	if (auth.passdb != NULL && auth.passdb->ops->policy_flags != NULL)
+		m.flags = auth.passdb->ops->policy_flags(auth.passdb->db);
+	size_t len = ipc_users_policy_encode(buf, sizeof(buf), &m);
+	for (unsigned i = 0; i < auth.n_worker_fds; i++)
+		if (fd < 0 || auth.worker_fds[i] == fd)
+			(void)ipc_send(auth.worker_fds[i], buf, len);
+}
 
 /* The device separator in force ('\0': devices = no). */
 static char
@@ -188,7 +206,9 @@ result_encode(const unsigned char **msg_r, uint64_t id, enum auth_result result,
 	    .location = location, .data = data,
 	    .uidl_format = result == AUTH_RESULT_OK ? auth.grant_uidl_format : UIDL_FORMAT_UNSET,
 	    .device = result == AUTH_RESULT_OK ? auth.grant_device : "",
-	    .ticket = result == AUTH_RESULT_OK ? auth.grant_ticket : "" };
+	    .ticket = result == AUTH_RESULT_OK ? auth.grant_ticket : "",
+	    .expire = result == AUTH_RESULT_OK ? auth.grant_expire : 0,
+	    .login_delay = result == AUTH_RESULT_OK ? auth.grant_login_delay : 0 };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &m);
 	if (len == 0) {
 		log_warnx("answer to a worker over the message limits, sending temp");
@@ -343,10 +363,13 @@ auth_login_granted(int fd, uint64_t id, uint64_t session_id, const char *peer,
 	auth.grant_uidl_format = e->uidl_format;
 	auth.grant_device = device;
 	auth.grant_ticket = ticket;
+	auth.grant_expire = e->expire;
+	auth.grant_login_delay = e->login_delay;
 	auth_answer(fd, id, peer, AUTH_RESULT_OK, e->user, location, sasl_data);
 	auth.grant_uidl_format = UIDL_FORMAT_UNSET;
 	auth.grant_device = "";
 	auth.grant_ticket = "";
+	auth.grant_expire = auth.grant_login_delay = 0;
 	free(location);
 }
 
@@ -662,6 +685,7 @@ passdb_install(const struct passdb_ops *ops, struct passdb *db, const char *sour
 		    ops->count(db));
 	passdb_ref_release(auth.passdb);
 	auth.passdb = passdb_ref_new(ops, db);
+	policy_send(-1);
 }
 
 static void
@@ -859,6 +883,7 @@ worker_request(int fd, const void *buf, size_t len)
 		struct ipc_sasl_step step;
 		struct ipc_sasl_abort abort;
 		struct ipc_rcpt_lookup rcpt;
+		struct ipc_users_policy policy;
 	} m;
 	uint32_t type = ipc_type(buf, len);
 	switch (type) {
@@ -889,6 +914,12 @@ worker_request(int fd, const void *buf, size_t len)
 	case IPC_SASL_ABORT:
 		if (ipc_sasl_abort_decode(buf, len, &m.abort)) {
 			auth_handle_sasl_abort(fd, &m.abort);
+			return;
+		}
+		break;
+	case IPC_USERS_POLICY:
+		if (ipc_users_policy_decode(buf, len, &m.policy)) {
+			policy_send(fd);
 			return;
 		}
 		break;
@@ -1045,6 +1076,8 @@ auth_main(struct child_env *env)
 	auth.sasl = auth_sasl_new(salt_key_read(env->salt_key_fd, salt_key) ? salt_key : NULL);
 	secure_wipe(salt_key, sizeof(salt_key));
 	auth.penalty = auth_penalty_new(auth.config->auth_penalty_ipv6_prefix);
+	auth.worker_fds = env->auth_fds;
+	auth.n_worker_fds = env->n_workers;
 	passdb_load_initial(env->users_fd, env->users_errno);
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);

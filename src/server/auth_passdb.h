@@ -64,6 +64,9 @@ struct passdb_ops {
 	 * salt length most stored SCRAM secrets have, so that every account's
 	 * first challenge looks alike. */
 	void (*scram_defaults)(const struct passdb *db, unsigned *iterations_r, size_t *salt_len_r);
+	/* IPC_POLICY_* flags: which settings some users have of their own
+	 * (CAPA's "USER" tags). NULL: none. */
+	unsigned (*policy_flags)(const struct passdb *db);
 };
 
 /* The backends. */

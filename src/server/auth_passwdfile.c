@@ -4,6 +4,7 @@
  * a pool thread; a change is noticed by stat (inode, size, modification
  * time: stat needs no read permission). */
 #include "server/auth_passdb.h"
+#include "server/ipc.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -16,6 +17,20 @@ struct passdb {
 	struct passwd_db *users;
 	struct stat st;         /* of the file when loaded */
 };
+
+static unsigned
+passwdfile_policy_flags(const struct passdb *db)
+{
+	unsigned flags = 0;
+	for (size_t i = 0; i < passwd_db_count(db->users); i++) {
+		const struct passwd_entry *e = passwd_db_entry(db->users, i);
+		if (e->expire != 0)
+			flags |= IPC_POLICY_EXPIRE_DIFFERS;
+		if (e->login_delay != 0)
+			flags |= IPC_POLICY_DELAY_DIFFERS;
+	}
+	return flags;
+}
 
 static const char *
 passwdfile_source(const struct config *config)
@@ -123,4 +138,5 @@ const struct passdb_ops passdb_passwdfile = {
 	.plaintext = passwdfile_plaintext,
 	.scram_secret = passwdfile_scram_secret,
 	.scram_defaults = passwdfile_scram_defaults,
+	.policy_flags = passwdfile_policy_flags,
 };

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "server/metrics.h"
 #include "server/store_pool.h"
+#include "server/devices.h"
 
 void
 cmd_trans_begin(struct session *s, struct store *store, uint32_t *view, uint32_t view_count,
@@ -22,6 +23,8 @@ cmd_trans_begin(struct session *s, struct store *store, uint32_t *view, uint32_t
 	s->view_count = view != NULL ? view_count : store->count;
 	s->view_size = view != NULL ? view_size : store->total_size;
 	s->deleted = xcalloc(s->view_count ? s->view_count : 1, sizeof(bool));
+	if (s->devices != NULL && s->expire_days != DEVICES_EXPIRE_NEVER)
+		s->retrieved = xcalloc(s->view_count ? s->view_count : 1, sizeof(bool));
 	s->deleted_count = 0;
 	s->deleted_size = 0;
 	session_enter_state(s, SESSION_TRANSACTION);
@@ -212,6 +215,8 @@ cmd_trans_retr(struct session *s, int argc, char **argv)
 		return;
 	s->retr_count++;
 	METRICS_INC(retrieved);
+	if (s->retrieved != NULL)
+		s->retrieved[idx] = true;   /* counts only if QUIT follows */
 	cmd_trans_send(s, idx, -1);
 }
 
@@ -277,7 +282,7 @@ cmd_trans_expunged(struct store_job *job, void *arg)
 		return;
 	}
 	s->dele_count = removed;
-	if (job->device_state != NULL)
+	if (job->device_state != NULL && s->device != NULL)
 		log_info("session %016llx: device %s deleted %u, %u files removed",
 		    (unsigned long long)s->id, s->device, removed, job->removed);
 	METRICS_ADD(deleted, removed);
@@ -296,7 +301,10 @@ cmd_trans_quit(struct session *s, int argc, char **argv)
 	/* RFC 1939 §6: UPDATE only after QUIT from TRANSACTION. The reply says
 	 * +OK only once the removals are durable. */
 	session_enter_state(s, SESSION_UPDATE);
-	if (s->deleted_count == 0) {
+	bool retrieved = false;
+	for (uint32_t i = 0; s->retrieved != NULL && i < s->view_count && !retrieved; i++)
+		retrieved = s->retrieved[i];
+	if (s->deleted_count == 0 && !retrieved) {
 		session_reply(s, "+OK Bye, 0 messages deleted");
 		session_close_after_reply(s, "quit");
 		return;
@@ -308,11 +316,18 @@ cmd_trans_quit(struct session *s, int argc, char **argv)
 	for (uint32_t i = 0; i < s->view_count; i++)
 		if (s->deleted[i])
 			job->deleted[store_index(s, i)] = true;
-	if (s->devices != NULL && s->device != NULL) {
+	if (s->devices != NULL) {
 		job->device_state = s->devices;      /* the job owns it now */
 		job->device_slot = s->device_slot;
 		job->device_idle_days = s->worker->config->device_idle_days;
+		job->expire_days = s->expire_days;
 		s->devices = NULL;
+		if (retrieved) {
+			job->retrieved = xcalloc(s->store->count ? s->store->count : 1, sizeof(bool));
+			for (uint32_t i = 0; i < s->view_count; i++)
+				if (s->retrieved[i])
+					job->retrieved[store_index(s, i)] = true;
+		}
 	}
 	job->done = cmd_trans_expunged;
 	job->arg = s;

@@ -4,6 +4,8 @@
  * CAPA and STLS are here. This file is the session's handler (session.h):
  * every input line of a session comes through commands_input(). */
 #include "server/commands.h"
+#include "server/ipc.h"
+#include "server/devices.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,28 @@ struct command {
 	void (*handler)(struct session *s, int argc, char **argv);
 };
 
+/* EXPIRE (RFC 2449 §6.7) and LOGIN-DELAY (§6.5): before login the
+ * config's value, with "USER" where some user has one of their own (the
+ * auth process says so, ipc.h IPC_USERS_POLICY); after login the user's. */
+static void
+commands_capa_policy(struct session *s)
+{
+	const struct config *c = s->worker->config;
+	bool before = s->state == SESSION_AUTHORIZATION;
+	int expire = before ? c->expire_days : s->expire_days;
+	unsigned delay = before ? c->login_delay : s->login_delay;
+	const char *expire_user = before && (s->worker->users_policy & IPC_POLICY_EXPIRE_DIFFERS) ?
+	    " USER" : "";
+	const char *delay_user = before && (s->worker->users_policy & IPC_POLICY_DELAY_DIFFERS) ?
+	    " USER" : "";
+	if (expire == DEVICES_EXPIRE_NEVER)
+		session_reply(s, "EXPIRE NEVER%s", expire_user);
+	else
+		session_reply(s, "EXPIRE %d%s", expire, expire_user);
+	if (delay > 0 || delay_user[0] != '\0')
+		session_reply(s, "LOGIN-DELAY %u%s", delay, delay_user);
+}
+
 static void
 commands_capa(struct session *s, int argc, char **argv)
 {
@@ -48,6 +72,7 @@ commands_capa(struct session *s, int argc, char **argv)
 		if (s->worker->ssl_ctx != NULL && !s->tls)
 			session_reply(s, "STLS");
 	}
+	commands_capa_policy(s);
 	session_reply(s, "IMPLEMENTATION popbox");
 	session_reply(s, ".");
 }

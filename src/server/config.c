@@ -951,6 +951,23 @@ config_key_max_devices(struct config_parser *p, const char *key, const char *val
 	return config_parse_number(p, key, value, 1, DEVICES_MAX_LIMIT, &p->config->max_devices);
 }
 
+static int
+config_key_expire_days(struct config_parser *p, const char *key, const char *value)
+{
+	if (!devices_parse_expire(value, &p->config->expire_days))
+		return config_bad_value(p, key, value, "a number of days (0 to 3650) or never");
+	return 0;
+}
+
+static int
+config_key_login_delay(struct config_parser *p, const char *key, const char *value)
+{
+	if (!devices_parse_login_delay(value, &p->config->login_delay))
+		return config_bad_value(p, key, value,
+		    "seconds (0 to 86400), or a number with s, m or h");
+	return 0;
+}
+
 enum {
 	CONFIG_KEY_LISTEN_LMTP = 35,
 	CONFIG_KEY_LISTEN_TLS = 1,
@@ -1012,6 +1029,8 @@ static const struct config_key config_keys[] = {
 	/* new keys at the end: CONFIG_KEY_* above are indexes into this table */
 	{ "mbox_format", config_key_mbox_format, false },
 	{ "lock_wait", config_key_lock_wait, false },
+	{ "expire_days", config_key_expire_days, false },
+	{ "login_delay", config_key_login_delay, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -1117,6 +1136,8 @@ config_new(const char *name)
 	c->device_separator = '#';
 	c->device_idle_days = CONFIG_DEVICE_IDLE_DAYS_DEFAULT;
 	c->max_devices = CONFIG_MAX_DEVICES_DEFAULT;
+	c->expire_days = DEVICES_EXPIRE_NEVER;
+	c->login_delay = 0;
 	return c;
 }
 

@@ -156,6 +156,14 @@ struct config {
 	 * (Prometheus text format, docs/DESIGN.md "Metrics"); NULL = off.
 	 * Changes need a restart. */
 	struct config_listen *metrics_listen;
+	/* EXPIRE (RFC 2449 §6.7): days after the last retrieval by every
+	 * active device (or by anyone, for a user without devices) when a
+	 * message is removed; DEVICES_EXPIRE_NEVER (-1, the default) or
+	 * 0..3650. LOGIN-DELAY (§6.5): seconds between two logins of one user
+	 * and device, 0 (default) = none. Users may have their own
+	 * (expire_days=, login_delay= in the users file). */
+	int expire_days;
+	unsigned login_delay;
 };
 
 #define CONFIG_DEVICE_IDLE_DAYS_DEFAULT 30

@@ -29,6 +29,41 @@
 #define DEVICES_LINE_MAX (2 + 3 + 21 + UIDL_MAX_LEN + 2 + DEVICE_NAME_MAX)
 
 bool
+devices_parse_expire(const char *s, int *days_r)
+{
+	uint32_t n;
+	if (strcasecmp(s, "never") == 0) {
+		*days_r = DEVICES_EXPIRE_NEVER;
+		return true;
+	}
+	if (!parse_u32(s, DEVICES_EXPIRE_MAX, &n))
+		return false;
+	*days_r = (int)n;
+	return true;
+}
+
+bool
+devices_parse_login_delay(const char *s, unsigned *seconds_r)
+{
+	char digits[16];
+	size_t len = strlen(s);
+	unsigned mult = 1;
+	uint32_t n;
+	if (len > 0 && strchr("smh", s[len - 1]) != NULL) {
+		mult = s[len - 1] == 'h' ? 3600 : s[len - 1] == 'm' ? 60 : 1;
+		len--;
+	}
+	if (len == 0 || len >= sizeof(digits))
+		return false;
+	memcpy(digits, s, len);
+	digits[len] = '\0';
+	if (!parse_u32(digits, DEVICES_LOGIN_DELAY_MAX, &n) || n > DEVICES_LOGIN_DELAY_MAX / mult)
+		return false;
+	*seconds_r = n * mult;
+	return true;
+}
+
+bool
 device_name_valid(const char *name)
 {
 	size_t n = strlen(name);

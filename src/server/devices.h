@@ -90,6 +90,15 @@ struct devices {
 	uint64_t damaged_bytes;           /* groups that did not check */
 };
 
+/* EXPIRE (RFC 2449 §6.7) in days: "never" (-1) or 0..DEVICES_EXPIRE_MAX. */
+#define DEVICES_EXPIRE_NEVER (-1)
+#define DEVICES_EXPIRE_MAX 3650
+bool devices_parse_expire(const char *s, int *days_r);
+/* LOGIN-DELAY (RFC 2449 §6.5) in seconds: a number, or with s, m or h;
+ * 0..DEVICES_LOGIN_DELAY_MAX (a day). */
+#define DEVICES_LOGIN_DELAY_MAX 86400
+bool devices_parse_login_delay(const char *s, unsigned *seconds_r);
+
 /* Whether name is a valid device name (1-32 of A-Z a-z 0-9 . _ -). */
 bool device_name_valid(const char *name);
 

@@ -25,16 +25,16 @@ devices_longest_idle(const struct devices *d, int64_t now, int64_t idle)
 }
 
 static void
-devices_build_view(struct devices_login *l, struct store *store)
+devices_build_view(struct devices_login *l, struct store *store, const bool *gone)
 {
 	struct devices *d = l->state;
 	uint32_t n = 0;
-	if (d->table_count == 0)
+	if (d->table_count == 0 && gone == NULL)
 		return;
 	uint32_t *view = xmalloc((store->count ? store->count : 1) * sizeof(*view));
 	uint64_t size = 0;
 	for (uint32_t i = 0; i < store->count; i++) {
-		if (devices_deleted(d, l->slot, store->messages[i].uidl))
+		if ((gone != NULL && gone[i]) || devices_deleted(d, l->slot, store->messages[i].uidl))
 			continue;
 		view[n++] = i;
 		size += store->messages[i].size;
@@ -48,13 +48,54 @@ devices_build_view(struct devices_login *l, struct store *store)
 	l->view_size = size;
 }
 
+/* EXPIRE at login, before the listing: remove what every active device
+ * (or, without devices, anyone) retrieved expire_days ago. Returns the
+ * removed ones by store index (NULL: none). A failed removal is logged and
+ * shows the messages (nothing is hidden that may still be there). */
+static bool *
+devices_expire_run(struct devices_login *l, struct store *store, int64_t now, int64_t idle,
+    char **error_r)
+{
+	struct devices *d = l->state;
+	bool *gone = NULL;
+	uint32_t n = 0;
+	if (l->expire_days == DEVICES_EXPIRE_NEVER || d->table_count == 0)
+		return NULL;
+	int64_t after = (int64_t)l->expire_days * DAY_SECONDS;
+	for (uint32_t i = 0; i < store->count; i++) {
+		if (!devices_expired(d, store->messages[i].uidl, now, idle, after))
+			continue;
+		if (gone == NULL)
+			gone = xcalloc(store->count, sizeof(bool));
+		gone[i] = true;
+		n++;
+	}
+	if (n == 0)
+		return NULL;
+	char *err = NULL;
+	if (store->backend->expunge(store, gone, &err) != STORE_OK) {
+		log_warnx("%s: EXPIRE: %s", store->path, err ? err : "removal failed");
+		free(err);
+		free(gone);
+		return NULL;
+	}
+	for (uint32_t i = 0; i < store->count; i++)
+		if (gone[i])
+			devices_drop(d, store->messages[i].uidl);
+	l->expired = n;
+	log_info("%s: EXPIRE %d: %u messages removed", store->path, l->expire_days, n);
+	(void)error_r;
+	return gone;
+}
+
 enum store_status
 devices_login_run(struct devices_login *l, struct store *store, char **error_r)
 {
 	int64_t now = devices_now();
 	int64_t idle = (int64_t)l->idle_days * DAY_SECONDS;
 	l->refusal = DEVICES_ACCEPTED;
-	if (l->device == NULL)
+	l->slot = DEVICES_CLASSIC_SLOT;
+	if (l->device == NULL && l->login_delay == 0 && l->expire_days == DEVICES_EXPIRE_NEVER)
 		return STORE_OK;
 	if (store->state_dir_fd < 0) {
 		*error_r = xasprintf("the store keeps no device state");
@@ -64,8 +105,20 @@ devices_login_run(struct devices_login *l, struct store *store, char **error_r)
 		return STORE_TEMP;
 	struct devices *d = l->state;
 	bool new_device = false;
-	l->slot = devices_find(d, l->device);
-	if (l->slot < 0) {
+	if (l->device != NULL)
+		l->slot = devices_find(d, l->device);
+	/* RFC 2449 §8.1.1: a login too soon is refused after the password,
+	 * and changes nothing (not even the time of the last login). A new
+	 * device has no last login; the classic logins of a user are one. */
+	if (l->login_delay > 0 && l->slot >= 0 && d->dev[l->slot].last_login != 0 &&
+	    now < d->dev[l->slot].last_login + (int64_t)l->login_delay) {
+		l->refusal = DEVICES_DELAY;
+		return STORE_OK;
+	}
+	if (l->device == NULL) {
+		if (l->login_delay > 0)
+			devices_note_login(d, l->slot, now);
+	} else if (l->slot < 0) {
 		if (devices_active_count(d, now, idle) >= l->max_devices) {
 			l->refusal = DEVICES_TOO_MANY;
 			return STORE_OK;
@@ -95,7 +148,9 @@ devices_login_run(struct devices_login *l, struct store *store, char **error_r)
 	 * need not (a lost one only makes a device look idle sooner). */
 	if (devices_commit(d, new_device, error_r) < 0)
 		return STORE_TEMP;
-	devices_build_view(l, store);
+	bool *gone = devices_expire_run(l, store, now, idle, error_r);
+	devices_build_view(l, store, gone);
+	free(gone);
 	return STORE_OK;
 }
 
@@ -111,29 +166,42 @@ devices_login_clear(struct devices_login *l)
 }
 
 enum store_status
-devices_update_run(struct devices *d, int slot, unsigned idle_days, struct store *store,
-    const bool *deleted, uint32_t *removed_r, char **error_r)
+devices_update_run(struct devices *d, int slot, unsigned idle_days, int expire_days,
+    struct store *store, const bool *deleted, const bool *retrieved, uint32_t *removed_r,
+    char **error_r)
 {
 	int64_t now = devices_now();
 	int64_t idle = (int64_t)idle_days * DAY_SECONDS;
+	bool device = slot != DEVICES_CLASSIC_SLOT, any = false;
 	*removed_r = 0;
-	for (uint32_t i = 0; i < store->count; i++)
-		if (deleted[i])
+	bool *del = xcalloc(store->count ? store->count : 1, sizeof(bool));
+	for (uint32_t i = 0; i < store->count; i++) {
+		/* RFC 2449 §6.7: with EXPIRE 0 a retrieved message is deleted. */
+		del[i] = deleted[i] || (expire_days == 0 && retrieved != NULL && retrieved[i]);
+		any |= del[i];
+		if (del[i] && device)
 			devices_note_delete(d, slot, store->messages[i].uidl);
+		else if (expire_days > 0 && retrieved != NULL && retrieved[i])
+			devices_note_retrieve(d, slot, store->messages[i].uidl, now);
+	}
 	/* The deletions are durable before any file goes: a crash from here
 	 * on may leave files that every device deleted (removed at the next
 	 * QUIT that touches them, or by popbox expire), never remove one a
-	 * device still holds. */
-	if (devices_commit(d, true, error_r) < 0)
+	 * device still holds. Retrievals need no sync (a lost one only makes
+	 * a message expire later). */
+	if (devices_commit(d, device && any, error_r) < 0) {
+		free(del);
 		return STORE_TEMP;
+	}
 	bool *unlink = xcalloc(store->count ? store->count : 1, sizeof(bool));
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < store->count; i++) {
-		if (deleted[i] && devices_all_deleted(d, store->messages[i].uidl, now, idle)) {
+		if (del[i] && (!device || devices_all_deleted(d, store->messages[i].uidl, now, idle))) {
 			unlink[i] = true;
 			n++;
 		}
 	}
+	free(del);
 	enum store_status status = STORE_OK;
 	if (n > 0) {
 		status = store->backend->expunge(store, unlink, error_r);

@@ -2,6 +2,7 @@
  * type, a generic encoder and decoder that follow it, and per-type functions
  * that move fields between a struct and that generic form (see ipc.h). */
 #include "server/ipc.h"
+#include "server/devices.h"
 
 #include <errno.h>
 #include <string.h>
@@ -38,9 +39,10 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    TEXT(IPC_MAX_PEER) } },
 	[IPC_AUTH_APOP] = { 5, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_APOP_STAMP),
 	    TEXT(IPC_MAX_APOP_DIGEST), TEXT(IPC_MAX_PEER) } },
-	[IPC_AUTH_RESULT] = { 7, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
+	[IPC_AUTH_RESULT] = { 9, { NUMBER(AUTH_RESULT_CONTINUE), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_LOCATION), TEXT(IPC_MAX_SASL_DATA), NUMBER(UIDL_FORMAT_MAX),
-	    TEXT(IPC_MAX_USER), TEXT(IPC_MAX_TICKET) } },
+	    TEXT(IPC_MAX_USER), TEXT(IPC_MAX_TICKET), NUMBER(2 + DEVICES_EXPIRE_MAX),
+	    NUMBER(1 + DEVICES_LOGIN_DELAY_MAX) } },
 	/* the limits of the files they carry (limits_popboxd.h) */
 	[IPC_RELOAD] = { 4, { TEXT(POPBOXD_CONFIG_PATH_MAX), TEXT(POPBOXD_CONFIG_MAX),
 	    TEXT(POPBOXD_PEM_MAX), TEXT(POPBOXD_PEM_MAX) } },
@@ -61,6 +63,7 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
 	[IPC_HANDOVER_DONE] = { 2, { NUMBER(UINT64_MAX), NUMBER(1) } },
+	[IPC_USERS_POLICY] = { 1, { NUMBER(IPC_POLICY_EXPIRE_DIFFERS | IPC_POLICY_DELAY_DIFFERS) } },
 };
 
 /* One field in generic form. */
@@ -202,14 +205,15 @@ ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m)
 {
 	const union field v[] = { { .number = (uint64_t)m->result }, { .text = m->user },
 	    { .text = m->location }, { .text = m->data }, { .number = (uint64_t)m->uidl_format },
-	    { .text = m->device }, { .text = m->ticket } };
+	    { .text = m->device }, { .text = m->ticket }, { .number = m->expire },
+	    { .number = m->login_delay } };
 	return ipc_encode(buf, size, IPC_AUTH_RESULT, m->request_id, v);
 }
 
 bool
 ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 {
-	union field v[7];
+	union field v[9];
 	if (!ipc_decode(buf, len, IPC_AUTH_RESULT, &m->request_id, v))
 		return false;
 	m->result = (enum auth_result)v[0].number;   /* range checked by the rule */
@@ -219,6 +223,8 @@ ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m)
 	m->uidl_format = (enum uidl_format)v[4].number;   /* range checked too */
 	m->device = v[5].text;
 	m->ticket = v[6].text;
+	m->expire = (unsigned)v[7].number;        /* range checked */
+	m->login_delay = (unsigned)v[8].number;
 	return true;
 }
 
@@ -504,5 +510,22 @@ ipc_handover_done_decode(const void *buf, size_t len, struct ipc_handover_done *
 		return false;
 	m->session_id = v[0].number;
 	m->ok = v[1].number == 1;
+	return true;
+}
+
+size_t
+ipc_users_policy_encode(void *buf, size_t size, const struct ipc_users_policy *m)
+{
+	const union field v[] = { { .number = m->flags } };
+	return ipc_encode(buf, size, IPC_USERS_POLICY, m->request_id, v);
+}
+
+bool
+ipc_users_policy_decode(const void *buf, size_t len, struct ipc_users_policy *m)
+{
+	union field v[1];
+	if (!ipc_decode(buf, len, IPC_USERS_POLICY, &m->request_id, v))
+		return false;
+	m->flags = (unsigned)v[0].number;
 	return true;
 }

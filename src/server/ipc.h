@@ -42,7 +42,7 @@
 
 /* IPC_MAX_MSG, the largest message (a config reload), and IPC_HEADER_SIZE
  * are in limits_popboxd.h, derived from the limits they must carry. */
-#define IPC_MAX_FIELDS 8
+#define IPC_MAX_FIELDS 10
 
 /* Field maxima, in octets without the NUL. */
 #define IPC_MAX_USER POPBOXD_USER_MAX            /* the users file's limit on a name */
@@ -66,7 +66,7 @@
 #define IPC_MAX_HANDOVER_INPUT_B64 (4 * ((IPC_MAX_HANDOVER_INPUT + 2) / 3))
 
 /* Worker <-> auth messages fit well within the largest message. */
-_Static_assert(IPC_HEADER_SIZE + 16 + 2 * (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION + 1) +
+_Static_assert(IPC_HEADER_SIZE + 32 + 2 * (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION + 1) +
     (IPC_MAX_SASL_DATA + 1) + (IPC_MAX_TICKET + 1) <= IPC_MAX_MSG, "an auth result must fit");
 /* A handover is sent on a worker's control socket, whose send buffer is the
  * kernel's default (208 KiB; a SEQPACKET message must fit in it, less 32). */
@@ -109,6 +109,10 @@ enum ipc_type {
 	IPC_SESSION_GRANT,
 	IPC_HANDOVER,
 	IPC_HANDOVER_DONE,
+	/* worker -> auth: what differs between users? (a worker asks when it
+	 * starts); auth -> worker: the answer, and again after every load of
+	 * the users file (CAPA's "USER" tags of EXPIRE and LOGIN-DELAY) */
+	IPC_USERS_POLICY,
 	IPC_TYPE_MAX,
 };
 
@@ -145,7 +149,8 @@ struct ipc_auth_apop {
 };
 
 /* IPC_AUTH_RESULT: the answer to any request but SASL_ABORT. Fields: number
- * result; texts user, location, data; number uidl_format; texts device, ticket. */
+ * result; texts user, location, data; number uidl_format; texts device, ticket;
+ * numbers expire, login_delay. */
 struct ipc_auth_result {
 	uint64_t request_id;       /* the request's (SASL: the exchange's) */
 	enum auth_result result;
@@ -161,6 +166,11 @@ struct ipc_auth_result {
 	const char *ticket;        /* OK: "" = serve the session here; else the
 	                            * ticket of its session process (IPC_HANDOVER),
 	                            * IPC_TICKET_LEN hex digits */
+	/* OK: the user's own EXPIRE and LOGIN-DELAY (passwd.h's encoding: 0 =
+	 * the config's; expire 1 = never, 2 + N = N days; login_delay 1 + N =
+	 * N seconds) */
+	unsigned expire;
+	unsigned login_delay;
 };
 
 /* IPC_SESSION_GRANT, auth -> master, sent before the OK answer that carries
@@ -268,11 +278,20 @@ struct ipc_rcpt_lookup {
 	const char *address;       /* RCPT's address, at most IPC_MAX_USER */
 };
 
+/* IPC_USERS_POLICY. Fields: number flags (the worker's question: 0). */
+#define IPC_POLICY_EXPIRE_DIFFERS 1u       /* some user has expire_days= */
+#define IPC_POLICY_DELAY_DIFFERS 2u        /* some user has login_delay= */
+struct ipc_users_policy {
+	uint64_t request_id;       /* 0 */
+	unsigned flags;
+};
+
 /* Encode m into buf[0..size): returns the message's length, or 0 when a
  * field breaks its type's rules (see above) or the message does not fit. */
 size_t ipc_auth_pass_encode(void *buf, size_t size, const struct ipc_auth_pass *m);
 size_t ipc_auth_apop_encode(void *buf, size_t size, const struct ipc_auth_apop *m);
 size_t ipc_auth_result_encode(void *buf, size_t size, const struct ipc_auth_result *m);
+size_t ipc_users_policy_encode(void *buf, size_t size, const struct ipc_users_policy *m);
 size_t ipc_reload_encode(void *buf, size_t size, const struct ipc_reload *m);
 size_t ipc_sasl_start_encode(void *buf, size_t size, const struct ipc_sasl_start *m);
 size_t ipc_sasl_step_encode(void *buf, size_t size, const struct ipc_sasl_step *m);
@@ -291,6 +310,7 @@ size_t ipc_handover_done_encode(void *buf, size_t size, const struct ipc_handove
 bool ipc_auth_pass_decode(const void *buf, size_t len, struct ipc_auth_pass *m);
 bool ipc_auth_apop_decode(const void *buf, size_t len, struct ipc_auth_apop *m);
 bool ipc_auth_result_decode(const void *buf, size_t len, struct ipc_auth_result *m);
+bool ipc_users_policy_decode(const void *buf, size_t len, struct ipc_users_policy *m);
 bool ipc_reload_decode(const void *buf, size_t len, struct ipc_reload *m);
 bool ipc_sasl_start_decode(const void *buf, size_t len, struct ipc_sasl_start *m);
 bool ipc_sasl_step_decode(const void *buf, size_t len, struct ipc_sasl_step *m);

@@ -308,7 +308,8 @@ login_auth(struct session *s, int argc, char **argv)
 }
 
 static void login_granted(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format, const char *device, const char *ticket);
+    enum uidl_format uidl_format, const char *device, const char *ticket, unsigned expire,
+    unsigned login_delay);
 
 /* The client's answer to our success data: only an empty line completes
  * the login. */
@@ -325,7 +326,8 @@ login_sasl_final(struct session *s, size_t len)
 	char ticket[sizeof(s->pending_ticket)];
 	memcpy(ticket, s->pending_ticket, sizeof(ticket));
 	login_sasl_end(s);
-	login_granted(s, user, location, s->pending_uidl_format, device != NULL ? device : "", ticket);
+	login_granted(s, user, location, s->pending_uidl_format, device != NULL ? device : "", ticket,
+	    s->pending_expire, s->pending_login_delay);
 	free(user);
 	free(location);
 	free(device);
@@ -471,6 +473,19 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		session_process_input(s);
 		return;
 	}
+	if (job->devices.refusal == DEVICES_DELAY) {
+		log_info("session %016llx: user %s: login within the LOGIN-DELAY of %u s refused",
+		    (unsigned long long)s->id, name, s->login_delay);
+		free(user);
+		devices_login_clear(&job->devices);
+		job->store->backend->close(job->store);
+		job->store = NULL;
+		session_enter_state(s, SESSION_AUTHORIZATION);
+		session_reply(s, "-ERR [LOGIN-DELAY] Logged in less than %u seconds ago, "
+		    "try again later", s->login_delay);
+		session_process_input(s);
+		return;
+	}
 	if (job->devices.refusal == DEVICES_TOO_MANY) {
 		unsigned limit = s->worker->config->max_devices;
 		log_info("session %016llx: user %s: new device %s refused: %u devices already",
@@ -527,10 +542,11 @@ login_device_refused(struct session *s, const char *user, const char *device)
 }
 
 /* Open the maildrop at location on the store thread (a worker's, or a
- * session process's inline one); login_maildrop_opened() answers. */
+ * session process's inline one); login_maildrop_opened() answers. expire,
+ * login_delay: the user's own (ipc.h's encoding, 0: the config's). */
 void
 login_open_maildrop(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format, const char *device)
+    enum uidl_format uidl_format, const char *device, unsigned expire, unsigned login_delay)
 {
 	const struct config *c = s->worker->config;
 	const char *path;
@@ -549,12 +565,19 @@ login_open_maildrop(struct session *s, const char *user, const char *location,
 	job->kind = STORE_JOB_OPEN;
 	job->backend = backend;
 	job->path = xstrdup(path);
-	if (device[0] != '\0') {
+	/* The user's own EXPIRE and LOGIN-DELAY (ipc.h's encoding), else
+	 * the config's. */
+	s->expire_days = expire == 0 ? c->expire_days : expire == 1 ? DEVICES_EXPIRE_NEVER :
+	    (int)(expire - 2);
+	s->login_delay = login_delay == 0 ? c->login_delay : login_delay - 1;
+	job->devices.idle_days = c->device_idle_days;
+	job->devices.max_devices = c->max_devices;
+	job->devices.expire_days = s->expire_days;
+	job->devices.login_delay = s->login_delay;
+	if (device[0] != '\0')
 		job->devices.device = xstrdup(device + 1);
-		job->devices.idle_days = c->device_idle_days;
-		job->devices.max_devices = c->max_devices;
-		job->options.keep_state_dir = true;
-	}
+	job->options.keep_state_dir = device[0] != '\0' || s->login_delay > 0 ||
+	    s->expire_days != DEVICES_EXPIRE_NEVER;
 	/* The user's own UIDL format (users file), else the config's. */
 	job->options.uidl_format = uidl_format != UIDL_FORMAT_UNSET ? uidl_format : c->uidl_format;
 	job->uidl_template = xstrdup(c->dovecot_uidl_format);
@@ -572,10 +595,11 @@ login_open_maildrop(struct session *s, const char *user, const char *location,
  * user session"). */
 static void
 login_granted(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format, const char *device, const char *ticket)
+    enum uidl_format uidl_format, const char *device, const char *ticket, unsigned expire,
+    unsigned login_delay)
 {
 	if (ticket == NULL || ticket[0] == '\0') {
-		login_open_maildrop(s, user, location, uidl_format, device);
+		login_open_maildrop(s, user, location, uidl_format, device, expire, login_delay);
 		return;
 	}
 	if (login_device_refused(s, user, device))
@@ -617,12 +641,14 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 		s->pending_uidl_format = r->uidl_format;
 		s->pending_device = xstrdup(r->device != NULL ? r->device : "");
 		snprintf(s->pending_ticket, sizeof(s->pending_ticket), "%s", r->ticket ? r->ticket : "");
+		s->pending_expire = r->expire;
+		s->pending_login_delay = r->login_delay;
 		session_enter_state(s, SESSION_SASL);
 		session_reply(s, "+ %s", r->data);
 	} else if (r->result == AUTH_RESULT_OK) {
 		login_sasl_end(s);
 		login_granted(s, r->user, r->location, r->uidl_format,
-		    r->device != NULL ? r->device : "", r->ticket);
+		    r->device != NULL ? r->device : "", r->ticket, r->expire, r->login_delay);
 	} else {
 		login_failed(s, r->result);
 	}

@@ -32,9 +32,11 @@ void login_auth_result(struct worker *w, const struct ipc_auth_result *r);
 /* The auth process did not answer within SESSION_AUTH_TIMEOUT_SECONDS. */
 void login_auth_timeout(struct session *s);
 /* A session process (session_proc.c): open user's maildrop at location for
- * the session handed over, as the end of a login in a worker does. */
+ * the session handed over, as the end of a login in a worker does. expire,
+ * login_delay: the user's own EXPIRE and LOGIN-DELAY (ipc.h's encoding; 0:
+ * the config's). */
 void login_open_maildrop(struct session *s, const char *user, const char *location,
-    enum uidl_format uidl_format, const char *device);
+    enum uidl_format uidl_format, const char *device, unsigned expire, unsigned login_delay);
 /* STLS: forget the name given in clear. */
 void login_forget(struct session *s);
 /* The session ends: drop its pending request and SASL exchange. */

@@ -1,6 +1,7 @@
 /* Users file (Dovecot passwd-file format) and password verification.
  * Contract in passwd.h; this file says why. */
 #include "server/passwd.h"
+#include "server/devices.h"
 
 #include "common/log.h"
 #include "common/scram.h"
@@ -140,10 +141,28 @@ passwd_extra_fields(char *extra, struct passwd_entry *e)
 	static const char *const keys[] = { "uidl_format=", "userdb_uidl_format=" };
 
 	e->uidl_format = UIDL_FORMAT_UNSET;
+	e->expire = 0;
+	e->login_delay = 0;
 	for (char *tok = extra, *end; *tok != '\0'; tok = end) {
 		end = tok + strcspn(tok, " \t");
 		char saved = *end;
 		*end = '\0';
+		int days;
+		unsigned delay;
+		if (strncmp(tok, "expire_days=", 12) == 0) {
+			if (!devices_parse_expire(tok + 12, &days)) {
+				*end = saved;
+				return "expire_days is not a number of days (0 to 3650) or never";
+			}
+			e->expire = days == DEVICES_EXPIRE_NEVER ? 1 : 2 + (unsigned)days;
+		}
+		if (strncmp(tok, "login_delay=", 12) == 0) {
+			if (!devices_parse_login_delay(tok + 12, &delay)) {
+				*end = saved;
+				return "login_delay is not a number of seconds (0 to 86400)";
+			}
+			e->login_delay = 1 + delay;
+		}
 		for (size_t k = 0; k < N_ELEMENTS(keys); k++) {
 			size_t n = strlen(keys[k]);
 			if (strncmp(tok, keys[k], n) == 0 &&

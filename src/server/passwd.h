@@ -22,6 +22,12 @@ struct passwd_entry {
 	 * mail with UIDLs the admin did not choose would make clients fetch
 	 * it all again. */
 	enum uidl_format uidl_format;
+	/* "expire_days=N|never" and "login_delay=SECONDS" (devices.h), the
+	 * user's own EXPIRE and LOGIN-DELAY: 0 = not set (the config's), else
+	 * for expire 1 = never, 2 + N = N days, for login_delay 1 + N = N
+	 * seconds (so that a zeroed entry sets nothing). */
+	unsigned expire;
+	unsigned login_delay;
 };
 
 struct passwd_db;

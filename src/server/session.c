@@ -230,6 +230,7 @@ session_free(struct session *s)
 		s->store->backend->close(s->store);   /* no UPDATE: nothing removed */
 	free(s->deleted);
 	free(s->view);
+	free(s->retrieved);
 	free(s->device);
 	if (s->relay != NULL)
 		bufferevent_free(s->relay);   /* the session process sees the end */

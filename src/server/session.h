@@ -106,6 +106,7 @@ struct session {
 	enum uidl_format pending_uidl_format;  /* with pending_location */
 	char *pending_device;         /* with pending_location, as the auth process gave it */
 	char pending_ticket[IPC_TICKET_LEN + 1];  /* with pending_location */
+	unsigned pending_expire, pending_login_delay;   /* with pending_location (ipc.h) */
 	struct session *auth_next, *auth_prev;  /* worker's pending list */
 	unsigned auth_failures;       /* failed logins, closed at max_auth_failures */
 	int login_mech;               /* enum metrics_mech of the login under way */
@@ -125,6 +126,11 @@ struct session {
 	uint32_t *view;
 	uint32_t view_count;
 	uint64_t view_size;
+	/* The user's EXPIRE (days, DEVICES_EXPIRE_NEVER) and LOGIN-DELAY
+	 * (seconds), set at login (the users file's, else the config's). */
+	int expire_days;
+	unsigned login_delay;
+	bool *retrieved;              /* RETR by message (view), for EXPIRE */
 	bool *deleted;
 	uint32_t deleted_count;
 	uint64_t deleted_size;

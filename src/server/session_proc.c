@@ -69,7 +69,9 @@ session_proc_main(struct child_env *env, struct session_handoff *h)
 	if (s == NULL)
 		fatalx("session %016llx: cannot serve the connection handed over",
 		    (unsigned long long)h->session_id);
-	login_open_maildrop(s, h->user, h->location, h->uidl_format, h->device);
+	/* The user's own EXPIRE and LOGIN-DELAY do not travel with the
+	 * handover yet: a session process applies the config's. */
+	login_open_maildrop(s, h->user, h->location, h->uidl_format, h->device, 0, 0);
 	event_base_dispatch(proc.base);
 	/* Free the session whose destruction the end scheduled. */
 	event_base_loop(proc.base, EVLOOP_NONBLOCK);

@@ -32,6 +32,7 @@ store_job_free(struct store_job *job)
 	free(job->path);
 	free(job->uidl_template);
 	free(job->deleted);
+	free(job->retrieved);
 	free(job->error);
 	free(job);
 }
@@ -53,7 +54,7 @@ store_job_run(struct thread_pool_job *pool_job)
 			j->status = devices_login_run(&j->devices, j->store, &j->error);
 	} else if (j->device_state != NULL) {
 		j->status = devices_update_run(j->device_state, j->device_slot, j->device_idle_days,
-		    j->store, j->deleted, &j->removed, &j->error);
+		    j->expire_days, j->store, j->deleted, j->retrieved, &j->removed, &j->error);
 	} else {
 		j->status = j->store->backend->expunge(j->store, j->deleted, &j->error);
 		if (j->status == STORE_OK)

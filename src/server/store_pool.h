@@ -29,11 +29,15 @@ struct store_job {
 	/* OPEN: the device part of the login (devices_session.h); its
 	 * outputs are the job's until done() takes them. */
 	struct devices_login devices;
-	/* EXPUNGE of a device's session: the state (owned by the job) and
-	 * the device's slot; NULL: a classic expunge. */
+	/* EXPUNGE of a session with device state (a device's, or a classic
+	 * one with EXPIRE or LOGIN-DELAY): the state (owned by the job), the
+	 * slot (0: classic), the policy and what RETR fetched (by store
+	 * index, owned); NULL state: a plain expunge. */
 	struct devices *device_state;
 	int device_slot;
 	unsigned device_idle_days;
+	int expire_days;
+	bool *retrieved;
 	uint32_t removed;             /* EXPUNGE: files removed */
 	enum store_status status;
 	char *error;

@@ -211,10 +211,16 @@ auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 {
 	static char buf[IPC_MAX_MSG];
 	struct ipc_auth_result msg;
+	struct ipc_users_policy policy;
 	for (int i = 0; i < 256; i++) {
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n <= 0)
 			return;
+		if (ipc_type(buf, (size_t)n) == IPC_USERS_POLICY &&
+		    ipc_users_policy_decode(buf, (size_t)n, &policy)) {
+			worker.users_policy = policy.flags;
+			continue;
+		}
 		if (!ipc_auth_result_decode(buf, (size_t)n, &msg)) {
 			log_warnx("malformed message from the auth process, ignored");
 			continue;
@@ -344,6 +350,14 @@ worker_main(struct child_env *env)
 	worker.n_listeners = env->n_listeners;
 
 	worker.auth_ev = event_new(worker.base, worker.auth_fd, EV_READ | EV_PERSIST, auth_channel_cb, NULL);
+	{
+		/* What users have of their own (CAPA): until the answer, say
+		 * they may differ. */
+		unsigned char pbuf[IPC_HEADER_SIZE + 8];
+		const struct ipc_users_policy ask = { 0, 0 };
+		worker.users_policy = IPC_POLICY_EXPIRE_DIFFERS | IPC_POLICY_DELAY_DIFFERS;
+		(void)ipc_send(worker.auth_fd, pbuf, ipc_users_policy_encode(pbuf, sizeof(pbuf), &ask));
+	}
 	event_add(worker.auth_ev, NULL);
 	struct event *cev = event_new(worker.base, env->control_fd, EV_READ | EV_PERSIST, control_cb, NULL);
 	event_add(cev, NULL);

@@ -19,6 +19,7 @@ struct worker {
 	unsigned slot;
 	unsigned n_workers;
 	int auth_fd;                   /* SEQPACKET to the auth process (ipc.h) */
+	unsigned users_policy;         /* IPC_POLICY_* from the auth process */
 	struct event *auth_ev;
 	uint64_t next_request;         /* auth request ids (login.c) */
 	uint64_t next_session;         /* session ids (session.c) */

@@ -193,6 +193,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ROUND_TRIP(handover_done, hd, hd2);
 		FUZZ_CHECK(hd.ok == hd2.ok && hd.session_id == hd2.session_id, "numbers");
 	}
+	struct ipc_users_policy up, up2;
+	if (ipc_users_policy_decode(copy, size, &up)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_USERS_POLICY, "USERS_POLICY decoder took type %u", type);
+		ROUND_TRIP(users_policy, up, up2);
+		FUZZ_CHECK(up.flags == up2.flags, "flags");
+	}
 	FUZZ_CHECK(accepted <= 1, "%u decoders accepted one input", accepted);
 	free(copy);
 	return 0;

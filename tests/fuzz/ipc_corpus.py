@@ -9,8 +9,8 @@ import struct
 
 # enum ipc_type
 AUTH_PASS, AUTH_APOP, AUTH_RESULT, RELOAD, SASL_START, SASL_STEP, SASL_ABORT, \
-    USERS_OPEN, USERS_FD, PING, PONG, RCPT_LOOKUP, SESSION_GRANT, HANDOVER, HANDOVER_DONE = \
-    range(1, 16)
+    USERS_OPEN, USERS_FD, PING, PONG, RCPT_LOOKUP, SESSION_GRANT, HANDOVER, HANDOVER_DONE, \
+    USERS_POLICY = range(1, 17)
 TICKET = "0123456789abcdef0123456789abcdef"
 # enum auth_result
 OK, FAIL, TEMP, CONTINUE = range(4)
@@ -28,17 +28,17 @@ SEEDS = {
     "auth_apop": msg(AUTH_APOP, 2, 3, "alice", "<123.4567@host>",
                      "0123456789abcdef0123456789abcdef", "::1"),
     "auth_result_ok": msg(AUTH_RESULT, 4, OK, "alice", "maildir:/home/alice/Maildir", "", 0, "",
-                          ""),
+                          "", 0, 0),
     "auth_result_device": msg(AUTH_RESULT, 4, OK, "alice", "maildir:/home/alice/Maildir", "", 0,
-                              "#phone", ""),
+                              "#phone", "", 9, 301),
     "auth_result_ticket": msg(AUTH_RESULT, 4, OK, "alice", "mbox:/var/mail/alice", "", 0, "",
-                              TICKET),
+                              TICKET, 0, 0),
     "auth_result_dovecot": msg(AUTH_RESULT, 4, OK, "bob", "maildir:/home/bob/Maildir", "",
-                               2, "", ""),
+                               2, "", "", 0, 0),
     "auth_result_continue": msg(AUTH_RESULT, 5, CONTINUE, "", "", "cj1mb28scz1iYXIsaT00MDk2",
-                                0, "", ""),
-    "auth_result_fail": msg(AUTH_RESULT, 6, FAIL, "", "", "", 0, "", ""),
-    "auth_result_temp": msg(AUTH_RESULT, 7, TEMP, "", "", "", 0, "", ""),
+                                0, "", "", 0, 0),
+    "auth_result_fail": msg(AUTH_RESULT, 6, FAIL, "", "", "", 0, "", "", 0, 0),
+    "auth_result_temp": msg(AUTH_RESULT, 7, TEMP, "", "", "", 0, "", "", 0, 0),
     "reload": msg(RELOAD, 0, "/etc/popboxd.conf", "users = /etc/popbox/users\n", "", ""),
     "sasl_start": msg(SASL_START, 8, 9, "SCRAM-SHA-256-PLUS", 1, "", "192.0.2.7",
                       "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", ""),
@@ -60,10 +60,12 @@ SEEDS = {
     "bad_grant_slot": msg(SESSION_GRANT, 0, 64, 1, 1001, 1001, TICKET, "a", "maildir:/a", 0),
     "bad_handover_flags": msg(HANDOVER, 11, 1, 4, TICKET, "h:1", "h", "", ""),
     # refused: result past the enum, flag 2, one field short, trailing octet
-    "bad_result_enum": msg(AUTH_RESULT, 4, 4, "", "", "", 0, "", ""),
-    "bad_uidl_format": msg(AUTH_RESULT, 4, OK, "", "", "", 4, "", ""),
+    "bad_result_enum": msg(AUTH_RESULT, 4, 4, "", "", "", 0, "", "", 0, 0),
+    "bad_uidl_format": msg(AUTH_RESULT, 4, OK, "", "", "", 4, "", "", 0, 0),
     "bad_sasl_flag": msg(SASL_START, 8, 9, "PLAIN", 2, "", "", "", ""),
     "bad_count": msg(SASL_STEP, 8, 9),
+    "users_policy": msg(USERS_POLICY, 0, 3),
+    "bad_policy": msg(USERS_POLICY, 0, 4),
     "bad_trailing": msg(SASL_ABORT, 8, 9) + b"x",
 }
 

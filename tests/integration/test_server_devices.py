@@ -394,3 +394,100 @@ def test_check_warns_about_names_with_the_separator(server_factory):
     r = subprocess.run([popboxd_path(), "-t", "-c", srv.conf_path], capture_output=True,
                        timeout=TIMEOUT)
     assert r.returncode == 0 and b"device separator" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------- LOGIN-DELAY, EXPIRE
+
+def restart_after(server, seconds):
+    server.stop()
+    server.env = dict(os.environ, POPBOX_TEST_CLOCK_OFFSET=str(int(seconds)))
+    server.start()
+
+
+def capa(c):
+    return c.multi("CAPA")[1].split(b"\r\n")
+
+
+def test_login_delay_per_device_and_capa(server_factory):
+    srv = server_factory(users={"alice": "secret"}, config={"login_delay": "5m"}, start=False)
+    srv.add_user("bob", "pw", extra="::::::login_delay=0")
+    srv.start()
+    fill(srv, 1)
+    c = srv.connect()
+    assert b"LOGIN-DELAY 300 USER" in capa(c)
+    c.close()
+    login(srv, PHONE).quit()
+    state = os.path.join(srv.maildir(), "popbox.devices")
+    before = open(state, "rb").read()
+    # The same device again: refused after the password, nothing changed,
+    # and it is no failed login (the connection stays open after 3).
+    c = srv.connect()
+    for _ in range(4):
+        assert c.cmd("USER " + PHONE).startswith(b"+OK")
+        st = c.cmd("PASS secret")
+        assert st.startswith(b"-ERR [LOGIN-DELAY]"), st
+    c.close()
+    assert open(state, "rb").read() == before
+    # Another device of the same user is not delayed; classic logins are
+    # one device of their own.
+    login(srv, LAPTOP).quit()
+    login(srv, "alice").quit()
+    assert refusal(srv, "alice").startswith(b"-ERR [LOGIN-DELAY]")
+    # After login, CAPA gives the user's value; bob has none.
+    p = login(srv, "bob", "pw")
+    lines = [ln for ln in p.capa().keys()]
+    assert "LOGIN-DELAY" not in lines
+    p.quit()
+    login(srv, "bob", "pw").quit()          # bob: no delay
+    # Five minutes later the phone may log in again.
+    restart_after(srv, 301)
+    p = login(srv, PHONE)
+    assert p.capa()["LOGIN-DELAY"] == ["300"]
+    p.quit()
+
+
+def test_expire_zero_and_n(server_factory):
+    srv = server_factory(config={"expire_days": "3"}, start=False)
+    srv.add_user("carol", "pw", extra="::::::expire_days=0")
+    srv.start()
+    # carol, classic with EXPIRE 0: what she retrieved goes at QUIT; TOP
+    # and a session without QUIT do not count.
+    c_msgs = fill(srv, 3, user="carol")
+    p = login(srv, "carol", "pw")
+    assert p.capa()["EXPIRE"] == ["0"]
+    p.retr(1)
+    p.top(2, 0)
+    p.quit()
+    files = srv.message_files("carol")
+    assert c_msgs[0][0] not in files and len(files) == 2
+    c = srv.connect()
+    c.login("carol", "pw")
+    c.cmd("RETR 1")
+    c.close()                               # no QUIT: no UPDATE
+    assert len(srv.message_files("carol")) == 2
+    # alice, EXPIRE 3, with two devices.
+    c = srv.connect()
+    assert b"EXPIRE 3 USER" in capa(c)
+    c.close()
+    msgs = fill(srv, 3)
+    for dev in (PHONE, LAPTOP):
+        p = login(srv, dev)
+        assert p.capa()["EXPIRE"] == ["3"]
+        p.quit()
+    p = login(srv, PHONE)
+    p.retr(1)
+    p.retr(2)
+    p.quit()
+    p = login(srv, LAPTOP)
+    p.retr(1)
+    p.quit()
+    restart_after(srv, 4 * DAY)
+    # Message 1: retrieved by both devices 4 days ago, removed at this
+    # login before the listing; 2: the laptop has not retrieved it; 3:
+    # nobody has.
+    p = login(srv, PHONE)
+    got = sorted(uidls(p).values())
+    p.quit()
+    assert got == sorted([msgs[1][0], msgs[2][0]])
+    assert sorted(srv.message_files()) == sorted([msgs[1][0], msgs[2][0]])
+    assert "EXPIRE 3: 1 messages removed" in srv.log()

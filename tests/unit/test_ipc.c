@@ -131,7 +131,7 @@ test_auth_result(void **state)
 	/* NULL texts go out as "". */
 	const struct ipc_auth_result temp = { .request_id = 1, .result = AUTH_RESULT_TEMP };
 	size_t len = ipc_auth_result_encode(buf, sizeof(buf), &temp);
-	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8 + 2);
+	assert_int_equal(len, IPC_HEADER_SIZE + 8 + 3 + 8 + 2 + 16);
 	struct ipc_auth_result d;
 	assert_true(ipc_auth_result_decode(buf, len, &d));
 	assert_string_equal(d.user, "");
