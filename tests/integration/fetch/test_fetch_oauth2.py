@@ -7,7 +7,8 @@ oauth2 ACCOUNT` by the device flow (RFC 8628) and by the loopback redirect
 with PKCE (RFC 8252, RFC 7636; the test plays the browser), the cached
 access token, the refresh grant, a revoked refresh token (invalid_grant,
 exit 77), a provider that fails (5xx, exit 75), a token the POP3 server
-refuses (exit 77, and the cached token is dropped)."""
+refuses (exit 77, and the cached token is dropped); and a real Dovecot
+whose oauth2 passdb checks the token at the endpoint's introspection URL."""
 
 import base64
 import hashlib
@@ -41,6 +42,8 @@ class Provider:
         self.device_pending = 0       # authorization_pending answers left
         self.fail_next = None
         self.expires_in = 3600
+        self.active_tokens = {}       # access token -> user, for /introspect
+        self.introspected = []
         prov = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,8 +83,13 @@ class Provider:
         if self.fail_next:
             status, self.fail_next = self.fail_next, None
             return status, {"error": "server_error"}
-        if form.get("client_id") != "cid":
+        if path != "/introspect" and form.get("client_id") != "cid":
             return 401, {"error": "invalid_client"}
+        if path == "/introspect":
+            # RFC 7662, as Dovecot's oauth2 passdb asks (introspection_mode = post)
+            self.introspected.append(form.get("token"))
+            user = self.active_tokens.get(form.get("token"))
+            return 200, ({"active": "true", "username": user} if user else {"active": "false"})
         if path == "/device":
             return 200, {"device_code": "dev-1", "user_code": "WXYZ-1234",
                          "verification_uri": self.url + "/verify", "expires_in": 60,
@@ -155,6 +163,11 @@ def oauth2(client, *args, timeout=RUNAWAY_SEC):
 
 def token_file(client):
     return os.path.join(client.state_dir, "acct.oauth2")
+
+
+def token_file_path(client):
+    os.makedirs(client.state_dir, mode=0o700, exist_ok=True)
+    return token_file(client)
 
 
 def load_tokens(client):
@@ -352,3 +365,56 @@ def test_endpoint_must_be_https_unless_loopback(client, tmp_path, pop3, provider
     p = oauth2(client, "acct")
     assert p.returncode == 77, p.err
     assert "invalid_client" in p.err and "oauth2_client_id" in p.err
+
+
+def test_against_dovecot_oauth2_passdb(client, tmp_path, provider):
+    """Dovecot 2.3 with an oauth2 passdb that validates the bearer token at
+    the provider's introspection endpoint (RFC 7662): popbox refreshes a
+    token at the Python endpoint and logs in with OAUTHBEARER (auto), then
+    XOAUTH2 (named), over STLS; a token the endpoint calls inactive is
+    refused by Dovecot (77)."""
+    import shutil
+    import fetch_env
+    if shutil.which("dovecot") is None:
+        pytest.skip("dovecot is not installed (Debian package dovecot-pop3d)")
+    ext = tmp_path / "dovecot-oauth2.conf.ext"
+    ext.write_text("introspection_mode = post\nintrospection_url = %s/introspect\n"
+                   "force_introspection = yes\nusername_attribute = username\n"
+                   "active_attribute = active\nactive_value = true\n" % provider.url)
+    os.chmod(str(tmp_path), 0o755)
+    os.chmod(str(ext), 0o644)
+    d = fetch_env.Dovecot(mechanisms="plain xoauth2 oauthbearer",
+                          extra_config="passdb {\n  driver = oauth2\n  mechanisms = xoauth2 "
+                                       "oauthbearer\n  args = %s\n}\n" % ext)
+    try:
+        d.start()
+        mb = d.add_user()
+        mb.deliver_many([make_message(1), make_message(2)])
+        keys = {"host": "127.0.0.1", "port": d.pop3_port, "tls": "starttls",
+                "tls_trust_file": d.ca.ca, "user": mb.user,
+                "deliver": "maildir:%s" % (tmp_path / "Mail"),
+                "oauth2_client_id": "cid", "oauth2_client_secret": "csecret",
+                "oauth2_token_endpoint": provider.url + "/token"}
+        client.write_config("[account acct]\n" + "".join(
+            "%s = %s\n" % (k, v) for k, v in keys.items()))
+        with open(token_file_path(client), "w") as f:
+            json.dump({"refresh_token": "r0"}, f)
+        os.chmod(token_file_path(client), 0o600)
+        provider.refresh.add("r0")
+        provider.active_tokens["at1"] = mb.user
+        p = client.fetch("-v", check=0)
+        assert "C: AUTH OAUTHBEARER" in p.err, p.err
+        assert provider.introspected == ["at1"]
+        assert len(read_maildir(str(tmp_path / "Mail"))) == 2 and mb.count() == 0
+        mb.deliver(make_message(3))
+        p = client.fetch("-v", "--auth", "xoauth2", check=0)
+        assert "C: AUTH XOAUTH2" in p.err, p.err
+        assert mb.count() == 0
+        # the provider revokes the token: Dovecot refuses it
+        del provider.active_tokens["at1"]
+        mb.deliver(make_message(4))
+        p = client.fetch()
+        assert p.returncode == 77, p.err
+        assert mb.count() == 1
+    finally:
+        d.cleanup()
