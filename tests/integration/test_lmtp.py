@@ -9,6 +9,7 @@ import os
 import smtplib
 import socket
 import stat
+import subprocess
 
 import pytest
 
@@ -316,3 +317,36 @@ def test_disconnect_or_stall_in_data_leaves_nothing(server_factory):
         _, _, _, done = lmtp_transaction(c, "s@x", ["alice"], b"Subject: after\r\n\r\nok\r\n")
         assert [d[0] for d in done] == [250]
     assert fetch_all(srv) == [rp("s@x") + b"Subject: after\r\n\r\nok\r\n"]
+
+
+def test_other_file_system_gets_a_copy_and_a_full_one_fails_alone(server_factory):
+    """bob's maildrop is a 256 KiB tmpfs, alice's is not: the spool file is
+    in alice's maildrop (the first recipient), so bob's copy is a copy, not
+    a link; a message bigger than bob's room gets 451 for bob alone, alice
+    gets her 250, and nothing is left in bob's tmp/."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    srv = lmtp_server(server_factory)
+    bob = os.path.join(srv.mail_root, "bob@example.org")
+    os.makedirs(bob, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", bob], check=True)
+    try:
+        os.chown(bob, srv.uid, srv.gid)
+        small = b"Subject: small\r\n\r\n" + b"s" * 10000 + b"\r\n"
+        big = b"Subject: big\r\n\r\n" + (b"b" * 78 + b"\r\n") * 5000
+        with LMTPRaw(srv.lmtp_port) as c:
+            c.lhlo()
+            _, _, _, done = lmtp_transaction(c, "s@x", ["alice", "bob@example.org"], small)
+            assert [d[0] for d in done] == [250, 250]
+            _, _, _, done = lmtp_transaction(c, "s@x", ["alice", "bob@example.org"], big)
+            assert [d[0] for d in done] == [250, 451], done
+            assert done[1][1][0].startswith(b"4.3.0 <bob@example.org>")
+        (a_small,) = [p for p in srv.message_files().values() if b"small" in open(p, "rb").read()]
+        (b_small,) = srv.message_files("bob@example.org").values()
+        assert os.stat(a_small).st_ino != os.stat(b_small).st_ino
+        assert fetch_all(srv) == [rp("s@x") + small, rp("s@x") + big]
+        assert fetch_all(srv, "bob@example.org", "pw") == [rp("s@x") + small]
+        assert stray_files(bob) == []
+        assert "No space left on device" in srv.log()
+    finally:
+        subprocess.run(["umount", bob], check=True)
