@@ -81,7 +81,7 @@ deliver_exit_code(enum delivery_status st, const struct config *config)
 /* The maildrop path of USER (address), or an exit code. */
 static int
 deliver_find_user(const struct config *config, const char *address, char **user_r,
-    char **path_r)
+    char **path_r, bool *mbox_r)
 {
 	struct passwd_db *db = NULL;
 	char *error = NULL;
@@ -109,10 +109,11 @@ deliver_find_user(const struct config *config, const char *address, char **user_
 			fprintf(stderr, DELIVER_PROG ": %s\n", error);
 			free(error);
 			rc = EX_CONFIG;
-		} else if (store_backend_for(location, &path) != &store_maildir) {
-			fprintf(stderr, DELIVER_PROG ": %s: mail location is not a Maildir\n", e->user);
+		} else if (store_backend_for(location, &path) == NULL) {
+			fprintf(stderr, DELIVER_PROG ": %s: mail location is not a Maildir or mbox\n", e->user);
 			rc = EX_CONFIG;
 		} else {
+			*mbox_r = store_backend_for(location, &path) == &store_mbox;
 			*user_r = xstrdup(e->user);
 			*path_r = xstrdup(path);
 		}
@@ -163,7 +164,8 @@ deliver_cmd_main(int argc, char **argv)
 		free(header);
 		return EX_CONFIG;
 	}
-	rc = deliver_find_user(config, argv[optind], &user, &path);
+	bool mbox = false;
+	rc = deliver_find_user(config, argv[optind], &user, &path, &mbox);
 	if (rc == 0 && mail_owner_become(config, DELIVER_PROG) < 0)
 		rc = EX_CONFIG;
 	if (rc == 0) {
@@ -171,8 +173,19 @@ deliver_cmd_main(int argc, char **argv)
 			.path = path,
 			.max_maildrop_size = config->max_maildrop_size,
 		};
-		enum delivery_status st = store_maildir_deliver_stream(&t, header, STDIN_FILENO,
-		    config->max_message_size, &result, &error);
+		/* mbox: the From_ line names the envelope sender when it is one
+		 * word (as Postfix writes it), else MAILER-DAEMON */
+		struct mbox_delivery_options mo = {
+			.quoting = config->mbox_format,
+			.lock_wait_ms = config->lock_wait * 1000u,
+			.sender = sender != NULL && sender[0] != '\0' &&
+			    strcspn(sender, " \t\r\n") == strlen(sender) ? sender : NULL,
+		};
+		enum delivery_status st = mbox ?
+		    store_mbox_deliver_stream(&t, &mo, header, STDIN_FILENO, config->max_message_size,
+			&result, &error) :
+		    store_maildir_deliver_stream(&t, header, STDIN_FILENO,
+			config->max_message_size, &result, &error);
 		rc = deliver_exit_code(st, config);
 		if (st != DELIVERY_OK)
 			fprintf(stderr, DELIVER_PROG ": %s: %s\n", user,

@@ -19,6 +19,8 @@
 
 #include <stdint.h>
 
+#include "common/wire.h"
+
 enum delivery_status {
 	DELIVERY_OK = 0,
 	DELIVERY_TEMP,        /* I/O error, disk full, ...: try again later */
@@ -74,5 +76,27 @@ enum delivery_status store_maildir_deliver_check(const struct delivery_target *t
 int store_deliver_tmpfile(int dir_fd);
 
 const char *delivery_status_name(enum delivery_status status);
+
+/* mbox (store_mbox.c): the message is spooled to an anonymous file next to
+ * the mbox (CRLF to LF, From_ lines quoted as the store reads them back,
+ * wire size counted), then, under the mbox lock (fcntl + dot-lock, waiting
+ * up to lock_wait_ms, else DELIVERY_TEMP), the spool is named as the
+ * delivery's journal and appended after a From_ line and before an empty
+ * line, and the mbox fsynced. A failure cuts the mbox back; a crash is
+ * repaired by the next lock holder (a login, a delivery), which cuts off
+ * a partial append unless other mail follows it (then nothing is removed).
+ * result_r->file is the mbox's name. */
+struct mbox_delivery_options {
+	enum wire_from_quoting quoting;  /* the config's mbox_format */
+	unsigned lock_wait_ms;
+	const char *sender;              /* envelope sender for the From_ line; NULL: MAILER-DAEMON */
+};
+enum delivery_status store_mbox_deliver_stream(const struct delivery_target *t,
+    const struct mbox_delivery_options *o, const char *header, int in_fd,
+    uint64_t max_message_size, struct delivery_result *result_r, char **error_r);
+/* A finished spool file (LMTP: LF line ends, read with pread from 0). */
+enum delivery_status store_mbox_deliver_file(const struct delivery_target *t,
+    const struct mbox_delivery_options *o, int file_fd, struct delivery_result *result_r,
+    char **error_r);
 
 #endif

@@ -44,6 +44,7 @@
 #include "server/lock.h"
 #include "server/mbox_lock.h"
 #include "server/mbox_parse.h"
+#include "common/eol.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -795,11 +796,108 @@ io:
 	return -1;
 }
 
+
+/* ---------------------------------------------------------------- append journal */
+
+/* A delivery (store_mbox_deliver_*) names its spool file BASE.popbox-append
+ * before it writes to the mbox: a fixed header "popbox-mbox-append 1 DEV INO
+ * S K L" (the mbox's size S before, K separator newlines, L message bytes),
+ * then the L bytes. Under the lock, whoever comes next compares what follows
+ * S with "\n" * K + those bytes: all of it there, the delivery completed;
+ * a part of it and nothing else, it is cut off again; anything else (an MTA
+ * appended after a partial write) is left as it is, nothing removed, and
+ * the journal kept aside for the administrator. */
+#define MBOX_APPEND_MAGIC "popbox-mbox-append 1"
+
+static int
+mbox_append_recover(struct mbox_store *ms, int fd, char *buf, char **error_r)
+{
+	char *name = mbox_name(ms, ".popbox-append");
+	char header[MBOX_JOURNAL_HEADER + 1];
+	struct stat st, jst;
+	int r = 0;
+	int jfd = openat(ms->dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (jfd < 0) {
+		free(name);
+		return 0;
+	}
+	unsigned long long dev = 0, ino = 0;
+	uint64_t s = 0, k = 0, l = 0;
+	bool valid = fstat(jfd, &jst) == 0 && (uint64_t)jst.st_size >= MBOX_JOURNAL_HEADER &&
+	    mbox_pread_all(jfd, header, MBOX_JOURNAL_HEADER, 0) == 0;
+	if (valid) {
+		header[MBOX_JOURNAL_HEADER] = '\0';
+		valid = sscanf(header, MBOX_APPEND_MAGIC " %llu %llu %" SCNu64 " %" SCNu64 " %" SCNu64,
+		    &dev, &ino, &s, &k, &l) == 5 && k <= 2 &&
+		    (uint64_t)jst.st_size == MBOX_JOURNAL_HEADER + l;
+	}
+	if (!valid || fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_dev != dev ||
+	    (uint64_t)st.st_ino != ino) {
+		/* Named only when complete: a bad one is not ours to judge. */
+		char *aside = mbox_name(ms, ".popbox-append.orphan");
+		renameat(ms->dir_fd, name, ms->dir_fd, aside);
+		log_warnx("mbox %s: a delivery journal that does not fit was moved to %s", ms->path, aside);
+		free(aside);
+		goto done;
+	}
+	uint64_t cur = (uint64_t)st.st_size, want = k + l;
+	uint64_t have = cur > s ? cur - s : 0;
+	uint64_t cmp = have < want ? have : want;
+	bool same = true;
+	char *mine = xmalloc(MBOX_CHUNK);
+	for (uint64_t off = 0; off < cmp && same;) {
+		size_t n = cmp - off < MBOX_CHUNK ? (size_t)(cmp - off) : MBOX_CHUNK;
+		if (mbox_pread_all(fd, buf, n, s + off) < 0) {
+			*error_r = xasprintf("reading after an interrupted delivery: %s", strerror(errno));
+			free(mine);
+			r = -1;
+			goto out;
+		}
+		size_t i = 0;
+		while (i < n && off + i < k)
+			mine[i++] = '\n';
+		if (i < n && mbox_pread_all(jfd, mine + i, n - i, MBOX_JOURNAL_HEADER + (off + i - k)) < 0) {
+			*error_r = xasprintf("reading the delivery journal: %s", strerror(errno));
+			free(mine);
+			r = -1;
+			goto out;
+		}
+		same = memcmp(buf, mine, n) == 0;
+		off += n;
+	}
+	free(mine);
+	if (!same) {
+		char *aside = mbox_name(ms, ".popbox-append.orphan");
+		renameat(ms->dir_fd, name, ms->dir_fd, aside);
+		log_warnx("mbox %s: an interrupted delivery was followed by other mail; "
+		    "left as it is (journal in %s)", ms->path, aside);
+		free(aside);
+		goto done;
+	}
+	if (have > 0 && have < want) {
+		log_warnx("mbox %s: removing %" PRIu64 " bytes of an interrupted delivery", ms->path, have);
+		if (ftruncate(fd, (off_t)s) < 0 || fsync(fd) < 0) {
+			*error_r = xasprintf("cutting an interrupted delivery: %s", strerror(errno));
+			r = -1;
+			goto out;
+		}
+	}
+	unlinkat(ms->dir_fd, name, 0);
+done:
+	mbox_fsync_dir(ms);
+out:
+	close(jfd);
+	free(name);
+	return r;
+}
+
 /* Under the lock: finish an expunge that a crash interrupted (top of
  * file). 0: nothing left to do; -1: *error_r, try later. */
 static int
 mbox_journal_recover(struct mbox_store *ms, int fd, char *buf, char **error_r)
 {
+	if (mbox_append_recover(ms, fd, buf, error_r) < 0)
+		return -1;
 	/* A journal being written when a crash came: never renamed into
 	 * place, so the mbox was not touched after it. */
 	char *tmp = mbox_name(ms, ".popbox-expunge.new");
@@ -1328,3 +1426,353 @@ const struct store_backend store_mbox = {
 	.expunge = store_mbox_expunge,
 	.close = store_mbox_close,
 };
+
+/* ---------------------------------------------------------------- delivery */
+
+#define MBOX_DELIVER_CHUNK (64 * 1024)
+
+/* The message as it goes into the spool: CRLF to LF (eol.h), From_ lines
+ * quoted the way the store reads them back, the wire size counted. */
+struct mbox_writer {
+	int fd;
+	uint64_t stored;           /* message bytes written (From_ line excluded) */
+	bool at_bol;
+	unsigned match;            /* letters of "From " held at a line's start */
+	bool in_gts;               /* mboxrd: the line so far is only '>' */
+	char last;                 /* last byte written */
+	bool mboxrd;
+	struct eol_converter eol;
+	struct wire_encoder wire;
+	char *conv, *out, *enc;
+	size_t out_len;
+};
+
+static int
+mbox_writer_flush(struct mbox_writer *w)
+{
+	if (w->out_len == 0)
+		return 0;
+	size_t n = wire_encode(&w->wire, w->out, w->out_len, w->enc);
+	(void)n;
+	const char *p = w->out;
+	size_t len = w->out_len;
+	while (len > 0) {
+		ssize_t r = write(w->fd, p, len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		len -= (size_t)r;
+	}
+	w->stored += w->out_len;
+	w->last = w->out[w->out_len - 1];
+	w->out_len = 0;
+	return 0;
+}
+
+static int
+mbox_writer_put(struct mbox_writer *w, char ch)
+{
+	w->out[w->out_len++] = ch;
+	if (w->out_len >= 2 * MBOX_DELIVER_CHUNK)
+		return mbox_writer_flush(w);
+	return 0;
+}
+
+/* Quote converted bytes: a line matching "From " (mboxrd: ">*From ")
+ * gets one more '>' in front. */
+static int
+mbox_writer_quote(struct mbox_writer *w, const char *in, size_t len)
+{
+	static const char from[] = "From ";
+	for (size_t i = 0; i < len; i++) {
+		char ch = in[i];
+		if (w->at_bol) {
+			if (w->match == 0 && ch == '>' && w->mboxrd && w->in_gts) {
+				if (mbox_writer_put(w, ch) < 0)
+					return -1;
+				continue;
+			}
+			if (ch == from[w->match]) {
+				if (++w->match == 5) {
+					if (mbox_writer_put(w, '>') < 0)
+						return -1;
+					for (int j = 0; j < 5; j++)
+						if (mbox_writer_put(w, from[j]) < 0)
+							return -1;
+					w->at_bol = false;
+					w->match = 0;
+				}
+				continue;
+			}
+			for (unsigned j = 0; j < w->match; j++)
+				if (mbox_writer_put(w, from[j]) < 0)
+					return -1;
+			w->match = 0;
+			w->at_bol = false;
+		}
+		if (mbox_writer_put(w, ch) < 0)
+			return -1;
+		if (ch == '\n') {
+			w->at_bol = true;
+			w->in_gts = true;
+		}
+	}
+	return 0;
+}
+
+static int
+mbox_writer_finish(struct mbox_writer *w)
+{
+	static const char from[] = "From ";
+	for (unsigned j = 0; j < w->match; j++)
+		if (mbox_writer_put(w, from[j]) < 0)
+			return -1;
+	w->match = 0;
+	if (mbox_writer_flush(w) < 0)
+		return -1;
+	char end[WIRE_FINISH_MAX];
+	wire_encode_finish(&w->wire, end);
+	/* A message ends with a newline, then the separating empty line. */
+	const char *tail = w->stored == 0 || w->last == '\n' ? "\n" : "\n\n";
+	size_t n = strlen(tail);
+	if (write(w->fd, tail, n) != (ssize_t)n)
+		return -1;
+	return 0;
+}
+
+static enum delivery_status
+mbox_deliver_errno(int err)
+{
+	return err == EACCES || err == EPERM || err == ELOOP || err == ENOTDIR || err == EROFS ?
+	    DELIVERY_PERM : DELIVERY_TEMP;
+}
+
+static enum delivery_status
+mbox_deliver(const struct delivery_target *t, const struct mbox_delivery_options *o,
+    const char *header, int in_fd, bool spool, uint64_t max_message_size,
+    struct delivery_result *result_r, char **error_r)
+{
+	struct mbox_store ms;
+	struct mbox_writer w;
+	struct mbox_lock mlock;
+	bool locked = false;
+	enum delivery_status st = DELIVERY_TEMP;
+	char *in = NULL, *buf = NULL, *lerr = NULL;
+	int jfd = -1;
+
+	memset(&ms, 0, sizeof(ms));
+	memset(&w, 0, sizeof(w));
+	ms.fd = -1;
+	ms.dir_fd = -1;
+	result_r->file = NULL;
+	result_r->size = 0;
+	ms.path = (char *)t->path;
+	const char *slash = strrchr(t->path, '/');
+	const char *base = slash != NULL ? slash + 1 : t->path;
+	if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+		*error_r = xasprintf("mbox %s: not a file name", t->path);
+		return DELIVERY_PERM;
+	}
+	ms.base = (char *)base;
+	char *dir = slash == NULL ? xstrdup(".") : slash == t->path ? xstrdup("/") :
+	    xstrndup(t->path, (size_t)(slash - t->path));
+	ms.dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (ms.dir_fd < 0) {
+		*error_r = xasprintf("mbox %s: cannot open its directory: %s", t->path, strerror(errno));
+		return mbox_deliver_errno(errno);
+	}
+	/* Created as the MTAs create a spool: owned by us, 0600. */
+	ms.fd = openat(ms.dir_fd, base, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+	struct stat sb;
+	if (ms.fd < 0 || fstat(ms.fd, &sb) < 0) {
+		*error_r = xasprintf("mbox %s: cannot open: %s", t->path, strerror(errno));
+		st = mbox_deliver_errno(errno);
+		goto out;
+	}
+	if (!S_ISREG(sb.st_mode) || sb.st_nlink != 1 || sb.st_uid != geteuid()) {
+		*error_r = xasprintf("mbox %s: not a regular file of uid %lu with one link", t->path,
+		    (unsigned long)geteuid());
+		st = DELIVERY_PERM;
+		goto out;
+	}
+	/* The message into an anonymous spool file next to the mbox, which
+	 * becomes the delivery's journal once it is complete. */
+	jfd = store_deliver_tmpfile(ms.dir_fd);
+	if (jfd < 0) {
+		*error_r = xasprintf("mbox %s: spool file: %s", t->path, strerror(errno));
+		st = mbox_deliver_errno(errno);
+		goto out;
+	}
+	char zero[MBOX_JOURNAL_HEADER];
+	memset(zero, ' ', sizeof(zero));
+	if (write(jfd, zero, sizeof(zero)) != (ssize_t)sizeof(zero))
+		goto write_error;
+	char when[64], fromline[1200];
+	time_t now = time(NULL);
+	struct tm tm;
+	strftime(when, sizeof(when), "%a %b %e %H:%M:%S %Y", localtime_r(&now, &tm));
+	const char *sender = o->sender != NULL && o->sender[0] != '\0' ? o->sender : "MAILER-DAEMON";
+	int fl = snprintf(fromline, sizeof(fromline), "From %s %s\n", sender, when);
+	if (fl < 0 || (size_t)fl >= sizeof(fromline))
+		fl = snprintf(fromline, sizeof(fromline), "From MAILER-DAEMON %s\n", when);
+	if (write(jfd, fromline, (size_t)fl) != fl)
+		goto write_error;
+	w.fd = jfd;
+	w.at_bol = true;
+	w.in_gts = true;
+	w.mboxrd = o->quoting == WIRE_FROM_MBOXRD;
+	eol_converter_init(&w.eol);
+	wire_encoder_init(&w.wire, -1);
+	wire_encoder_set_from_quoting(&w.wire, o->quoting);
+	in = xmalloc(MBOX_DELIVER_CHUNK);
+	w.conv = xmalloc(MBOX_DELIVER_CHUNK + 1);
+	w.out = xmalloc(2 * MBOX_DELIVER_CHUNK + 8);
+	w.enc = xmalloc(WIRE_ENCODE_MAX(2 * MBOX_DELIVER_CHUNK + 8));
+	if (header != NULL && mbox_writer_quote(&w, header, strlen(header)) < 0)
+		goto write_error;
+	off_t pos = 0;
+	for (;;) {
+		ssize_t n = spool ? pread(in_fd, in, MBOX_DELIVER_CHUNK, pos) :
+		    read(in_fd, in, MBOX_DELIVER_CHUNK);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			*error_r = xasprintf("reading the message: %s", strerror(errno));
+			goto out;
+		}
+		pos += n;
+		size_t c = eol_convert(&w.eol, in, (size_t)n, w.conv);
+		if (n == 0)
+			c += eol_finish(&w.eol, w.conv + c);
+		if (mbox_writer_quote(&w, w.conv, c) < 0)
+			goto write_error;
+		if (max_message_size != 0 && w.stored + w.out_len > max_message_size) {
+			*error_r = xasprintf("message over max_message_size %llu octets",
+			    (unsigned long long)max_message_size);
+			st = DELIVERY_TOO_BIG;
+			goto out;
+		}
+		if (n == 0)
+			break;
+	}
+	if (mbox_writer_finish(&w) < 0)
+		goto write_error;
+	uint64_t wire_size = w.wire.emitted - w.wire.stuffed;
+	struct stat jst;
+	if (fstat(jfd, &jst) < 0)
+		goto write_error;
+	uint64_t l = (uint64_t)jst.st_size - MBOX_JOURNAL_HEADER;
+	if (t->max_maildrop_size != 0 && (uint64_t)sb.st_size + l > t->max_maildrop_size) {
+		*error_r = xasprintf("mbox %s would pass max_maildrop_size", t->path);
+		st = DELIVERY_OVER_QUOTA;
+		goto out;
+	}
+	if (fsync(jfd) < 0)
+		goto write_error;
+
+	enum lock_status lr = mbox_lock_take(&mlock, ms.dir_fd, base, ms.fd, true, o->lock_wait_ms, &lerr);
+	if (lr != LOCK_OK) {
+		*error_r = lr == LOCK_HELD ?
+		    xasprintf("mbox %s is locked by another program", t->path) :
+		    xasprintf("mbox %s: %s", t->path, lerr);
+		free(lerr);
+		st = DELIVERY_TEMP;
+		goto out;
+	}
+	locked = true;
+	buf = xmalloc(MBOX_CHUNK);
+	if (mbox_journal_recover(&ms, ms.fd, buf, &lerr) < 0) {
+		*error_r = xasprintf("mbox %s: %s", t->path, lerr);
+		free(lerr);
+		goto out;
+	}
+	if (fstat(ms.fd, &sb) < 0)
+		goto write_error;
+	uint64_t s = (uint64_t)sb.st_size;
+	unsigned k = 0;
+	if (s > 0) {
+		char tail[2] = { '\n', '\n' };
+		size_t want = s >= 2 ? 2 : 1;
+		if (mbox_pread_all(ms.fd, tail + 2 - want, want, s - want) < 0)
+			goto write_error;
+		/* the From_ line must follow an empty line */
+		k = tail[1] != '\n' ? 2 : tail[0] != '\n' ? 1 : 0;
+	}
+	char head[MBOX_JOURNAL_HEADER];
+	memset(head, ' ', sizeof(head));
+	int hn = snprintf(head, sizeof(head), "%s %llu %llu %" PRIu64 " %u %" PRIu64 "\n",
+	    MBOX_APPEND_MAGIC, (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino, s, k, l);
+	head[hn] = ' ';
+	head[MBOX_JOURNAL_HEADER - 1] = '\n';
+	if (mbox_pwrite_all(jfd, head, sizeof(head), 0) < 0 || fsync(jfd) < 0)
+		goto write_error;
+	char proc[64];
+	char *jname = mbox_name(&ms, ".popbox-append");
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", jfd);
+	if (linkat(AT_FDCWD, proc, ms.dir_fd, jname, AT_SYMLINK_FOLLOW) < 0) {
+		int e = errno;
+		free(jname);
+		*error_r = xasprintf("mbox %s: naming the delivery journal: %s", t->path, strerror(e));
+		st = mbox_deliver_errno(e);
+		goto out;
+	}
+	mbox_fsync_dir(&ms);
+	/* From here on a crash is repaired by the next lock holder. */
+	bool ok = (k == 0 || mbox_pwrite_all(ms.fd, "\n\n", k, s) == 0) &&
+	    mbox_copy(jfd, MBOX_JOURNAL_HEADER, ms.fd, s + k, l, buf, NULL) == 0 && fsync(ms.fd) == 0;
+	int e = errno;
+	if (!ok && (ftruncate(ms.fd, (off_t)s) < 0 || fsync(ms.fd) < 0)) {
+		/* the journal stays: the next lock holder cuts it off */
+		free(jname);
+		*error_r = xasprintf("mbox %s: writing: %s (cut off at the next access)", t->path, strerror(e));
+		goto out;
+	}
+	unlinkat(ms.dir_fd, jname, 0);
+	mbox_fsync_dir(&ms);
+	free(jname);
+	if (!ok) {
+		*error_r = xasprintf("mbox %s: writing: %s", t->path, strerror(e));
+		st = mbox_deliver_errno(e);
+		goto out;
+	}
+	result_r->file = xstrdup(base);
+	result_r->size = wire_size;
+	st = DELIVERY_OK;
+	goto out;
+write_error:
+	*error_r = xasprintf("mbox %s: writing the message: %s", t->path, strerror(errno));
+	st = mbox_deliver_errno(errno);
+out:
+	if (locked)
+		mbox_lock_release(&mlock);
+	if (jfd >= 0)
+		close(jfd);
+	if (ms.fd >= 0)
+		close(ms.fd);
+	if (ms.dir_fd >= 0)
+		close(ms.dir_fd);
+	free(in);
+	free(buf);
+	free(w.conv);
+	free(w.out);
+	free(w.enc);
+	return st;
+}
+
+enum delivery_status
+store_mbox_deliver_stream(const struct delivery_target *t, const struct mbox_delivery_options *o,
+    const char *header, int in_fd, uint64_t max_message_size, struct delivery_result *result_r,
+    char **error_r)
+{
+	return mbox_deliver(t, o, header, in_fd, false, max_message_size, result_r, error_r);
+}
+
+enum delivery_status
+store_mbox_deliver_file(const struct delivery_target *t, const struct mbox_delivery_options *o,
+    int file_fd, struct delivery_result *result_r, char **error_r)
+{
+	return mbox_deliver(t, o, NULL, file_fd, true, 0, result_r, error_r);
+}

@@ -560,3 +560,96 @@ def test_full_disk_during_expunge_loses_nothing(mbox_server):
     finally:
         srv.stop()
         subprocess.run(["umount", srv.mail_root], check=True)
+
+
+# ---------------------------------------------------------------- popbox deliver
+
+def test_popbox_deliver_into_mbox_reads_back_byte_exact(mbox_server):
+    """Every awkward body through `popbox deliver` into the mbox and back
+    over POP3; mboxrd round-trips ">From " lines exactly, mboxo (Postfix's
+    quoting) quotes only "From " lines; Python's mailbox module reads the
+    spool; the From_ line names the envelope sender."""
+    from mailin import AWKWARD_BODIES, deliver, fetch_all
+    bodies = dict(AWKWARD_BODIES)
+    bodies["from-lines"] = b"Subject: f\n\nFrom here\n>From there\n>>From far\nFrom\n"
+    for fmt in ("mboxrd", "mboxo"):
+        srv = mbox_server({"mbox_format": fmt})
+        srv.start()
+        names = sorted(bodies)
+        for n in names:
+            r = deliver(srv, "alice", bodies[n])
+            assert r.returncode == 0, (n, r.stderr)
+        r = deliver(srv, "alice", b"Subject: s\n\nx\n", "-f", "bob@example.org")
+        assert r.returncode == 0, r.stderr
+        got = fetch_all(srv)
+        assert len(got) == len(names) + 1
+        for n, g in zip(names, got):
+            want = bodies[n]
+            if fmt == "mboxo":
+                # ">From " is read back as "From " (the quoting is ambiguous)
+                want = want.replace(b"\n>From there", b"\nFrom there")
+            assert g == wire_form(want), (fmt, n, g)
+        assert got[-1] == wire_form(b"Return-Path: <bob@example.org>\nSubject: s\n\nx\n")
+        spool = open(spool_path(srv), "rb").read()
+        assert spool.startswith(b"From MAILER-DAEMON ")
+        assert b"\n\nFrom bob@example.org " in spool
+        assert len(python_mailbox_messages(spool_path(srv))) == len(names) + 1
+        assert oct(os.stat(spool_path(srv)).st_mode & 0o777) == "0o600"
+        srv.stop()
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace not installed")
+def test_popbox_deliver_killed_at_every_system_call(mbox_server, tmp_path):
+    """strace kills `popbox deliver` at each of its system calls in turn,
+    into an mbox holding one message: after the next login (which repairs
+    an interrupted append) the new message is there whole or not at all,
+    the old one unchanged, and exit 0 came only with it there."""
+    from mailin import deliver, popbox_path
+    from test_deliver import syscall_sequence
+    srv = mbox_server()
+    old = (b"Thu Dec  3 10:00:00 2026", b"Subject: old\n\nkept\n")
+    write_spool(srv, mbox_bytes([old]))
+    srv.start()
+    srv.write_config()
+    data = b"Subject: kill\n\nFrom the middle\n" + b"0123456789abcdef\n" * 4096
+    cmd = [popbox_path(), "deliver", "-c", srv.conf_path, "alice"]
+    seq = syscall_sequence(cmd, data, str(tmp_path))
+    # every call that writes or names a file, takes a lock or syncs (the
+    # others only read; killing there is like killing before the next one)
+    names = [n for n, _ in seq]
+    assert "linkat" in names and "pwrite64" in names, names
+    writing = {"write", "pwrite64", "fsync", "fdatasync", "linkat", "unlinkat", "ftruncate",
+               "renameat", "renameat2", "fcntl", "openat"}
+    # (the first openat calls load libraries and read the config: skipped)
+    points = [(n, k) for n, k in seq
+              if n in writing and not (n == "openat" and k < names.count("openat") - 8)]
+    assert len(points) >= 20, points
+    outcomes = {"absent": 0, "whole": 0}
+    for name, nth in points:
+        write_spool(srv, mbox_bytes([old]))
+        for f in os.listdir(srv.mail_root):
+            if f.startswith("alice."):
+                os.unlink(os.path.join(srv.mail_root, f))
+        r = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null",
+                            "-e", "inject=%s:signal=KILL:when=%d" % (name, nth)] + cmd,
+                           input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=RUNAWAY_SEC)
+        c = srv.session()
+        try:
+            n = c.stat()[0]
+            msgs = [c.retr(i) for i in range(1, n + 1)]
+            c.cmd("QUIT")
+        finally:
+            c.close()
+        assert msgs[0] == wire_form(old[1]), (name, nth)
+        assert n in (1, 2), (name, nth, n)
+        if n == 2:
+            assert msgs[1] == wire_form(data), "a partial message after a kill at %s #%d" % (name, nth)
+        assert len(python_mailbox_messages(spool_path(srv))) == n
+        assert not [f for f in os.listdir(srv.mail_root) if f.startswith("alice.popbox-append")]
+        if r.returncode == 0:
+            assert n == 2, "exit 0 without the message (kill at %s #%d)" % (name, nth)
+        else:
+            assert r.returncode == -signal.SIGKILL, (name, nth, r.returncode, r.stderr)
+            outcomes["whole" if n == 2 else "absent"] += 1
+    assert outcomes["absent"] > 5 and outcomes["whole"] >= 1, outcomes
