@@ -5,6 +5,7 @@
  * popbox binary links as well (Makefile).
  */
 #include "client/deliver_cmd.h"
+#include "client/devices_cmd.h"
 #include "client/fetch.h"
 #include "client/hash.h"
 #include "client/migrate_uidls.h"
@@ -24,6 +25,8 @@ struct subcommand {
 
 static const struct subcommand commands[] = {
 	{ "deliver", deliver_cmd_main, "deliver a message into a maildrop, for MTAs (popbox deliver --help)" },
+	{ "devices", devices_cmd_main, "list or forget a user's devices on popboxd (popbox devices --help)" },
+	{ "expire", expire_cmd_main, "remove what every device deleted and what expired (popbox expire --help)" },
 	{ "fetch", fetch_main, "download mail from POP3 servers (popbox fetch --help)" },
 	{ "hash", hash_main, "make a password hash line for the users file (popbox hash --help)" },
 	{ "migrate-uidls", migrate_uidls_main, "keep the UIDLs of Dovecot or Courier (popbox migrate-uidls --help)" },

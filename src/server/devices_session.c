@@ -222,3 +222,41 @@ devices_update_run(struct devices *d, int slot, unsigned idle_days, int expire_d
 	}
 	return status;
 }
+
+enum store_status
+devices_sweep(struct devices *d, struct store *store, unsigned idle_days, int expire_days,
+    uint32_t *held_r, uint32_t *expired_r, char **error_r)
+{
+	int64_t now = devices_now();
+	int64_t idle = (int64_t)idle_days * DAY_SECONDS;
+	int64_t after = (int64_t)expire_days * DAY_SECONDS;
+	bool *gone = xcalloc(store->count ? store->count : 1, sizeof(bool));
+	uint32_t n = 0;
+	*held_r = *expired_r = 0;
+	for (uint32_t i = 0; i < store->count; i++) {
+		const char *uidl = store->messages[i].uidl;
+		if (devices_all_deleted(d, uidl, now, idle)) {
+			gone[i] = true;
+			(*held_r)++;
+		} else if (expire_days != DEVICES_EXPIRE_NEVER &&
+		    devices_expired(d, uidl, now, idle, after)) {
+			gone[i] = true;
+			(*expired_r)++;
+		}
+		n += gone[i];
+	}
+	enum store_status status = STORE_OK;
+	if (n > 0)
+		status = store->backend->expunge(store, gone, error_r);
+	if (status == STORE_OK) {
+		for (uint32_t i = 0; i < store->count; i++)
+			if (gone[i])
+				devices_drop(d, store->messages[i].uidl);
+		if (d->fd >= 0 && devices_compact(d, store->messages, store->count, error_r) < 0)
+			status = STORE_TEMP;
+	} else {
+		*held_r = *expired_r = 0;
+	}
+	free(gone);
+	return status;
+}

@@ -56,4 +56,13 @@ enum store_status devices_update_run(struct devices *state, int slot, unsigned i
     int expire_days, struct store *store, const bool *deleted, const bool *retrieved,
     uint32_t *removed_r, char **error_r);
 
+/* The admin command's sweep (popbox expire, popbox devices --forget): with
+ * the maildrop locked and its state loaded, remove every file that every
+ * active device has deleted (held back before by a device that became idle
+ * or was forgotten) and, unless expire_days is DEVICES_EXPIRE_NEVER, what
+ * has expired; then rewrite the state file. Counts in *held_r and
+ * *expired_r. STORE_OK, or a status with *error_r. */
+enum store_status devices_sweep(struct devices *state, struct store *store, unsigned idle_days,
+    int expire_days, uint32_t *held_r, uint32_t *expired_r, char **error_r);
+
 #endif

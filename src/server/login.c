@@ -497,7 +497,8 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		job->store = NULL;
 		session_enter_state(s, SESSION_AUTHORIZATION);
 		session_reply(s, "-ERR [SYS/PERM] Too many devices for this user (max_devices %u): "
-		    "log in from a device used before, or have the administrator free one", limit);
+		    "log in from a device used before, or have the administrator free one "
+		    "(popbox devices --forget)", limit);
 		session_process_input(s);
 		return;
 	}

@@ -180,7 +180,7 @@ def test_max_devices_and_idle_devices(server_factory):
     login(srv, PHONE).quit()
     login(srv, LAPTOP).quit()
     st = refusal(srv, WORK)
-    assert st.startswith(b"-ERR [SYS/PERM]") and b"max_devices 2" in st, st
+    assert st.startswith(b"-ERR [SYS/PERM]") and b"max_devices 2" in st and b"popbox devices" in st, st
     login(srv, PHONE).quit()                  # known devices still log in
     # The laptop deletes message 1 and then stays away for 31 days.
     lap = login(srv, LAPTOP)
@@ -491,3 +491,66 @@ def test_expire_zero_and_n(server_factory):
     assert got == sorted([msgs[1][0], msgs[2][0]])
     assert sorted(srv.message_files()) == sorted([msgs[1][0], msgs[2][0]])
     assert "EXPIRE 3: 1 messages removed" in srv.log()
+
+
+# ------------------------------------------------------------ admin command
+
+def popbox(srv, *args, offset=0):
+    from popbox_server import build_dir
+    env = dict(os.environ, POPBOX_TEST_CLOCK_OFFSET=str(int(offset)))
+    return subprocess.run([os.path.join(build_dir(), "popbox")] + list(args[:1]) +
+                          ["-c", srv.conf_path] + list(args[1:]),
+                          capture_output=True, timeout=TIMEOUT, env=env)
+
+
+def test_admin_devices_and_expire(server_factory):
+    srv = server_factory(config={"device_idle_days": "30"}, start=False)
+    srv.add_user("carol", "pw", extra="::::::expire_days=3")
+    srv.start()
+    msgs = fill(srv, 3)
+    for dev in (PHONE, LAPTOP, WORK):
+        login(srv, dev).quit()
+    ph = login(srv, PHONE)
+    ph.dele(1)
+    ph.dele(2)
+    ph.quit()
+    lap = login(srv, LAPTOP)
+    lap.dele(1)
+    lap.quit()
+    r = popbox(srv, "devices", "alice")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert "phone" in out and "laptop" in out and "work" in out, out
+    held = {ln.split()[0]: int(ln.rsplit(" ", 1)[1]) for ln in out.splitlines()[1:]}
+    assert held == {"phone": 1, "laptop": 2, "work": 3}, out
+    # Unknown device, unknown user: 67 (EX_NOUSER).
+    assert popbox(srv, "devices", "alice", "--forget", "tablet").returncode == 67
+    assert popbox(srv, "devices", "nobody-here").returncode == 67
+    # A user in a session is skipped with 75 (EX_TEMPFAIL), nothing changed.
+    p = login(srv, "alice#work")
+    r = popbox(srv, "devices", "alice", "--forget", "work")
+    assert r.returncode == 75 and b"in a POP3 session" in r.stderr, r
+    p.quit()
+    # Forgetting the work PC: message 1 was deleted by every other device.
+    r = popbox(srv, "devices", "alice", "--forget", "WORK")
+    assert r.returncode == 0, r.stderr
+    assert sorted(srv.message_files()) == sorted([msgs[1][0], msgs[2][0]])
+    # 31 days on, the laptop is idle (the phone logs in): message 2 is held
+    # back by nobody active, and the expire run removes it.
+    restart_after(srv, 31 * DAY)
+    login(srv, PHONE).quit()
+    r = popbox(srv, "expire", offset=31 * DAY)
+    assert r.returncode == 0, r.stderr
+    assert sorted(srv.message_files()) == [msgs[2][0]]
+    assert b"1 messages removed" in r.stdout, r.stdout
+    # carol (classic, EXPIRE 3): retrieved at day 31, expired at day 35.
+    c_msgs = fill(srv, 2, user="carol")
+    p = login(srv, "carol", "pw")
+    p.retr(1)
+    p.quit()
+    r = popbox(srv, "expire", "carol", offset=33 * DAY)
+    assert r.returncode == 0 and len(srv.message_files("carol")) == 2, r
+    r = popbox(srv, "expire", "carol", offset=35 * DAY)
+    assert r.returncode == 0, r.stderr
+    assert list(srv.message_files("carol")) == [c_msgs[1][0]]
+    assert b"1 expired" in r.stdout
