@@ -49,6 +49,9 @@
  * not read until a step has taken some). */
 #define LMTP_DECODE_PIECE (16 * 1024)
 #define LMTP_INPUT_HIGH (LMTP_SPOOL_CHUNK + LMTP_MAX_LINE)
+/* The chunk's room: it is handed on once it holds LMTP_SPOOL_CHUNK, and
+ * one decoding step adds at most a piece, a CR held back and one more. */
+#define LMTP_CHUNK_ROOM (LMTP_SPOOL_CHUNK + LMTP_DECODE_PIECE + 2)
 /* Replies queued beyond this stop command processing until the MTA reads. */
 #define LMTP_OUTPUT_HIGH (64 * 1024)
 /* Delivery threads per worker: a delivery waits for the disk (fsync of
@@ -515,6 +518,8 @@ lmtp_data_append(struct lmtp_session *s, const char *buf, size_t len)
 		s->too_big = true;
 	if (s->too_big || s->write_error != NULL)
 		return;
+	if (s->chunk_len + len > LMTP_CHUNK_ROOM)
+		fatalx("lmtp: spool chunk overrun (%zu + %zu)", s->chunk_len, len);
 	memcpy(s->chunk + s->chunk_len, buf, len);
 	s->chunk_len += len;
 }
@@ -549,7 +554,7 @@ lmtp_data_flush(struct lmtp_session *s, bool final)
 	j->buf = s->chunk;
 	j->len = s->chunk_len;
 	j->sync = final;
-	s->chunk = final ? NULL : xmalloc(LMTP_SPOOL_CHUNK + LMTP_DECODE_PIECE + 2);
+	s->chunk = final ? NULL : xmalloc(LMTP_CHUNK_ROOM);
 	s->chunk_len = 0;
 	lmtp_job_submit(s, j);
 }
@@ -758,7 +763,7 @@ lmtp_data_begin(struct lmtp_session *s, int fd)
 	wire_encoder_init(&s->wire, -1);
 	s->decoded = xmalloc(LMTP_DECODE_PIECE + 1);
 	s->encoded = xmalloc(WIRE_ENCODE_MAX(LMTP_DECODE_PIECE + 2));
-	s->chunk = xmalloc(LMTP_SPOOL_CHUNK + LMTP_DECODE_PIECE + 2);
+	s->chunk = xmalloc(LMTP_CHUNK_ROOM);
 	s->chunk_len = 0;
 	s->stored = 0;
 	s->too_big = false;
