@@ -56,16 +56,22 @@ all: $(BUILD)/popboxd $(BUILD)/popbox $(BENCH_BINS) units
 # systemd units with this build's paths: contrib/systemd/*.in get @SBINDIR@,
 # @BINDIR@ and @SYSCONFDIR@ replaced; the rest are copied. Into
 # $(BUILD)/systemd/{system,user} (popbox-fetch@* are user units), written
-# anew every time so that other paths (make install PREFIX=...) never meet
-# stale files; make install copies them from there.
+# anew every time. make install writes them straight into DESTDIR with its
+# own paths (never through the build directory, which another make with
+# other paths may be writing at the same moment).
 UNIT_SED := sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
-units:
-	@mkdir -p $(BUILD)/systemd/system $(BUILD)/systemd/user
+# $(call write_units,SYSTEM_DIR,USER_DIR): every unit with the paths of this
+# invocation, written to a temporary name and renamed.
+define write_units
+	@mkdir -p $(1) $(2)
 	@for f in contrib/systemd/*; do \
 	    b=$${f##*/}; b=$${b%.in}; \
-	    case $$b in popbox-fetch@*) d=$(BUILD)/systemd/user;; *) d=$(BUILD)/systemd/system;; esac; \
-	    $(UNIT_SED) $$f > $$d/$$b.tmp && mv $$d/$$b.tmp $$d/$$b || exit 1; \
+	    case $$b in popbox-fetch@*) d=$(2);; *) d=$(1);; esac; \
+	    $(UNIT_SED) $$f > $$d/$$b.tmp && chmod 0644 $$d/$$b.tmp && mv $$d/$$b.tmp $$d/$$b || exit 1; \
 	done
+endef
+units:
+	$(call write_units,$(BUILD)/systemd/system,$(BUILD)/systemd/user)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -92,9 +98,17 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SERVER_LIB) $(CLIENT_LIB) $(COM
 # binaries in $(BUILD) and the fuzz corpus replay; then the same again in an
 # ASan+UBSan build (sanitize), and the server suites with every popboxd
 # process under valgrind memcheck (valgrind). Each runner prints its summary.
-check: check-basic sanitize valgrind fuzz-ci
+check: check-basic sanitize valgrind fuzz-ci check-package
 
 check-basic: unit integration fuzz-replay
+
+# The integration suites run in PYTEST_JOBS processes at once (pytest-xdist;
+# most of a test's time is spent waiting on servers, penalties and timeouts,
+# not on the CPU); PYTEST_JOBS=1 runs them in one process.
+# The valgrind suites are bound by the CPU: VALGRIND_JOBS processes.
+PYTEST_JOBS ?= 4
+VALGRIND_JOBS ?= 2
+xdist = $(if $(filter-out 1,$(1)),-n $(1))
 
 # Integration suites whose servers run under valgrind; a memcheck error in
 # any popboxd process fails the test that started it.
@@ -107,13 +121,13 @@ fuzz-ci:
 	$(MAKE) fuzz FUZZ_SECONDS=$(or $(FUZZ_CI_SECONDS),15)
 
 valgrind: all
-	POPBOX_VALGRIND=1 POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q $(VALGRIND_SUITES)
+	POPBOX_VALGRIND=1 POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q $(call xdist,$(VALGRIND_JOBS)) $(VALGRIND_SUITES)
 
 unit: all $(UNIT_BINS)
 	@fail=0; for t in $(UNIT_BINS); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
 integration: all
-	POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
+	POPBOX_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -rs $(call xdist,$(PYTEST_JOBS)) --durations=10 tests/integration $(PYTEST_ARGS)
 
 # ASan + UBSan build of everything, running the whole test suite.
 sanitize:
@@ -128,15 +142,14 @@ bench: all
 bench-full: all
 	sh bench/run.sh full
 
-install: $(BUILD)/popboxd $(BUILD)/popbox units
+install: $(BUILD)/popboxd $(BUILD)/popbox
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
 	    $(DESTDIR)$(PREFIX)/share/man/man8 \
 	    $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)$(SYSTEMD_USERUNITDIR)
 	install -m 0755 $(BUILD)/popboxd $(DESTDIR)$(SBINDIR)/popboxd
 	install -m 0755 $(BUILD)/popbox $(DESTDIR)$(BINDIR)/popbox
-	install -m 0644 $(BUILD)/systemd/system/* $(DESTDIR)$(SYSTEMD_UNITDIR)/
-	install -m 0644 $(BUILD)/systemd/user/* $(DESTDIR)$(SYSTEMD_USERUNITDIR)/
+	$(call write_units,$(DESTDIR)$(SYSTEMD_UNITDIR),$(DESTDIR)$(SYSTEMD_USERUNITDIR))
 	for m in docs/*.[158]; do [ -f "$$m" ] || continue; \
 	    s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
 	@# The PAM service of users = pam; an admin's own copy is kept.
