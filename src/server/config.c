@@ -1230,6 +1230,15 @@ config_finish(struct config_parser *p)
 			    "lmtp_trusted must name who may deliver", p->lmtp[i].host, p->lmtp[i].port);
 		}
 	}
+	/* LMTP delivers from the workers, as run_as: maildrops that belong to
+	 * their users (per-user session processes) would refuse every
+	 * delivery with a temporary error, and the MTA would retry for ever. */
+	if (p->n_lmtp + c->n_lmtp_unix > 0 && config_session_per_user(c)) {
+		p->line = p->first_line[CONFIG_KEY_LISTEN_LMTP];
+		return config_error(p, "listen_lmtp delivers as run_as, but with per-user session "
+		    "processes (session_process, users = pam) the maildrops belong to their users: "
+		    "not supported yet (use session_process = worker)");
+	}
 	if (c->passdb_pam && config_finish_pam(p) < 0)
 		return -1;
 	if (c->proxy_protocol && c->n_proxy_trusted == 0)

@@ -125,6 +125,15 @@ test_lmtp_keys(void **state)
 	config_free(c);
 	expect_error_prefix(REQUIRED "lmtp_socket_owner = a:b:c\n", "test.conf:3: bad value");
 	expect_error_prefix(REQUIRED "lmtp_trusted = nonsense\n", "test.conf:3: bad value");
+	/* per-user session processes: the maildrops are the users' */
+	expect_error_prefix("users = pam\nmail = maildir:/m/%u\nlisten_lmtp = unix:/run/l\n",
+	    "test.conf:3: listen_lmtp delivers as run_as, but with per-user session processes");
+	expect_error_prefix(REQUIRED "session_process = per-user\nlisten_lmtp = unix:/run/l\n",
+	    "test.conf:4: listen_lmtp delivers as run_as");
+	c = parse_ok("users = pam\nmail = maildir:/m/%u\nsession_process = worker\n"
+	    "listen_lmtp = unix:/run/l\n");
+	assert_int_equal(c->n_lmtp_unix, 1);
+	config_free(c);
 }
 
 static void
