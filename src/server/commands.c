@@ -129,6 +129,8 @@ commands_dispatch(struct session *s, char *line, size_t len)
 	const struct command *cmd = NULL;
 
 	metrics_command(line, klen);
+	if (klen != 4 || strncasecmp(line, "QUIT", 4) != 0)
+		s->probe = false;   /* more than a health check: logged */
 	if (klen >= 3 && klen <= COMMAND_MAX_KEYWORD) {
 		for (size_t i = 0; i < N_ELEMENTS(command_table); i++)
 			if (strlen(command_table[i].name) == klen &&

@@ -7,6 +7,7 @@
 #include "server/auth_penalty.h"
 #include "server/devices.h"
 #include "server/limits_popboxd.h"
+#include "server/store.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -870,6 +871,20 @@ config_key_uidl_format(struct config_parser *p, const char *key, const char *val
 }
 
 static int
+config_key_maildir_trust_ctime(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcasecmp(value, "auto") == 0)
+		p->config->maildir_trust_ctime = STORE_TRUST_CTIME_AUTO;
+	else if (strcasecmp(value, "yes") == 0)
+		p->config->maildir_trust_ctime = STORE_TRUST_CTIME_YES;
+	else if (strcasecmp(value, "no") == 0)
+		p->config->maildir_trust_ctime = STORE_TRUST_CTIME_NO;
+	else
+		return config_bad_value(p, key, value, "auto, yes or no");
+	return 0;
+}
+
+static int
 config_key_dovecot_uidl_format(struct config_parser *p, const char *key, const char *value)
 {
 	char *error = NULL;
@@ -1031,6 +1046,7 @@ static const struct config_key config_keys[] = {
 	{ "lock_wait", config_key_lock_wait, false },
 	{ "expire_days", config_key_expire_days, false },
 	{ "login_delay", config_key_login_delay, false },
+	{ "maildir_trust_ctime", config_key_maildir_trust_ctime, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");

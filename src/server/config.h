@@ -164,6 +164,8 @@ struct config {
 	 * (expire_days=, login_delay= in the users file). */
 	int expire_days;
 	unsigned login_delay;
+	/* maildir_trust_ctime: enum store_trust_ctime (store.h), default auto. */
+	int maildir_trust_ctime;
 };
 
 #define CONFIG_DEVICE_IDLE_DAYS_DEFAULT 30

@@ -181,7 +181,11 @@ session_log_end(struct session *s)
 	char user[64] = "-";
 	if (name != NULL)
 		str_sanitize(user, sizeof(user), name, strlen(name));
-	log_info("session %016llx: user=%s peer=%s retr=%u top=%u dele=%u bytes=%llu end=%s",
+	/* A balancer's health check (greeting, QUIT) every few seconds is not
+	 * news; a connection without a client address that said anything
+	 * else is (commands.c clears probe). */
+	void (*logf)(const char *, ...) = s->probe ? log_debug : log_info;
+	logf("session %016llx: user=%s peer=%s retr=%u top=%u dele=%u bytes=%llu end=%s",
 	    (unsigned long long)s->id, user, s->peer, s->retr_count, s->top_count,
 	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
 }
@@ -674,6 +678,7 @@ session_peer_set(struct session *s, const struct sockaddr *sa, int salen, bool u
 		return;
 	}
 	addr_format(sa, salen, via_ip, via);
+	s->probe = true;
 	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", SESSION_PEER_UNKNOWN);
 	snprintf(s->peer, sizeof(s->peer), "%s-via-%s", SESSION_PEER_UNKNOWN, via);
 	s->loopback = false;

@@ -93,6 +93,10 @@ struct session {
 	bool tls_listener;
 	bool tls_shutdown;            /* close_notify sent */
 	bool tls_done;                /* handshake completed or failed (counted) */
+	/* A PROXY header without a client address (LOCAL, UNKNOWN): the
+	 * balancer's own connection, a health check; its end is logged at
+	 * debug level while it has sent nothing but QUIT. */
+	bool probe;
 
 	/* AUTHORIZATION: login.c owns these and sets each name in one place. */
 	char *login_name;             /* the name the client gave (USER, APOP) */

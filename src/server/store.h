@@ -121,4 +121,16 @@ extern const struct store_backend store_mbox;
  * (store_maildir.c); a variable only so that tests can shorten it. */
 extern unsigned store_maildir_settle_ms;
 
+/* Whether an unchanged inode and ctime of new/ and cur/ may stand for a scan
+ * (maildir_trust_ctime): AUTO trusts them on local file systems only. On a
+ * network file system another node's delivery need not move the ctime this
+ * node sees (attribute caching), so the directories are read every time
+ * (docs/DESIGN.md "Beyond one machine"). Set by the workers from the
+ * config. */
+enum store_trust_ctime { STORE_TRUST_CTIME_AUTO = 0, STORE_TRUST_CTIME_YES, STORE_TRUST_CTIME_NO };
+extern enum store_trust_ctime store_maildir_trust_ctime;
+/* statfs(2)'s f_type of a network or cluster file system (NFS, CIFS/SMB,
+ * Ceph, GlusterFS and other FUSE, GFS2, OCFS2, AFS, 9P, Lustre ...). */
+bool store_fs_type_is_network(unsigned long f_type);
+
 #endif

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,6 +67,35 @@ _Static_assert(MAILDIR_MAX_MESSAGES <= (1 << 20),
 #define MAILDIR_INDEX_HEADER_V1 "popbox-index 1"
 /* See the top of the file; tests shorten it. */
 unsigned store_maildir_settle_ms = 2000;
+enum store_trust_ctime store_maildir_trust_ctime = STORE_TRUST_CTIME_AUTO;
+
+bool
+store_fs_type_is_network(unsigned long f_type)
+{
+	/* linux/magic.h and the file systems' own headers */
+	static const unsigned long network[] = {
+		0x6969,       /* NFS (v2, v3, v4) */
+		0xff534d42,   /* CIFS */
+		0xfe534d42,   /* SMB2 */
+		0x517b,       /* SMB */
+		0x00c36400,   /* Ceph */
+		0x65735546,   /* FUSE (GlusterFS, CephFS-fuse, sshfs, ...) */
+		0x01161970,   /* GFS2 */
+		0x7461636f,   /* OCFS2 */
+		0x5346414f,   /* AFS */
+		0x6b414653,   /* kAFS */
+		0x01021997,   /* 9P */
+		0x0bd00bd0,   /* Lustre */
+		0x47504653,   /* GPFS */
+		0x564c,       /* NCP */
+		0x73757245,   /* Coda */
+	};
+	for (size_t i = 0; i < N_ELEMENTS(network); i++)
+		if (f_type == network[i])
+			return true;
+	return false;
+}
+
 /* Longest valid index line: 20-digit size, " n " or " c ", a NAME_MAX-byte
  * name with every byte %-escaped, a space and a UIDL, newline. Longer means
  * damage. */
@@ -1026,6 +1056,19 @@ store_maildir_take_entries(struct maildir_store *ms, struct maildir_entry *entri
 	}
 }
 
+
+/* May the recorded ctimes stand for a scan of this maildrop? */
+static bool
+store_maildir_ctime_trusted(const struct maildir_store *ms)
+{
+	if (store_maildir_trust_ctime != STORE_TRUST_CTIME_AUTO)
+		return store_maildir_trust_ctime == STORE_TRUST_CTIME_YES;
+	struct statfs sf;
+	if (fstatfs(ms->sub_fd[MAILDIR_NEW], &sf) < 0)
+		return false;
+	return !store_fs_type_is_network((unsigned long)sf.f_type);
+}
+
 static enum store_status
 store_maildir_scan(struct maildir_store *ms, char **error_r)
 {
@@ -1041,7 +1084,8 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	clock_gettime(CLOCK_REALTIME, &now);
 	dirs_ok = store_maildir_dirs_now(ms, &dirs);
 	index_valid = store_maildir_index_read(ms, &index);
-	if (index_valid && dirs_ok && store_maildir_dirs_equal(&index.dirs, &dirs)) {
+	if (index_valid && dirs_ok && store_maildir_dirs_equal(&index.dirs, &dirs) &&
+	    store_maildir_ctime_trusted(ms)) {
 		store_maildir_load_index(ms, &index);
 		store_maildir_index_free(&index);
 		for (uint32_t i = 0; ms->options != NULL && ms->options->report != NULL &&

@@ -276,6 +276,7 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 	 * one can go now. */
 	config_free(worker.config);
 	worker.config = next;
+	store_maildir_trust_ctime = (enum store_trust_ctime)next->maildir_trust_ctime;
 }
 
 static void
@@ -306,6 +307,7 @@ worker_main(struct child_env *env)
 	}
 
 	worker.config = env->config;
+	store_maildir_trust_ctime = (enum store_trust_ctime)env->config->maildir_trust_ctime;
 	worker.slot = env->slot;
 	worker.n_workers = env->n_workers;
 	worker.auth_fd = env->worker_fds[env->slot];

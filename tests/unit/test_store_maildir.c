@@ -525,6 +525,54 @@ open_settled(struct fixture *f)
 /* With new/ and cur/ as a clean scan recorded them, the index is the scan
  * (readdir is skipped); any change in either directory, including a flag
  * rename or a utimes() setting the mtime back, makes the next open scan. */
+/* maildir_trust_ctime = no (and auto on a network file system) reads the
+ * directories every time: a line planted in the index with the right dirs
+ * record is not listed. yes and auto (here, a local file system) trust it. */
+static void
+test_index_trust_ctime_setting(void **state)
+{
+	struct fixture *f = *state;
+	store_maildir_settle_ms = 50;
+	populate(f);
+	struct store *store = open_settled(f);
+	store->backend->close(store);
+	char *index = read_index(f);
+	char *dirs_end = strchr(strstr(index, "\ndirs ") + 1, '\n');
+	*dirs_end = '\0';
+	char *planted = xasprintf("%s\n5 n 0.ghost\n%s", index, dirs_end + 1);
+	char *end = strstr(planted, "\nend 4\n");
+	end[5] = '5';
+	enum store_trust_ctime settings[] = { STORE_TRUST_CTIME_NO, STORE_TRUST_CTIME_YES,
+		STORE_TRUST_CTIME_AUTO };
+	uint32_t want[] = { 4, 5, 5 };
+	for (size_t i = 0; i < 3; i++) {
+		store_maildir_trust_ctime = settings[i];
+		put_index(f, planted);
+		store = open_ok(f);
+		assert_int_equal(store->count, want[i]);
+		store->backend->close(store);
+	}
+	store_maildir_trust_ctime = STORE_TRUST_CTIME_AUTO;
+	store_maildir_settle_ms = 2000;
+	free(planted);
+	free(index);
+}
+
+static void
+test_network_file_systems(void **state)
+{
+	/* NFS, CIFS, SMB2, Ceph, FUSE, GFS2, OCFS2, Lustre */
+	unsigned long net[] = { 0x6969, 0xff534d42, 0xfe534d42, 0x00c36400, 0x65735546,
+		0x01161970, 0x7461636f, 0x0bd00bd0 };
+	/* ext4, xfs, btrfs, tmpfs, zfs, overlayfs */
+	unsigned long local[] = { 0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x2fc12fc1,
+		0x794c7630 };
+	for (size_t i = 0; i < N_ELEMENTS(net); i++)
+		assert_true(store_fs_type_is_network(net[i]));
+	for (size_t i = 0; i < N_ELEMENTS(local); i++)
+		assert_false(store_fs_type_is_network(local[i]));
+}
+
 static void
 test_index_trusted(void **state)
 {
@@ -939,6 +987,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_vanished_and_moved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expunge_only_marked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expunge_failure_reported, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_trust_ctime_setting, setup, teardown),
+		cmocka_unit_test(test_network_file_systems),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_unsafe_maildrop, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_above_maildrop, setup, teardown),
