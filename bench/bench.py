@@ -51,12 +51,12 @@ PROFILES = {
                   big_msgs=20000, m1_msgs=10, idle=[500, 2000], sweep=[1, 8, 64],
                   hashed=True, dovecot=True, popa3d=True, limits=True, clients=True, tls=True,
                   tls_certs=["RSA-2048", "ECDSA P-256"], tls_groups=["X25519", "P-256"],
-                  fetch_4k=2000, fetch_1m=20),
+                  fetch_4k=2000, fetch_1m=20, fetch_accts=500),
     "full": dict(reps=5, dur=4.0, sess_users=64, sess_clients=64, retr_msgs=1000,
                  big_msgs=100000, m1_msgs=20, idle=[1000, 4000, 10000],
                  sweep=[1, 4, 16, 64, 128], hashed=True, dovecot=True, popa3d=True, limits=True,
                  clients=True, tls=True, tls_certs=["RSA-2048", "ECDSA P-256"],
-                 tls_groups=["X25519", "P-256"], fetch_4k=2000, fetch_1m=20),
+                 tls_groups=["X25519", "P-256"], fetch_4k=2000, fetch_1m=20, fetch_accts=500),
 }
 
 PROCS = []          # Popen objects we started, stopped by PID at exit
@@ -782,6 +782,8 @@ def corpus(root, prof):
     if prof["clients"]:
         mk("f", 1, prof["fetch_4k"], 4096)
         mk("g", 1, prof["fetch_1m"], 1 << 20)
+        if prof.get("fetch_accts"):
+            mk("a", 4, prof["fetch_accts"], 4096)
     log("corpus made in %.1fs" % (time.monotonic() - t0))
     users = os.path.join(mail, "users")
     # one copy of the Maildirs per server (hard links: neither server
@@ -1376,7 +1378,84 @@ def fetch_bench(dc, trees, reps, prof):
             m = med(times[t])
             rate[case][t] = n / m if m else None
         log("fetch %s: %s" % (case, "  ".join("%s=%s" % (t, fmt(rate[case][t])) for t in tools)))
+    if prof.get("fetch_accts"):
+        # four accounts in one run: popbox fetch four at once (jobs = 4)
+        # and one after another (--jobs 1), mpop and fetchmail (both one
+        # after another); the rate is all messages over the run's time
+        n = prof["fetch_accts"]
+        case = "4 accounts × %d × 4 KiB" % n
+        users = ["a%d" % i for i in range(4)]
+        multi = ["popbox fetch", "popbox fetch --jobs 1"] + tools[1:]
+        rate[case] = {}
+        times = {t: [] for t in multi}
+        for r in range(reps):
+            for t in (multi if r % 2 == 0 else list(reversed(multi))):
+                for u in users:
+                    srv = os.path.join(trees["dovecot"], u)
+                    shutil.rmtree(srv, ignore_errors=True)
+                    run(["cp", "-al", os.path.join(trees["pristine"], u), srv])
+                    own(srv)
+                ndst += 1
+                dst = os.path.join(TMP, "fetched-%d" % ndst)
+                for sub in ("cur", "new", "tmp"):
+                    os.makedirs(os.path.join(dst, sub))
+                t0 = time.monotonic()
+                rc = fetch_many(t, dc.port, users, dst, pwfile)
+                el = time.monotonic() - t0
+                got = len(os.listdir(os.path.join(dst, "new"))) + len(os.listdir(os.path.join(dst, "cur")))
+                if rc != 0 or got != 4 * n:
+                    log("fetch %s %s: exit %s, %d of %d delivered" % (t, case, rc, got, 4 * n))
+                    continue
+                times[t].append(el)
+        for t in multi:
+            m = med(times[t])
+            rate[case][t] = 4 * n / m if m else None
+        log("fetch %s: %s" % (case, "  ".join("%s=%s" % (t, fmt(rate[case][t])) for t in multi)))
+        tools = tools + ["popbox fetch --jobs 1"]
+        cases[case] = None
     return dict(tools=tools, cases=list(cases), rate=rate)
+
+
+def fetch_many(tool, port, users, dst, pwfile):
+    """Fetch the accounts users (password in pwfile) in one run of tool."""
+    if tool.startswith("popbox fetch"):
+        conf = os.path.join(TMP, "accounts.conf")
+        with open(conf, "w") as f:
+            for u in users:
+                f.write("[account %s]\nhost = 127.0.0.1\nport = %d\ntls = off\n"
+                        "allow_plaintext = yes\nuser = %s\npassword_command = cat %s\n"
+                        "deliver = maildir:%s\n" % (u, port, u, pwfile, dst))
+        jobs = "1" if tool.endswith("--jobs 1") else "4"
+        env = dict(os.environ, XDG_STATE_HOME=os.path.join(TMP, "xdg-state"),
+                   XDG_CONFIG_HOME=os.path.join(TMP, "xdg-config"), HOME=TMP)
+        return subprocess.run([POPBOX, "fetch", "--config", conf, "-q", "--jobs", jobs], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=900).returncode
+    if tool == "mpop":
+        conf = os.path.join(TMP, "mpoprc-many")
+        with open(conf, "w") as f:
+            for u in users:
+                f.write("account %s\nhost 127.0.0.1\nport %d\ntls off\nauth user\nuser %s\n"
+                        "passwordeval cat %s\nkeep off\ndelivery maildir %s\nuidls_file %s\n\n"
+                        % (u, port, u, pwfile, dst, os.path.join(TMP, "mpop-uidls-" + u)))
+        os.chmod(conf, 0o600)
+        return subprocess.run(["mpop", "-C", conf, "-q"] + users, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=900).returncode
+    if tool == "fetchmail":
+        rc = os.path.join(TMP, "fetchmailrc-many")
+        mda = "/bin/sh -c 'f=$(date +%%s%%N).$$; cat > %s/tmp/$f && mv %s/tmp/$f %s/new/$f'" % (dst, dst, dst)
+        with open(rc, "w") as f:
+            f.write('poll 127.0.0.1 service %d protocol pop3\n' % port)
+            for u in users:
+                f.write('  user "%s" password "secret" nokeep fetchall mda "%s" sslproto ""\n'
+                        % (u, mda))
+        os.chmod(rc, 0o600)
+        env = dict(os.environ, HOME=TMP)
+        r = subprocess.run(["fetchmail", "-f", rc, "-s", "--nosyslog", "-i", os.path.join(TMP, "fetchids-many"),
+                            "--pidfile", os.path.join(TMP, "fetchmail.pid")], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
+        return 0 if r.returncode in (0, 1) else r.returncode
+    raise ValueError(tool)
 
 
 def fetch_one(tool, port, user, dst, pwfile):
