@@ -866,7 +866,7 @@ static int
 config_key_uidl_format(struct config_parser *p, const char *key, const char *value)
 {
 	if (!uidl_format_parse(value, &p->config->uidl_format))
-		return config_bad_value(p, key, value, "popbox, dovecot or courier");
+		return config_bad_value(p, key, value, "popbox, dovecot, courier or popa3d");
 	return 0;
 }
 

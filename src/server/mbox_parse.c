@@ -67,6 +67,9 @@ struct mbox_parser {
 	bool skipping_header;
 	struct mbox_message cur;
 	EVP_MD_CTX *md;
+	EVP_MD_CTX *p3md;           /* popa3d's UIDL (mbox_parse.h) */
+	bool p3_line;               /* the current header field goes into it */
+	bool p3_done;               /* the first Received: was hashed */
 
 	struct mbox_message *messages;
 	uint32_t count, alloc;
@@ -79,7 +82,8 @@ mbox_parser_new(enum wire_from_quoting quoting, uint32_t max_messages)
 	p->quoting = quoting;
 	p->max_messages = max_messages;
 	p->md = EVP_MD_CTX_new();
-	if (p->md == NULL)
+	p->p3md = EVP_MD_CTX_new();
+	if (p->md == NULL || p->p3md == NULL)
 		fatalx("EVP_MD_CTX_new failed");
 	return p;
 }
@@ -90,6 +94,7 @@ mbox_parser_free(struct mbox_parser *p)
 	if (p == NULL)
 		return;
 	EVP_MD_CTX_free(p->md);
+	EVP_MD_CTX_free(p->p3md);
 	free(p->messages);
 	free(p);
 }
@@ -117,6 +122,15 @@ mbox_parser_take(struct mbox_parser *p, uint32_t *count_r)
 	return m;
 }
 
+/* Every byte of the current line goes through here (also those of flag
+ * headers, which the identity skips): popa3d's hash takes its own. */
+static void
+mbox_hash_p3(struct mbox_parser *p, const void *data, size_t len)
+{
+	if (p->p3_line && len > 0 && EVP_DigestUpdate(p->p3md, data, len) != 1)
+		fatalx("MD5 update failed");
+}
+
 static void
 mbox_hash(struct mbox_parser *p, const void *data, size_t len)
 {
@@ -138,6 +152,12 @@ mbox_message_end(struct mbox_parser *p, uint64_t end)
 		p->cur.data_length = 0;
 	if (EVP_DigestFinal_ex(p->md, p->cur.digest, &mdlen) != 1 || mdlen != MBOX_DIGEST_LEN)
 		fatalx("SHA-256 final failed");
+	unsigned char p3[EVP_MAX_MD_SIZE];
+	if (EVP_DigestFinal_ex(p->p3md, p3, &mdlen) != 1 || mdlen != 16)
+		fatalx("MD5 final failed");
+	snprintf(p->cur.popa3d_uidl, sizeof(p->cur.popa3d_uidl), "%08x%08x",
+	    (unsigned)p3[0] | (unsigned)p3[1] << 8 | (unsigned)p3[2] << 16 | (unsigned)p3[3] << 24,
+	    (unsigned)p3[4] | (unsigned)p3[5] << 8 | (unsigned)p3[6] << 16 | (unsigned)p3[7] << 24);
 	if (p->count == p->alloc) {
 		if (p->count >= p->max_messages) {
 			p->error = "too many messages";
@@ -219,8 +239,11 @@ mbox_line_decide(struct mbox_parser *p, bool at_lf)
 		p->skipping_header = false;
 		p->is_from_line = true;
 		p->line_hashed = true;
-		if (EVP_DigestInit_ex(p->md, EVP_sha256(), NULL) != 1)
-			fatalx("SHA-256 init failed");
+		if (EVP_DigestInit_ex(p->md, EVP_sha256(), NULL) != 1 ||
+		    EVP_DigestInit_ex(p->p3md, EVP_md5(), NULL) != 1)
+			fatalx("digest init failed");
+		p->p3_line = false;
+		p->p3_done = false;
 		mbox_hash(p, p->head, p->head_len);
 		return true;
 	}
@@ -236,6 +259,7 @@ mbox_line_decide(struct mbox_parser *p, bool at_lf)
 	}
 	if (empty) {
 		/* Counted (or dropped) when the next line shows what it is. */
+		p->p3_line = false;
 		p->line_hashed = false;
 		p->in_headers = false;
 		p->skipping_header = false;
@@ -243,10 +267,19 @@ mbox_line_decide(struct mbox_parser *p, bool at_lf)
 	}
 	if (p->in_headers) {
 		bool continuation = p->head_len > 0 && (p->head[0] == ' ' || p->head[0] == '\t');
-		if (!continuation)
+		if (!continuation) {
 			p->skipping_header = mbox_is_mutable_header(p->head, p->head_len);
+			bool received = p->head_len >= 9 && strncasecmp(p->head, "Received:", 9) == 0;
+			p->p3_line = !p->p3_done && (received ||
+			    (p->head_len >= 5 && strncasecmp(p->head, "Date:", 5) == 0) ||
+			    (p->head_len >= 11 && strncasecmp(p->head, "Message-ID:", 11) == 0));
+			if (received)
+				p->p3_done = true;
+		}
+		mbox_hash_p3(p, p->head, p->head_len);
 		p->line_hashed = !p->skipping_header;
 	} else {
+		p->p3_line = false;
 		p->line_hashed = true;
 	}
 	if (p->line_hashed)
@@ -279,6 +312,7 @@ mbox_line_end(struct mbox_parser *p, uint64_t lf_offset)
 	bool empty = content == 0;
 	if (p->line_hashed)
 		mbox_hash(p, "\n", 1);
+	mbox_hash_p3(p, "\n", 1);
 	if (p->is_from_line) {
 		p->cur.data_offset = lf_offset + 1;
 	} else if (empty) {
@@ -316,8 +350,10 @@ mbox_parser_feed(struct mbox_parser *p, const char *data, size_t len)
 				p->head[p->head_len++] = c;
 				if (p->head_len == MBOX_HEAD_MAX && !mbox_line_decide(p, false))
 					return false;
-			} else if (p->line_hashed) {
-				mbox_hash(p, &c, 1);
+			} else {
+				if (p->line_hashed)
+					mbox_hash(p, &c, 1);
+				mbox_hash_p3(p, &c, 1);
 			}
 			p->line_len++;
 			p->last_cr = c == '\r';
@@ -330,6 +366,7 @@ mbox_parser_feed(struct mbox_parser *p, const char *data, size_t len)
 		if (n > 0) {
 			if (p->line_hashed)
 				mbox_hash(p, start, n);
+			mbox_hash_p3(p, start, n);
 			p->line_len += n;
 			p->last_cr = start[n - 1] == '\r';
 		}

@@ -38,6 +38,13 @@ struct mbox_message {
 	uint64_t end_offset;    /* the next From_ line's offset, or the end */
 	uint64_t size;          /* wire octets of RETR */
 	unsigned char digest[MBOX_DIGEST_LEN];
+	/* popa3d 1.0.3's UIDL of the message (uidl_format = popa3d): MD5 over
+	 * its Date:, Message-ID: and Received: header fields (name matched
+	 * without case, continuation lines and line ends included) in file
+	 * order, up to and including the first Received:; the UIDL is the
+	 * first two 32-bit words of the MD5 as little-endian numbers in
+	 * %08x. Identical for messages with the same such headers. */
+	char popa3d_uidl[17];
 };
 
 struct mbox_parser;

@@ -168,7 +168,7 @@ passwd_extra_fields(char *extra, struct passwd_entry *e)
 			if (strncmp(tok, keys[k], n) == 0 &&
 			    !uidl_format_parse(tok + n, &e->uidl_format)) {
 				*end = saved;
-				return "uidl_format is not popbox, dovecot or courier";
+				return "uidl_format is not popbox, dovecot, courier or popa3d";
 			}
 		}
 		*end = saved;

@@ -96,6 +96,8 @@ struct mbox_store {
 	enum wire_from_quoting quoting;
 	unsigned lock_wait_ms;
 	bool stale;                  /* rewritten by another program */
+	enum uidl_format uidl_format;  /* for messages not served before */
+	enum store_uidl_source *sources;  /* during the open: for options->report */
 };
 
 static char *
@@ -465,6 +467,45 @@ mbox_strp_cmp(const void *a, const void *b)
 	return strcmp(*x, *y);
 }
 
+static int
+mbox_p3_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	int r = strcmp(mbox_sort_msgs[x].popa3d_uidl, mbox_sort_msgs[y].popa3d_uidl);
+	if (r != 0)
+		return r;
+	return x < y ? -1 : x > y;
+}
+
+/* uidl_format = popa3d: the messages not served before take popa3d's
+ * UIDL, the first of several with the same one only (popa3d gave copies
+ * one UIDL; the others get their own, and are logged). */
+static void
+mbox_assign_popa3d(struct mbox_store *ms)
+{
+	uint32_t n = ms->store.count;
+	uint32_t *order = xmalloc((size_t)(n ? n : 1) * sizeof(*order));
+	for (uint32_t i = 0; i < n; i++)
+		order[i] = i;
+	mbox_sort_msgs = ms->msgs;
+	qsort(order, n, sizeof(*order), mbox_p3_cmp);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t m = order[i];
+		bool first = i == 0 || strcmp(ms->msgs[order[i - 1]].popa3d_uidl, ms->msgs[m].popa3d_uidl) != 0;
+		if (ms->store.messages[m].uidl != NULL || ms->msgs[m].popa3d_uidl[0] == '\0')
+			continue;
+		if (!first) {
+			log_info("mbox %s: message %u has popa3d's UIDL %s of an earlier one; it gets its own",
+			    ms->path, m + 1, ms->msgs[m].popa3d_uidl);
+			continue;
+		}
+		ms->store.messages[m].uidl = xstrdup(ms->msgs[m].popa3d_uidl);
+		if (ms->sources != NULL)
+			ms->sources[m] = STORE_UIDL_OLD;
+	}
+	free(order);
+}
+
 /* Give every message its UIDL: the one the old index remembers for the
  * same identity (the k-th copy takes the k-th), else its identity's own
  * (mbox_uidl_for). Unique whatever the index says. */
@@ -483,6 +524,29 @@ mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
 		}
 		qsort(rem, nrem, sizeof(*rem), mbox_remembered_cmp);
 	}
+	/* Served before: the first unused remembered entry of the identity. */
+	for (uint32_t i = 0; i < n && rem != NULL; i++) {
+		const unsigned char *d = ms->msgs[i].digest;
+		size_t lo = 0, hi = nrem;
+		while (lo < hi) {
+			size_t mid = (lo + hi) / 2;
+			if (memcmp(rem[mid].digest, d, MBOX_DIGEST_LEN) < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (size_t j = lo; j < nrem && memcmp(rem[j].digest, d, MBOX_DIGEST_LEN) == 0; j++) {
+			if (!rem[j].used) {
+				rem[j].used = true;
+				ms->store.messages[i].uidl = xstrdup(rem[j].uidl);
+				if (ms->sources != NULL)
+					ms->sources[i] = STORE_UIDL_REMEMBERED;
+				break;
+			}
+		}
+	}
+	if (ms->uidl_format == UIDL_FORMAT_POPA3D)
+		mbox_assign_popa3d(ms);
 	/* New messages: the identity's UIDL, the k-th copy (file order) its
 	 * k-th: ordinals from a sort by (digest, position). */
 	uint32_t *order = xmalloc((size_t)(n ? n : 1) * sizeof(*order));
@@ -1045,6 +1109,7 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 	ms->dir_fd = -1;
 	ms->quoting = options != NULL ? options->mbox_quoting : WIRE_FROM_MBOXO;
 	ms->lock_wait_ms = options != NULL ? options->mbox_lock_wait_ms : MBOX_DEFAULT_LOCK_WAIT_MS;
+	ms->uidl_format = options != NULL ? options->uidl_format : UIDL_FORMAT_POPBOX;
 
 	const char *slash = strrchr(path, '/');
 	const char *base = slash != NULL ? slash + 1 : path;
@@ -1171,6 +1236,9 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 		}
 		ms->store.messages = xcalloc(ms->store.count ? ms->store.count : 1,
 		    sizeof(*ms->store.messages));
+		ms->sources = xcalloc(ms->store.count ? ms->store.count : 1, sizeof(*ms->sources));
+		for (uint32_t i = 0; i < ms->store.count; i++)
+			ms->sources[i] = STORE_UIDL_OWN;
 		mbox_assign_uidls(ms, have_ix ? &ix : NULL);
 		if (!options || !options->keep_index)
 			mbox_index_write(ms, &ms->seen, ms->msgs, ms->store.messages, ms->store.count);
@@ -1179,10 +1247,16 @@ done:
 	for (uint32_t i = 0; i < ms->store.count; i++) {
 		ms->store.messages[i].size = ms->msgs[i].size;
 		ms->store.total_size += ms->msgs[i].size;
-		if (options != NULL && options->report != NULL)
+		if (options != NULL && options->report != NULL) {
+			enum store_uidl_source src = ms->sources != NULL ? ms->sources[i] :
+			    STORE_UIDL_REMEMBERED;
 			options->report(options->report_arg, ms->store.messages[i].uidl,
-			    ms->store.messages[i].uidl, STORE_UIDL_OWN, UIDL_OLD_NO_LIST);
+			    ms->store.messages[i].uidl, src,
+			    src == STORE_UIDL_OWN ? UIDL_OLD_NOT_LISTED : UIDL_OLD_FOUND);
+		}
 	}
+	free(ms->sources);
+	ms->sources = NULL;
 	mbox_lock_release(&mlock);
 	if (have_ix)
 		mbox_index_free(&ix);
@@ -1408,6 +1482,7 @@ store_mbox_close(struct store *store)
 		free(store->messages[i].uidl);
 	free(store->messages);
 	free(ms->msgs);
+	free(ms->sources);
 	if (ms->fd >= 0)
 		close(ms->fd);
 	lock_release(ms->session_lock);

@@ -59,6 +59,7 @@ static const char *const uidl_format_names[] = {
 	[UIDL_FORMAT_POPBOX] = "popbox",
 	[UIDL_FORMAT_DOVECOT] = "dovecot",
 	[UIDL_FORMAT_COURIER] = "courier",
+	[UIDL_FORMAT_POPA3D] = "popa3d",
 };
 
 bool

@@ -35,8 +35,9 @@ enum uidl_format {
 	UIDL_FORMAT_POPBOX,      /* the base file name (store.h), the default */
 	UIDL_FORMAT_DOVECOT,     /* dovecot-uidlist, then the base file name */
 	UIDL_FORMAT_COURIER,     /* courierpop3dsizelist, then the base file name */
+	UIDL_FORMAT_POPA3D,      /* mbox: popa3d's UIDL from the headers (store_mbox.c) */
 };
-#define UIDL_FORMAT_MAX UIDL_FORMAT_COURIER
+#define UIDL_FORMAT_MAX UIDL_FORMAT_POPA3D
 
 /* Dovecot's default pop3_uidl_format: UID and UIDVALIDITY as 8 hex digits. */
 #define UIDL_DOVECOT_DEFAULT_TEMPLATE "%08Xu%08Xv"

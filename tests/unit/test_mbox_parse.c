@@ -145,6 +145,38 @@ test_digest_ignores_flag_headers(void **state)
 	free(mc);
 }
 
+/* popa3d 1.0.3's UIDLs, as it answered UIDL for these messages (Debian's
+ * package, probed by hand: which header fields count, folding, case, line
+ * ends, the first Received: ends it). */
+static void
+test_popa3d_uidl(void **state)
+{
+	static const struct {
+		const char *msg, *uidl;
+	} cases[] = {
+		{ "Subject: one\n\nbody\n", "d98c1dd404b2008f" },
+		{ "Message-ID: <x@y>\nSubject: one\n\nbody\n", "f446e47b13fe6b3b" },
+		{ "Date: Thu, 3 Dec 2026 10:00:00 +0000\nSubject: one\n\nbody\n", "94e42cb304b8a793" },
+		{ "Received: from x\n\tby y\nSubject: s\n\nb\n", "a915247be4b49c07" },
+		{ "received: from x\nSubject: s\n\nb\n", "e530f71bbf4e3b65" },
+		{ "Received: a\nDate: d\nReceived: b\nMessage-ID: m\n\nb\n", "03609776b4e9d82f" },
+		{ "Date: d\nReceived: a\nMessage-ID: m\n\nb\n", "f8383704ada816b8" },
+		{ "Date: d\r\nSubject: s\r\n\r\nb\r\n", "4d48007065c490fc" },
+		{ "Subject: s\n\nDate: body\n", "d98c1dd404b2008f" },
+	};
+	for (size_t i = 0; i < N_ELEMENTS(cases); i++) {
+		char *mbox = xasprintf("From a@b Thu Dec  3 10:00:00 2026\n%s", cases[i].msg);
+		uint32_t count;
+		bool ok;
+		struct mbox_message *m = parse(mbox, strlen(mbox), WIRE_FROM_MBOXO, 3, &count, &ok);
+		assert_true(ok);
+		assert_int_equal(count, 1);
+		assert_string_equal(m[0].popa3d_uidl, cases[i].uidl);
+		free(m);
+		free(mbox);
+	}
+}
+
 int
 main(void)
 {
@@ -153,6 +185,7 @@ main(void)
 		cmocka_unit_test(test_mboxrd),
 		cmocka_unit_test(test_not_an_mbox_and_empty),
 		cmocka_unit_test(test_digest_ignores_flag_headers),
+		cmocka_unit_test(test_popa3d_uidl),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

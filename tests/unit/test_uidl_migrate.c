@@ -283,7 +283,7 @@ test_config_keys(void **state)
 	assert_int_equal(config_parse("t.conf", "users = u\nmail = maildir:/m/%u\n"
 	    "uidl_format = qpopper\n", &c, &error), -1);
 	assert_non_null(strstr(error, "t.conf:3:"));
-	assert_non_null(strstr(error, "popbox, dovecot or courier"));
+	assert_non_null(strstr(error, "popbox, dovecot, courier or popa3d"));
 	free(error);
 	error = NULL;
 	assert_int_equal(config_parse("t.conf", "users = u\nmail = maildir:/m/%u\n"
