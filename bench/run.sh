@@ -22,6 +22,9 @@ b="${POPBOX_BUILD:-build}"
 python3 bench/bench.py "$mode"
 # mail in: LMTP and the delivery agents, popboxd beside Dovecot (issue 12)
 python3 bench/mailin.py "$mode"
+# issue 11: what per-device views cost (a classic and a device session on
+# one big maildrop)
+POPBOX_BUILD="$b" python3 bench/devices.py "$mode"
 # issue 5: a fresh client stays fast with 1000 slowloris connections open
 if [ "$mode" != smoke ]; then
 	python3 bench/slowloris.py --build "$b"

@@ -26,3 +26,5 @@ def test_bench_smoke():
     # bench/mailin.py smoke: LMTP and popbox deliver rows
     assert "| LMTP, 8 connections, 1 MiB |" in r.stdout, r.stdout
     assert "| delivery agent, 4 KiB |" in r.stdout, r.stdout
+    # bench/devices.py smoke: a classic and a device session side by side
+    assert "| QUIT after one DELE ms |" in r.stdout, r.stdout
