@@ -339,7 +339,9 @@ class PopboxdPerUser(Popboxd):
     Maildirs); otherwise the processes run as the invoking user."""
     name = "popboxd per-user"
 
-    def __init__(self, root, users, mail, cert, key):
+    def __init__(self, root, users, mail, cert, key, linger=None):
+        if linger is not None:
+            self.name = "popboxd per-session"
         if AS_ROOT:
             pw = pwd.getpwnam("nobody")
             pu = os.path.join(root, "users-peruser")
@@ -348,10 +350,12 @@ class PopboxdPerUser(Popboxd):
                     dst.write("%s:%d:%d\n" % (line.rstrip("\n"), pw.pw_uid, pw.pw_gid))
             os.chmod(pu, 0o600)
             users = pu
-        sub = os.path.join(root, "peruser")
+        sub = os.path.join(root, "peruser" if linger is None else "persession")
         os.makedirs(sub, exist_ok=True)
         super().__init__(sub, users, mail, cert, key)
         self.lines.append("session_process = per-user")
+        if linger is not None:
+            self.lines.append("session_process_linger = %s" % linger)
         self.write_conf()
 
 
@@ -1060,8 +1064,14 @@ def bench(mode, prof):
     if want("peruser"):
         pu = PopboxdPerUser(TMP, users, trees["popboxd"], cert, key)
         pu.start()
+        # the process-per-session variant: every login forks
+        ps = PopboxdPerUser(TMP, users, trees["popboxd"], cert, key, linger="0")
+        ps.start()
         pair = [pb, pu]
         c = prof["sess_clients"]
+        # the users' processes exist before the measured runs (a user's
+        # first login forks: the per-session column shows that cost)
+        pop3load("sessions", pu.port, "-c", c, "-d", 1, "-u", "s", "-S", check=False)
 
         def precord(name, unit, res, key, better="high"):
             vals = {s: med([r.get(key) for r in rs]) for s, rs in res.items()}
@@ -1069,11 +1079,12 @@ def bench(mode, prof):
             raw["per-user: " + name] = res
             log("%-34s %s" % (name, "  ".join("%s=%s" % (k, fmt(v)) for k, v in vals.items())))
 
-        res = alternate(pair, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur,
-                                                       "-u", "s", "-S", srv=s))
+        res = alternate([pb, pu, ps], reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur,
+                                                              "-u", "s", "-S", srv=s))
         ok &= errors_of(res) == 0
         precord("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate")
         precord("server CPU µs per session, PLAIN", "µs", res, "cpu_us", "low")
+        ps.stop()
         res = alternate(pair, reps, lambda s: pop3load("retr", s.port, "-c", 1, "-d", dur, "-u", "r", srv=s))
         ok &= errors_of(res) == 0
         precord("RETR 4 KiB msgs/s, 1 client (plain: socket passed)", "msgs/s", res, "rate")
@@ -1148,7 +1159,7 @@ def bench(mode, prof):
     table = render(rows, servers)
     if peruser_rows:
         table += "\n\nPer-user session processes (session_process = per-user against the workers):\n\n"
-        table += render(peruser_rows, [pb, pu]).split("\n(")[0]
+        table += render(peruser_rows, [pb, pu, ps]).split("\n(")[0]
     print(table)
     if fetch:
         print(render_fetch(fetch))

@@ -323,7 +323,7 @@ session_grant(int fd, uint64_t session_id, const struct passwd_entry *e, const c
 		snprintf(ticket + 2 * i, 3, "%02x", rnd[i]);
 	const struct ipc_session_grant g = { .slot = slot, .session_id = session_id, .uid = uid,
 	    .gid = gid, .ticket = ticket, .user = e->user, .location = location,
-	    .uidl_format = e->uidl_format };
+	    .uidl_format = e->uidl_format, .expire = e->expire, .login_delay = e->login_delay };
 	unsigned char buf[IPC_HEADER_SIZE + 64 + IPC_MAX_TICKET + IPC_MAX_USER + IPC_MAX_LOCATION + 8];
 	size_t len = ipc_session_grant_encode(buf, sizeof(buf), &g);
 	if (len == 0 || ipc_send(auth.control_fd, buf, len) < 0) {

@@ -630,6 +630,16 @@ config_key_mail_privileged_group(struct config_parser *p, const char *key, const
 	return config_set_string(&p->config->mail_privileged_group, xstrdup(value));
 }
 
+static int
+config_key_session_process_linger(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcmp(value, "0") == 0) {
+		p->config->session_process_linger = 0;
+		return 0;
+	}
+	return config_parse_duration(p, key, value, &p->config->session_process_linger);
+}
+
 bool
 config_session_per_user(const struct config *config)
 {
@@ -1047,6 +1057,7 @@ static const struct config_key config_keys[] = {
 	{ "expire_days", config_key_expire_days, false },
 	{ "login_delay", config_key_login_delay, false },
 	{ "maildir_trust_ctime", config_key_maildir_trust_ctime, false },
+	{ "session_process_linger", config_key_session_process_linger, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -1144,6 +1155,7 @@ config_new(const char *name)
 	c->deny_users = xstrdup("");
 	c->session_process = SESSION_PROCESS_AUTO;
 	c->mail_privileged_group = xstrdup(CONFIG_DEFAULT_MAIL_PRIVILEGED_GROUP);
+	c->session_process_linger = CONFIG_DEFAULT_SESSION_PROCESS_LINGER;
 	c->mbox_format = WIRE_FROM_MBOXO;
 	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
 	c->lmtp_socket_mode = CONFIG_DEFAULT_LMTP_SOCKET_MODE;

@@ -127,6 +127,10 @@ struct config {
 	 * "mail", "" = none). */
 	enum session_process session_process;
 	char *mail_privileged_group;
+	/* How long a user's session process waits for the user's next login
+	 * after its last session ended (seconds, default 60; 0: it ends with
+	 * its session). */
+	unsigned session_process_linger;
 	char *recipient_delimiter;
 	/* LMTP (docs/DESIGN.md "Mail in"): listen_lmtp's TCP addresses
 	 * (tls always false) and unix socket paths (absolute); TCP beyond
@@ -174,6 +178,7 @@ struct config {
 
 #define CONFIG_USERS_PAM "pam"
 #define CONFIG_DEFAULT_MAIL_PRIVILEGED_GROUP "mail"
+#define CONFIG_DEFAULT_SESSION_PROCESS_LINGER 60
 
 /* Whether logins of this configuration get a session process of their own. */
 bool config_session_per_user(const struct config *config);

@@ -56,14 +56,19 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	[IPC_PING] = { 0, { { 0, 0 } } },
 	[IPC_PONG] = { 0, { { 0, 0 } } },
 	[IPC_RCPT_LOOKUP] = { 2, { NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER) } },
-	[IPC_SESSION_GRANT] = { 8, { NUMBER(POPBOXD_MAX_WORKERS - 1), NUMBER(UINT64_MAX),
+	[IPC_SESSION_GRANT] = { 10, { NUMBER(POPBOXD_MAX_WORKERS - 1), NUMBER(UINT64_MAX),
 	    NUMBER(UINT32_MAX), NUMBER(UINT32_MAX), TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_USER),
-	    TEXT(IPC_MAX_LOCATION), NUMBER(UIDL_FORMAT_MAX) } },
+	    TEXT(IPC_MAX_LOCATION), NUMBER(UIDL_FORMAT_MAX), NUMBER(2 + DEVICES_EXPIRE_MAX),
+	    NUMBER(1 + DEVICES_LOGIN_DELAY_MAX) } },
 	[IPC_HANDOVER] = { 7, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
 	    TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
 	[IPC_HANDOVER_DONE] = { 2, { NUMBER(UINT64_MAX), NUMBER(1) } },
 	[IPC_USERS_POLICY] = { 1, { NUMBER(IPC_POLICY_EXPIRE_DIFFERS | IPC_POLICY_DELAY_DIFFERS) } },
+	[IPC_SESSION_ADOPT] = { 6, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
+	    TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
+	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
+	[IPC_SESSION_END] = { 1, { NUMBER(UINT64_MAX) } },
 };
 
 /* One field in generic form. */
@@ -449,14 +454,15 @@ ipc_session_grant_encode(void *buf, size_t size, const struct ipc_session_grant 
 {
 	const union field v[] = { { .number = m->slot }, { .number = m->session_id },
 	    { .number = m->uid }, { .number = m->gid }, { .text = m->ticket }, { .text = m->user },
-	    { .text = m->location }, { .number = (uint64_t)m->uidl_format } };
+	    { .text = m->location }, { .number = (uint64_t)m->uidl_format },
+	    { .number = m->expire }, { .number = m->login_delay } };
 	return ipc_encode(buf, size, IPC_SESSION_GRANT, m->request_id, v);
 }
 
 bool
 ipc_session_grant_decode(const void *buf, size_t len, struct ipc_session_grant *m)
 {
-	union field v[8];
+	union field v[10];
 	if (!ipc_decode(buf, len, IPC_SESSION_GRANT, &m->request_id, v))
 		return false;
 	m->slot = (unsigned)v[0].number;
@@ -467,6 +473,8 @@ ipc_session_grant_decode(const void *buf, size_t len, struct ipc_session_grant *
 	m->user = v[5].text;
 	m->location = v[6].text;
 	m->uidl_format = (enum uidl_format)v[7].number;
+	m->expire = (unsigned)v[8].number;
+	m->login_delay = (unsigned)v[9].number;
 	return true;
 }
 
@@ -527,5 +535,45 @@ ipc_users_policy_decode(const void *buf, size_t len, struct ipc_users_policy *m)
 	if (!ipc_decode(buf, len, IPC_USERS_POLICY, &m->request_id, v))
 		return false;
 	m->flags = (unsigned)v[0].number;
+	return true;
+}
+
+size_t
+ipc_session_adopt_encode(void *buf, size_t size, const struct ipc_session_adopt *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .number = m->flags },
+	    { .text = m->peer }, { .text = m->peer_ip }, { .text = m->device }, { .text = m->input } };
+	return ipc_encode(buf, size, IPC_SESSION_ADOPT, m->request_id, v);
+}
+
+bool
+ipc_session_adopt_decode(const void *buf, size_t len, struct ipc_session_adopt *m)
+{
+	union field v[6];
+	if (!ipc_decode(buf, len, IPC_SESSION_ADOPT, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->flags = (unsigned)v[1].number;
+	m->peer = v[2].text;
+	m->peer_ip = v[3].text;
+	m->device = v[4].text;
+	m->input = v[5].text;
+	return true;
+}
+
+size_t
+ipc_session_end_encode(void *buf, size_t size, const struct ipc_session_end *m)
+{
+	const union field v[] = { { .number = m->session_id } };
+	return ipc_encode(buf, size, IPC_SESSION_END, m->request_id, v);
+}
+
+bool
+ipc_session_end_decode(const void *buf, size_t len, struct ipc_session_end *m)
+{
+	union field v[1];
+	if (!ipc_decode(buf, len, IPC_SESSION_END, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
 	return true;
 }

@@ -113,6 +113,11 @@ enum ipc_type {
 	 * starts); auth -> worker: the answer, and again after every load of
 	 * the users file (CAPA's "USER" tags of EXPIRE and LOGIN-DELAY) */
 	IPC_USERS_POLICY,
+	/* master -> a user's session process: serve this connection (its
+	 * descriptor comes along); session process -> master: a session
+	 * ended */
+	IPC_SESSION_ADOPT,
+	IPC_SESSION_END,
 	IPC_TYPE_MAX,
 };
 
@@ -176,8 +181,8 @@ struct ipc_auth_result {
 /* IPC_SESSION_GRANT, auth -> master, sent before the OK answer that carries
  * the ticket: the worker in slot may hand session_id over to a process
  * running as uid/gid that serves user's mail at location. Fields: numbers
- * slot, session_id, uid, gid; texts ticket, user, location; number
- * uidl_format. */
+ * slot, session_id, uid, gid; texts ticket, user, location; numbers
+ * uidl_format, expire, login_delay. */
 struct ipc_session_grant {
 	uint64_t request_id;       /* 0 */
 	unsigned slot;             /* below POPBOXD_MAX_WORKERS */
@@ -187,6 +192,8 @@ struct ipc_session_grant {
 	const char *user;          /* at most IPC_MAX_USER */
 	const char *location;      /* at most IPC_MAX_LOCATION */
 	enum uidl_format uidl_format;
+	unsigned expire;           /* the user's own, as IPC_AUTH_RESULT has them */
+	unsigned login_delay;
 };
 
 /* IPC_HANDOVER, worker -> master, with the descriptor of the connection
@@ -205,6 +212,25 @@ struct ipc_handover {
 	const char *device;        /* the auth answer's ("#phone" or ""), at most IPC_MAX_USER */
 	const char *input;         /* base64 of the unprocessed input, at most
 	                            * IPC_MAX_HANDOVER_INPUT_B64 */
+};
+
+/* IPC_SESSION_ADOPT, master -> session process, with the connection's
+ * descriptor: a handover of its user. Fields: numbers session_id, flags;
+ * texts peer, peer_ip, device, input (as in IPC_HANDOVER). */
+struct ipc_session_adopt {
+	uint64_t request_id;       /* 0 */
+	uint64_t session_id;
+	unsigned flags;            /* IPC_HANDOVER_* */
+	const char *peer;
+	const char *peer_ip;
+	const char *device;
+	const char *input;
+};
+
+/* IPC_SESSION_END, session process -> master. Fields: number session_id. */
+struct ipc_session_end {
+	uint64_t request_id;       /* 0 */
+	uint64_t session_id;
 };
 
 /* IPC_HANDOVER_DONE, master -> worker. Fields: numbers session_id, ok (0/1). */
@@ -304,6 +330,8 @@ size_t ipc_rcpt_lookup_encode(void *buf, size_t size, const struct ipc_rcpt_look
 size_t ipc_session_grant_encode(void *buf, size_t size, const struct ipc_session_grant *m);
 size_t ipc_handover_encode(void *buf, size_t size, const struct ipc_handover *m);
 size_t ipc_handover_done_encode(void *buf, size_t size, const struct ipc_handover_done *m);
+size_t ipc_session_adopt_encode(void *buf, size_t size, const struct ipc_session_adopt *m);
+size_t ipc_session_end_encode(void *buf, size_t size, const struct ipc_session_end *m);
 
 /* Decode buf[0..len) (one received message) into *m: true when it is a
  * well-formed message of this type, else false and *m undefined. */
@@ -323,6 +351,8 @@ bool ipc_rcpt_lookup_decode(const void *buf, size_t len, struct ipc_rcpt_lookup 
 bool ipc_session_grant_decode(const void *buf, size_t len, struct ipc_session_grant *m);
 bool ipc_handover_decode(const void *buf, size_t len, struct ipc_handover *m);
 bool ipc_handover_done_decode(const void *buf, size_t len, struct ipc_handover_done *m);
+bool ipc_session_adopt_decode(const void *buf, size_t len, struct ipc_session_adopt *m);
+bool ipc_session_end_decode(const void *buf, size_t len, struct ipc_session_end *m);
 
 /* The type in the header of buf[0..len), or 0 when there is no header. Only
  * picks the decoder: nothing else of the message is checked. */

@@ -464,7 +464,7 @@ login_maildrop_opened(struct store_job *job, void *arg)
 	str_sanitize(name, sizeof(name), user, strlen(user));
 	if (!login_maildrop_usable(s, job, name)) {
 		free(user);
-		if (s->worker->exit_when_idle) {
+		if (s->worker->session_process) {
 			/* A session process serves one login; the client may
 			 * log in again on a new connection. */
 			session_close_after_reply(s, "maildrop-unavailable");

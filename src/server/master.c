@@ -79,15 +79,26 @@ struct grant {
 	char *user;
 	char *location;
 	enum uidl_format uidl_format;
+	unsigned expire, login_delay;
 	time_t expires;             /* monotonic seconds */
 	struct grant *next;
 };
 
-/* A running per-user session process. */
+/* A user's session process (session_proc.c): it serves every session of
+ * one user (uid, gid, name, mail location) that arrives while it runs. */
 struct session_child {
 	pid_t pid;
-	uint64_t session_id;
-	char user[64];              /* sanitized, for the log */
+	uid_t uid;
+	gid_t gid;
+	char *user;
+	char *location;
+	enum uidl_format uidl_format;
+	unsigned expire, login_delay;
+	char name[64];              /* user, sanitized, for the log */
+	int ctl;                    /* SEQPACKET to it; -1 once let go */
+	struct event *ctl_ev;
+	struct event *linger;       /* no session: let it go when this fires */
+	unsigned active;            /* its sessions (ADOPT sent, END not yet) */
 	struct session_child *next;
 };
 
@@ -124,7 +135,8 @@ static struct {
 	struct grant *grants;
 	unsigned n_grants;
 	struct session_child *sessions;
-	unsigned n_sessions;
+	unsigned n_sessions;       /* session processes running */
+	unsigned n_session_conns;  /* sessions they serve */
 	gid_t mail_gid;            /* mail_privileged_group, (gid_t)-1 = none */
 } master;
 
@@ -506,6 +518,7 @@ salt_key_prepare(const struct config *config)
 }
 
 static void grants_free(void);
+static void session_child_free(struct session_child *sc);
 static void mail_group_resolve(const struct config *config);
 
 /* In a child right after fork: give it a clean slate. The master's loop and
@@ -528,6 +541,13 @@ child_forked(struct child *own)
 	if (master.status_timer != NULL)
 		event_free(master.status_timer);
 	master.status_timer = NULL;
+	/* The channels to the users' session processes: none may reach
+	 * another user's process. */
+	while (master.sessions != NULL) {
+		struct session_child *sc = master.sessions;
+		master.sessions = sc->next;
+		session_child_free(sc);
+	}
 	event_base_free(master.base);
 	master.base = NULL;
 	for (size_t i = 0; i < master.n_children; i++) {
@@ -620,7 +640,36 @@ child_reaped(pid_t pid, int status)
 	}
 }
 
-/* A session process ended: it is not restarted (its session is over). */
+/* Stop routing logins to sc and close its channel: it ends with its last
+ * session (at once when it has none). */
+static void
+session_child_let_go(struct session_child *sc)
+{
+	if (sc->ctl < 0)
+		return;
+	event_free(sc->ctl_ev);
+	sc->ctl_ev = NULL;
+	evtimer_del(sc->linger);
+	close(sc->ctl);
+	sc->ctl = -1;
+}
+
+static void
+session_child_free(struct session_child *sc)
+{
+	if (sc->ctl_ev != NULL)
+		event_free(sc->ctl_ev);
+	if (sc->linger != NULL)
+		event_free(sc->linger);
+	if (sc->ctl >= 0)
+		close(sc->ctl);
+	free(sc->user);
+	free(sc->location);
+	free(sc);
+}
+
+/* A session process ended: it is not restarted (the user's next login
+ * starts a new one). */
 static bool
 session_reaped(pid_t pid, int status)
 {
@@ -629,16 +678,15 @@ session_reaped(pid_t pid, int status)
 		if (sc->pid != pid)
 			continue;
 		if (WIFSIGNALED(status))
-			log_warnx("session %016llx: session process of user %s (pid %d) killed by "
-			    "signal %d", (unsigned long long)sc->session_id, sc->user, (int)pid,
-			    WTERMSIG(status));
+			log_warnx("session process of user %s (pid %d) killed by signal %d; %u "
+			    "session(s) ended with it", sc->name, (int)pid, WTERMSIG(status), sc->active);
 		else if (WEXITSTATUS(status) != 0)
-			log_warnx("session %016llx: session process of user %s (pid %d) exited with "
-			    "status %d", (unsigned long long)sc->session_id, sc->user, (int)pid,
-			    WEXITSTATUS(status));
+			log_warnx("session process of user %s (pid %d) exited with status %d", sc->name,
+			    (int)pid, WEXITSTATUS(status));
 		*pp = sc->next;
-		free(sc);
 		master.n_sessions--;
+		master.n_session_conns -= sc->active;
+		session_child_free(sc);
 		return true;
 	}
 	return false;
@@ -880,6 +928,8 @@ grant_add(const struct ipc_session_grant *m)
 	g->user = xstrdup(m->user);
 	g->location = xstrdup(m->location);
 	g->uidl_format = m->uidl_format;
+	g->expire = m->expire;
+	g->login_delay = m->login_delay;
 	g->expires = monotonic_seconds() + MASTER_GRANT_SECONDS;
 	g->next = master.grants;
 	master.grants = g;
@@ -942,48 +992,66 @@ session_privileges_drop(uid_t uid, gid_t gid, gid_t mail_gid)
 		fatal("prctl(PR_SET_DUMPABLE)");
 }
 
-/* Start the session process of a handover from worker slot; fd is the
- * connection (or relay). False (logged) when it cannot be. */
-static bool
-session_child_start(unsigned slot, const struct ipc_handover *h, int fd)
+static void
+session_linger_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct grant *g = grant_take(slot, h->session_id, h->ticket);
-	if (g == NULL) {
-		auth_control_drain();
-		g = grant_take(slot, h->session_id, h->ticket);
+	struct session_child *sc = arg;
+	if (sc->active == 0)
+		session_child_let_go(sc);
+}
+
+/* A session ended in sc (IPC_SESSION_END), or sc went away. */
+static void
+session_ctl_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session_child *sc = arg;
+	unsigned char buf[IPC_HEADER_SIZE + 8];
+	struct ipc_session_end m;
+	int passed;
+	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
+	if (passed >= 0)
+		close(passed);
+	if (n == 0) {
+		session_child_let_go(sc);   /* it died: SIGCHLD says more */
+		return;
 	}
-	if (g == NULL) {
-		log_warnx("worker %u: handover of session %016llx without a grant of the auth "
-		    "process, refused", slot, (unsigned long long)h->session_id);
-		return false;
+	if (n < 0 || !ipc_session_end_decode(buf, (size_t)n, &m) || sc->active == 0)
+		return;
+	sc->active--;
+	master.n_session_conns--;
+	if (sc->active > 0)
+		return;
+	if (master.config->session_process_linger == 0) {
+		session_child_let_go(sc);
+		return;
 	}
-	char name[64];
-	str_sanitize(name, sizeof(name), g->user, strlen(g->user));
-	bool ok = false;
-	unsigned char *input = NULL;
-	size_t input_len = 0;
-	if (master.config->max_connections > 0 && master.n_sessions >= master.config->max_connections) {
-		log_warnx("session %016llx: %u session processes (max_connections); user %s refused "
-		    "for now", (unsigned long long)h->session_id, master.n_sessions, name);
-		goto out;
-	}
-	if (master.env.drop_privileges && (g->uid == 0 || g->uid < master.config->first_valid_uid)) {
-		log_warnx("session %016llx: user %s has uid %u, below first_valid_uid: no session "
-		    "process", (unsigned long long)h->session_id, name, (unsigned)g->uid);
-		goto out;
-	}
-	if (h->input[0] != '\0' && (!base64_decode(h->input, strlen(h->input), &input, &input_len) ||
-	    input_len > IPC_MAX_HANDOVER_INPUT)) {
-		log_warnx("worker %u: malformed handover input", slot);
-		goto out;
+	struct timeval tv = { .tv_sec = master.config->session_process_linger };
+	evtimer_add(sc->linger, &tv);
+}
+
+/* Fork the session process of g's user. conn: the connection the master
+ * holds now, which the child must not keep a copy of (it would hold the
+ * client's socket open after its session closed it). NULL (logged) when it
+ * cannot be. */
+static struct session_child *
+session_child_fork(const struct grant *g, int conn)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		log_warn("session process: socketpair");
+		return NULL;
 	}
 	bool mbox = strncmp(g->location, "mbox:", 5) == 0;
 	pid_t pid = fork();
 	if (pid < 0) {
-		log_warn("session %016llx: fork", (unsigned long long)h->session_id);
-		goto out;
+		log_warn("session process: fork");
+		close(sv[0]);
+		close(sv[1]);
+		return NULL;
 	}
 	if (pid == 0) {
+		close(sv[0]);
+		close(conn);   /* it comes again with its IPC_SESSION_ADOPT */
 		child_forked(NULL);
 		for (size_t i = 0; i < master.env.n_listeners; i++)
 			close(master.env.listeners[i].fd);
@@ -1002,31 +1070,105 @@ session_child_start(unsigned slot, const struct ipc_handover *h, int fd)
 		signal(SIGCHLD, SIG_DFL);
 		signal(SIGPIPE, SIG_IGN);
 		session_privileges_drop(g->uid, g->gid, mbox ? master.mail_gid : (gid_t)-1);
-		struct session_handoff ho = { .fd = fd, .session_id = h->session_id,
-		    .tls = (h->flags & IPC_HANDOVER_TLS) != 0,
-		    .loopback = (h->flags & IPC_HANDOVER_LOOPBACK) != 0,
-		    .input = input, .input_len = input_len, .user = g->user, .location = g->location,
-		    .uidl_format = g->uidl_format, .device = h->device };
-		snprintf(ho.peer, sizeof(ho.peer), "%s", h->peer);
-		snprintf(ho.peer_ip, sizeof(ho.peer_ip), "%s", h->peer_ip);
+		static struct session_proc_start st;
+		st.ctl = sv[1];
+		st.user = xstrdup(g->user);
+		st.location = xstrdup(g->location);
+		st.uidl_format = g->uidl_format;
+		st.expire = g->expire;
+		st.login_delay = g->login_delay;
 		master.env.config = master.config;
-		session_proc_main(&master.env, &ho);
+		session_proc_main(&master.env, &st);
 	}
+	close(sv[1]);
 	struct session_child *sc = xcalloc(1, sizeof(*sc));
 	sc->pid = pid;
-	sc->session_id = h->session_id;
-	memcpy(sc->user, name, sizeof(sc->user));
+	sc->uid = g->uid;
+	sc->gid = g->gid;
+	sc->user = xstrdup(g->user);
+	sc->location = xstrdup(g->location);
+	sc->uidl_format = g->uidl_format;
+	sc->expire = g->expire;
+	sc->login_delay = g->login_delay;
+	str_sanitize(sc->name, sizeof(sc->name), g->user, strlen(g->user));
+	sc->ctl = sv[0];
+	sc->ctl_ev = event_new(master.base, sc->ctl, EV_READ | EV_PERSIST, session_ctl_cb, sc);
+	event_add(sc->ctl_ev, NULL);
+	sc->linger = evtimer_new(master.base, session_linger_cb, sc);
 	sc->next = master.sessions;
 	master.sessions = sc;
 	master.n_sessions++;
-	log_debug("session %016llx: session process of user %s is pid %d",
-	    (unsigned long long)h->session_id, name, (int)pid);
+	log_debug("session process of user %s is pid %d", sc->name, (int)pid);
+	return sc;
+}
+
+/* The running session process of g's user, if any takes new sessions. */
+static struct session_child *
+session_child_find(const struct grant *g)
+{
+	for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next)
+		if (sc->ctl >= 0 && sc->uid == g->uid && sc->gid == g->gid &&
+		    sc->uidl_format == g->uidl_format && sc->expire == g->expire &&
+		    sc->login_delay == g->login_delay && strcmp(sc->user, g->user) == 0 &&
+		    strcmp(sc->location, g->location) == 0)
+			return sc;
+	return NULL;
+}
+
+/* Hand the session of a handover from worker slot (fd: the connection, or
+ * the worker's relay) to its user's session process, started if there is
+ * none. False (logged) when it cannot be. */
+static bool
+session_route(unsigned slot, const struct ipc_handover *h, int fd)
+{
+	struct grant *g = grant_take(slot, h->session_id, h->ticket);
+	if (g == NULL) {
+		auth_control_drain();
+		g = grant_take(slot, h->session_id, h->ticket);
+	}
+	if (g == NULL) {
+		log_warnx("worker %u: handover of session %016llx without a grant of the auth "
+		    "process, refused", slot, (unsigned long long)h->session_id);
+		return false;
+	}
+	char name[64];
+	str_sanitize(name, sizeof(name), g->user, strlen(g->user));
+	bool ok = false;
+	if (master.config->max_connections > 0 &&
+	    master.n_session_conns >= master.config->max_connections) {
+		log_warnx("session %016llx: %u sessions in session processes (max_connections); "
+		    "user %s refused for now", (unsigned long long)h->session_id,
+		    master.n_session_conns, name);
+		goto out;
+	}
+	if (master.env.drop_privileges && (g->uid == 0 || g->uid < master.config->first_valid_uid)) {
+		log_warnx("session %016llx: user %s has uid %u, below first_valid_uid: no session "
+		    "process", (unsigned long long)h->session_id, name, (unsigned)g->uid);
+		goto out;
+	}
+	struct session_child *sc = session_child_find(g);
+	if (sc == NULL && (sc = session_child_fork(g, fd)) == NULL)
+		goto out;
+	/* The input stays base64: the master carries it, never reads it. */
+	static unsigned char *buf;
+	if (buf == NULL)
+		buf = xmalloc(IPC_MAX_MSG);
+	const struct ipc_session_adopt m = { .session_id = h->session_id, .flags = h->flags,
+	    .peer = h->peer, .peer_ip = h->peer_ip, .device = h->device, .input = h->input };
+	size_t len = ipc_session_adopt_encode(buf, IPC_MAX_MSG, &m);
+	if (len == 0 || ipc_send_fd(sc->ctl, buf, len, fd) < 0) {
+		log_warn("session %016llx: cannot hand the connection to the session process of "
+		    "user %s", (unsigned long long)h->session_id, name);
+		if (len > 0)
+			secure_wipe(buf, len);
+		goto out;
+	}
+	secure_wipe(buf, len);
+	evtimer_del(sc->linger);
+	sc->active++;
+	master.n_session_conns++;
 	ok = true;
 out:
-	if (input != NULL) {
-		secure_wipe(input, input_len);
-		free(input);
-	}
 	grant_free(g);
 	return ok;
 }
@@ -1051,7 +1193,7 @@ worker_control_cb(evutil_socket_t fd, short what, void *arg)
 			close(passed);
 		return;
 	}
-	bool ok = session_child_start(c->slot, &h, passed);
+	bool ok = session_route(c->slot, &h, passed);
 	close(passed);   /* the session process has its own */
 	unsigned char answer[IPC_HEADER_SIZE + 16];
 	const struct ipc_handover_done done = { .request_id = h.request_id,
@@ -1439,13 +1581,13 @@ master_free(void)
 			event_free(master.worker_events[i]);
 	for (size_t i = 0; i < master.n_children; i++)
 		event_free(master.children[i].restart_timer);
-	event_base_free(master.base);
-	grants_free();
 	while (master.sessions != NULL) {
 		struct session_child *sc = master.sessions;
 		master.sessions = sc->next;
-		free(sc);
+		session_child_free(sc);
 	}
+	event_base_free(master.base);
+	grants_free();
 	free(master.pid_path);
 	for (size_t i = 0; i < master.env.n_listeners; i++) {
 		struct listener *l = &master.env.listeners[i];

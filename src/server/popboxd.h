@@ -57,20 +57,15 @@ struct child_env {
 	char *metrics_name;
 };
 
-/* What a per-user session process is started with (master.c forks it,
- * session_proc.c serves it; docs/DESIGN.md "A process per user session"). */
-struct session_handoff {
-	int fd;                 /* the client's socket, or the worker's relay pair */
-	uint64_t session_id;    /* the worker's, kept for the logs */
-	bool tls, loopback;
-	char peer[80];
-	char peer_ip[48];
-	unsigned char *input;   /* what the worker had read and not run */
-	size_t input_len;
+/* What a user's session process is started with (master.c forks it,
+ * session_proc.c runs it; docs/DESIGN.md "A process per user session").
+ * Connections come later, each as an IPC_SESSION_ADOPT on ctl. */
+struct session_proc_start {
+	int ctl;                /* SEQPACKET to the master */
 	char *user;
 	char *location;
 	enum uidl_format uidl_format;
-	const char *device;     /* "#phone" or "" (ipc.h, IPC_AUTH_RESULT) */
+	unsigned expire, login_delay;   /* the user's own (ipc.h's encoding) */
 };
 
 /* Each never returns. The master has already dropped privileges (when
@@ -80,6 +75,7 @@ void auth_main(struct child_env *env) __attribute__((noreturn));
 void worker_main(struct child_env *env) __attribute__((noreturn));
 void metrics_main(struct child_env *env) __attribute__((noreturn));
 /* Already running as the user (master.c). */
-void session_proc_main(struct child_env *env, struct session_handoff *h) __attribute__((noreturn));
+void session_proc_main(struct child_env *env, struct session_proc_start *start)
+    __attribute__((noreturn));
 
 #endif

@@ -253,7 +253,10 @@ session_free(struct session *s)
 	if (s->all_next)
 		s->all_next->all_prev = s->all_prev;
 	w->sessions--;
+	uint64_t id = s->id;
 	free(s);
+	if (w->session_freed != NULL)
+		w->session_freed(w, id);
 	if (w->exit_when_idle && w->sessions == 0)
 		event_base_loopexit(w->base, NULL);
 }
@@ -893,7 +896,9 @@ session_handover_send(struct session *s)
 	    .flags = (s->tls ? IPC_HANDOVER_TLS : 0) | (s->loopback ? IPC_HANDOVER_LOOPBACK : 0),
 	    .ticket = s->ticket, .peer = s->peer, .peer_ip = s->peer_ip,
 	    .device = s->handover_device != NULL ? s->handover_device : "", .input = b64 };
-	unsigned char *buf = xmalloc(IPC_MAX_MSG);
+	static unsigned char *buf;   /* one per worker, kept: 260 KiB */
+	if (buf == NULL)
+		buf = xmalloc(IPC_MAX_MSG);
 	size_t mlen = ipc_handover_encode(buf, IPC_MAX_MSG, &m);
 	int r = mlen == 0 ? -1 : ipc_send_fd(w->control_fd, buf, mlen, fd);
 	if (r < 0)
@@ -901,7 +906,6 @@ session_handover_send(struct session *s)
 		    (unsigned long long)s->id);
 	/* The pipelined input may hold a password (PASS pipelined twice). */
 	secure_wipe(buf, mlen);
-	free(buf);
 	free_secret(b64);
 	if (s->tls)
 		close(fd);   /* the master got its own reference (or nothing) */
@@ -1018,6 +1022,11 @@ session_handover_done(struct worker *w, const struct ipc_handover_done *m)
 		return;
 	}
 	s->relay_fd = -1;
+	/* Whole pieces of up to the high mark per read and write: the relay
+	 * is a copy of every byte, so fewer and larger ones (libevent reads
+	 * 4 KiB at a time otherwise). */
+	bufferevent_set_max_single_read(s->relay, SESSION_OUTPUT_HIGH);
+	bufferevent_set_max_single_write(s->relay, SESSION_OUTPUT_HIGH);
 	session_enter_state(s, SESSION_RELAY);
 	bufferevent_setcb(s->relay, relay_proc_read_cb, relay_proc_write_cb, relay_proc_event_cb, s);
 	bufferevent_setwatermark(s->relay, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);

@@ -41,8 +41,12 @@ struct worker {
 	size_t n_listeners;
 	bool stopping;
 	int control_fd;                /* SEQPACKET to the master, -1 = none */
-	/* A session process: one session, and the loop ends with it. */
+	/* A user's session process (session_proc.c): one login per
+	 * connection; the loop ends with the last session once exit_when_idle
+	 * is set; session_freed is told of each session's end. */
+	bool session_process;
 	bool exit_when_idle;
+	void (*session_freed)(struct worker *w, uint64_t session_id);
 };
 
 #endif

@@ -167,8 +167,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(type == IPC_SESSION_GRANT, "SESSION_GRANT decoder took type %u", type);
 		FUZZ_CHECK(gr.slot < POPBOXD_MAX_WORKERS, "slot %u", gr.slot);
 		ROUND_TRIP(session_grant, gr, gr2);
-		FUZZ_CHECK(gr.session_id == gr2.session_id && gr.uid == gr2.uid && gr.gid == gr2.gid,
-		    "numbers");
+		FUZZ_CHECK(gr.session_id == gr2.session_id && gr.uid == gr2.uid && gr.gid == gr2.gid &&
+		    gr.expire == gr2.expire && gr.login_delay == gr2.login_delay, "numbers");
 		check_same_text(gr.ticket, gr2.ticket, "ticket");
 		check_same_text(gr.user, gr2.user, "user");
 		check_same_text(gr.location, gr2.location, "location");
@@ -199,6 +199,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(type == IPC_USERS_POLICY, "USERS_POLICY decoder took type %u", type);
 		ROUND_TRIP(users_policy, up, up2);
 		FUZZ_CHECK(up.flags == up2.flags, "flags");
+	}
+	struct ipc_session_adopt sa, sa2;
+	if (ipc_session_adopt_decode(copy, size, &sa)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_SESSION_ADOPT, "SESSION_ADOPT decoder took type %u", type);
+		ROUND_TRIP(session_adopt, sa, sa2);
+		check_same_text(sa.peer, sa2.peer, "peer");
+		check_same_text(sa.device, sa2.device, "device");
+		check_same_text(sa.input, sa2.input, "input");
+	}
+	struct ipc_session_end se, se2;
+	if (ipc_session_end_decode(copy, size, &se)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_SESSION_END, "SESSION_END decoder took type %u", type);
+		ROUND_TRIP(session_end, se, se2);
+		FUZZ_CHECK(se.session_id == se2.session_id, "session id");
 	}
 	FUZZ_CHECK(accepted <= 1, "%u decoders accepted one input", accepted);
 	free(copy);

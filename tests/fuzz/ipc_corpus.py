@@ -10,7 +10,7 @@ import struct
 # enum ipc_type
 AUTH_PASS, AUTH_APOP, AUTH_RESULT, RELOAD, SASL_START, SASL_STEP, SASL_ABORT, \
     USERS_OPEN, USERS_FD, PING, PONG, RCPT_LOOKUP, SESSION_GRANT, HANDOVER, HANDOVER_DONE, \
-    USERS_POLICY = range(1, 17)
+    USERS_POLICY, SESSION_ADOPT, SESSION_END = range(1, 19)
 TICKET = "0123456789abcdef0123456789abcdef"
 # enum auth_result
 OK, FAIL, TEMP, CONTINUE = range(4)
@@ -53,11 +53,15 @@ SEEDS = {
     "rcpt_lookup": msg(RCPT_LOOKUP, 10, 11, "alice+list@example.org"),
     "bad_ping_field": msg(PING, 42, 1),
     "session_grant": msg(SESSION_GRANT, 0, 1, 0x0100000000000001, 1001, 1001, TICKET, "alice",
-                         "mbox:/var/mail/alice", 0),
+                         "mbox:/var/mail/alice", 0, 2 + 30, 1 + 300),
     "handover": msg(HANDOVER, 11, 0x0100000000000001, 3, TICKET, "[::1]:40000", "::1", "#phone",
                     "U1RBVA0KTElTVA0K"),
     "handover_done": msg(HANDOVER_DONE, 11, 0x0100000000000001, 1),
-    "bad_grant_slot": msg(SESSION_GRANT, 0, 64, 1, 1001, 1001, TICKET, "a", "maildir:/a", 0),
+    "session_adopt": msg(SESSION_ADOPT, 0, 0x0100000000000001, 1, "[::1]:40000", "::1", "",
+                         "U1RBVA0K"),
+    "session_end": msg(SESSION_END, 0, 0x0100000000000001),
+    "bad_grant_slot": msg(SESSION_GRANT, 0, 64, 1, 1001, 1001, TICKET, "a", "maildir:/a", 0, 0,
+                          0),
     "bad_handover_flags": msg(HANDOVER, 11, 1, 4, TICKET, "h:1", "h", "", ""),
     # refused: result past the enum, flag 2, one field short, trailing octet
     "bad_result_enum": msg(AUTH_RESULT, 4, 4, "", "", "", 0, "", "", 0, 0),

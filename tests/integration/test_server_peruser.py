@@ -101,8 +101,9 @@ def test_session_runs_as_the_user(server_factory, pki, pam_service, users, how):
     """Over plain, STLS and implicit TLS: the login (pipelined with the
     commands after it, all in one write) is served by a popboxd-session
     process whose uids and gids are the user's and nothing else; RETR is
-    byte-exact, DELE + QUIT remove the message from the user's Maildir, and
-    the process is gone after QUIT."""
+    byte-exact, DELE + QUIT remove the message from the user's Maildir; the
+    process waits for the user's next login (session_process_linger) and
+    serves it, over another kind of connection too."""
     a = users["a"]
     pw = pwd.getpwnam(a)
     srv = peruser_server(server_factory, pki, pam_service, users, {a: [MSG, b"Subject: two\n\n2\n"]})
@@ -128,7 +129,12 @@ def test_session_runs_as_the_user(server_factory, pki, pam_service, users, how):
     assert c.quit().startswith(b"+OK")
     assert len(os.listdir(os.path.join(srv.mail_root, a, "cur")) +
                os.listdir(os.path.join(srv.mail_root, a, "new"))) == 1
-    wait_session_procs(srv, 0)
+    # The user's next login, over another kind of connection: same process.
+    c = connect(srv, pki, {"plain": "tls", "stls": "plain", "tls": "stls"}[how])
+    c.login(a, PASSWORD)
+    assert c.stat()[0] == 1
+    assert session_procs(srv) == [pid]
+    assert c.quit().startswith(b"+OK")
     # The workers served the login and were not replaced.
     assert set(srv.children_by_comm("popboxd-worker")) == workers
     log = srv.log()
@@ -190,7 +196,8 @@ def test_refused_accounts_and_virtual_users(server_factory, pki, pam_service, us
     """root and an account below first_valid_uid get the answer of a wrong
     password and no process. session_process = per-user with a users file:
     an entry with uid 0 or without uid gets [SYS/TEMP] and no process; an
-    entry with an ordinary uid gets one. The default with a users file
+    entry with an ordinary uid gets one, which ends with its session
+    (session_process_linger = 0). The default with a users file
     (auto = worker) starts none."""
     srv = peruser_server(server_factory, pki, pam_service, users, {})
     for user in ("root", users["sys"]):
@@ -201,7 +208,8 @@ def test_refused_accounts_and_virtual_users(server_factory, pki, pam_service, us
 
     a = users["a"]
     pw = pwd.getpwnam(a)
-    v = server_factory(users={}, config={"session_process": "per-user"}, start=False)
+    v = server_factory(users={}, config={"session_process": "per-user",
+                                         "session_process_linger": "0"}, start=False)
     v.add_user("rooty", "pw", extra=":0:0::/nonexistent", write=False)
     v.add_user("nouid", "pw", write=False)
     v.add_user(a, "pw", extra=":%d:%d::/nonexistent" % (pw.pw_uid, pw.pw_gid), write=False)
@@ -219,6 +227,7 @@ def test_refused_accounts_and_virtual_users(server_factory, pki, pam_service, us
         (pid,) = wait_session_procs(v, 1)
         assert int(proc_status(pid)["Uid"].split()[0]) == pw.pw_uid
         assert c.quit().startswith(b"+OK")
+    wait_session_procs(v, 0)   # session_process_linger = 0: it ends with its session
     log = v.log()
     assert "uid below first_valid_uid (or root)" in log and "no numeric uid and gid" in log
 

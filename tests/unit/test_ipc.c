@@ -337,9 +337,11 @@ test_handover(void **state)
 {
 	const struct ipc_session_grant g = { .slot = POPBOXD_MAX_WORKERS - 1, .session_id = 77,
 	    .uid = 1001, .gid = 1002, .ticket = "0123456789abcdef0123456789abcdef", .user = "alice",
-	    .location = "mbox:/var/mail/alice", .uidl_format = UIDL_FORMAT_DOVECOT };
+	    .location = "mbox:/var/mail/alice", .uidl_format = UIDL_FORMAT_DOVECOT,
+	    .expire = 2 + 30, .login_delay = 1 + 300 };
 	size_t len = ipc_session_grant_encode(buf, sizeof(buf), &g);
-	assert_true(len > 0);
+	/* seven numbers, ticket, user and location with their NULs */
+	assert_int_equal(len, IPC_HEADER_SIZE + 7 * 8 + (IPC_TICKET_LEN + 1) + 6 + 21);
 	struct ipc_session_grant gd;
 	assert_true(ipc_session_grant_decode(buf, len, &gd));
 	assert_int_equal(gd.slot, g.slot);
@@ -348,6 +350,8 @@ test_handover(void **state)
 	assert_string_equal(gd.user, "alice");
 	assert_string_equal(gd.location, g.location);
 	assert_int_equal(gd.uidl_format, UIDL_FORMAT_DOVECOT);
+	assert_int_equal(gd.expire, 32);
+	assert_int_equal(gd.login_delay, 301);
 	assert_int_equal(ipc_session_grant_encode(again, sizeof(again), &gd), len);
 	assert_memory_equal(again, buf, len);
 	CHECK_FRAMING(ipc_session_grant_decode, struct ipc_session_grant, len);
@@ -385,6 +389,25 @@ test_handover(void **state)
 	uint64_t two = 2;
 	memcpy(buf + IPC_HEADER_SIZE + 8, &two, sizeof(two));
 	assert_false(ipc_handover_done_decode(buf, len, &dd));
+
+	const struct ipc_session_adopt a = { .session_id = 78, .flags = IPC_HANDOVER_LOOPBACK,
+	    .peer = "127.0.0.1:5", .peer_ip = "127.0.0.1", .device = "", .input = "" };
+	len = ipc_session_adopt_encode(buf, sizeof(buf), &a);
+	assert_true(len > 0);
+	struct ipc_session_adopt ad;
+	assert_true(ipc_session_adopt_decode(buf, len, &ad));
+	assert_true(ad.session_id == 78 && ad.flags == IPC_HANDOVER_LOOPBACK);
+	assert_string_equal(ad.peer, "127.0.0.1:5");
+	assert_string_equal(ad.peer_ip, "127.0.0.1");
+	assert_false(ipc_handover_decode(buf, len, &hd));
+	CHECK_FRAMING(ipc_session_adopt_decode, struct ipc_session_adopt, len);
+	const struct ipc_session_end e = { .session_id = 78 };
+	len = ipc_session_end_encode(buf, sizeof(buf), &e);
+	assert_int_equal(len, IPC_HEADER_SIZE + 8);
+	struct ipc_session_end ed;
+	assert_true(ipc_session_end_decode(buf, len, &ed));
+	assert_true(ed.session_id == 78);
+	CHECK_FRAMING(ipc_session_end_decode, struct ipc_session_end, len);
 }
 
 /* Header-level refusals: short, unknown or zero type, over the size limit. */
