@@ -36,6 +36,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pop3_capa_init(&capa);
 	pop3_capa_add_line(&capa, line);
 	(void)pop3_capa_has_sasl(&capa, "SCRAM-SHA-256");
+	if (capa.login_delay < -1 || capa.login_delay > POP3_MAX_LOGIN_DELAY)
+		abort();	/* LOGIN-DELAY: -1 or 0 .. the cap */
 	uint32_t n, count;
 	uint64_t sz;
 	const char *uid;

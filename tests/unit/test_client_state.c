@@ -15,9 +15,46 @@
 
 #include "client/account.h"
 #include "client/deliver.h"
+#include "client/fetch.h"
 #include "client/uidl_state.h"
 
 static char tmpdir[64];
+
+/* The exit status of a run over several accounts: the worst wins
+ * (docs/popbox.1, EXIT STATUS), whatever the order. */
+static void
+test_status_worse(void **state)
+{
+	static const int order[] = { EX_IOERR, EX_CANTCREAT, EX_SOFTWARE, EX_CONFIG, EX_NOPERM,
+	    EX_UNAVAILABLE, EX_NOHOST, EX_PROTOCOL, EX_TEMPFAIL, 0 };
+	size_t n = sizeof(order) / sizeof(order[0]);
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < n; j++) {
+			int want = order[i < j ? i : j];
+			assert_int_equal(fetch_status_worse(order[i], order[j]), want);
+		}
+	assert_int_equal(fetch_status_worse(0, 0), 0);
+}
+
+static void
+test_parse_duration(void **state)
+{
+	long v;
+	assert_true(fetch_parse_duration("30s", &v));
+	assert_int_equal(v, 30);
+	assert_true(fetch_parse_duration("5m", &v));
+	assert_int_equal(v, 300);
+	assert_true(fetch_parse_duration("2h", &v));
+	assert_int_equal(v, 7200);
+	assert_true(fetch_parse_duration("7d", &v));
+	assert_int_equal(v, 7 * 86400);
+	assert_true(fetch_parse_duration("90", &v));
+	assert_int_equal(v, 90);
+	const char *bad[] = { "", "0", "0s", "8d", "-5m", "5x", "m", "1.5h", "5 m",
+	    "99999999999999999999", "604801" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_false(fetch_parse_duration(bad[i], &v));
+}
 
 static int
 setup(void **state)
@@ -257,6 +294,8 @@ main(void)
 		cmocka_unit_test(test_config_file_permissions),
 		cmocka_unit_test(test_maildir_delivery_and_scan),
 		cmocka_unit_test(test_mbox_quoting),
+		cmocka_unit_test(test_status_worse),
+		cmocka_unit_test(test_parse_duration),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

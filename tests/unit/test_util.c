@@ -61,6 +61,15 @@ test_parse_u64_limits(void **state)
 	assert_true(parse_u64("18446744073709551615", UINT64_MAX, &v));
 	assert_true(v == UINT64_MAX);
 	assert_false(parse_u64("18446744073709551616", UINT64_MAX, &v));
+	/* a max under 9: a single digit above it (max - d wrapped before) */
+	assert_false(parse_u64("8", 7, &v));
+	assert_false(parse_u64("2", 1, &v));
+	assert_true(parse_u64("7", 7, &v));
+	assert_true(v == 7);
+	assert_false(parse_u64("1", 0, &v));
+	assert_true(parse_u64("0", 0, &v));
+	assert_false(parse_u64("70", 69, &v));
+	assert_true(parse_u64("69", 69, &v));
 }
 
 static void
