@@ -350,11 +350,37 @@ def fetchmail_run(server, home, user):
     return open(out, "rb").read() if os.path.exists(out) else b""
 
 
+def getmail_run(server, home, user):
+    getmail = need("getmail")
+    md = os.path.join(home, "Maildir")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(md, sub), exist_ok=True)
+    as_user = ""
+    if os.geteuid() == 0:
+        # getmail refuses to deliver as root: deliver as nobody
+        os.chmod(home, 0o755)
+        for d in (md,) + tuple(os.path.join(md, sub) for sub in ("cur", "new", "tmp")):
+            os.chown(d, server.uid, server.gid)
+        as_user = "user = nobody\n"
+    rc = os.path.join(home, "getmailrc")
+    with open(rc, "w") as f:
+        f.write("[retriever]\ntype = SimplePOP3Retriever\nserver = 127.0.0.1\nport = %d\n"
+                "username = %s\npassword = secret\ntimeout = %d\n\n"
+                "[destination]\ntype = Maildir\npath = %s/\n%s\n"
+                "[options]\nread_all = true\ndelete = true\nverbose = 0\n"
+                "message_log_syslog = false\n" % (server.port, user, TIMEOUT, md, as_user))
+    r = subprocess.run([getmail, "--getmaildir", home, "--rcfile", rc], capture_output=True,
+                       timeout=TIMEOUT, env=client_env(home))
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return b"\n".join(open(os.path.join(md, "new", n), "rb").read()
+                      for n in os.listdir(os.path.join(md, "new")))
+
+
 def test_independent_clients_as_devices(server):
     msgs = fill(server, 3)
     markers = [b"body %d of the devices test" % i for i in range(3)]
-    # Three devices known before anything is deleted.
-    for dev in ("alice#mpopdel", "alice#mpopkeep", "alice#fetchmail"):
+    # The devices known before anything is deleted.
+    for dev in ("alice#mpopdel", "alice#mpopkeep", "alice#fetchmail", "alice#getmail"):
         login(server, dev).quit()
     # mpop in delete mode takes everything.
     got = mpop_run(server, os.path.join(server.base, "mpop-del"), "alice#mpopdel", keep=False)
@@ -369,14 +395,35 @@ def test_independent_clients_as_devices(server):
     got = fetchmail_run(server, os.path.join(server.base, "fm"), "alice#fetchmail")
     assert all(got.count(m) == 1 for m in markers), got[:400]
     assert len(server.message_files()) == 3
+    # getmail6 deletes too: still there for mpopkeep.
+    home = os.path.join(server.base, "gm")
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    got = getmail_run(server, home, "alice#getmail")
+    assert all(got.count(m) == 1 for m in markers), got[:400]
+    assert len(server.message_files()) == 3
+    # curl, a device of its own (the # in the URL's user written %23),
+    # reads message 1 by number.
+    if shutil.which("curl"):
+        r = subprocess.run(["curl", "-s", "--max-time", str(TIMEOUT),
+                            "pop3://alice%%23curl:secret@127.0.0.1:%d/1" % server.port],
+                           capture_output=True, timeout=TIMEOUT)
+        assert r.returncode == 0 and markers[0] in r.stdout, r
+        assert "device=curl" in server.log()
     # mpop in delete mode again: nothing new for it.
     got = mpop_run(server, os.path.join(server.base, "mpop-del"), "alice#mpopdel", keep=False)
     assert all(got.count(m) == 1 for m in markers)
-    # The keeping device deletes at last (poplib): the files go.
+    # The keeping device deletes at last (poplib); curl, known since its
+    # login, still holds the files; when it deletes them too, they go.
     p = login(server, "alice#mpopkeep")
     for i in range(1, p.stat()[0] + 1):
         p.dele(i)
     p.quit()
+    if shutil.which("curl"):
+        assert len(server.message_files()) == 3
+        p = login(server, "alice#curl")
+        for i in range(1, p.stat()[0] + 1):
+            p.dele(i)
+        p.quit()
     assert server.message_files() == {}
 
 
