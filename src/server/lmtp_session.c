@@ -160,6 +160,9 @@ struct lmtp_job {
 	char *error;
 	char *file;                        /* DELIVER: "new/NAME" */
 	int spool_fd;                      /* SPOOL: the new file, or -1 */
+	/* mbox recipients (paths are locations with their scheme) */
+	struct mbox_delivery_options mbox;
+	char *sender;                      /* DELIVER into an mbox: its From_ line */
 };
 
 static void lmtp_process_input(struct lmtp_session *s);
@@ -317,7 +320,10 @@ lmtp_job_run(struct thread_pool_job *pool_job)
 	j->status = DELIVERY_OK;
 	switch (j->kind) {
 	case LMTP_JOB_QUOTA: {
-		struct delivery_target t = { .path = j->paths[0],
+		const char *path;
+		if (store_backend_for(j->paths[0], &path) != &store_maildir)
+			break;   /* mbox: checked when the message is appended */
+		struct delivery_target t = { .path = path,
 		    .max_maildrop_size = j->max_maildrop_size };
 		j->status = store_maildir_deliver_check(&t, j->size, &j->error);
 		break;
@@ -329,7 +335,11 @@ lmtp_job_run(struct thread_pool_job *pool_job)
 		for (size_t i = 0; i < j->n_paths && j->spool_fd < 0; i++) {
 			free(j->error);
 			j->error = NULL;
-			j->status = store_maildir_spool_open(j->paths[i], &j->spool_fd, &j->error);
+			const char *path;
+			if (store_backend_for(j->paths[i], &path) == &store_mbox)
+				j->status = store_mbox_spool_open(path, &j->spool_fd, &j->error);
+			else
+				j->status = store_maildir_spool_open(path, &j->spool_fd, &j->error);
 		}
 		break;
 	case LMTP_JOB_WRITE:
@@ -341,10 +351,15 @@ lmtp_job_run(struct thread_pool_job *pool_job)
 		}
 		break;
 	case LMTP_JOB_DELIVER: {
-		struct delivery_target t = { .path = j->paths[0],
+		const char *path;
+		const struct store_backend *b = store_backend_for(j->paths[0], &path);
+		struct delivery_target t = { .path = path,
 		    .max_maildrop_size = j->max_maildrop_size };
 		struct delivery_result r = { NULL, 0 };
-		j->status = store_maildir_deliver_file(&t, j->fd, j->size, &r, &j->error);
+		if (b == &store_mbox)
+			j->status = store_mbox_deliver_file(&t, &j->mbox, j->fd, &r, &j->error);
+		else
+			j->status = store_maildir_deliver_file(&t, j->fd, j->size, &r, &j->error);
 		j->file = r.file;
 		break;
 	}
@@ -364,6 +379,7 @@ lmtp_job_free(struct lmtp_job *j)
 	free(j->buf);
 	free(j->error);
 	free(j->file);
+	free(j->sender);
 	free(j);
 }
 
@@ -398,6 +414,13 @@ lmtp_job_new(struct lmtp_session *s, enum lmtp_job_kind kind)
 	j->fd = -1;
 	j->spool_fd = -1;
 	j->max_maildrop_size = s->worker->config->max_maildrop_size;
+	j->mbox.quoting = s->worker->config->mbox_format;
+	j->mbox.lock_wait_ms = s->worker->config->lock_wait * 1000u;
+	/* one word, as Postfix writes it in a From_ line; else MAILER-DAEMON */
+	if (s->sender != NULL && s->sender[0] != '\0' &&
+	    strcspn(s->sender, " \t\r\n") == strlen(s->sender))
+		j->sender = xstrdup(s->sender);
+	j->mbox.sender = j->sender;
 	return j;
 }
 
@@ -989,20 +1012,21 @@ lmtp_auth_result(struct worker *w, const struct ipc_auth_result *r)
 	} else if (r->result != AUTH_RESULT_OK) {
 		lmtp_reply(s, "451 4.3.0 <%s> Recipient lookup failed, try again later", a);
 		free(address);
-	} else if (store_backend_for(r->location, &path) != &store_maildir) {
-		log_warnx("lmtp %016llx: user %s: mail location is not a Maildir; LMTP delivers "
-		    "into Maildirs only", (unsigned long long)s->id, r->user);
+	} else if (store_backend_for(r->location, &path) == NULL) {
+		log_warnx("lmtp %016llx: user %s: unknown mail location scheme", (unsigned long long)s->id,
+		    r->user);
 		lmtp_reply(s, "451 4.3.5 <%s> mailbox type not supported, try again later", a);
 		free(address);
 	} else {
 		s->pending_rcpt.address = address;
 		s->pending_rcpt.user = xstrdup(r->user);
-		s->pending_rcpt.path = xstrdup(path);
+		/* the location with its scheme: the jobs pick the backend */
+		s->pending_rcpt.path = xstrdup(r->location);
 		if (w->config->max_maildrop_size == 0) {
 			lmtp_rcpt_accept(s);
 		} else {
 			struct lmtp_job *j = lmtp_job_new(s, LMTP_JOB_QUOTA);
-			lmtp_job_add_path(j, path);
+			lmtp_job_add_path(j, r->location);
 			j->size = s->declared_size;
 			lmtp_job_submit(s, j);
 			return true;

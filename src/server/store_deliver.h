@@ -94,6 +94,9 @@ struct mbox_delivery_options {
 enum delivery_status store_mbox_deliver_stream(const struct delivery_target *t,
     const struct mbox_delivery_options *o, const char *header, int in_fd,
     uint64_t max_message_size, struct delivery_result *result_r, char **error_r);
+/* LMTP's spool for a message to an mbox: an anonymous file in the mbox's
+ * directory (the same file system, the same quota). */
+enum delivery_status store_mbox_spool_open(const char *path, int *fd_r, char **error_r);
 /* A finished spool file (LMTP: LF line ends, read with pread from 0). */
 enum delivery_status store_mbox_deliver_file(const struct delivery_target *t,
     const struct mbox_delivery_options *o, int file_fd, struct delivery_result *result_r,

@@ -1851,3 +1851,26 @@ store_mbox_deliver_file(const struct delivery_target *t, const struct mbox_deliv
 {
 	return mbox_deliver(t, o, NULL, file_fd, true, 0, result_r, error_r);
 }
+
+enum delivery_status
+store_mbox_spool_open(const char *path, int *fd_r, char **error_r)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash == NULL ? xstrdup(".") : slash == path ? xstrdup("/") :
+	    xstrndup(path, (size_t)(slash - path));
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int e = errno;
+	if (dfd >= 0) {
+		*fd_r = store_deliver_tmpfile(dfd);
+		e = errno;
+		close(dfd);
+	}
+	if (dfd < 0 || *fd_r < 0) {
+		*error_r = xasprintf("mbox %s: spool file in %s: %s", path, dir, strerror(e));
+		free(dir);
+		*fd_r = -1;
+		return mbox_deliver_errno(e);
+	}
+	free(dir);
+	return DELIVERY_OK;
+}

@@ -653,3 +653,53 @@ def test_popbox_deliver_killed_at_every_system_call(mbox_server, tmp_path):
             assert r.returncode == -signal.SIGKILL, (name, nth, r.returncode, r.stderr)
             outcomes["whole" if n == 2 else "absent"] += 1
     assert outcomes["absent"] > 5 and outcomes["whole"] >= 1, outcomes
+
+
+def test_lmtp_into_mbox(server_factory):
+    """LMTP (smtplib) into two users' mboxes through the same store code:
+    the messages read back byte-exact, Python's mailbox module reads the
+    spools, the From_ line names the envelope sender; while another program
+    holds a spool's lock past lock_wait the recipient gets 451 and nothing
+    is written."""
+    import smtplib
+    from test_lmtp import lmtp_server, rp
+    srv = lmtp_server(server_factory, users={"alice": "secret", "bob": "pw"},
+                      config={"lock_wait": "1"})
+    srv.stop()
+    srv.config["mail"] = "mbox:%s/%%u" % srv.mail_root
+    srv.start()
+    body = b"Subject: hi\r\n\r\nFrom a line\r\n.dot\r\nno final newline"
+    lm = smtplib.LMTP("127.0.0.1", srv.lmtp_port)
+    lm.ehlo("mta.example")
+    assert lm.sendmail("sender@example.net", ["alice", "bob"], body) == {}
+    want = wire_form(rp("sender@example.net") + body)
+    assert [c for c in fetch(srv, "alice", "secret")] == [want]
+    assert [c for c in fetch(srv, "bob", "pw")] == [want]
+    alice = os.path.join(srv.mail_root, "alice")
+    assert open(alice, "rb").read().startswith(b"From sender@example.net ")
+    assert len(python_mailbox_messages(alice)) == 1
+    lm.quit()
+    from mailin import LMTPRaw, lmtp_transaction
+    holder = MboxLock(alice)
+    try:
+        conn = LMTPRaw(srv.lmtp_port)
+        conn.lhlo()
+        _, rr, data, after = lmtp_transaction(conn, "s@example.net", ["alice", "bob"],
+                                              b"Subject: 2\r\n\r\nx\r\n")
+        conn.cmd("QUIT")
+    finally:
+        holder.release()
+    assert [r[0] for r in rr] == [250, 250] and data[0] == 354
+    assert [r[0] for r in after] == [451, 250], after
+    assert len(python_mailbox_messages(alice)) == 1
+    assert len(fetch(srv, "bob", "pw")) == 2
+
+
+def fetch(srv, user, password):
+    c = srv.session(user, password)
+    try:
+        n = c.stat()[0]
+        return [c.retr(i) for i in range(1, n + 1)]
+    finally:
+        c.cmd("QUIT")
+        c.close()
