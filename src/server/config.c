@@ -895,6 +895,32 @@ config_key_maildir_trust_ctime(struct config_parser *p, const char *key, const c
 }
 
 static int
+config_key_log_format(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcasecmp(value, "text") == 0)
+		p->config->log_format = LOG_FORMAT_TEXT;
+	else if (strcasecmp(value, "json") == 0)
+		p->config->log_format = LOG_FORMAT_JSON;
+	else
+		return config_bad_value(p, key, value, "text or json");
+	return 0;
+}
+
+static int
+config_key_log_target(struct config_parser *p, const char *key, const char *value)
+{
+	if (strcasecmp(value, "syslog") == 0)
+		p->config->log_target = LOG_TARGET_SYSLOG;
+	else if (strcasecmp(value, "stderr") == 0)
+		p->config->log_target = LOG_TARGET_STDERR;
+	else if (strcasecmp(value, "journal") == 0)
+		p->config->log_target = LOG_TARGET_JOURNAL;
+	else
+		return config_bad_value(p, key, value, "syslog, stderr or journal");
+	return 0;
+}
+
+static int
 config_key_dovecot_uidl_format(struct config_parser *p, const char *key, const char *value)
 {
 	char *error = NULL;
@@ -1058,6 +1084,8 @@ static const struct config_key config_keys[] = {
 	{ "login_delay", config_key_login_delay, false },
 	{ "maildir_trust_ctime", config_key_maildir_trust_ctime, false },
 	{ "session_process_linger", config_key_session_process_linger, false },
+	{ "log_format", config_key_log_format, false },
+	{ "log_target", config_key_log_target, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");

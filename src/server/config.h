@@ -170,6 +170,10 @@ struct config {
 	unsigned login_delay;
 	/* maildir_trust_ctime: enum store_trust_ctime (store.h), default auto. */
 	int maildir_trust_ctime;
+	/* log_format (enum log_format, default text) and log_target (enum
+	 * log_target, default: syslog, stderr with -f); read at start only. */
+	int log_format;
+	int log_target;
 };
 
 #define CONFIG_DEVICE_IDLE_DAYS_DEFAULT 30

@@ -455,7 +455,16 @@ lmtp_log_delivery(struct lmtp_session *s, const struct lmtp_rcpt *r, const char 
 
 	lmtp_sanitize(to, sizeof(to), r->address);
 	lmtp_sanitize(from, sizeof(from), s->sender != NULL ? s->sender : "");
-	log_info("lmtp %016llx: delivery queue_id=%s from=<%s> to=<%s> user=%s size=%llu "
+	char id[17];
+	snprintf(id, sizeof(id), "%016llx", (unsigned long long)s->id);
+	const struct log_field fields[] = {
+		LOG_STR("event", "delivery"), LOG_STR("session", id),
+		LOG_STR("queue_id", s->queue_id), LOG_STR("from", from), LOG_STR("to", to),
+		LOG_STR("user", r->user), LOG_NUM("size", s->wire_size), LOG_STR("result", result),
+		LOG_STR("error", error != NULL ? error : ""),
+	};
+	log_event(false, fields, N_ELEMENTS(fields),
+	    "lmtp %016llx: delivery queue_id=%s from=<%s> to=<%s> user=%s size=%llu "
 	    "result=%s%s%s", (unsigned long long)s->id, s->queue_id[0] ? s->queue_id : "-",
 	    from, to, r->user, (unsigned long long)s->wire_size, result,
 	    error != NULL ? ": " : "", error != NULL ? error : "");

@@ -68,6 +68,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	log_init("popboxd", foreground, debug || config->log_debug);
+	log_configure((enum log_format)config->log_format, (enum log_target)config->log_target);
 	if (!wiping)
 		log_warnx("OpenSSL allocated memory before start-up: freed copies of the TLS key "
 		    "may stay in memory");

@@ -86,6 +86,12 @@ metrics_mech(const char *name)
 	return METRICS_MECH_OTHER;
 }
 
+const char *
+metrics_mech_name(int mech)
+{
+	return mech >= 0 && mech < METRICS_MECH_N ? mech_names[mech] : "other";
+}
+
 void
 metrics_command(const char *name, size_t len)
 {

@@ -114,6 +114,8 @@ monotonic_us(void)
 }
 
 enum metrics_mech metrics_mech(const char *name);
+/* "USER", "APOP", "SCRAM-SHA-256", ... ("other" for the rest). */
+const char *metrics_mech_name(int mech);
 /* name: a POP3 command (any case, not NUL-terminated, len octets). */
 void metrics_command(const char *name, size_t len);
 void metrics_auth_latency(uint64_t usec);

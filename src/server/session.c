@@ -184,10 +184,27 @@ session_log_end(struct session *s)
 	/* A balancer's health check (greeting, QUIT) every few seconds is not
 	 * news; a connection without a client address that said anything
 	 * else is (commands.c clears probe). */
-	void (*logf)(const char *, ...) = s->probe ? log_debug : log_info;
-	logf("session %016llx: user=%s peer=%s retr=%u top=%u dele=%u bytes=%llu end=%s",
+	const char *end = s->end_reason ? s->end_reason : "closed";
+	char id[17];
+	snprintf(id, sizeof(id), "%016llx", (unsigned long long)s->id);
+	SSL *ssl = s->tls && s->bev != NULL ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+	uint64_t ms = (monotonic_us() - s->started_us) / 1000;
+	/* log_format = json / log_target = journal: the same facts as fields
+	 * with stable names (popboxd(8), LOGGING). */
+	const struct log_field fields[] = {
+		LOG_STR("event", "session_end"), LOG_STR("session", id),
+		LOG_STR("user", name != NULL ? user : ""), LOG_STR("peer", s->peer),
+		LOG_STR("proxy_peer", s->proxy_peer),
+		LOG_STR("tls", ssl != NULL ? SSL_get_version(ssl) : ""),
+		LOG_STR("mechanism", s->user != NULL ? metrics_mech_name(s->login_mech) : ""),
+		LOG_NUM("retr", s->retr_count), LOG_NUM("top", s->top_count),
+		LOG_NUM("dele", s->dele_count), LOG_NUM("bytes", s->bytes_out),
+		LOG_NUM("duration_ms", ms), LOG_STR("end", end),
+	};
+	log_event(s->probe, fields, N_ELEMENTS(fields),
+	    "session %016llx: user=%s peer=%s retr=%u top=%u dele=%u bytes=%llu end=%s",
 	    (unsigned long long)s->id, user, s->peer, s->retr_count, s->top_count,
-	    s->dele_count, (unsigned long long)s->bytes_out, s->end_reason ? s->end_reason : "closed");
+	    s->dele_count, (unsigned long long)s->bytes_out, end);
 }
 
 /* The pending maildrop job, if any, finishes without us (store_pool.h). */
@@ -750,10 +767,17 @@ session_admit(struct session *s)
 
 static void
 session_open(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool unknown,
-    bool tls_listener, const struct session_handler *handler)
+    const struct sockaddr *via, int vialen, bool tls_listener, const struct session_handler *handler)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
 	int one = 1;
+	char via_ip[48];
+
+	s->started_us = monotonic_us();
+	if (via != NULL)
+		addr_format(via, vialen, via_ip, s->proxy_peer);
+	else if (unknown)
+		addr_format(sa, salen, via_ip, s->proxy_peer);
 
 	s->worker = w;
 	s->handler = handler;
@@ -790,14 +814,22 @@ void
 session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
     const struct session_handler *handler)
 {
-	session_open(w, fd, sa, salen, false, tls_listener, handler);
+	session_open(w, fd, sa, salen, false, NULL, 0, tls_listener, handler);
+}
+
+void
+session_create_via(struct worker *w, int fd, const struct sockaddr *sa, int salen,
+    const struct sockaddr *via, int vialen, bool tls_listener,
+    const struct session_handler *handler)
+{
+	session_open(w, fd, sa, salen, false, via, vialen, tls_listener, handler);
 }
 
 void
 session_create_unknown(struct worker *w, int fd, const struct sockaddr *via, int vialen,
     bool tls_listener, const struct session_handler *handler)
 {
-	session_open(w, fd, via, vialen, true, tls_listener, handler);
+	session_open(w, fd, via, vialen, true, NULL, 0, tls_listener, handler);
 }
 
 /* --- per-user session processes (docs/DESIGN.md "A process per user
@@ -811,6 +843,7 @@ session_adopt(struct worker *w, int fd, const struct session_origin *o, const vo
 	s->worker = w;
 	s->handler = handler;
 	s->relay_fd = -1;
+	s->started_us = monotonic_us();   /* the duration of this part of the session */
 	s->id = o->id;
 	snprintf(s->peer, sizeof(s->peer), "%s", o->peer);
 	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", o->peer_ip);

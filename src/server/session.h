@@ -87,6 +87,8 @@ struct session {
 	struct event *linger;         /* closing: waiting for TLS records to drain */
 	enum session_state state;
 	char peer[80];                /* "127.0.0.1:1234", "unknown-via-10.0.0.1:1234" */
+	char proxy_peer[64];          /* the balancer's side (PROXY header), "" = none */
+	uint64_t started_us;          /* monotonic, for the session's duration */
 	char peer_ip[48];             /* the client's address, or SESSION_PEER_UNKNOWN */
 	bool loopback;
 	bool tls;                     /* connection is encrypted */
@@ -193,6 +195,11 @@ struct session_origin {
 /* Accept path: take ownership of fd; the client is at sa; lines go to
  * handler. */
 void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,
+    const struct session_handler *handler);
+/* The same for a client at sa whose connection came through the load
+ * balancer at via (a PROXY header with an address). */
+void session_create_via(struct worker *w, int fd, const struct sockaddr *sa, int salen,
+    const struct sockaddr *via, int vialen, bool tls_listener,
     const struct session_handler *handler);
 /* The same for a connection from the load balancer at via whose PROXY
  * header gave no client address: the client is SESSION_PEER_UNKNOWN. */

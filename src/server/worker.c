@@ -115,8 +115,8 @@ proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
 	int cfd = pw->fd;
 	bool tls = pw->tls;
 	if (h.has_address)
-		session_create(w, cfd, (struct sockaddr *)&h.source, (int)h.source_len, tls,
-		    &commands_handler);
+		session_create_via(w, cfd, (struct sockaddr *)&h.source, (int)h.source_len,
+		    (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls, &commands_handler);
 	else   /* the balancer did not say who the client is: not the balancer */
 		session_create_unknown(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls,
 		    &commands_handler);
