@@ -622,11 +622,13 @@ config_key_session_process(struct config_parser *p, const char *key, const char 
 static int
 config_key_mail_privileged_group(struct config_parser *p, const char *key, const char *value)
 {
-	/* A group name as useradd takes it, or empty for none. */
+	/* A group name as useradd takes it, or "none". */
+	if (strcmp(value, "none") == 0)
+		return config_set_string(&p->config->mail_privileged_group, xstrdup(""));
 	if (strlen(value) > 32 || value[0] == '-' ||
 	    strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
 	    strlen(value))
-		return config_bad_value(p, key, value, "a group name (or empty for none)");
+		return config_bad_value(p, key, value, "a group name, or none");
 	return config_set_string(&p->config->mail_privileged_group, xstrdup(value));
 }
 

@@ -124,7 +124,7 @@ struct config {
 	bool max_maildrop_size_bounce;
 	/* session_process (default auto) and the group a per-user session
 	 * process of an mbox user also gets (dot-locks in /var/mail; default
-	 * "mail", "" = none). */
+	 * "mail"; "none" in the file, "" here: none). */
 	enum session_process session_process;
 	char *mail_privileged_group;
 	/* How long a user's session process waits for the user's next login

@@ -238,3 +238,64 @@ def test_refused_accounts_and_virtual_users(server_factory, pki, pam_service, us
         assert c.stat()[0] == 1
         assert session_procs(plain) == []
         assert c.quit().startswith(b"+OK")
+
+
+def test_mbox_spool_with_the_mail_group(server_factory, pam_service, users):  # noqa: F811
+    """A Debian-style spool (directory root:mail 2775, the user's mbox
+    user:mail 0660): the user's session process has the user's gid and
+    group mail and nothing else, serves the spool (RETR, DELE, QUIT) and
+    leaves a valid mbox with one message, owner, group and mode kept.
+    Without mail_privileged_group the process cannot create its lock files
+    in the spool directory: the login is refused with a reason in the log,
+    and the spool is untouched."""
+    import grp
+    import mailbox
+    from test_server_mbox import mbox_bytes, served
+    a = users["a"]
+    pw = pwd.getpwnam(a)
+    mail_gid = grp.getgrnam("mail").gr_gid
+    msgs = [(b"Thu Jan  1 00:00:00 2026", b"Subject: one\n\nFrom here\nbody\n"),
+            (b"Thu Jan  1 00:00:01 2026", b"Subject: two\n\nsecond\n")]
+    for group in ("mail", "none"):
+        srv = server_factory(users={}, start=False, config={
+            "users": "pam", "pam_service": pam_service, "mail_privileged_group": group,
+            "lock_wait": "1"})
+        spool = os.path.join(srv.base, "spool")
+        os.mkdir(spool)
+        os.chown(spool, 0, mail_gid)
+        os.chmod(spool, 0o2775)
+        path = os.path.join(spool, a)
+        with open(path, "wb") as f:
+            f.write(mbox_bytes(msgs))
+        os.chown(path, pw.pw_uid, mail_gid)
+        os.chmod(path, 0o660)
+        srv.config["mail"] = "mbox:%s/%%u" % spool
+        srv.start()
+        c = srv.connect(source=fresh_source())
+        assert c.cmd("USER " + a).startswith(b"+OK")
+        st = c.cmd("PASS " + PASSWORD)
+        if group == "none":
+            assert st.startswith(b"-ERR"), st
+            c.close()
+            wait_until(lambda: "popboxd needs to write in the mbox's directory" in srv.log(),
+                       "the reason logged")
+            assert os.listdir(spool) == [a]
+            with open(path, "rb") as f:
+                assert f.read() == mbox_bytes(msgs)
+            continue
+        assert st.startswith(b"+OK Logged in, 2 messages"), st
+        (pid,) = wait_session_procs(srv, 1)
+        status = proc_status(pid)
+        assert status["Uid"].split() == [str(pw.pw_uid)] * 4
+        assert sorted(status["Groups"].split()) == sorted([str(pw.pw_gid), str(mail_gid)])
+        assert c.retr(1) == served(msgs[0][1])
+        assert c.cmd("DELE 1").startswith(b"+OK")
+        assert c.quit().startswith(b"+OK")
+        st_after = os.stat(path)
+        assert (st_after.st_uid, st_after.st_gid, st_after.st_mode & 0o7777) == \
+            (pw.pw_uid, mail_gid, 0o660)
+        mb = mailbox.mbox(path, create=False)
+        try:
+            assert [mb.get_bytes(k) for k in mb.keys()] == [msgs[1][1]]
+        finally:
+            mb.close()
