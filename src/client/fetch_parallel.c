@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -148,21 +149,28 @@ block_draw(struct parallel *p, bool force)
 		return;
 	p->last_draw = t;
 	block_erase(p);
+	/* each line cut to the terminal's width: a line that wrapped would
+	 * take two rows, and the cursor-up of the next redraw one too few */
+	struct winsize ws;
+	size_t cols = ioctl(2, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col - 1 : 79;
 	for (int i = 0; i < p->njobs; i++) {
 		struct job *j = &p->jobs[i];
-		char sz[32];
+		char sz[32], line[512];
 		size_text(j->state == JOB_DONE ? j->fetched_bytes : j->bytes, sz, sizeof(sz));
 		if (j->state == JOB_WAITING)
-			fprintf(stderr, "%s: waiting\n", j->a->name);
+			snprintf(line, sizeof(line), "%s: waiting", j->a->name);
 		else if (j->state == JOB_RUNNING && j->planned == 0 && j->done == 0)
-			fprintf(stderr, "%s: connecting\n", j->a->name);
+			snprintf(line, sizeof(line), "%s: connecting", j->a->name);
 		else if (j->state == JOB_RUNNING)
-			fprintf(stderr, "%s: message %u/%u, %s\n", j->a->name, j->done, j->planned, sz);
+			snprintf(line, sizeof(line), "%s: message %u/%u, %s", j->a->name, j->done,
+			    j->planned, sz);
 		else if (j->status == 0)
-			fprintf(stderr, "%s: done, fetched %u (%s)\n", j->a->name, j->fetched, sz);
+			snprintf(line, sizeof(line), "%s: done, fetched %u (%s)", j->a->name,
+			    j->fetched, sz);
 		else
-			fprintf(stderr, "%s: %s (exit %d)\n", j->a->name, status_text(j->status),
-			    j->status);
+			snprintf(line, sizeof(line), "%s: %s (exit %d)", j->a->name,
+			    status_text(j->status), j->status);
+		fprintf(stderr, "%.*s\n", (int)(cols < sizeof(line) ? cols : sizeof(line)), line);
 		p->drawn++;
 	}
 	fflush(stderr);
