@@ -321,11 +321,11 @@ lmtp_job_run(struct thread_pool_job *pool_job)
 	switch (j->kind) {
 	case LMTP_JOB_QUOTA: {
 		const char *path;
-		if (store_backend_for(j->paths[0], &path) != &store_maildir)
-			break;   /* mbox: checked when the message is appended */
+		bool mbox = store_backend_for(j->paths[0], &path) == &store_mbox;
 		struct delivery_target t = { .path = path,
 		    .max_maildrop_size = j->max_maildrop_size };
-		j->status = store_maildir_deliver_check(&t, j->size, &j->error);
+		j->status = mbox ? store_mbox_deliver_check(&t, j->size, &j->error) :
+		    store_maildir_deliver_check(&t, j->size, &j->error);
 		break;
 	}
 	case LMTP_JOB_SPOOL:

@@ -97,6 +97,10 @@ enum delivery_status store_mbox_deliver_stream(const struct delivery_target *t,
 /* LMTP's spool for a message to an mbox: an anonymous file in the mbox's
  * directory (the same file system, the same quota). */
 enum delivery_status store_mbox_spool_open(const char *path, int *fd_r, char **error_r);
+/* As store_maildir_deliver_check (LMTP's RCPT): the mbox's size plus
+ * size octets against t->max_maildrop_size (a missing mbox is empty). */
+enum delivery_status store_mbox_deliver_check(const struct delivery_target *t,
+    uint64_t size, char **error_r);
 /* A finished spool file (LMTP: LF line ends, read with pread from 0). */
 enum delivery_status store_mbox_deliver_file(const struct delivery_target *t,
     const struct mbox_delivery_options *o, int file_fd, struct delivery_result *result_r,

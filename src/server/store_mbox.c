@@ -1874,3 +1874,24 @@ store_mbox_spool_open(const char *path, int *fd_r, char **error_r)
 	free(dir);
 	return DELIVERY_OK;
 }
+
+enum delivery_status
+store_mbox_deliver_check(const struct delivery_target *t, uint64_t size, char **error_r)
+{
+	if (t->max_maildrop_size == 0)
+		return DELIVERY_OK;
+	struct stat sb;
+	uint64_t have = 0;
+	if (stat(t->path, &sb) == 0) {
+		have = (uint64_t)sb.st_size;
+	} else if (errno != ENOENT) {
+		*error_r = xasprintf("mbox %s: %s", t->path, strerror(errno));
+		return mbox_deliver_errno(errno);
+	}
+	/* at least one octet: a full mbox refuses even a declared 0 */
+	if (have + (size > 0 ? size : 1) > t->max_maildrop_size) {
+		*error_r = xasprintf("mbox %s would pass max_maildrop_size", t->path);
+		return DELIVERY_OVER_QUOTA;
+	}
+	return DELIVERY_OK;
+}
