@@ -11,7 +11,10 @@
 #include "server/store.h"
 #include "server/store_deliver.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +81,125 @@ deliver_exit_code(enum delivery_status st, const struct config *config)
 	return EX_TEMPFAIL;
 }
 
+/* The recipient's Unix account (users = pam): uid and gid, set by
+ * deliver_find_system_user. */
+struct deliver_account {
+	bool system;
+	uid_t uid;
+	gid_t gid;
+};
+
+/* The mail location of entry as a path: 0, or an exit code. */
+static int
+deliver_location(const struct config *config, const struct passwd_entry *e, char **user_r,
+    char **path_r, bool *mbox_r)
+{
+	char *error = NULL;
+	const char *path;
+	int rc = 0;
+	char *location = mail_location_expand(config->mail, e, &error);
+	if (location == NULL) {
+		fprintf(stderr, DELIVER_PROG ": %s\n", error);
+		free(error);
+		rc = EX_CONFIG;
+	} else if (store_backend_for(location, &path) == NULL) {
+		fprintf(stderr, DELIVER_PROG ": %s: mail location is not a Maildir or mbox\n", e->user);
+		rc = EX_CONFIG;
+	} else {
+		*mbox_r = store_backend_for(location, &path) == &store_mbox;
+		*user_r = xstrdup(e->user);
+		*path_r = xstrdup(path);
+	}
+	free(location);
+	return rc;
+}
+
+/* users = pam: the system account the address names, as popboxd's login
+ * and LMTP's RCPT find it (recipient_candidates, getpwnam); an account
+ * below first_valid_uid or in deny_users is no mail user. */
+static int
+deliver_find_system_user(const struct config *config, const char *address, char **user_r,
+    char **path_r, bool *mbox_r, struct deliver_account *acct)
+{
+	char *names[RECIPIENT_CANDIDATES];
+	size_t n = recipient_candidates(address, config->recipient_delimiter, names);
+	struct passwd *pw = NULL;
+	int rc = EX_NOUSER;
+
+	for (size_t i = 0; i < n; i++) {
+		if (pw == NULL) {
+			errno = 0;
+			struct passwd *p = getpwnam(names[i]);
+			if (p == NULL && errno != 0 && errno != ENOENT && errno != ESRCH) {
+				fprintf(stderr, DELIVER_PROG ": looking up %s: %s\n", names[i], strerror(errno));
+				rc = EX_TEMPFAIL;
+				break;
+			}
+			char *needle = xasprintf(" %s ", names[i]);
+			if (p != NULL && strcmp(p->pw_name, names[i]) == 0 && p->pw_uid != 0 &&
+			    p->pw_uid >= config->first_valid_uid && strstr(config->deny_users, needle) == NULL)
+				pw = p;
+			free(needle);
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	if (pw == NULL) {
+		if (rc == EX_NOUSER) {
+			char a[128];
+			str_sanitize(a, sizeof(a), address, strlen(address));
+			fprintf(stderr, DELIVER_PROG ": %s: no such user\n", a);
+		}
+		return rc;
+	}
+	char uid[32], gid[32];
+	snprintf(uid, sizeof(uid), "%u", (unsigned)pw->pw_uid);
+	snprintf(gid, sizeof(gid), "%u", (unsigned)pw->pw_gid);
+	struct passwd_entry e = { .user = pw->pw_name, .password = (char *)"", .uid = uid,
+	    .gid = gid, .home = pw->pw_dir, .uidl_format = UIDL_FORMAT_UNSET };
+	acct->system = true;
+	acct->uid = pw->pw_uid;
+	acct->gid = pw->pw_gid;
+	return deliver_location(config, &e, user_r, path_r, mbox_r);
+}
+
+/* users = pam: deliver as the recipient. Started as root: become the
+ * user (its gid, plus mail_privileged_group for an mbox: the dot-lock is
+ * made in /var/mail, root:mail 2775 on Debian). Started as someone else
+ * (Postfix's mailbox_command runs as the recipient): that must be the
+ * recipient. */
+static int
+deliver_become_recipient(const struct config *config, const char *user,
+    const struct deliver_account *acct, bool mbox)
+{
+	if (geteuid() != 0 && getuid() != 0) {
+		if (geteuid() != acct->uid) {
+			fprintf(stderr, DELIVER_PROG ": %s: runs as uid %lu, not as the recipient "
+			    "(start it as root or as %s)\n", user, (unsigned long)geteuid(), user);
+			return -1;
+		}
+		return 0;
+	}
+	gid_t groups[2] = { acct->gid, acct->gid };
+	int ngroups = 1;
+	if (mbox && config->mail_privileged_group != NULL &&
+	    config->mail_privileged_group[0] != '\0') {
+		struct group *gr = getgrnam(config->mail_privileged_group);
+		if (gr == NULL) {
+			fprintf(stderr, DELIVER_PROG ": mail_privileged_group %s does not exist\n",
+			    config->mail_privileged_group);
+			return -1;
+		}
+		groups[ngroups++] = gr->gr_gid;
+	}
+	if (setgroups((size_t)ngroups, groups) < 0 || setresgid(acct->gid, acct->gid, acct->gid) < 0 ||
+	    setresuid(acct->uid, acct->uid, acct->uid) < 0 || setuid(0) == 0 || geteuid() == 0) {
+		fprintf(stderr, DELIVER_PROG ": cannot become %s\n", user);
+		return -1;
+	}
+	return 0;
+}
+
 /* The maildrop path of USER (address), or an exit code. */
 static int
 deliver_find_user(const struct config *config, const char *address, char **user_r,
@@ -87,10 +209,6 @@ deliver_find_user(const struct config *config, const char *address, char **user_
 	char *error = NULL;
 	int rc = 0;
 
-	if (config->passdb_pam) {
-		fprintf(stderr, DELIVER_PROG ": users = pam is not supported yet (a users file is)\n");
-		return EX_CONFIG;
-	}
 	if (passwd_db_load(config->users, &db, &error) < 0) {
 		fprintf(stderr, DELIVER_PROG ": %s\n", error);
 		free(error);
@@ -103,21 +221,7 @@ deliver_find_user(const struct config *config, const char *address, char **user_
 		fprintf(stderr, DELIVER_PROG ": %s: no such user\n", a);
 		rc = EX_NOUSER;
 	} else {
-		char *location = mail_location_expand(config->mail, e, &error);
-		const char *path;
-		if (location == NULL) {
-			fprintf(stderr, DELIVER_PROG ": %s\n", error);
-			free(error);
-			rc = EX_CONFIG;
-		} else if (store_backend_for(location, &path) == NULL) {
-			fprintf(stderr, DELIVER_PROG ": %s: mail location is not a Maildir or mbox\n", e->user);
-			rc = EX_CONFIG;
-		} else {
-			*mbox_r = store_backend_for(location, &path) == &store_mbox;
-			*user_r = xstrdup(e->user);
-			*path_r = xstrdup(path);
-		}
-		free(location);
+		rc = deliver_location(config, e, user_r, path_r, mbox_r);
 	}
 	passwd_db_free(db);
 	return rc;
@@ -165,9 +269,16 @@ deliver_cmd_main(int argc, char **argv)
 		return EX_CONFIG;
 	}
 	bool mbox = false;
-	rc = deliver_find_user(config, argv[optind], &user, &path, &mbox);
-	if (rc == 0 && mail_owner_become(config, DELIVER_PROG) < 0)
-		rc = EX_CONFIG;
+	struct deliver_account acct = { false, 0, 0 };
+	if (config->passdb_pam) {
+		rc = deliver_find_system_user(config, argv[optind], &user, &path, &mbox, &acct);
+		if (rc == 0 && deliver_become_recipient(config, user, &acct, mbox) < 0)
+			rc = EX_CONFIG;
+	} else {
+		rc = deliver_find_user(config, argv[optind], &user, &path, &mbox);
+		if (rc == 0 && mail_owner_become(config, DELIVER_PROG) < 0)
+			rc = EX_CONFIG;
+	}
 	if (rc == 0) {
 		struct delivery_target t = {
 			.path = path,
