@@ -99,6 +99,12 @@ def test_deliver_into_var_mail_as_the_recipient(server_factory, accounts, pam_se
                     preexec=as_user(user, [pwd.getpwnam(user).pw_gid, mail_gid]))
     assert r.returncode == 0, r.stderr
     before = open(spool, "rb").read()
+    # started as the recipient without group mail: nothing can be made in
+    # /var/mail (journal, dot-lock): a configuration error (78; Postfix
+    # keeps the mail: 4.3.5), named, nothing written
+    r = run_deliver(srv.conf_path, user, b"Subject: x\n\nx\n", preexec=as_user(user))
+    assert r.returncode == 78 and b"Permission denied" in r.stderr, (r.returncode, r.stderr)
+    assert open(spool, "rb").read() == before
     # started as another (non-root) user: refused, nothing written
     r = run_deliver(srv.conf_path, user, b"Subject: x\n\nx\n", preexec=as_user(other))
     assert r.returncode == 78 and b"not as the recipient" in r.stderr, (r.returncode, r.stderr)
