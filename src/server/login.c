@@ -470,7 +470,7 @@ login_maildrop_opened(struct store_job *job, void *arg)
 			session_close_after_reply(s, "maildrop-unavailable");
 			return;
 		}
-		session_process_input(s);
+		session_resume(s);
 		return;
 	}
 	if (job->devices.refusal == DEVICES_DELAY) {
@@ -483,7 +483,7 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		session_enter_state(s, SESSION_AUTHORIZATION);
 		session_reply(s, "-ERR [LOGIN-DELAY] Logged in less than %u seconds ago, "
 		    "try again later", s->login_delay);
-		session_process_input(s);
+		session_resume(s);
 		return;
 	}
 	if (job->devices.refusal == DEVICES_TOO_MANY) {
@@ -499,7 +499,7 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		session_reply(s, "-ERR [SYS/PERM] Too many devices for this user (max_devices %u): "
 		    "log in from a device used before, or have the administrator free one "
 		    "(popbox devices --forget)", limit);
-		session_process_input(s);
+		session_resume(s);
 		return;
 	}
 	s->user = user;   /* the one place: logged in */
@@ -521,7 +521,7 @@ login_maildrop_opened(struct store_job *job, void *arg)
 		    name, s->peer, s->store->count);
 	session_reply(s, "+OK Logged in, %u messages (%llu octets)", s->view_count,
 	    (unsigned long long)s->view_size);
-	session_process_input(s);
+	session_resume(s);
 }
 
 /* device: the separator and the name, or "" (ipc.h). Checked only after
@@ -653,7 +653,7 @@ login_auth_result(struct worker *w, const struct ipc_auth_result *r)
 	} else {
 		login_failed(s, r->result);
 	}
-	session_process_input(s);
+	session_resume(s);
 }
 
 void
@@ -664,7 +664,7 @@ login_auth_timeout(struct session *s)
 	if (s->sasl_id != 0)
 		login_sasl_abort(s);
 	login_failed(s, AUTH_RESULT_TEMP);
-	session_process_input(s);
+	session_resume(s);
 }
 
 void

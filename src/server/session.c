@@ -123,14 +123,10 @@ session_output(struct session *s)
 	return bufferevent_get_output(s->bev);
 }
 
+/* Write what is queued on a plain socket now, in one writev. */
 static void
-session_flush(struct session *s)
+session_write_now(struct session *s)
 {
-	/* TLS and the STLS filter write through OpenSSL; a stream refills from
-	 * the write callback; a closing session waits for that callback. */
-	if (s->freed_pending || s->tls || s->streaming || s->producer != NULL ||
-	    s->state == SESSION_CLOSING || bufferevent_get_underlying(s->bev) != NULL)
-		return;
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	size_t len = evbuffer_get_length(out);
 	if (len > 0 && len < SESSION_OUTPUT_HIGH) {
@@ -140,6 +136,21 @@ session_flush(struct session *s)
 		(void)evbuffer_write(out, bufferevent_getfd(s->bev));
 		evbuffer_freeze(out, 1);
 	}
+}
+
+/* Also after the greeting and after the auth process or the store thread
+ * answered (session_resume): each of those replies cost a loop round
+ * (epoll_ctl, epoll_wait, writev, epoll_ctl) when left to the write event. */
+void
+session_flush(struct session *s)
+{
+	/* TLS and the STLS filter write through OpenSSL; a stream refills from
+	 * the write callback; a closing session waits for that callback. */
+	if (s->freed_pending || s->tls || s->streaming || s->producer != NULL ||
+	    s->state == SESSION_CLOSING || bufferevent_get_underlying(s->bev) != NULL)
+		return;
+	session_write_now(s);
+	struct evbuffer *out = bufferevent_get_output(s->bev);
 	/* Anything left (a full socket, an error) stays with the write event,
 	 * which reports errors through the event callback as before. */
 	if (evbuffer_get_length(out) == 0)
@@ -338,6 +349,11 @@ session_linger_cb(evutil_socket_t fd, short what, void *arg)
 static void
 session_close_if_flushed(struct session *s)
 {
+	/* A plain session's last reply (QUIT's) goes out now, not in another
+	 * loop round through the write event. */
+	if (!s->freed_pending && !s->tls && !s->streaming && s->producer == NULL &&
+	    bufferevent_get_underlying(s->bev) == NULL)
+		session_write_now(s);
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) != 0)
 		return;   /* the write callback comes back when it is */
 	if (s->tls && !s->tls_shutdown) {
@@ -526,11 +542,17 @@ session_process_input(struct session *s)
 	}
 }
 
+void
+session_resume(struct session *s)
+{
+	session_process_input(s);
+	session_flush(s);
+}
+
 static void
 session_read_cb(struct bufferevent *bev, void *arg)
 {
-	session_process_input(arg);
-	session_flush(arg);
+	session_resume(arg);
 }
 
 static void session_handover_send(struct session *s);
@@ -806,8 +828,10 @@ session_open(struct worker *w, int fd, const struct sockaddr *sa, int salen, boo
 	METRICS_INC(sessions[METRICS_STATE_AUTHORIZATION]);
 	session_timer_arm(s);
 	log_debug("session %016llx: connect from %s", (unsigned long long)s->id, s->peer);
-	if (session_admit(s))
+	if (session_admit(s)) {
 		handler->start(s);
+		session_flush(s);   /* the greeting */
+	}
 }
 
 void

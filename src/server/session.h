@@ -228,6 +228,10 @@ void session_enter_state(struct session *s, enum session_state state);
 /* Run the input lines already received while the session can take one. A
  * wait (auth answer, maildrop job) calls it when it ends. */
 void session_process_input(struct session *s);
+/* session_process_input, then write a plain session's queued replies at
+ * once (after the auth process or the store thread answered). */
+void session_resume(struct session *s);
+void session_flush(struct session *s);
 /* Queue one response line; CRLF is appended. */
 void session_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The output buffer, with the write event on: use it for every write. */
