@@ -1,6 +1,7 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,10 +18,32 @@ static enum log_format log_format = LOG_FORMAT_TEXT;
 static enum log_target log_target = LOG_TARGET_DEFAULT;
 static bool log_debug_on;
 static char log_procname[64] = "popbox";
+/* getpid() for the stderr prefix, asked once per process (a system call
+ * per log line otherwise, two per POP3 session); forgotten in a child. */
+static pid_t log_pid;
+
+static void
+log_forget_pid(void)
+{
+	log_pid = 0;
+}
+
+static pid_t
+log_getpid(void)
+{
+	if (log_pid == 0)
+		log_pid = getpid();
+	return log_pid;
+}
 
 void
 log_init(const char *ident, bool to_stderr, bool debug)
 {
+	static bool atfork;
+	if (!atfork) {
+		atfork = true;
+		(void)pthread_atfork(NULL, NULL, log_forget_pid);
+	}
 	log_to_stderr = to_stderr;
 	log_debug_on = debug;
 	snprintf(log_procname, sizeof(log_procname), "%s", ident);
@@ -121,7 +144,7 @@ log_write(int pri, const char *msg, const struct log_field *fields, size_t n)
 		    "\"process\":\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 		    tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000), log_level_name(pri));
 		json_escape(f, log_procname);
-		fprintf(f, "\",\"pid\":%d", (int)getpid());
+		fprintf(f, "\",\"pid\":%d", (int)log_getpid());
 		for (size_t i = 0; i < n; i++) {
 			if (fields[i].str != NULL && fields[i].str[0] == '\0')
 				continue;
@@ -149,7 +172,7 @@ log_write(int pri, const char *msg, const struct log_field *fields, size_t n)
 		return;
 	}
 	if (log_to_stderr)
-		fprintf(stderr, "%s[%d]: %s: %s\n", log_procname, (int)getpid(), log_level_name(pri), msg);
+		fprintf(stderr, "%s[%d]: %s: %s\n", log_procname, (int)log_getpid(), log_level_name(pri), msg);
 	else
 		syslog(pri, "%s: %s", log_procname, msg);
 }

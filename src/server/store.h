@@ -21,6 +21,7 @@ enum store_status {
 	STORE_TEMP,     /* I/O or resource error, try later -> [SYS/TEMP] */
 	STORE_PERM,     /* bad location, too many messages, ... -> [SYS/PERM] */
 	STORE_GONE,     /* message_open: the file vanished (expunged elsewhere) */
+	STORE_AGAIN,    /* open with quick_only: more than the index needed */
 };
 
 struct store_message {
@@ -49,6 +50,9 @@ enum store_uidl_source {
 
 /* How a maildrop's messages get their UIDLs at their first login under
  * popboxd (uidl_migrate.h); afterwards the index remembers each one. */
+/* The largest maildrop a quick_only open serves (store_open_options). */
+#define STORE_QUICK_MAX_MESSAGES 1000
+
 struct store_open_options {
 	enum uidl_format uidl_format;      /* UIDL_FORMAT_POPBOX (or UNSET): base names */
 	const char *dovecot_uidl_format;   /* a checked pop3_uidl_format; NULL: Dovecot's default */
@@ -56,6 +60,11 @@ struct store_open_options {
 	bool keep_index;
 	/* Keep the maildrop's directory open (store.state_dir_fd). */
 	bool keep_state_dir;
+	/* Maildir: open only when the index is the scan (new/ and cur/ as it
+	 * recorded them, at most STORE_QUICK_MAX_MESSAGES): no directory
+	 * read, no message file read, nothing written; else STORE_AGAIN with
+	 * nothing changed (store_pool.c's quick opens on the worker's loop). */
+	bool quick_only;
 	/* Called for each message, in order, during the open (NULL: not). */
 	void (*report)(void *arg, const char *name, const char *uidl,
 	    enum store_uidl_source source, enum uidl_old_miss miss);
@@ -98,6 +107,9 @@ struct store {
 	 * device state, devices.h), open while the store is: only with
 	 * store_open_options.keep_state_dir, else -1. */
 	int state_dir_fd;
+	/* Maildir: the list came from popbox.index alone (what a quick_only
+	 * open can do again while nothing changes). */
+	bool from_index;
 };
 
 /* "maildir:PATH" -> backend and *path_r pointing into location; NULL if the

@@ -140,6 +140,7 @@ struct maildir_store {
 	 * scan's first look at them (one fstat each instead of two). */
 	struct stat sub_st[MAILDIR_SUBDIRS];
 	bool sub_st_fresh;
+	uid_t euid;              /* during the open: geteuid(), asked once */
 	struct lock *lock;
 	struct maildir_duplicate *dups;
 	size_t n_dups;
@@ -1092,15 +1093,23 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	clock_gettime(CLOCK_REALTIME, &now);
 	dirs_ok = store_maildir_dirs_now(ms, &dirs);
 	index_valid = store_maildir_index_read(ms, &index);
+	bool quick_only = ms->options != NULL && ms->options->quick_only;
 	if (index_valid && dirs_ok && store_maildir_dirs_equal(&index.dirs, &dirs) &&
-	    store_maildir_ctime_trusted(ms)) {
+	    store_maildir_ctime_trusted(ms) &&
+	    (!quick_only || index.count <= STORE_QUICK_MAX_MESSAGES)) {
 		store_maildir_load_index(ms, &index);
 		store_maildir_index_free(&index);
+		ms->store.from_index = true;
 		for (uint32_t i = 0; ms->options != NULL && ms->options->report != NULL &&
 		    i < ms->store.count; i++)
 			ms->options->report(ms->options->report_arg, ms->store.messages[i].name,
 			    ms->store.messages[i].uidl, STORE_UIDL_REMEMBERED, UIDL_OLD_FOUND);
 		return STORE_OK;
+	}
+	if (quick_only) {
+		*error_r = xstrdup("more than the index needed");
+		status = STORE_AGAIN;
+		goto out;
 	}
 
 	for (int sub = 0; sub < MAILDIR_SUBDIRS && status == STORE_OK; sub++)
@@ -1214,13 +1223,14 @@ bool
 store_maildir_check_owner(int fd, const char *path, const char *what, char **error_r)
 {
 	struct stat st;
-	return store_maildir_check_owner_st(fd, path, what, &st, error_r);
+	return store_maildir_check_owner_st(fd, path, what, geteuid(), &st, error_r);
 }
 
-/* The same, and what fstat said in *st_out. */
+/* The same against euid (asked once per open), and what fstat said in
+ * *st_out. */
 bool
-store_maildir_check_owner_st(int fd, const char *path, const char *what, struct stat *st_out,
-    char **error_r)
+store_maildir_check_owner_st(int fd, const char *path, const char *what, uid_t euid,
+    struct stat *st_out, char **error_r)
 {
 	struct stat st;
 
@@ -1229,9 +1239,9 @@ store_maildir_check_owner_st(int fd, const char *path, const char *what, struct 
 		    strerror(errno));
 		return false;
 	}
-	if (st.st_uid != geteuid()) {
+	if (st.st_uid != euid) {
 		*error_r = xasprintf("maildir %s: %s is owned by uid %lu, not by uid %lu",
-		    path, what, (unsigned long)st.st_uid, (unsigned long)geteuid());
+		    path, what, (unsigned long)st.st_uid, (unsigned long)euid);
 		return false;
 	}
 	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
@@ -1402,7 +1412,7 @@ store_maildir_open_subdirs(struct maildir_store *ms, char **error_r)
 			    strerror(saved));
 			return store_maildir_errno_status(saved);
 		}
-		if (!store_maildir_check_owner_st(ms->sub_fd[sub], ms->path, subname,
+		if (!store_maildir_check_owner_st(ms->sub_fd[sub], ms->path, subname, ms->euid,
 		    &ms->sub_st[sub], error_r))
 			return STORE_PERM;
 	}
@@ -1440,7 +1450,10 @@ store_maildir_open_with(const char *path, const struct store_open_options *optio
 		status = store_maildir_errno_status(errno);
 		goto fail;
 	}
-	if (!store_maildir_check_owner(ms->root_fd, path, "the maildrop", error_r)) {
+	ms->euid = geteuid();
+	struct stat root_st;
+	if (!store_maildir_check_owner_st(ms->root_fd, path, "the maildrop", ms->euid, &root_st,
+	    error_r)) {
 		status = STORE_PERM;
 		goto fail;
 	}

@@ -20,8 +20,8 @@ int store_maildir_mkdir(int dir_fd, const char *name);
 /* fd (what, of maildrop path) belongs to the effective uid and nobody else
  * may write it; false with *error_r (malloc'd) otherwise. */
 bool store_maildir_check_owner(int fd, const char *path, const char *what, char **error_r);
-bool store_maildir_check_owner_st(int fd, const char *path, const char *what, struct stat *st_out,
-    char **error_r);
+bool store_maildir_check_owner_st(int fd, const char *path, const char *what, uid_t euid,
+    struct stat *st_out, char **error_r);
 /* Open the maildrop directory path (created when its last component is
  * missing) without following a link the mail user could have placed
  * (store_maildir.c says which). Returns the descriptor, or -1 with errno

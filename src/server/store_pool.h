@@ -47,6 +47,8 @@ struct store_job {
 	 * done() takes the store by setting job->store to NULL. */
 	void (*done)(struct store_job *job, void *arg);
 	void *arg;
+	/* the pool's own */
+	struct store_pool *pool;      /* a threaded pool: to note quick opens */
 };
 
 /* The store thread(s) of a worker, reporting on base. */
