@@ -638,6 +638,15 @@ class PopboxServer:
         self.cleanup()
 
 
+def traced_env():
+    """The environment for a program started under strace (fault injection):
+    LeakSanitizer, in the ASan build of make sanitize, refuses to run under
+    ptrace and exits 1 at the end of an otherwise good run."""
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0"]))
+    return env
+
+
 def sanitized():
     """Whether popboxd is an ASan build (or runs under valgrind): memory
     figures (RSS) then measure the tool's quarantine and shadow memory, not

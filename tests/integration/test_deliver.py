@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from popbox_server import sanitized
+from popbox_server import sanitized, traced_env
 
 from mailin import AWKWARD_BODIES, deliver, fetch_all, stray_files, wire_form, popbox_path
 
@@ -226,7 +226,7 @@ def syscall_sequence(cmd, data, tmp):
     """The system calls cmd makes, in order, as (name, nth call of that
     name): strace's injection counts each call separately."""
     trace = os.path.join(tmp, "trace")
-    subprocess.run(["strace", "-f", "-qq", "-o", trace] + cmd, input=data,
+    subprocess.run(["strace", "-f", "-qq", "-o", trace] + cmd, input=data, env=traced_env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
     seen, seq = {}, []
     with open(trace) as f:
@@ -263,7 +263,7 @@ def test_sigkill_at_every_system_call_is_all_or_nothing(server, tmp_path):
         r = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
                             "-e", "inject=%s:signal=KILL:when=%d" % (name, nth)] + cmd,
                            input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=60)
+                           timeout=60, env=traced_env())
         files = os.listdir(new)
         assert len(files) <= 1, files
         if files:

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from popbox_server import RUNAWAY_SEC, ConnectionClosed, wait_until, wire_form
+from popbox_server import RUNAWAY_SEC, ConnectionClosed, traced_env, wait_until, wire_form
 
 STRACE = shutil.which("strace")
 WORKER = "popboxd-worker"
@@ -604,24 +604,8 @@ def test_popbox_deliver_killed_at_every_system_call(mbox_server, tmp_path):
     into an mbox holding one message: after the next login (which repairs
     an interrupted append) the new message is there whole or not at all,
     the old one unchanged, and exit 0 came only with it there."""
-    import re
     from mailin import popbox_path
-    # LeakSanitizer cannot run under ptrace: a sanitizer build would exit 1
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
-
-    def syscall_sequence(cmd, data, tmp):
-        trace = os.path.join(tmp, "trace")
-        subprocess.run([STRACE, "-f", "-qq", "-o", trace] + cmd, input=data, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=RUNAWAY_SEC,
-                       check=True)
-        seen, seq = {}, []
-        with open(trace) as f:
-            for line in f:
-                m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
-                if m:
-                    seen[m.group(1)] = seen.get(m.group(1), 0) + 1
-                    seq.append((m.group(1), seen[m.group(1)]))
-        return seq
+    from test_deliver import syscall_sequence
     srv = mbox_server()
     old = (b"Thu Dec  3 10:00:00 2026", b"Subject: old\n\nkept\n")
     write_spool(srv, mbox_bytes([old]))
@@ -649,7 +633,7 @@ def test_popbox_deliver_killed_at_every_system_call(mbox_server, tmp_path):
         r = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null",
                             "-e", "inject=%s:signal=KILL:when=%d" % (name, nth)] + cmd,
                            input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=RUNAWAY_SEC, env=env)
+                           timeout=RUNAWAY_SEC, env=traced_env())
         c = srv.session()
         try:
             n = c.stat()[0]
