@@ -53,8 +53,8 @@ PROFILES = {
                   tls_certs=["RSA-2048", "ECDSA P-256"], tls_groups=["X25519", "P-256"],
                   fetch_4k=2000, fetch_1m=20, fetch_accts=500),
     "full": dict(reps=5, dur=4.0, sess_users=64, sess_clients=64, retr_msgs=1000,
-                 big_msgs=100000, m1_msgs=20, idle=[1000, 4000, 10000],
-                 sweep=[1, 4, 16, 64, 128], hashed=True, dovecot=True, popa3d=True, limits=True,
+                 big_msgs=100000, m1_msgs=20, idle=[1000, 10000, 50000],
+                 sweep=[1, 16, 64, 256, 1024], hashed=True, dovecot=True, popa3d=True, limits=True,
                  clients=True, tls=True, tls_certs=["RSA-2048", "ECDSA P-256"],
                  tls_groups=["X25519", "P-256"], fetch_4k=2000, fetch_1m=20, fetch_accts=500),
 }
@@ -274,8 +274,8 @@ class Popboxd(Server):
             "users = %s" % users,
             "mail = maildir:%s/%%u" % mail,
             "state_dir = %s" % os.path.join(self.dir, "state"),
-            "max_connections = 30000",
-            "max_connections_per_ip = 30000",
+            "max_connections = 60000",
+            "max_connections_per_ip = 60000",
             "idle_timeout = 10m",
             "login_timeout = 180s",
         ]
@@ -851,6 +851,11 @@ def main():
         if v:
             prof[k] = type(prof[k])(v)
             SHORT.append(k + v)
+    # POPBOX_BENCH_IDLE=1000,10000: other idle-session levels (memory)
+    v = os.environ.get("POPBOX_BENCH_IDLE")
+    if v:
+        prof["idle"] = [int(x) for x in v.split(",")]
+        SHORT.append("idle" + v.replace(",", "+"))
     for p in (POP3LOAD, POPBOXD):
         if not os.access(p, os.X_OK):
             log("%s missing: run make first" % p)
@@ -934,8 +939,11 @@ def bench(mode, prof):
     # ---- machine limits (same harness)
     limits = {}
     sweep = {}
+    sweep_p99 = {}
+    sweep_cpu = {}
     mem = {}
     mem_tls = {}
+    mem_skipped = {}
     if prof["limits"] and want("limits"):
         limits["stream1"] = med([pop3load("stream", 0, "-c", 1, "-d", dur)["mbps"] for _ in range(reps)])
         limits["stream8"] = med([pop3load("stream", 0, "-c", 8, "-d", dur)["mbps"] for _ in range(reps)])
@@ -966,12 +974,14 @@ def bench(mode, prof):
         record("sessions/s, PLAIN, %d clients" % c, "sessions/s", res, "rate", limits.get("ideal_sess64"))
         record("session p99 latency, %d clients" % c, "ms", res, "p99_ms", None, "low")
         record("server CPU µs per session, PLAIN, %d clients" % c, "µs", res, "cpu_us", None, "low")
+        # the scale curve: sessions/s and p99 latency against concurrency
         for n in prof["sweep"]:
-            if n == c:
-                sweep[n] = {k: med([r["rate"] for r in v]) for k, v in res.items()}
-                continue
-            r2 = alternate(servers, max(1, reps - 1), lambda s: pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", s.upfx("s"), "-S"))
+            r2 = res if n == c else alternate(servers, max(1, reps - 1), lambda s: pop3load(
+                "sessions", s.port, "-c", n, "-d", dur, "-u", s.upfx("s"), "-S", srv=s))
+            ok &= errors_of(r2) == 0
             sweep[n] = {k: med([r["rate"] for r in v]) for k, v in r2.items()}
+            sweep_p99[n] = {k: med([r.get("p99_ms") for r in v]) for k, v in r2.items()}
+            sweep_cpu[n] = {k: med([r.get("cpu_us") for r in v]) for k, v in r2.items()}
         if prof["hashed"]:
             res = alternate(servers, reps, lambda s: pop3load("sessions", s.port, "-c", c, "-d", dur, "-u", s.upfx("h"), "-S", srv=s))
             ok &= errors_of(res) == 0
@@ -1132,6 +1142,18 @@ def bench(mode, prof):
         # allocator high-water marks or idle processes left by earlier runs
         for k in prof["idle"]:
             for s in servers:
+                # a level that would not fit in the machine's memory (from
+                # the server's figure at the level before) is reported as
+                # the limit instead of run (Dovecot: 600 KiB a session)
+                prev = mem.get(s.name, {})
+                if prev:
+                    per = prev[max(prev)]["per"] or 0
+                    if per * k > 0.6 * mem_available_kib():
+                        log("idle %s %d sessions: skipped, about %.0f MiB at %.0f KiB each, "
+                            "more than 60%% of the %.0f MiB available" % (
+                                s.name, k, per * k / 1024, per, mem_available_kib() / 1024))
+                        mem_skipped.setdefault(s.name, []).append(k)
+                        continue
                 nu = POPA3D_IDLE_USERS if s.name == "popa3d" else max(prof["idle"])
                 mem.setdefault(s.name, {})[k], good = idle_memory(s, k, nu)
                 ok &= good
@@ -1140,11 +1162,14 @@ def bench(mode, prof):
         if prof["tls"]:
             for k in sorted({min(prof["idle"]), max(prof["idle"])}):
                 for s in tls_servers:
+                    if k in mem_skipped.get(s.name, []):
+                        continue
                     mem_tls.setdefault(s.name, {})[k], good = idle_memory(s, k, max(prof["idle"]), tls=True)
                     ok &= good
-        kmax = max(prof["idle"])
-        rows.append(("KiB PSS per idle session at %d" % kmax,
-                     {s.name: mem[s.name][kmax]["per"] for s in servers}, "KiB", None, "low"))
+        for k in prof["idle"]:
+            rows.append(("KiB PSS per idle session at %d" % k,
+                         {s.name: mem[s.name][k]["per"] for s in servers if k in mem.get(s.name, {})},
+                         "KiB", None, "low"))
         if mem_tls:
             for k in sorted(next(iter(mem_tls.values()))):
                 rows.append(("KiB PSS per idle TLS session at %d" % k,
@@ -1160,12 +1185,15 @@ def bench(mode, prof):
     if peruser_rows:
         table += "\n\nPer-user session processes (session_process = per-user against the workers):\n\n"
         table += render(peruser_rows, [pb, pu, ps]).split("\n(")[0]
+    if sweep:
+        table += "\n\n" + render_sweep(sweep, sweep_p99, [s.name for s in servers])
     print(table)
     if fetch:
         print(render_fetch(fetch))
     result = dict(mode=mode, date=time.strftime("%Y-%m-%d %H:%M:%S %z"), commit=commit(),
                   machine=machine(), limits=limits, rows=[list(r) for r in rows], sweep=sweep,
-                  memory=mem, memory_tls=mem_tls, fetch=fetch, raw=raw, seconds=elapsed, ok=ok)
+                  sweep_p99=sweep_p99, sweep_cpu=sweep_cpu,
+                  memory=mem, memory_tls=mem_tls, memory_skipped=mem_skipped, fetch=fetch, raw=raw, seconds=elapsed, ok=ok)
     if mode != "smoke":
         outdir = os.path.join(REPO, "bench", "results")
         os.makedirs(outdir, exist_ok=True)
@@ -1188,6 +1216,17 @@ def bench(mode, prof):
     return 0 if ok else 1
 
 
+IDLE_CHUNK = 15000   # idle sessions per load generator (open-file limit 20,000 here)
+
+
+def mem_available_kib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    return 0
+
+
 def idle_memory(s, k, nu, tls=False):
     """Restarts server s (fresh: the marginal cost of a session, not
     allocator high-water marks or idle processes left by earlier runs),
@@ -1206,23 +1245,37 @@ def idle_memory(s, k, nu, tls=False):
     time.sleep(1.0)
     base = pss_kib(s.pid())
     what = "%s-%d%s" % (s.name, k, "-tls" if tls else "")
-    ready = os.path.join(TMP, "ready-" + what)
-    p = subprocess.Popen([POP3LOAD, "idle", "-p", str(port), "-k", str(k), "-c", "8",
-                          "-u", s.upfx("i"), "-U", str(nu), "-S", "-r", ready,
-                          "-d", str(max(60, k / 50))] + tflag,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    PROCS.append(p)
+    # one load generator per IDLE_CHUNK sessions: each holds a descriptor
+    # per session under this machine's open-file limit (users offset so
+    # that no two hold the same maildrop)
+    procs = []
+    for off in range(0, k, IDLE_CHUNK):
+        kk = min(IDLE_CHUNK, k - off)
+        ready = os.path.join(TMP, "ready-%s-%d" % (what, off))
+        p = subprocess.Popen([POP3LOAD, "idle", "-p", str(port), "-k", str(kk), "-c", "8",
+                              "-u", s.upfx("i"), "-U", str(min(kk, nu)), "-o", str(off if nu >= k else 0),
+                              "-S", "-r", ready, "-d", str(max(60, k / 50))] + tflag,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        PROCS.append(p)
+        procs.append((p, ready))
     deadline = time.monotonic() + max(60, k / 50) + 10
-    while not os.path.exists(ready) and p.poll() is None and time.monotonic() < deadline:
+    while (not all(os.path.exists(rd) for _, rd in procs) and all(p.poll() is None for p, _ in procs)
+           and time.monotonic() < deadline):
         time.sleep(0.1)
     time.sleep(1.0)
     held = pss_kib(s.pid())
-    p.send_signal(signal.SIGUSR1)
-    out, err = p.communicate(timeout=120)
-    r = dict(kv.split("=", 1) for kv in out.split()[2:]) if out.startswith("RESULT") else {}
-    n = int(r.get("sessions", 0))
+    n, good, out, err = 0, True, "", ""
+    for p, _ in procs:
+        p.send_signal(signal.SIGUSR1)
+    for p, _ in procs:
+        o, e = p.communicate(timeout=300)
+        out += o
+        err += e
+        r = dict(kv.split("=", 1) for kv in o.split()[2:]) if o.startswith("RESULT") else {}
+        n += int(r.get("sessions", 0))
+        good &= p.returncode == 0
     per = (held - base) / n if n else None
-    good = p.returncode == 0 and n == k
+    good = good and n == k
     if not good:
         log("idle %s: %s %s" % (what, out.strip(), err.strip()[-300:]))
     log("idle %-8s %6d sessions%s: PSS %d -> %d KiB, %.1f KiB/session"
@@ -1309,6 +1362,17 @@ def render(rows, servers):
     if "popa3d" in names:
         note += "; vs popa3d: the same against popa3d (process per session under socat, PAM, mbox spool)"
     return "\n".join(lines) + "\n" + note + ")"
+
+
+def render_sweep(sweep, p99, names):
+    """The scale curve: sessions/s and p99 latency (ms) per concurrency."""
+    lines = ["| clients | " + " | ".join("%s sessions/s" % n for n in names) + " | " +
+             " | ".join("%s p99 ms" % n for n in names) + " |",
+             "|---" * (2 * len(names) + 1) + "|"]
+    for n in sorted(sweep):
+        lines.append("| %d | %s | %s |" % (n, " | ".join(fmt(sweep[n].get(k)) for k in names),
+                                           " | ".join(fmt(p99.get(n, {}).get(k)) for k in names)))
+    return "\n".join(lines)
 
 
 def render_fetch(fetch):
@@ -1510,8 +1574,10 @@ def chart(result, outdir, mode):
         log("gnuplot not installed: no chart")
         return
     sweep = result["sweep"]
+    p99 = result.get("sweep_p99") or {}
     mem = result["memory"]
     dat1 = os.path.join(TMP, "sweep.dat")
+    dat3 = os.path.join(TMP, "p99.dat")
     dat2 = os.path.join(TMP, "mem.dat")
     names = ["popboxd", "Dovecot"]
     if any("popa3d" in v for v in sweep.values()) or "popa3d" in mem:
@@ -1519,27 +1585,36 @@ def chart(result, outdir, mode):
     with open(dat1, "w") as f:
         for n in sorted(sweep):
             f.write("%d %s\n" % (n, " ".join(str(sweep[n].get(s) or "NaN") for s in names)))
+    with open(dat3, "w") as f:
+        for n in sorted(p99):
+            f.write("%d %s\n" % (n, " ".join(str(p99[n].get(s) or "NaN") for s in names)))
+    levels = sorted({k for v in mem.values() for k in v})
     with open(dat2, "w") as f:
-        for k in sorted(next(iter(mem.values()))):
+        for k in levels:
             f.write("%d %s\n" % (k, " ".join(str((mem.get(s, {}).get(k, {}).get("held", 0) -
                                                  mem.get(s, {}).get(k, {}).get("base", 0)) / 1024.0
-                                             if s in mem else "NaN") for s in names)))
+                                             if k in mem.get(s, {}) else "NaN") for s in names)))
     png = os.path.join(outdir, "chart-%s.png" % mode)
-    gp = """set terminal png size 1100,450
+    gp = """set terminal png size 1500,450
 set output '{png}'
-set multiplot layout 1,2 title '{title} ({date}, {commit})'
+set multiplot layout 1,3 title '{title} ({date}, {commit})'
 set title 'sessions/s against concurrency (PLAIN)'
 set xlabel 'clients'; set ylabel 'sessions/s'; set logscale x 2; set key top left; set grid
 plot {p1}
+set title 'session p99 latency against concurrency'
+set ylabel 'p99 ms'; set logscale y
+plot {p3}
+unset logscale y
 unset logscale x
 set title 'server memory (PSS over all processes) against idle sessions'
 set xlabel 'authenticated idle sessions'; set ylabel 'MiB PSS above idle server'
-set logscale y
+set logscale x; set logscale y
 plot {p2}
 unset multiplot
 """.format(png=png, date=result["date"][:10], commit=result["commit"], title=" vs ".join(names),
            p1=", ".join("'%s' using 1:%d with linespoints title '%s'" % (dat1, i + 2, n) for i, n in enumerate(names)),
-           p2=", ".join("'%s' using 1:%d with linespoints title '%s'" % (dat2, i + 2, n) for i, n in enumerate(names)))
+           p2=", ".join("'%s' using 1:%d with linespoints title '%s'" % (dat2, i + 2, n) for i, n in enumerate(names)),
+           p3=", ".join("'%s' using 1:%d with linespoints title '%s'" % (dat3, i + 2, n) for i, n in enumerate(names)))
     subprocess.run(["gnuplot"], input=gp, text=True, check=False)
 
 
