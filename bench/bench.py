@@ -1014,16 +1014,18 @@ def bench(mode, prof):
     # ---- RETR
     if want("retr"):
         for n in (1, 8):
-            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("r")))
+            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("r"), srv=s))
             ok &= errors_of(res) == 0
             record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
                    limits.get("ideal_4k%d" % n))
+            record("server CPU µs per RETR 4 KiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
         if prof["m1_msgs"]:
             for n in (1, 8):
-                res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("m")))
+                res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("m"), srv=s))
                 ok &= errors_of(res) == 0
                 record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
                        limits.get("stream1" if n == 1 else "ideal_1m8"))
+                record("server CPU µs per RETR 1 MiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
 
     # ---- TLS: handshakes (full, resumed), STLS, RETR over TLS
     tls_servers = [s for s in servers if s.tls_port]
@@ -1060,6 +1062,7 @@ def bench(mode, prof):
                                                                   "-u", s.upfx("r"), srv=s))
             ok &= errors_of(res) == 0
             record("TLS RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate")
+            record("server CPU µs per TLS RETR 4 KiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
         if prof["m1_msgs"]:
             for n in (1, 8):
                 res = alternate(tls_servers, reps, lambda s: pop3load("retr", s.tls_port, "-T", "-c", n, "-d", dur,
