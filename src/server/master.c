@@ -1448,8 +1448,7 @@ master_prepare(const struct config *config)
 	}
 	salt_key_prepare(config);
 	/* Sockets passed by systemd replace binding; they must match the
-	 * config's listeners one to one (service.h). The LMTP listeners are
-	 * bound here either way (no socket unit for them yet). */
+	 * config's listeners one to one, LMTP's too (service.h). */
 	size_t n_lmtp = config->n_lmtp_listens + config->n_lmtp_unix;
 	int activated = service_listeners(config, &master.env.listeners, &error);
 	if (activated < 0) {
@@ -1459,13 +1458,10 @@ master_prepare(const struct config *config)
 	}
 	if (activated > 0) {
 		master.socket_activated = true;
-		master.env.n_listeners = config->n_listens;
-		master.env.listeners = xrealloc(master.env.listeners,
-		    (config->n_listens + n_lmtp) * sizeof(struct listener));
-		memset(master.env.listeners + config->n_listens, 0, n_lmtp * sizeof(struct listener));
-	}
-	if (!activated)
+		master.env.n_listeners = config->n_listens + n_lmtp;
+	} else {
 		master.env.listeners = xcalloc(config->n_listens + n_lmtp, sizeof(struct listener));
+	}
 	for (size_t i = 0; !activated && i < config->n_listens; i++) {
 		if (listener_bind(&config->listens[i], &master.env.listeners[i], &error) < 0) {
 			log_warnx("%s", error);
@@ -1473,7 +1469,7 @@ master_prepare(const struct config *config)
 		}
 		master.env.n_listeners++;
 	}
-	for (size_t i = 0; i < config->n_lmtp_listens; i++) {
+	for (size_t i = 0; !activated && i < config->n_lmtp_listens; i++) {
 		struct listener *l = &master.env.listeners[master.env.n_listeners];
 		if (listener_bind(&config->lmtp_listens[i], l, &error) < 0) {
 			log_warnx("LMTP %s", error);
@@ -1482,7 +1478,7 @@ master_prepare(const struct config *config)
 		l->lmtp = true;
 		master.env.n_listeners++;
 	}
-	for (size_t i = 0; i < config->n_lmtp_unix; i++) {
+	for (size_t i = 0; !activated && i < config->n_lmtp_unix; i++) {
 		struct listener *l = &master.env.listeners[master.env.n_listeners];
 		if (lmtp_unix_bind(config, config->lmtp_unix[i], l, &error) < 0) {
 			log_warnx("%s", error);

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,9 +70,9 @@ sockaddr_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b
 	return false;
 }
 
-/* "127.0.0.1:110", "[::1]:995", or "a unix socket" for logs. */
+/* "127.0.0.1:110", "[::1]:995" or "unix:/run/popbox/lmtp" for logs. */
 static void
-sockaddr_text(const struct sockaddr_storage *ss, char *buf, size_t size)
+sockaddr_text(const struct sockaddr_storage *ss, socklen_t sslen, char *buf, size_t size)
 {
 	char host[INET6_ADDRSTRLEN] = "?";
 	if (ss->ss_family == AF_INET) {
@@ -81,6 +83,11 @@ sockaddr_text(const struct sockaddr_storage *ss, char *buf, size_t size)
 		const struct sockaddr_in6 *s = (const void *)ss;
 		inet_ntop(AF_INET6, &s->sin6_addr, host, sizeof(host));
 		snprintf(buf, size, "[%s]:%u", host, (unsigned)ntohs(s->sin6_port));
+	} else if (ss->ss_family == AF_UNIX) {
+		const struct sockaddr_un *s = (const void *)ss;
+		size_t off = offsetof(struct sockaddr_un, sun_path);
+		int len = sslen > off ? (int)strnlen(s->sun_path, sslen - off) : 0;
+		snprintf(buf, size, "unix:%.*s", len, s->sun_path);
 	} else {
 		snprintf(buf, size, "an address of family %d", (int)ss->ss_family);
 	}
@@ -93,6 +100,62 @@ strv_free_sd(char **v)
 	for (size_t i = 0; v != NULL && v[i] != NULL; i++)
 		free(v[i]);
 	free(v);
+}
+
+/* One listener the config asks for: what a passed socket must be to take
+ * its place. */
+struct wanted {
+	const char *kind;                  /* the FileDescriptorName= */
+	const char *key;                   /* the config key, for errors */
+	const struct config_listen *cl;    /* a TCP entry, or */
+	const char *path;                  /* listen_lmtp = unix:PATH */
+	char *name;                        /* for logs and errors */
+};
+
+static bool
+wanted_matches(const struct wanted *w, const char *kind, const struct sockaddr_storage *ss,
+    socklen_t sslen)
+{
+	if (strcmp(w->kind, kind) != 0)
+		return false;
+	if (w->path != NULL) {
+		const struct sockaddr_un *sun = (const void *)ss;
+		size_t off = offsetof(struct sockaddr_un, sun_path);
+		return ss->ss_family == AF_UNIX && sslen > off &&
+		    strncmp(sun->sun_path, w->path, sslen - off) == 0 &&
+		    strlen(w->path) == strnlen(sun->sun_path, sslen - off);
+	}
+	struct sockaddr_storage want;
+	return listen_resolve(w->cl, &want) == 0 && sockaddr_same(ss, &want);
+}
+
+/* The listeners the config asks for, in the master's order: listen and
+ * listen_tls, then listen_lmtp TCP entries, then its unix sockets. */
+static struct wanted *
+wanted_list(const struct config *config, size_t *n_r)
+{
+	size_t n = config->n_listens + config->n_lmtp_listens + config->n_lmtp_unix, k = 0;
+	struct wanted *w = xcalloc(n ? n : 1, sizeof(*w));
+	for (size_t i = 0; i < config->n_listens; i++, k++) {
+		w[k].cl = &config->listens[i];
+		w[k].kind = service_listen_kind(w[k].cl);
+		w[k].key = w[k].cl->tls ? "listen_tls" : "listen";
+		w[k].name = service_listen_name(w[k].cl);
+	}
+	for (size_t i = 0; i < config->n_lmtp_listens; i++, k++) {
+		w[k].cl = &config->lmtp_listens[i];
+		w[k].kind = "lmtp";
+		w[k].key = "listen_lmtp";
+		w[k].name = service_listen_name(w[k].cl);
+	}
+	for (size_t i = 0; i < config->n_lmtp_unix; i++, k++) {
+		w[k].path = config->lmtp_unix[i];
+		w[k].kind = "lmtp";
+		w[k].key = "listen_lmtp";
+		w[k].name = xasprintf("unix:%s", w[k].path);
+	}
+	*n_r = n;
+	return w;
 }
 
 int
@@ -108,8 +171,10 @@ service_listeners(const struct config *config, struct listener **out, char **err
 		strv_free_sd(names);
 		return 0;
 	}
-	struct listener *ls = xcalloc(config->n_listens ? config->n_listens : 1, sizeof(*ls));
-	for (size_t i = 0; i < config->n_listens; i++)
+	size_t nw;
+	struct wanted *w = wanted_list(config, &nw);
+	struct listener *ls = xcalloc(nw ? nw : 1, sizeof(*ls));
+	for (size_t i = 0; i < nw; i++)
 		ls[i].fd = -1;
 	char *err = NULL;
 	for (int i = 0; i < n && err == NULL; i++) {
@@ -117,38 +182,35 @@ service_listeners(const struct config *config, struct listener **out, char **err
 		const char *name = names != NULL && names[i] != NULL ? names[i] : "unknown";
 		struct sockaddr_storage ss;
 		socklen_t sslen = sizeof(ss);
-		char text[INET6_ADDRSTRLEN + 16];
+		char text[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
 		memset(&ss, 0, sizeof(ss));
 		if (getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0) {
 			err = xasprintf("socket activation: passed descriptor %d (%s): %s", fd, name,
 			    strerror(errno));
 			break;
 		}
-		sockaddr_text(&ss, text, sizeof(text));
+		sockaddr_text(&ss, sslen, text, sizeof(text));
 		if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
 			err = xasprintf("socket activation: passed socket %s (%s) is not a listening "
 			    "stream socket (ListenStream= in the socket unit)", name, text);
 			break;
 		}
-		if (strcmp(name, "pop3") != 0 && strcmp(name, "pop3s") != 0) {
+		if (strcmp(name, "pop3") != 0 && strcmp(name, "pop3s") != 0 &&
+		    strcmp(name, "lmtp") != 0) {
 			err = xasprintf("socket activation: passed socket %s is named '%s'; name it "
-			    "pop3 (for listen) or pop3s (for listen_tls) with FileDescriptorName= "
-			    "in the socket unit", text, name);
+			    "pop3 (for listen), pop3s (for listen_tls) or lmtp (for listen_lmtp) "
+			    "with FileDescriptorName= in the socket unit", text, name);
 			break;
 		}
-		size_t match = config->n_listens;
-		for (size_t j = 0; j < config->n_listens; j++) {
-			struct sockaddr_storage want;
-			if (strcmp(service_listen_kind(&config->listens[j]), name) != 0 ||
-			    listen_resolve(&config->listens[j], &want) < 0 || !sockaddr_same(&ss, &want))
-				continue;
-			match = j;
-			break;
-		}
-		if (match == config->n_listens) {
+		size_t match = nw;
+		for (size_t j = 0; j < nw && match == nw; j++)
+			if (wanted_matches(&w[j], name, &ss, sslen))
+				match = j;
+		if (match == nw) {
 			err = xasprintf("socket activation: the socket unit passes %s socket %s, which "
 			    "%s does not list in %s; add it there or remove it from the socket unit",
-			    name, text, config->path, strcmp(name, "pop3s") == 0 ? "listen_tls" : "listen");
+			    name, text, config->path, strcmp(name, "pop3s") == 0 ? "listen_tls" :
+			    strcmp(name, "lmtp") == 0 ? "listen_lmtp" : "listen");
 			break;
 		}
 		if (ls[match].fd >= 0) {
@@ -156,30 +218,35 @@ service_listeners(const struct config *config, struct listener **out, char **err
 			break;
 		}
 		ls[match].fd = fd;
-		ls[match].tls = config->listens[match].tls;
-		ls[match].name = service_listen_name(&config->listens[match]);
+		ls[match].tls = w[match].cl != NULL && w[match].cl->tls;
+		ls[match].lmtp = strcmp(w[match].kind, "lmtp") == 0;
+		/* A unix socket file made by systemd stays its: unix_socket
+		 * false, so popboxd never removes it. */
+		ls[match].name = w[match].name;
+		w[match].name = NULL;
 	}
-	for (size_t j = 0; j < config->n_listens && err == NULL; j++) {
+	for (size_t j = 0; j < nw && err == NULL; j++) {
 		if (ls[j].fd >= 0)
 			continue;
-		char *want = service_listen_name(&config->listens[j]);
 		err = xasprintf("socket activation: %s lists %s %s, which the socket unit does not "
 		    "pass (add ListenStream=%s with FileDescriptorName=%s, or remove it from %s)",
-		    config->path, config->listens[j].tls ? "listen_tls" : "listen", want, want,
-		    service_listen_kind(&config->listens[j]), config->path);
-		free(want);
+		    config->path, w[j].key, w[j].name,
+		    w[j].path != NULL ? w[j].path : w[j].name, w[j].kind, config->path);
 	}
+	for (size_t j = 0; j < nw; j++)
+		free(w[j].name);
+	free(w);
 	strv_free_sd(names);
 	if (err != NULL) {
 		for (int i = 0; i < n; i++)
 			close(SD_LISTEN_FDS_START + i);
-		for (size_t j = 0; j < config->n_listens; j++)
+		for (size_t j = 0; j < nw; j++)
 			free(ls[j].name);
 		free(ls);
 		*error_r = err;
 		return -1;
 	}
-	for (size_t j = 0; j < config->n_listens; j++) {
+	for (size_t j = 0; j < nw; j++) {
 		int fl = fcntl(ls[j].fd, F_GETFL);
 		if (fl >= 0)
 			(void)fcntl(ls[j].fd, F_SETFL, fl | O_NONBLOCK);

@@ -3,10 +3,11 @@
  * sockets handed over by socket activation (sd_listen_fds_with_names).
  *
  * Socket activation: every passed socket carries a name saying what it is
- * for ("pop3" = a listen entry, "pop3s" = a listen_tls entry; the socket
- * unit's FileDescriptorName=). Each passed socket must be a listening
- * stream socket whose bound address equals exactly one config entry of its
- * kind, and each config entry must be matched by exactly one passed socket:
+ * for ("pop3" = a listen entry, "pop3s" = a listen_tls entry, "lmtp" = a
+ * listen_lmtp entry, TCP or unix:PATH; the socket unit's
+ * FileDescriptorName=). Each passed socket must be a listening stream
+ * socket whose bound address (or path) equals exactly one config entry of
+ * its kind, and each config entry must be matched by exactly one passed socket:
  * a socket the config does not list, a config entry no socket provides, an
  * unknown name or a socket passed twice for one entry are errors at
  * start-up (never a silent listener too many or too few). */
@@ -24,8 +25,10 @@ char *service_listen_name(const struct config_listen *cl);
 const char *service_listen_kind(const struct config_listen *cl);
 
 /* Takes the sockets passed by socket activation, if any, and matches them to
- * config->listens (in that order into *out, n_listens entries, each fd
- * non-blocking and close-on-exec). Returns 0 when nothing was passed (bind
+ * the config's listeners: into *out in the master's order (config->listens,
+ * then listen_lmtp's TCP entries, then its unix sockets; each fd
+ * non-blocking and close-on-exec; a unix socket's file is systemd's and is
+ * never removed by popboxd). Returns 0 when nothing was passed (bind
  * as usual), 1 when *out holds the matched sockets, -1 with *error_r on any
  * mismatch (every passed socket is closed then). The LISTEN_ variables are
  * removed from the environment either way. */

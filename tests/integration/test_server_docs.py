@@ -174,7 +174,7 @@ def test_make_install_honours_prefix_and_destdir(popboxd_bin):
             assert "ExecStart=/opt/pb/sbin/popboxd -f -c /etc/popbox/popboxd.conf\n" in f.read()
         with open(os.path.join(root, "lib/systemd/user/popbox-fetch@.service")) as f:
             assert "ExecStart=/opt/pb/bin/popbox fetch %i\n" in f.read()
-        for unit in ("popboxd.socket", "popboxd-pop3s.socket"):
+        for unit in ("popboxd.socket", "popboxd-pop3s.socket", "popboxd-lmtp.socket"):
             assert os.path.exists(os.path.join(root, "lib/systemd/system", unit)), unit
         assert os.path.exists(os.path.join(root, "lib/systemd/user/popbox-fetch@.timer"))
         # the PAM service of users = pam (test_server_pam.py uses the same file)

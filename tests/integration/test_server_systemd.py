@@ -10,6 +10,8 @@
 - Notifications go to a NOTIFY_SOCKET this test binds: READY=1 with STATUS=,
   STATUS= following the open connections, RELOADING=1 then READY=1 around
   SIGHUP, STOPPING=1 on SIGTERM.
+- The LMTP listeners (a TCP address and a unix socket, named lmtp) too:
+  deliveries over both, and the socket file left to systemd.
 - A passed socket the config does not list, a config entry no socket
   provides, a socket of the wrong kind or an unknown name: popboxd refuses to
   start (exit 1) and says which.
@@ -57,7 +59,8 @@ def test_units_verify(tmp_path):
     assert r.returncode == 0, r.stderr
     system = sorted(os.listdir(out / "systemd" / "system"))
     user = sorted(os.listdir(out / "systemd" / "user"))
-    assert system == ["popboxd-pop3s.socket", "popboxd.service", "popboxd.socket"], system
+    assert system == ["popboxd-lmtp.socket", "popboxd-pop3s.socket", "popboxd.service",
+                      "popboxd.socket"], system
     assert user == ["popbox-fetch@.service", "popbox-fetch@.timer"], user
     man = tmp_path / "man"
     for sec in ("1", "5", "8"):
@@ -135,15 +138,20 @@ class NotifySocket:
         self.sock.close()
 
 
+def listen_arg(where):
+    """A port on 127.0.0.1, or the path of a unix socket."""
+    return where if isinstance(where, str) else "127.0.0.1:%d" % where
+
+
 def activate(srv, sockets, notify=None):
     """Run popboxd -f under systemd-socket-activate: sockets is a list of
-    (port, name). Returns the Popen (popboxd's pid once it execs). The
-    server's log gets both programs' output."""
+    (port or unix socket path, name). Returns the Popen (popboxd's pid once
+    it execs). The server's log gets both programs' output."""
     need("systemd-socket-activate")
     srv.write_config()
     cmd = ["systemd-socket-activate"]
-    for port, _ in sockets:
-        cmd += ["-l", "127.0.0.1:%d" % port]
+    for where, _ in sockets:
+        cmd += ["-l", listen_arg(where)]
     cmd.append("--fdname=" + ":".join(name for _, name in sockets))
     if notify is not None:
         cmd += ["-E", "NOTIFY_SOCKET=" + notify.path]
@@ -151,9 +159,9 @@ def activate(srv, sockets, notify=None):
     srv.logf = open(srv.log_path, "ab")
     srv.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=srv.logf,
                                 stderr=subprocess.STDOUT, cwd=srv.base, preexec_fn=_die_with_parent)
-    for port, _ in sockets:
-        wait_until(lambda: "Listening on 127.0.0.1:%d" % port in srv.log(),
-                   "systemd-socket-activate listening on %d" % port)
+    for where, _ in sockets:
+        wait_until(lambda: "Listening on %s as" % listen_arg(where) in srv.log(),
+                   "systemd-socket-activate listening on %s" % listen_arg(where))
     return srv.proc
 
 
@@ -205,6 +213,7 @@ def test_socket_activation_sessions_and_notify(server_factory, pki):
         f.flush()
         # The TLS session holds alice's maildrop.
         assert f.readline().startswith(b"-ERR [IN-USE]")
+        f.close()        # the file object holds the socket open too
         first.close()
         p3s.quit()
         notify.wait_for(lambda m: m.get("STATUS", "").startswith("0 connections"),
@@ -236,7 +245,44 @@ def test_socket_activation_sessions_and_notify(server_factory, pki):
         notify.close()
 
 
-@pytest.mark.parametrize("case", ["config-more", "socket-more", "wrong-kind", "unnamed"])
+def test_socket_activation_lmtp(server_factory):
+    """listen_lmtp entries, a TCP address and a unix socket, come from
+    systemd too (named lmtp): a message delivered over each with
+    smtplib.LMTP is read back over POP3, and the socket file, systemd's,
+    is still there after popboxd stopped."""
+    import smtplib
+    srv = server_factory(start=False)
+    pop3, lmtp = free_port(), free_port()
+    path = os.path.join(srv.base, "lmtp.sock")
+    srv.config["listen"] = "127.0.0.1:%d" % pop3
+    srv.config["listen_lmtp"] = "127.0.0.1:%d, unix:%s" % (lmtp, path)
+    srv.port = pop3
+    proc = activate(srv, [(pop3, "pop3"), (path, "lmtp"), (lmtp, "lmtp")])
+    fds = None
+    for n, (kind, addr) in enumerate((("tcp", ("127.0.0.1", lmtp)), ("unix", path))):
+        lm = smtplib.LMTP(*addr) if kind == "tcp" else smtplib.LMTP(addr)
+        lm.sendmail("s@example.org", ["alice"], b"Subject: %d\r\n\r\nover %s\r\n"
+                    % (n, kind.encode()))
+        lm.quit()
+        if fds is None:
+            fds = {int(f): os.readlink("/proc/%d/fd/%s" % (proc.pid, f))
+                   for f in os.listdir("/proc/%d/fd" % proc.pid)}
+    assert "sockets from systemd" in srv.log(), srv.log()
+    # The master bound nothing itself: its listening sockets are fds 3-5.
+    assert all(fds[fd].startswith("socket:") for fd in (3, 4, 5)), fds
+    p3 = poplib.POP3("127.0.0.1", pop3, timeout=RUNAWAY_SEC)
+    p3.user("alice")
+    p3.pass_("secret")
+    bodies = sorted(b"\r\n".join(p3.retr(i)[1]) for i in (1, 2))
+    p3.quit()
+    assert [b.endswith(b"over tcp") or b.endswith(b"over unix") for b in bodies] == [True, True]
+    assert bodies[0].endswith(b"over tcp") and bodies[1].endswith(b"over unix"), bodies
+    assert srv.stop() == 0, srv.log()
+    assert os.path.exists(path), "popboxd removed systemd's socket file"
+
+
+@pytest.mark.parametrize("case", ["config-more", "socket-more", "wrong-kind", "unnamed",
+                                  "lmtp-missing", "lmtp-other-path"])
 def test_socket_activation_mismatch(server_factory, case):
     """Any difference between the passed sockets and the config's listeners
     stops popboxd at start-up (exit 1) with a message naming it; the
@@ -244,6 +290,9 @@ def test_socket_activation_mismatch(server_factory, case):
     srv = server_factory(start=False)
     a, b = free_port(), free_port()
     srv.config["listen"] = "127.0.0.1:%d, 127.0.0.1:%d" % (a, b)
+    lmtp_path = os.path.join(srv.base, "lmtp.sock")
+    if case.startswith("lmtp"):
+        srv.config["listen_lmtp"] = "unix:" + lmtp_path
     sockets, expect = {
         "config-more": ([(a, "pop3")],
                         "lists listen 127.0.0.1:%d, which the socket unit does not pass" % b),
@@ -254,6 +303,12 @@ def test_socket_activation_mismatch(server_factory, case):
                        % (b, srv.conf_path)),
         "unnamed": ([(a, "pop3"), (b, "popboxd.socket")],
                     "is named 'popboxd.socket'; name it pop3"),
+        "lmtp-missing": ([(a, "pop3"), (b, "pop3")],
+                         "lists listen_lmtp unix:%s, which the socket unit does not pass"
+                         % lmtp_path),
+        "lmtp-other-path": ([(a, "pop3"), (b, "pop3"), (lmtp_path + "2", "lmtp")],
+                            "passes lmtp socket unix:%s2, which %s does not list in listen_lmtp"
+                            % (lmtp_path, srv.conf_path)),
     }[case]
     proc = activate(srv, sockets)
     with first_connection(a) as s:

@@ -89,6 +89,7 @@ def test_install_serve_remove_purge(deb):
     for f in ("/usr/sbin/popboxd", "/usr/bin/popbox", "/etc/pam.d/popbox",
               "/lib/systemd/system/popboxd.service", "/lib/systemd/system/popboxd.socket",
               "/lib/systemd/system/popboxd-pop3s.socket",
+              "/lib/systemd/system/popboxd-lmtp.socket",
               "/usr/lib/systemd/user/popbox-fetch@.service",
               "/usr/lib/systemd/user/popbox-fetch@.timer",
               "/usr/share/man/man8/popboxd.8.gz", "/usr/share/man/man5/popboxd.conf.5.gz",
