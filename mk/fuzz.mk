@@ -24,7 +24,9 @@ FUZZ_TARGETS  := $(sort $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/f
 FUZZ_MAXLEN_session ?= 20000
 FUZZ_MAXLEN_default ?= 4096
 
-FUZZ_PKGS     := libevent libevent_openssl openssl libgsasl
+# the same libraries as the programs (log.c, metrics_http.c, auth_pam.c
+# need libsystemd, libmicrohttpd and PAM)
+FUZZ_PKGS     := $(PKGS)
 FUZZ_PKG_CFLAGS := $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_PKG_LIBS   := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIB_SRC  := $(sort $(wildcard src/common/*.c) $(filter-out src/server/main.c,$(wildcard src/server/*.c)))
