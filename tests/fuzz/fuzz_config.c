@@ -25,7 +25,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (r == 0) {
 		FUZZ_CHECK(c != NULL && error == NULL, "success without config");
 		FUZZ_CHECK(c->users != NULL && c->mail != NULL, "required keys missing");
-		FUZZ_CHECK(strncmp(c->mail, "maildir:", 8) == 0, "mail '%s'", c->mail);
+		FUZZ_CHECK(strncmp(c->mail, "maildir:", 8) == 0 || strncmp(c->mail, "mbox:", 5) == 0,
+		    "mail '%s'", c->mail);
 		FUZZ_CHECK(c->idle_timeout >= 1 && c->idle_timeout <= 24 * 3600, "idle %u", c->idle_timeout);
 		FUZZ_CHECK(c->login_timeout >= 1 && c->login_timeout <= 24 * 3600, "login %u", c->login_timeout);
 		FUZZ_CHECK((c->tls_cert == NULL) == (c->tls_key == NULL), "cert without key");
