@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "server/metrics.h"
 #include "server/popboxd.h"
 
 struct ipc_header {
@@ -60,13 +61,13 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    NUMBER(UINT32_MAX), NUMBER(UINT32_MAX), TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_LOCATION), NUMBER(UIDL_FORMAT_MAX), NUMBER(2 + DEVICES_EXPIRE_MAX),
 	    NUMBER(1 + DEVICES_LOGIN_DELAY_MAX) } },
-	[IPC_HANDOVER] = { 7, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
-	    TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
+	[IPC_HANDOVER] = { 8, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
+	    NUMBER(METRICS_MECH_N - 1), TEXT(IPC_MAX_TICKET), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
 	[IPC_HANDOVER_DONE] = { 2, { NUMBER(UINT64_MAX), NUMBER(1) } },
 	[IPC_USERS_POLICY] = { 1, { NUMBER(IPC_POLICY_EXPIRE_DIFFERS | IPC_POLICY_DELAY_DIFFERS) } },
-	[IPC_SESSION_ADOPT] = { 6, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
-	    TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
+	[IPC_SESSION_ADOPT] = { 7, { NUMBER(UINT64_MAX), NUMBER(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK),
+	    NUMBER(METRICS_MECH_N - 1), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
 	[IPC_SESSION_END] = { 1, { NUMBER(UINT64_MAX) } },
 };
@@ -482,24 +483,25 @@ size_t
 ipc_handover_encode(void *buf, size_t size, const struct ipc_handover *m)
 {
 	const union field v[] = { { .number = m->session_id }, { .number = m->flags },
-	    { .text = m->ticket }, { .text = m->peer }, { .text = m->peer_ip }, { .text = m->device },
-	    { .text = m->input } };
+	    { .number = m->mech }, { .text = m->ticket }, { .text = m->peer }, { .text = m->peer_ip },
+	    { .text = m->device }, { .text = m->input } };
 	return ipc_encode(buf, size, IPC_HANDOVER, m->request_id, v);
 }
 
 bool
 ipc_handover_decode(const void *buf, size_t len, struct ipc_handover *m)
 {
-	union field v[7];
+	union field v[8];
 	if (!ipc_decode(buf, len, IPC_HANDOVER, &m->request_id, v))
 		return false;
 	m->session_id = v[0].number;
 	m->flags = (unsigned)v[1].number;
-	m->ticket = v[2].text;
-	m->peer = v[3].text;
-	m->peer_ip = v[4].text;
-	m->device = v[5].text;
-	m->input = v[6].text;
+	m->mech = (unsigned)v[2].number;
+	m->ticket = v[3].text;
+	m->peer = v[4].text;
+	m->peer_ip = v[5].text;
+	m->device = v[6].text;
+	m->input = v[7].text;
 	return true;
 }
 
@@ -542,22 +544,24 @@ size_t
 ipc_session_adopt_encode(void *buf, size_t size, const struct ipc_session_adopt *m)
 {
 	const union field v[] = { { .number = m->session_id }, { .number = m->flags },
-	    { .text = m->peer }, { .text = m->peer_ip }, { .text = m->device }, { .text = m->input } };
+	    { .number = m->mech }, { .text = m->peer }, { .text = m->peer_ip }, { .text = m->device },
+	    { .text = m->input } };
 	return ipc_encode(buf, size, IPC_SESSION_ADOPT, m->request_id, v);
 }
 
 bool
 ipc_session_adopt_decode(const void *buf, size_t len, struct ipc_session_adopt *m)
 {
-	union field v[6];
+	union field v[7];
 	if (!ipc_decode(buf, len, IPC_SESSION_ADOPT, &m->request_id, v))
 		return false;
 	m->session_id = v[0].number;
 	m->flags = (unsigned)v[1].number;
-	m->peer = v[2].text;
-	m->peer_ip = v[3].text;
-	m->device = v[4].text;
-	m->input = v[5].text;
+	m->mech = (unsigned)v[2].number;
+	m->peer = v[3].text;
+	m->peer_ip = v[4].text;
+	m->device = v[5].text;
+	m->input = v[6].text;
 	return true;
 }
 

@@ -70,7 +70,7 @@ _Static_assert(IPC_HEADER_SIZE + 32 + 2 * (IPC_MAX_USER + 1) + (IPC_MAX_LOCATION
     (IPC_MAX_SASL_DATA + 1) + (IPC_MAX_TICKET + 1) <= IPC_MAX_MSG, "an auth result must fit");
 /* A handover is sent on a worker's control socket, whose send buffer is the
  * kernel's default (208 KiB; a SEQPACKET message must fit in it, less 32). */
-_Static_assert(IPC_HEADER_SIZE + 16 + (IPC_MAX_TICKET + 1) + (IPC_MAX_PEER_NAME + 1) +
+_Static_assert(IPC_HEADER_SIZE + 24 + (IPC_MAX_TICKET + 1) + (IPC_MAX_PEER_NAME + 1) +
     (IPC_MAX_PEER + 1) + (IPC_MAX_USER + 1) + (IPC_MAX_HANDOVER_INPUT_B64 + 1) <= 212992 - 32,
     "a handover must fit in a default socket buffer");
 _Static_assert(IPC_HEADER_SIZE + 16 + (IPC_MAX_SASL_MECH + 1) + (IPC_MAX_SASL_DATA + 1) +
@@ -198,7 +198,7 @@ struct ipc_session_grant {
 
 /* IPC_HANDOVER, worker -> master, with the descriptor of the connection
  * (plain) or of the worker's end of a relay socketpair (TLS: the worker
- * keeps TLS and relays plaintext). Fields: numbers session_id, flags;
+ * keeps TLS and relays plaintext). Fields: numbers session_id, flags, mech;
  * texts ticket, peer, peer_ip, device, input. */
 #define IPC_HANDOVER_TLS 1u        /* the client's connection is encrypted */
 #define IPC_HANDOVER_LOOPBACK 2u   /* the client is on loopback */
@@ -206,6 +206,8 @@ struct ipc_handover {
 	uint64_t request_id;       /* the worker's; the DONE answer carries it */
 	uint64_t session_id;
 	unsigned flags;            /* IPC_HANDOVER_* */
+	unsigned mech;             /* the login's enum metrics_mech (the session
+	                            * process counts the login's result) */
 	const char *ticket;        /* the auth answer's */
 	const char *peer;          /* "host:port", at most IPC_MAX_PEER_NAME */
 	const char *peer_ip;       /* at most IPC_MAX_PEER */
@@ -215,12 +217,13 @@ struct ipc_handover {
 };
 
 /* IPC_SESSION_ADOPT, master -> session process, with the connection's
- * descriptor: a handover of its user. Fields: numbers session_id, flags;
- * texts peer, peer_ip, device, input (as in IPC_HANDOVER). */
+ * descriptor: a handover of its user. Fields: numbers session_id, flags,
+ * mech; texts peer, peer_ip, device, input (as in IPC_HANDOVER). */
 struct ipc_session_adopt {
 	uint64_t request_id;       /* 0 */
 	uint64_t session_id;
 	unsigned flags;            /* IPC_HANDOVER_* */
+	unsigned mech;             /* as in IPC_HANDOVER */
 	const char *peer;
 	const char *peer_ip;
 	const char *device;

@@ -5,15 +5,23 @@
  * worker only writes its own row and zeroes it when it starts, so a crashed
  * worker's connections are forgotten with it; the count for an address is the
  * sum of its column. Two addresses that share a column share a limit: with
- * IPLIMIT_COLUMNS columns that is rare, and errs on the side of refusing. */
+ * IPLIMIT_COLUMNS columns that is rare, and errs on the side of refusing.
+ *
+ * One more row, IPLIMIT_MASTER, is the master's: the plain sessions it
+ * handed to per-user session processes (which left their worker), so that
+ * both limits hold for them too (docs/DESIGN.md "A process per user
+ * session", Limits). */
 #ifndef POPBOX_IPLIMIT_H
 #define POPBOX_IPLIMIT_H
 
 #define IPLIMIT_COLUMNS 16384
+/* The slot of the master's row (any function taking a slot). */
+#define IPLIMIT_MASTER (~0u)
 
 struct iplimit;
 
-/* NULL if shared memory cannot be had (the limit is then not enforced). */
+/* n_workers rows and the master's; NULL if shared memory cannot be had
+ * (the limit is then not enforced). */
 struct iplimit *iplimit_new(unsigned n_workers);
 void iplimit_reset_worker(struct iplimit *l, unsigned slot);
 unsigned iplimit_count(const struct iplimit *l, const char *addr);

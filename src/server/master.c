@@ -84,6 +84,15 @@ struct grant {
 	struct grant *next;
 };
 
+/* A plain session in a session process: it left its worker, so the master
+ * counts it in its own row of the per-address table (iplimit.h) until the
+ * process says it ended (or is gone). */
+struct session_conn {
+	uint64_t id;
+	char peer_ip[IPC_MAX_PEER + 1];
+	struct session_conn *next;
+};
+
 /* A user's session process (session_proc.c): it serves every session of
  * one user (uid, gid, name, mail location) that arrives while it runs. */
 struct session_child {
@@ -95,10 +104,16 @@ struct session_child {
 	enum uidl_format uidl_format;
 	unsigned expire, login_delay;
 	char name[64];              /* user, sanitized, for the log */
-	int ctl;                    /* SEQPACKET to it; -1 once let go */
+	int ctl;                    /* SEQPACKET to it; -1 once it closed its end */
 	struct event *ctl_ev;
+	bool taking;                /* takes new sessions (not let go) */
 	struct event *linger;       /* no session: let it go when this fires */
 	unsigned active;            /* its sessions (ADOPT sent, END not yet) */
+	struct session_conn *conns; /* its plain sessions (per-address limit) */
+	/* Its counters (metrics.h; NULL without metrics) and what of them the
+	 * master has added to its own row. */
+	struct metrics_row *counters;
+	struct metrics_row seen;
 	struct session_child *next;
 };
 
@@ -131,6 +146,7 @@ static struct {
 	bool socket_activated;     /* the listeners came from systemd */
 	struct event *events[6];   /* signals, the auth control channel, the ping timer */
 	struct event *status_timer;   /* STATUS= for systemd, only with $NOTIFY_SOCKET */
+	struct event *fold_timer;     /* metrics of session processes, while any runs */
 	struct event *worker_events[POPBOXD_MAX_WORKERS];  /* workers' control channels */
 	struct grant *grants;
 	unsigned n_grants;
@@ -541,8 +557,11 @@ child_forked(struct child *own)
 	if (master.status_timer != NULL)
 		event_free(master.status_timer);
 	master.status_timer = NULL;
-	/* The channels to the users' session processes: none may reach
-	 * another user's process. */
+	if (master.fold_timer != NULL)
+		event_free(master.fold_timer);
+	master.fold_timer = NULL;
+	/* The channels to the users' session processes and their counters:
+	 * none may reach another user's process. */
 	while (master.sessions != NULL) {
 		struct session_child *sc = master.sessions;
 		master.sessions = sc->next;
@@ -640,20 +659,21 @@ child_reaped(pid_t pid, int status)
 	}
 }
 
-/* Stop routing logins to sc and close its channel: it ends with its last
- * session (at once when it has none). */
+/* Stop routing logins to sc and shut our side of its channel: it reads
+ * the end, takes nothing new and exits with its last session (at once when
+ * it has none). Its IPC_SESSION_ENDs still arrive meanwhile. */
 static void
 session_child_let_go(struct session_child *sc)
 {
-	if (sc->ctl < 0)
+	if (!sc->taking)
 		return;
-	event_free(sc->ctl_ev);
-	sc->ctl_ev = NULL;
+	sc->taking = false;
 	evtimer_del(sc->linger);
-	close(sc->ctl);
-	sc->ctl = -1;
+	if (sc->ctl >= 0)
+		shutdown(sc->ctl, SHUT_WR);
 }
 
+/* Also in a child after its fork (child_forked): no accounting here. */
 static void
 session_child_free(struct session_child *sc)
 {
@@ -663,9 +683,31 @@ session_child_free(struct session_child *sc)
 		event_free(sc->linger);
 	if (sc->ctl >= 0)
 		close(sc->ctl);
+	while (sc->conns != NULL) {
+		struct session_conn *c = sc->conns;
+		sc->conns = c->next;
+		free(c);
+	}
+	metrics_block_free(sc->counters);
 	free(sc->user);
 	free(sc->location);
 	free(sc);
+}
+
+/* The plain session id of sc ended: it no longer counts for its address. */
+static void
+session_conn_end(struct session_child *sc, uint64_t id)
+{
+	for (struct session_conn **pp = &sc->conns; *pp != NULL; pp = &(*pp)->next) {
+		struct session_conn *c = *pp;
+		if (c->id != id)
+			continue;
+		*pp = c->next;
+		iplimit_add(master.env.iplimit, IPLIMIT_MASTER, c->peer_ip, -1);
+		iplimit_total_add(master.env.iplimit, IPLIMIT_MASTER, -1);
+		free(c);
+		return;
+	}
 }
 
 /* A session process ended: it is not restarted (the user's next login
@@ -686,6 +728,11 @@ session_reaped(pid_t pid, int status)
 		*pp = sc->next;
 		master.n_sessions--;
 		master.n_session_conns -= sc->active;
+		/* What it counted to the end; its sessions are gone with it. */
+		metrics_block_fold(sc->counters, &sc->seen, sc->active);
+		metrics_block_gone(&sc->seen);
+		while (sc->conns != NULL)
+			session_conn_end(sc, sc->conns->id);
 		session_child_free(sc);
 		return true;
 	}
@@ -798,6 +845,22 @@ master_reload(void)
 	master.config = next;
 	master.env.config = next;
 	mail_group_resolve(next);
+	/* A session process runs with the settings of its fork (its uid, its
+	 * groups, the config it parsed): it takes no new sessions from now
+	 * on and ends with its open ones, so the user's next login starts
+	 * one with the new settings (docs/DESIGN.md "A process per user
+	 * session", Reload). */
+	unsigned let_go = 0, n_open = 0;
+	for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next) {
+		if (!sc->taking)
+			continue;
+		let_go++;
+		n_open += sc->active;
+		session_child_let_go(sc);
+	}
+	if (let_go > 0)
+		log_info("reload: %u session process(es) take no new logins and end with their %u "
+		    "open session(s); the next logins get new ones", let_go, n_open);
 	/* The certificate and key go to the workers only: the auth process
 	 * never serves TLS, and a process that verifies passwords should not
 	 * hold the private key too (docs/DESIGN.md, "The auth process"). */
@@ -1012,14 +1075,23 @@ session_ctl_cb(evutil_socket_t fd, short what, void *arg)
 	if (passed >= 0)
 		close(passed);
 	if (n == 0) {
-		session_child_let_go(sc);   /* it died: SIGCHLD says more */
+		/* It closed its end (it exited or died; SIGCHLD says more). */
+		session_child_let_go(sc);
+		event_free(sc->ctl_ev);
+		sc->ctl_ev = NULL;
+		close(sc->ctl);
+		sc->ctl = -1;
 		return;
 	}
 	if (n < 0 || !ipc_session_end_decode(buf, (size_t)n, &m) || sc->active == 0)
 		return;
+	/* The session's counters are final now (session.c counts before it
+	 * says so). */
+	metrics_block_fold(sc->counters, &sc->seen, sc->active);
+	session_conn_end(sc, m.session_id);
 	sc->active--;
 	master.n_session_conns--;
-	if (sc->active > 0)
+	if (sc->active > 0 || !sc->taking)
 		return;
 	if (master.config->session_process_linger == 0) {
 		session_child_let_go(sc);
@@ -1027,6 +1099,17 @@ session_ctl_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	struct timeval tv = { .tv_sec = master.config->session_process_linger };
 	evtimer_add(sc->linger, &tv);
+}
+
+/* Every METRICS_FOLD_SECONDS while a session process runs: what they
+ * counted into the table (metrics.h), so that long sessions show too. */
+static void
+fold_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next)
+		metrics_block_fold(sc->counters, &sc->seen, sc->active);
+	if (master.sessions == NULL)
+		evtimer_del(master.fold_timer);
 }
 
 /* Fork the session process of g's user. conn: the connection the master
@@ -1042,11 +1125,17 @@ session_child_fork(const struct grant *g, int conn)
 		return NULL;
 	}
 	bool mbox = strncmp(g->location, "mbox:", 5) == 0;
+	/* Its counters: a row of its own, never the shared table. */
+	struct metrics_row *counters = NULL;
+	if (master.env.metrics != NULL && (counters = metrics_block_new()) == NULL)
+		log_warn("session process of a user: no shared memory for its counters; its "
+		    "sessions are not counted");
 	pid_t pid = fork();
 	if (pid < 0) {
 		log_warn("session process: fork");
 		close(sv[0]);
 		close(sv[1]);
+		metrics_block_free(counters);
 		return NULL;
 	}
 	if (pid == 0) {
@@ -1061,10 +1150,11 @@ session_child_fork(const struct grant *g, int conn)
 		}
 		iplimit_detach(master.env.iplimit);
 		master.env.iplimit = NULL;
-		/* Its sessions are not counted (docs/DESIGN.md "A process per
-		 * user session", Limits). */
+		/* It counts into its own row, which the master folds into the
+		 * table (metrics.h). */
 		metrics_detach(master.env.metrics);
 		master.env.metrics = NULL;
+		metrics_attach_block(counters);
 		if (master.env.metrics_fd >= 0)
 			close(master.env.metrics_fd);
 		signal(SIGCHLD, SIG_DFL);
@@ -1092,12 +1182,18 @@ session_child_fork(const struct grant *g, int conn)
 	sc->login_delay = g->login_delay;
 	str_sanitize(sc->name, sizeof(sc->name), g->user, strlen(g->user));
 	sc->ctl = sv[0];
+	sc->taking = true;
+	sc->counters = counters;
 	sc->ctl_ev = event_new(master.base, sc->ctl, EV_READ | EV_PERSIST, session_ctl_cb, sc);
 	event_add(sc->ctl_ev, NULL);
 	sc->linger = evtimer_new(master.base, session_linger_cb, sc);
 	sc->next = master.sessions;
 	master.sessions = sc;
 	master.n_sessions++;
+	if (master.fold_timer != NULL && !evtimer_pending(master.fold_timer, NULL)) {
+		struct timeval tv = { .tv_sec = METRICS_FOLD_SECONDS };
+		evtimer_add(master.fold_timer, &tv);
+	}
 	log_debug("session process of user %s is pid %d", sc->name, (int)pid);
 	return sc;
 }
@@ -1107,7 +1203,7 @@ static struct session_child *
 session_child_find(const struct grant *g)
 {
 	for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next)
-		if (sc->ctl >= 0 && sc->uid == g->uid && sc->gid == g->gid &&
+		if (sc->taking && sc->uid == g->uid && sc->gid == g->gid &&
 		    sc->uidl_format == g->uidl_format && sc->expire == g->expire &&
 		    sc->login_delay == g->login_delay && strcmp(sc->user, g->user) == 0 &&
 		    strcmp(sc->location, g->location) == 0)
@@ -1154,19 +1250,35 @@ session_route(unsigned slot, const struct ipc_handover *h, int fd)
 	if (buf == NULL)
 		buf = xmalloc(IPC_MAX_MSG);
 	const struct ipc_session_adopt m = { .session_id = h->session_id, .flags = h->flags,
-	    .peer = h->peer, .peer_ip = h->peer_ip, .device = h->device, .input = h->input };
+	    .mech = h->mech, .peer = h->peer, .peer_ip = h->peer_ip, .device = h->device,
+	    .input = h->input };
 	size_t len = ipc_session_adopt_encode(buf, IPC_MAX_MSG, &m);
 	if (len == 0 || ipc_send_fd(sc->ctl, buf, len, fd) < 0) {
 		log_warn("session %016llx: cannot hand the connection to the session process of "
 		    "user %s", (unsigned long long)h->session_id, name);
 		if (len > 0)
 			secure_wipe(buf, len);
+		if (sc->active == 0)
+			session_child_let_go(sc);   /* no session of its own to wait for */
 		goto out;
 	}
 	secure_wipe(buf, len);
 	evtimer_del(sc->linger);
 	sc->active++;
 	master.n_session_conns++;
+	if (!(h->flags & IPC_HANDOVER_TLS)) {
+		/* A plain session leaves its worker's count when the worker has
+		 * our answer: count it here first, so that it never counts for
+		 * nothing in between (a relayed one stays counted in its
+		 * worker). */
+		struct session_conn *c = xcalloc(1, sizeof(*c));
+		c->id = h->session_id;
+		snprintf(c->peer_ip, sizeof(c->peer_ip), "%s", h->peer_ip);
+		c->next = sc->conns;
+		sc->conns = c;
+		iplimit_add(master.env.iplimit, IPLIMIT_MASTER, c->peer_ip, 1);
+		iplimit_total_add(master.env.iplimit, IPLIMIT_MASTER, 1);
+	}
 	ok = true;
 out:
 	grant_free(g);
@@ -1563,6 +1675,8 @@ master_events_add(void)
 	}
 	struct timeval ping = { .tv_sec = MASTER_PING_INTERVAL_SECONDS };
 	event_add(master.events[5], &ping);
+	if (master.env.metrics != NULL)
+		master.fold_timer = event_new(master.base, -1, EV_PERSIST, fold_timer_cb, NULL);
 }
 
 static void
@@ -1572,6 +1686,8 @@ master_free(void)
 		event_free(master.events[i]);
 	if (master.status_timer != NULL)
 		event_free(master.status_timer);
+	if (master.fold_timer != NULL)
+		event_free(master.fold_timer);
 	for (size_t i = 0; i < N_ELEMENTS(master.worker_events); i++)
 		if (master.worker_events[i] != NULL)
 			event_free(master.worker_events[i]);

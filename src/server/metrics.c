@@ -228,6 +228,84 @@ metrics_format(const struct metrics *m, bool om, char **out)
 	return len;
 }
 
+struct metrics_row *
+metrics_block_new(void)
+{
+	struct metrics_row *b = mmap(NULL, sizeof(*b), PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	return b == MAP_FAILED ? NULL : b;   /* zeroed by the kernel */
+}
+
+void
+metrics_block_free(struct metrics_row *b)
+{
+	if (b != NULL)
+		munmap(b, sizeof(*b));
+}
+
+void
+metrics_attach_block(struct metrics_row *b)
+{
+	metrics_self = b;
+}
+
+/* One counter of a session process's row: what it grew by since seen. */
+static uint64_t
+fold_counter(const uint64_t *now, uint64_t *seen)
+{
+	uint64_t v = __atomic_load_n(now, __ATOMIC_RELAXED);
+	if (v <= *seen)
+		return 0;   /* counters only grow: a smaller value is no news */
+	uint64_t d = v - *seen;
+	*seen = v;
+	return d;
+}
+
+void
+metrics_block_fold(const struct metrics_row *b, struct metrics_row *seen, unsigned max_sessions)
+{
+	if (b == NULL)
+		return;
+	for (size_t i = 0; i < METRICS_STATE_N; i++) {
+		int64_t v = __atomic_load_n(&b->sessions[i], __ATOMIC_RELAXED);
+		if (v < 0)
+			v = 0;
+		if (v > (int64_t)max_sessions)
+			v = (int64_t)max_sessions;
+		if (v != seen->sessions[i])
+			METRICS_ADD(sessions[i], v - seen->sessions[i]);
+		seen->sessions[i] = v;
+	}
+	for (size_t i = 0; i < METRICS_MECH_N; i++)
+		for (size_t j = 0; j < METRICS_LOGIN_N; j++) {
+			uint64_t d = fold_counter(&b->logins[i][j], &seen->logins[i][j]);
+			if (d > 0)
+				METRICS_ADD(logins[i][j], d);
+		}
+	for (size_t i = 0; i < METRICS_COMMAND_N; i++) {
+		uint64_t d = fold_counter(&b->commands[i], &seen->commands[i]);
+		if (d > 0)
+			METRICS_ADD(commands[i], d);
+	}
+	uint64_t d = fold_counter(&b->retrieved, &seen->retrieved);
+	if (d > 0)
+		METRICS_ADD(retrieved, d);
+	if ((d = fold_counter(&b->deleted, &seen->deleted)) > 0)
+		METRICS_ADD(deleted, d);
+	if ((d = fold_counter(&b->bytes_sent, &seen->bytes_sent)) > 0)
+		METRICS_ADD(bytes_sent, d);
+}
+
+void
+metrics_block_gone(struct metrics_row *seen)
+{
+	for (size_t i = 0; i < METRICS_STATE_N; i++) {
+		if (seen->sessions[i] != 0)
+			METRICS_ADD(sessions[i], -seen->sessions[i]);
+		seen->sessions[i] = 0;
+	}
+}
+
 void
 metrics_detach(struct metrics *m)
 {

@@ -95,6 +95,32 @@ void metrics_detach(struct metrics *m);
 /* A worker at start: its gauges read zero. */
 void metrics_clear_gauges(void);
 
+/* A user's session process (docs/DESIGN.md "A process per user session",
+ * Metrics) must not be able to write the table other processes count in.
+ * It counts into a row of its own instead: a page of shared memory that
+ * the master makes before the fork and that only the master and that one
+ * process map (every other child unmaps it after its fork). The master
+ * folds what the process counted into its own row of the table: at each
+ * end of a session there, every METRICS_FOLD_SECONDS while it runs, and
+ * when it has gone. Only the fields a session process counts are folded
+ * (sessions, logins, commands, messages, octets); a counter that goes
+ * down is ignored and a gauge is clamped to the process's open sessions,
+ * so a session process can make its own sessions' numbers wrong but no
+ * other's. */
+#define METRICS_FOLD_SECONDS 1
+/* A zeroed row in shared memory; NULL (errno) when none can be had. */
+struct metrics_row *metrics_block_new(void);
+void metrics_block_free(struct metrics_row *b);
+/* A session process: count into b from now on (NULL: count nothing). */
+void metrics_attach_block(struct metrics_row *b);
+/* The master: add what b counted since seen (the master's private copy of
+ * what it folded before) to this process's row; gauges at most
+ * max_sessions each. */
+void metrics_block_fold(const struct metrics_row *b, struct metrics_row *seen,
+    unsigned max_sessions);
+/* The master: the process of seen is gone, and its sessions with it. */
+void metrics_block_gone(struct metrics_row *seen);
+
 /* This process's row, NULL when not attached. */
 extern struct metrics_row *metrics_self;
 

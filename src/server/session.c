@@ -247,7 +247,8 @@ session_free(struct session *s)
 	int gauge = metrics_state(s->state);
 	if (gauge >= 0)
 		METRICS_ADD(sessions[gauge], -1);
-	METRICS_ADD(bytes_sent, s->bytes_out);
+	if (!s->relayed)
+		METRICS_ADD(bytes_sent, s->bytes_out);
 	s->handler->end(s);
 	/* A job submitted after the session was condemned must not call back
 	 * into freed memory either. */
@@ -869,6 +870,8 @@ session_adopt(struct worker *w, int fd, const struct session_origin *o, const vo
 	s->relay_fd = -1;
 	s->started_us = monotonic_us();   /* the duration of this part of the session */
 	s->id = o->id;
+	s->login_mech = o->mech;
+	s->relayed = o->tls;
 	snprintf(s->peer, sizeof(s->peer), "%s", o->peer);
 	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", o->peer_ip);
 	s->loopback = o->loopback;
@@ -901,6 +904,7 @@ session_adopt(struct worker *w, int fd, const struct session_origin *o, const vo
 	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_HIGH / 2, 0);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	s->state = SESSION_MAILDROP_WAIT;
+	METRICS_INC(sessions[METRICS_STATE_TRANSACTION]);
 	session_timer_arm(s);
 	return s;
 }
@@ -951,8 +955,8 @@ session_handover_send(struct session *s)
 	char *b64 = base64_encode(len > 0 ? evbuffer_pullup(in, (ev_ssize_t)len) : (unsigned char *)"", len);
 	const struct ipc_handover m = { .request_id = ++w->next_request, .session_id = s->id,
 	    .flags = (s->tls ? IPC_HANDOVER_TLS : 0) | (s->loopback ? IPC_HANDOVER_LOOPBACK : 0),
-	    .ticket = s->ticket, .peer = s->peer, .peer_ip = s->peer_ip,
-	    .device = s->handover_device != NULL ? s->handover_device : "", .input = b64 };
+	    .mech = (unsigned)s->login_mech, .ticket = s->ticket, .peer = s->peer,
+	    .peer_ip = s->peer_ip, .device = s->handover_device != NULL ? s->handover_device : "", .input = b64 };
 	static unsigned char *buf;   /* one per worker, kept: 260 KiB */
 	if (buf == NULL)
 		buf = xmalloc(IPC_MAX_MSG);

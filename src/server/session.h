@@ -173,6 +173,9 @@ struct session {
 	uint64_t handover_request;    /* the IPC_HANDOVER's id, 0 = none sent */
 	bool handover_flushing;       /* plain: waiting for our output to drain */
 	int relay_fd;                 /* TLS: our end of the relay pair until DONE, else -1 */
+	/* Session process: adopted through a worker's TLS relay, which counts
+	 * the octets the client gets (metrics). */
+	bool relayed;
 	struct bufferevent *relay;    /* TLS: the relay to the session process */
 };
 
@@ -183,6 +186,7 @@ struct session_origin {
 	const char *peer_ip;
 	bool loopback;
 	bool tls;                     /* encrypted by the worker relaying it */
+	int mech;                     /* the login's enum metrics_mech */
 };
 
 /* The client address of a session whose load balancer did not say who the

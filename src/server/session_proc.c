@@ -6,8 +6,12 @@
  * arrive from the master (IPC_SESSION_ADOPT, with the descriptor); each
  * session's end is reported (IPC_SESSION_END), and once the master closes
  * the channel (session_process_linger after the last session) the process
- * exits with its last session. It never sees a password hash, the TLS key
- * (freed before anything else) or another user's mail. */
+ * exits with its last session (also after a reload: the next login gets a
+ * process with the new settings). It never sees a password hash, the TLS
+ * key (freed before anything else) or another user's mail. Its metrics go
+ * to a row of its own that the master folds into the shared table
+ * (metrics.h); the master counts its plain sessions for
+ * max_connections_per_ip (iplimit.h). */
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +67,7 @@ adopt(const struct ipc_session_adopt *m, int fd)
 	}
 	const struct session_origin o = { .id = m->session_id, .peer = m->peer,
 	    .peer_ip = m->peer_ip, .loopback = (m->flags & IPC_HANDOVER_LOOPBACK) != 0,
-	    .tls = (m->flags & IPC_HANDOVER_TLS) != 0 };
+	    .tls = (m->flags & IPC_HANDOVER_TLS) != 0, .mech = (int)m->mech };
 	struct session *s = session_adopt(&proc, fd, &o, input, input_len, &commands_handler);
 	if (input != NULL) {
 		secure_wipe(input, input_len);   /* pipelined input may hold a password */

@@ -10,6 +10,7 @@
 
 #include "fuzz_common.h"
 #include "server/ipc.h"
+#include "server/metrics.h"
 #include "server/popboxd.h"
 
 static unsigned char out[IPC_MAX_MSG];
@@ -178,7 +179,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		accepted++;
 		FUZZ_CHECK(type == IPC_HANDOVER, "HANDOVER decoder took type %u", type);
 		FUZZ_CHECK((ho.flags & ~(IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK)) == 0, "flags");
+		FUZZ_CHECK(ho.mech < METRICS_MECH_N, "mech");
 		ROUND_TRIP(handover, ho, ho2);
+		FUZZ_CHECK(ho.flags == ho2.flags && ho.mech == ho2.mech, "numbers");
 		check_same_text(ho.ticket, ho2.ticket, "ticket");
 		check_same_text(ho.peer, ho2.peer, "peer");
 		check_same_text(ho.peer_ip, ho2.peer_ip, "peer_ip");
@@ -204,7 +207,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (ipc_session_adopt_decode(copy, size, &sa)) {
 		accepted++;
 		FUZZ_CHECK(type == IPC_SESSION_ADOPT, "SESSION_ADOPT decoder took type %u", type);
+		FUZZ_CHECK(sa.mech < METRICS_MECH_N, "mech");
 		ROUND_TRIP(session_adopt, sa, sa2);
+		FUZZ_CHECK(sa.flags == sa2.flags && sa.mech == sa2.mech, "numbers");
 		check_same_text(sa.peer, sa2.peer, "peer");
 		check_same_text(sa.device, sa2.device, "device");
 		check_same_text(sa.input, sa2.input, "input");

@@ -10,6 +10,7 @@ owned by each user, and remove all of it at the end, even on failure.
 
 import os
 import pwd
+import re
 import signal
 import subprocess
 
@@ -299,3 +300,244 @@ def test_mbox_spool_with_the_mail_group(server_factory, pam_service, users):  # 
             assert [mb.get_bytes(k) for k in mb.keys()] == [msgs[1][1]]
         finally:
             mb.close()
+
+
+def capa_expire(c):
+    """The EXPIRE line of CAPA."""
+    st, body = c.multi("CAPA")
+    assert st.startswith(b"+OK"), st
+    (line,) = [l for l in body.split(b"\r\n") if l.startswith(b"EXPIRE")]
+    return line.decode()
+
+
+def test_metrics_count_session_processes(server_factory, pki, pam_service, users):  # noqa: F811
+    """Sessions served by users' session processes are in the metrics like
+    a worker's (issue 13): commands, logins by mechanism and result
+    (USER ok and [IN-USE], AUTH PLAIN ok over TLS), messages retrieved and
+    deleted, octets sent (what the clients received, plain and relayed),
+    the session gauge while a session is open (folded from the process's
+    own counter row by the master while it runs) and back to 0. promtool
+    accepts the text."""
+    import base64
+    import shutil
+    import ssl
+    from test_server_metrics import Tally, parse, scrape
+    from test_server_tls_lib import client_context
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool is needed (tools/debian-packages.txt: prometheus)")
+    a, b = users["a"], users["b"]
+    mport = free_port()
+    srv = peruser_server(server_factory, pki, pam_service, users,
+                         {a: [MSG, b"Subject: two\n\n2\n"], b: [b"Subject: for b\n\nb\n"]},
+                         config={"metrics_listen": "127.0.0.1:%d" % mport})
+    wait_until(lambda: " end=" in srv.log(), "the start-up probe's session line")
+    log_mark = len(srv.log())
+    before = parse(scrape(mport)[1])
+
+    def d(now, key):
+        return now[key] - before.get(key, 0)
+
+    # a, plain: a whole transaction, every octet counted by the client.
+    ca = Tally(srv.port, source=fresh_source())
+    ca.received = len(ca.greeting) + 2
+    assert ca.multi("CAPA")[0].startswith(b"+OK")
+    ca.login(a, PASSWORD)
+    ca.stat()
+    ca.list()
+    ca.uidl()
+    assert ca.retr(1) == wire_form(MSG)
+    ca.retr(2)
+    assert ca.multi("TOP 1 0")[0].startswith(b"+OK")
+    assert ca.cmd("XYZZY").startswith(b"-ERR")
+    assert ca.cmd("NOOP").startswith(b"+OK")
+    assert ca.cmd("DELE 1").startswith(b"+OK")
+    (pid,) = wait_session_procs(srv, 1)
+
+    # While the session is open: the master folds what the process
+    # counted so far (every second), the gauge shows the session.
+    def open_session():
+        now = parse(scrape(mport)[1])
+        return now if (now['popbox_sessions{state="transaction"}'] == 1 and
+                       d(now, 'popbox_commands_total{command="RETR"}') == 2) else None
+    mid = wait_until(open_session, "a's open session in the metrics")
+    assert mid['popbox_sessions{state="authorization"}'] == 0, mid
+    assert d(mid, 'popbox_logins_total{mechanism="USER",result="ok"}') == 1
+
+    # a again while the maildrop is held: [IN-USE], counted by the process.
+    a2 = Tally(srv.port, source=fresh_source())
+    a2.received = len(a2.greeting) + 2
+    assert a2.cmd("USER " + a).startswith(b"+OK")
+    assert a2.cmd("PASS " + PASSWORD).startswith(b"-ERR [IN-USE]")
+    a2.wait_closed()
+    a2.close()
+    assert ca.quit().startswith(b"+OK")
+    ca.close()
+
+    # b over TLS, AUTH PLAIN: the worker relays (and counts the octets).
+    cb = Tally(srv.tls_port, read_greeting=False, source=fresh_source())
+    cb.sock = client_context(pki).wrap_socket(cb.sock, server_hostname="localhost")
+    assert cb.readline().startswith(b"+OK")
+    ir = base64.b64encode(("\0%s\0%s" % (b, PASSWORD)).encode()).decode()
+    assert cb.cmd("AUTH PLAIN " + ir).startswith(b"+OK Logged in, 1 messages")
+    assert cb.retr(1) == wire_form(b"Subject: for b\n\nb\n")
+    assert cb.quit().startswith(b"+OK")
+    cb.close()
+    assert isinstance(cb.sock, ssl.SSLSocket)
+
+    # Six end lines: the worker's and the process's of each session (the
+    # worker counts a relayed session's octets when it ends).
+    wait_until(lambda: srv.log().count(" end=", log_mark) == 6, "six session end lines")
+    want_bytes = ca.received + a2.received + cb.received
+
+    def settled():
+        now = parse(scrape(mport)[1])
+        return now if (all(now['popbox_sessions{state="%s"}' % s] == 0
+                           for s in ("authorization", "transaction", "update")) and
+                       d(now, 'popbox_commands_total{command="QUIT"}') == 2 and
+                       d(now, "popbox_sent_bytes_total") >= want_bytes) else None
+    after = wait_until(settled, "every session ended and folded")
+    # Octets: what the three clients received, counted once each (a plain
+    # session's by its worker until the handover and by the process after;
+    # a relayed one's by the worker alone).
+    assert d(after, "popbox_sent_bytes_total") == want_bytes, \
+        (d(after, "popbox_sent_bytes_total"), ca.received, a2.received, cb.received)
+    logins = {k: d(after, k) for k in after if k.startswith("popbox_logins_total")}
+    assert {k: v for k, v in logins.items() if v} == {
+        'popbox_logins_total{mechanism="USER",result="ok"}': 1,
+        'popbox_logins_total{mechanism="USER",result="in_use"}': 1,
+        'popbox_logins_total{mechanism="PLAIN",result="ok"}': 1}, logins
+    commands = {re.search(r'command="(\w+)"', k).group(1): d(after, k)
+                for k in after if k.startswith("popbox_commands_total")}
+    assert commands == {"CAPA": 1, "USER": 2, "PASS": 2, "APOP": 0, "STLS": 0, "AUTH": 1,
+                        "QUIT": 2, "STAT": 1, "LIST": 1, "UIDL": 1, "RETR": 3, "TOP": 1,
+                        "DELE": 1, "NOOP": 1, "RSET": 0, "unknown": 1}, commands
+    assert d(after, "popbox_messages_retrieved_total") == 3
+    assert d(after, "popbox_messages_deleted_total") == 1
+    assert d(after, "popbox_connections_accepted_total") == 3
+    assert len(srv.message_files(a)) == 1
+    r = subprocess.run(["promtool", "check", "metrics"], input=scrape(mport)[1],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", \
+        (r.stdout, r.stderr)
+    # A session process killed with a session open: its session leaves the
+    # gauge, what it counted stays.
+    c = connect(srv, pki, "plain")
+    c.login(b, PASSWORD)
+    assert c.cmd("NOOP").startswith(b"+OK")
+    victim = [p for p in wait_session_procs(srv, 2) if p != pid]
+    wait_until(lambda: parse(scrape(mport)[1])['popbox_sessions{state="transaction"}'] == 1,
+               "b's session in the gauge")
+    os.kill(victim[0], signal.SIGKILL)
+    wait_until(lambda: parse(scrape(mport)[1])['popbox_sessions{state="transaction"}'] == 0,
+               "the killed process's session out of the gauge")
+    last = parse(scrape(mport)[1])
+    assert d(last, 'popbox_commands_total{command="NOOP"}') == 2
+    c.close()
+
+
+def test_reload_reaches_session_processes(server_factory, pki, pam_service, users):  # noqa: F811
+    """A reload reaches the users' session processes: each takes no new
+    login and ends with its open sessions, so the next login gets a process
+    with the new settings (here expire_days, in CAPA after login). An open
+    session (relayed over TLS) goes on undisturbed with the settings it
+    had, to its QUIT and UPDATE; an idle process ends at once."""
+    a, b = users["a"], users["b"]
+    srv = peruser_server(server_factory, pki, pam_service, users,
+                         {a: [b"Subject: one\n\n1\n", b"Subject: two\n\n2\n"],
+                          b: [b"Subject: for b\n\nb\n"]})
+    ca = connect(srv, pki, "tls")
+    ca.login(a, PASSWORD)
+    assert capa_expire(ca) == "EXPIRE NEVER"
+    (pa,) = wait_session_procs(srv, 1)
+    cb = connect(srv, pki, "plain")
+    cb.login(b, PASSWORD)
+    assert capa_expire(cb) == "EXPIRE NEVER"
+    assert cb.quit().startswith(b"+OK")
+    (pb,) = [p for p in wait_session_procs(srv, 2) if p != pa]   # lingers (60 s)
+
+    reloads = srv.log().count("configuration reloaded")
+    srv.config["expire_days"] = "30"
+    srv.write_config()
+    srv.reload()
+    wait_until(lambda: srv.log().count("configuration reloaded") > reloads, "the reload")
+    assert "reload: 2 session process(es) take no new logins and end with their 1 open" \
+        in srv.log()
+    wait_until(lambda: pb not in session_procs(srv), "b's idle process gone")
+    # b's next login: a new process, the new setting.
+    cb = connect(srv, pki, "plain")
+    cb.login(b, PASSWORD)
+    assert capa_expire(cb) == "EXPIRE 30"
+    assert cb.quit().startswith(b"+OK")
+    procs = session_procs(srv)
+    assert pa in procs and pb not in procs and len(procs) == 2, procs
+    # a's session was not cut and keeps its settings; QUIT does UPDATE.
+    assert ca.cmd("NOOP").startswith(b"+OK")
+    assert capa_expire(ca) == "EXPIRE NEVER"
+    assert ca.retr(1) == wire_form(b"Subject: one\n\n1\n")
+    assert ca.cmd("DELE 1").startswith(b"+OK")
+    assert ca.quit().startswith(b"+OK")
+    ca.close()
+    assert len(srv.message_files(a)) == 1
+    wait_until(lambda: pa not in session_procs(srv), "a's old process gone after its session")
+    ca = connect(srv, pki, "stls")
+    ca.login(a, PASSWORD)
+    assert capa_expire(ca) == "EXPIRE 30"
+    assert ca.stat()[0] == 1
+    assert pa not in session_procs(srv)
+    assert ca.quit().startswith(b"+OK")
+    assert "killed by signal" not in srv.log()
+
+
+def test_per_ip_limit_counts_session_processes(server_factory, pki, pam_service, users):  # noqa: F811
+    """max_connections_per_ip holds for sessions that left their worker for
+    a session process (plain: the connection itself moved): the master
+    counts them for their address until they end, or until their process
+    is gone."""
+    from popbox_server import POP3Raw
+    a, b = users["a"], users["b"]
+    srv = peruser_server(server_factory, pki, pam_service, users,
+                         {a: [b"Subject: a\n\na\n"], b: [b"Subject: b\n\nb\n"]},
+                         config={"max_connections_per_ip": "2"})
+    src = fresh_source()
+    c1 = srv.connect(source=src)
+    c1.login(a, PASSWORD)
+    c2 = srv.connect(source=src)
+    c2.login(b, PASSWORD)
+    wait_session_procs(srv, 2)
+    # Both sessions are in session processes now, none in a worker.
+    c3 = POP3Raw(srv.port, source=src)
+    assert c3.greeting.startswith(b"-ERR [SYS/TEMP] Too many connections from your address"), \
+        c3.greeting
+    c3.wait_closed()
+    c3.close()
+    assert c1.stat()[0] == 1 and c2.stat()[0] == 1   # not disturbed
+
+    def admitted():
+        c = POP3Raw(srv.port, source=src)
+        if c.greeting.startswith(b"+OK"):
+            return c
+        c.close()
+        return None
+    # One ends: its address has room again.
+    assert c1.quit().startswith(b"+OK")
+    c1.close()
+    c4 = wait_until(admitted, "a connection admitted after a's session ended")
+    c5 = POP3Raw(srv.port, source=src)   # c2 (process) + c4 (worker)
+    assert c5.greeting.startswith(b"-ERR [SYS/TEMP]"), c5.greeting
+    c5.close()
+    # b's process is killed: its session no longer counts either.
+    (pb,) = [p for p in session_procs(srv)
+             if int(proc_status(p)["Uid"].split()[0]) == pwd.getpwnam(b).pw_uid]
+    os.kill(pb, signal.SIGKILL)
+    with pytest.raises((ConnectionClosed, OSError)):
+        c2.wait_closed()
+        c2.cmd("NOOP")
+    c2.close()
+    c6 = wait_until(admitted, "a connection admitted after b's process died")
+    for c in (c4, c6):
+        assert c.quit().startswith(b"+OK")
+        c.close()
+    # Other addresses were never limited.
+    with connect(srv, pki, "plain") as c:
+        c.login(a, PASSWORD)
+        assert c.quit().startswith(b"+OK")

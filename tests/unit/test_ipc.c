@@ -16,6 +16,7 @@
 
 #include "common/util.h"
 #include "server/ipc.h"
+#include "server/metrics.h"
 #include "server/popboxd.h"
 
 static unsigned char buf[IPC_MAX_MSG + 64];
@@ -360,7 +361,8 @@ test_handover(void **state)
 	assert_int_equal(ipc_session_grant_encode(again, sizeof(again), &bad), 0);
 
 	const struct ipc_handover h = { .request_id = 5, .session_id = 77,
-	    .flags = IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK, .ticket = g.ticket,
+	    .flags = IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK, .mech = METRICS_MECH_PLAIN,
+	    .ticket = g.ticket,
 	    .peer = "[::1]:1234", .peer_ip = "::1", .device = "#phone", .input = "U1RBVA0K" };
 	len = ipc_handover_encode(buf, sizeof(buf), &h);
 	assert_true(len > 0);
@@ -368,6 +370,7 @@ test_handover(void **state)
 	assert_true(ipc_handover_decode(buf, len, &hd));
 	assert_true(hd.request_id == 5 && hd.session_id == 77);
 	assert_int_equal(hd.flags, IPC_HANDOVER_TLS | IPC_HANDOVER_LOOPBACK);
+	assert_int_equal(hd.mech, METRICS_MECH_PLAIN);
 	assert_string_equal(hd.ticket, g.ticket);
 	assert_string_equal(hd.peer, "[::1]:1234");
 	assert_string_equal(hd.peer_ip, "::1");
@@ -377,6 +380,9 @@ test_handover(void **state)
 	CHECK_FRAMING(ipc_handover_decode, struct ipc_handover, len);
 	struct ipc_handover hb = h;
 	hb.flags = 4;   /* an unknown flag */
+	assert_int_equal(ipc_handover_encode(again, sizeof(again), &hb), 0);
+	hb = h;
+	hb.mech = METRICS_MECH_N;   /* no such mechanism */
 	assert_int_equal(ipc_handover_encode(again, sizeof(again), &hb), 0);
 
 	const struct ipc_handover_done d = { .request_id = 5, .session_id = 77, .ok = true };
@@ -391,12 +397,13 @@ test_handover(void **state)
 	assert_false(ipc_handover_done_decode(buf, len, &dd));
 
 	const struct ipc_session_adopt a = { .session_id = 78, .flags = IPC_HANDOVER_LOOPBACK,
-	    .peer = "127.0.0.1:5", .peer_ip = "127.0.0.1", .device = "", .input = "" };
+	    .mech = METRICS_MECH_SCRAM_SHA_256, .peer = "127.0.0.1:5", .peer_ip = "127.0.0.1", .device = "", .input = "" };
 	len = ipc_session_adopt_encode(buf, sizeof(buf), &a);
 	assert_true(len > 0);
 	struct ipc_session_adopt ad;
 	assert_true(ipc_session_adopt_decode(buf, len, &ad));
 	assert_true(ad.session_id == 78 && ad.flags == IPC_HANDOVER_LOOPBACK);
+	assert_int_equal(ad.mech, METRICS_MECH_SCRAM_SHA_256);
 	assert_string_equal(ad.peer, "127.0.0.1:5");
 	assert_string_equal(ad.peer_ip, "127.0.0.1");
 	assert_false(ipc_handover_decode(buf, len, &hd));
