@@ -63,7 +63,6 @@
 #define MBOX_MAX_MESSAGES 1000000
 /* Read size for parsing and copying. */
 #define MBOX_CHUNK (1024 * 1024)
-#define MBOX_INDEX_HEADER "popbox-mbox-index 1"
 /* The index is read whole; about 200 bytes a message. */
 #define MBOX_INDEX_MAX_BYTES ((size_t)256 << 20)
 #define MBOX_DEFAULT_LOCK_WAIT_MS 10000
@@ -98,7 +97,20 @@ struct mbox_store {
 	bool stale;                  /* rewritten by another program */
 	enum uidl_format uidl_format;  /* for messages not served before */
 	enum store_uidl_source *sources;  /* during the open: for options->report */
+	/* A warm login's UIDLs point into the index's string area (not
+	 * freed one by one). */
+	char *strings;
+	size_t strings_len;
 };
+
+/* Is u one of the store's own allocations (not in the string area)? */
+static bool
+mbox_uidl_owned(const struct mbox_store *ms, const char *u)
+{
+	return ms->strings == NULL || u < ms->strings || u >= ms->strings + ms->strings_len;
+}
+
+__thread struct mbox_open_stats mbox_last_open;
 
 static char *
 mbox_name(const struct mbox_store *ms, const char *suffix)
@@ -177,14 +189,16 @@ mbox_uidl_for(const unsigned char *digest, unsigned ordinal)
 
 /* ---------------------------------------------------------------- parse */
 
-/* Parse fd from 0 to its end now. */
+/* Parse fd from offset start (0, or the end of what the index already
+ * describes, where a From_ line begins) to its end now; the messages'
+ * offsets are the file's. At most max_messages of them. */
 static enum store_status
-mbox_parse_fd(int fd, enum wire_from_quoting quoting, struct mbox_message **msgs_r,
-    uint32_t *count_r, uint64_t *size_r, char **error_r)
+mbox_parse_fd(int fd, enum wire_from_quoting quoting, uint64_t start, uint32_t max_messages,
+    struct mbox_message **msgs_r, uint32_t *count_r, uint64_t *size_r, char **error_r)
 {
-	struct mbox_parser *p = mbox_parser_new(quoting, MBOX_MAX_MESSAGES);
+	struct mbox_parser *p = mbox_parser_new(quoting, max_messages);
 	char *buf = xmalloc(MBOX_CHUNK);
-	uint64_t off = 0;
+	uint64_t off = start;
 	enum store_status status = STORE_OK;
 
 	for (;;) {
@@ -211,6 +225,11 @@ mbox_parse_fd(int fd, enum wire_from_quoting quoting, struct mbox_message **msgs
 		goto out;
 	}
 	*msgs_r = mbox_parser_take(p, count_r);
+	for (uint32_t i = 0; start > 0 && i < *count_r; i++) {
+		(*msgs_r)[i].from_offset += start;
+		(*msgs_r)[i].data_offset += start;
+		(*msgs_r)[i].end_offset += start;
+	}
 	*size_r = off;
 out:
 	free(buf);
@@ -220,21 +239,151 @@ out:
 
 /* ---------------------------------------------------------------- index */
 
+/* BASE.popbox-index, format 2 (layout in store_mbox.h; the why in
+ * docs/DESIGN.md "Storage (mbox)"): a header with the mbox's identity,
+ * fixed-size records, the UIDLs in one string area, then the records our
+ * own deliveries appended. Read with a few preads; the UIDLs of a warm
+ * login stay in the string area (no allocation per message). Checksums
+ * over every part: damage or a torn write means "no index" (a full parse),
+ * never a wrong list. The format-1 text index of earlier versions is read
+ * once for the UIDLs it remembers and replaced. */
+
+static int mbox_pread_all(int fd, char *buf, size_t len, uint64_t off);
+static int mbox_pwrite_all(int fd, const char *buf, size_t len, uint64_t off);
+
+#define MBOX_INDEX_V1_HEADER "popbox-mbox-index 1"
+/* A login after this many of our own appends parses them all anyway. */
+#define MBOX_INDEX_MAX_APPENDS 10000
+
+static uint64_t
+mbox_get64(const unsigned char *p)
+{
+	return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
+	    (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+}
+
+static uint32_t
+mbox_get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void
+mbox_put64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void
+mbox_put32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t
+mbox_rotl(uint64_t x, unsigned r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+#define MBOX_SUM_P1 0x9e3779b97f4a7c15ULL
+#define MBOX_SUM_P2 0xc2b2ae3d27d4eb4fULL
+#define MBOX_SUM_P3 0x165667b19e3779f9ULL
+
+static uint64_t
+mbox_mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= MBOX_SUM_P2;
+	x ^= x >> 29;
+	x *= MBOX_SUM_P3;
+	x ^= x >> 32;
+	return x;
+}
+
+/* Not cryptographic: it finds torn writes and damage. Four lanes, each a
+ * chain of bijections of its state (xor a word, rotate, multiply by an odd
+ * number), joined by another such chain: a change confined to one 8-byte
+ * word always changes the sum; the length is mixed in. */
+uint64_t
+mbox_index_sum(const void *data, size_t len, uint64_t seed)
+{
+	const unsigned char *p = data;
+	uint64_t v[4] = { seed ^ MBOX_SUM_P1, seed ^ MBOX_SUM_P2, seed ^ MBOX_SUM_P3,
+		seed + MBOX_SUM_P1 };
+	size_t i = 0;
+	for (; i + 32 <= len; i += 32) {
+		v[0] = mbox_rotl(v[0] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
+		v[1] = mbox_rotl(v[1] ^ mbox_get64(p + i + 8), 29) * MBOX_SUM_P2;
+		v[2] = mbox_rotl(v[2] ^ mbox_get64(p + i + 16), 29) * MBOX_SUM_P2;
+		v[3] = mbox_rotl(v[3] ^ mbox_get64(p + i + 24), 29) * MBOX_SUM_P2;
+	}
+	unsigned k = 0;
+	for (; i + 8 <= len; i += 8, k++)
+		v[k] = mbox_rotl(v[k] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
+	if (i < len) {
+		uint64_t w = 0;
+		for (unsigned j = 0; i + j < len; j++)
+			w |= (uint64_t)p[i + j] << (8 * j);
+		v[k] = mbox_rotl(v[k] ^ w, 29) * MBOX_SUM_P2;
+	}
+	uint64_t h = (uint64_t)len * MBOX_SUM_P1 + seed;
+	for (k = 0; k < 4; k++)
+		h = mbox_rotl(h ^ mbox_mix(v[k]), 31) * MBOX_SUM_P3;
+	return mbox_mix(h);
+}
+
+static void
+mbox_ident_put(unsigned char *p, const struct mbox_ident *id)
+{
+	mbox_put64(p, id->dev);
+	mbox_put64(p + 8, id->ino);
+	mbox_put64(p + 16, id->size);
+	mbox_put64(p + 24, (uint64_t)id->mtime_sec);
+	mbox_put64(p + 32, (uint64_t)id->mtime_nsec);
+	mbox_put64(p + 40, (uint64_t)id->ctime_sec);
+	mbox_put64(p + 48, (uint64_t)id->ctime_nsec);
+}
+
+static void
+mbox_ident_get(const unsigned char *p, struct mbox_ident *id)
+{
+	id->known = true;
+	id->dev = mbox_get64(p);
+	id->ino = mbox_get64(p + 8);
+	id->size = mbox_get64(p + 16);
+	id->mtime_sec = (int64_t)mbox_get64(p + 24);
+	id->mtime_nsec = (long)mbox_get64(p + 32);
+	id->ctime_sec = (int64_t)mbox_get64(p + 40);
+	id->ctime_nsec = (long)mbox_get64(p + 48);
+}
+
 struct mbox_index {
-	struct mbox_ident ident;
+	struct mbox_ident ident;     /* the file msgs describe (unknown: only UIDLs remembered) */
 	int quoting;
+	bool legacy;                 /* format 1 (text): only its UIDLs are used */
 	struct mbox_message *msgs;
-	char **uidls;
+	char **uidls;                /* legacy: malloc'd each; else into strings */
+	char *strings;               /* the string area (format 2) */
+	size_t strings_len;
 	uint32_t count;
+	/* After our own appends (MBOX_INDEX_APPEND records): the file's
+	 * identity after the last one; bytes from ident.size on are new. */
+	struct mbox_ident chain_end;
+	uint32_t appends;
 };
 
 static void
 mbox_index_free(struct mbox_index *ix)
 {
-	for (uint32_t i = 0; i < ix->count; i++)
-		free(ix->uidls[i]);
+	if (ix->legacy)
+		for (uint32_t i = 0; i < ix->count; i++)
+			free(ix->uidls[i]);
 	free(ix->uidls);
 	free(ix->msgs);
+	free(ix->strings);
 	memset(ix, 0, sizeof(*ix));
 }
 
@@ -270,80 +419,40 @@ mbox_uidl_valid(const char *u)
 	return true;
 }
 
-/* Read BASE.popbox-index; false (ix empty) if missing or damaged: the
- * index is a cache, the mbox the truth. */
+/* Format 1 (text), from data (NUL-terminated, len bytes): only for the
+ * UIDLs it remembers (ix->legacy; ident left unknown). */
 static bool
-mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
+mbox_index_read_v1(char *data, size_t len, struct mbox_index *ix)
 {
-	char *name = mbox_name(ms, ".popbox-index");
-	char *data = NULL, *error = NULL;
-	size_t len = 0;
-	bool ok = false;
-	memset(ix, 0, sizeof(*ix));
-	int fd = openat(ms->dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-	free(name);
-	if (fd < 0)
-		return false;
-	if (util_read_file_bounded(fd, "index", MBOX_INDEX_MAX_BYTES, 0, &data, &len, &error) < 0) {
-		free(error);
-		close(fd);
-		return false;
-	}
-	close(fd);
 	if (memchr(data, '\0', len) != NULL)
-		goto out;
+		return false;
+	ix->legacy = true;
 	char *save = NULL;
 	char *line = strtok_r(data, "\n", &save);
-	if (line == NULL || strcmp(line, MBOX_INDEX_HEADER) != 0)
-		goto out;
+	if (line == NULL || strcmp(line, MBOX_INDEX_V1_HEADER) != 0)
+		return false;
 	line = strtok_r(NULL, "\n", &save);
-	if (line == NULL)
-		goto out;
-	{
-		unsigned long long dev, ino, size;
-		long long ms_, cs;
-		long mn, cn;
-		int q, end = 0;
-		if (strcmp(line, "ident none") == 0) {
-			ix->ident.known = false;
-		} else if (sscanf(line, "ident %llu %llu %llu %lld %ld %lld %ld %d%n", &dev, &ino, &size,
-		    &ms_, &mn, &cs, &cn, &q, &end) == 8 && line[end] == '\0') {
-			ix->ident.known = true;
-			ix->ident.dev = dev;
-			ix->ident.ino = ino;
-			ix->ident.size = size;
-			ix->ident.mtime_sec = ms_;
-			ix->ident.mtime_nsec = mn;
-			ix->ident.ctime_sec = cs;
-			ix->ident.ctime_nsec = cn;
-			ix->quoting = q;
-		} else {
-			goto out;
-		}
-	}
+	if (line == NULL || strncmp(line, "ident ", 6) != 0)
+		return false;
 	uint32_t alloc = 0;
 	uint64_t expect_from = 0;
 	for (;;) {
 		line = strtok_r(NULL, "\n", &save);
 		if (line == NULL)
-			goto out;    /* no end line: cut short */
+			return false;    /* no end line: cut short */
 		if (strncmp(line, "end ", 4) == 0) {
 			uint32_t n;
-			if (!parse_u32(line + 4, UINT32_MAX, &n) || n != ix->count)
-				goto out;
-			if (ix->ident.known && expect_from != ix->ident.size)
-				goto out;
-			break;
+			return parse_u32(line + 4, UINT32_MAX, &n) && n == ix->count;
 		}
 		if (ix->count >= MBOX_MAX_MESSAGES)
-			goto out;
+			return false;
 		char *f[8];
 		int nf = 0;
 		char *s2 = NULL;
 		for (char *t = strtok_r(line, " ", &s2); t != NULL && nf < 8; t = strtok_r(NULL, " ", &s2))
 			f[nf++] = t;
 		if (nf != 8 || strcmp(f[0], "m") != 0 || strtok_r(NULL, " ", &s2) != NULL)
-			goto out;
+			return false;
 		struct mbox_message m;
 		memset(&m, 0, sizeof(m));
 		if (!parse_u64(f[1], INT64_MAX, &m.from_offset) ||
@@ -352,12 +461,9 @@ mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
 		    !parse_u64(f[4], INT64_MAX, &m.end_offset) ||
 		    !parse_u64(f[5], INT64_MAX, &m.size) ||
 		    !mbox_unhex(f[6], m.digest, MBOX_DIGEST_LEN) || !mbox_uidl_valid(f[7]))
-			goto out;
-		/* The layout must be one a parse could give. */
-		if (m.from_offset != expect_from || m.data_offset < m.from_offset ||
-		    m.data_offset > m.end_offset || m.data_length > m.end_offset - m.data_offset ||
-		    m.size > 2 * m.data_length + 2)
-			goto out;
+			return false;
+		if (m.from_offset != expect_from || m.end_offset <= m.from_offset)
+			return false;
 		expect_from = m.end_offset;
 		if (ix->count == alloc) {
 			alloc = alloc == 0 ? 64 : alloc * 2;
@@ -368,9 +474,188 @@ mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
 		ix->uidls[ix->count] = xstrdup(f[7]);
 		ix->count++;
 	}
+}
+
+/* UIDLs of a format-2 index are unique (store.h); checked with a hash
+ * table (a sort would cost more than the rest of a warm login). */
+static bool
+mbox_uidls_unique(char *const *uidls, const uint8_t *lens, uint32_t n)
+{
+	size_t size = 16;
+	while (size < 2 * (size_t)n)
+		size *= 2;
+	uint32_t *slot = xcalloc(size, sizeof(*slot));
+	bool ok = true;
+	for (uint32_t i = 0; i < n && ok; i++) {
+		size_t h = (size_t)mbox_index_sum(uidls[i], lens[i], 5) & (size - 1);
+		for (;; h = (h + 1) & (size - 1)) {
+			uint32_t s = slot[h];
+			if (s == 0) {
+				slot[h] = i + 1;
+				break;
+			}
+			if (lens[s - 1] == lens[i] && memcmp(uidls[s - 1], uidls[i], lens[i]) == 0) {
+				ok = false;
+				break;
+			}
+		}
+	}
+	free(slot);
+	return ok;
+}
+
+static const char mbox_hexdigits[] = "0123456789abcdef";
+
+static bool
+mbox_unhex_byte(const char *s, unsigned char *out)
+{
+	unsigned char b[1];
+	char two[3] = { s[0], s[1], '\0' };
+	if (!mbox_unhex(two, b, 1))
+		return false;
+	*out = b[0];
+	return true;
+}
+
+/* Format 2 from fd (size bytes, header already in head). */
+static bool
+mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox_index *ix)
+{
+	if (mbox_index_sum(head, MBOX_IX_HEAD_SUM, 1) != mbox_get64(head + MBOX_IX_HEAD_SUM))
+		return false;
+	uint32_t count = mbox_get32(head + MBOX_IX_COUNT);
+	uint64_t slen = mbox_get64(head + MBOX_IX_STRINGS_LEN);
+	uint32_t known = mbox_get32(head + MBOX_IX_KNOWN);
+	if (count > MBOX_MAX_MESSAGES || slen > (uint64_t)count * (UIDL_MAX_LEN + 1) || known > 1)
+		return false;
+	uint64_t base_end = MBOX_IX_HEAD + (uint64_t)count * MBOX_IX_REC + slen;
+	if (size < base_end)
+		return false;
+	ix->quoting = (int)mbox_get32(head + MBOX_IX_QUOTING);
+	if (known)
+		mbox_ident_get(head + MBOX_IX_IDENT, &ix->ident);
+	unsigned char *recs = xmalloc((size_t)count * MBOX_IX_REC + 1);
+	ix->strings = xmalloc((size_t)slen + 1);
+	ix->strings_len = (size_t)slen;
+	uint8_t *lens = xmalloc((size_t)count + 1);
+	bool ok = false;
+	if (mbox_pread_all(fd, (char *)recs, (size_t)count * MBOX_IX_REC, MBOX_IX_HEAD) < 0 ||
+	    mbox_pread_all(fd, ix->strings, (size_t)slen,
+	    MBOX_IX_HEAD + (uint64_t)count * MBOX_IX_REC) < 0)
+		goto out;
+	if (mbox_index_sum(recs, (size_t)count * MBOX_IX_REC, 2) != mbox_get64(head + MBOX_IX_RECS_SUM) ||
+	    mbox_index_sum(ix->strings, (size_t)slen, 3) != mbox_get64(head + MBOX_IX_STRINGS_SUM))
+		goto out;
+	ix->msgs = xmalloc((size_t)(count ? count : 1) * sizeof(*ix->msgs));
+	ix->uidls = xmalloc((size_t)(count ? count : 1) * sizeof(*ix->uidls));
+	uint64_t from = 0;
+	for (uint32_t i = 0; i < count; i++) {
+		const unsigned char *r = recs + (size_t)i * MBOX_IX_REC;
+		struct mbox_message *m = &ix->msgs[i];
+		uint64_t end = mbox_get64(r + MBOX_IX_REC_END);
+		uint64_t dlen = mbox_get64(r + MBOX_IX_REC_DATA_LEN);
+		uint64_t wsize = mbox_get64(r + MBOX_IX_REC_SIZE);
+		uint32_t flen = mbox_get32(r + MBOX_IX_REC_FROM_LEN);
+		uint32_t uoff = mbox_get32(r + MBOX_IX_REC_UIDL_OFF);
+		uint8_t ulen = r[MBOX_IX_REC_UIDL_LEN];
+		/* The layout must be one a parse could give. */
+		if (end <= from || end > INT64_MAX || flen > end - from || dlen > end - from - flen ||
+		    wsize > 2 * dlen + 2 || ulen == 0 || ulen > UIDL_MAX_LEN ||
+		    (uint64_t)uoff + ulen >= slen || ix->strings[uoff + ulen] != '\0')
+			goto out;
+		for (unsigned j = MBOX_IX_REC_UIDL_LEN + 1; j < MBOX_IX_REC; j++)
+			if (r[j] != 0)
+				goto out;
+		const char *u = ix->strings + uoff;
+		for (unsigned j = 0; j < ulen; j++)
+			if ((unsigned char)u[j] - 0x21u > 0x7eu - 0x21u)
+				goto out;
+		m->from_offset = from;
+		m->data_offset = from + flen;
+		m->data_length = dlen;
+		m->end_offset = end;
+		m->size = wsize;
+		memcpy(m->digest, r + MBOX_IX_REC_KEY, MBOX_KEY_LEN);
+		memset(m->digest + MBOX_KEY_LEN, 0, MBOX_DIGEST_LEN - MBOX_KEY_LEN);
+		for (unsigned j = 0; j < 8; j++) {
+			unsigned char b = r[MBOX_IX_REC_P3 + j];
+			m->popa3d_uidl[2 * j] = mbox_hexdigits[b >> 4];
+			m->popa3d_uidl[2 * j + 1] = mbox_hexdigits[b & 15];
+		}
+		m->popa3d_uidl[16] = '\0';
+		ix->uidls[i] = ix->strings + uoff;
+		lens[i] = ulen;
+		from = end;
+	}
+	if (known && from != ix->ident.size)
+		goto out;
+	if (!mbox_uidls_unique(ix->uidls, lens, count))
+		goto out;
+	ix->count = count;
+	/* Our own appends since: each record starts from where the last one
+	 * (or the header) left the file; the first that does not is the end. */
+	if (known) {
+		ix->chain_end = ix->ident;
+		uint64_t at = base_end;
+		unsigned char a[MBOX_IX_APPEND];
+		while (at + MBOX_IX_APPEND <= size && ix->appends < MBOX_INDEX_MAX_APPENDS &&
+		    mbox_pread_all(fd, (char *)a, MBOX_IX_APPEND, at) == 0) {
+			struct mbox_ident pre, post;
+			if (memcmp(a, MBOX_IX_APPEND_MAGIC, 8) != 0 ||
+			    mbox_index_sum(a, MBOX_IX_APPEND_SUM, 4) != mbox_get64(a + MBOX_IX_APPEND_SUM))
+				break;
+			mbox_ident_get(a + MBOX_IX_APPEND_PRE, &pre);
+			mbox_ident_get(a + MBOX_IX_APPEND_POST, &post);
+			if (!mbox_ident_eq(&pre, &ix->chain_end) || post.dev != pre.dev ||
+			    post.ino != pre.ino || post.size <= pre.size)
+				break;
+			ix->chain_end = post;
+			ix->appends++;
+			at += MBOX_IX_APPEND;
+		}
+	}
 	ok = true;
 out:
-	free(data);
+	free(recs);
+	free(lens);
+	return ok;
+}
+
+/* Read BASE.popbox-index; false (ix empty) if missing or damaged: the
+ * index is a cache, the mbox the truth. */
+static bool
+mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
+{
+	char *name = mbox_name(ms, ".popbox-index");
+	unsigned char head[MBOX_IX_HEAD];
+	struct stat st;
+	bool ok = false;
+	memset(ix, 0, sizeof(*ix));
+	int fd = openat(ms->dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	free(name);
+	if (fd < 0)
+		return false;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > MBOX_INDEX_MAX_BYTES)
+		goto out;
+	size_t v1 = strlen(MBOX_INDEX_V1_HEADER "\n");
+	if ((uint64_t)st.st_size >= v1 && mbox_pread_all(fd, (char *)head, v1, 0) == 0 &&
+	    memcmp(head, MBOX_INDEX_V1_HEADER "\n", v1) == 0) {
+		char *data = NULL, *error = NULL;
+		size_t len = 0;
+		if (util_read_file_bounded(fd, "index", MBOX_INDEX_MAX_BYTES, 0, &data, &len, &error) < 0) {
+			free(error);
+			goto out;
+		}
+		ok = mbox_index_read_v1(data, len, ix);
+		free(data);
+		goto out;
+	}
+	if ((uint64_t)st.st_size < MBOX_IX_HEAD || mbox_pread_all(fd, (char *)head, MBOX_IX_HEAD, 0) < 0 ||
+	    memcmp(head, MBOX_IX_MAGIC, MBOX_IX_MAGIC_LEN) != 0)
+		goto out;
+	ok = mbox_index_read_v2(fd, (uint64_t)st.st_size, head, ix);
+out:
+	close(fd);
 	if (!ok)
 		mbox_index_free(ix);
 	return ok;
@@ -384,47 +669,121 @@ mbox_index_write(struct mbox_store *ms, const struct mbox_ident *ident,
 {
 	char *name = mbox_name(ms, ".popbox-index");
 	char *tmp = mbox_name(ms, ".popbox-index.tmp");
+	size_t slen = 0;
+	for (uint32_t i = 0; i < count; i++)
+		slen += strlen(smsgs[i].uidl) + 1;
+	size_t total = MBOX_IX_HEAD + (size_t)count * MBOX_IX_REC + slen;
+	unsigned char *buf = xcalloc(1, total);
+	unsigned char *recs = buf + MBOX_IX_HEAD;
+	char *strings = (char *)recs + (size_t)count * MBOX_IX_REC;
+	size_t at = 0;
+	for (uint32_t i = 0; i < count; i++) {
+		const struct mbox_message *m = &msgs[i];
+		unsigned char *r = recs + (size_t)i * MBOX_IX_REC;
+		size_t ulen = strlen(smsgs[i].uidl);
+		if (m->data_offset - m->from_offset > UINT32_MAX || ulen == 0 || ulen > UIDL_MAX_LEN) {
+			log_warnx("mbox %s: message %u cannot be indexed; no index", ms->path, i + 1);
+			goto out;
+		}
+		mbox_put64(r + MBOX_IX_REC_END, m->end_offset);
+		mbox_put64(r + MBOX_IX_REC_DATA_LEN, m->data_length);
+		mbox_put64(r + MBOX_IX_REC_SIZE, m->size);
+		mbox_put32(r + MBOX_IX_REC_FROM_LEN, (uint32_t)(m->data_offset - m->from_offset));
+		mbox_put32(r + MBOX_IX_REC_UIDL_OFF, (uint32_t)at);
+		memcpy(r + MBOX_IX_REC_KEY, m->digest, MBOX_KEY_LEN);
+		if (strlen(m->popa3d_uidl) == 16)
+			for (unsigned j = 0; j < 8; j++) {
+				unsigned char b = 0;
+				mbox_unhex_byte(m->popa3d_uidl + 2 * j, &b);
+				r[MBOX_IX_REC_P3 + j] = b;
+			}
+		r[MBOX_IX_REC_UIDL_LEN] = (unsigned char)ulen;
+		memcpy(strings + at, smsgs[i].uidl, ulen + 1);
+		at += ulen + 1;
+	}
+	memcpy(buf, MBOX_IX_MAGIC, MBOX_IX_MAGIC_LEN);
+	mbox_put32(buf + MBOX_IX_QUOTING, (uint32_t)ms->quoting);
+	mbox_put32(buf + MBOX_IX_COUNT, count);
+	mbox_put64(buf + MBOX_IX_STRINGS_LEN, slen);
+	if (ident->known) {
+		mbox_ident_put(buf + MBOX_IX_IDENT, ident);
+		mbox_put32(buf + MBOX_IX_KNOWN, 1);
+	}
+	mbox_put64(buf + MBOX_IX_RECS_SUM, mbox_index_sum(recs, (size_t)count * MBOX_IX_REC, 2));
+	mbox_put64(buf + MBOX_IX_STRINGS_SUM, mbox_index_sum(strings, slen, 3));
+	mbox_put64(buf + MBOX_IX_HEAD_SUM, mbox_index_sum(buf, MBOX_IX_HEAD_SUM, 1));
 	int fd = openat(ms->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		log_warn("mbox %s: cannot write its index", ms->path);
 		goto out;
 	}
-	FILE *f = fdopen(fd, "w");
-	if (f == NULL) {
+	if (mbox_pwrite_all(fd, (const char *)buf, total, 0) < 0) {
 		close(fd);
-		goto out;
-	}
-	fprintf(f, "%s\n", MBOX_INDEX_HEADER);
-	if (ident->known)
-		fprintf(f, "ident %llu %llu %llu %lld %ld %lld %ld %d\n",
-		    (unsigned long long)ident->dev, (unsigned long long)ident->ino,
-		    (unsigned long long)ident->size, (long long)ident->mtime_sec, ident->mtime_nsec,
-		    (long long)ident->ctime_sec, ident->ctime_nsec, (int)ms->quoting);
-	else
-		fprintf(f, "ident none\n");
-	for (uint32_t i = 0; i < count; i++) {
-		const struct mbox_message *m = &msgs[i];
-		char hex[2 * MBOX_DIGEST_LEN + 1];
-		mbox_hex(m->digest, MBOX_DIGEST_LEN, hex);
-		fprintf(f, "m %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %s %s\n",
-		    m->from_offset, m->data_offset, m->data_length, m->end_offset, m->size, hex,
-		    smsgs[i].uidl);
-	}
-	fprintf(f, "end %u\n", count);
-	if (fflush(f) != 0 || ferror(f)) {
-		fclose(f);
 		unlinkat(ms->dir_fd, tmp, 0);
 		log_warnx("mbox %s: cannot write its index (disk full?)", ms->path);
 		goto out;
 	}
-	fclose(f);
+	close(fd);
 	if (renameat(ms->dir_fd, tmp, ms->dir_fd, name) < 0) {
 		log_warn("mbox %s: cannot rename its index", ms->path);
 		unlinkat(ms->dir_fd, tmp, 0);
 	}
 out:
+	free(buf);
 	free(name);
 	free(tmp);
+}
+
+/* After our own append (under the mbox lock, the mbox fsynced): if the
+ * index described the file exactly as it was before (pre), and the append
+ * began at a message boundary, one record saying so and what the file is
+ * now (post), so the next login parses only from where the index ends.
+ * Anything else: nothing written (that login parses the whole file). A
+ * cache: not fsynced; a torn record fails its checksum. */
+static void
+mbox_index_note_append(struct mbox_store *ms, const struct mbox_ident *pre,
+    const struct mbox_ident *post)
+{
+	char *name = mbox_name(ms, ".popbox-index");
+	unsigned char head[MBOX_IX_HEAD], a[MBOX_IX_APPEND];
+	struct stat st;
+	int fd = openat(ms->dir_fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	free(name);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+	    (uint64_t)st.st_size < MBOX_IX_HEAD || mbox_pread_all(fd, (char *)head, MBOX_IX_HEAD, 0) < 0 ||
+	    memcmp(head, MBOX_IX_MAGIC, MBOX_IX_MAGIC_LEN) != 0 ||
+	    mbox_index_sum(head, MBOX_IX_HEAD_SUM, 1) != mbox_get64(head + MBOX_IX_HEAD_SUM) ||
+	    mbox_get32(head + MBOX_IX_KNOWN) != 1)
+		goto out;
+	uint64_t size = (uint64_t)st.st_size;
+	uint64_t base_end = MBOX_IX_HEAD + (uint64_t)mbox_get32(head + MBOX_IX_COUNT) * MBOX_IX_REC +
+	    mbox_get64(head + MBOX_IX_STRINGS_LEN);
+	if (size < base_end || (size - base_end) % MBOX_IX_APPEND != 0 ||
+	    (size - base_end) / MBOX_IX_APPEND >= MBOX_INDEX_MAX_APPENDS)
+		goto out;
+	struct mbox_ident last;
+	if (size == base_end) {
+		mbox_ident_get(head + MBOX_IX_IDENT, &last);
+	} else {
+		if (mbox_pread_all(fd, (char *)a, MBOX_IX_APPEND, size - MBOX_IX_APPEND) < 0 ||
+		    memcmp(a, MBOX_IX_APPEND_MAGIC, 8) != 0 ||
+		    mbox_index_sum(a, MBOX_IX_APPEND_SUM, 4) != mbox_get64(a + MBOX_IX_APPEND_SUM))
+			goto out;
+		mbox_ident_get(a + MBOX_IX_APPEND_POST, &last);
+	}
+	if (!mbox_ident_eq(&last, pre))
+		goto out;
+	memset(a, 0, sizeof(a));
+	memcpy(a, MBOX_IX_APPEND_MAGIC, 8);
+	mbox_ident_put(a + MBOX_IX_APPEND_PRE, pre);
+	mbox_ident_put(a + MBOX_IX_APPEND_POST, post);
+	mbox_put64(a + MBOX_IX_APPEND_SUM, mbox_index_sum(a, MBOX_IX_APPEND_SUM, 4));
+	if (mbox_pwrite_all(fd, (const char *)a, sizeof(a), size) < 0 && ftruncate(fd, (off_t)size) < 0)
+		log_warn("mbox %s: a torn record in its index (the next login parses it all)", ms->path);
+out:
+	close(fd);
 }
 
 /* ---------------------------------------------------------------- UIDLs */
@@ -437,7 +796,7 @@ static int
 mbox_order_cmp(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	int r = memcmp(mbox_sort_msgs[x].digest, mbox_sort_msgs[y].digest, MBOX_DIGEST_LEN);
+	int r = memcmp(mbox_sort_msgs[x].digest, mbox_sort_msgs[y].digest, MBOX_KEY_LEN);
 	if (r != 0)
 		return r;
 	return x < y ? -1 : x > y;
@@ -454,7 +813,7 @@ static int
 mbox_remembered_cmp(const void *a, const void *b)
 {
 	const struct mbox_remembered *x = a, *y = b;
-	int r = memcmp(x->digest, y->digest, MBOX_DIGEST_LEN);
+	int r = memcmp(x->digest, y->digest, MBOX_KEY_LEN);
 	if (r != 0)
 		return r;
 	return x->order < y->order ? -1 : x->order > y->order;
@@ -530,12 +889,12 @@ mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
 		size_t lo = 0, hi = nrem;
 		while (lo < hi) {
 			size_t mid = (lo + hi) / 2;
-			if (memcmp(rem[mid].digest, d, MBOX_DIGEST_LEN) < 0)
+			if (memcmp(rem[mid].digest, d, MBOX_KEY_LEN) < 0)
 				lo = mid + 1;
 			else
 				hi = mid;
 		}
-		for (size_t j = lo; j < nrem && memcmp(rem[j].digest, d, MBOX_DIGEST_LEN) == 0; j++) {
+		for (size_t j = lo; j < nrem && memcmp(rem[j].digest, d, MBOX_KEY_LEN) == 0; j++) {
 			if (!rem[j].used) {
 				rem[j].used = true;
 				ms->store.messages[i].uidl = xstrdup(rem[j].uidl);
@@ -557,7 +916,7 @@ mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
 	qsort(order, n, sizeof(*order), mbox_order_cmp);
 	for (uint32_t i = 0; i < n; i++) {
 		bool same = i > 0 && memcmp(ms->msgs[order[i]].digest, ms->msgs[order[i - 1]].digest,
-		    MBOX_DIGEST_LEN) == 0;
+		    MBOX_KEY_LEN) == 0;
 		ordinal[order[i]] = same ? ordinal[order[i - 1]] + 1 : 0;
 	}
 	for (uint32_t i = 0; i < n; i++)
@@ -1055,7 +1414,8 @@ mbox_verify(struct mbox_store *ms, char **error_r)
 	uint32_t count = 0;
 	uint64_t size = 0;
 	char *err = NULL;
-	if (mbox_parse_fd(ms->fd, ms->quoting, &msgs, &count, &size, &err) != STORE_OK) {
+	if (mbox_parse_fd(ms->fd, ms->quoting, 0, MBOX_MAX_MESSAGES, &msgs, &count, &size, &err) !=
+	    STORE_OK) {
 		free(err);
 		free(msgs);
 		goto stale;
@@ -1065,7 +1425,7 @@ mbox_verify(struct mbox_store *ms, char **error_r)
 		const struct mbox_message *a = &ms->msgs[i], *b = &msgs[i];
 		same = a->from_offset == b->from_offset && a->data_offset == b->data_offset &&
 		    a->data_length == b->data_length && a->size == b->size &&
-		    memcmp(a->digest, b->digest, MBOX_DIGEST_LEN) == 0;
+		    memcmp(a->digest, b->digest, MBOX_KEY_LEN) == 0;
 	}
 	free(msgs);
 	if (!same)
@@ -1103,6 +1463,7 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 	char *buf = NULL;
 
 	*store_r = NULL;
+	memset(&mbox_last_open, 0, sizeof(mbox_last_open));
 	ms->store.backend = &store_mbox;
 	ms->path = xstrdup(path);
 	ms->fd = -1;
@@ -1207,42 +1568,79 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 	}
 	mbox_ident_of(&st, &ms->seen);
 	have_ix = mbox_index_read(ms, &ix);
-	if (have_ix && mbox_ident_eq(&ix.ident, &ms->seen) && ix.quoting == (int)ms->quoting) {
+	bool usable = have_ix && !ix.legacy && ix.quoting == (int)ms->quoting;
+	uint64_t parse_from = 0;
+	if (usable && mbox_ident_eq(&ix.ident, &ms->seen)) {
 		/* Warm: the file is as the index describes it. */
 		ms->msgs = ix.msgs;
 		ms->store.count = ix.count;
 		ms->store.messages = xcalloc(ix.count ? ix.count : 1, sizeof(*ms->store.messages));
-		for (uint32_t i = 0; i < ix.count; i++) {
+		for (uint32_t i = 0; i < ix.count; i++)
 			ms->store.messages[i].uidl = ix.uidls[i];
-			ix.uidls[i] = NULL;
-		}
+		ms->strings = ix.strings;
+		ms->strings_len = ix.strings_len;
+		ix.strings = NULL;
 		ix.msgs = NULL;
 		ms->snap_size = ms->seen.size;
-	} else {
+		mbox_last_open = (struct mbox_open_stats){ ms->seen.size, 0, ix.count };
+		log_debug("mbox %s: parsed 0 bytes from offset %" PRIu64 " (%u messages from the index)",
+		    path, ms->seen.size, ix.count);
+		goto done;
+	}
+	if (usable && ix.appends > 0 && mbox_ident_eq(&ix.chain_end, &ms->seen)) {
+		/* Only our own appends since: the index holds the file up to
+		 * ix.ident.size, a From_ line starts there. */
+		struct mbox_message *tail = NULL;
+		uint32_t n = 0;
+		uint64_t size = 0;
+		char *perr = NULL;
+		if (mbox_parse_fd(ms->fd, ms->quoting, ix.ident.size, MBOX_MAX_MESSAGES - ix.count, &tail,
+		    &n, &size, &perr) == STORE_OK && size == ms->seen.size) {
+			ms->msgs = xmalloc(((size_t)ix.count + n + 1) * sizeof(*ms->msgs));
+			memcpy(ms->msgs, ix.msgs, (size_t)ix.count * sizeof(*ms->msgs));
+			memcpy(ms->msgs + ix.count, tail, (size_t)n * sizeof(*ms->msgs));
+			ms->store.count = ix.count + n;
+			parse_from = ix.ident.size;
+		} else {
+			log_warnx("mbox %s: what was appended since the index does not parse (%s); "
+			    "parsing all of it", path, perr != NULL ? perr : "size changed");
+		}
+		free(perr);
+		free(tail);
+	}
+	if (ms->msgs == NULL) {
 		char *perr = NULL;
 		uint64_t size = 0;
-		status = mbox_parse_fd(ms->fd, ms->quoting, &ms->msgs, &ms->store.count, &size, &perr);
+		status = mbox_parse_fd(ms->fd, ms->quoting, 0, MBOX_MAX_MESSAGES, &ms->msgs,
+		    &ms->store.count, &size, &perr);
 		if (status != STORE_OK) {
 			*error_r = xasprintf("mbox %s: %s", path, perr);
 			free(perr);
 			goto fail;
 		}
-		ms->snap_size = size;
 		if (size != ms->seen.size) {
 			/* cannot be under the lock, unless someone ignores it */
 			*error_r = xasprintf("mbox %s changed while locked", path);
 			status = STORE_TEMP;
 			goto fail;
 		}
-		ms->store.messages = xcalloc(ms->store.count ? ms->store.count : 1,
-		    sizeof(*ms->store.messages));
-		ms->sources = xcalloc(ms->store.count ? ms->store.count : 1, sizeof(*ms->sources));
-		for (uint32_t i = 0; i < ms->store.count; i++)
-			ms->sources[i] = STORE_UIDL_OWN;
-		mbox_assign_uidls(ms, have_ix ? &ix : NULL);
-		if (!options || !options->keep_index)
-			mbox_index_write(ms, &ms->seen, ms->msgs, ms->store.messages, ms->store.count);
 	}
+	ms->snap_size = ms->seen.size;
+	mbox_last_open = (struct mbox_open_stats){ parse_from, ms->seen.size - parse_from,
+		parse_from > 0 ? ix.count : 0 };
+	log_debug("mbox %s: parsed %" PRIu64 " bytes from offset %" PRIu64
+	    " (%u messages from the index)", path, ms->seen.size - parse_from, parse_from,
+	    parse_from > 0 ? ix.count : 0);
+	ms->store.messages = xcalloc(ms->store.count ? ms->store.count : 1,
+	    sizeof(*ms->store.messages));
+	ms->sources = xcalloc(ms->store.count ? ms->store.count : 1, sizeof(*ms->sources));
+	for (uint32_t i = 0; i < ms->store.count; i++)
+		ms->sources[i] = STORE_UIDL_OWN;
+	/* (after our appends: the index's messages get their own UIDLs back
+	 * through the same rule, the k-th copy the k-th) */
+	mbox_assign_uidls(ms, have_ix ? &ix : NULL);
+	if (!options || !options->keep_index)
+		mbox_index_write(ms, &ms->seen, ms->msgs, ms->store.messages, ms->store.count);
 done:
 	for (uint32_t i = 0; i < ms->store.count; i++) {
 		ms->store.messages[i].size = ms->msgs[i].size;
@@ -1479,9 +1877,11 @@ store_mbox_close(struct store *store)
 	if (store == NULL)
 		return;
 	for (uint32_t i = 0; i < store->count; i++)
-		free(store->messages[i].uidl);
+		if (mbox_uidl_owned(ms, store->messages[i].uidl))
+			free(store->messages[i].uidl);
 	free(store->messages);
 	free(ms->msgs);
+	free(ms->strings);
 	free(ms->sources);
 	if (ms->fd >= 0)
 		close(ms->fd);
@@ -1766,6 +2166,8 @@ mbox_deliver(const struct delivery_target *t, const struct mbox_delivery_options
 	}
 	if (fstat(ms.fd, &sb) < 0)
 		goto write_error;
+	struct mbox_ident before;
+	mbox_ident_of(&sb, &before);
 	uint64_t s = (uint64_t)sb.st_size;
 	unsigned k = 0;
 	if (s > 0) {
@@ -1812,6 +2214,14 @@ mbox_deliver(const struct delivery_target *t, const struct mbox_delivery_options
 		*error_r = xasprintf("mbox %s: writing: %s", t->path, strerror(e));
 		st = mbox_deliver_errno(e);
 		goto out;
+	}
+	/* The file ended at a message boundary (k == 0): what it held is
+	 * parsed as before, so the index may say that only this was added. */
+	struct stat after_sb;
+	if (k == 0 && fstat(ms.fd, &after_sb) == 0) {
+		struct mbox_ident after;
+		mbox_ident_of(&after_sb, &after);
+		mbox_index_note_append(&ms, &before, &after);
 	}
 	result_r->file = xstrdup(base);
 	result_r->size = wire_size;

@@ -7,12 +7,13 @@ a held lock fail the delivery (75 / 451 for that recipient only) and leave
 the spool exactly as it was."""
 
 import os
+import re
 import subprocess
 
 import pytest
 
 from mailin import AWKWARD_BODIES, LMTPRaw, deliver, fetch_all, lmtp_message, lmtp_transaction
-from popbox_server import free_port, wire_form
+from popbox_server import free_port, wait_until, wire_form
 from test_server_mbox import (MESSAGES, MboxLock, mbox_bytes, python_mailbox_messages,
                               quote_mboxo, spool_path, write_spool)
 
@@ -223,4 +224,97 @@ def test_rcpt_checks_the_mbox_size_against_max_maildrop_size(server_factory):
     assert r.returncode == 75 and b"max_maildrop_size" in r.stderr, (r.returncode, r.stderr)
     assert open(spool_path(srv, "bob"), "rb").read() == before
     assert fetch_all(srv) == [wire_form(rp("s@x") + b"Subject: q\n\nq\n")]
+    srv.stop()
+
+
+def parse_lines(srv, since):
+    """(bytes, offset) of the store's "mbox PATH: parsed N bytes from offset
+    O" debug lines logged after byte since of the log."""
+    with open(srv.log_path, "rb") as f:
+        f.seek(since)
+        text = f.read().decode("utf-8", "replace")
+    return [(int(n), int(o)) for n, o in
+            re.findall(r"mbox \S+: parsed (\d+) bytes from offset (\d+)", text)]
+
+
+def login_parse(srv, retr=()):
+    """One login: its UIDLs, the messages numbered in retr, and the one
+    parse line its store open logged."""
+    since = os.path.getsize(srv.log_path)
+    c = srv.session()
+    try:
+        uidls = c.uidl()
+        got = {n: c.retr(n) for n in retr}
+        c.cmd("QUIT")
+    finally:
+        c.close()
+    wait_until(lambda: parse_lines(srv, since), what="the store's parse line")
+    lines = parse_lines(srv, since)
+    assert len(lines) == 1, lines
+    return uidls, got, lines[0]
+
+
+def test_own_deliveries_keep_the_index_warm(server_factory):
+    """The index stays warm across our own appends (store_mbox.c
+    mbox_index_note_append): on a 3000-message spool a warm login parses 0
+    bytes; after `popbox deliver` and an LMTP delivery the next login parses
+    exactly the appended bytes from the old end, the old UIDLs stay and the
+    new messages read back byte-exact; after an append by another program
+    (Postfix-style, under fcntl + dot-lock) the login parses everything and
+    still keeps every UIDL; a damaged index means a full parse, same UIDLs."""
+    from test_server_mbox import append_like_postfix
+    srv = mbox_lmtp_server(server_factory, config={"log_debug": "yes"}, start=False)
+    msgs = [(b"Thu Dec  3 %02d:%02d:%02d 2026" % (10 + i // 3600, i // 60 % 60, i % 60),
+             b"Subject: m%d\n\nbody %d\n" % (i, i) + b"x" * (i % 300) + b"\nFrom inside\n")
+            for i in range(3000)]
+    msgs[7] = msgs[8] = (msgs[7][0], b"Subject: twin\n\nsame\n")   # identical copies
+    data = mbox_bytes(msgs)
+    write_spool(srv, data)
+    srv.start()
+    spool = spool_path(srv)
+    cold, _, parsed = login_parse(srv)
+    assert parsed == (len(data), 0) and len(cold) == 3000
+    assert len(set(cold.values())) == 3000
+    warm, _, parsed = login_parse(srv)
+    assert parsed == (0, len(data)) and warm == cold
+
+    new1 = b"Subject: by deliver\n\nFrom the start\n.dot\nend\n"
+    r = deliver(srv, "alice", new1, "-f", "a@example.org")
+    assert r.returncode == 0, r.stderr
+    new2 = b"Subject: by lmtp\n\n>From quoted\nlast\n"
+    with LMTPRaw(srv.lmtp_port) as lm:
+        lm.lhlo()
+        _, _, _, done = lmtp_transaction(lm, "b@example.org", ["alice"],
+                                         new2.replace(b"\n", b"\r\n"))
+        assert [d[0] for d in done] == [250], done
+    size1 = os.path.getsize(spool)
+    after, got, parsed = login_parse(srv, retr=(3001, 3002))
+    assert parsed == (size1 - len(data), len(data))
+    assert len(after) == 3002 and {n: after[n] for n in cold} == cold
+    assert got[3001] == wire_form(rp("a@example.org") + new1)
+    assert got[3002] == wire_form(rp("b@example.org") + new2.replace(b"\n>From", b"\nFrom"))
+    assert login_parse(srv)[2] == (0, size1)
+
+    # another program's append: all parsed, every UIDL kept
+    ext = b"Subject: by postfix\n\nexternal\n"
+    append_like_postfix(spool, b"Thu Dec  3 23:00:00 2026", ext)
+    size2 = os.path.getsize(spool)
+    later, got, parsed = login_parse(srv, retr=(3003,))
+    assert parsed == (size2, 0)
+    assert len(later) == 3003 and {n: later[n] for n in after} == after
+    assert got[3003] == wire_form(ext)
+    # our append after it: tail only again; then a damaged index: all parsed
+    r = deliver(srv, "alice", b"Subject: again\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    size3 = os.path.getsize(spool)
+    last, _, parsed = login_parse(srv)
+    assert parsed == (size3 - size2, size2) and len(last) == 3004
+    with open(spool + ".popbox-index", "r+b") as f:
+        f.seek(5000)
+        b = f.read(1)
+        f.seek(5000)
+        f.write(bytes([b[0] ^ 1]))
+    again, _, parsed = login_parse(srv)
+    assert parsed == (size3, 0) and again == last
+    assert len(python_mailbox_messages(spool)) == 3004
     srv.stop()
