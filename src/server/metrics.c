@@ -32,6 +32,7 @@ static const char *const state_names[METRICS_STATE_N] = { "authorization", "tran
 static const char *const refusal_names[METRICS_REFUSED_N] = { "max_connections",
 	"max_connections_per_ip", "proxy" };
 static const char *const role_names[METRICS_ROLE_N] = { "worker", "auth", "metrics" };
+static const char *const open_names[METRICS_OPEN_N] = { "loop", "thread" };
 /* in the order of enum delivery_status */
 static const char *const delivery_names[METRICS_DELIVERY_N] = { "delivered", "temp", "perm",
 	"over_quota", "too_big" };
@@ -215,6 +216,18 @@ metrics_format(const struct metrics *m, bool om, char **out)
 	for (size_t i = 0; i < METRICS_DELIVERY_N; i++)
 		fprintf(f, "popbox_lmtp_deliveries_total{result=\"%s\"} %llu\n", delivery_names[i],
 		    (unsigned long long)SUM(m, lmtp_deliveries[i]));
+
+	family(f, om, "popbox_maildrop_opens_total", "counter",
+	    "Maildrop opens by the workers, by where they ran: on the worker's loop from the "
+	    "index alone, or on its store thread.");
+	for (size_t i = 0; i < METRICS_OPEN_N; i++)
+		fprintf(f, "popbox_maildrop_opens_total{on=\"%s\"} %llu\n", open_names[i],
+		    (unsigned long long)SUM(m, maildrop_opens[i]));
+	family(f, om, "popbox_maildrop_quick_fallbacks_total", "counter",
+	    "Opens tried on the loop that needed more than the index (then the store thread "
+	    "opened the maildrop).");
+	fprintf(f, "popbox_maildrop_quick_fallbacks_total %llu\n",
+	    (unsigned long long)SUM(m, maildrop_quick_fallbacks));
 
 	family(f, om, "popbox_process_restarts_total", "counter",
 	    "Child processes restarted by the master after they died, by role.");

@@ -62,6 +62,14 @@ enum metrics_login {
  * (store_deliver.h). */
 #define METRICS_DELIVERY_N 5
 
+/* Where a worker's maildrop open ran (docs/DESIGN.md "Quick opens on the
+ * loop"). */
+enum metrics_open {
+	METRICS_OPEN_LOOP,       /* on the worker's loop, from popbox.index alone */
+	METRICS_OPEN_THREAD,     /* on the store thread */
+	METRICS_OPEN_N
+};
+
 enum metrics_role { METRICS_ROLE_WORKER, METRICS_ROLE_AUTH, METRICS_ROLE_METRICS, METRICS_ROLE_N };
 
 struct metrics_row {
@@ -77,6 +85,10 @@ struct metrics_row {
 	uint64_t penalties;                          /* auth answers held back */
 	uint64_t restarts[METRICS_ROLE_N];           /* master row */
 	uint64_t lmtp_deliveries[METRICS_DELIVERY_N]; /* by enum delivery_status */
+	/* maildrop opens by where they ran (enum metrics_open), and quick
+	 * opens on the loop that needed more than the index */
+	uint64_t maildrop_opens[METRICS_OPEN_N];
+	uint64_t maildrop_quick_fallbacks;
 };
 
 struct metrics;

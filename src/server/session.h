@@ -83,6 +83,13 @@ struct session {
 	struct worker *worker;
 	const struct session_handler *handler;
 	struct bufferevent *bev;
+	/* A plain connection's socket is read by the session itself
+	 * (session_recv_cb: one recv per readiness into bev's input) instead
+	 * of the bufferevent (ioctl(FIONREAD) + readv per read); NULL under
+	 * TLS, after STLS and in a session process, where bev reads. */
+	struct event *rev;
+	bool read_on;                 /* reading wanted (rev), input high mark aside */
+	bool rev_added;               /* rev is pending in the loop */
 	struct event *timer;          /* idle / login timeout */
 	struct event *linger;         /* closing: waiting for TLS records to drain */
 	enum session_state state;

@@ -1066,16 +1066,32 @@ store_maildir_take_entries(struct maildir_store *ms, struct maildir_entry *entri
 }
 
 
-/* May the recorded ctimes stand for a scan of this maildrop? */
+/* May the recorded ctimes stand for a scan of this maildrop? The file
+ * system's type is asked once a second per device and thread, not at every
+ * open (an fstatfs per login); a device number reused by another mount is
+ * believed for at most that second (and its directories would have to
+ * match the index's inode and ctime besides). */
 static bool
-store_maildir_ctime_trusted(const struct maildir_store *ms)
+store_maildir_ctime_trusted(const struct maildir_store *ms, time_t now)
 {
+	static _Thread_local struct {
+		dev_t dev;
+		time_t when;
+		bool valid, trusted;
+	} last;
 	if (store_maildir_trust_ctime != STORE_TRUST_CTIME_AUTO)
 		return store_maildir_trust_ctime == STORE_TRUST_CTIME_YES;
+	dev_t dev = ms->sub_st[MAILDIR_NEW].st_dev;
+	if (last.valid && last.dev == dev && now >= last.when && now - last.when <= 1)
+		return last.trusted;
 	struct statfs sf;
 	if (fstatfs(ms->sub_fd[MAILDIR_NEW], &sf) < 0)
 		return false;
-	return !store_fs_type_is_network((unsigned long)sf.f_type);
+	last.dev = dev;
+	last.when = now;
+	last.trusted = !store_fs_type_is_network((unsigned long)sf.f_type);
+	last.valid = true;
+	return last.trusted;
 }
 
 static enum store_status
@@ -1095,7 +1111,7 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	index_valid = store_maildir_index_read(ms, &index);
 	bool quick_only = ms->options != NULL && ms->options->quick_only;
 	if (index_valid && dirs_ok && store_maildir_dirs_equal(&index.dirs, &dirs) &&
-	    store_maildir_ctime_trusted(ms) &&
+	    store_maildir_ctime_trusted(ms, now.tv_sec) &&
 	    (!quick_only || index.count <= STORE_QUICK_MAX_MESSAGES)) {
 		store_maildir_load_index(ms, &index);
 		store_maildir_index_free(&index);
@@ -1109,6 +1125,14 @@ store_maildir_scan(struct maildir_store *ms, char **error_r)
 	if (quick_only) {
 		*error_r = xstrdup("more than the index needed");
 		status = STORE_AGAIN;
+		goto out;
+	}
+	/* tmp/ is made with every scan, not with every open: an open from
+	 * the index follows a scan that made it (one mkdirat less per login). */
+	if (store_maildir_mkdir(ms->root_fd, "tmp") < 0) {
+		int saved = errno;
+		*error_r = xasprintf("maildir %s: mkdir tmp: %s", ms->path, strerror(saved));
+		status = store_maildir_errno_status(saved);
 		goto out;
 	}
 
@@ -1386,18 +1410,13 @@ store_maildir_lock(struct maildir_store *ms, char **error_r)
 	}
 }
 
-/* tmp/ made if missing; new/ and cur/ opened (made if missing) and checked
- * like the maildrop itself. */
+/* new/ and cur/ opened (made if missing) and checked like the maildrop
+ * itself (tmp/ is made by the scan). */
 static enum store_status
 store_maildir_open_subdirs(struct maildir_store *ms, char **error_r)
 {
 	int saved;
 
-	if (store_maildir_mkdir(ms->root_fd, "tmp") < 0) {
-		saved = errno;
-		*error_r = xasprintf("maildir %s: mkdir tmp: %s", ms->path, strerror(saved));
-		return store_maildir_errno_status(saved);
-	}
 	for (int sub = 0; sub < MAILDIR_SUBDIRS; sub++) {
 		const char *subname = maildir_subdir_names[sub];
 		ms->sub_fd[sub] = openat(ms->root_fd, subname,

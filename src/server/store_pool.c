@@ -10,6 +10,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "server/metrics.h"
 
 /* Store threads per worker: maildrop work is disk-bound, and two workers
  * already give two; more threads would only seek against each other. */
@@ -173,6 +174,7 @@ store_pool_submit(struct store_pool *p, struct store_job *job)
 			store_job_run(&job->pool_job);
 			job->options.quick_only = false;
 			if (job->status != STORE_AGAIN) {
+				METRICS_INC(maildrop_opens[METRICS_OPEN_LOOP]);
 				struct timeval zero = { 0, 0 };
 				if (event_base_once(p->base, -1, EV_TIMEOUT, store_job_done_cb, job,
 				    &zero) < 0)
@@ -180,10 +182,13 @@ store_pool_submit(struct store_pool *p, struct store_job *job)
 				return;
 			}
 			/* More than the index: the thread opens it. */
+			METRICS_INC(maildrop_quick_fallbacks);
 			free(job->error);
 			job->error = NULL;
 			job->status = STORE_OK;
 		}
+		if (job->kind == STORE_JOB_OPEN)
+			METRICS_INC(maildrop_opens[METRICS_OPEN_THREAD]);
 		thread_pool_queue(p->threads, &job->pool_job);
 		return;
 	}

@@ -207,27 +207,53 @@ accept_error_cb(struct evconnlistener *l, void *arg)
 	}
 }
 
+/* Answers taken from the auth channel per system call: a recv per answer
+ * and one more that found none (EAGAIN) was two calls per login. */
+#define WORKER_AUTH_BATCH 8
+
+static void
+auth_channel_message(char *buf, size_t n)
+{
+	struct ipc_auth_result msg;
+	struct ipc_users_policy policy;
+	if (ipc_type(buf, n) == IPC_USERS_POLICY && ipc_users_policy_decode(buf, n, &policy)) {
+		worker.users_policy = policy.flags;
+		return;
+	}
+	if (!ipc_auth_result_decode(buf, n, &msg)) {
+		log_warnx("malformed message from the auth process, ignored");
+		return;
+	}
+	if (!lmtp_auth_result(&worker, &msg))
+		login_auth_result(&worker, &msg);
+}
+
 static void
 auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 {
-	static char buf[IPC_MAX_MSG];
-	struct ipc_auth_result msg;
-	struct ipc_users_policy policy;
-	for (int i = 0; i < 256; i++) {
-		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-		if (n <= 0)
+	/* Only the pages an answer fills are ever touched. */
+	static char bufs[WORKER_AUTH_BATCH][IPC_MAX_MSG];
+	struct mmsghdr mm[WORKER_AUTH_BATCH];
+	struct iovec iov[WORKER_AUTH_BATCH];
+	for (int round = 0; round < 32; round++) {
+		memset(mm, 0, sizeof(mm));
+		for (int i = 0; i < WORKER_AUTH_BATCH; i++) {
+			iov[i].iov_base = bufs[i];
+			iov[i].iov_len = sizeof(bufs[i]);
+			mm[i].msg_hdr.msg_iov = &iov[i];
+			mm[i].msg_hdr.msg_iovlen = 1;
+		}
+		/* All that is queued, up to the batch, without waiting. */
+		int got = recvmmsg(fd, mm, WORKER_AUTH_BATCH, MSG_DONTWAIT, NULL);
+		if (got <= 0)
 			return;
-		if (ipc_type(buf, (size_t)n) == IPC_USERS_POLICY &&
-		    ipc_users_policy_decode(buf, (size_t)n, &policy)) {
-			worker.users_policy = policy.flags;
-			continue;
+		for (int i = 0; i < got; i++) {
+			if (mm[i].msg_len == 0)
+				return;   /* the auth process went away: the master sees it */
+			auth_channel_message(bufs[i], mm[i].msg_len);
 		}
-		if (!ipc_auth_result_decode(buf, (size_t)n, &msg)) {
-			log_warnx("malformed message from the auth process, ignored");
-			continue;
-		}
-		if (!lmtp_auth_result(&worker, &msg))
-			login_auth_result(&worker, &msg);
+		if (got < WORKER_AUTH_BATCH)
+			return;
 	}
 }
 
