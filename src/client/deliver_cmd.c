@@ -135,11 +135,10 @@ deliver_find_system_user(const struct config *config, const char *address, char 
 				rc = EX_TEMPFAIL;
 				break;
 			}
-			char *needle = xasprintf(" %s ", names[i]);
-			if (p != NULL && strcmp(p->pw_name, names[i]) == 0 && p->pw_uid != 0 &&
-			    p->pw_uid >= config->first_valid_uid && strstr(config->deny_users, needle) == NULL)
+			if (p != NULL && strcmp(p->pw_name, names[i]) == 0 &&
+			    recipient_system_account_ok(names[i], p->pw_uid, config->first_valid_uid,
+			    config->deny_users))
 				pw = p;
-			free(needle);
 		}
 	}
 	for (size_t i = 0; i < n; i++)

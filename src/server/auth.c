@@ -851,8 +851,17 @@ auth_handle_rcpt_lookup(int fd, const struct ipc_rcpt_lookup *msg)
 	}
 	size_t n = recipient_candidates(msg->address, auth.config->recipient_delimiter, names);
 	for (size_t i = 0; i < n; i++) {
-		if (e == NULL)
+		if (e == NULL) {
 			e = ref->ops->lookup(ref->db, names[i]);
+			/* system accounts: root, uids below first_valid_uid and
+			 * deny_users get no mail (as popbox deliver) */
+			uint32_t uid;
+			if (e != NULL && auth.config->passdb_pam && (e->uid == NULL ||
+			    !parse_u32(e->uid, UINT32_MAX - 1, &uid) ||
+			    !recipient_system_account_ok(e->user, (uid_t)uid,
+			    auth.config->first_valid_uid, auth.config->deny_users)))
+				e = NULL;
+		}
 		free(names[i]);
 	}
 	if (e == NULL) {

@@ -53,6 +53,9 @@
 #define CONFIG_DEFAULT_LISTEN_HOST "127.0.0.1"
 #define CONFIG_DEFAULT_LISTEN_PORT "110"
 #define CONFIG_DEFAULT_STATE_DIR "/run/popbox"
+/* LMTP's spool with delivery as the recipient: anonymous files of the
+ * workers, on disk (under systemd's PrivateTmp a directory of its own). */
+#define CONFIG_DEFAULT_LMTP_SPOOL_DIR "/var/tmp"
 #define CONFIG_DEFAULT_RUN_AS "popbox"
 #define CONFIG_DEFAULT_AUTH_USER "popbox-auth"
 #define CONFIG_DEFAULT_TLS_MIN_VERSION "TLSv1.2"
@@ -460,6 +463,12 @@ config_key_lmtp_socket_owner(struct config_parser *p, const char *key, const cha
 }
 
 static int
+config_key_lmtp_spool_dir(struct config_parser *p, const char *key, const char *value)
+{
+	return config_set_string(&p->config->lmtp_spool_dir, config_resolve_path(p, value));
+}
+
+static int
 config_key_lmtp_timeout(struct config_parser *p, const char *key, const char *value)
 {
 	return config_parse_duration(p, key, value, &p->config->lmtp_timeout);
@@ -647,6 +656,12 @@ config_session_per_user(const struct config *config)
 {
 	return config->session_process == SESSION_PROCESS_PER_USER ||
 	    (config->session_process == SESSION_PROCESS_AUTO && config->passdb_pam);
+}
+
+bool
+config_lmtp_as_recipient(const struct config *config)
+{
+	return config_session_per_user(config) && config->passdb_pam;
 }
 
 static int
@@ -1088,6 +1103,7 @@ static const struct config_key config_keys[] = {
 	{ "session_process_linger", config_key_session_process_linger, false },
 	{ "log_format", config_key_log_format, false },
 	{ "log_target", config_key_log_target, false },
+	{ "lmtp_spool_dir", config_key_lmtp_spool_dir, false },
 };
 
 _Static_assert(N_ELEMENTS(config_keys) <= CONFIG_KEYS_MAX, "config_parser.first_line too small");
@@ -1190,6 +1206,7 @@ config_new(const char *name)
 	c->lock_wait = CONFIG_DEFAULT_LOCK_WAIT;
 	c->lmtp_socket_mode = CONFIG_DEFAULT_LMTP_SOCKET_MODE;
 	c->lmtp_timeout = CONFIG_DEFAULT_LMTP_TIMEOUT;
+	c->lmtp_spool_dir = xstrdup(CONFIG_DEFAULT_LMTP_SPOOL_DIR);
 	c->devices = true;
 	c->device_separator = '#';
 	c->device_idle_days = CONFIG_DEVICE_IDLE_DAYS_DEFAULT;
@@ -1288,14 +1305,18 @@ config_finish(struct config_parser *p)
 			    "lmtp_trusted must name who may deliver", p->lmtp[i].host, p->lmtp[i].port);
 		}
 	}
-	/* LMTP delivers from the workers, as run_as: maildrops that belong to
-	 * their users (per-user session processes) would refuse every
-	 * delivery with a temporary error, and the MTA would retry for ever. */
-	if (p->n_lmtp + c->n_lmtp_unix > 0 && config_session_per_user(c)) {
+	/* With per-user session processes the maildrops belong to their
+	 * users, and LMTP delivers as the recipient: the master forks the
+	 * delivery as the account it looks up itself, a system account
+	 * (docs/DESIGN.md "Delivering as the recipient"). A users file's
+	 * uid fields are the auth process's word, which a delivery does not
+	 * take: there LMTP would write as run_as into maildrops that are not
+	 * run_as's, and every delivery would fail for ever. */
+	if (p->n_lmtp + c->n_lmtp_unix > 0 && config_session_per_user(c) && !c->passdb_pam) {
 		p->line = p->first_line[CONFIG_KEY_LISTEN_LMTP];
-		return config_error(p, "listen_lmtp delivers as run_as, but with per-user session "
-		    "processes (session_process, users = pam) the maildrops belong to their users: "
-		    "not supported yet (use session_process = worker)");
+		return config_error(p, "listen_lmtp with per-user session processes delivers as the "
+		    "recipient's Unix account, which needs users = pam; with a users file use "
+		    "session_process = worker");
 	}
 	if (c->passdb_pam && config_finish_pam(p) < 0)
 		return -1;
@@ -1466,6 +1487,7 @@ config_free(struct config *config)
 	free(config->lmtp_unix);
 	free(config->lmtp_trusted);
 	free(config->lmtp_socket_owner);
+	free(config->lmtp_spool_dir);
 	if (config->metrics_listen != NULL)
 		config_listens_free(config->metrics_listen, 1);
 	free(config);

@@ -147,6 +147,10 @@ struct config {
 	unsigned lmtp_socket_mode;
 	char *lmtp_socket_owner;
 	unsigned lmtp_timeout;
+	/* Where the workers spool LMTP messages when deliveries run as the
+	 * recipient (config_lmtp_as_recipient; default /var/tmp): anonymous
+	 * files, read by each recipient's delivery process. */
+	char *lmtp_spool_dir;
 	/* Every device gets every message (docs/DESIGN.md): "USER#DEVICE"
 	 * logins when devices (default yes), split at the last
 	 * device_separator (default '#'); a device idle for device_idle_days
@@ -186,6 +190,9 @@ struct config {
 
 /* Whether logins of this configuration get a session process of their own. */
 bool config_session_per_user(const struct config *config);
+/* Whether LMTP delivers as the recipient (a process the master forks as
+ * the Unix account): per-user session processes with users = pam. */
+bool config_lmtp_as_recipient(const struct config *config);
 
 #define CONFIG_DEFAULT_AUTH_MECHANISMS \
 	"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 PLAIN LOGIN"

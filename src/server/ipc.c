@@ -70,6 +70,10 @@ static const struct type_rule rules[IPC_TYPE_MAX] = {
 	    NUMBER(METRICS_MECH_N - 1), TEXT(IPC_MAX_PEER_NAME), TEXT(IPC_MAX_PEER), TEXT(IPC_MAX_USER),
 	    TEXT(IPC_MAX_HANDOVER_INPUT_B64) } },
 	[IPC_SESSION_END] = { 1, { NUMBER(UINT64_MAX) } },
+	[IPC_LMTP_DELIVER] = { 5, { NUMBER(UINT64_MAX), NUMBER(IPC_LMTP_DELIVER_SPOOL),
+	    NUMBER(UINT64_MAX), TEXT(IPC_MAX_USER), TEXT(IPC_MAX_SENDER) } },
+	[IPC_LMTP_RESULT] = { 3, { NUMBER(UINT64_MAX), NUMBER(IPC_LMTP_NO_USER),
+	    TEXT(IPC_MAX_ERROR) } },
 };
 
 /* One field in generic form. */
@@ -579,5 +583,50 @@ ipc_session_end_decode(const void *buf, size_t len, struct ipc_session_end *m)
 	if (!ipc_decode(buf, len, IPC_SESSION_END, &m->request_id, v))
 		return false;
 	m->session_id = v[0].number;
+	return true;
+}
+
+size_t
+ipc_lmtp_deliver_encode(void *buf, size_t size, const struct ipc_lmtp_deliver *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .number = m->kind },
+	    { .number = m->size }, { .text = m->user }, { .text = m->sender } };
+	/* a user is never empty */
+	if (m->user == NULL || m->user[0] == '\0')
+		return 0;
+	return ipc_encode(buf, size, IPC_LMTP_DELIVER, m->request_id, v);
+}
+
+bool
+ipc_lmtp_deliver_decode(const void *buf, size_t len, struct ipc_lmtp_deliver *m)
+{
+	union field v[5];
+	if (!ipc_decode(buf, len, IPC_LMTP_DELIVER, &m->request_id, v) || v[3].text[0] == '\0')
+		return false;
+	m->session_id = v[0].number;
+	m->kind = (unsigned)v[1].number;
+	m->size = v[2].number;
+	m->user = v[3].text;
+	m->sender = v[4].text;
+	return true;
+}
+
+size_t
+ipc_lmtp_result_encode(void *buf, size_t size, const struct ipc_lmtp_result *m)
+{
+	const union field v[] = { { .number = m->session_id }, { .number = m->status },
+	    { .text = m->error } };
+	return ipc_encode(buf, size, IPC_LMTP_RESULT, m->request_id, v);
+}
+
+bool
+ipc_lmtp_result_decode(const void *buf, size_t len, struct ipc_lmtp_result *m)
+{
+	union field v[3];
+	if (!ipc_decode(buf, len, IPC_LMTP_RESULT, &m->request_id, v))
+		return false;
+	m->session_id = v[0].number;
+	m->status = (unsigned)v[1].number;
+	m->error = v[2].text;
 	return true;
 }

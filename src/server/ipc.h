@@ -118,6 +118,13 @@ enum ipc_type {
 	 * ended */
 	IPC_SESSION_ADOPT,
 	IPC_SESSION_END,
+	/* LMTP for system users (docs/DESIGN.md "Mail in", "Delivering as
+	 * the recipient"): worker -> master, deliver the spool (its
+	 * descriptor comes along) to a user, or check the user's room at
+	 * RCPT; master -> worker, and a delivery process -> master: the
+	 * result */
+	IPC_LMTP_DELIVER,
+	IPC_LMTP_RESULT,
 	IPC_TYPE_MAX,
 };
 
@@ -236,6 +243,34 @@ struct ipc_session_end {
 	uint64_t session_id;
 };
 
+/* IPC_LMTP_DELIVER, worker -> master: a delivery as the recipient. The
+ * master believes only the user's name (it looks the account up itself)
+ * and the spool descriptor; the sender and the size shape the message
+ * and an early refusal, nothing else. Fields: numbers session_id, kind,
+ * size; texts user, sender. */
+#define IPC_LMTP_CHECK 0u          /* RCPT: is there room for size octets? no descriptor */
+#define IPC_LMTP_DELIVER_SPOOL 1u  /* DATA's end: deliver the spool (descriptor) */
+#define IPC_MAX_SENDER 256         /* RFC 5321 §4.5.3.1.3: a path is at most 256 octets */
+struct ipc_lmtp_deliver {
+	uint64_t request_id;       /* the worker's; the result carries it */
+	uint64_t session_id;       /* the LMTP session's, for log lines */
+	unsigned kind;             /* IPC_LMTP_* */
+	uint64_t size;             /* CHECK: the declared size, 0 = none */
+	const char *user;          /* the recipient's account, at most IPC_MAX_USER */
+	const char *sender;        /* envelope sender ("" null sender), at most IPC_MAX_SENDER */
+};
+
+/* IPC_LMTP_RESULT, master -> worker (and a delivery process -> master).
+ * Fields: numbers session_id, status; text error. status: an enum
+ * delivery_status (store_deliver.h) or IPC_LMTP_NO_USER. */
+#define IPC_LMTP_NO_USER 5u        /* no account that may get mail has this name */
+struct ipc_lmtp_result {
+	uint64_t request_id;       /* the IPC_LMTP_DELIVER's */
+	uint64_t session_id;
+	unsigned status;
+	const char *error;         /* why, "" on success; at most IPC_MAX_ERROR */
+};
+
 /* IPC_HANDOVER_DONE, master -> worker. Fields: numbers session_id, ok (0/1). */
 struct ipc_handover_done {
 	uint64_t request_id;       /* the HANDOVER's */
@@ -335,6 +370,8 @@ size_t ipc_handover_encode(void *buf, size_t size, const struct ipc_handover *m)
 size_t ipc_handover_done_encode(void *buf, size_t size, const struct ipc_handover_done *m);
 size_t ipc_session_adopt_encode(void *buf, size_t size, const struct ipc_session_adopt *m);
 size_t ipc_session_end_encode(void *buf, size_t size, const struct ipc_session_end *m);
+size_t ipc_lmtp_deliver_encode(void *buf, size_t size, const struct ipc_lmtp_deliver *m);
+size_t ipc_lmtp_result_encode(void *buf, size_t size, const struct ipc_lmtp_result *m);
 
 /* Decode buf[0..len) (one received message) into *m: true when it is a
  * well-formed message of this type, else false and *m undefined. */
@@ -356,6 +393,8 @@ bool ipc_handover_decode(const void *buf, size_t len, struct ipc_handover *m);
 bool ipc_handover_done_decode(const void *buf, size_t len, struct ipc_handover_done *m);
 bool ipc_session_adopt_decode(const void *buf, size_t len, struct ipc_session_adopt *m);
 bool ipc_session_end_decode(const void *buf, size_t len, struct ipc_session_end *m);
+bool ipc_lmtp_deliver_decode(const void *buf, size_t len, struct ipc_lmtp_deliver *m);
+bool ipc_lmtp_result_decode(const void *buf, size_t len, struct ipc_lmtp_result *m);
 
 /* The type in the header of buf[0..len), or 0 when there is no header. Only
  * picks the decoder: nothing else of the message is checked. */

@@ -5,6 +5,7 @@
 #include "server/lmtp_session.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -59,6 +60,10 @@
  * committed together, where one thread would do them one by one; apart
  * from the store thread, so that no POP3 login waits behind them. */
 #define LMTP_DELIVERY_THREADS 4
+/* Deliveries as the recipient (config_lmtp_as_recipient): the master
+ * kills a delivery process after lmtp_timeout; its answer may take this
+ * much longer before the worker gives up on it. */
+#define LMTP_MASTER_GRACE_SECONDS 30
 /* Host name in the greeting and LHLO reply. */
 #define LMTP_HOST_MAX 64
 
@@ -81,6 +86,7 @@ enum lmtp_wait {
 	LMTP_WAIT_NONE = 0,
 	LMTP_WAIT_AUTH,     /* a recipient lookup */
 	LMTP_WAIT_STORE,    /* a job on the store thread */
+	LMTP_WAIT_MASTER,   /* a check or delivery as the recipient (master) */
 };
 
 struct lmtp_rcpt {
@@ -114,6 +120,13 @@ struct lmtp_session {
 	/* the recipient lookup */
 	uint64_t auth_request;
 	struct lmtp_session *auth_next, *auth_prev;
+
+	/* delivery as the recipient (decided at MAIL for the transaction):
+	 * checks and deliveries run in processes the master forks */
+	bool as_recipient;
+	uint64_t master_request;    /* 0 = none waiting */
+	unsigned master_kind;       /* IPC_LMTP_* of the one waiting */
+	struct lmtp_session *master_next, *master_prev;
 
 	/* DATA */
 	int spool_fd;
@@ -163,6 +176,7 @@ struct lmtp_job {
 	/* mbox recipients (paths are locations with their scheme) */
 	struct mbox_delivery_options mbox;
 	char *sender;                      /* DELIVER into an mbox: its From_ line */
+	bool spool_dir;                    /* SPOOL: paths[0] is lmtp_spool_dir */
 };
 
 static void lmtp_process_input(struct lmtp_session *s);
@@ -225,6 +239,8 @@ lmtp_timer_arm(struct lmtp_session *s)
 		return;
 	}
 	tv.tv_sec = s->wait == LMTP_WAIT_AUTH ? SESSION_AUTH_TIMEOUT_SECONDS :
+	    s->wait == LMTP_WAIT_MASTER ?
+	    (time_t)s->worker->config->lmtp_timeout + LMTP_MASTER_GRACE_SECONDS :
 	    (time_t)s->worker->config->lmtp_timeout;
 	evtimer_add(s->timer, &tv);
 }
@@ -329,6 +345,23 @@ lmtp_job_run(struct thread_pool_job *pool_job)
 		break;
 	}
 	case LMTP_JOB_SPOOL:
+		if (j->spool_dir) {
+			/* delivered as the recipients: an anonymous file of
+			 * ours, which each delivery process reads */
+			int dfd = open(j->paths[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			if (dfd >= 0) {
+				j->spool_fd = store_deliver_tmpfile(dfd);
+				if (j->spool_fd < 0)
+					j->error = xasprintf("lmtp_spool_dir %s: %s", j->paths[0],
+					    strerror(errno));
+				close(dfd);
+			} else {
+				j->error = xasprintf("lmtp_spool_dir %s: %s", j->paths[0],
+				    strerror(errno));
+			}
+			j->status = j->spool_fd >= 0 ? DELIVERY_OK : DELIVERY_TEMP;
+			break;
+		}
 		/* the first recipient's maildrop that can take it: hard links
 		 * then reach every maildrop on its file system */
 		j->status = DELIVERY_TEMP;
@@ -516,10 +549,21 @@ lmtp_reply_all(struct lmtp_session *s, enum delivery_status st, const char *erro
 	lmtp_transaction_reset(s);
 }
 
+static bool lmtp_master_send(struct lmtp_session *s, unsigned kind, const char *user,
+    uint64_t size);
+
 /* Deliver to the next recipient, or end the transaction. */
 static void
 lmtp_deliver_next(struct lmtp_session *s)
 {
+	while (s->as_recipient && s->deliver_next < s->n_rcpts) {
+		/* a process of the master's, as the recipient */
+		struct lmtp_rcpt *r = &s->rcpts[s->deliver_next];
+		if (lmtp_master_send(s, IPC_LMTP_DELIVER_SPOOL, r->user, 0))
+			return;
+		lmtp_reply_delivery(s, r, DELIVERY_TEMP, "cannot reach the master process");
+		s->deliver_next++;
+	}
 	if (s->deliver_next >= s->n_rcpts) {
 		lmtp_transaction_reset(s);
 		return;
@@ -695,6 +739,7 @@ lmtp_cmd_mail(struct lmtp_session *s, const char *args)
 	}
 	s->sender = xstrdup(m.sender);
 	s->declared_size = m.has_size ? m.size : 0;
+	s->as_recipient = config_lmtp_as_recipient(s->worker->config);
 	lmtp_enter_state(s, LMTP_MAIL);
 	lmtp_reply(s, "250 2.1.0 Sender OK");
 }
@@ -780,8 +825,13 @@ lmtp_cmd_data(struct lmtp_session *s, const char *args)
 		return;
 	}
 	struct lmtp_job *j = lmtp_job_new(s, LMTP_JOB_SPOOL);
-	for (size_t i = 0; i < s->n_rcpts; i++)
-		lmtp_job_add_path(j, s->rcpts[i].path);
+	if (s->as_recipient) {
+		j->spool_dir = true;
+		lmtp_job_add_path(j, s->worker->config->lmtp_spool_dir);
+	} else {
+		for (size_t i = 0; i < s->n_rcpts; i++)
+			lmtp_job_add_path(j, s->rcpts[i].path);
+	}
 	lmtp_job_submit(s, j);
 }
 
@@ -941,27 +991,138 @@ lmtp_process_input(struct lmtp_session *s)
 
 /* --- waits ending --------------------------------------------------------------------- */
 
+/* The pending recipient's room was checked (RCPT with max_maildrop_size). */
 static void
-lmtp_job_finished(struct lmtp_session *s, struct lmtp_job *j)
+lmtp_rcpt_checked(struct lmtp_session *s, enum delivery_status st, const char *error)
 {
 	char a[128];
 
+	lmtp_sanitize(a, sizeof(a), s->pending_rcpt.address);
+	if (st == DELIVERY_OK) {
+		lmtp_rcpt_accept(s);
+		return;
+	}
+	log_info("lmtp %016llx: recipient <%s> refused: %s", (unsigned long long)s->id, a,
+	    error != NULL ? error : delivery_status_name(st));
+	if (st == DELIVERY_OVER_QUOTA && s->worker->config->max_maildrop_size_bounce)
+		lmtp_reply(s, "552 5.2.2 <%s> mailbox full", a);
+	else if (st == DELIVERY_OVER_QUOTA)
+		lmtp_reply(s, "452 4.2.2 <%s> mailbox full, try again later", a);
+	else
+		lmtp_reply(s, "451 4.3.0 <%s> mailbox cannot be checked, try again later", a);
+	lmtp_rcpt_clear(&s->pending_rcpt);
+}
+
+/* --- deliveries as the recipient (the master's processes) --------------------------- */
+
+static void
+lmtp_master_remove(struct lmtp_session *s)
+{
+	if (s->master_request == 0)
+		return;
+	if (s->master_prev)
+		s->master_prev->master_next = s->master_next;
+	else
+		s->worker->lmtp_master_pending = s->master_next;
+	if (s->master_next)
+		s->master_next->master_prev = s->master_prev;
+	s->master_next = s->master_prev = NULL;
+	s->master_request = 0;
+}
+
+/* Ask the master to check (RCPT) or deliver (the spool goes along) for
+ * user; the answer comes as IPC_LMTP_RESULT (lmtp_master_result). False
+ * (logged) when it cannot be asked. */
+static bool
+lmtp_master_send(struct lmtp_session *s, unsigned kind, const char *user, uint64_t size)
+{
+	static unsigned char buf[IPC_HEADER_SIZE + 3 * 8 + IPC_MAX_USER + IPC_MAX_SENDER + 2];
+	struct worker *w = s->worker;
+	uint64_t id = ++w->next_request;
+	const struct ipc_lmtp_deliver m = { .request_id = id, .session_id = s->id, .kind = kind,
+	    .size = size, .user = user, .sender = s->sender != NULL ? s->sender : "" };
+	size_t len = ipc_lmtp_deliver_encode(buf, sizeof(buf), &m);
+	if (len == 0 || w->control_fd < 0 ||
+	    ipc_send_fd(w->control_fd, buf, len, kind == IPC_LMTP_DELIVER_SPOOL ? s->spool_fd : -1) < 0) {
+		log_warn("lmtp %016llx: cannot ask the master for a delivery as %s",
+		    (unsigned long long)s->id, user);
+		return false;
+	}
+	s->master_request = id;
+	s->master_kind = kind;
+	s->master_prev = NULL;
+	s->master_next = w->lmtp_master_pending;
+	if (w->lmtp_master_pending)
+		w->lmtp_master_pending->master_prev = s;
+	w->lmtp_master_pending = s;
+	s->wait = LMTP_WAIT_MASTER;
+	lmtp_timer_arm(s);
+	return true;
+}
+
+_Static_assert(IPC_LMTP_NO_USER > DELIVERY_TOO_BIG, "IPC_LMTP_NO_USER is no delivery status");
+
+/* The answer to a check or delivery (or none in time: r == NULL). */
+static void
+lmtp_master_answered(struct lmtp_session *s, unsigned status, const char *error)
+{
+	char a[128];
+	unsigned kind = s->master_kind;
+
+	lmtp_master_remove(s);
+	s->wait = LMTP_WAIT_NONE;
+	if (kind == IPC_LMTP_CHECK) {
+		if (status == IPC_LMTP_NO_USER) {
+			lmtp_sanitize(a, sizeof(a), s->pending_rcpt.address);
+			lmtp_reply(s, "550 5.1.1 <%s> No such user here", a);
+			lmtp_rcpt_clear(&s->pending_rcpt);
+		} else {
+			lmtp_rcpt_checked(s, (enum delivery_status)status, error);
+		}
+	} else {
+		struct lmtp_rcpt *r = &s->rcpts[s->deliver_next];
+		if (status == IPC_LMTP_NO_USER) {
+			/* the account went away (or may get no mail) since RCPT */
+			lmtp_sanitize(a, sizeof(a), r->address);
+			lmtp_log_delivery(s, r, "no such user", error);
+			lmtp_reply(s, "550 5.1.1 <%s> No such user here", a);
+			s->failed++;
+		} else {
+			lmtp_reply_delivery(s, r, (enum delivery_status)status, error);
+		}
+		s->deliver_next++;
+		lmtp_deliver_next(s);
+	}
+	if (!s->freed_pending && s->wait == LMTP_WAIT_NONE) {
+		lmtp_timer_arm(s);
+		lmtp_process_input(s);
+	}
+}
+
+bool
+lmtp_master_result(struct worker *w, const struct ipc_lmtp_result *r)
+{
+	struct lmtp_session *s;
+
+	for (s = w->lmtp_master_pending; s != NULL; s = s->master_next)
+		if (s->master_request == r->request_id)
+			break;
+	if (s == NULL)
+		return false;   /* given up on (timer) or gone */
+	if (s->freed_pending) {
+		lmtp_master_remove(s);
+		return true;
+	}
+	lmtp_master_answered(s, r->status, r->error[0] != '\0' ? r->error : NULL);
+	return true;
+}
+
+static void
+lmtp_job_finished(struct lmtp_session *s, struct lmtp_job *j)
+{
 	switch (j->kind) {
 	case LMTP_JOB_QUOTA:
-		lmtp_sanitize(a, sizeof(a), s->pending_rcpt.address);
-		if (j->status == DELIVERY_OK) {
-			lmtp_rcpt_accept(s);
-			return;
-		}
-		log_info("lmtp %016llx: recipient <%s> refused: %s", (unsigned long long)s->id, a,
-		    j->error != NULL ? j->error : delivery_status_name(j->status));
-		if (j->status == DELIVERY_OVER_QUOTA && s->worker->config->max_maildrop_size_bounce)
-			lmtp_reply(s, "552 5.2.2 <%s> mailbox full", a);
-		else if (j->status == DELIVERY_OVER_QUOTA)
-			lmtp_reply(s, "452 4.2.2 <%s> mailbox full, try again later", a);
-		else
-			lmtp_reply(s, "451 4.3.0 <%s> mailbox cannot be checked, try again later", a);
-		lmtp_rcpt_clear(&s->pending_rcpt);
+		lmtp_rcpt_checked(s, j->status, j->error);
 		return;
 	case LMTP_JOB_SPOOL:
 		if (j->spool_fd < 0) {
@@ -1033,6 +1194,11 @@ lmtp_auth_result(struct worker *w, const struct ipc_auth_result *r)
 		s->pending_rcpt.path = xstrdup(r->location);
 		if (w->config->max_maildrop_size == 0) {
 			lmtp_rcpt_accept(s);
+		} else if (s->as_recipient) {
+			/* the maildrop may be readable by its user alone */
+			if (lmtp_master_send(s, IPC_LMTP_CHECK, r->user, s->declared_size))
+				return true;
+			lmtp_rcpt_checked(s, DELIVERY_TEMP, "cannot reach the master process");
 		} else {
 			struct lmtp_job *j = lmtp_job_new(s, LMTP_JOB_QUOTA);
 			lmtp_job_add_path(j, r->location);
@@ -1056,6 +1222,13 @@ lmtp_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (s->freed_pending)
 		return;
+	if (s->wait == LMTP_WAIT_MASTER) {
+		/* the master did not answer: this recipient only */
+		log_warnx("lmtp %016llx: no answer from the master for a delivery as the recipient",
+		    (unsigned long long)s->id);
+		lmtp_master_answered(s, DELIVERY_TEMP, "no answer from the master process");
+		return;
+	}
 	if (s->wait == LMTP_WAIT_AUTH) {
 		/* the auth process did not answer: this recipient only */
 		lmtp_pending_remove(s);
@@ -1148,6 +1321,7 @@ lmtp_destroy_later(struct lmtp_session *s, const char *reason)
 	if (s->end_reason == NULL)
 		s->end_reason = reason;
 	lmtp_pending_remove(s);
+	lmtp_master_remove(s);
 	if (s->job != NULL) {
 		s->job->s = NULL;
 		if (s->spool_fd >= 0 && s->job->fd == s->spool_fd) {

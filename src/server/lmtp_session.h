@@ -31,6 +31,10 @@ void lmtp_session_create(struct worker *w, int fd, const struct sockaddr *sa, in
  * (handled, or dropped because the session is gone), false when it is
  * someone else's. */
 bool lmtp_auth_result(struct worker *w, const struct ipc_auth_result *msg);
+/* The master's answer to a check or delivery as the recipient
+ * (IPC_LMTP_RESULT): false when no session waits for it. */
+struct ipc_lmtp_result;
+bool lmtp_master_result(struct worker *w, const struct ipc_lmtp_result *msg);
 
 /* Worker shutdown: close every LMTP session ("421" to those waiting for a
  * command). A delivery job under way finishes on its thread; its

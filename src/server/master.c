@@ -34,6 +34,9 @@
 #include "server/auth_sasl.h"
 #include "server/ipc.h"
 #include "server/popboxd.h"
+#include "server/recipient.h"
+#include "server/store.h"
+#include "server/store_deliver.h"
 #include "server/tls.h"
 #include "server/iplimit.h"
 #include "server/service.h"
@@ -67,6 +70,11 @@
  * penalty meanwhile), and at most this many wait. */
 #define MASTER_GRANT_SECONDS 300
 #define MASTER_GRANTS_MAX 4096
+/* LMTP as the recipient: delivery processes running at once, at most
+ * (a worker's LMTP sessions have one each at a time); more get 451. */
+#define MASTER_DELIVERIES_MAX 128
+/* Their bound is lmtp_timeout; this with lmtp_timeout = 0. */
+#define MASTER_DELIVERY_SECONDS_DEFAULT 300
 
 /* The auth process's word that a worker may hand a session over to a
  * process of its own (IPC_SESSION_GRANT). */
@@ -119,6 +127,22 @@ struct session_child {
 
 enum child_role { ROLE_AUTH, ROLE_WORKER, ROLE_METRICS };
 
+struct child;
+
+/* A delivery process (delivery_proc.c): one recipient of one LMTP
+ * transaction, running as that recipient, for a worker's request. */
+struct delivery_child {
+	pid_t pid;                  /* 0 once reaped */
+	int sock;                   /* its result channel; -1 once answered */
+	struct event *ev, *timer;
+	struct child *worker;       /* who asked */
+	pid_t worker_pid;           /* ... in this incarnation */
+	uint64_t request_id, session_id;
+	bool killed;                /* by the timer */
+	char name[64];              /* the user, sanitized, for the log */
+	struct delivery_child *next;
+};
+
 struct child {
 	enum child_role role;
 	unsigned slot;
@@ -154,6 +178,8 @@ static struct {
 	unsigned n_sessions;       /* session processes running */
 	unsigned n_session_conns;  /* sessions they serve */
 	gid_t mail_gid;            /* mail_privileged_group, (gid_t)-1 = none */
+	struct delivery_child *deliveries;
+	unsigned n_deliveries;     /* delivery processes running */
 } master;
 
 static void child_start(struct child *c);
@@ -535,6 +561,8 @@ salt_key_prepare(const struct config *config)
 
 static void grants_free(void);
 static void session_child_free(struct session_child *sc);
+static void deliveries_forget(void);
+static bool delivery_reaped(pid_t pid, int status);
 static void mail_group_resolve(const struct config *config);
 
 /* In a child right after fork: give it a clean slate. The master's loop and
@@ -574,8 +602,10 @@ child_forked(struct child *own)
 		if (&master.children[i] != own)
 			close(master.children[i].control_child);
 	}
-	/* Other sessions' tickets, users and mail locations. */
+	/* Other sessions' tickets, users and mail locations, and the other
+	 * deliveries' result channels. */
 	grants_free();
+	deliveries_forget();
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
 	signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
@@ -745,7 +775,7 @@ sigchld_cb(evutil_socket_t sig, short what, void *arg)
 	int status;
 	pid_t pid;
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-		if (!session_reaped(pid, status))
+		if (!session_reaped(pid, status) && !delivery_reaped(pid, status))
 			child_reaped(pid, status);
 }
 
@@ -1034,6 +1064,31 @@ auth_control_drain(void)
 	}
 }
 
+/* In a process forked to run as a user (a session or delivery process),
+ * before it becomes the user: nothing of the master's that another user's
+ * mail, the network or the shared tables depend on stays open. */
+static void
+user_child_forked(void)
+{
+	child_forked(NULL);
+	for (size_t i = 0; i < master.env.n_listeners; i++)
+		close(master.env.listeners[i].fd);
+	for (unsigned i = 0; i < master.env.n_workers; i++) {
+		close(master.env.auth_fds[i]);
+		close(master.env.worker_fds[i]);
+	}
+	iplimit_detach(master.env.iplimit);
+	master.env.iplimit = NULL;
+	/* Never the shared counters (a session process gets a row of its
+	 * own: session_child_fork). */
+	metrics_detach(master.env.metrics);
+	master.env.metrics = NULL;
+	if (master.env.metrics_fd >= 0)
+		close(master.env.metrics_fd);
+	signal(SIGCHLD, SIG_DFL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
 /* Become the user: uid, gid, and the mail group where the store needs it
  * (dot-locks in /var/mail); no other supplementary group. */
 static void
@@ -1141,24 +1196,10 @@ session_child_fork(const struct grant *g, int conn)
 	if (pid == 0) {
 		close(sv[0]);
 		close(conn);   /* it comes again with its IPC_SESSION_ADOPT */
-		child_forked(NULL);
-		for (size_t i = 0; i < master.env.n_listeners; i++)
-			close(master.env.listeners[i].fd);
-		for (unsigned i = 0; i < master.env.n_workers; i++) {
-			close(master.env.auth_fds[i]);
-			close(master.env.worker_fds[i]);
-		}
-		iplimit_detach(master.env.iplimit);
-		master.env.iplimit = NULL;
+		user_child_forked();
 		/* It counts into its own row, which the master folds into the
 		 * table (metrics.h). */
-		metrics_detach(master.env.metrics);
-		master.env.metrics = NULL;
 		metrics_attach_block(counters);
-		if (master.env.metrics_fd >= 0)
-			close(master.env.metrics_fd);
-		signal(SIGCHLD, SIG_DFL);
-		signal(SIGPIPE, SIG_IGN);
 		session_privileges_drop(g->uid, g->gid, mbox ? master.mail_gid : (gid_t)-1);
 		static struct session_proc_start st;
 		st.ctl = sv[1];
@@ -1285,6 +1326,253 @@ out:
 	return ok;
 }
 
+/* --- LMTP as the recipient (docs/DESIGN.md "Delivering as the recipient") */
+
+/* Tell worker w (if it is still the incarnation that asked) how a check or
+ * delivery ended. */
+static void
+delivery_answer(struct child *w, pid_t worker_pid, uint64_t request_id, uint64_t session_id,
+    unsigned status, const char *error)
+{
+	if (w->pid <= 0 || w->pid != worker_pid)
+		return;   /* restarted: its sessions are gone, the MTA retries */
+	unsigned char buf[IPC_HEADER_SIZE + 2 * 8 + IPC_MAX_ERROR + 1];
+	char why[IPC_MAX_ERROR + 1];
+	snprintf(why, sizeof(why), "%s", error != NULL ? error : "");
+	const struct ipc_lmtp_result m = { .request_id = request_id, .session_id = session_id,
+	    .status = status, .error = why };
+	size_t len = ipc_lmtp_result_encode(buf, sizeof(buf), &m);
+	if (len == 0 || ipc_send(w->control_master, buf, len) < 0)
+		log_warn("cannot answer worker %u's delivery request", w->slot);
+}
+
+static void
+delivery_child_free(struct delivery_child *dc)
+{
+	if (dc->ev != NULL)
+		event_free(dc->ev);
+	if (dc->timer != NULL)
+		event_free(dc->timer);
+	if (dc->sock >= 0)
+		close(dc->sock);
+	free(dc);
+}
+
+/* Free dc once it is answered and reaped. */
+static void
+delivery_child_settle(struct delivery_child *dc)
+{
+	if (dc->sock >= 0 || dc->pid > 0)
+		return;
+	for (struct delivery_child **pp = &master.deliveries; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == dc) {
+			*pp = dc->next;
+			break;
+		}
+	}
+	delivery_child_free(dc);
+}
+
+/* The result is known: to the worker, and the channel closed. */
+static void
+delivery_child_answer(struct delivery_child *dc, unsigned status, const char *error)
+{
+	delivery_answer(dc->worker, dc->worker_pid, dc->request_id, dc->session_id, status, error);
+	event_free(dc->ev);
+	event_free(dc->timer);
+	dc->ev = dc->timer = NULL;
+	close(dc->sock);
+	dc->sock = -1;
+	delivery_child_settle(dc);
+}
+
+/* In a forked child (child_forked) and at the end: drop every delivery's
+ * record without a word to anyone. */
+static void
+deliveries_forget(void)
+{
+	while (master.deliveries != NULL) {
+		struct delivery_child *dc = master.deliveries;
+		master.deliveries = dc->next;
+		delivery_child_free(dc);
+	}
+	master.n_deliveries = 0;
+}
+
+static void
+delivery_sock_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct delivery_child *dc = arg;
+	unsigned char buf[IPC_HEADER_SIZE + 2 * 8 + IPC_MAX_ERROR + 1];
+	struct ipc_lmtp_result r;
+	int passed;
+	ssize_t n = ipc_recv_fd(fd, buf, sizeof(buf), &passed);
+	if (passed >= 0)
+		close(passed);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n > 0 && ipc_lmtp_result_decode(buf, (size_t)n, &r) &&
+	    r.request_id == dc->request_id) {
+		/* the recipient's own process speaks for its own delivery only:
+		 * whether an account may get mail is the master's to say */
+		delivery_child_answer(dc, r.status == IPC_LMTP_NO_USER ? DELIVERY_TEMP : r.status,
+		    r.error);
+		return;
+	}
+	log_warnx("delivery process of user %s (pid %d) ended without a result", dc->name,
+	    (int)dc->pid);
+	delivery_child_answer(dc, DELIVERY_TEMP, "the delivery process ended without a result");
+}
+
+/* lmtp_timeout passed: the delivery hangs (a dead NFS server, a lock held
+ * past lock_wait); the recipient gets 451 and the MTA retries. */
+static void
+delivery_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct delivery_child *dc = arg;
+	log_warnx("delivery as user %s (pid %d) still runs after %u s: killed", dc->name,
+	    (int)dc->pid, master.config->lmtp_timeout);
+	if (dc->pid > 0)
+		kill(dc->pid, SIGKILL);
+	dc->killed = true;
+	char why[96];
+	snprintf(why, sizeof(why), "delivery process killed after %u s", master.config->lmtp_timeout);
+	delivery_child_answer(dc, DELIVERY_TEMP, why);
+}
+
+static bool
+delivery_reaped(pid_t pid, int status)
+{
+	for (struct delivery_child *dc = master.deliveries; dc != NULL; dc = dc->next) {
+		if (dc->pid != pid)
+			continue;
+		if (!dc->killed && WIFSIGNALED(status))
+			log_warnx("delivery process of user %s (pid %d) killed by signal %d", dc->name,
+			    (int)pid, WTERMSIG(status));
+		else if (!dc->killed && WEXITSTATUS(status) != 0)
+			log_warnx("delivery process of user %s (pid %d) exited with status %d", dc->name,
+			    (int)pid, WEXITSTATUS(status));
+		dc->pid = 0;
+		master.n_deliveries--;
+		/* its result, or the end of the channel, is still to be read */
+		delivery_child_settle(dc);
+		return true;
+	}
+	return false;
+}
+
+/* A worker's check or delivery as the recipient (IPC_LMTP_DELIVER; fd: the
+ * spool of a delivery). The worker names the user; who that is (uid, gid,
+ * home, maildrop) and whether the account may get mail the master looks
+ * up itself, as popbox deliver does, and the process it forks runs as
+ * that account. Answered at once when no process is needed or can be. */
+static void
+delivery_start(struct child *c, const struct ipc_lmtp_deliver *m, int fd)
+{
+	const char *why = NULL;
+	unsigned status = DELIVERY_TEMP;
+	char *error = NULL, *location = NULL, name[64];
+	struct stat st;
+
+	str_sanitize(name, sizeof(name), m->user, strlen(m->user));
+	if (!config_lmtp_as_recipient(master.config))
+		why = "deliveries as the recipient are not configured";
+	else if ((m->kind == IPC_LMTP_DELIVER_SPOOL) != (fd >= 0))
+		why = "a delivery needs its spool, a check none";
+	else if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)))
+		why = "the spool is not a regular file";
+	else if (master.n_deliveries >= MASTER_DELIVERIES_MAX)
+		why = "too many deliveries running";
+	if (why != NULL) {
+		log_warnx("worker %u: delivery as user %s refused: %s", c->slot, name, why);
+		delivery_answer(c, c->pid, m->request_id, m->session_id, DELIVERY_TEMP, why);
+		return;
+	}
+	errno = 0;
+	struct passwd *pw = getpwnam(m->user);
+	if (pw == NULL && errno != 0 && errno != ENOENT && errno != ESRCH) {
+		error = xasprintf("looking up the account: %s", strerror(errno));
+		goto answer;
+	}
+	if (pw == NULL || strcmp(pw->pw_name, m->user) != 0 ||
+	    !recipient_system_account_ok(m->user, pw->pw_uid, master.config->first_valid_uid,
+	    master.config->deny_users)) {
+		status = IPC_LMTP_NO_USER;
+		error = xstrdup("no account of this name may get mail");
+		goto answer;
+	}
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	char uids[32], gids[32];
+	snprintf(uids, sizeof(uids), "%u", (unsigned)uid);
+	snprintf(gids, sizeof(gids), "%u", (unsigned)gid);
+	char *home = xstrdup(pw->pw_dir);
+	const struct passwd_entry e = { .user = (char *)m->user, .password = (char *)"",
+	    .uid = uids, .gid = gids, .home = home, .uidl_format = UIDL_FORMAT_UNSET };
+	location = mail_location_expand(master.config->mail, &e, &error);
+	free(home);
+	const char *path = NULL;
+	const struct store_backend *b = location != NULL ? store_backend_for(location, &path) : NULL;
+	if (location != NULL && b == NULL)
+		error = xstrdup("the mail location is not a Maildir or mbox");
+	if (b == NULL)
+		goto answer;
+	bool mbox = b == &store_mbox;
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		error = xasprintf("socketpair: %s", strerror(errno));
+		goto answer;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		error = xasprintf("fork: %s", strerror(errno));
+		close(sv[0]);
+		close(sv[1]);
+		goto answer;
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		/* the private key: the process never serves TLS (wiped) */
+		SSL_CTX_free(master.env.ssl_ctx);
+		master.env.ssl_ctx = NULL;
+		user_child_forked();
+		session_privileges_drop(uid, gid, mbox ? master.mail_gid : (gid_t)-1);
+		const struct delivery_proc_start ds = { .ctl = sv[1], .request_id = m->request_id,
+		    .session_id = m->session_id, .check = m->kind == IPC_LMTP_CHECK,
+		    .size = m->size, .spool_fd = fd, .path = path, .mbox = mbox,
+		    .sender = m->sender };
+		delivery_proc_main(master.config, &ds);
+	}
+	close(sv[1]);
+	struct delivery_child *dc = xcalloc(1, sizeof(*dc));
+	dc->pid = pid;
+	dc->sock = sv[0];
+	dc->worker = c;
+	dc->worker_pid = c->pid;
+	dc->request_id = m->request_id;
+	dc->session_id = m->session_id;
+	memcpy(dc->name, name, sizeof(dc->name));
+	dc->ev = event_new(master.base, dc->sock, EV_READ | EV_PERSIST, delivery_sock_cb, dc);
+	event_add(dc->ev, NULL);
+	dc->timer = evtimer_new(master.base, delivery_timer_cb, dc);
+	struct timeval tv = { .tv_sec = master.config->lmtp_timeout > 0 ?
+	    master.config->lmtp_timeout : MASTER_DELIVERY_SECONDS_DEFAULT };
+	evtimer_add(dc->timer, &tv);
+	dc->next = master.deliveries;
+	master.deliveries = dc;
+	master.n_deliveries++;
+	log_debug("%s as user %s is pid %d", m->kind == IPC_LMTP_CHECK ? "check" : "delivery",
+	    name, (int)pid);
+	free(location);
+	return;
+answer:
+	if (status != IPC_LMTP_NO_USER)
+		log_warnx("worker %u: delivery as user %s: %s", c->slot, name, error);
+	delivery_answer(c, c->pid, m->request_id, m->session_id, status, error);
+	free(error);
+	free(location);
+}
+
 /* A worker hands a logged-in session over (IPC_HANDOVER, with the
  * connection's descriptor); answer whether its process runs. */
 static void
@@ -1299,6 +1587,16 @@ worker_control_cb(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = ipc_recv_fd(fd, buf, IPC_MAX_MSG, &passed);
 	if (n <= 0)
 		return;
+	if (ipc_type(buf, (size_t)n) == IPC_LMTP_DELIVER) {
+		struct ipc_lmtp_deliver d;
+		if (ipc_lmtp_deliver_decode(buf, (size_t)n, &d))
+			delivery_start(c, &d, passed);
+		else
+			log_warnx("worker %u: malformed delivery request, ignored", c->slot);
+		if (passed >= 0)
+			close(passed);   /* a delivery process has its own */
+		return;
+	}
 	if (!ipc_handover_decode(buf, (size_t)n, &h) || passed < 0) {
 		log_warnx("worker %u: malformed message on its control channel, ignored", c->slot);
 		if (passed >= 0)
@@ -1388,6 +1686,8 @@ master_wait_children(void)
 	time_t deadline = time(NULL) + MASTER_STOP_GRACE_SECONDS;
 	for (;;) {
 		bool any = master.sessions != NULL;
+		for (struct delivery_child *dc = master.deliveries; dc != NULL; dc = dc->next)
+			any |= dc->pid > 0;
 		for (size_t i = 0; i < master.n_children; i++)
 			any |= master.children[i].pid > 0;
 		if (!any)
@@ -1395,7 +1695,7 @@ master_wait_children(void)
 		int status;
 		pid_t pid = waitpid(-1, &status, WNOHANG);
 		if (pid > 0) {
-			if (session_reaped(pid, status))
+			if (session_reaped(pid, status) || delivery_reaped(pid, status))
 				continue;
 			for (size_t i = 0; i < master.n_children; i++)
 				if (master.children[i].pid == pid)
@@ -1407,6 +1707,9 @@ master_wait_children(void)
 		if (time(NULL) >= deadline) {
 			for (struct session_child *sc = master.sessions; sc != NULL; sc = sc->next)
 				kill(sc->pid, SIGKILL);
+			for (struct delivery_child *dc = master.deliveries; dc != NULL; dc = dc->next)
+				if (dc->pid > 0)
+					kill(dc->pid, SIGKILL);
 			for (size_t i = 0; i < master.n_children; i++)
 				if (master.children[i].pid > 0)
 					kill(master.children[i].pid, SIGKILL);
@@ -1698,6 +2001,7 @@ master_free(void)
 		master.sessions = sc->next;
 		session_child_free(sc);
 	}
+	deliveries_forget();
 	event_base_free(master.base);
 	grants_free();
 	free(master.pid_path);

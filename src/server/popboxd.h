@@ -68,6 +68,21 @@ struct session_proc_start {
 	unsigned expire, login_delay;   /* the user's own (ipc.h's encoding) */
 };
 
+/* What a delivery process is started with (master.c forks it as the
+ * recipient, delivery_proc.c runs it; docs/DESIGN.md "Delivering as the
+ * recipient"): every field is the master's but spool_fd (the worker's
+ * spool) and sender (the envelope's, for an mbox's From_ line). */
+struct delivery_proc_start {
+	int ctl;                /* SEQPACKET to the master: the result */
+	uint64_t request_id, session_id;
+	bool check;             /* RCPT: room for size octets? else deliver */
+	uint64_t size;
+	int spool_fd;           /* deliver: the message (read with pread) */
+	const char *path;       /* the maildrop, scheme removed */
+	bool mbox;
+	const char *sender;     /* "" null sender */
+};
+
 /* Each never returns. The master has already dropped privileges (when
  * env->drop_privileges) to env->auth_uid/auth_gid for auth_main, to
  * env->uid/gid for worker_main. */
@@ -76,6 +91,9 @@ void worker_main(struct child_env *env) __attribute__((noreturn));
 void metrics_main(struct child_env *env) __attribute__((noreturn));
 /* Already running as the user (master.c). */
 void session_proc_main(struct child_env *env, struct session_proc_start *start)
+    __attribute__((noreturn));
+/* Already running as the recipient (master.c). */
+void delivery_proc_main(const struct config *config, const struct delivery_proc_start *start)
     __attribute__((noreturn));
 
 #endif

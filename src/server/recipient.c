@@ -66,3 +66,15 @@ recipient_lookup(const struct passwd_db *db, const char *address, const char *de
 	}
 	return e;
 }
+
+bool
+recipient_system_account_ok(const char *name, uid_t uid, unsigned first_valid_uid,
+    const char *deny_users)
+{
+	if (uid == 0 || uid < first_valid_uid)
+		return false;
+	char *needle = xasprintf(" %s ", name);
+	bool denied = deny_users != NULL && strstr(deny_users, needle) != NULL;
+	free(needle);
+	return !denied;
+}

@@ -7,7 +7,9 @@
 #ifndef POPBOX_RECIPIENT_H
 #define POPBOX_RECIPIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "server/passwd.h"
 
@@ -26,5 +28,13 @@ size_t recipient_candidates(const char *address, const char *delimiters,
 /* The entry of db that address names, or NULL. */
 const struct passwd_entry *recipient_lookup(const struct passwd_db *db, const char *address,
     const char *delimiters);
+
+/* users = pam: whether the Unix account name with uid may get mail (and
+ * log in): not root, uid at least first_valid_uid, not named in
+ * deny_users (" a b ", config.h). popbox deliver, LMTP's RCPT (auth
+ * process) and the master before it forks a delivery as the account all
+ * apply this one rule. */
+bool recipient_system_account_ok(const char *name, uid_t uid, unsigned first_valid_uid,
+    const char *deny_users);
 
 #endif

@@ -420,9 +420,13 @@ store_maildir_deliver_file(const struct delivery_target *t, int file_fd, uint64_
 	status = deliver_check_quota(&mt, t->max_maildrop_size, wire_size, error_r);
 	if (status != DELIVERY_OK)
 		goto out;
-	status = deliver_link(&mt, file_fd, (uint64_t)st.st_size, wire_size, result_r, error_r);
-	if (status == DELIVERY_TEMP && mt.link_errno == EXDEV) {
-		/* another file system: one copy for this maildrop */
+	/* A message file belongs to the maildrop's owner: a spool of another
+	 * uid (LMTP's, delivered as the recipient) is copied, never linked. */
+	bool foreign = st.st_uid != geteuid();
+	if (!foreign)
+		status = deliver_link(&mt, file_fd, (uint64_t)st.st_size, wire_size, result_r, error_r);
+	if (foreign || (status == DELIVERY_TEMP && mt.link_errno == EXDEV)) {
+		/* another file system or owner: one copy for this maildrop */
 		free(*error_r);
 		*error_r = NULL;
 		copy_fd = deliver_copy_file(&mt, file_fd, error_r);

@@ -271,6 +271,12 @@ control_cb(evutil_socket_t fd, short what, void *arg)
 		worker.stopping = true;
 		return;
 	}
+	if (n > 0 && ipc_type(buf, (size_t)n) == IPC_LMTP_RESULT) {
+		struct ipc_lmtp_result res;
+		if (ipc_lmtp_result_decode(buf, (size_t)n, &res))
+			(void)lmtp_master_result(&worker, &res);
+		return;
+	}
 	if (n > 0 && ipc_type(buf, (size_t)n) == IPC_HANDOVER_DONE) {
 		struct ipc_handover_done done;
 		if (ipc_handover_done_decode(buf, (size_t)n, &done))

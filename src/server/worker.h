@@ -36,6 +36,7 @@ struct worker {
 	unsigned sessions;
 	struct lmtp_session *lmtp_all;          /* every LMTP session (lmtp_session.c) */
 	struct lmtp_session *lmtp_auth_pending; /* waiting for a recipient lookup */
+	struct lmtp_session *lmtp_master_pending; /* waiting for a delivery as the recipient */
 	unsigned lmtp_sessions;
 	struct evconnlistener **listeners;
 	size_t n_listeners;

@@ -221,6 +221,27 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ROUND_TRIP(session_end, se, se2);
 		FUZZ_CHECK(se.session_id == se2.session_id, "session id");
 	}
+	struct ipc_lmtp_deliver ld, ld2;
+	if (ipc_lmtp_deliver_decode(copy, size, &ld)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_LMTP_DELIVER, "LMTP_DELIVER decoder took type %u", type);
+		FUZZ_CHECK(ld.kind <= IPC_LMTP_DELIVER_SPOOL, "kind %u", ld.kind);
+		FUZZ_CHECK(ld.user[0] != '\0', "empty user accepted");
+		ROUND_TRIP(lmtp_deliver, ld, ld2);
+		FUZZ_CHECK(ld.session_id == ld2.session_id && ld.size == ld2.size, "numbers");
+		check_same_text(ld.user, ld2.user, "user");
+		check_same_text(ld.sender, ld2.sender, "sender");
+		FUZZ_CHECK(strlen(ld.user) <= IPC_MAX_USER && strlen(ld.sender) <= IPC_MAX_SENDER,
+		    "text over its maximum");
+	}
+	struct ipc_lmtp_result lr, lr2;
+	if (ipc_lmtp_result_decode(copy, size, &lr)) {
+		accepted++;
+		FUZZ_CHECK(type == IPC_LMTP_RESULT, "LMTP_RESULT decoder took type %u", type);
+		FUZZ_CHECK(lr.status <= IPC_LMTP_NO_USER, "status %u", lr.status);
+		ROUND_TRIP(lmtp_result, lr, lr2);
+		check_same_text(lr.error, lr2.error, "error");
+	}
 	FUZZ_CHECK(accepted <= 1, "%u decoders accepted one input", accepted);
 	free(copy);
 	return 0;

@@ -10,7 +10,7 @@ import struct
 # enum ipc_type
 AUTH_PASS, AUTH_APOP, AUTH_RESULT, RELOAD, SASL_START, SASL_STEP, SASL_ABORT, \
     USERS_OPEN, USERS_FD, PING, PONG, RCPT_LOOKUP, SESSION_GRANT, HANDOVER, HANDOVER_DONE, \
-    USERS_POLICY, SESSION_ADOPT, SESSION_END = range(1, 19)
+    USERS_POLICY, SESSION_ADOPT, SESSION_END, LMTP_DELIVER, LMTP_RESULT = range(1, 21)
 TICKET = "0123456789abcdef0123456789abcdef"
 # enum auth_result
 OK, FAIL, TEMP, CONTINUE = range(4)
@@ -73,6 +73,15 @@ SEEDS = {
     "users_policy": msg(USERS_POLICY, 0, 3),
     "bad_policy": msg(USERS_POLICY, 0, 4),
     "bad_trailing": msg(SASL_ABORT, 8, 9) + b"x",
+    # LMTP as the recipient: a check (no descriptor), a delivery, results
+    "lmtp_check": msg(LMTP_DELIVER, 12, 0x0200000000000001, 0, 4096, "alice", "bob@example.org"),
+    "lmtp_deliver": msg(LMTP_DELIVER, 13, 0x0200000000000001, 1, 0, "alice", ""),
+    "lmtp_result_ok": msg(LMTP_RESULT, 13, 0x0200000000000001, 0, ""),
+    "lmtp_result_no_user": msg(LMTP_RESULT, 12, 0x0200000000000001, 5, "no such account"),
+    # refused: a kind and a status past their ranges, an empty user
+    "bad_lmtp_kind": msg(LMTP_DELIVER, 12, 1, 2, 0, "alice", ""),
+    "bad_lmtp_status": msg(LMTP_RESULT, 12, 1, 6, ""),
+    "bad_lmtp_user": msg(LMTP_DELIVER, 12, 1, 1, 0, "", ""),
 }
 
 if __name__ == "__main__":

@@ -125,14 +125,23 @@ test_lmtp_keys(void **state)
 	config_free(c);
 	expect_error_prefix(REQUIRED "lmtp_socket_owner = a:b:c\n", "test.conf:3: bad value");
 	expect_error_prefix(REQUIRED "lmtp_trusted = nonsense\n", "test.conf:3: bad value");
-	/* per-user session processes: the maildrops are the users' */
-	expect_error_prefix("users = pam\nmail = maildir:/m/%u\nlisten_lmtp = unix:/run/l\n",
-	    "test.conf:3: listen_lmtp delivers as run_as, but with per-user session processes");
+	/* per-user session processes: the maildrops are the users', and
+	 * LMTP delivers as the recipient's Unix account (users = pam only) */
+	c = parse_ok("users = pam\nmail = maildir:/m/%u\nlisten_lmtp = unix:/run/l\n");
+	assert_true(config_lmtp_as_recipient(c));
+	assert_string_equal(c->lmtp_spool_dir, "/var/tmp");
+	config_free(c);
+	c = parse_ok("users = pam\nmail = mbox:/var/mail/%u\nlisten_lmtp = unix:/run/l\n"
+	    "lmtp_spool_dir = spool\n");
+	assert_string_equal(c->lmtp_spool_dir, "/etc/popbox/spool");
+	config_free(c);
 	expect_error_prefix(REQUIRED "session_process = per-user\nlisten_lmtp = unix:/run/l\n",
-	    "test.conf:4: listen_lmtp delivers as run_as");
+	    "test.conf:4: listen_lmtp with per-user session processes delivers as the "
+	    "recipient's Unix account, which needs users = pam");
 	c = parse_ok("users = pam\nmail = maildir:/m/%u\nsession_process = worker\n"
 	    "listen_lmtp = unix:/run/l\n");
 	assert_int_equal(c->n_lmtp_unix, 1);
+	assert_false(config_lmtp_as_recipient(c));
 	config_free(c);
 }
 

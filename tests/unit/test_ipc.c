@@ -417,6 +417,62 @@ test_handover(void **state)
 	CHECK_FRAMING(ipc_session_end_decode, struct ipc_session_end, len);
 }
 
+/* LMTP as the recipient: the request (check or delivery) and its result. */
+static void
+test_lmtp_deliver(void **state)
+{
+	const struct ipc_lmtp_deliver m = { .request_id = 9, .session_id = 0x0200000000000001,
+	    .kind = IPC_LMTP_DELIVER_SPOOL, .size = 4096, .user = "alice",
+	    .sender = "bob@example.org" };
+	size_t len = ipc_lmtp_deliver_encode(buf, sizeof(buf), &m);
+	/* three numbers, user and sender with their NULs */
+	assert_int_equal(len, IPC_HEADER_SIZE + 3 * 8 + 6 + 16);
+	struct ipc_lmtp_deliver d;
+	assert_true(ipc_lmtp_deliver_decode(buf, len, &d));
+	assert_true(d.request_id == 9 && d.session_id == m.session_id && d.size == 4096);
+	assert_int_equal(d.kind, IPC_LMTP_DELIVER_SPOOL);
+	assert_string_equal(d.user, "alice");
+	assert_string_equal(d.sender, "bob@example.org");
+	assert_int_equal(ipc_lmtp_deliver_encode(again, sizeof(again), &d), len);
+	assert_memory_equal(again, buf, len);
+	CHECK_FRAMING(ipc_lmtp_deliver_decode, struct ipc_lmtp_deliver, len);
+	struct ipc_lmtp_deliver bad = m;
+	bad.kind = IPC_LMTP_DELIVER_SPOOL + 1;   /* no such kind */
+	assert_int_equal(ipc_lmtp_deliver_encode(again, sizeof(again), &bad), 0);
+	bad = m;
+	bad.user = "";   /* nobody */
+	assert_int_equal(ipc_lmtp_deliver_encode(again, sizeof(again), &bad), 0);
+	/* the decoder refuses an empty user a hostile worker encodes by hand */
+	memcpy(again, buf, IPC_HEADER_SIZE + 3 * 8);
+	again[IPC_HEADER_SIZE + 3 * 8] = '\0';
+	memcpy(again + IPC_HEADER_SIZE + 3 * 8 + 1, "bob@example.org", 16);
+	assert_false(ipc_lmtp_deliver_decode(again, IPC_HEADER_SIZE + 3 * 8 + 1 + 16, &d));
+	bad = m;
+	char *sender = malloc(IPC_MAX_SENDER + 2);
+	memset(sender, 'a', IPC_MAX_SENDER + 1);
+	sender[IPC_MAX_SENDER + 1] = '\0';
+	bad.sender = sender;   /* longer than a path may be */
+	assert_int_equal(ipc_lmtp_deliver_encode(again, sizeof(again), &bad), 0);
+	sender[IPC_MAX_SENDER] = '\0';
+	assert_true(ipc_lmtp_deliver_encode(again, sizeof(again), &bad) > 0);
+	free(sender);
+
+	const struct ipc_lmtp_result r = { .request_id = 9, .session_id = m.session_id,
+	    .status = IPC_LMTP_NO_USER, .error = "no such account" };
+	len = ipc_lmtp_result_encode(buf, sizeof(buf), &r);
+	assert_int_equal(len, IPC_HEADER_SIZE + 2 * 8 + 16);
+	struct ipc_lmtp_result rd;
+	assert_true(ipc_lmtp_result_decode(buf, len, &rd));
+	assert_true(rd.request_id == 9 && rd.session_id == m.session_id);
+	assert_int_equal(rd.status, IPC_LMTP_NO_USER);
+	assert_string_equal(rd.error, "no such account");
+	assert_false(ipc_lmtp_deliver_decode(buf, len, &d));   /* the type tells them apart */
+	CHECK_FRAMING(ipc_lmtp_result_decode, struct ipc_lmtp_result, len);
+	uint64_t six = IPC_LMTP_NO_USER + 1;
+	memcpy(buf + IPC_HEADER_SIZE + 8, &six, sizeof(six));
+	assert_false(ipc_lmtp_result_decode(buf, len, &rd));
+}
+
 /* Header-level refusals: short, unknown or zero type, over the size limit. */
 static void
 test_header(void **state)
@@ -482,6 +538,7 @@ main(void)
 		cmocka_unit_test(test_ping),
 		cmocka_unit_test(test_rcpt_lookup),
 		cmocka_unit_test(test_handover),
+		cmocka_unit_test(test_lmtp_deliver),
 		cmocka_unit_test(test_header),
 		cmocka_unit_test(test_send_fd),
 	};
