@@ -174,3 +174,54 @@ def test_lmtp_into_var_mail_as_the_recipients(server_factory, accounts, pam_serv
         assert open(spools[u], "rb").read().startswith(b"From t@example.org ")
         got = fetch_all(srv, u, PASSWORD)
         assert got == [wire_form(rp("t@example.org") + lmtp_message(body))], (u, got)
+
+
+def test_postfix_delivers_to_a_system_user(server_factory, accounts, pam_service):  # noqa: F811
+    """A real Postfix (postfix_instance.py) hands mail for a Unix account
+    to popboxd over lmtp:unix:, addressed user@example.org: the files in
+    the user's ~/Maildir are the user's, and POP3 gives back the message
+    as sent after Postfix's Return-Path and Received."""
+    import postfix_instance
+    why = postfix_instance.available()
+    if why is not None:
+        pytest.fail(why)
+    user = accounts["a"]
+    pw = pwd.getpwnam(user)
+    new = os.path.join(pw.pw_dir, "Maildir", "new")
+    before = len(os.listdir(new)) if os.path.isdir(new) else 0
+    srv = server_factory(users={}, start=False, config={
+        "users": "pam", "pam_service": pam_service, "mail": "maildir:~/Maildir"})
+    sock = os.path.join(srv.base, "lmtp.sock")
+    srv.config["listen_lmtp"] = "unix:" + sock
+    srv.config["lmtp_socket_owner"] = "postfix"
+    srv.config["lmtp_socket_mode"] = "0600"
+    srv.start()
+    pf = postfix_instance.PostfixInstance(srv.base, free_port(), [
+        "virtual_mailbox_domains = example.org",
+        "virtual_mailbox_maps = static:ok",
+        "virtual_transport = lmtp:unix:" + sock,
+    ])
+    sender = "sender@popbox.test"
+    msgs = [("Subject: pf%d\r\nMessage-Id: <pf%d@popbox.test>\r\n\r\nline %d\r\n"
+             ".leading dot\r\nGr\u00fc\u00dfe\r\n" % (i, i, i)).encode() for i in range(3)]
+    try:
+        pf.start()
+        with pf.smtp() as s:
+            for m in msgs:
+                assert s.sendmail(sender, ["%s@example.org" % user], m) == {}
+        wait_until(lambda: pf.queued() == 0 and os.path.isdir(new) and
+                   len(os.listdir(new)) == before + 3, "Postfix delivering 3 messages")
+    finally:
+        pf.stop()
+    for p in files_under(os.path.join(pw.pw_dir, "Maildir")):
+        assert os.lstat(p).st_uid == pw.pw_uid, p
+    got = fetch_all(srv, user, PASSWORD)[before:]
+    assert len(got) == 3
+    # Postfix adds the headers a message lacks (From:, Date:); the body
+    # comes through byte for byte
+    by_body = {m.split(b"\r\n\r\n", 1)[1]: m.split(b"\r\n")[0] for m in msgs}
+    for g in got:
+        assert g.startswith(b"Return-Path: <%s>\r\nReceived: " % sender.encode()), g[:200]
+        head, body = g.split(b"\r\n\r\n", 1)
+        assert body in by_body and by_body[body] in head.split(b"\r\n"), g
+        del by_body[body]
