@@ -46,17 +46,18 @@ PROFILES = {
     "smoke": dict(reps=1, dur=1.0, sess_users=4, sess_clients=4, retr_msgs=20,
                   big_msgs=0, m1_msgs=0, idle=[20], sweep=[], hashed=False,
                   dovecot=False, popa3d=False, limits=False, clients=False, tls=True,
-                  tls_certs=["ECDSA P-256"], tls_groups=["X25519"]),
+                  tls_certs=["ECDSA P-256"], tls_groups=["X25519"], mbox_msgs=[300]),
     "quick": dict(reps=3, dur=2.0, sess_users=64, sess_clients=64, retr_msgs=400,
                   big_msgs=20000, m1_msgs=10, idle=[500, 2000], sweep=[1, 8, 64],
                   hashed=True, dovecot=True, popa3d=True, limits=True, clients=True, tls=True,
                   tls_certs=["RSA-2048", "ECDSA P-256"], tls_groups=["X25519", "P-256"],
-                  fetch_4k=2000, fetch_1m=20, fetch_accts=500),
+                  fetch_4k=2000, fetch_1m=20, fetch_accts=500, mbox_msgs=[20000]),
     "full": dict(reps=5, dur=4.0, sess_users=64, sess_clients=64, retr_msgs=1000,
                  big_msgs=100000, m1_msgs=20, idle=[1000, 10000, 50000],
                  sweep=[1, 16, 64, 256, 1024], hashed=True, dovecot=True, popa3d=True, limits=True,
                  clients=True, tls=True, tls_certs=["RSA-2048", "ECDSA P-256"],
-                 tls_groups=["X25519", "P-256"], fetch_4k=2000, fetch_1m=20, fetch_accts=500),
+                 tls_groups=["X25519", "P-256"], fetch_4k=2000, fetch_1m=20, fetch_accts=500,
+                 mbox_msgs=[20000, 100000]),
 }
 
 PROCS = []          # Popen objects we started, stopped by PID at exit
@@ -64,7 +65,7 @@ CLEANUP = []        # callables undoing system changes (popa3d's users, spools),
 FORKERS = []        # servers whose sessions outlive the listener (popa3d): .stop() first
 # POPBOX_BENCH_ONLY=fetch,retr,... runs only these sections (results go to
 # bench/results/MODE-SECTIONS.*, no chart); the default runs all: limits
-# sessions retr tls peruser bigbox memory fetch
+# sessions retr tls peruser bigbox mbox memory fetch
 ONLY = set(filter(None, os.environ.get("POPBOX_BENCH_ONLY", "").split(",")))
 
 
@@ -468,6 +469,66 @@ service anvil {{
                     os.unlink(p)
 
 
+class PopboxdMbox(Popboxd):
+    """popboxd serving mbox spools (mail = mbox:DIR/%u, default mbox_format)
+    for the users of the bench's users file: virtual users in the workers,
+    run_as nobody as root, so the figures are the mbox store's own (no PAM,
+    no session process). Its index is SPOOL.popbox-index* beside the spool."""
+    name = "popboxd"
+
+    def __init__(self, root, users, spools):
+        super().__init__(os.path.join(root, "popboxd-mbox"), users, spools, None, None)
+        self.spools = spools
+        self.lines = [("mail = mbox:%s/%%u" % spools) if l.startswith("mail = ") else l
+                      for l in self.lines]
+        self.write_conf()
+
+    def forget_index(self, user):
+        for f in os.listdir(self.spools):
+            if f.startswith(user + ".popbox-index"):
+                os.unlink(os.path.join(self.spools, f))
+
+
+class DovecotMbox(Dovecot):
+    """Dovecot on the same mbox spools: mail_location = mbox:FOLDERS/%u:
+    INBOX=SPOOL/%u:INDEX=INDEX/%u (its index in a directory of its own),
+    default mbox settings (dirty syncs, lazy writes, dot-lock + fcntl for
+    writes), pop3_uidl_format = %08Xu%08Xv (its default; %f is Maildir's),
+    pop3_no_flag_updates = yes: popboxd and popa3d never write Status:
+    headers into the spool, and without it Dovecot rewrites the mbox at the
+    end of every session that read a message."""
+
+    def __init__(self, root, users, spools, max_sessions):
+        base = os.path.join(root, "dovecot-mbox")
+        self.folders = os.path.join(base, "folders")
+        self.index = os.path.join(base, "index")
+        for d in (self.folders, self.index):
+            os.makedirs(d)
+            own(d)
+        super().__init__(base, users, self.folders, None, None, max_sessions)
+        self.spools = spools
+        with open(self.conf) as f:
+            conf = f.read()
+        conf = conf.replace("mail_location = maildir:%s/%%u\n" % self.folders,
+                            "mail_location = mbox:%s/%%u:INBOX=%s/%%u:INDEX=%s/%%u\n"
+                            "pop3_no_flag_updates = yes\n" % (self.folders, spools, self.index))
+        conf = conf.replace("pop3_uidl_format = %f\n", "pop3_uidl_format = %08Xu%08Xv\n")
+        assert "mbox:" in conf and "%08Xu" in conf
+        with open(self.conf, "w") as f:
+            f.write(conf)
+
+    def forget_index(self, user):
+        for d in (self.index, self.folders):
+            shutil.rmtree(os.path.join(d, user), ignore_errors=True)
+
+
+def mbox_prefix(prof, n):
+    """The corpus prefix of the mbox section's n-message user: the big
+    maildrop's (b, 2 KiB messages) when it has n messages, else x (one
+    other size per profile)."""
+    return "b" if n == prof["big_msgs"] else "x"
+
+
 class SkipPopa3d(Exception):
     pass
 
@@ -783,6 +844,11 @@ def corpus(root, prof):
     mk("i", max(prof["idle"]), 1, 2048)
     if prof["big_msgs"]:
         mk("b", 1, prof["big_msgs"], 2048)
+    if want("mbox"):
+        other = [n for n in prof["mbox_msgs"] if mbox_prefix(prof, n) == "x"]
+        assert len(other) <= 1, "one mbox size besides big_msgs per profile"
+        for n in other:
+            mk("x", 1, n, 2048)
     if prof["clients"]:
         mk("f", 1, prof["fetch_4k"], 4096)
         mk("g", 1, prof["fetch_1m"], 1 << 20)
@@ -913,6 +979,10 @@ def bench(mode, prof):
             pfx["b"] = 1
         if want("memory"):
             pfx["i"] = POPA3D_IDLE_USERS
+        if want("mbox"):
+            pfx["r"] = max(1, pfx.get("r", 0))
+            for n in prof["mbox_msgs"]:
+                pfx[mbox_prefix(prof, n)] = 1
         try:
             if not pfx:
                 raise SkipPopa3d("no section it takes part in")
@@ -1139,6 +1209,14 @@ def bench(mode, prof):
             record("big maildrop %d: 2nd login..LIST ms" % nb, "ms", warm, "total_ms", None, "low")
             record("big maildrop %d: 2nd PASS ms" % nb, "ms", warm, "pass_ms", None, "low")
 
+    # ---- mbox spools (issue 13): login..LIST first (no index) and warm
+    # (index present), RETR of 4 KiB messages; popboxd (mail = mbox:),
+    # Dovecot on mbox and popa3d on copies of the same spools
+    mbox_targets = []
+    if want("mbox"):
+        mbox_targets, good = mbox_section(prof, users, trees, servers, record, errors_of)
+        ok &= good
+
     # ---- memory per idle authenticated session
     if want("memory"):
         # fresh servers for each level: the marginal cost of a session, not
@@ -1190,13 +1268,16 @@ def bench(mode, prof):
         table += render(peruser_rows, [pb, pu, ps]).split("\n(")[0]
     if sweep:
         table += "\n\n" + render_sweep(sweep, sweep_p99, [s.name for s in servers])
+    if mbox_targets:
+        table += "\n\nmbox targets (issue 13):\n\n" + render_targets(mbox_targets)
     print(table)
     if fetch:
         print(render_fetch(fetch))
     result = dict(mode=mode, date=time.strftime("%Y-%m-%d %H:%M:%S %z"), commit=commit(),
                   machine=machine(), limits=limits, rows=[list(r) for r in rows], sweep=sweep,
                   sweep_p99=sweep_p99, sweep_cpu=sweep_cpu,
-                  memory=mem, memory_tls=mem_tls, memory_skipped=mem_skipped, fetch=fetch, raw=raw, seconds=elapsed, ok=ok)
+                  memory=mem, memory_tls=mem_tls, memory_skipped=mem_skipped, fetch=fetch, raw=raw, seconds=elapsed, ok=ok,
+                  mbox_targets=mbox_targets)
     if mode != "smoke":
         outdir = os.path.join(REPO, "bench", "results")
         os.makedirs(outdir, exist_ok=True)
@@ -1217,6 +1298,165 @@ def bench(mode, prof):
         # the harness works: pop3load ran every smoke scenario without errors
         return 0 if ok else 1
     return 0 if ok else 1
+
+
+def copy_spool(src, dst):
+    """dst as a copy of the spool src (contents and mtime), owned as the
+    bench's other mail (nobody as root), mode 0600."""
+    shutil.copy2(src, dst)
+    os.chmod(dst, 0o600)
+    own(dst)
+
+
+def reaped(s, timeout=2.0):
+    """Until the server's per-session processes (popa3d under socat) have
+    ended, so that their CPU time is in the tree's figure (a child's CPU
+    shows in its parent's cutime once reaped)."""
+    if s.name != "popa3d":
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p == s.pid() for p in descendants(s.pid())):
+            return
+        time.sleep(0.01)
+
+
+def mbox_section(prof, users, trees, servers, record, errors_of):
+    """popboxd with mail = mbox:, Dovecot on mbox and popa3d (already
+    running, its spools in /var/mail) on copies of the same mbox spools,
+    made from the corpus's Maildirs by maildir_to_mbox: for each size in
+    prof["mbox_msgs"] login..LIST (USER, PASS, STAT, UIDL, LIST) first
+    (popboxd's and Dovecot's index removed, the spool as made) and warm
+    (right after, index present: the median of mbox_warm logins in a row),
+    with the server CPU per login; RETR of
+    4 KiB messages with one client (msgs/s, server CPU per message).
+    Servers alternate, medians. Returns (targets, ok)."""
+    reps, dur = prof["reps"], prof["dur"]
+    root = os.path.join(TMP, "mbox")
+    pristine = os.path.join(root, "pristine")
+    os.makedirs(pristine)
+    sizes = {n: mbox_prefix(prof, n) for n in prof["mbox_msgs"]}
+    names = ["r0"] + [p + "0" for p in sizes.values()]
+    t0 = time.monotonic()
+    uid, gid = (pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid) if AS_ROOT \
+        else (os.geteuid(), os.getegid())
+    nbytes = {}
+    for u in names:
+        nbytes[u], _ = maildir_to_mbox(os.path.join(trees["pristine"], u), os.path.join(pristine, u),
+                                       uid, gid)
+    spools = {}
+    for kind in ("popboxd", "dovecot"):
+        spools[kind] = d = os.path.join(root, "spool-" + kind)
+        os.makedirs(d)
+        own(d)
+        for u in names:
+            copy_spool(os.path.join(pristine, u), os.path.join(d, u))
+    p3 = [s for s in servers if s.name == "popa3d"]
+    for u in names if p3 else ():
+        # popa3d's spools were made from the same Maildirs by the same
+        # function: the same bytes
+        with open(os.path.join(pristine, u), "rb") as a, open("/var/mail/" + p3[0].upfx(u), "rb") as b:
+            while True:
+                x, y = a.read(1 << 20), b.read(1 << 20)
+                if x != y:
+                    raise RuntimeError("popa3d's spool %s differs from the others'" % p3[0].upfx(u))
+                if not x:
+                    break
+    log("mbox spools %s (%s MB) and 2 copies in %.1fs" % (
+        ", ".join(names), "+".join("%.1f" % (nbytes[u] / 1e6) for u in names), time.monotonic() - t0))
+    mservers = [PopboxdMbox(root, users, spools["popboxd"])]
+    if prof["dovecot"]:
+        dusers = os.path.join(TMP, "users-dovecot")
+        mservers.append(DovecotMbox(root, dusers, spools["dovecot"], 100))
+    mservers += p3
+    started = []
+    try:
+        for s in mservers:
+            if s.name != "popa3d":
+                s.start()
+                started.append(s)
+        return mbox_measure(prof, mservers, pristine, sizes, record, errors_of)
+    finally:
+        for s in started:
+            s.stop()
+
+
+def mbox_measure(prof, servers, pristine, sizes, record, errors_of):
+    reps, dur = prof["reps"], prof["dur"]
+    ok = True
+
+    def restore(s, u):
+        # the spool as made: Dovecot may write its headers into it
+        if s.name == "popa3d":
+            return
+        path, src = os.path.join(s.spools, u), os.path.join(pristine, u)
+        a, b = os.stat(path), os.stat(src)
+        if (a.st_size, a.st_mtime_ns) != (b.st_size, b.st_mtime_ns):
+            log("mbox: %s changed %s; restored" % (s.name, u))
+            copy_spool(src, path)
+
+    def login(s, u, first):
+        if first:
+            restore(s, u)
+            s.forget_index(u)
+        c0 = tree_cpu(s.pid())
+        r = pop3load("bigbox", s.port, "-u", s.upfx(u[:-1]), "-U", 1)
+        reaped(s)
+        r["cpu_ms"] = (tree_cpu(s.pid()) - c0) * 1e3
+        return r
+
+    def warm_logins(s, u, k):
+        """k warm logins in a row: the median time, and the CPU over all k
+        divided by k (the process tree's CPU is counted in clock ticks of
+        10 ms: one login of a few ms would read as 0 or 10)."""
+        c0 = tree_cpu(s.pid())
+        rs = [pop3load("bigbox", s.port, "-u", s.upfx(u[:-1]), "-U", 1) for _ in range(k)]
+        reaped(s)
+        return dict(total_ms=med([r.get("total_ms") for r in rs]),
+                    pass_ms=med([r.get("pass_ms") for r in rs]),
+                    cpu_ms=(tree_cpu(s.pid()) - c0) * 1e3 / k,
+                    errors=sum(int(r.get("errors", 0)) for r in rs),
+                    exit=max(r.get("exit", 0) for r in rs))
+
+    targets = []
+    for n, prefix in sizes.items():
+        u = prefix + "0"
+        first = {s.name: [] for s in servers}
+        warm = {s.name: [] for s in servers}
+        for r in range(reps):
+            for s in (servers if r % 2 == 0 else list(reversed(servers))):
+                first[s.name].append(login(s, u, True))
+                warm[s.name].append(warm_logins(s, u, prof.get("mbox_warm", 5)))
+        ok &= errors_of(first) == 0 and errors_of(warm) == 0
+        record("mbox %d: 1st login..LIST ms" % n, "ms", first, "total_ms", None, "low")
+        record("mbox %d: warm login..LIST ms" % n, "ms", warm, "total_ms", None, "low")
+        record("mbox %d: server CPU ms per 1st login" % n, "ms", first, "cpu_ms", None, "low")
+        record("mbox %d: server CPU ms per warm login" % n, "ms", warm, "cpu_ms", None, "low")
+        w = {k: med([x.get("total_ms") for x in v]) for k, v in warm.items()}
+        if w.get("popboxd") and w.get("popa3d"):
+            f = w["popboxd"] / w["popa3d"]
+            targets.append(("mbox %d: warm login..LIST ≤ 1/3 of popa3d's" % n,
+                            "%.1f vs %.1f ms = %.2f" % (w["popboxd"], w["popa3d"], f),
+                            "met" if f <= 1 / 3 else "**not met**"))
+    res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", 1, "-d", dur,
+                                                      "-u", s.upfx("r"), "-U", 1, srv=s))
+    ok &= errors_of(res) == 0
+    record("mbox RETR 4 KiB msgs/s, 1 client", "msgs/s", res, "rate")
+    record("mbox server CPU µs per RETR 4 KiB, 1 client", "µs", res, "cpu_us", None, "low")
+    rate = {k: med([x.get("rate") for x in v]) for k, v in res.items()}
+    if rate.get("popboxd") and rate.get("popa3d"):
+        f = rate["popboxd"] / rate["popa3d"]
+        targets.append(("mbox RETR 4 KiB, 1 client ≥ popa3d's", "%.0f vs %.0f msgs/s = %.2f×" % (
+            rate["popboxd"], rate["popa3d"], f), "met" if f >= 1 else "**not met**"))
+    for t in targets:
+        log("target %s: %s, %s" % t)
+    return targets, ok
+
+
+def render_targets(targets):
+    lines = ["| target | measured | status |", "|---|---|---|"]
+    lines += ["| %s | %s | %s |" % t for t in targets]
+    return "\n".join(lines)
 
 
 IDLE_CHUNK = 15000   # idle sessions per load generator (open-file limit 20,000 here)

@@ -179,24 +179,7 @@ deliver_become_recipient(const struct config *config, const char *user,
 		}
 		return 0;
 	}
-	gid_t groups[2] = { acct->gid, acct->gid };
-	int ngroups = 1;
-	if (mbox && config->mail_privileged_group != NULL &&
-	    config->mail_privileged_group[0] != '\0') {
-		struct group *gr = getgrnam(config->mail_privileged_group);
-		if (gr == NULL) {
-			fprintf(stderr, DELIVER_PROG ": mail_privileged_group %s does not exist\n",
-			    config->mail_privileged_group);
-			return -1;
-		}
-		groups[ngroups++] = gr->gr_gid;
-	}
-	if (setgroups((size_t)ngroups, groups) < 0 || setresgid(acct->gid, acct->gid, acct->gid) < 0 ||
-	    setresuid(acct->uid, acct->uid, acct->uid) < 0 || setuid(0) == 0 || geteuid() == 0) {
-		fprintf(stderr, DELIVER_PROG ": cannot become %s\n", user);
-		return -1;
-	}
-	return 0;
+	return mail_owner_become_account(config, user, acct->uid, acct->gid, mbox, DELIVER_PROG);
 }
 
 /* The maildrop path of USER (address), or an exit code. */

@@ -1,5 +1,5 @@
-/* popbox migrate-uidls: before (or after) switching from Dovecot or Courier
- * to popboxd, report for each user how many messages keep the UIDL the old
+/* popbox migrate-uidls: before (or after) switching from Dovecot, Courier
+ * or popa3d (mbox) to popboxd, report for each user how many messages keep the UIDL the old
  * server gave them and which do not (and why); with --freeze, record the
  * mapping in each maildrop's popbox.index, as a first login would, so the
  * old server's list is no longer needed (docs/DESIGN.md "UIDLs kept from
@@ -11,7 +11,9 @@
  * each maildrop is opened as a POP3 login opens it: under the maildrop lock
  * (a user in a session is skipped and reported), as run_as when started as
  * root (after the users file is read, like popboxd's workers), never as
- * root. The old servers' files are only read. */
+ * root; with users = pam the Unix accounts a login accepts, each opened
+ * by a child process that became the account. The old servers' files
+ * are only read. */
 #ifndef POPBOX_MIGRATE_UIDLS_H
 #define POPBOX_MIGRATE_UIDLS_H
 

@@ -252,9 +252,12 @@ mbox_line_decide(struct mbox_parser *p, bool at_lf)
 		return false;
 	}
 	if (p->pending_empty) {
-		/* The empty line before this one was message text. */
+		/* The empty line before this one was message text. Its line
+		 * end is not part of the identity: mutt rewrites the empty
+		 * line after the headers as LF when it syncs flags into a CRLF
+		 * message, and LF or CRLF, the line is served the same. */
 		p->cur.size += 2;
-		mbox_hash(p, p->pending_len == 2 ? "\r\n" : "\n", p->pending_len);
+		mbox_hash(p, "\n", 1);
 		p->pending_empty = false;
 	}
 	if (empty) {

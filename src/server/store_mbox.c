@@ -856,6 +856,8 @@ mbox_assign_popa3d(struct mbox_store *ms)
 		if (!first) {
 			log_info("mbox %s: message %u has popa3d's UIDL %s of an earlier one; it gets its own",
 			    ms->path, m + 1, ms->msgs[m].popa3d_uidl);
+			if (ms->sources != NULL)
+				ms->sources[m] = STORE_UIDL_REPLACED;
 			continue;
 		}
 		ms->store.messages[m].uidl = xstrdup(ms->msgs[m].popa3d_uidl);
@@ -1646,11 +1648,16 @@ done:
 		ms->store.messages[i].size = ms->msgs[i].size;
 		ms->store.total_size += ms->msgs[i].size;
 		if (options != NULL && options->report != NULL) {
+			/* no file names in an mbox: messages are named by number;
+			 * a message of its own without uidl_format = popa3d had
+			 * no old list to be in */
 			enum store_uidl_source src = ms->sources != NULL ? ms->sources[i] :
 			    STORE_UIDL_REMEMBERED;
-			options->report(options->report_arg, ms->store.messages[i].uidl,
-			    ms->store.messages[i].uidl, src,
-			    src == STORE_UIDL_OWN ? UIDL_OLD_NOT_LISTED : UIDL_OLD_FOUND);
+			char name[32];
+			snprintf(name, sizeof(name), "message %" PRIu32, i + 1);
+			options->report(options->report_arg, name, ms->store.messages[i].uidl, src,
+			    src != STORE_UIDL_OWN ? UIDL_OLD_FOUND :
+			    ms->uidl_format == UIDL_FORMAT_POPA3D ? UIDL_OLD_NOT_LISTED : UIDL_OLD_NO_LIST);
 		}
 	}
 	free(ms->sources);

@@ -1,6 +1,6 @@
 """The benchmark harness must not rot: `sh bench/run.sh smoke` (seconds,
 popboxd only, no targets) builds a small corpus, starts popboxd, drives it with
-build/bench/pop3load in every smoke scenario and exits 0 only if pop3load did
+build/bench/pop3load in every smoke scenario (also on a 300-message mbox) and exits 0 only if pop3load did
 work without errors; then bench/mailin.py smoke delivers over LMTP with
 build/bench/lmtpload and with popbox deliver."""
 
@@ -23,6 +23,9 @@ def test_bench_smoke():
                        text=True, timeout=5 * RUNAWAY_SEC)  # runaway guard: many sections
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sessions/s" in r.stdout and "RETR 4 KiB" in r.stdout, r.stdout
+    # section mbox: popboxd with mail = mbox: (first and warm login, RETR)
+    assert "| mbox 300: warm login..LIST ms (ms) |" in r.stdout, r.stdout
+    assert "| mbox RETR 4 KiB msgs/s, 1 client (msgs/s) |" in r.stdout, r.stdout
     # bench/mailin.py smoke: LMTP and popbox deliver rows
     assert "| LMTP, 8 connections, 1 MiB |" in r.stdout, r.stdout
     assert "| delivery agent, 4 KiB |" in r.stdout, r.stdout

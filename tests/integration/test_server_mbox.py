@@ -261,6 +261,88 @@ def test_uidls_stable_across_restart_status_rewrite_and_lost_index(mbox_server):
     assert after[len(msgs) + 1] not in first.values()
 
 
+MUTT_RUNAWAY_GUARD = 120   # seconds: only ends a mutt that hangs, never a pass condition
+
+
+def run_mutt_on_spool(path, home):
+    """Debian's mutt opens the mbox, marks every message read (Status: RO),
+    flags the first (X-Status: F), writes the mailbox and quits: its own
+    rewrite, under its own locks. `script` gives it a terminal, -e 'push'
+    types the keys."""
+    os.makedirs(os.path.join(home, "Mail"), exist_ok=True)
+    rc = os.path.join(home, "muttrc")
+    with open(rc, "w") as f:
+        f.write("\n".join([
+            "set mbox_type=mbox",
+            'set folder="%s"' % os.path.join(home, "Mail"),
+            'set spoolfile="%s"' % path,
+            "set quit=yes", "set move=no", "set delete=yes", "set wait_key=no",
+            "set sort=mailbox-order", "set mark_old=yes", "set beep=no",
+        ]) + "\n")
+    keys = "<tag-pattern>~A<enter><tag-prefix><clear-flag>N<first-entry><flag-message><sync-mailbox><quit>"
+    cmd = "mutt -n -F %s -f %s -e 'push \"%s\"'" % (rc, path, keys)
+    env = dict(os.environ, HOME=home, TERM="xterm")
+    subprocess.run(["script", "-qec", cmd, "/dev/null"], env=env, cwd=home,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=MUTT_RUNAWAY_GUARD, check=False)
+
+
+def strip_flag_headers(msg):
+    """A served message without the header fields mutt's rewrite adds
+    (Status:, X-Status:, and Content-Length:/Lines: where it writes them)."""
+    head, sep, body = msg.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    keep = [l for l in lines if not l.startswith((b"Status: ", b"X-Status: ", b"Content-Length: ",
+                                                  b"Lines: "))]
+    return b"\r\n".join(keep) + sep + body
+
+
+def test_real_mutt_status_rewrite_keeps_uidls_and_bytes(mbox_server, tmp_path):
+    """mutt itself (not a model of it) rewrites the spool's flag headers:
+    popboxd's UIDLs stay (with the index, and after losing it), every
+    message is served with mutt's new headers and otherwise as before."""
+    if shutil.which("mutt") is None or shutil.which("script") is None:
+        pytest.fail("mutt and script (bsdutils) are needed: tools/debian-packages.txt")
+    srv = mbox_server()
+    msgs = [(d, m) for d, m in MESSAGES if not m.endswith(b"newline")]
+    write_spool(srv, mbox_bytes(msgs))
+    srv.start()
+    first = uidls_of(srv)
+    assert len(set(first.values())) == len(msgs)
+    path = spool_path(srv)
+    st0 = os.stat(path)
+    srv.stop()      # mutt works on the spool while no session is open
+
+    run_mutt_on_spool(path, str(tmp_path / "home"))
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data.count(b"Status: RO") == len(msgs), "mutt did not rewrite the spool:\n%r" % data[:2000]
+    assert data.count(b"X-Status: F") == 1, data[:2000]
+    st = os.stat(path)
+    assert (st.st_ino, st.st_uid, st.st_mode) == (st0.st_ino, st0.st_uid, st0.st_mode)
+    assert not os.path.exists(path + ".lock")
+    assert len(python_mailbox_messages(path)) == len(msgs)
+
+    srv.start()
+    for lose_index in (False, True):
+        if lose_index:
+            for f in os.listdir(os.path.dirname(path)):
+                if f.startswith(os.path.basename(path) + ".popbox-index"):
+                    os.unlink(os.path.join(os.path.dirname(path), f))
+        assert uidls_of(srv) == first, "lost index" if lose_index else "index kept"
+        c = srv.session()
+        try:
+            sizes = c.list()
+            for i, (_, m) in enumerate(msgs, 1):
+                got = c.retr(i)
+                assert sizes[i] == len(got)
+                assert b"Status: RO\r\n" in got.split(b"\r\n\r\n", 1)[0] + b"\r\n", (i, got)
+                assert strip_flag_headers(got) == served(m), (i, got)
+            assert c.cmd("QUIT").startswith(b"+OK")
+        finally:
+            c.close()
+
+
 def test_missing_spool_is_an_empty_maildrop(mbox_server):
     srv = mbox_server()
     srv.start()

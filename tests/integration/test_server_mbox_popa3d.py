@@ -20,7 +20,8 @@ import tempfile
 
 import pytest
 
-from popbox_server import REPO, RUNAWAY_SEC, dot_stuff_inverse
+from popbox_server import REPO, RUNAWAY_SEC, build_dir, dot_stuff_inverse
+from ports import free_port
 from unix_accounts import PASSWORD, Accounts, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (accounts, /var/mail, PAM)")
@@ -200,11 +201,15 @@ def popboxd_view(srv, user, dele=()):
         c.close()
 
 
-def popboxd(server_factory, pam_service, **config):
+def popboxd(server_factory, pam_service, start=True, **config):
     cfg = {"users": "pam", "pam_service": pam_service, "mail": "mbox:/var/mail/%u",
            "lock_wait": "2"}
     cfg.update(config)
-    return server_factory(users={}, config=cfg)
+    srv = server_factory(users={}, config=cfg, start=start)
+    if not start:
+        srv.port = free_port()          # start() takes another one
+        srv.write_config()
+    return srv
 
 
 def test_side_by_side_with_popa3d(server_factory, popa3d, account, spool, pam_service):
@@ -265,3 +270,72 @@ def test_side_by_side_with_popa3d(server_factory, popa3d, account, spool, pam_se
     assert after[0] == [p3_sizes[i] - (i == NO_NL) for i in keep]
     assert after[2] == [p3_msgs[i] for i in keep]
     assert after[1] == [p3_uidls[i] for i in keep]
+
+
+def migrate(srv, *args):
+    r = subprocess.run([os.path.join(build_dir(), "popbox"), "migrate-uidls", "-c", srv.conf_path] +
+                       list(args), capture_output=True, timeout=RUNAWAY_SEC)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def test_migrate_uidls_from_popa3d(server_factory, popa3d, account, spool, pam_service):
+    """popbox migrate-uidls before switching a /var/mail spool from popa3d
+    (users = pam, uidl_format = popa3d): the report says which messages keep
+    popa3d's UIDL (all but the copy popa3d gave the same one) and changes
+    nothing; --freeze records them in the mbox's index, made by the account
+    (started as root: a child process becomes it); afterwards popboxd serves
+    popa3d's UIDLs even with uidl_format = popbox, and a second report says
+    every message was served by popboxd."""
+    path, _ = spool
+    d = os.path.dirname(path)
+    before = os.listdir(d)
+    with open(path, "rb") as f:
+        content = f.read()
+    p3_uidls = popa3d_view(popa3d, account)[1]
+    srv = popboxd(server_factory, pam_service, start=False, uidl_format="popa3d")
+
+    rc, out, err = migrate(srv, "--verbose", account)
+    assert rc == 0, (out, err)
+    n = len(MESSAGES)
+    assert ("%s: %d messages (uidl_format popa3d): %d keep the old server's UIDL, 0 already "
+            "served by popboxd, 1 get a new UIDL (0 not in the old list, 0 invalid, 1 colliding, "
+            "0 without a list)" % (account, n, n - 1)) in out, (out, err)
+    assert "message 6: new UIDL" in out and "another message's" in out, out
+    # a report writes no index and leaves the spool as it was (the session
+    # lock file, USER.popbox-lock, stays as after any session)
+    assert set(os.listdir(d)) - set(before) <= {account + ".popbox-lock"}, os.listdir(d)
+    with open(path, "rb") as f:
+        assert f.read() == content
+
+    # every mail user of the system (users = pam, no USER named): ours is
+    # among them (other tests' accounts may be in a session now: 75)
+    rc, out, err = migrate(srv)
+    assert rc in (0, 75), (rc, out, err)
+    assert "%s: %d messages (uidl_format popa3d): %d keep" % (account, n, n - 1) in out, out
+    # a name that is no mail user (root, below first_valid_uid) is unknown
+    rc, out, err = migrate(srv, "root")
+    assert rc == 67 and "root: no such user" in err, (rc, out, err)
+
+    rc, out, err = migrate(srv, "--freeze", account)
+    assert rc == 0, (out, err)
+    assert "recorded in the mbox's index" in out, out
+    made = [f for f in os.listdir(d) if f.startswith(account + ".popbox-index")]
+    assert made, os.listdir(d)
+    for f in made:
+        st = os.stat(os.path.join(d, f))
+        assert st.st_uid == pwd.getpwnam(account).pw_uid, f     # the account's, never root's
+    with open(path, "rb") as f:
+        assert f.read() == content
+
+    # popboxd serves what was frozen, with popa3d's UIDLs no longer asked for
+    srv.config["uidl_format"] = "popbox"
+    srv.write_config()
+    srv.start()
+    uidls = popboxd_view(srv, account)[1]
+    assert [u for i, u in enumerate(uidls) if i != 5] == [u for i, u in enumerate(p3_uidls) if i != 5]
+    assert uidls[5] != p3_uidls[5] and len(set(uidls)) == n
+    srv.stop()
+    rc, out, err = migrate(srv, account)
+    assert rc == 0, (out, err)
+    assert ("%s: %d messages (uidl_format popbox): 0 keep the old server's UIDL, %d already "
+            "served by popboxd, 0 get a new UIDL" % (account, n, n)) in out, (out, err)
