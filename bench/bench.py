@@ -835,21 +835,24 @@ def corpus(root, prof):
         run([sys.executable, MKCORPUS, "--dir", mail, "--prefix", prefix, "--users", str(users),
              "--msgs", str(msgs), "--size", str(size), "--scheme", scheme])
     t0 = time.monotonic()
+    # only what the selected sections use (POPBOX_BENCH_ONLY; all without)
+    def used(*sections):
+        return any(want(x) for x in sections)
     mk("s", max(prof["sess_users"], max(prof["sweep"] or [1])), 3, 4096)
-    if prof["hashed"]:
+    if prof["hashed"] and used("sessions"):
         mk("h", prof["sess_users"], 3, 4096, "SHA512-CRYPT")
     mk("r", 8, prof["retr_msgs"], 4096)
-    if prof["m1_msgs"]:
+    if prof["m1_msgs"] and used("retr", "tls", "peruser"):
         mk("m", 8, prof["m1_msgs"], 1 << 20)
-    mk("i", max(prof["idle"]), 1, 2048)
-    if prof["big_msgs"]:
+    mk("i", max(prof["idle"]) if used("memory") else 1, 1, 2048)
+    if prof["big_msgs"] and used("bigbox", "mbox"):
         mk("b", 1, prof["big_msgs"], 2048)
     if want("mbox"):
         other = [n for n in prof["mbox_msgs"] if mbox_prefix(prof, n) == "x"]
         assert len(other) <= 1, "one mbox size besides big_msgs per profile"
         for n in other:
             mk("x", 1, n, 2048)
-    if prof["clients"]:
+    if prof["clients"] and used("fetch"):
         mk("f", 1, prof["fetch_4k"], 4096)
         mk("g", 1, prof["fetch_1m"], 1 << 20)
         if prof.get("fetch_accts"):
