@@ -595,6 +595,9 @@ child_forked(struct child *own)
 		master.sessions = sc->next;
 		session_child_free(sc);
 	}
+	/* ... and the other deliveries' result channels (their events
+	 * belong to the base) */
+	deliveries_forget();
 	event_base_free(master.base);
 	master.base = NULL;
 	for (size_t i = 0; i < master.n_children; i++) {
@@ -602,10 +605,8 @@ child_forked(struct child *own)
 		if (&master.children[i] != own)
 			close(master.children[i].control_child);
 	}
-	/* Other sessions' tickets, users and mail locations, and the other
-	 * deliveries' result channels. */
+	/* Other sessions' tickets, users and mail locations. */
 	grants_free();
-	deliveries_forget();
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGHUP, SIG_IGN);   /* reloads come over the control channel */
 	signal(SIGINT, SIG_IGN);   /* the master stops us on Ctrl-C */
