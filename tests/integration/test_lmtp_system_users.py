@@ -225,3 +225,40 @@ def test_postfix_delivers_to_a_system_user(server_factory, accounts, pam_service
         head, body = g.split(b"\r\n\r\n", 1)
         assert body in by_body and by_body[body] in head.split(b"\r\n"), g
         del by_body[body]
+
+
+def test_concurrent_deliveries_as_the_recipients(server_factory, accounts, pam_service):  # noqa: F811
+    """Eight LMTP connections at once, each five transactions to two users:
+    delivery processes run side by side (and the master forks while others
+    run); every message arrives once, as its user's file."""
+    import threading
+    m1, m2 = accounts["m1"], accounts["m2"]
+    srv = lmtp_server(server_factory, pam_service, "mbox:/var/mail/%u", {"mbox_format": "mboxrd"})
+    before = {u: len(python_mailbox_messages(os.path.join("/var/mail", u)))
+              if os.path.exists(os.path.join("/var/mail", u)) else 0 for u in (m1, m2)}
+    errors = []
+
+    def client(k):
+        try:
+            with LMTPRaw(srv.lmtp_port) as conn:
+                assert conn.lhlo()[0] == 250
+                for i in range(5):
+                    body = b"Subject: c%d-%d\n\nconcurrent %d %d\n" % (k, i, k, i)
+                    _, rr, _, done = lmtp_transaction(conn, "c@example.org", [m1, m2], body)
+                    assert [r[0] for r in rr] == [250, 250], rr
+                    assert [d[0] for d in done] == [250, 250], done
+        except Exception as e:    # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for u in (m1, m2):
+        spool = os.path.join("/var/mail", u)
+        assert os.stat(spool).st_uid == pwd.getpwnam(u).pw_uid
+        subjects = [m["Subject"] for m in __import__("mailbox").mbox(spool)]
+        new = sorted(s for s in subjects if s.startswith("c"))
+        assert new == sorted("c%d-%d" % (k, i) for k in range(8) for i in range(5)), u
+        assert len(subjects) == before[u] + 40
