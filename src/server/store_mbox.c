@@ -255,11 +255,17 @@ static int mbox_pwrite_all(int fd, const char *buf, size_t len, uint64_t off);
 /* A login after this many of our own appends parses them all anyway. */
 #define MBOX_INDEX_MAX_APPENDS 10000
 
-static uint64_t
+static inline uint64_t
 mbox_get64(const unsigned char *p)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	uint64_t v;
+	memcpy(&v, p, sizeof(v));    /* one unaligned load */
+	return v;
+#else
 	return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
 	    (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+#endif
 }
 
 static uint32_t
