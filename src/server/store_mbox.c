@@ -963,6 +963,59 @@ mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
 	}
 }
 
+/* After our own appends: the first keep messages are the index's, in its
+ * order, so each takes its remembered UIDL (what mbox_assign_uidls gives
+ * them too, without sorting 100,000 of them); the appended ones get their
+ * identity's UIDL, the k-th copy (counting the index's) its k-th, one
+ * taken already replaced as there. Hash tables: linear in the count. */
+static void
+mbox_assign_tail(struct mbox_store *ms, const struct mbox_index *old, uint32_t keep)
+{
+	uint32_t n = ms->store.count;
+	size_t size = 16;
+	while (size < 2 * (size_t)n)
+		size *= 2;
+	struct mbox_key_slot {
+		uint32_t msg;        /* first message with the key, + 1 */
+		uint32_t copies;
+	} *kt = xcalloc(size, sizeof(*kt));
+	uint32_t *ut = xcalloc(size, sizeof(*ut));
+	for (uint32_t i = 0; i < n; i++) {
+		const unsigned char *d = ms->msgs[i].digest;
+		size_t h = (size_t)mbox_get64(d) & (size - 1);
+		while (kt[h].msg != 0 && memcmp(ms->msgs[kt[h].msg - 1].digest, d, MBOX_KEY_LEN) != 0)
+			h = (h + 1) & (size - 1);
+		if (kt[h].msg == 0)
+			kt[h].msg = i + 1;
+		unsigned ordinal = kt[h].copies++;
+		if (i < keep) {
+			ms->store.messages[i].uidl = xstrdup(old->uidls[i]);
+			if (ms->sources != NULL)
+				ms->sources[i] = STORE_UIDL_REMEMBERED;
+		} else {
+			ms->store.messages[i].uidl = mbox_uidl_for(d, ordinal);
+		}
+		for (unsigned round = 1;; round++) {
+			const char *u = ms->store.messages[i].uidl;
+			size_t len = strlen(u);
+			size_t g = (size_t)mbox_index_sum(u, len, 5) & (size - 1);
+			while (ut[g] != 0 && strcmp(ms->store.messages[ut[g] - 1].uidl, u) != 0)
+				g = (g + 1) & (size - 1);
+			if (ut[g] == 0) {
+				ut[g] = i + 1;
+				break;
+			}
+			/* taken (the index's UIDLs are unique: only an appended one) */
+			char *v = mbox_uidl_for(d, round * 1000000 + i);
+			log_warnx("mbox %s: message %u had the UIDL of another, now %s", ms->path, i + 1, v);
+			free(ms->store.messages[i].uidl);
+			ms->store.messages[i].uidl = v;
+		}
+	}
+	free(kt);
+	free(ut);
+}
+
 /* ---------------------------------------------------------------- I/O */
 
 static int
@@ -1644,9 +1697,10 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 	ms->sources = xcalloc(ms->store.count ? ms->store.count : 1, sizeof(*ms->sources));
 	for (uint32_t i = 0; i < ms->store.count; i++)
 		ms->sources[i] = STORE_UIDL_OWN;
-	/* (after our appends: the index's messages get their own UIDLs back
-	 * through the same rule, the k-th copy the k-th) */
-	mbox_assign_uidls(ms, have_ix ? &ix : NULL);
+	if (parse_from > 0 && ms->uidl_format != UIDL_FORMAT_POPA3D)
+		mbox_assign_tail(ms, &ix, ix.count);
+	else
+		mbox_assign_uidls(ms, have_ix ? &ix : NULL);
 	if (!options || !options->keep_index)
 		mbox_index_write(ms, &ms->seen, ms->msgs, ms->store.messages, ms->store.count);
 done:

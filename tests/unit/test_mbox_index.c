@@ -249,6 +249,9 @@ test_own_append_parses_only_the_tail(void **state)
 	assert_int_equal(file_size(f->index), len0 + MBOX_IX_APPEND);
 	assert_int_equal(deliver(f, "Subject: newer\n\nagain\n"), DELIVERY_OK);
 	assert_int_equal(file_size(f->index), len0 + 2 * MBOX_IX_APPEND);
+	/* the same again (a copy when within the same second: its own UIDL) */
+	assert_int_equal(deliver(f, "Subject: newer\n\nagain\n"), DELIVERY_OK);
+	assert_int_equal(file_size(f->index), len0 + 3 * MBOX_IX_APPEND);
 	size_t len = 0;
 	char *ix = read_file(f->index, &len);
 
@@ -256,7 +259,8 @@ test_own_append_parses_only_the_tail(void **state)
 	assert_int_equal(mbox_last_open.parsed_from, old_size);
 	assert_int_equal(mbox_last_open.parsed_bytes, file_size(f->mbox) - old_size);
 	assert_int_equal(mbox_last_open.from_index, 5);
-	assert_int_equal(s.count, 7);
+	assert_int_equal(s.count, 8);
+	assert_string_not_equal(s.uidl[6], s.uidl[7]);
 	struct snap head = s;
 	head.count = 5;
 	assert_same(&cold, &head);
@@ -313,8 +317,8 @@ test_own_append_parses_only_the_tail(void **state)
 	assert_int_equal(file_size(f->index), before);
 	open_snap(f, false, &again);
 	assert_full_parse(f);
-	assert_int_equal(again.count, 9);
-	for (uint32_t i = 0; i < 7; i++)
+	assert_int_equal(again.count, 10);
+	for (uint32_t i = 0; i < 8; i++)
 		assert_string_equal(again.uidl[i], s.uidl[i]);
 	snap_free(&again);
 
@@ -331,7 +335,7 @@ test_own_append_parses_only_the_tail(void **state)
 	assert_int_equal(file_size(f->index), before);
 	open_snap(f, false, &again);
 	assert_full_parse(f);
-	assert_int_equal(again.count, 11);
+	assert_int_equal(again.count, 12);
 	snap_free(&again);
 
 	free(ix);
