@@ -764,8 +764,10 @@ mbox_index_note_append(struct mbox_store *ms, const struct mbox_ident *pre,
 	    mbox_get32(head + MBOX_IX_KNOWN) != 1)
 		goto out;
 	uint64_t size = (uint64_t)st.st_size;
-	uint64_t base_end = MBOX_IX_HEAD + (uint64_t)mbox_get32(head + MBOX_IX_COUNT) * MBOX_IX_REC +
-	    mbox_get64(head + MBOX_IX_STRINGS_LEN);
+	uint64_t count = mbox_get32(head + MBOX_IX_COUNT), slen = mbox_get64(head + MBOX_IX_STRINGS_LEN);
+	if (count > MBOX_MAX_MESSAGES || slen > count * (UIDL_MAX_LEN + 1))
+		goto out;
+	uint64_t base_end = MBOX_IX_HEAD + count * MBOX_IX_REC + slen;
 	if (size < base_end || (size - base_end) % MBOX_IX_APPEND != 0 ||
 	    (size - base_end) / MBOX_IX_APPEND >= MBOX_INDEX_MAX_APPENDS)
 		goto out;

@@ -103,6 +103,8 @@ fix_up(unsigned char *ix, size_t len, unsigned flags, const struct stat *st)
 	if (len < MBOX_IX_HEAD || memcmp(ix, MBOX_IX_MAGIC, MBOX_IX_MAGIC_LEN) != 0)
 		return;
 	uint64_t count = get32(ix + MBOX_IX_COUNT), slen = get64(ix + MBOX_IX_STRINGS_LEN);
+	if (slen > len)           /* (no wrap-around below) */
+		slen = len;
 	uint64_t base_end = MBOX_IX_HEAD + count * MBOX_IX_REC + slen;
 	if (flags & 3) {
 		uint64_t size = flags & 2 ? get64(ix + MBOX_IX_IDENT + 16) : (uint64_t)st->st_size;
