@@ -896,6 +896,16 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+def sweep_point(s, n, dur):
+    """One point of the scale curve; a run that does not end in its bound is
+    reported as missing (logged), not the end of the whole benchmark."""
+    try:
+        return pop3load("sessions", s.port, "-c", n, "-d", dur, "-u", s.upfx("s"), "-S", srv=s)
+    except subprocess.TimeoutExpired:
+        log("scale curve: %s with %d clients did not finish in time: no figure" % (s.name, n))
+        return {"rate": None, "p99_ms": None, "cpu_us": None, "errors": 0}
+
+
 def alternate(servers, reps, fn):
     """{server name: [results]}; order flips each repetition."""
     out = {s.name: [] for s in servers}
@@ -1048,9 +1058,12 @@ def bench(mode, prof):
         record("session p99 latency, %d clients" % c, "ms", res, "p99_ms", None, "low")
         record("server CPU µs per session, PLAIN, %d clients" % c, "µs", res, "cpu_us", None, "low")
         # the scale curve: sessions/s and p99 latency against concurrency
+        # popa3d (a process per connection under socat, PAM and a crypt per
+        # login: ~25 ms of CPU a session) is measured up to 64 clients: 1,024
+        # of its sessions at once do not finish inside pop3load's bound
         for n in prof["sweep"]:
-            r2 = res if n == c else alternate(servers, max(1, reps - 1), lambda s: pop3load(
-                "sessions", s.port, "-c", n, "-d", dur, "-u", s.upfx("s"), "-S", srv=s))
+            at_n = [s for s in servers if s.name != "popa3d" or n <= 64]
+            r2 = res if n == c else alternate(at_n, max(1, reps - 1), lambda s: sweep_point(s, n, dur))
             ok &= errors_of(r2) == 0
             sweep[n] = {k: med([r["rate"] for r in v]) for k, v in r2.items()}
             sweep_p99[n] = {k: med([r.get("p99_ms") for r in v]) for k, v in r2.items()}
