@@ -152,6 +152,12 @@ class PostfixInstance:
         subprocess.run(["postqueue", "-c", self.conf, "-f"], check=True, capture_output=True,
                        timeout=RUNAWAY_SEC)
 
+    def mailq(self):
+        """postqueue -p: each queued message and why it waits."""
+        r = subprocess.run(["postqueue", "-c", self.conf, "-p"], capture_output=True,
+                           timeout=RUNAWAY_SEC)
+        return (r.stdout + r.stderr).decode(errors="replace")
+
     def log(self):
         try:
             with open(self.log_path, errors="replace") as f:

@@ -122,9 +122,11 @@ def test_postfix_delivers_over_lmtp_unix_and_inet_and_loses_nothing(server_facto
         except AssertionError as e:
             # seen once in a loaded make check (not reproduced): say what was
             # missing, and what Postfix said, for the next reader
-            state = "queued=%d delivered=%r sent=%r\nPostfix log (tail):\n%s" % (
-                pf.queued(), {u: count_new(srv, u) for u in USERS},
-                {u: len(sent[u]) for u in USERS}, pf.log()[-6000:])
+            state = ("queued=%d delivered=%r sent=%r\npostqueue -p:\n%s\n"
+                     "popboxd log (tail):\n%s\nPostfix log (tail):\n%s" % (
+                         pf.queued(), {u: count_new(srv, u) for u in USERS},
+                         {u: len(sent[u]) for u in USERS}, pf.mailq(),
+                         srv.log()[-4000:], pf.log()[-4000:]))
             raise AssertionError("%s\n%s" % (e, state)) from None
         check_maildrops(srv, sent)
         assert sum(len(v) for v in sent.values()) == 144   # 120 messages, 24 of them to two users
