@@ -9,6 +9,7 @@ and none twice."""
 
 import os
 import re
+import time
 
 import pytest
 
@@ -116,9 +117,21 @@ def test_postfix_delivers_over_lmtp_unix_and_inet_and_loses_nothing(server_facto
         assert {u: count_new(srv, u) for u in USERS} == before
 
         srv.start()
-        pf.flush()
+        # postqueue -f now and every few seconds, as an administrator would:
+        # a message that Postfix's error agent still holds locked when the
+        # flush reaches it is logged "skipped, still being delivered" and put
+        # back into the incoming queue 60 s ahead, which the queue manager
+        # only rescans at its next wakeup (300 s) or the next flush; seen in
+        # loaded runs, nothing popboxd can change
+        last_flush = [0.0]
+
+        def all_in_flushing():
+            if time.monotonic() - last_flush[0] > 5:
+                pf.flush()
+                last_flush[0] = time.monotonic()
+            return all_in()
         try:
-            wait_until(all_in, "the 20 deferred messages arriving after popboxd is back")
+            wait_until(all_in_flushing, "the 20 deferred messages arriving after popboxd is back")
         except AssertionError as e:
             # seen once in a loaded make check (not reproduced): say what was
             # missing, and what Postfix said, for the next reader
