@@ -43,10 +43,10 @@
 #include "server/metrics.h"
 
 /* Listen backlog: bursts of connects queue in the kernel, not in us. The
- * kernel caps it at net.core.somaxconn (4096 since Linux 5.4): with 1,024
- * clients reconnecting at once a backlog of 1,024 overflowed while the
- * workers were busy, and each dropped SYN cost its client a 1 s retransmit
- * (bench/README.md, scale curve). */
+ * kernel caps it at net.core.somaxconn (4096 since Linux 5.4). With 1,024
+ * clients reconnecting at once, the kernel counted thousands of listen
+ * overflows against a backlog of 1,024, and each dropped SYN costs its
+ * client a 1 s retransmit (bench/README.md, scale curve). */
 #define MASTER_LISTEN_BACKLOG 65535
 /* Restart back-off for a child that died: starts here, doubles while the child
  * keeps dying young, capped so a fixed fault is picked up within half a minute. */

@@ -133,8 +133,8 @@ def test_postfix_delivers_over_lmtp_unix_and_inet_and_loses_nothing(server_facto
         try:
             wait_until(all_in_flushing, "the 20 deferred messages arriving after popboxd is back")
         except AssertionError as e:
-            # seen once in a loaded make check (not reproduced): say what was
-            # missing, and what Postfix said, for the next reader
+            # say what was missing, what Postfix still holds and why, and
+            # what both servers logged, for the next reader
             state = ("queued=%d delivered=%r sent=%r\npostqueue -p:\n%s\n"
                      "popboxd log (tail):\n%s\nPostfix log (tail):\n%s" % (
                          pf.queued(), {u: count_new(srv, u) for u in USERS},
