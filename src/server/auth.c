@@ -38,6 +38,7 @@
 #include "server/auth_sasl.h"
 #include "server/devices.h"
 #include "server/ipc.h"
+#include "server/ipc_queue.h"
 #include "server/popboxd.h"
 #include "server/recipient.h"
 
@@ -148,7 +149,21 @@ static struct {
 	/* the workers' channels, for IPC_USERS_POLICY after a load */
 	const int *worker_fds;
 	unsigned n_worker_fds;
+	/* what goes to each worker, in order, also while its side is full */
+	struct ipc_queue *worker_q[POPBOXD_MAX_WORKERS];
 } auth;
+
+/* Send to the worker behind fd. A worker busy accepting a connect storm may
+ * leave its side full for a while; the answer then waits in its queue
+ * rather than being dropped (its client would wait for the login timeout). */
+static int
+worker_send(int fd, const void *msg, size_t len)
+{
+	for (unsigned i = 0; i < auth.n_worker_fds; i++)
+		if (auth.worker_fds[i] == fd && auth.worker_q[i] != NULL)
+			return ipc_queue_send(auth.worker_q[i], msg, len);
+	return ipc_send(fd, msg, len);
+}
 
 /* IPC_USERS_POLICY to fd (-1: every worker): what users have of their own. */
 static void
@@ -161,7 +176,7 @@ policy_send(int fd)
 	size_t len = ipc_users_policy_encode(buf, sizeof(buf), &m);
 	for (unsigned i = 0; i < auth.n_worker_fds; i++)
 		if (fd < 0 || auth.worker_fds[i] == fd)
-			(void)ipc_send(auth.worker_fds[i], buf, len);
+			(void)worker_send(auth.worker_fds[i], buf, len);
 }
 
 /* The device separator in force ('\0': devices = no). */
@@ -225,7 +240,7 @@ reply_send(int fd, uint64_t id, enum auth_result result, const char *user, const
 {
 	const unsigned char *msg;
 	size_t len = result_encode(&msg, id, result, user, location, data);
-	if (ipc_send(fd, msg, len) < 0)
+	if (worker_send(fd, msg, len) < 0)
 		log_warn("cannot answer worker");
 }
 
@@ -233,7 +248,7 @@ static void
 delayed_reply_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct delayed_reply *d = arg;
-	if (ipc_send(d->fd, d->msg, d->len) < 0)
+	if (worker_send(d->fd, d->msg, d->len) < 0)
 		log_warn("cannot answer worker");
 	free(d);
 }
@@ -1087,6 +1102,8 @@ auth_main(struct child_env *env)
 	auth.penalty = auth_penalty_new(auth.config->auth_penalty_ipv6_prefix);
 	auth.worker_fds = env->auth_fds;
 	auth.n_worker_fds = env->n_workers;
+	for (unsigned i = 0; i < env->n_workers; i++)
+		auth.worker_q[i] = ipc_queue_new(auth.base, env->auth_fds[i]);
 	passdb_load_initial(env->users_fd, env->users_errno);
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);

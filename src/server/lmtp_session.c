@@ -797,7 +797,7 @@ lmtp_cmd_rcpt(struct lmtp_session *s, const char *args)
 	const struct ipc_rcpt_lookup m = { .request_id = id, .session_id = s->id,
 	    .address = address };
 	size_t len = ipc_rcpt_lookup_encode(buf, sizeof(buf), &m);
-	if (len == 0 || ipc_send(w->auth_fd, buf, len) < 0) {
+	if (len == 0 || worker_auth_send(w, buf, len) < 0) {
 		log_warn("lmtp %016llx: cannot reach the auth process", (unsigned long long)s->id);
 		lmtp_reply(s, "451 4.3.0 Recipient lookup failed, try again later");
 		return;

@@ -79,7 +79,7 @@ static bool
 login_request(struct session *s, uint64_t id, size_t len)
 {
 	struct worker *w = s->worker;
-	int r = ipc_send(w->auth_fd, request_buf, len);
+	int r = worker_auth_send(w, request_buf, len);
 	secure_wipe(request_buf, len);
 	if (r < 0) {
 		log_warn("session %016llx: cannot reach the auth process", (unsigned long long)s->id);
@@ -182,7 +182,7 @@ login_sasl_abort(struct session *s)
 {
 	unsigned char buf[IPC_HEADER_SIZE + 8];
 	const struct ipc_sasl_abort m = { .request_id = s->sasl_id, .session_id = s->id };
-	(void)ipc_send(s->worker->auth_fd, buf, ipc_sasl_abort_encode(buf, sizeof(buf), &m));
+	(void)worker_auth_send(s->worker, buf, ipc_sasl_abort_encode(buf, sizeof(buf), &m));
 }
 
 static void

@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "server/commands.h"
 #include "server/ipc.h"
+#include "server/ipc_queue.h"
 #include "server/iplimit.h"
 #include "server/lmtp_session.h"
 #include "server/login.h"
@@ -257,6 +258,14 @@ auth_channel_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+int
+worker_auth_send(struct worker *w, const void *msg, size_t len)
+{
+	if (w->auth_q == NULL)
+		return ipc_send(w->auth_fd, msg, len);
+	return ipc_queue_send(w->auth_q, msg, len);
+}
+
 static void
 control_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -385,8 +394,12 @@ worker_main(struct child_env *env)
 		la->w = &worker;
 		la->tls = env->listeners[i].tls;
 		la->lmtp = env->listeners[i].lmtp;
+		/* Backlog 0: the socket already listens with the master's
+		 * backlog (or systemd's). A negative value would make libevent
+		 * call listen(fd, 128) again and shrink the accept queue to
+		 * 128, which a connect storm overflows (bench/README.md). */
 		worker.listeners[i] = evconnlistener_new(worker.base, accept_cb, la,
-		    LEV_OPT_CLOSE_ON_EXEC, -1, env->listeners[i].fd);
+		    LEV_OPT_CLOSE_ON_EXEC, 0, env->listeners[i].fd);
 		if (worker.listeners[i] == NULL)
 			fatalx("cannot listen on %s", env->listeners[i].name);
 		evconnlistener_set_error_cb(worker.listeners[i], accept_error_cb);
@@ -394,13 +407,14 @@ worker_main(struct child_env *env)
 	worker.n_listeners = env->n_listeners;
 
 	worker.auth_ev = event_new(worker.base, worker.auth_fd, EV_READ | EV_PERSIST, auth_channel_cb, NULL);
+	worker.auth_q = ipc_queue_new(worker.base, worker.auth_fd);
 	{
 		/* What users have of their own (CAPA): until the answer, say
 		 * they may differ. */
 		unsigned char pbuf[IPC_HEADER_SIZE + 8];
 		const struct ipc_users_policy ask = { 0, 0 };
 		worker.users_policy = IPC_POLICY_EXPIRE_DIFFERS | IPC_POLICY_DELAY_DIFFERS;
-		(void)ipc_send(worker.auth_fd, pbuf, ipc_users_policy_encode(pbuf, sizeof(pbuf), &ask));
+		(void)worker_auth_send(&worker, pbuf, ipc_users_policy_encode(pbuf, sizeof(pbuf), &ask));
 	}
 	event_add(worker.auth_ev, NULL);
 	struct event *cev = event_new(worker.base, env->control_fd, EV_READ | EV_PERSIST, control_cb, NULL);

@@ -12,6 +12,7 @@
 
 struct session;
 struct lmtp_session;
+struct ipc_queue;
 
 struct worker {
 	struct event_base *base;
@@ -19,6 +20,7 @@ struct worker {
 	unsigned slot;
 	unsigned n_workers;
 	int auth_fd;                   /* SEQPACKET to the auth process (ipc.h) */
+	struct ipc_queue *auth_q;      /* sends on auth_fd in order (NULL: none) */
 	unsigned users_policy;         /* IPC_POLICY_* from the auth process */
 	struct event *auth_ev;
 	uint64_t next_request;         /* auth request ids (login.c) */
@@ -49,5 +51,9 @@ struct worker {
 	bool exit_when_idle;
 	void (*session_freed)(struct worker *w, uint64_t session_id);
 };
+
+/* A request to the auth process: sent, or kept in order until its side
+ * takes it (ipc_queue.h). -1 with errno when neither. */
+int worker_auth_send(struct worker *w, const void *msg, size_t len);
 
 #endif
