@@ -312,33 +312,72 @@ mbox_mix(uint64_t x)
 /* Not cryptographic: it finds torn writes and damage. Four lanes, each a
  * chain of bijections of its state (xor a word, rotate, multiply by an odd
  * number), joined by another such chain: a change confined to one 8-byte
- * word always changes the sum; the length is mixed in. */
-uint64_t
-mbox_index_sum(const void *data, size_t len, uint64_t seed)
+ * word always changes the sum; the length is mixed in. Fed in pieces
+ * (mbox_sum_blocks: whole 32-byte blocks; mbox_sum_end: the rest) so that
+ * a warm login checks the records as it reads them into a buffer that
+ * stays in the cache; mbox_index_sum is the same over one piece. */
+struct mbox_sum {
+	uint64_t v[4];
+	uint64_t seed;
+	size_t len;
+};
+
+static void
+mbox_sum_init(struct mbox_sum *c, uint64_t seed)
 {
-	const unsigned char *p = data;
-	uint64_t v[4] = { seed ^ MBOX_SUM_P1, seed ^ MBOX_SUM_P2, seed ^ MBOX_SUM_P3,
-		seed + MBOX_SUM_P1 };
-	size_t i = 0;
-	for (; i + 32 <= len; i += 32) {
-		v[0] = mbox_rotl(v[0] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
-		v[1] = mbox_rotl(v[1] ^ mbox_get64(p + i + 8), 29) * MBOX_SUM_P2;
-		v[2] = mbox_rotl(v[2] ^ mbox_get64(p + i + 16), 29) * MBOX_SUM_P2;
-		v[3] = mbox_rotl(v[3] ^ mbox_get64(p + i + 24), 29) * MBOX_SUM_P2;
+	c->v[0] = seed ^ MBOX_SUM_P1;
+	c->v[1] = seed ^ MBOX_SUM_P2;
+	c->v[2] = seed ^ MBOX_SUM_P3;
+	c->v[3] = seed + MBOX_SUM_P1;
+	c->seed = seed;
+	c->len = 0;
+}
+
+/* len: a multiple of 32 */
+static void
+mbox_sum_blocks(struct mbox_sum *c, const unsigned char *p, size_t len)
+{
+	uint64_t v0 = c->v[0], v1 = c->v[1], v2 = c->v[2], v3 = c->v[3];
+	for (size_t i = 0; i + 32 <= len; i += 32) {
+		v0 = mbox_rotl(v0 ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
+		v1 = mbox_rotl(v1 ^ mbox_get64(p + i + 8), 29) * MBOX_SUM_P2;
+		v2 = mbox_rotl(v2 ^ mbox_get64(p + i + 16), 29) * MBOX_SUM_P2;
+		v3 = mbox_rotl(v3 ^ mbox_get64(p + i + 24), 29) * MBOX_SUM_P2;
 	}
+	c->v[0] = v0;
+	c->v[1] = v1;
+	c->v[2] = v2;
+	c->v[3] = v3;
+	c->len += len;
+}
+
+static uint64_t
+mbox_sum_end(struct mbox_sum *c, const unsigned char *p, size_t len)
+{
+	size_t i = len & ~(size_t)31;
+	mbox_sum_blocks(c, p, i);
 	unsigned k = 0;
 	for (; i + 8 <= len; i += 8, k++)
-		v[k] = mbox_rotl(v[k] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
+		c->v[k] = mbox_rotl(c->v[k] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
 	if (i < len) {
 		uint64_t w = 0;
 		for (unsigned j = 0; i + j < len; j++)
 			w |= (uint64_t)p[i + j] << (8 * j);
-		v[k] = mbox_rotl(v[k] ^ w, 29) * MBOX_SUM_P2;
+		c->v[k] = mbox_rotl(c->v[k] ^ w, 29) * MBOX_SUM_P2;
 	}
-	uint64_t h = (uint64_t)len * MBOX_SUM_P1 + seed;
+	c->len += len - (len & ~(size_t)31);
+	uint64_t h = (uint64_t)c->len * MBOX_SUM_P1 + c->seed;
 	for (k = 0; k < 4; k++)
-		h = mbox_rotl(h ^ mbox_mix(v[k]), 31) * MBOX_SUM_P3;
+		h = mbox_rotl(h ^ mbox_mix(c->v[k]), 31) * MBOX_SUM_P3;
 	return mbox_mix(h);
+}
+
+uint64_t
+mbox_index_sum(const void *data, size_t len, uint64_t seed)
+{
+	struct mbox_sum c;
+	mbox_sum_init(&c, seed);
+	return mbox_sum_end(&c, data, len);
 }
 
 static void
@@ -523,9 +562,14 @@ mbox_unhex_byte(const char *s, unsigned char *out)
 	return true;
 }
 
-/* Format 2 from fd (size bytes, header already in head). */
+/* Format 2 from fd (size bytes, header already in head); buf: MBOX_CHUNK
+ * bytes for the records, read and checked a piece at a time (read whole
+ * into memory of their own, then copied into the message table, they cost
+ * a warm login of 100,000 messages a third of its time in page faults and
+ * cache misses). */
 static bool
-mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox_index *ix)
+mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, char *buf,
+    struct mbox_index *ix)
 {
 	if (mbox_index_sum(head, MBOX_IX_HEAD_SUM, 1) != mbox_get64(head + MBOX_IX_HEAD_SUM))
 		return false;
@@ -540,59 +584,84 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 	ix->quoting = (int)mbox_get32(head + MBOX_IX_QUOTING);
 	if (known)
 		mbox_ident_get(head + MBOX_IX_IDENT, &ix->ident);
-	unsigned char *recs = xmalloc((size_t)count * MBOX_IX_REC + 1);
 	ix->strings = xmalloc((size_t)slen + 1);
 	ix->strings_len = (size_t)slen;
 	uint8_t *lens = xmalloc((size_t)count + 1);
 	bool ok = false;
-	if (mbox_pread_all(fd, (char *)recs, (size_t)count * MBOX_IX_REC, MBOX_IX_HEAD) < 0 ||
-	    mbox_pread_all(fd, ix->strings, (size_t)slen,
-	    MBOX_IX_HEAD + (uint64_t)count * MBOX_IX_REC) < 0)
-		goto out;
-	if (mbox_index_sum(recs, (size_t)count * MBOX_IX_REC, 2) != mbox_get64(head + MBOX_IX_RECS_SUM) ||
+	if (mbox_pread_all(fd, ix->strings, (size_t)slen,
+	    MBOX_IX_HEAD + (uint64_t)count * MBOX_IX_REC) < 0 ||
 	    mbox_index_sum(ix->strings, (size_t)slen, 3) != mbox_get64(head + MBOX_IX_STRINGS_SUM))
+		goto out;
+	/* The UIDLs follow each other in record order (mbox_index_write; the
+	 * records must say so): every byte of the area is printable or the NUL
+	 * that ends a UIDL, count NULs in all. One pass over the area instead
+	 * of one per UIDL. */
+	size_t nuls = 0;
+	unsigned bad = 0;
+	for (size_t j = 0; j < slen; j++) {
+		unsigned char c = (unsigned char)ix->strings[j];
+		nuls += c == 0;
+		bad |= c != 0 && c - 0x21u > 0x7eu - 0x21u;
+	}
+	if (bad || nuls != count)
 		goto out;
 	ix->msgs = xmalloc((size_t)(count ? count : 1) * sizeof(*ix->msgs));
 	ix->uidls = xmalloc((size_t)(count ? count : 1) * sizeof(*ix->uidls));
-	uint64_t from = 0;
-	for (uint32_t i = 0; i < count; i++) {
-		const unsigned char *r = recs + (size_t)i * MBOX_IX_REC;
-		struct mbox_message *m = &ix->msgs[i];
-		uint64_t end = mbox_get64(r + MBOX_IX_REC_END);
-		uint64_t dlen = mbox_get64(r + MBOX_IX_REC_DATA_LEN);
-		uint64_t wsize = mbox_get64(r + MBOX_IX_REC_SIZE);
-		uint32_t flen = mbox_get32(r + MBOX_IX_REC_FROM_LEN);
-		uint32_t uoff = mbox_get32(r + MBOX_IX_REC_UIDL_OFF);
-		uint8_t ulen = r[MBOX_IX_REC_UIDL_LEN];
-		/* The layout must be one a parse could give. */
-		if (end <= from || end > INT64_MAX || flen > end - from || dlen > end - from - flen ||
-		    wsize > 2 * dlen + 2 || ulen == 0 || ulen > UIDL_MAX_LEN ||
-		    (uint64_t)uoff + ulen >= slen || ix->strings[uoff + ulen] != '\0')
+	struct mbox_sum sum;
+	mbox_sum_init(&sum, 2);
+	uint64_t rsum = count == 0 ? mbox_sum_end(&sum, (unsigned char *)buf, 0) : 0;
+	uint64_t from = 0, at = 0;
+	const uint32_t per = MBOX_CHUNK / MBOX_IX_REC;
+	for (uint32_t i0 = 0; i0 < count; i0 += per) {
+		uint32_t n = count - i0 < per ? count - i0 : per;
+		const unsigned char *recs = (const unsigned char *)buf;
+		if (mbox_pread_all(fd, buf, (size_t)n * MBOX_IX_REC,
+		    MBOX_IX_HEAD + (uint64_t)i0 * MBOX_IX_REC) < 0)
 			goto out;
-		for (unsigned j = MBOX_IX_REC_UIDL_LEN + 1; j < MBOX_IX_REC; j++)
-			if (r[j] != 0)
+		if (i0 + n < count)
+			mbox_sum_blocks(&sum, recs, (size_t)n * MBOX_IX_REC);
+		else
+			rsum = mbox_sum_end(&sum, recs, (size_t)n * MBOX_IX_REC);
+		for (uint32_t k = 0; k < n; k++) {
+			uint32_t i = i0 + k;
+			const unsigned char *r = recs + (size_t)k * MBOX_IX_REC;
+			struct mbox_message *m = &ix->msgs[i];
+			uint64_t end = mbox_get64(r + MBOX_IX_REC_END);
+			uint64_t dlen = mbox_get64(r + MBOX_IX_REC_DATA_LEN);
+			uint64_t wsize = mbox_get64(r + MBOX_IX_REC_SIZE);
+			uint32_t flen = mbox_get32(r + MBOX_IX_REC_FROM_LEN);
+			uint32_t uoff = mbox_get32(r + MBOX_IX_REC_UIDL_OFF);
+			/* the UIDL's length, then zeros to the record's end */
+			uint64_t tail = mbox_get64(r + MBOX_IX_REC_UIDL_LEN);
+			uint8_t ulen = (uint8_t)tail;
+			/* The layout must be one a parse could give; the UIDLs
+			 * tile the string area (so no NUL inside one: count
+			 * NULs in all, each ending one). */
+			if (end <= from || end > INT64_MAX || flen > end - from || dlen > end - from - flen ||
+			    wsize > 2 * dlen + 2 || ulen == 0 || ulen > UIDL_MAX_LEN || (tail >> 8) != 0 ||
+			    uoff != at || at + ulen >= slen || ix->strings[at + ulen] != '\0')
 				goto out;
-		const char *u = ix->strings + uoff;
-		for (unsigned j = 0; j < ulen; j++)
-			if ((unsigned char)u[j] - 0x21u > 0x7eu - 0x21u)
-				goto out;
-		m->from_offset = from;
-		m->data_offset = from + flen;
-		m->data_length = dlen;
-		m->end_offset = end;
-		m->size = wsize;
-		memcpy(m->digest, r + MBOX_IX_REC_KEY, MBOX_KEY_LEN);
-		memset(m->digest + MBOX_KEY_LEN, 0, MBOX_DIGEST_LEN - MBOX_KEY_LEN);
-		for (unsigned j = 0; j < 8; j++) {
-			unsigned char b = r[MBOX_IX_REC_P3 + j];
-			m->popa3d_uidl[2 * j] = mbox_hexdigits[b >> 4];
-			m->popa3d_uidl[2 * j + 1] = mbox_hexdigits[b & 15];
+			m->from_offset = from;
+			m->data_offset = from + flen;
+			m->data_length = dlen;
+			m->end_offset = end;
+			m->size = wsize;
+			memcpy(m->digest, r + MBOX_IX_REC_KEY, MBOX_KEY_LEN);
+			memset(m->digest + MBOX_KEY_LEN, 0, MBOX_DIGEST_LEN - MBOX_KEY_LEN);
+			for (unsigned j = 0; j < 8; j++) {
+				unsigned char b = r[MBOX_IX_REC_P3 + j];
+				m->popa3d_uidl[2 * j] = mbox_hexdigits[b >> 4];
+				m->popa3d_uidl[2 * j + 1] = mbox_hexdigits[b & 15];
+			}
+			m->popa3d_uidl[16] = '\0';
+			ix->uidls[i] = ix->strings + at;
+			lens[i] = ulen;
+			at += (uint64_t)ulen + 1;
+			from = end;
 		}
-		m->popa3d_uidl[16] = '\0';
-		ix->uidls[i] = ix->strings + uoff;
-		lens[i] = ulen;
-		from = end;
 	}
+	if (rsum != mbox_get64(head + MBOX_IX_RECS_SUM) || at != slen)
+		goto out;
 	if (known && from != ix->ident.size)
 		goto out;
 	if (!mbox_uidls_unique(ix->uidls, lens, count))
@@ -602,10 +671,10 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 	 * (or the header) left the file; the first that does not is the end. */
 	if (known) {
 		ix->chain_end = ix->ident;
-		uint64_t at = base_end;
+		uint64_t apos = base_end;
 		unsigned char a[MBOX_IX_APPEND];
-		while (at + MBOX_IX_APPEND <= size && ix->appends < MBOX_INDEX_MAX_APPENDS &&
-		    mbox_pread_all(fd, (char *)a, MBOX_IX_APPEND, at) == 0) {
+		while (apos + MBOX_IX_APPEND <= size && ix->appends < MBOX_INDEX_MAX_APPENDS &&
+		    mbox_pread_all(fd, (char *)a, MBOX_IX_APPEND, apos) == 0) {
 			struct mbox_ident pre, post;
 			if (memcmp(a, MBOX_IX_APPEND_MAGIC, 8) != 0 ||
 			    mbox_index_sum(a, MBOX_IX_APPEND_SUM, 4) != mbox_get64(a + MBOX_IX_APPEND_SUM))
@@ -617,12 +686,11 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 				break;
 			ix->chain_end = post;
 			ix->appends++;
-			at += MBOX_IX_APPEND;
+			apos += MBOX_IX_APPEND;
 		}
 	}
 	ok = true;
 out:
-	free(recs);
 	free(lens);
 	return ok;
 }
@@ -630,7 +698,7 @@ out:
 /* Read BASE.popbox-index; false (ix empty) if missing or damaged: the
  * index is a cache, the mbox the truth. */
 static bool
-mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
+mbox_index_read(struct mbox_store *ms, char *buf, struct mbox_index *ix)
 {
 	char *name = mbox_name(ms, ".popbox-index");
 	unsigned char head[MBOX_IX_HEAD];
@@ -659,7 +727,7 @@ mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
 	if ((uint64_t)st.st_size < MBOX_IX_HEAD || mbox_pread_all(fd, (char *)head, MBOX_IX_HEAD, 0) < 0 ||
 	    memcmp(head, MBOX_IX_MAGIC, MBOX_IX_MAGIC_LEN) != 0)
 		goto out;
-	ok = mbox_index_read_v2(fd, (uint64_t)st.st_size, head, ix);
+	ok = mbox_index_read_v2(fd, (uint64_t)st.st_size, head, buf, ix);
 out:
 	close(fd);
 	if (!ok)
@@ -1630,7 +1698,7 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 		goto fail;
 	}
 	mbox_ident_of(&st, &ms->seen);
-	have_ix = mbox_index_read(ms, &ix);
+	have_ix = mbox_index_read(ms, buf, &ix);
 	bool usable = have_ix && !ix.legacy && ix.quoting == (int)ms->quoting;
 	uint64_t parse_from = 0;
 	if (usable && mbox_ident_eq(&ix.ident, &ms->seen)) {
