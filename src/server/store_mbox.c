@@ -426,8 +426,9 @@ struct mbox_index {
 	char **uidls;                /* legacy: malloc'd each; else into strings */
 	char *strings;               /* the string area (format 2) */
 	size_t strings_len;
-	void *map;                   /* format 2: recs, then strings */
+	void *map;                   /* format 2: smsgs, recs, strings */
 	size_t map_len;
+	struct store_message *smsgs; /* count zeroed ones: the warm login's */
 	uint32_t count;
 	/* After our own appends (MBOX_INDEX_APPEND records): the file's
 	 * identity after the last one; bytes from ident.size on are new. */
@@ -671,13 +672,20 @@ mbox_index_expand(struct mbox_index *ix)
 /* UIDLs of a format-2 index are unique (store.h); checked with a hash
  * table (a sort would cost more than the rest of a warm login). Each
  * record's UIDL is at its offset in strings, its length in the record. */
-static bool
-mbox_uidls_unique(const unsigned char *recs, const char *strings, uint32_t n)
+static size_t
+mbox_unique_slots(uint32_t n)
 {
 	size_t size = 16;
 	while (size < 2 * (size_t)n)
 		size *= 2;
-	uint32_t *slot = xcalloc(size, sizeof(*slot));
+	return size;
+}
+
+/* slot: size (mbox_unique_slots) zeroed ones */
+static bool
+mbox_uidls_unique(const unsigned char *recs, const char *strings, uint32_t n, uint32_t *slot,
+    size_t size)
+{
 	bool ok = true;
 	for (uint32_t i = 0; i < n && ok; i++) {
 		const unsigned char *r = mbox_rec(recs, i);
@@ -698,7 +706,6 @@ mbox_uidls_unique(const unsigned char *recs, const char *strings, uint32_t n)
 			}
 		}
 	}
-	free(slot);
 	return ok;
 }
 
@@ -724,17 +731,27 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 	 * dear in a virtual machine) were a quarter of a warm login. Read a
 	 * piece at a time, each checksummed (and the string area's bytes
 	 * checked) while it is still in the cache. */
+	/* The store's message array and the uniqueness check's hash table
+	 * (mbox_uidls_unique, unmapped after it) are in it too: both are
+	 * first read then written, which on malloc'd memory costs two
+	 * faults a page and a TLB shootdown across the worker's threads. */
 	size_t rlen = (size_t)count * MBOX_IX_REC;
-	ix->map_len = rlen + (size_t)slen + 1;
+	size_t mlen = (size_t)count * sizeof(struct store_message);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t hsize = mbox_unique_slots(count);
+	size_t keep = (mlen + rlen + (size_t)slen + 1 + page - 1) / page * page;
+	ix->map_len = keep + hsize * sizeof(uint32_t);
 	ix->map = mmap(NULL, ix->map_len, PROT_READ | PROT_WRITE,
 	    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (ix->map == MAP_FAILED) {
 		ix->map = NULL;
 		return false;
 	}
-	ix->recs = ix->map;
-	ix->strings = (char *)ix->map + rlen;
+	ix->smsgs = ix->map;
+	ix->recs = (unsigned char *)ix->map + mlen;
+	ix->strings = (char *)ix->recs + rlen;
 	ix->strings_len = (size_t)slen;
+	uint32_t *slots = (uint32_t *)(void *)((char *)ix->map + keep);
 	struct mbox_sum sum;
 	mbox_sum_init(&sum, 2);
 	for (size_t off = 0; off < rlen; off += MBOX_IX_PIECE) {
@@ -799,7 +816,10 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 		return false;
 	if (known && from != ix->ident.size)
 		return false;
-	if (!mbox_uidls_unique(ix->recs, ix->strings, count))
+	bool unique = mbox_uidls_unique(ix->recs, ix->strings, count, slots, hsize);
+	munmap(slots, ix->map_len - keep);
+	ix->map_len = keep;
+	if (!unique)
 		return false;
 	ix->count = count;
 	/* Our own appends since: each record starts from where the last one
@@ -1825,7 +1845,7 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 		/* Warm: the file is as the index describes it. */
 		ms->recs = ix.recs;
 		ms->store.count = ix.count;
-		ms->store.messages = xcalloc(ix.count ? ix.count : 1, sizeof(*ms->store.messages));
+		ms->store.messages = ix.smsgs;
 		for (uint32_t i = 0; i < ix.count; i++)
 			ms->store.messages[i].uidl = ix.strings +
 			    mbox_get32(mbox_rec(ix.recs, i) + MBOX_IX_REC_UIDL_OFF);
@@ -2150,11 +2170,12 @@ store_mbox_close(struct store *store)
 	for (uint32_t i = 0; i < store->count; i++)
 		if (mbox_uidl_owned(ms, store->messages[i].uidl))
 			free(store->messages[i].uidl);
-	free(store->messages);
-	if (ms->map != NULL)
-		munmap(ms->map, ms->map_len);
-	else
+	if (ms->map != NULL) {
+		munmap(ms->map, ms->map_len);    /* messages, recs, strings */
+	} else {
+		free(store->messages);
 		free(ms->recs);
+	}
 	free(ms->msgs);
 	free(ms->sources);
 	if (ms->fd >= 0)
