@@ -55,6 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,6 +64,9 @@
 #define MBOX_MAX_MESSAGES 1000000
 /* Read size for parsing and copying. */
 #define MBOX_CHUNK (1024 * 1024)
+/* Read size of the index's records and string area: checked while in
+ * the cache (a multiple of 32 for mbox_sum_blocks). */
+#define MBOX_IX_PIECE (256 * 1024)
 /* The index is read whole; about 200 bytes a message. */
 #define MBOX_INDEX_MAX_BYTES ((size_t)256 << 20)
 #define MBOX_DEFAULT_LOCK_WAIT_MS 10000
@@ -89,7 +93,10 @@ struct mbox_store {
 	int fd;                      /* the mbox; -1: it did not exist */
 	bool writable;
 	struct lock *session_lock;
-	struct mbox_message *msgs;   /* store.count of them */
+	/* store.count messages: as index records (mbox_rec_*); during the
+	 * open of a login that parses, msgs first (then made records) */
+	unsigned char *recs;
+	struct mbox_message *msgs;
 	uint64_t snap_size;          /* the file's size the scan covered */
 	struct mbox_ident seen;      /* last stat known to agree with msgs */
 	enum wire_from_quoting quoting;
@@ -98,9 +105,11 @@ struct mbox_store {
 	enum uidl_format uidl_format;  /* for messages not served before */
 	enum store_uidl_source *sources;  /* during the open: for options->report */
 	/* A warm login's UIDLs point into the index's string area (not
-	 * freed one by one). */
+	 * freed one by one); it and recs are then in map (mbox_map_alloc). */
 	char *strings;
 	size_t strings_len;
+	void *map;
+	size_t map_len;
 };
 
 /* Is u one of the store's own allocations (not in the string area)? */
@@ -312,33 +321,72 @@ mbox_mix(uint64_t x)
 /* Not cryptographic: it finds torn writes and damage. Four lanes, each a
  * chain of bijections of its state (xor a word, rotate, multiply by an odd
  * number), joined by another such chain: a change confined to one 8-byte
- * word always changes the sum; the length is mixed in. */
-uint64_t
-mbox_index_sum(const void *data, size_t len, uint64_t seed)
+ * word always changes the sum; the length is mixed in. Fed in pieces
+ * (mbox_sum_blocks: whole 32-byte blocks; mbox_sum_end: the rest) so that
+ * a warm login checks the records as it reads them into a buffer that
+ * stays in the cache; mbox_index_sum is the same over one piece. */
+struct mbox_sum {
+	uint64_t v[4];
+	uint64_t seed;
+	size_t len;
+};
+
+static void
+mbox_sum_init(struct mbox_sum *c, uint64_t seed)
 {
-	const unsigned char *p = data;
-	uint64_t v[4] = { seed ^ MBOX_SUM_P1, seed ^ MBOX_SUM_P2, seed ^ MBOX_SUM_P3,
-		seed + MBOX_SUM_P1 };
-	size_t i = 0;
-	for (; i + 32 <= len; i += 32) {
-		v[0] = mbox_rotl(v[0] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
-		v[1] = mbox_rotl(v[1] ^ mbox_get64(p + i + 8), 29) * MBOX_SUM_P2;
-		v[2] = mbox_rotl(v[2] ^ mbox_get64(p + i + 16), 29) * MBOX_SUM_P2;
-		v[3] = mbox_rotl(v[3] ^ mbox_get64(p + i + 24), 29) * MBOX_SUM_P2;
+	c->v[0] = seed ^ MBOX_SUM_P1;
+	c->v[1] = seed ^ MBOX_SUM_P2;
+	c->v[2] = seed ^ MBOX_SUM_P3;
+	c->v[3] = seed + MBOX_SUM_P1;
+	c->seed = seed;
+	c->len = 0;
+}
+
+/* len: a multiple of 32 */
+static void
+mbox_sum_blocks(struct mbox_sum *c, const unsigned char *p, size_t len)
+{
+	uint64_t v0 = c->v[0], v1 = c->v[1], v2 = c->v[2], v3 = c->v[3];
+	for (size_t i = 0; i + 32 <= len; i += 32) {
+		v0 = mbox_rotl(v0 ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
+		v1 = mbox_rotl(v1 ^ mbox_get64(p + i + 8), 29) * MBOX_SUM_P2;
+		v2 = mbox_rotl(v2 ^ mbox_get64(p + i + 16), 29) * MBOX_SUM_P2;
+		v3 = mbox_rotl(v3 ^ mbox_get64(p + i + 24), 29) * MBOX_SUM_P2;
 	}
+	c->v[0] = v0;
+	c->v[1] = v1;
+	c->v[2] = v2;
+	c->v[3] = v3;
+	c->len += len;
+}
+
+static uint64_t
+mbox_sum_end(struct mbox_sum *c, const unsigned char *p, size_t len)
+{
+	size_t i = len & ~(size_t)31;
+	mbox_sum_blocks(c, p, i);
 	unsigned k = 0;
 	for (; i + 8 <= len; i += 8, k++)
-		v[k] = mbox_rotl(v[k] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
+		c->v[k] = mbox_rotl(c->v[k] ^ mbox_get64(p + i), 29) * MBOX_SUM_P2;
 	if (i < len) {
 		uint64_t w = 0;
 		for (unsigned j = 0; i + j < len; j++)
 			w |= (uint64_t)p[i + j] << (8 * j);
-		v[k] = mbox_rotl(v[k] ^ w, 29) * MBOX_SUM_P2;
+		c->v[k] = mbox_rotl(c->v[k] ^ w, 29) * MBOX_SUM_P2;
 	}
-	uint64_t h = (uint64_t)len * MBOX_SUM_P1 + seed;
+	c->len += len - (len & ~(size_t)31);
+	uint64_t h = (uint64_t)c->len * MBOX_SUM_P1 + c->seed;
 	for (k = 0; k < 4; k++)
-		h = mbox_rotl(h ^ mbox_mix(v[k]), 31) * MBOX_SUM_P3;
+		h = mbox_rotl(h ^ mbox_mix(c->v[k]), 31) * MBOX_SUM_P3;
 	return mbox_mix(h);
+}
+
+uint64_t
+mbox_index_sum(const void *data, size_t len, uint64_t seed)
+{
+	struct mbox_sum c;
+	mbox_sum_init(&c, seed);
+	return mbox_sum_end(&c, data, len);
 }
 
 static void
@@ -370,10 +418,17 @@ struct mbox_index {
 	struct mbox_ident ident;     /* the file msgs describe (unknown: only UIDLs remembered) */
 	int quoting;
 	bool legacy;                 /* format 1 (text): only its UIDLs are used */
+	/* Format 2: the records as in the file (count * MBOX_IX_REC bytes,
+	 * checked); msgs and uidls are made from them only when a login
+	 * parses (mbox_index_expand). */
+	unsigned char *recs;
 	struct mbox_message *msgs;
 	char **uidls;                /* legacy: malloc'd each; else into strings */
 	char *strings;               /* the string area (format 2) */
 	size_t strings_len;
+	void *map;                   /* format 2: smsgs, recs, strings */
+	size_t map_len;
+	struct store_message *smsgs; /* count zeroed ones: the warm login's */
 	uint32_t count;
 	/* After our own appends (MBOX_INDEX_APPEND records): the file's
 	 * identity after the last one; bytes from ident.size on are new. */
@@ -389,7 +444,8 @@ mbox_index_free(struct mbox_index *ix)
 			free(ix->uidls[i]);
 	free(ix->uidls);
 	free(ix->msgs);
-	free(ix->strings);
+	if (ix->map != NULL)
+		munmap(ix->map, ix->map_len);
 	memset(ix, 0, sizeof(*ix));
 }
 
@@ -482,32 +538,47 @@ mbox_index_read_v1(char *data, size_t len, struct mbox_index *ix)
 	}
 }
 
-/* UIDLs of a format-2 index are unique (store.h); checked with a hash
- * table (a sort would cost more than the rest of a warm login). */
-static bool
-mbox_uidls_unique(char *const *uidls, const uint8_t *lens, uint32_t n)
+/* The store's message table is the index's own record layout
+ * (store_mbox.h, MBOX_IX_REC bytes a message): a warm login reads the
+ * records from the file straight into place and uses them as they are.
+ * (Turned into a table of struct mbox_message, 96 bytes a message, they
+ * cost a warm login of 100,000 messages a third of its time in page
+ * faults and stalls on fresh memory.) A message starts where the one
+ * before ended. */
+static inline const unsigned char *
+mbox_rec(const unsigned char *recs, uint32_t i)
 {
-	size_t size = 16;
-	while (size < 2 * (size_t)n)
-		size *= 2;
-	uint32_t *slot = xcalloc(size, sizeof(*slot));
-	bool ok = true;
-	for (uint32_t i = 0; i < n && ok; i++) {
-		size_t h = (size_t)mbox_index_sum(uidls[i], lens[i], 5) & (size - 1);
-		for (;; h = (h + 1) & (size - 1)) {
-			uint32_t s = slot[h];
-			if (s == 0) {
-				slot[h] = i + 1;
-				break;
-			}
-			if (lens[s - 1] == lens[i] && memcmp(uidls[s - 1], uidls[i], lens[i]) == 0) {
-				ok = false;
-				break;
-			}
-		}
-	}
-	free(slot);
-	return ok;
+	return recs + (size_t)i * MBOX_IX_REC;
+}
+
+static inline uint64_t
+mbox_rec_end(const unsigned char *recs, uint32_t i)
+{
+	return mbox_get64(mbox_rec(recs, i) + MBOX_IX_REC_END);
+}
+
+static inline uint64_t
+mbox_rec_from(const unsigned char *recs, uint32_t i)
+{
+	return i == 0 ? 0 : mbox_rec_end(recs, i - 1);
+}
+
+static inline uint64_t
+mbox_rec_data_offset(const unsigned char *recs, uint32_t i)
+{
+	return mbox_rec_from(recs, i) + mbox_get32(mbox_rec(recs, i) + MBOX_IX_REC_FROM_LEN);
+}
+
+static inline uint64_t
+mbox_rec_data_length(const unsigned char *recs, uint32_t i)
+{
+	return mbox_get64(mbox_rec(recs, i) + MBOX_IX_REC_DATA_LEN);
+}
+
+static inline uint64_t
+mbox_rec_size(const unsigned char *recs, uint32_t i)
+{
+	return mbox_get64(mbox_rec(recs, i) + MBOX_IX_REC_SIZE);
 }
 
 static const char mbox_hexdigits[] = "0123456789abcdef";
@@ -521,6 +592,121 @@ mbox_unhex_byte(const char *s, unsigned char *out)
 		return false;
 	*out = b[0];
 	return true;
+}
+
+/* Record of m (the UIDL's place: uoff, ulen; 0 in memory). False if it
+ * cannot be one (a From_ line over 4 GB). */
+static bool
+mbox_rec_put(unsigned char *r, const struct mbox_message *m, uint32_t uoff, size_t ulen)
+{
+	if (m->data_offset - m->from_offset > UINT32_MAX)
+		return false;
+	memset(r, 0, MBOX_IX_REC);
+	mbox_put64(r + MBOX_IX_REC_END, m->end_offset);
+	mbox_put64(r + MBOX_IX_REC_DATA_LEN, m->data_length);
+	mbox_put64(r + MBOX_IX_REC_SIZE, m->size);
+	mbox_put32(r + MBOX_IX_REC_FROM_LEN, (uint32_t)(m->data_offset - m->from_offset));
+	mbox_put32(r + MBOX_IX_REC_UIDL_OFF, uoff);
+	memcpy(r + MBOX_IX_REC_KEY, m->digest, MBOX_KEY_LEN);
+	if (strlen(m->popa3d_uidl) == 16)
+		for (unsigned j = 0; j < 8; j++) {
+			unsigned char b = 0;
+			mbox_unhex_byte(m->popa3d_uidl + 2 * j, &b);
+			r[MBOX_IX_REC_P3 + j] = b;
+		}
+	r[MBOX_IX_REC_UIDL_LEN] = (unsigned char)ulen;
+	return true;
+}
+
+/* The i-th record as a struct mbox_message (the digest's bytes past the
+ * key zero, popa3d's UIDL in hex, as the index always gave them). */
+static void
+mbox_rec_get(const unsigned char *recs, uint32_t i, struct mbox_message *m)
+{
+	const unsigned char *r = mbox_rec(recs, i);
+	m->from_offset = mbox_rec_from(recs, i);
+	m->data_offset = m->from_offset + mbox_get32(r + MBOX_IX_REC_FROM_LEN);
+	m->data_length = mbox_get64(r + MBOX_IX_REC_DATA_LEN);
+	m->end_offset = mbox_get64(r + MBOX_IX_REC_END);
+	m->size = mbox_get64(r + MBOX_IX_REC_SIZE);
+	memcpy(m->digest, r + MBOX_IX_REC_KEY, MBOX_KEY_LEN);
+	memset(m->digest + MBOX_KEY_LEN, 0, MBOX_DIGEST_LEN - MBOX_KEY_LEN);
+	for (unsigned j = 0; j < 8; j++) {
+		unsigned char b = r[MBOX_IX_REC_P3 + j];
+		m->popa3d_uidl[2 * j] = mbox_hexdigits[b >> 4];
+		m->popa3d_uidl[2 * j + 1] = mbox_hexdigits[b & 15];
+	}
+	m->popa3d_uidl[16] = '\0';
+}
+
+/* Records of count parsed messages (malloc'd); NULL if one cannot be
+ * (a From_ line of 4 GB or more). */
+static unsigned char *
+mbox_recs_of(const struct mbox_message *msgs, uint32_t count)
+{
+	unsigned char *recs = xmalloc((size_t)(count ? count : 1) * MBOX_IX_REC);
+	for (uint32_t i = 0; i < count; i++) {
+		if (!mbox_rec_put(recs + (size_t)i * MBOX_IX_REC, &msgs[i], 0, 0)) {
+			free(recs);
+			return NULL;
+		}
+	}
+	return recs;
+}
+
+/* A format-2 index as the messages and UIDLs a parsing login compares
+ * with (the warm login does not need them). */
+static void
+mbox_index_expand(struct mbox_index *ix)
+{
+	if (ix->msgs != NULL || ix->recs == NULL)
+		return;
+	ix->msgs = xmalloc((size_t)(ix->count ? ix->count : 1) * sizeof(*ix->msgs));
+	ix->uidls = xmalloc((size_t)(ix->count ? ix->count : 1) * sizeof(*ix->uidls));
+	for (uint32_t i = 0; i < ix->count; i++) {
+		mbox_rec_get(ix->recs, i, &ix->msgs[i]);
+		ix->uidls[i] = ix->strings + mbox_get32(mbox_rec(ix->recs, i) + MBOX_IX_REC_UIDL_OFF);
+	}
+}
+
+/* UIDLs of a format-2 index are unique (store.h); checked with a hash
+ * table (a sort would cost more than the rest of a warm login). Each
+ * record's UIDL is at its offset in strings, its length in the record. */
+static size_t
+mbox_unique_slots(uint32_t n)
+{
+	size_t size = 16;
+	while (size < 2 * (size_t)n)
+		size *= 2;
+	return size;
+}
+
+/* slot: size (mbox_unique_slots) zeroed ones */
+static bool
+mbox_uidls_unique(const unsigned char *recs, const char *strings, uint32_t n, uint32_t *slot,
+    size_t size)
+{
+	bool ok = true;
+	for (uint32_t i = 0; i < n && ok; i++) {
+		const unsigned char *r = mbox_rec(recs, i);
+		const char *u = strings + mbox_get32(r + MBOX_IX_REC_UIDL_OFF);
+		uint8_t len = r[MBOX_IX_REC_UIDL_LEN];
+		size_t h = (size_t)mbox_index_sum(u, len, 5) & (size - 1);
+		for (;; h = (h + 1) & (size - 1)) {
+			uint32_t s = slot[h];
+			if (s == 0) {
+				slot[h] = i + 1;
+				break;
+			}
+			const unsigned char *o = mbox_rec(recs, s - 1);
+			if (o[MBOX_IX_REC_UIDL_LEN] == len &&
+			    memcmp(strings + mbox_get32(o + MBOX_IX_REC_UIDL_OFF), u, len) == 0) {
+				ok = false;
+				break;
+			}
+		}
+	}
+	return ok;
 }
 
 /* Format 2 from fd (size bytes, header already in head). */
@@ -540,72 +726,110 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 	ix->quoting = (int)mbox_get32(head + MBOX_IX_QUOTING);
 	if (known)
 		mbox_ident_get(head + MBOX_IX_IDENT, &ix->ident);
-	unsigned char *recs = xmalloc((size_t)count * MBOX_IX_REC + 1);
-	ix->strings = xmalloc((size_t)slen + 1);
+	/* Records and string area into one mapping, populated by the mmap
+	 * itself: thousands of page faults on fresh malloc'd memory (each
+	 * dear in a virtual machine) were a quarter of a warm login. Read a
+	 * piece at a time, each checksummed (and the string area's bytes
+	 * checked) while it is still in the cache. */
+	/* The store's message array and the uniqueness check's hash table
+	 * (mbox_uidls_unique, unmapped after it) are in it too: both are
+	 * first read then written, which on malloc'd memory costs two
+	 * faults a page and a TLB shootdown across the worker's threads. */
+	size_t rlen = (size_t)count * MBOX_IX_REC;
+	size_t mlen = (size_t)count * sizeof(struct store_message);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t hsize = mbox_unique_slots(count);
+	size_t keep = (mlen + rlen + (size_t)slen + 1 + page - 1) / page * page;
+	ix->map_len = keep + hsize * sizeof(uint32_t);
+	ix->map = mmap(NULL, ix->map_len, PROT_READ | PROT_WRITE,
+	    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (ix->map == MAP_FAILED) {
+		ix->map = NULL;
+		return false;
+	}
+	ix->smsgs = ix->map;
+	ix->recs = (unsigned char *)ix->map + mlen;
+	ix->strings = (char *)ix->recs + rlen;
 	ix->strings_len = (size_t)slen;
-	uint8_t *lens = xmalloc((size_t)count + 1);
-	bool ok = false;
-	if (mbox_pread_all(fd, (char *)recs, (size_t)count * MBOX_IX_REC, MBOX_IX_HEAD) < 0 ||
-	    mbox_pread_all(fd, ix->strings, (size_t)slen,
-	    MBOX_IX_HEAD + (uint64_t)count * MBOX_IX_REC) < 0)
-		goto out;
-	if (mbox_index_sum(recs, (size_t)count * MBOX_IX_REC, 2) != mbox_get64(head + MBOX_IX_RECS_SUM) ||
-	    mbox_index_sum(ix->strings, (size_t)slen, 3) != mbox_get64(head + MBOX_IX_STRINGS_SUM))
-		goto out;
-	ix->msgs = xmalloc((size_t)(count ? count : 1) * sizeof(*ix->msgs));
-	ix->uidls = xmalloc((size_t)(count ? count : 1) * sizeof(*ix->uidls));
-	uint64_t from = 0;
+	uint32_t *slots = (uint32_t *)(void *)((char *)ix->map + keep);
+	struct mbox_sum sum;
+	mbox_sum_init(&sum, 2);
+	for (size_t off = 0; off < rlen; off += MBOX_IX_PIECE) {
+		size_t n = rlen - off < MBOX_IX_PIECE ? rlen - off : MBOX_IX_PIECE;
+		if (mbox_pread_all(fd, (char *)ix->recs + off, n, MBOX_IX_HEAD + off) < 0)
+			return false;
+		if (off + n < rlen)
+			mbox_sum_blocks(&sum, ix->recs + off, n);
+		else if (mbox_sum_end(&sum, ix->recs + off, n) != mbox_get64(head + MBOX_IX_RECS_SUM))
+			return false;
+	}
+	if (rlen == 0 && mbox_sum_end(&sum, ix->recs, 0) != mbox_get64(head + MBOX_IX_RECS_SUM))
+		return false;
+	/* The UIDLs follow each other in record order (mbox_index_write; the
+	 * records must say so): every byte of the area is printable or the NUL
+	 * that ends a UIDL, count NULs in all. One pass over the area instead
+	 * of one per UIDL. */
+	size_t nuls = 0;
+	unsigned bad = 0;
+	mbox_sum_init(&sum, 3);
+	for (size_t off = 0; off < slen || off == 0; off += MBOX_IX_PIECE) {
+		size_t n = slen - off < MBOX_IX_PIECE ? slen - off : MBOX_IX_PIECE;
+		const unsigned char *p = (const unsigned char *)ix->strings + off;
+		if (mbox_pread_all(fd, (char *)p, n, MBOX_IX_HEAD + rlen + off) < 0)
+			return false;
+		for (size_t j = 0; j < n; j++) {
+			unsigned char c = p[j];
+			nuls += c == 0;
+			bad |= c != 0 && c - 0x21u > 0x7eu - 0x21u;
+		}
+		if (off + n < slen)
+			mbox_sum_blocks(&sum, p, n);
+		else if (mbox_sum_end(&sum, p, n) != mbox_get64(head + MBOX_IX_STRINGS_SUM))
+			return false;
+		if (n == 0)
+			break;
+	}
+	if (bad || nuls != count)
+		return false;
+	uint64_t from = 0, at = 0;
 	for (uint32_t i = 0; i < count; i++) {
-		const unsigned char *r = recs + (size_t)i * MBOX_IX_REC;
-		struct mbox_message *m = &ix->msgs[i];
+		const unsigned char *r = mbox_rec(ix->recs, i);
 		uint64_t end = mbox_get64(r + MBOX_IX_REC_END);
 		uint64_t dlen = mbox_get64(r + MBOX_IX_REC_DATA_LEN);
 		uint64_t wsize = mbox_get64(r + MBOX_IX_REC_SIZE);
 		uint32_t flen = mbox_get32(r + MBOX_IX_REC_FROM_LEN);
 		uint32_t uoff = mbox_get32(r + MBOX_IX_REC_UIDL_OFF);
-		uint8_t ulen = r[MBOX_IX_REC_UIDL_LEN];
-		/* The layout must be one a parse could give. */
+		/* the UIDL's length, then zeros to the record's end */
+		uint64_t tail = mbox_get64(r + MBOX_IX_REC_UIDL_LEN);
+		uint8_t ulen = (uint8_t)tail;
+		/* The layout must be one a parse could give; the UIDLs tile
+		 * the string area in record order (so no NUL inside one:
+		 * count NULs in all, each ending one). */
 		if (end <= from || end > INT64_MAX || flen > end - from || dlen > end - from - flen ||
-		    wsize > 2 * dlen + 2 || ulen == 0 || ulen > UIDL_MAX_LEN ||
-		    (uint64_t)uoff + ulen >= slen || ix->strings[uoff + ulen] != '\0')
-			goto out;
-		for (unsigned j = MBOX_IX_REC_UIDL_LEN + 1; j < MBOX_IX_REC; j++)
-			if (r[j] != 0)
-				goto out;
-		const char *u = ix->strings + uoff;
-		for (unsigned j = 0; j < ulen; j++)
-			if ((unsigned char)u[j] - 0x21u > 0x7eu - 0x21u)
-				goto out;
-		m->from_offset = from;
-		m->data_offset = from + flen;
-		m->data_length = dlen;
-		m->end_offset = end;
-		m->size = wsize;
-		memcpy(m->digest, r + MBOX_IX_REC_KEY, MBOX_KEY_LEN);
-		memset(m->digest + MBOX_KEY_LEN, 0, MBOX_DIGEST_LEN - MBOX_KEY_LEN);
-		for (unsigned j = 0; j < 8; j++) {
-			unsigned char b = r[MBOX_IX_REC_P3 + j];
-			m->popa3d_uidl[2 * j] = mbox_hexdigits[b >> 4];
-			m->popa3d_uidl[2 * j + 1] = mbox_hexdigits[b & 15];
-		}
-		m->popa3d_uidl[16] = '\0';
-		ix->uidls[i] = ix->strings + uoff;
-		lens[i] = ulen;
+		    wsize > 2 * dlen + 2 || ulen == 0 || ulen > UIDL_MAX_LEN || (tail >> 8) != 0 ||
+		    uoff != at || at + ulen >= slen || ix->strings[at + ulen] != '\0')
+			return false;
+		at += (uint64_t)ulen + 1;
 		from = end;
 	}
+	if (at != slen)
+		return false;
 	if (known && from != ix->ident.size)
-		goto out;
-	if (!mbox_uidls_unique(ix->uidls, lens, count))
-		goto out;
+		return false;
+	bool unique = mbox_uidls_unique(ix->recs, ix->strings, count, slots, hsize);
+	munmap(slots, ix->map_len - keep);
+	ix->map_len = keep;
+	if (!unique)
+		return false;
 	ix->count = count;
 	/* Our own appends since: each record starts from where the last one
 	 * (or the header) left the file; the first that does not is the end. */
 	if (known) {
 		ix->chain_end = ix->ident;
-		uint64_t at = base_end;
+		uint64_t apos = base_end;
 		unsigned char a[MBOX_IX_APPEND];
-		while (at + MBOX_IX_APPEND <= size && ix->appends < MBOX_INDEX_MAX_APPENDS &&
-		    mbox_pread_all(fd, (char *)a, MBOX_IX_APPEND, at) == 0) {
+		while (apos + MBOX_IX_APPEND <= size && ix->appends < MBOX_INDEX_MAX_APPENDS &&
+		    mbox_pread_all(fd, (char *)a, MBOX_IX_APPEND, apos) == 0) {
 			struct mbox_ident pre, post;
 			if (memcmp(a, MBOX_IX_APPEND_MAGIC, 8) != 0 ||
 			    mbox_index_sum(a, MBOX_IX_APPEND_SUM, 4) != mbox_get64(a + MBOX_IX_APPEND_SUM))
@@ -617,20 +841,16 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 				break;
 			ix->chain_end = post;
 			ix->appends++;
-			at += MBOX_IX_APPEND;
+			apos += MBOX_IX_APPEND;
 		}
 	}
-	ok = true;
-out:
-	free(recs);
-	free(lens);
-	return ok;
+	return true;
 }
 
 /* Read BASE.popbox-index; false (ix empty) if missing or damaged: the
  * index is a cache, the mbox the truth. */
 static bool
-mbox_index_read(struct mbox_store *ms, struct mbox_index *ix)
+mbox_index_read(struct mbox_store *ms, char *buf, struct mbox_index *ix)
 {
 	char *name = mbox_name(ms, ".popbox-index");
 	unsigned char head[MBOX_IX_HEAD];
@@ -684,26 +904,12 @@ mbox_index_write(struct mbox_store *ms, const struct mbox_ident *ident,
 	char *strings = (char *)recs + (size_t)count * MBOX_IX_REC;
 	size_t at = 0;
 	for (uint32_t i = 0; i < count; i++) {
-		const struct mbox_message *m = &msgs[i];
-		unsigned char *r = recs + (size_t)i * MBOX_IX_REC;
 		size_t ulen = strlen(smsgs[i].uidl);
-		if (m->data_offset - m->from_offset > UINT32_MAX || ulen == 0 || ulen > UIDL_MAX_LEN) {
+		if (ulen == 0 || ulen > UIDL_MAX_LEN ||
+		    !mbox_rec_put(recs + (size_t)i * MBOX_IX_REC, &msgs[i], (uint32_t)at, ulen)) {
 			log_warnx("mbox %s: message %u cannot be indexed; no index", ms->path, i + 1);
 			goto out;
 		}
-		mbox_put64(r + MBOX_IX_REC_END, m->end_offset);
-		mbox_put64(r + MBOX_IX_REC_DATA_LEN, m->data_length);
-		mbox_put64(r + MBOX_IX_REC_SIZE, m->size);
-		mbox_put32(r + MBOX_IX_REC_FROM_LEN, (uint32_t)(m->data_offset - m->from_offset));
-		mbox_put32(r + MBOX_IX_REC_UIDL_OFF, (uint32_t)at);
-		memcpy(r + MBOX_IX_REC_KEY, m->digest, MBOX_KEY_LEN);
-		if (strlen(m->popa3d_uidl) == 16)
-			for (unsigned j = 0; j < 8; j++) {
-				unsigned char b = 0;
-				mbox_unhex_byte(m->popa3d_uidl + 2 * j, &b);
-				r[MBOX_IX_REC_P3 + j] = b;
-			}
-		r[MBOX_IX_REC_UIDL_LEN] = (unsigned char)ulen;
 		memcpy(strings + at, smsgs[i].uidl, ulen + 1);
 		at += ulen + 1;
 	}
@@ -1485,10 +1691,12 @@ mbox_verify(struct mbox_store *ms, char **error_r)
 	}
 	bool same = count >= ms->store.count;
 	for (uint32_t i = 0; same && i < ms->store.count; i++) {
-		const struct mbox_message *a = &ms->msgs[i], *b = &msgs[i];
-		same = a->from_offset == b->from_offset && a->data_offset == b->data_offset &&
-		    a->data_length == b->data_length && a->size == b->size &&
-		    memcmp(a->digest, b->digest, MBOX_KEY_LEN) == 0;
+		const struct mbox_message *b = &msgs[i];
+		same = mbox_rec_from(ms->recs, i) == b->from_offset &&
+		    mbox_rec_data_offset(ms->recs, i) == b->data_offset &&
+		    mbox_rec_data_length(ms->recs, i) == b->data_length &&
+		    mbox_rec_size(ms->recs, i) == b->size &&
+		    memcmp(mbox_rec(ms->recs, i) + MBOX_IX_REC_KEY, b->digest, MBOX_KEY_LEN) == 0;
 	}
 	free(msgs);
 	if (!same)
@@ -1630,26 +1838,30 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 		goto fail;
 	}
 	mbox_ident_of(&st, &ms->seen);
-	have_ix = mbox_index_read(ms, &ix);
+	have_ix = mbox_index_read(ms, buf, &ix);
 	bool usable = have_ix && !ix.legacy && ix.quoting == (int)ms->quoting;
 	uint64_t parse_from = 0;
 	if (usable && mbox_ident_eq(&ix.ident, &ms->seen)) {
 		/* Warm: the file is as the index describes it. */
-		ms->msgs = ix.msgs;
+		ms->recs = ix.recs;
 		ms->store.count = ix.count;
-		ms->store.messages = xcalloc(ix.count ? ix.count : 1, sizeof(*ms->store.messages));
+		ms->store.messages = ix.smsgs;
 		for (uint32_t i = 0; i < ix.count; i++)
-			ms->store.messages[i].uidl = ix.uidls[i];
+			ms->store.messages[i].uidl = ix.strings +
+			    mbox_get32(mbox_rec(ix.recs, i) + MBOX_IX_REC_UIDL_OFF);
 		ms->strings = ix.strings;
 		ms->strings_len = ix.strings_len;
-		ix.strings = NULL;
-		ix.msgs = NULL;
+		ms->map = ix.map;
+		ms->map_len = ix.map_len;
+		ix.map = NULL;
 		ms->snap_size = ms->seen.size;
 		mbox_last_open = (struct mbox_open_stats){ ms->seen.size, 0, ix.count };
 		log_debug("mbox %s: parsed 0 bytes from offset %" PRIu64 " (%u messages from the index)",
 		    path, ms->seen.size, ix.count);
 		goto done;
 	}
+	if (have_ix)
+		mbox_index_expand(&ix);
 	if (usable && ix.appends > 0 && mbox_ident_eq(&ix.chain_end, &ms->seen)) {
 		/* Only our own appends since: the index holds the file up to
 		 * ix.ident.size, a From_ line starts there. */
@@ -1705,10 +1917,19 @@ store_mbox_open_with(const char *path, const struct store_open_options *options,
 		mbox_assign_uidls(ms, have_ix ? &ix : NULL);
 	if (!options || !options->keep_index)
 		mbox_index_write(ms, &ms->seen, ms->msgs, ms->store.messages, ms->store.count);
+	ms->recs = mbox_recs_of(ms->msgs, ms->store.count);
+	if (ms->recs == NULL) {
+		*error_r = xasprintf("mbox %s: a From_ line of 4 GB or more", path);
+		status = STORE_PERM;
+		goto fail;
+	}
+	free(ms->msgs);
+	ms->msgs = NULL;
 done:
 	for (uint32_t i = 0; i < ms->store.count; i++) {
-		ms->store.messages[i].size = ms->msgs[i].size;
-		ms->store.total_size += ms->msgs[i].size;
+		uint64_t msize = mbox_rec_size(ms->recs, i);
+		ms->store.messages[i].size = msize;
+		ms->store.total_size += msize;
 		if (options != NULL && options->report != NULL) {
 			/* no file names in an mbox: messages are named by number;
 			 * a message of its own without uidl_format = popa3d had
@@ -1784,8 +2005,8 @@ store_mbox_message_open(struct store *store, uint32_t idx, struct store_stream *
 	}
 	memset(stream_r, 0, sizeof(*stream_r));
 	stream_r->fd = fd;
-	stream_r->offset = (off_t)ms->msgs[idx].data_offset;
-	stream_r->length = (off_t)ms->msgs[idx].data_length;
+	stream_r->offset = (off_t)mbox_rec_data_offset(ms->recs, idx);
+	stream_r->length = (off_t)mbox_rec_data_length(ms->recs, idx);
 	stream_r->from_quoting = ms->quoting;
 	return STORE_OK;
 }
@@ -1843,7 +2064,7 @@ store_mbox_expunge(struct store *store, const bool *deleted, char **error_r)
 		goto out;
 	}
 	uint64_t cur = (uint64_t)st.st_size;
-	uint64_t d = ms->msgs[first].from_offset;
+	uint64_t d = mbox_rec_from(ms->recs, first);
 	/* T: the kept regions after d (adjacent ones merged), then what was
 	 * appended since the scan. */
 	size_t nsrc = 0;
@@ -1851,11 +2072,11 @@ store_mbox_expunge(struct store *store, const bool *deleted, char **error_r)
 	for (uint32_t i = first; i < store->count; i++) {
 		if (deleted[i])
 			continue;
-		const struct mbox_message *m = &ms->msgs[i];
-		if (nsrc > 0 && src[nsrc - 1].off + src[nsrc - 1].len == m->from_offset)
-			src[nsrc - 1].len += m->end_offset - m->from_offset;
+		uint64_t from = mbox_rec_from(ms->recs, i), end = mbox_rec_end(ms->recs, i);
+		if (nsrc > 0 && src[nsrc - 1].off + src[nsrc - 1].len == from)
+			src[nsrc - 1].len += end - from;
 		else
-			src[nsrc++] = (struct mbox_source){ ms->fd, m->from_offset, m->end_offset - m->from_offset };
+			src[nsrc++] = (struct mbox_source){ ms->fd, from, end - from };
 	}
 	bool appended = cur > ms->snap_size;
 	if (appended) {
@@ -1911,7 +2132,8 @@ store_mbox_expunge(struct store *store, const bool *deleted, char **error_r)
 		uint32_t k = 0;
 		uint64_t shift = 0;
 		for (uint32_t i = 0; i < store->count; i++) {
-			struct mbox_message m = ms->msgs[i];
+			struct mbox_message m;
+			mbox_rec_get(ms->recs, i, &m);
 			if (deleted[i]) {
 				shift += m.end_offset - m.from_offset;
 				continue;
@@ -1948,9 +2170,13 @@ store_mbox_close(struct store *store)
 	for (uint32_t i = 0; i < store->count; i++)
 		if (mbox_uidl_owned(ms, store->messages[i].uidl))
 			free(store->messages[i].uidl);
-	free(store->messages);
+	if (ms->map != NULL) {
+		munmap(ms->map, ms->map_len);    /* messages, recs, strings */
+	} else {
+		free(store->messages);
+		free(ms->recs);
+	}
 	free(ms->msgs);
-	free(ms->strings);
 	free(ms->sources);
 	if (ms->fd >= 0)
 		close(ms->fd);
