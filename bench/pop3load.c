@@ -11,6 +11,11 @@
  *   pop3load stream    [opts]   loopback TCP stream limit (own server thread)
  *   pop3load ideal-server [opts] answer every POP3 command with a fixed reply
  *                               from memory (the round-trip limit)
+ *   pop3load file-server -M MAILDIR [opts]  the same, but RETR reads the
+ *                               message from MAILDIR/cur (open, pread 64 KiB
+ *                               at a time, close), converts it to the wire
+ *                               form with popbox's encoder and writes each
+ *                               piece: the least work a Maildir server does
  *
  * Every loop is bounded by -d SECONDS (and optionally -n COUNT). Results are
  * printed as one line "RESULT mode=... key=value ..." on stdout; the exit
@@ -30,6 +35,7 @@
  *       names, colon-separated); the default is the library's list
  *   -k SESSIONS (idle)   -r READYFILE (idle: written when all are open)
  *   -m MSGS -s SIZE (ideal-server: maildrop it pretends to have)
+ *   -M MAILDIR (file-server: the Maildir every user is served)
  *   -S (bind a distinct 127.0.0.x source address per client)
  */
 #include <errno.h>
@@ -53,8 +59,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+
+#include "common/wire.h"
 
 /* ------------------------------------------------------------ options */
 
@@ -75,6 +85,7 @@ static const char *opt_ready = NULL;
 static int opt_msgs = 10;
 static long opt_size = 4096;
 static int opt_srcaddr = 0;
+static const char *opt_maildir = NULL;
 
 static SSL_CTX *client_ctx;
 static double t_deadline;
@@ -950,6 +961,230 @@ run_ideal(void)
 	_exit(0);
 }
 
+/* ------------------------------------------------------------ file server */
+
+/*
+ * The floor for a Maildir server: what no server can skip to answer RETR
+ * from a file (open, read, close, the CRLF/dot-stuffing conversion, one
+ * send), with nothing else: no event loop, no index, no per-session state,
+ * one thread per connection blocking in read and write, every user served
+ * the same directory. Its CPU per RETR and MB/s bound what popboxd can
+ * reach on this machine (bench/README.md).
+ */
+struct fmsg {
+	char *name;
+	size_t size;  /* on disk */
+	size_t wire;  /* its size as LIST gives it: CRLF line ends, no stuffed dots */
+};
+static struct fmsg *fmsgs;
+static int fnmsgs;
+static int fdirfd = -1;
+static char *file_list, *file_uidl, file_stat[64];
+static size_t file_list_len, file_uidl_len;
+
+static int
+fmsg_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct fmsg *)a)->name, ((const struct fmsg *)b)->name);
+}
+
+#define FILE_CHUNK (64 * 1024)
+
+/*
+ * RETR message m: open, pread FILE_CHUNK at a time (one pread for a small
+ * message), convert, write to c (NULL: only count). The status line goes
+ * out with the first piece and the terminator with the last, so a message
+ * of up to FILE_CHUNK octets is one read and one write. 0, or -1 if the
+ * file cannot be read in full or the write fails.
+ */
+static int
+file_retr(const struct fmsg *m, char *in, char *out, struct conn *c, size_t *wire_r)
+{
+	int fd = openat(fdirfd, m->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t o = (size_t)snprintf(out, 64, "+OK %zu octets\r\n", m->wire);
+	struct wire_encoder e;
+	wire_encoder_init(&e, -1);
+	size_t off = 0;
+	int rc = 0;
+	while (off < m->size) {
+		size_t want = m->size - off < FILE_CHUNK ? m->size - off : FILE_CHUNK;
+		ssize_t got = pread(fd, in, want, (off_t)off);
+		if (got <= 0) {
+			rc = -1;
+			break;
+		}
+		off += (size_t)got;
+		o += wire_encode(&e, in, (size_t)got, out + o);
+		if (off < m->size && o >= FILE_CHUNK) {
+			if (c && conn_write(c, out, o) < 0) {
+				rc = -1;
+				break;
+			}
+			o = 0;
+		}
+	}
+	close(fd);
+	if (rc < 0)
+		return -1;
+	o += wire_encode_finish(&e, out + o);
+	memcpy(out + o, ".\r\n", 3);
+	if (c && conn_write(c, out, o + 3) < 0)
+		return -1;
+	if (wire_r)
+		*wire_r = e.emitted - e.stuffed;
+	return 0;
+}
+
+static void
+file_build(void)
+{
+	if (!opt_maildir)
+		die("file-server needs -M MAILDIR");
+	char path[4096];
+	snprintf(path, sizeof path, "%s/cur", opt_maildir);
+	fdirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fdirfd < 0)
+		die("%s: %s", path, strerror(errno));
+	DIR *d = fdopendir(dup(fdirfd));
+	if (!d)
+		die("%s: %s", path, strerror(errno));
+	int cap = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		struct stat st;
+		if (de->d_name[0] == '.' || fstatat(fdirfd, de->d_name, &st, 0) < 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		if (fnmsgs == cap) {
+			cap = cap ? 2 * cap : 1024;
+			fmsgs = realloc(fmsgs, cap * sizeof *fmsgs);
+			if (!fmsgs)
+				die("out of memory");
+		}
+		fmsgs[fnmsgs].name = strdup(de->d_name);
+		fmsgs[fnmsgs].size = (size_t)st.st_size;
+		fmsgs[fnmsgs].wire = 0;
+		fnmsgs++;
+	}
+	closedir(d);
+	if (fnmsgs == 0)
+		die("%s: no messages", path);
+	qsort(fmsgs, fnmsgs, sizeof *fmsgs, fmsg_cmp);
+	char *in = malloc(FILE_CHUNK), *out = malloc(WIRE_ENCODE_MAX(FILE_CHUNK) + 96);
+	if (!in || !out)
+		die("out of memory");
+	size_t total = 0;
+	for (int i = 0; i < fnmsgs; i++) {
+		if (file_retr(&fmsgs[i], in, out, NULL, &fmsgs[i].wire) < 0)
+			die("%s: %s", fmsgs[i].name, strerror(errno));
+		total += fmsgs[i].wire;
+	}
+	free(in);
+	free(out);
+	file_list = malloc(64 + (size_t)fnmsgs * 40);
+	file_uidl = malloc(64 + (size_t)fnmsgs * 300);
+	if (!file_list || !file_uidl)
+		die("out of memory");
+	file_list_len = sprintf(file_list, "+OK %d messages\r\n", fnmsgs);
+	file_uidl_len = sprintf(file_uidl, "+OK\r\n");
+	for (int i = 0; i < fnmsgs; i++) {
+		file_list_len += sprintf(file_list + file_list_len, "%d %zu\r\n", i + 1, fmsgs[i].wire);
+		file_uidl_len += sprintf(file_uidl + file_uidl_len, "%d %.*s\r\n", i + 1,
+		    (int)strcspn(fmsgs[i].name, ":"), fmsgs[i].name);
+	}
+	file_list_len += sprintf(file_list + file_list_len, ".\r\n");
+	file_uidl_len += sprintf(file_uidl + file_uidl_len, ".\r\n");
+	snprintf(file_stat, sizeof file_stat, "+OK %d %zu\r\n", fnmsgs, total);
+}
+
+static void *
+file_thread(void *arg)
+{
+	(void)arg;
+	struct conn c;
+	c.cap = 4096;
+	c.buf = malloc(c.cap);
+	c.ssl = NULL;
+	char *in = malloc(FILE_CHUNK), *out = malloc(WIRE_ENCODE_MAX(FILE_CHUNK) + 96);
+	if (!c.buf || !in || !out)
+		die("out of memory");
+	while (!time_up()) {
+		int fd = accept(ideal_lfd, NULL, NULL);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			break;
+		}
+		set_nodelay(fd);
+		c.fd = fd;
+		c.r = c.w = 0;
+		static const char greet[] = "+OK file POP3 server ready\r\n";
+		if (conn_write(&c, greet, sizeof greet - 1) < 0)
+			goto done;
+		char *line;
+		while ((line = conn_line(&c))) {
+			const void *o = "+OK\r\n";
+			size_t len = 5;
+			int quit = 0;
+			if (strncasecmp(line, "RETR ", 5) == 0) {
+				int k = atoi(line + 5);
+				if (k < 1 || k > fnmsgs) {
+					o = "-ERR no such message\r\n";
+					len = strlen(o);
+				} else if (file_retr(&fmsgs[k - 1], in, out, &c, NULL) < 0) {
+					break;
+				} else {
+					continue;
+				}
+			} else if (strcasecmp(line, "LIST") == 0) {
+				o = file_list;
+				len = file_list_len;
+			} else if (strcasecmp(line, "UIDL") == 0) {
+				o = file_uidl;
+				len = file_uidl_len;
+			} else if (strncasecmp(line, "STAT", 4) == 0) {
+				o = file_stat;
+				len = strlen(file_stat);
+			} else if (strncasecmp(line, "QUIT", 4) == 0) {
+				quit = 1;
+			}
+			if (conn_write(&c, o, len) < 0 || quit)
+				break;
+		}
+done:
+		close(fd);
+	}
+	free(c.buf);
+	free(in);
+	free(out);
+	return NULL;
+}
+
+static int
+run_file_server(void)
+{
+	file_build();
+	ideal_lfd = socket(AF_INET, SOCK_STREAM, 0);
+	int one = 1;
+	setsockopt(ideal_lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(ideal_lfd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 ||
+	    listen(ideal_lfd, 1024) < 0)
+		die("bind %s:%d: %s", opt_host, opt_port, strerror(errno));
+	signal(SIGTERM, on_term);
+	signal(SIGINT, on_term);
+	int n = opt_clients < 1 ? 1 : opt_clients;
+	pthread_t *th = calloc(n, sizeof *th);
+	for (int i = 0; i < n; i++)
+		pthread_create(&th[i], NULL, file_thread, NULL);
+	fprintf(stderr, "pop3load: file server on %s:%d, %d threads, %d messages from %s\n", opt_host,
+	    opt_port, n, fnmsgs, opt_maildir);
+	while (!time_up())
+		usleep(50000);
+	_exit(0);
+}
+
 /* ------------------------------------------------------------ main */
 
 static void
@@ -959,7 +1194,8 @@ usage(void)
 	    "usage: pop3load sessions|tls|retr|idle|bigbox|stream|ideal-server [-H host] [-p port]\n"
 	    "       [-c clients] [-d seconds] [-n count] [-u userprefix] [-U nusers] [-o useroffset]\n"
 	    "       [-P password] [-T|-E] [-R none|ticket|cache] [-G groups] [-k sessions]\n"
-	    "       [-r readyfile] [-m msgs] [-s size] [-S]\n");
+	    "       [-r readyfile] [-m msgs] [-s size] [-S] [-M maildir]\n"
+	    "       pop3load file-server -M MAILDIR [-p port] [-c threads] [-d seconds]\n");
 	exit(2);
 }
 
@@ -971,7 +1207,7 @@ main(int argc, char **argv)
 	const char *mode = argv[1];
 	int ch;
 	optind = 2;
-	while ((ch = getopt(argc, argv, "H:p:c:d:n:u:U:o:P:TER:G:k:r:m:s:S")) != -1) {
+	while ((ch = getopt(argc, argv, "H:p:c:d:n:u:U:o:P:TER:G:k:r:m:s:SM:")) != -1) {
 		switch (ch) {
 		case 'H': opt_host = optarg; break;
 		case 'p': opt_port = atoi(optarg); break;
@@ -998,6 +1234,7 @@ main(int argc, char **argv)
 		case 'k': opt_sessions = atoi(optarg); break;
 		case 'r': opt_ready = optarg; break;
 		case 'm': opt_msgs = atoi(optarg); break;
+		case 'M': opt_maildir = optarg; break;
 		case 's': opt_size = atol(optarg); break;
 		case 'S': opt_srcaddr = 1; break;
 		default: usage();
@@ -1030,6 +1267,8 @@ main(int argc, char **argv)
 
 	if (strcmp(mode, "ideal-server") == 0)
 		return run_ideal();
+	if (strcmp(mode, "file-server") == 0)
+		return run_file_server();
 	if (strcmp(mode, "stream") == 0)
 		return run_stream();
 	if (strcmp(mode, "idle") == 0)

@@ -200,11 +200,17 @@ cmd_trans_send(struct session *s, uint32_t idx, int64_t top_lines)
 			session_reply(s, "-ERR [SYS/TEMP] Cannot read message %u, try again later", idx + 1);
 		return;
 	}
+	if (!session_stream_open(s, &st)) {
+		/* a directory or device in its place, an I/O error: nothing sent yet */
+		log_warn("session %016llx: message %u: read", (unsigned long long)s->id, idx + 1);
+		session_reply(s, "-ERR [SYS/TEMP] Cannot read message %u, try again later", idx + 1);
+		return;
+	}
 	if (top_lines < 0)
 		session_reply(s, "+OK %llu octets", (unsigned long long)message_at(s, idx)->size);
 	else
 		session_reply(s, "+OK Top of message %u follows", idx + 1);
-	session_stream_start(s, &st, top_lines);
+	session_stream_start(s, top_lines);
 }
 
 void

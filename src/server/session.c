@@ -406,6 +406,28 @@ session_close_all(struct worker *w, const char *reason)
 		}
 }
 
+/* One read of the message being streamed into the worker's read buffer:
+ * SESSION_READ_CHUNK, or what is left of a known length. A message of
+ * unknown length (a Maildir file: its size is not looked up, which saves
+ * an fstat per message) ends at the first short read, which for a regular
+ * file means its end: a small message costs one read. -1 on error. */
+static ssize_t
+session_stream_read(struct session *s)
+{
+	size_t want = SESSION_READ_CHUNK;
+	if (s->stream.length >= 0 && (off_t)want > s->stream.length - s->stream_pos)
+		want = (size_t)(s->stream.length - s->stream_pos);
+	if (want == 0 || s->stream_eof)
+		return 0;
+	ssize_t n;
+	do {
+		n = pread(s->stream.fd, s->worker->read_buf, want, s->stream.offset + s->stream_pos);
+	} while (n < 0 && errno == EINTR);
+	if (n >= 0 && (size_t)n < want && s->stream.length < 0)
+		s->stream_eof = true;
+	return n;
+}
+
 /* Fill the output buffer from the message file until it is full enough, the
  * message ends, or (TOP) the line limit is reached. Returns false when the
  * session was ended because the file could not be read. */
@@ -416,15 +438,10 @@ session_stream_fill(struct session *s)
 	char *buf = s->worker->read_buf;
 
 	while (s->streaming && evbuffer_get_length(out) < SESSION_OUTPUT_HIGH) {
-		size_t want = SESSION_READ_CHUNK;
-		if (s->stream.length >= 0 && (off_t)want > s->stream.length - s->stream_pos)
-			want = (size_t)(s->stream.length - s->stream_pos);
-		ssize_t n = 0;
-		if (want > 0) {
-			do {
-				n = pread(s->stream.fd, buf, want, s->stream.offset + s->stream_pos);
-			} while (n < 0 && errno == EINTR);
-		}
+		ssize_t n = s->stream_primed;
+		s->stream_primed = -1;
+		if (n < 0)
+			n = session_stream_read(s);
 		if (n < 0) {
 			/* Half a message was sent; there is no way to say -ERR now. */
 			log_warn("session %016llx: reading message", (unsigned long long)s->id);
@@ -453,14 +470,29 @@ session_stream_fill(struct session *s)
 	return true;
 }
 
-void
-session_stream_start(struct session *s, const struct store_stream *st, int64_t top_lines)
+bool
+session_stream_open(struct session *s, const struct store_stream *st)
 {
 	s->stream = *st;
 	s->stream_pos = 0;
+	s->stream_eof = false;
+	s->stream_primed = session_stream_read(s);
+	if (s->stream_primed < 0) {
+		int saved = errno;
+		close(s->stream.fd);
+		s->stream.fd = -1;
+		errno = saved;
+		return false;
+	}
+	return true;
+}
+
+void
+session_stream_start(struct session *s, int64_t top_lines)
+{
 	s->streaming = true;
 	wire_encoder_init(&s->enc, top_lines);
-	wire_encoder_set_from_quoting(&s->enc, st->from_quoting);
+	wire_encoder_set_from_quoting(&s->enc, s->stream.from_quoting);
 	session_stream_fill(s);
 }
 

@@ -154,8 +154,10 @@ struct session {
 
 	/* streaming RETR/TOP */
 	bool streaming;
+	bool stream_eof;              /* a read came back short: the file ended */
 	struct store_stream stream;
 	off_t stream_pos;
+	ssize_t stream_primed;        /* bytes of the first read in read_buf, -1 = none */
 	struct wire_encoder enc;
 
 	/* input framing */
@@ -257,10 +259,15 @@ void session_bad_line(struct session *s, const char *msg);
 void session_starttls(struct session *s);
 /* The connection's TLS object, NULL on a plain connection. */
 struct ssl_st *session_ssl(const struct session *s);
-/* Stream the message in st (taking its descriptor) as a RETR answer
+/* Take the message in st (and its descriptor) for streaming and read its
+ * first piece, before any status line is queued, so a file that cannot be
+ * read gets an -ERR rather than a cut connection. false: the read failed
+ * (errno set), the descriptor is closed and nothing is queued. */
+bool session_stream_open(struct session *s, const struct store_stream *st);
+/* Stream the message taken by session_stream_open as a RETR answer
  * (top_lines < 0) or TOP's, dot-stuffed and terminated, pausing while the
  * client does not read. The status line must be queued. */
-void session_stream_start(struct session *s, const struct store_stream *st, int64_t top_lines);
+void session_stream_start(struct session *s, int64_t top_lines);
 /* Send a multi-line answer made by fill (the status line must be queued)
  * as RETR's body is sent: fill is called while less than
  * SESSION_OUTPUT_HIGH is queued, again from the write callback as the

@@ -1604,7 +1604,6 @@ store_maildir_message_open(struct store *store, uint32_t idx, struct store_strea
 {
 	struct maildir_store *ms = (struct maildir_store *)store;
 	struct store_message *m;
-	struct stat st;
 	int fd, saved;
 
 	if (idx >= ms->store.count) {
@@ -1642,25 +1641,14 @@ store_maildir_message_open(struct store *store, uint32_t idx, struct store_strea
 		free(m->name);
 		m->name = found;
 	}
-	if (fstat(fd, &st) < 0) {
-		saved = errno;
-		close(fd);
-		*error_r = xasprintf("maildir %s: fstat message %u: %s", ms->path,
-		    idx + 1, strerror(saved));
-		return STORE_TEMP;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		*error_r = xasprintf("maildir %s: message %u is not a regular file",
-		    ms->path, idx + 1);
-		return STORE_PERM;
-	}
-	/* O_NONBLOCK stays: for a regular file it changes nothing. The length
-	 * is known (Maildir files never change), which saves the read that would
-	 * only find the end. */
+	/* No fstat: the stream reads until a short read (session.c), so the
+	 * length is not needed, and what is not a regular file fails that first
+	 * read (EISDIR, ESPIPE) before the status line is queued. The scan and
+	 * the index list regular files only. O_NONBLOCK stays: for a regular
+	 * file it changes nothing. */
 	stream_r->fd = fd;
 	stream_r->offset = 0;
-	stream_r->length = st.st_size;
+	stream_r->length = -1;
 	stream_r->from_quoting = WIRE_FROM_NONE;
 	return STORE_OK;
 }

@@ -220,6 +220,32 @@ def test_message_deleted_behind_the_servers_back(server):
     assert set(server.message_files()) == set(names) - {uidls[1], uidls[2]}
 
 
+def test_message_replaced_by_a_directory_or_fifo_gets_err_and_session_goes_on(server):
+    """A message file swapped for a directory or a FIFO after login: RETR and
+    TOP answer -ERR [SYS/TEMP] before any status line (the first read fails;
+    nothing half-sent, no hang on the FIFO), the session goes on, the other
+    messages are served in full, and QUIT removes only what was marked."""
+    names = fill(server, 3)
+    with server.session() as c:
+        uidls = c.uidl()
+        files = server.message_files()
+        os.unlink(files[uidls[1]])
+        os.mkdir(files[uidls[1]])
+        os.unlink(files[uidls[2]])
+        os.mkfifo(files[uidls[2]])
+        for cmd in ("RETR 1", "TOP 1 0", "RETR 2", "TOP 2 1"):
+            st = c.cmd(cmd)
+            assert st.startswith(b"-ERR [SYS/TEMP]"), (cmd, st)
+        st = c.cmd("RETR 3")
+        assert st.startswith(b"+OK"), st
+        assert c.read_multiline_raw() == wire_form(names[uidls[3]])
+        assert c.cmd("DELE 3").startswith(b"+OK")
+        assert c.cmd("QUIT").startswith(b"+OK")
+    left = server.message_files()
+    assert uidls[3] not in left
+    assert os.path.isdir(left[uidls[1]]) and uidls[2] in left
+
+
 # ------------------------------------------------------------------ lock, snapshot
 
 def test_second_login_gets_in_use(server):
