@@ -46,7 +46,7 @@ PROFILES = {
     "smoke": dict(reps=1, dur=1.0, sess_users=4, sess_clients=4, retr_msgs=20,
                   big_msgs=0, m1_msgs=0, idle=[20], sweep=[], hashed=False,
                   dovecot=False, popa3d=False, limits=False, clients=False, tls=True,
-                  tls_certs=["ECDSA P-256"], tls_groups=["X25519"], mbox_msgs=[300]),
+                  tls_certs=["ECDSA P-256"], tls_groups=["X25519"], mbox_msgs=[300], floor=True),
     "quick": dict(reps=3, dur=2.0, sess_users=64, sess_clients=64, retr_msgs=400,
                   big_msgs=20000, m1_msgs=10, idle=[500, 2000], sweep=[1, 8, 64],
                   hashed=True, dovecot=True, popa3d=True, limits=True, clients=True, tls=True,
@@ -358,6 +358,29 @@ class PopboxdPerUser(Popboxd):
         if linger is not None:
             self.lines.append("session_process_linger = %s" % linger)
         self.write_conf()
+
+
+class FileFloor(Server):
+    """The floor for RETR from a Maildir (pop3load file-server): open, pread,
+    close, popbox's CRLF/dot-stuffing encoder and a write per message, with
+    no index, no session state and no library event loop. With loop=False a
+    thread per connection blocks in read (160 threads), with loop=True two
+    epoll loops (one per vCPU, as popboxd's workers) serve every connection.
+    It serves the same untouched Maildirs (users PREFIX0..7) as the servers."""
+
+    def __init__(self, root, mail, prefix, loop):
+        self.name = "floor, 2 event loops" if loop else "floor, thread per connection"
+        self.dir = os.path.join(root, "floor")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.tls_port = None
+        self.cmd = [POP3LOAD, "file-server", "-p", str(self.port), "-M", os.path.join(mail, "%u"),
+                    "-u", prefix, "-U", "8", "-c", "2" if loop else "160", "-d", "3600"]
+        if loop:
+            self.cmd.append("-e")
+
+    def start(self):
+        self.spawn(self.cmd, "floor.log", self.name, 0.3)
 
 
 class Dovecot(Server):
@@ -1099,19 +1122,39 @@ def bench(mode, prof):
 
     # ---- RETR
     if want("retr"):
-        for n in (1, 8):
-            res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("r"), srv=s))
-            ok &= errors_of(res) == 0
-            record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
-                   limits.get("ideal_4k%d" % n))
-            record("server CPU µs per RETR 4 KiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
-        if prof["m1_msgs"]:
+        # beside the servers, the floor (FileFloor): what a server that does
+        # only the unavoidable work costs per message on this machine
+        def floors(prefix, kinds):
+            fl = [FileFloor(TMP, trees["pristine"], prefix, loop) for loop in kinds]
+            for f in fl:
+                f.start()
+            return fl
+        floor_kinds = (False, True) if prof.get("floor", prof["limits"]) else ()
+        fl = floors("r", floor_kinds)
+        try:
             for n in (1, 8):
-                res = alternate(servers, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("m"), srv=s))
+                res = alternate(servers + fl, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("r"), srv=s))
                 ok &= errors_of(res) == 0
-                record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
-                       limits.get("stream1" if n == 1 else "ideal_1m8"))
-                record("server CPU µs per RETR 1 MiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
+                record("RETR 4 KiB msgs/s, %d client%s" % (n, "s" if n > 1 else ""), "msgs/s", res, "rate",
+                       limits.get("ideal_4k%d" % n))
+                record("server CPU µs per RETR 4 KiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
+        finally:
+            for f in fl:
+                f.stop()
+        if prof["m1_msgs"]:
+            # the event-loop floor blocks its loop while a reply larger than
+            # the socket buffer goes out: only the threaded floor for 1 MiB
+            fl = floors("m", floor_kinds[:1])
+            try:
+                for n in (1, 8):
+                    res = alternate(servers + fl, reps, lambda s: pop3load("retr", s.port, "-c", n, "-d", dur, "-u", s.upfx("m"), srv=s))
+                    ok &= errors_of(res) == 0
+                    record("RETR 1 MiB MB/s, %d client%s" % (n, "s" if n > 1 else ""), "MB/s", res, "mbps",
+                           limits.get("stream1" if n == 1 else "ideal_1m8"))
+                    record("server CPU µs per RETR 1 MiB, %d client%s" % (n, "s" if n > 1 else ""), "µs", res, "cpu_us", None, "low")
+            finally:
+                for f in fl:
+                    f.stop()
 
     # ---- TLS: handshakes (full, resumed), STLS, RETR over TLS
     tls_servers = [s for s in servers if s.tls_port]
@@ -1620,6 +1663,9 @@ def render(rows, servers):
     """scenario | each server | ratio (popboxd vs Dovecot) | vs popa3d
     (popboxd vs popa3d, when popa3d ran) | popboxd / limit."""
     names = [s.name for s in servers]
+    # columns measured in some rows only (the RETR floors)
+    for row in rows:
+        names += [n for n in row[1] if n not in names]
     peers = [n for n in ("Dovecot", "popa3d") if n in names]
     heads = {"Dovecot": "ratio", "popa3d": "vs popa3d"}
     hdr = "| scenario | " + " | ".join(names) + " | " + "".join(heads[n] + " | " for n in peers) + "popboxd / limit |"

@@ -35,7 +35,10 @@
  *       names, colon-separated); the default is the library's list
  *   -k SESSIONS (idle)   -r READYFILE (idle: written when all are open)
  *   -m MSGS -s SIZE (ideal-server: maildrop it pretends to have)
- *   -M MAILDIR (file-server: the Maildir every user is served)
+ *   -M MAILDIR (file-server: the Maildir every user is served; with "%u" in
+ *       it and -u PFX -U N, the Maildirs of users PFX0..PFX{N-1}, by USER)
+ *   -e (file-server) -c event loops (epoll) instead of -c threads that each
+ *       serve one connection at a time
  *   -S (bind a distinct 127.0.0.x source address per client)
  */
 #include <errno.h>
@@ -53,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -86,6 +90,7 @@ static int opt_msgs = 10;
 static long opt_size = 4096;
 static int opt_srcaddr = 0;
 static const char *opt_maildir = NULL;
+static int opt_loop = 0;
 
 static SSL_CTX *client_ctx;
 static double t_deadline;
@@ -976,11 +981,17 @@ struct fmsg {
 	size_t size;  /* on disk */
 	size_t wire;  /* its size as LIST gives it: CRLF line ends, no stuffed dots */
 };
-static struct fmsg *fmsgs;
-static int fnmsgs;
-static int fdirfd = -1;
-static char *file_list, *file_uidl, file_stat[64];
-static size_t file_list_len, file_uidl_len;
+/* one maildrop, loaded at start */
+struct fbox {
+	char *user;
+	int dirfd;
+	struct fmsg *msgs;
+	int n;
+	char *list, *uidl, stat[64];
+	size_t list_len, uidl_len;
+};
+static struct fbox *fboxes;
+static int fnboxes;
 
 static int
 fmsg_cmp(const void *a, const void *b)
@@ -991,16 +1002,17 @@ fmsg_cmp(const void *a, const void *b)
 #define FILE_CHUNK (64 * 1024)
 
 /*
- * RETR message m: open, pread FILE_CHUNK at a time (one pread for a small
- * message), convert, write to c (NULL: only count). The status line goes
- * out with the first piece and the terminator with the last, so a message
- * of up to FILE_CHUNK octets is one read and one write. 0, or -1 if the
- * file cannot be read in full or the write fails.
+ * RETR message m of a maildrop whose cur/ is dirfd: open, pread FILE_CHUNK
+ * at a time (one pread for a small message), convert, write to c (NULL:
+ * only count). The status line goes out with the first piece and the
+ * terminator with the last, so a message of up to FILE_CHUNK octets is one
+ * read and one write. 0, or -1 if the file cannot be read in full or the
+ * write fails.
  */
 static int
-file_retr(const struct fmsg *m, char *in, char *out, struct conn *c, size_t *wire_r)
+file_retr(int dirfd, const struct fmsg *m, char *in, char *out, struct conn *c, size_t *wire_r)
 {
-	int fd = openat(fdirfd, m->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int fd = openat(dirfd, m->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
 	size_t o = (size_t)snprintf(out, 64, "+OK %zu octets\r\n", m->wire);
@@ -1038,67 +1050,126 @@ file_retr(const struct fmsg *m, char *in, char *out, struct conn *c, size_t *wir
 }
 
 static void
-file_build(void)
+file_load(struct fbox *bx, const char *maildir)
 {
-	if (!opt_maildir)
-		die("file-server needs -M MAILDIR");
-	char path[4096];
-	snprintf(path, sizeof path, "%s/cur", opt_maildir);
-	fdirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fdirfd < 0)
+	char path[4200];
+	snprintf(path, sizeof path, "%s/cur", maildir);
+	bx->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (bx->dirfd < 0)
 		die("%s: %s", path, strerror(errno));
-	DIR *d = fdopendir(dup(fdirfd));
+	DIR *d = fdopendir(dup(bx->dirfd));
 	if (!d)
 		die("%s: %s", path, strerror(errno));
 	int cap = 0;
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		struct stat st;
-		if (de->d_name[0] == '.' || fstatat(fdirfd, de->d_name, &st, 0) < 0 ||
+		if (de->d_name[0] == '.' || fstatat(bx->dirfd, de->d_name, &st, 0) < 0 ||
 		    !S_ISREG(st.st_mode))
 			continue;
-		if (fnmsgs == cap) {
+		if (bx->n == cap) {
 			cap = cap ? 2 * cap : 1024;
-			fmsgs = realloc(fmsgs, cap * sizeof *fmsgs);
-			if (!fmsgs)
+			bx->msgs = realloc(bx->msgs, cap * sizeof *bx->msgs);
+			if (!bx->msgs)
 				die("out of memory");
 		}
-		fmsgs[fnmsgs].name = strdup(de->d_name);
-		fmsgs[fnmsgs].size = (size_t)st.st_size;
-		fmsgs[fnmsgs].wire = 0;
-		fnmsgs++;
+		bx->msgs[bx->n].name = strdup(de->d_name);
+		bx->msgs[bx->n].size = (size_t)st.st_size;
+		bx->msgs[bx->n].wire = 0;
+		bx->n++;
 	}
 	closedir(d);
-	if (fnmsgs == 0)
+	if (bx->n == 0)
 		die("%s: no messages", path);
-	qsort(fmsgs, fnmsgs, sizeof *fmsgs, fmsg_cmp);
+	qsort(bx->msgs, bx->n, sizeof *bx->msgs, fmsg_cmp);
 	char *in = malloc(FILE_CHUNK), *out = malloc(WIRE_ENCODE_MAX(FILE_CHUNK) + 96);
 	if (!in || !out)
 		die("out of memory");
 	size_t total = 0;
-	for (int i = 0; i < fnmsgs; i++) {
-		if (file_retr(&fmsgs[i], in, out, NULL, &fmsgs[i].wire) < 0)
-			die("%s: %s", fmsgs[i].name, strerror(errno));
-		total += fmsgs[i].wire;
+	for (int i = 0; i < bx->n; i++) {
+		if (file_retr(bx->dirfd, &bx->msgs[i], in, out, NULL, &bx->msgs[i].wire) < 0)
+			die("%s: %s", bx->msgs[i].name, strerror(errno));
+		total += bx->msgs[i].wire;
 	}
 	free(in);
 	free(out);
-	file_list = malloc(64 + (size_t)fnmsgs * 40);
-	file_uidl = malloc(64 + (size_t)fnmsgs * 300);
-	if (!file_list || !file_uidl)
+	bx->list = malloc(64 + (size_t)bx->n * 40);
+	bx->uidl = malloc(64 + (size_t)bx->n * 300);
+	if (!bx->list || !bx->uidl)
 		die("out of memory");
-	file_list_len = sprintf(file_list, "+OK %d messages\r\n", fnmsgs);
-	file_uidl_len = sprintf(file_uidl, "+OK\r\n");
-	for (int i = 0; i < fnmsgs; i++) {
-		file_list_len += sprintf(file_list + file_list_len, "%d %zu\r\n", i + 1, fmsgs[i].wire);
-		file_uidl_len += sprintf(file_uidl + file_uidl_len, "%d %.*s\r\n", i + 1,
-		    (int)strcspn(fmsgs[i].name, ":"), fmsgs[i].name);
+	bx->list_len = sprintf(bx->list, "+OK %d messages\r\n", bx->n);
+	bx->uidl_len = sprintf(bx->uidl, "+OK\r\n");
+	for (int i = 0; i < bx->n; i++) {
+		bx->list_len += sprintf(bx->list + bx->list_len, "%d %zu\r\n", i + 1, bx->msgs[i].wire);
+		bx->uidl_len += sprintf(bx->uidl + bx->uidl_len, "%d %.*s\r\n", i + 1,
+		    (int)strcspn(bx->msgs[i].name, ":"), bx->msgs[i].name);
 	}
-	file_list_len += sprintf(file_list + file_list_len, ".\r\n");
-	file_uidl_len += sprintf(file_uidl + file_uidl_len, ".\r\n");
-	snprintf(file_stat, sizeof file_stat, "+OK %d %zu\r\n", fnmsgs, total);
+	bx->list_len += sprintf(bx->list + bx->list_len, ".\r\n");
+	bx->uidl_len += sprintf(bx->uidl + bx->uidl_len, ".\r\n");
+	snprintf(bx->stat, sizeof bx->stat, "+OK %d %zu\r\n", bx->n, total);
 }
 
+/* -M DIR: one maildrop for every user; -M 'ROOT/%u' with -u PFX -U N: the
+ * maildrops of users PFX0..PFX{N-1}, chosen by USER */
+static void
+file_build(void)
+{
+	if (!opt_maildir)
+		die("file-server needs -M MAILDIR");
+	const char *pct = strstr(opt_maildir, "%u");
+	fnboxes = pct ? (opt_nusers > 0 ? opt_nusers : 1) : 1;
+	fboxes = calloc(fnboxes, sizeof *fboxes);
+	if (!fboxes)
+		die("out of memory");
+	for (int i = 0; i < fnboxes; i++) {
+		char user[256], dir[4096];
+		snprintf(user, sizeof user, "%s%d", opt_userpfx, i);
+		if (pct)
+			snprintf(dir, sizeof dir, "%.*s%s%s", (int)(pct - opt_maildir), opt_maildir, user,
+			    pct + 2);
+		else
+			snprintf(dir, sizeof dir, "%s", opt_maildir);
+		fboxes[i].user = strdup(user);
+		file_load(&fboxes[i], dir);
+	}
+}
+
+/* answer one command line; -1: close the connection */
+static int
+file_command(struct conn *c, struct fbox **bxp, char *line, char *in, char *out)
+{
+	struct fbox *bx = *bxp;
+	const void *o = "+OK\r\n";
+	size_t len = 5;
+	int quit = 0;
+	if (strncasecmp(line, "RETR ", 5) == 0) {
+		int k = atoi(line + 5);
+		if (k >= 1 && k <= bx->n)
+			return file_retr(bx->dirfd, &bx->msgs[k - 1], in, out, c, NULL);
+		o = "-ERR no such message\r\n";
+		len = strlen(o);
+	} else if (strncasecmp(line, "USER ", 5) == 0) {
+		for (int i = 0; i < fnboxes; i++)
+			if (strcmp(fboxes[i].user, line + 5) == 0)
+				*bxp = &fboxes[i];
+	} else if (strcasecmp(line, "LIST") == 0) {
+		o = bx->list;
+		len = bx->list_len;
+	} else if (strcasecmp(line, "UIDL") == 0) {
+		o = bx->uidl;
+		len = bx->uidl_len;
+	} else if (strncasecmp(line, "STAT", 4) == 0) {
+		o = bx->stat;
+		len = strlen(bx->stat);
+	} else if (strncasecmp(line, "QUIT", 4) == 0) {
+		quit = 1;
+	}
+	return conn_write(c, o, len) < 0 || quit ? -1 : 0;
+}
+
+static const char file_greet[] = "+OK file POP3 server ready\r\n";
+
+/* a thread per connection, blocking in read */
 static void *
 file_thread(void *arg)
 {
@@ -1120,45 +1191,98 @@ file_thread(void *arg)
 		set_nodelay(fd);
 		c.fd = fd;
 		c.r = c.w = 0;
-		static const char greet[] = "+OK file POP3 server ready\r\n";
-		if (conn_write(&c, greet, sizeof greet - 1) < 0)
-			goto done;
-		char *line;
-		while ((line = conn_line(&c))) {
-			const void *o = "+OK\r\n";
-			size_t len = 5;
-			int quit = 0;
-			if (strncasecmp(line, "RETR ", 5) == 0) {
-				int k = atoi(line + 5);
-				if (k < 1 || k > fnmsgs) {
-					o = "-ERR no such message\r\n";
-					len = strlen(o);
-				} else if (file_retr(&fmsgs[k - 1], in, out, &c, NULL) < 0) {
-					break;
-				} else {
-					continue;
-				}
-			} else if (strcasecmp(line, "LIST") == 0) {
-				o = file_list;
-				len = file_list_len;
-			} else if (strcasecmp(line, "UIDL") == 0) {
-				o = file_uidl;
-				len = file_uidl_len;
-			} else if (strncasecmp(line, "STAT", 4) == 0) {
-				o = file_stat;
-				len = strlen(file_stat);
-			} else if (strncasecmp(line, "QUIT", 4) == 0) {
-				quit = 1;
-			}
-			if (conn_write(&c, o, len) < 0 || quit)
-				break;
+		struct fbox *bx = &fboxes[0];
+		if (conn_write(&c, file_greet, sizeof file_greet - 1) == 0) {
+			char *line;
+			while ((line = conn_line(&c)) && file_command(&c, &bx, line, in, out) == 0)
+				;
 		}
-done:
 		close(fd);
 	}
 	free(c.buf);
 	free(in);
 	free(out);
+	return NULL;
+}
+
+/* -e: an event loop per thread (epoll, every connection of the thread in
+ * one loop, as popboxd's workers): on a readable socket one read, then
+ * every complete line in the buffer is answered. Sockets stay blocking, so
+ * a reply larger than the socket buffer blocks the loop until it is sent:
+ * fair for 4 KiB messages and for one client. */
+struct econn {
+	struct conn c;
+	struct fbox *bx;
+};
+
+static void *
+file_loop_thread(void *arg)
+{
+	(void)arg;
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = NULL };
+	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, ideal_lfd, &ev) < 0)
+		die("epoll: %s", strerror(errno));
+	char *in = malloc(FILE_CHUNK), *out = malloc(WIRE_ENCODE_MAX(FILE_CHUNK) + 96);
+	if (!in || !out)
+		die("out of memory");
+	struct epoll_event evs[64];
+	while (!time_up()) {
+		int n = epoll_wait(ep, evs, 64, 200);
+		for (int i = 0; i < n; i++) {
+			struct econn *e = evs[i].data.ptr;
+			if (e == NULL) {
+				int fd = accept4(ideal_lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+				if (fd < 0)
+					continue;
+				/* blocking from here on: see above */
+				fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+				set_nodelay(fd);
+				e = calloc(1, sizeof *e);
+				e->c.fd = fd;
+				e->c.cap = 4096;
+				e->c.buf = malloc(e->c.cap);
+				e->bx = &fboxes[0];
+				struct epoll_event cev = { .events = EPOLLIN, .data.ptr = e };
+				if (conn_write(&e->c, file_greet, sizeof file_greet - 1) < 0 ||
+				    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) < 0) {
+					close(fd);
+					free(e->c.buf);
+					free(e);
+				}
+				continue;
+			}
+			struct conn *c = &e->c;
+			int bad = 0;
+			if (c->r == c->w)
+				c->r = c->w = 0;
+			ssize_t got = read(c->fd, c->buf + c->w, c->cap - c->w);
+			if (got <= 0)
+				bad = 1;
+			else
+				c->w += (size_t)got;
+			while (!bad) {
+				char *nl = memchr(c->buf + c->r, '\n', c->w - c->r);
+				if (!nl) {
+					if (c->w == c->cap)
+						bad = 1; /* a line longer than the buffer */
+					break;
+				}
+				char *line = c->buf + c->r;
+				size_t len = (size_t)(nl - line);
+				c->r += len + 1;
+				if (len > 0 && line[len - 1] == '\r')
+					len--;
+				line[len] = '\0';
+				bad = file_command(c, &e->bx, line, in, out) < 0;
+			}
+			if (bad) {
+				close(c->fd);   /* leaves the epoll set with it */
+				free(c->buf);
+				free(e);
+			}
+		}
+	}
 	return NULL;
 }
 
@@ -1174,12 +1298,14 @@ run_file_server(void)
 		die("bind %s:%d: %s", opt_host, opt_port, strerror(errno));
 	signal(SIGTERM, on_term);
 	signal(SIGINT, on_term);
+	if (opt_loop) /* several loops may wake for one connection */
+		fcntl(ideal_lfd, F_SETFL, fcntl(ideal_lfd, F_GETFL) | O_NONBLOCK);
 	int n = opt_clients < 1 ? 1 : opt_clients;
 	pthread_t *th = calloc(n, sizeof *th);
 	for (int i = 0; i < n; i++)
-		pthread_create(&th[i], NULL, file_thread, NULL);
-	fprintf(stderr, "pop3load: file server on %s:%d, %d threads, %d messages from %s\n", opt_host,
-	    opt_port, n, fnmsgs, opt_maildir);
+		pthread_create(&th[i], NULL, opt_loop ? file_loop_thread : file_thread, NULL);
+	fprintf(stderr, "pop3load: file server on %s:%d, %d %s, %d maildrop(s) from %s\n",
+	    opt_host, opt_port, n, opt_loop ? "event loops" : "threads", fnboxes, opt_maildir);
 	while (!time_up())
 		usleep(50000);
 	_exit(0);
@@ -1195,7 +1321,7 @@ usage(void)
 	    "       [-c clients] [-d seconds] [-n count] [-u userprefix] [-U nusers] [-o useroffset]\n"
 	    "       [-P password] [-T|-E] [-R none|ticket|cache] [-G groups] [-k sessions]\n"
 	    "       [-r readyfile] [-m msgs] [-s size] [-S] [-M maildir]\n"
-	    "       pop3load file-server -M MAILDIR [-p port] [-c threads] [-d seconds]\n");
+	    "       pop3load file-server -M MAILDIR [-u pfx -U n] [-e] [-p port] [-c threads] [-d seconds]\n");
 	exit(2);
 }
 
@@ -1207,7 +1333,7 @@ main(int argc, char **argv)
 	const char *mode = argv[1];
 	int ch;
 	optind = 2;
-	while ((ch = getopt(argc, argv, "H:p:c:d:n:u:U:o:P:TER:G:k:r:m:s:SM:")) != -1) {
+	while ((ch = getopt(argc, argv, "H:p:c:d:n:u:U:o:P:TER:G:k:r:m:s:SM:e")) != -1) {
 		switch (ch) {
 		case 'H': opt_host = optarg; break;
 		case 'p': opt_port = atoi(optarg); break;
@@ -1235,6 +1361,7 @@ main(int argc, char **argv)
 		case 'r': opt_ready = optarg; break;
 		case 'm': opt_msgs = atoi(optarg); break;
 		case 'M': opt_maildir = optarg; break;
+		case 'e': opt_loop = 1; break;
 		case 's': opt_size = atol(optarg); break;
 		case 'S': opt_srcaddr = 1; break;
 		default: usage();

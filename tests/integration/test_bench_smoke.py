@@ -23,6 +23,17 @@ def test_bench_smoke():
                        text=True, timeout=5 * RUNAWAY_SEC)  # runaway guard: many sections
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sessions/s" in r.stdout and "RETR 4 KiB" in r.stdout, r.stdout
+    # the RETR floors (pop3load file-server, threads and event loops) served
+    # the same Maildirs without an error and have a figure in every RETR row
+    hdr = next(l for l in r.stdout.splitlines() if l.startswith("| scenario |"))
+    cols = [c.strip() for c in hdr.strip("|").split("|")]
+    assert "floor, thread per connection" in cols and "floor, 2 event loops" in cols, hdr
+    for row in ("RETR 4 KiB msgs/s, 8 clients (msgs/s)", "server CPU µs per RETR 4 KiB, 1 client (µs)"):
+        line = next(l for l in r.stdout.splitlines() if l.startswith("| " + row + " |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for name in ("floor, thread per connection", "floor, 2 event loops"):
+            v = cells[cols.index(name)].replace(",", "")
+            assert float(v) > 0, (name, line)
     # section mbox: popboxd with mail = mbox: (first and warm login, RETR)
     assert "| mbox 300: warm login..LIST ms (ms) |" in r.stdout, r.stdout
     assert "| mbox RETR 4 KiB msgs/s, 1 client (msgs/s) |" in r.stdout, r.stdout
