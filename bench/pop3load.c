@@ -943,10 +943,10 @@ on_term(int sig)
 	_exit(0);
 }
 
-static int
-run_ideal(void)
+/* the listening socket of ideal-server and file-server; SIGTERM ends them */
+static void
+ideal_listen(void)
 {
-	ideal_build();
 	ideal_lfd = socket(AF_INET, SOCK_STREAM, 0);
 	int one = 1;
 	setsockopt(ideal_lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -955,6 +955,13 @@ run_ideal(void)
 		die("bind %s:%d: %s", opt_host, opt_port, strerror(errno));
 	signal(SIGTERM, on_term);
 	signal(SIGINT, on_term);
+}
+
+static int
+run_ideal(void)
+{
+	ideal_build();
+	ideal_listen();
 	int n = opt_clients < 1 ? 1 : opt_clients;
 	pthread_t *th = calloc(n, sizeof *th);
 	for (int i = 0; i < n; i++)
@@ -1290,14 +1297,7 @@ static int
 run_file_server(void)
 {
 	file_build();
-	ideal_lfd = socket(AF_INET, SOCK_STREAM, 0);
-	int one = 1;
-	setsockopt(ideal_lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(ideal_lfd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 ||
-	    listen(ideal_lfd, 1024) < 0)
-		die("bind %s:%d: %s", opt_host, opt_port, strerror(errno));
-	signal(SIGTERM, on_term);
-	signal(SIGINT, on_term);
+	ideal_listen();
 	if (opt_loop) /* several loops may wake for one connection */
 		fcntl(ideal_lfd, F_SETFL, fcntl(ideal_lfd, F_GETFL) | O_NONBLOCK);
 	int n = opt_clients < 1 ? 1 : opt_clients;

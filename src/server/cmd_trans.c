@@ -201,7 +201,7 @@ cmd_trans_send(struct session *s, uint32_t idx, int64_t top_lines)
 		return;
 	}
 	if (!session_stream_open(s, &st)) {
-		/* a directory or device in its place, an I/O error: nothing sent yet */
+		/* a directory or FIFO in its place, an I/O error: nothing sent yet */
 		log_warn("session %016llx: message %u: read", (unsigned long long)s->id, idx + 1);
 		session_reply(s, "-ERR [SYS/TEMP] Cannot read message %u, try again later", idx + 1);
 		return;
