@@ -883,6 +883,26 @@ ideal_build(void)
 	snprintf(ideal_stat, sizeof ideal_stat, "+OK %d %zu\r\n", opt_msgs, wire * opt_msgs);
 }
 
+/* the next connection for a thread-per-connection server, into c; -1 when
+ * the deadline has passed or the listener failed */
+static int
+ideal_accept(struct conn *c)
+{
+	while (!time_up()) {
+		int fd = accept(ideal_lfd, NULL, NULL);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			return -1;
+		}
+		set_nodelay(fd);
+		c->fd = fd;
+		c->r = c->w = 0;
+		return fd;
+	}
+	return -1;
+}
+
 static void *
 ideal_thread(void *arg)
 {
@@ -891,16 +911,8 @@ ideal_thread(void *arg)
 	c.cap = 4096;
 	c.buf = malloc(c.cap);
 	c.ssl = NULL;
-	while (!time_up()) {
-		int fd = accept(ideal_lfd, NULL, NULL);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			break;
-		}
-		set_nodelay(fd);
-		c.fd = fd;
-		c.r = c.w = 0;
+	int fd;
+	while ((fd = ideal_accept(&c)) >= 0) {
 		static const char greet[] = "+OK ideal POP3 server ready\r\n";
 		if (conn_write(&c, greet, sizeof greet - 1) < 0)
 			goto done;
@@ -1188,16 +1200,8 @@ file_thread(void *arg)
 	char *in = malloc(FILE_CHUNK), *out = malloc(WIRE_ENCODE_MAX(FILE_CHUNK) + 96);
 	if (!c.buf || !in || !out)
 		die("out of memory");
-	while (!time_up()) {
-		int fd = accept(ideal_lfd, NULL, NULL);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			break;
-		}
-		set_nodelay(fd);
-		c.fd = fd;
-		c.r = c.w = 0;
+	int fd;
+	while ((fd = ideal_accept(&c)) >= 0) {
 		struct fbox *bx = &fboxes[0];
 		if (conn_write(&c, file_greet, sizeof file_greet - 1) == 0) {
 			char *line;
