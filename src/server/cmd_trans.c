@@ -206,11 +206,14 @@ cmd_trans_send(struct session *s, uint32_t idx, int64_t top_lines)
 		session_reply(s, "-ERR [SYS/TEMP] Cannot read message %u, try again later", idx + 1);
 		return;
 	}
+	char status[64];
+	int n;
 	if (top_lines < 0)
-		session_reply(s, "+OK %llu octets", (unsigned long long)message_at(s, idx)->size);
+		n = snprintf(status, sizeof(status), "+OK %llu octets\r\n",
+		    (unsigned long long)message_at(s, idx)->size);
 	else
-		session_reply(s, "+OK Top of message %u follows", idx + 1);
-	session_stream_start(s, top_lines);
+		n = snprintf(status, sizeof(status), "+OK Top of message %u follows\r\n", idx + 1);
+	session_stream_start(s, top_lines, status, (size_t)n);
 }
 
 void

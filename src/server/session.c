@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -47,6 +48,24 @@ state_name(enum session_state st)
 	return "?";
 }
 
+/* Milliseconds of the coarse monotonic clock (a vDSO read, no system call;
+ * a few ms of resolution is plenty for timeouts of seconds and minutes). */
+static int64_t
+session_clock_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * The idle or login timeout runs from the last activity. Every command and
+ * every write of a stream is activity, so instead of moving the timer in
+ * the loop's heap each time (an event_add per command), the activity's
+ * time is noted and a timer of the same length left where it is: when it
+ * fires, session_timer_cb adds it again for what is left after the last
+ * activity. It is added anew only when its length changes (a new state).
+ */
 static void
 session_timer_arm(struct session *s)
 {
@@ -63,6 +82,10 @@ session_timer_arm(struct session *s)
 		break;
 	default: secs = c->login_timeout; break;
 	}
+	s->timer_from = session_clock_ms();
+	if (secs == s->timer_secs && evtimer_pending(s->timer, NULL))
+		return;
+	s->timer_secs = secs;
 	struct timeval tv = { .tv_sec = secs };
 	evtimer_add(s->timer, &tv);
 }
@@ -154,7 +177,7 @@ session_flush(struct session *s)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	/* Anything left (a full socket, an error) stays with the write event,
 	 * which reports errors through the event callback as before. */
-	if (evbuffer_get_length(out) == 0)
+	if (evbuffer_get_length(out) == 0 && (bufferevent_get_enabled(s->bev) & EV_WRITE))
 		bufferevent_disable(s->bev, EV_WRITE);
 }
 
@@ -487,12 +510,54 @@ session_stream_open(struct session *s, const struct store_stream *st)
 	return true;
 }
 
+/*
+ * A message that came whole in the first read (most mail) is answered on a
+ * plain connection that has nothing queued with one send from the worker's
+ * send buffer: status line, body and terminator, bypassing the output
+ * buffer (its chains, and turning the write event on and off, cost about as
+ * much as the send). What the socket does not take is queued in the output
+ * buffer, whose write event sends the rest or reports the error as for any
+ * other reply. false: not such a message or connection, nothing done.
+ */
+static bool
+session_stream_whole(struct session *s, const char *status, size_t status_len)
+{
+	ssize_t n = s->stream_primed;
+	bool whole = s->stream_eof || (s->stream.length >= 0 && n == s->stream.length);
+	if (n < 0 || !whole || s->tls || bufferevent_get_underlying(s->bev) != NULL ||
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+		return false;
+	char *out = s->worker->send_buf;
+	memcpy(out, status, status_len);
+	size_t len = status_len;
+	s->stream_primed = -1;
+	s->stream_pos = n;
+	len += wire_encode(&s->enc, s->worker->read_buf, (size_t)n, out + len);
+	len += wire_encode_finish(&s->enc, out + len);
+	memcpy(out + len, ".\r\n", 3);
+	len += 3;
+	s->bytes_out += len;
+	session_stream_stop(s);
+	ssize_t sent;
+	do {
+		sent = send(bufferevent_getfd(s->bev), out, len, MSG_NOSIGNAL);
+	} while (sent < 0 && errno == EINTR);
+	if (sent < 0)
+		sent = 0;   /* full, or an error the write event will report */
+	if ((size_t)sent < len && evbuffer_add(session_output(s), out + sent, len - (size_t)sent) < 0)
+		fatalx("evbuffer_add failed");
+	return true;
+}
+
 void
-session_stream_start(struct session *s, int64_t top_lines)
+session_stream_start(struct session *s, int64_t top_lines, const char *status, size_t status_len)
 {
 	s->streaming = true;
 	wire_encoder_init(&s->enc, top_lines);
 	wire_encoder_set_from_quoting(&s->enc, s->stream.from_quoting);
+	if (session_stream_whole(s, status, status_len))
+		return;
+	session_write(s, status, status_len);
 	session_stream_fill(s);
 }
 
@@ -528,22 +593,54 @@ session_bad_line(struct session *s, const char *msg)
 	session_reply(s, "-ERR %s", msg);
 }
 
-/* Frame complete lines and hand them to the handler while the session can
- * take a command: not waiting for the auth process or the store thread, not
- * streaming a message or a listing, output not backed up. */
+/* Whether the session takes a command now: not waiting for the auth
+ * process or the store thread, not streaming a message or a listing,
+ * output not backed up. */
+static bool
+session_takes_lines(struct session *s)
+{
+	return !s->freed_pending && !s->streaming && s->producer == NULL &&
+	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION ||
+	    s->state == SESSION_SASL) &&
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) < SESSION_OUTPUT_HIGH;
+}
+
+/* Hand the line in the worker's line buffer (len bytes and its LF taken
+ * off) to the handler. */
+static void
+session_line(struct session *s, size_t len)
+{
+	char *line = s->worker->line_buf;
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	line[len] = '\0';
+	session_timer_arm(s);
+	if (memchr(line, '\0', len) != NULL) {
+		secure_wipe(line, len);
+		s->handler->input(s, SESSION_INPUT_NUL, NULL, 0);
+		return;
+	}
+	s->handler->input(s, SESSION_INPUT_LINE, line, len);
+	secure_wipe(line, len);   /* it may have been a password */
+}
+
+static size_t
+session_max_line(const struct session *s)
+{
+	return s->state == SESSION_SASL ? SESSION_MAX_SASL_LINE : SESSION_MAX_LINE;
+}
+
+/* Frame complete lines and hand them to the handler while the session
+ * takes them. */
 static void
 session_process_lines(struct session *s)
 {
-	char *line = s->worker->line_buf;
-
-	while (!s->freed_pending && !s->streaming && s->producer == NULL &&
-	    (s->state == SESSION_AUTHORIZATION || s->state == SESSION_TRANSACTION ||
-	    s->state == SESSION_SASL)) {
-		/* Looked up each time: STLS replaces the bufferevent. */
+	/* Looked up each time: STLS replaces the bufferevent. */
+	while (session_takes_lines(s)) {
 		struct evbuffer *in = bufferevent_get_input(s->bev);
-		if (evbuffer_get_length(bufferevent_get_output(s->bev)) >= SESSION_OUTPUT_HIGH)
+		if (evbuffer_get_length(in) == 0)
 			return;
-		size_t max = s->state == SESSION_SASL ? SESSION_MAX_SASL_LINE : SESSION_MAX_LINE;
+		size_t max = session_max_line(s);
 		size_t eol_len;
 		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
 		if (p.pos < 0) {
@@ -564,19 +661,33 @@ session_process_lines(struct session *s)
 			s->handler->input(s, SESSION_INPUT_TOO_LONG, NULL, 0);
 			continue;
 		}
-		evbuffer_remove(in, line, len + 1);
-		if (len > 0 && line[len - 1] == '\r')
-			len--;
-		line[len] = '\0';
-		session_timer_arm(s);
-		if (memchr(line, '\0', len) != NULL) {
-			secure_wipe(line, len);
-			s->handler->input(s, SESSION_INPUT_NUL, NULL, 0);
-			continue;
-		}
-		s->handler->input(s, SESSION_INPUT_LINE, line, len);
-		secure_wipe(line, len);   /* it may have been a password */
+		evbuffer_remove(in, s->worker->line_buf, len + 1);
+		session_line(s, len);
 	}
+}
+
+/* Bytes just received into buf, the input buffer being empty: the first
+ * line, if complete and the session takes it, goes to the handler straight
+ * from buf, without passing through the input buffer (a copy in, a search
+ * and a copy out per command). What follows it is queued in the input
+ * first, as the handler may reuse buf (RETR reads the message into it). */
+static void
+session_received(struct session *s, const char *buf, size_t n)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	const char *nl;
+	if (!s->discarding && session_takes_lines(s) && (nl = memchr(buf, '\n', n)) != NULL &&
+	    (size_t)(nl - buf) + 1 <= session_max_line(s)) {
+		size_t len = (size_t)(nl - buf);
+		memcpy(s->worker->line_buf, buf, len);
+		size_t rest = n - len - 1;
+		if (rest > 0 && evbuffer_add(in, nl + 1, rest) < 0)
+			fatalx("evbuffer_add failed");
+		session_line(s, len);
+		return;
+	}
+	if (evbuffer_add(in, buf, n) < 0)
+		fatalx("evbuffer_add failed");
 }
 
 /*
@@ -655,7 +766,9 @@ session_recv_cb(evutil_socket_t fd, short what, void *arg)
 		room = SESSION_READ_CHUNK;
 	ssize_t n = recv(fd, s->worker->read_buf, room, 0);
 	if (n > 0) {
-		if (evbuffer_add(in, s->worker->read_buf, (size_t)n) < 0)
+		if (have == 0)
+			session_received(s, s->worker->read_buf, (size_t)n);
+		else if (evbuffer_add(in, s->worker->read_buf, (size_t)n) < 0)
 			fatalx("evbuffer_add failed");
 		session_resume(s);
 		session_read_update(s);
@@ -735,6 +848,13 @@ static void
 session_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
+	/* Activity since the timer was added: the timeout runs from there. */
+	int64_t left = s->timer_from + (int64_t)s->timer_secs * 1000 - session_clock_ms();
+	if (left > 0) {
+		struct timeval tv = { .tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000 };
+		evtimer_add(s->timer, &tv);
+		return;
+	}
 	if (s->state == SESSION_AUTH_WAIT) {
 		s->handler->auth_timeout(s);
 		return;

@@ -32,6 +32,9 @@
 #define SESSION_INPUT_HIGH (64 * 1024)
 /* File read size while streaming a message. */
 #define SESSION_READ_CHUNK (64 * 1024)
+/* A status line, one read's worth of message encoded, its end and the
+ * terminator: the most one send of a whole RETR or TOP answer holds. */
+#define SESSION_SEND_BUF (512 + WIRE_ENCODE_MAX(SESSION_READ_CHUNK) + WIRE_FINISH_MAX + 3)
 /* How long a worker waits for the auth process before answering [SYS/TEMP]. */
 #define SESSION_AUTH_TIMEOUT_SECONDS 30
 /* SASL continuation lines (RFC 5034 §4) are not bound by the 255-octet
@@ -91,6 +94,8 @@ struct session {
 	bool read_on;                 /* reading wanted (rev), input high mark aside */
 	bool rev_added;               /* rev is pending in the loop */
 	struct event *timer;          /* idle / login timeout */
+	unsigned timer_secs;          /* the timeout the timer was added with */
+	int64_t timer_from;           /* last activity (ms, coarse monotonic clock) */
 	struct event *linger;         /* closing: waiting for TLS records to drain */
 	enum session_state state;
 	char peer[80];                /* "127.0.0.1:1234", "unknown-via-10.0.0.1:1234" */
@@ -264,10 +269,12 @@ struct ssl_st *session_ssl(const struct session *s);
  * read gets an -ERR rather than a cut connection. false: the read failed
  * (errno set), the descriptor is closed and nothing is queued. */
 bool session_stream_open(struct session *s, const struct store_stream *st);
-/* Stream the message taken by session_stream_open as a RETR answer
- * (top_lines < 0) or TOP's, dot-stuffed and terminated, pausing while the
- * client does not read. The status line must be queued. */
-void session_stream_start(struct session *s, int64_t top_lines);
+/* Answer with the status line (status_len bytes, CRLF included) and the
+ * message taken by session_stream_open as RETR's body (top_lines < 0) or
+ * TOP's, dot-stuffed and terminated, pausing while the client does not
+ * read. */
+void session_stream_start(struct session *s, int64_t top_lines, const char *status,
+    size_t status_len);
 /* Send a multi-line answer made by fill (the status line must be queued)
  * as RETR's body is sent: fill is called while less than
  * SESSION_OUTPUT_HIGH is queued, again from the write callback as the

@@ -133,6 +133,7 @@ session_proc_main(struct child_env *env, struct session_proc_start *st)
 	proc.session_freed = session_freed;
 	proc.read_buf = xmalloc(SESSION_READ_CHUNK);
 	proc.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
+	proc.send_buf = xmalloc(SESSION_SEND_BUF);
 	proc.next_request = 1;
 	struct event_config *ecfg = event_config_new();
 	event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);

@@ -29,6 +29,7 @@ struct worker {
 	struct session *all;           /* every live session (session.c) */
 	char *read_buf;                /* SESSION_READ_CHUNK bytes, shared by sessions */
 	char *line_buf;                /* SESSION_MAX_SASL_LINE + 1 bytes */
+	char *send_buf;                /* SESSION_SEND_BUF bytes: a whole RETR answer (session.c) */
 	struct ssl_ctx_st *ssl_ctx;    /* NULL = no TLS configured */
 	struct iplimit *iplimit;       /* NULL = per-address limit not enforced */
 	struct store_pool *store_pool; /* the maildrop thread (store_pool.h) */

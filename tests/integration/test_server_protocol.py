@@ -452,6 +452,43 @@ def test_pipelined_many_retr_in_one_send(loaded):
         assert is_ok(c.cmd("NOOP"))
 
 
+def test_pipelined_retr_of_whole_messages_while_the_client_does_not_read(server):
+    """A message read whole in one go is answered with a single send; when
+    the socket takes only part of it (the client is not reading) the rest is
+    queued, and every answer still arrives whole and in order. The answers
+    start with 40 messages of 64 KiB - 1 bare LFs (128 KiB on the wire
+    each, 5 MB in all; loopback holds about 4 MB), which fill the socket; then sizes around the 64 KiB read (empty, one
+    byte, 64 KiB - 1, 64 KiB, 64 KiB + 1) and lines that need dot-stuffing."""
+    dotty = b"Subject: dots\n\n" + b"".join(b".%d\n\n" % i for i in range(30000))
+    sizes = (0, 1, 65535, 65536, 65537, 40000)
+    msgs, order = {}, []
+    for size in sizes:
+        data = dotty[:size - 1] + b"\n" if size else b""
+        u = server.deliver(data)
+        msgs[u] = data
+        order.append(u)
+    lfs = server.deliver(b"\n" * 65535)
+    msgs[lfs] = b"\n" * 65535
+    with server.session() as c:
+        num = {u: n for n, u in c.uidl().items()}
+        reqs = [num[lfs]] * 40 + [num[order[i % len(order)]] for i in range(30)]
+        c.send(b"".join(b"RETR %d\r\n" % i for i in reqs) + b"TOP %d 5\r\nNOOP\r\n" % num[order[5]])
+        time.sleep(0.5)   # let the server fill the socket before anything is read
+        by_num = {n: msgs[u] for u, n in num.items()}
+        for i in reqs:
+            want = by_num[i].replace(b"\n", b"\r\n")
+            st = c.readline()
+            assert st == b"+OK %d octets\r\n" % len(want), st
+            assert dot_stuff_inverse(c.read_multiline_raw()) == want
+        assert is_ok(c.readline())
+        head, body = msgs[order[5]].split(b"\n\n", 1)
+        top = dot_stuff_inverse(c.read_multiline_raw())
+        assert top == (head + b"\n\n" + b"\n".join(body.split(b"\n")[:5]) + b"\n").replace(
+            b"\n", b"\r\n")
+        assert is_ok(c.readline())
+        assert is_ok(c.cmd("QUIT"))
+
+
 def test_pipelined_byte_by_byte(loaded):
     server, _ = loaded
     with server.connect() as c:
@@ -569,6 +606,25 @@ def test_idle_timeout_closes_without_update(server_factory):
     assert session_end(srv, peer) == "idle-timeout", srv.log()
     assert waited >= 1.9, "closed %.2f s after the last command (idle_timeout = 2s)" % waited
     assert len(srv.message_files()) == 1, "a timed-out session must not enter UPDATE"
+
+
+def test_idle_timeout_runs_from_the_last_command(server_factory):
+    """Commands keep a session alive past its idle_timeout counted from the
+    login; the close comes that long after the last one."""
+    srv = server_factory(config={"idle_timeout": "3s"})
+    srv.deliver(MSG1)
+    with srv.session() as c:
+        peer = peer_name(c.sock)
+        start = time.monotonic()
+        while time.monotonic() - start < 4.5:
+            t0 = time.monotonic()
+            assert is_ok(c.cmd("NOOP"))
+            time.sleep(0.3)
+        got = c.wait_closed()
+        waited = time.monotonic() - t0
+    assert got == b"", "answered before closing: %r" % got
+    assert session_end(srv, peer) == "idle-timeout", srv.log()
+    assert waited >= 2.9, "closed %.2f s after the last command (idle_timeout = 3s)" % waited
 
 
 def test_login_timeout(server_factory):

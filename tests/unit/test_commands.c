@@ -137,6 +137,7 @@ setup(void **state)
 	w.n_workers = 1;
 	w.read_buf = xmalloc(SESSION_READ_CHUNK);
 	w.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
+	w.send_buf = xmalloc(SESSION_SEND_BUF);
 	if (pool == NULL)
 		pool = store_pool_new(w.base);
 	w.store_pool = pool;
@@ -167,6 +168,7 @@ teardown(void **state)
 	config_free(w.config);
 	free(w.read_buf);
 	free(w.line_buf);
+	free(w.send_buf);
 	char command[300];
 	snprintf(command, sizeof(command), "rm -rf '%s'", maildir);
 	assert_int_equal(system(command), 0);
