@@ -420,6 +420,23 @@ session_close_after_reply(struct session *s, const char *reason)
 }
 
 void
+session_buffers_new(struct worker *w)
+{
+	w->read_buf = xmalloc(SESSION_READ_CHUNK);
+	w->line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
+	w->send_buf = xmalloc(SESSION_SEND_BUF);
+}
+
+void
+session_buffers_free(struct worker *w)
+{
+	free(w->read_buf);
+	free(w->line_buf);
+	free(w->send_buf);
+	w->read_buf = w->line_buf = w->send_buf = NULL;
+}
+
+void
 session_close_all(struct worker *w, const char *reason)
 {
 	for (struct session *s = w->all; s != NULL; s = s->all_next)

@@ -210,6 +210,12 @@ struct session_origin {
  * balancer"). Not a numeric address, so it matches no real client. */
 #define SESSION_PEER_UNKNOWN "unknown"
 
+/* The buffers a worker's sessions share (read_buf, line_buf, send_buf):
+ * made once per loop, before its first session; freed by
+ * session_buffers_free. */
+void session_buffers_new(struct worker *w);
+void session_buffers_free(struct worker *w);
+
 /* Accept path: take ownership of fd; the client is at sa; lines go to
  * handler. */
 void session_create(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls_listener,

@@ -131,9 +131,7 @@ session_proc_main(struct child_env *env, struct session_proc_start *st)
 	proc.control_fd = -1;
 	proc.session_process = true;
 	proc.session_freed = session_freed;
-	proc.read_buf = xmalloc(SESSION_READ_CHUNK);
-	proc.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
-	proc.send_buf = xmalloc(SESSION_SEND_BUF);
+	session_buffers_new(&proc);
 	proc.next_request = 1;
 	struct event_config *ecfg = event_config_new();
 	event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);

@@ -354,9 +354,7 @@ worker_main(struct child_env *env)
 	worker.n_workers = env->n_workers;
 	worker.auth_fd = env->worker_fds[env->slot];
 	worker.control_fd = env->control_fd;
-	worker.read_buf = xmalloc(SESSION_READ_CHUNK);
-	worker.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
-	worker.send_buf = xmalloc(SESSION_SEND_BUF);
+	session_buffers_new(&worker);
 	worker.ssl_ctx = env->ssl_ctx;
 	worker.iplimit = env->iplimit;
 	iplimit_reset_worker(worker.iplimit, worker.slot);

@@ -142,8 +142,7 @@ fuzz_init(void)
 	w.base = event_base_new();
 	w.config = c;
 	w.n_workers = 1;
-	w.read_buf = xmalloc(SESSION_READ_CHUNK);
-	w.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
+	session_buffers_new(&w);
 	w.store_pool = store_pool_new(w.base);
 	int sv[2];
 	FUZZ_CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0, "socketpair");

@@ -135,9 +135,7 @@ setup(void **state)
 	w.base = base != NULL ? base : event_base_new();
 	w.config = c;
 	w.n_workers = 1;
-	w.read_buf = xmalloc(SESSION_READ_CHUNK);
-	w.line_buf = xmalloc(SESSION_MAX_SASL_LINE + 1);
-	w.send_buf = xmalloc(SESSION_SEND_BUF);
+	session_buffers_new(&w);
 	if (pool == NULL)
 		pool = store_pool_new(w.base);
 	w.store_pool = pool;
@@ -166,9 +164,7 @@ teardown(void **state)
 	close(w.auth_fd);
 	/* the pool's event lives on the base: keep one base for all tests */
 	config_free(w.config);
-	free(w.read_buf);
-	free(w.line_buf);
-	free(w.send_buf);
+	session_buffers_free(&w);
 	char command[300];
 	snprintf(command, sizeof(command), "rm -rf '%s'", maildir);
 	assert_int_equal(system(command), 0);
