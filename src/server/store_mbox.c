@@ -52,6 +52,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -436,6 +437,93 @@ struct mbox_index {
 	uint32_t appends;
 };
 
+/*
+ * The memory of a warm login (message table, records, string area, the
+ * uniqueness check's table) comes from a mapping that the store's close
+ * gives back for the next login rather than to the kernel. Fresh pages
+ * cost far more than their zeroing: in the virtual machines this runs on,
+ * the first touch of each page (even one MAP_POPULATE made present) traps
+ * to the hypervisor. Reading a 10.5 MB index (100,000 messages) into fresh
+ * pages took 23 ms, into pages used before 1.6 ms (docs/DESIGN.md "A
+ * worker keeps its free heap"; the same reason as its M_TOP_PAD). A few
+ * mappings are kept, at most MBOX_SPARE_BYTES in all; the store thread
+ * takes one and the session's end (on the worker's thread) gives it back.
+ */
+#define MBOX_SPARES 4
+#define MBOX_SPARE_BYTES ((size_t)32 << 20)
+
+static pthread_mutex_t mbox_spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	void *p;
+	size_t len;
+} mbox_spare[MBOX_SPARES];
+
+/* A mapping of at least len bytes (*len_r: its whole length, for
+ * mbox_map_put); its contents are undefined. NULL if none can be had. */
+static void *
+mbox_map_get(size_t len, size_t *len_r)
+{
+	void *p = NULL, *drop = NULL;
+	size_t drop_len = 0;
+	pthread_mutex_lock(&mbox_spare_lock);
+	int best = -1;
+	for (int i = 0; i < MBOX_SPARES; i++)
+		if (mbox_spare[i].p != NULL && mbox_spare[i].len >= len &&
+		    (best < 0 || mbox_spare[i].len < mbox_spare[best].len))
+			best = i;
+	if (best >= 0) {
+		p = mbox_spare[best].p;
+		*len_r = mbox_spare[best].len;
+		mbox_spare[best].p = NULL;
+	} else {
+		/* none big enough: the biggest goes (a maildrop that grew) */
+		for (int i = 0; i < MBOX_SPARES; i++)
+			if (mbox_spare[i].p != NULL && (best < 0 || mbox_spare[i].len > mbox_spare[best].len))
+				best = i;
+		if (best >= 0) {
+			drop = mbox_spare[best].p;
+			drop_len = mbox_spare[best].len;
+			mbox_spare[best].p = NULL;
+		}
+	}
+	pthread_mutex_unlock(&mbox_spare_lock);
+	if (drop != NULL)
+		munmap(drop, drop_len);
+	if (p != NULL)
+		return p;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	*len_r = len;
+	return p;
+}
+
+/* Give back what mbox_map_get gave: kept for the next login while the
+ * spares stay within MBOX_SPARE_BYTES, else unmapped. */
+static void
+mbox_map_put(void *p, size_t len)
+{
+	if (p == NULL)
+		return;
+	pthread_mutex_lock(&mbox_spare_lock);
+	size_t held = 0;
+	int free_slot = -1;
+	for (int i = 0; i < MBOX_SPARES; i++) {
+		if (mbox_spare[i].p != NULL)
+			held += mbox_spare[i].len;
+		else if (free_slot < 0)
+			free_slot = i;
+	}
+	if (free_slot >= 0 && len <= MBOX_SPARE_BYTES && held + len <= MBOX_SPARE_BYTES) {
+		mbox_spare[free_slot].p = p;
+		mbox_spare[free_slot].len = len;
+		p = NULL;
+	}
+	pthread_mutex_unlock(&mbox_spare_lock);
+	if (p != NULL)
+		munmap(p, len);
+}
+
 static void
 mbox_index_free(struct mbox_index *ix)
 {
@@ -444,8 +532,7 @@ mbox_index_free(struct mbox_index *ix)
 			free(ix->uidls[i]);
 	free(ix->uidls);
 	free(ix->msgs);
-	if (ix->map != NULL)
-		munmap(ix->map, ix->map_len);
+	mbox_map_put(ix->map, ix->map_len);
 	memset(ix, 0, sizeof(*ix));
 }
 
@@ -726,32 +813,28 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 	ix->quoting = (int)mbox_get32(head + MBOX_IX_QUOTING);
 	if (known)
 		mbox_ident_get(head + MBOX_IX_IDENT, &ix->ident);
-	/* Records and string area into one mapping, populated by the mmap
-	 * itself: thousands of page faults on fresh malloc'd memory (each
-	 * dear in a virtual machine) were a quarter of a warm login. Read a
-	 * piece at a time, each checksummed (and the string area's bytes
-	 * checked) while it is still in the cache. */
-	/* The store's message array and the uniqueness check's hash table
-	 * (mbox_uidls_unique, unmapped after it) are in it too: both are
-	 * first read then written, which on malloc'd memory costs two
-	 * faults a page and a TLB shootdown across the worker's threads. */
+	/* Message array, records, string area and the uniqueness check's
+	 * hash table in one mapping (mbox_map_get: usually an earlier
+	 * login's, its pages already in place). Read a piece at a time, each
+	 * checksummed (and the string area's bytes checked) while it is
+	 * still in the cache. */
 	size_t rlen = (size_t)count * MBOX_IX_REC;
 	size_t mlen = (size_t)count * sizeof(struct store_message);
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	size_t hsize = mbox_unique_slots(count);
 	size_t keep = (mlen + rlen + (size_t)slen + 1 + page - 1) / page * page;
-	ix->map_len = keep + hsize * sizeof(uint32_t);
-	ix->map = mmap(NULL, ix->map_len, PROT_READ | PROT_WRITE,
-	    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	if (ix->map == MAP_FAILED) {
-		ix->map = NULL;
+	ix->map = mbox_map_get(keep + hsize * sizeof(uint32_t), &ix->map_len);
+	if (ix->map == NULL)
 		return false;
-	}
+	/* a mapping used before holds an earlier login's tables */
+	memset(ix->map, 0, mlen);
 	ix->smsgs = ix->map;
 	ix->recs = (unsigned char *)ix->map + mlen;
 	ix->strings = (char *)ix->recs + rlen;
+	ix->strings[slen] = '\0';
 	ix->strings_len = (size_t)slen;
 	uint32_t *slots = (uint32_t *)(void *)((char *)ix->map + keep);
+	memset(slots, 0, hsize * sizeof(uint32_t));
 	struct mbox_sum sum;
 	mbox_sum_init(&sum, 2);
 	for (size_t off = 0; off < rlen; off += MBOX_IX_PIECE) {
@@ -816,10 +899,7 @@ mbox_index_read_v2(int fd, uint64_t size, const unsigned char *head, struct mbox
 		return false;
 	if (known && from != ix->ident.size)
 		return false;
-	bool unique = mbox_uidls_unique(ix->recs, ix->strings, count, slots, hsize);
-	munmap(slots, ix->map_len - keep);
-	ix->map_len = keep;
-	if (!unique)
+	if (!mbox_uidls_unique(ix->recs, ix->strings, count, slots, hsize))
 		return false;
 	ix->count = count;
 	/* Our own appends since: each record starts from where the last one
@@ -2171,7 +2251,7 @@ store_mbox_close(struct store *store)
 		if (mbox_uidl_owned(ms, store->messages[i].uidl))
 			free(store->messages[i].uidl);
 	if (ms->map != NULL) {
-		munmap(ms->map, ms->map_len);    /* messages, recs, strings */
+		mbox_map_put(ms->map, ms->map_len);    /* messages, recs, strings */
 	} else {
 		free(store->messages);
 		free(ms->recs);

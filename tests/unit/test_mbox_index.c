@@ -4,7 +4,8 @@
  * open parses the mbox, UIDLs unchanged); after our own delivery the next
  * open parses only the appended bytes, and a damaged append record means a
  * full parse; a format-1 (text) index gives its remembered UIDLs once and
- * is replaced. Real files in a temporary directory. */
+ * is replaced; warm opens that reuse an earlier open's memory see only
+ * their own messages. Real files in a temporary directory. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -413,6 +414,78 @@ test_checksum_sees_every_word(void **state)
 	}
 }
 
+/* Warm opens take the memory of earlier ones (mbox_map_get): a smaller
+ * maildrop's after a bigger one's and the other way round, and two open at
+ * once, each with exactly its own messages. */
+static struct store *
+open_store(const struct fix *f)
+{
+	struct store_open_options o;
+	memset(&o, 0, sizeof(o));
+	o.mbox_quoting = WIRE_FROM_MBOXO;
+	struct store *st = NULL;
+	char *error = NULL;
+	assert_int_equal(store_mbox.open_with(f->mbox, &o, &st, &error), STORE_OK);
+	return st;
+}
+
+static void
+assert_store_is(struct store *st, const struct snap *s)
+{
+	assert_int_equal(st->count, s->count);
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < st->count; i++) {
+		assert_string_equal(st->messages[i].uidl, s->uidl[i]);
+		assert_int_equal(st->messages[i].size, s->size[i]);
+		assert_null(st->messages[i].name);
+		total += s->size[i];
+	}
+	assert_int_equal(st->total_size, total);
+}
+
+static void
+test_warm_opens_after_other_maildrops(void **state)
+{
+	struct fix *f = *state;
+	struct fix g = *f;
+	snprintf(g.mbox, sizeof(g.mbox), "%s/bob", f->dir);
+	snprintf(g.index, sizeof(g.index), "%s/bob.popbox-index", f->dir);
+	char big[4096];
+	size_t n = 0;
+	for (int i = 0; i < 14; i++)
+		n += (size_t)snprintf(big + n, sizeof(big) - n,
+		    "From b@c Thu Dec  3 11:00:%02d 2026\nSubject: bob %d\n\nbody %d%s\n\n", i, i, i,
+		    i % 2 ? " and some more words" : "");
+	write_file(g.mbox, big, n);
+	struct snap a_cold, b_cold, s;
+	open_snap(f, false, &a_cold);
+	open_snap(&g, false, &b_cold);
+	assert_int_equal(a_cold.count, 5);
+	assert_int_equal(b_cold.count, 14);
+	for (int round = 0; round < 3; round++) {
+		open_snap(&g, false, &s);
+		assert_int_equal(mbox_last_open.from_index, 14);
+		assert_same(&b_cold, &s);
+		snap_free(&s);
+		open_snap(f, false, &s);
+		assert_int_equal(mbox_last_open.from_index, 5);
+		assert_same(&a_cold, &s);
+		snap_free(&s);
+	}
+	for (int order = 0; order < 2; order++) {
+		struct store *a = order ? open_store(f) : NULL;
+		struct store *b = open_store(&g);
+		if (a == NULL)
+			a = open_store(f);
+		assert_store_is(a, &a_cold);
+		assert_store_is(b, &b_cold);
+		store_mbox.close(order ? a : b);
+		store_mbox.close(order ? b : a);
+	}
+	snap_free(&a_cold);
+	snap_free(&b_cold);
+}
+
 int
 main(void)
 {
@@ -422,6 +495,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_own_append_parses_only_the_tail, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_text_index_is_read_once_for_its_uidls, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(test_warm_opens_after_other_maildrops, setup, teardown),
 	};
 	log_init("test_mbox_index", true, false);
 	return cmocka_run_group_tests(tests, NULL, NULL);
