@@ -68,6 +68,12 @@ struct mbox_parser {
 	struct mbox_message cur;
 	EVP_MD_CTX *md;
 	EVP_MD_CTX *p3md;           /* popa3d's UIDL (mbox_parse.h) */
+	EVP_MD *sha256, *md5;       /* fetched once, not at each message */
+	/* The identity's bytes come a line's part at a time (head, rest,
+	 * LF): gathered here and hashed a few KiB at a time, since each
+	 * EVP_DigestUpdate costs more than a line's copy. */
+	unsigned char stage[4096];
+	size_t staged;
 	bool p3_line;               /* the current header field goes into it */
 	bool p3_done;               /* the first Received: was hashed */
 
@@ -83,8 +89,10 @@ mbox_parser_new(enum wire_from_quoting quoting, uint32_t max_messages)
 	p->max_messages = max_messages;
 	p->md = EVP_MD_CTX_new();
 	p->p3md = EVP_MD_CTX_new();
-	if (p->md == NULL || p->p3md == NULL)
-		fatalx("EVP_MD_CTX_new failed");
+	p->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	p->md5 = EVP_MD_fetch(NULL, "MD5", NULL);
+	if (p->md == NULL || p->p3md == NULL || p->sha256 == NULL || p->md5 == NULL)
+		fatalx("EVP_MD_CTX_new or EVP_MD_fetch failed");
 	return p;
 }
 
@@ -95,6 +103,8 @@ mbox_parser_free(struct mbox_parser *p)
 		return;
 	EVP_MD_CTX_free(p->md);
 	EVP_MD_CTX_free(p->p3md);
+	EVP_MD_free(p->sha256);
+	EVP_MD_free(p->md5);
 	free(p->messages);
 	free(p);
 }
@@ -132,10 +142,28 @@ mbox_hash_p3(struct mbox_parser *p, const void *data, size_t len)
 }
 
 static void
+mbox_hash_flush(struct mbox_parser *p)
+{
+	if (p->staged > 0 && EVP_DigestUpdate(p->md, p->stage, p->staged) != 1)
+		fatalx("SHA-256 update failed");
+	p->staged = 0;
+}
+
+static void
 mbox_hash(struct mbox_parser *p, const void *data, size_t len)
 {
-	if (len > 0 && EVP_DigestUpdate(p->md, data, len) != 1)
+	if (len <= sizeof(p->stage) - p->staged) {
+		memcpy(p->stage + p->staged, data, len);
+		p->staged += len;
+		return;
+	}
+	mbox_hash_flush(p);
+	if (len < sizeof(p->stage)) {
+		memcpy(p->stage, data, len);
+		p->staged = len;
+	} else if (EVP_DigestUpdate(p->md, data, len) != 1) {
 		fatalx("SHA-256 update failed");
+	}
 }
 
 /* The message that ends where the next From_ line (or the file) starts. */
@@ -150,6 +178,7 @@ mbox_message_end(struct mbox_parser *p, uint64_t end)
 	p->cur.data_length = (p->pending_empty ? p->pending_start : end) - p->cur.data_offset;
 	if (p->cur.data_offset > end)   /* a From_ line without LF at EOF */
 		p->cur.data_length = 0;
+	mbox_hash_flush(p);
 	if (EVP_DigestFinal_ex(p->md, p->cur.digest, &mdlen) != 1 || mdlen != MBOX_DIGEST_LEN)
 		fatalx("SHA-256 final failed");
 	unsigned char p3[EVP_MAX_MD_SIZE];
@@ -178,6 +207,13 @@ mbox_message_end(struct mbox_parser *p, uint64_t end)
 static bool
 mbox_is_mutable_header(const char *head, size_t len)
 {
+	/* every name starts with one of these: most header lines stop here */
+	switch (len > 0 ? head[0] | 0x20 : 0) {
+	case 's': case 'x': case 'c': case 'l':
+		break;
+	default:
+		return false;
+	}
 	for (size_t i = 0; i < N_ELEMENTS(mbox_mutable_headers); i++) {
 		size_t n = strlen(mbox_mutable_headers[i]);
 		if (len >= n && strncasecmp(head, mbox_mutable_headers[i], n) == 0)
@@ -239,8 +275,9 @@ mbox_line_decide(struct mbox_parser *p, bool at_lf)
 		p->skipping_header = false;
 		p->is_from_line = true;
 		p->line_hashed = true;
-		if (EVP_DigestInit_ex(p->md, EVP_sha256(), NULL) != 1 ||
-		    EVP_DigestInit_ex(p->p3md, EVP_md5(), NULL) != 1)
+		p->staged = 0;
+		if (EVP_DigestInit_ex2(p->md, p->sha256, NULL) != 1 ||
+		    EVP_DigestInit_ex2(p->p3md, p->md5, NULL) != 1)
 			fatalx("digest init failed");
 		p->p3_line = false;
 		p->p3_done = false;
@@ -272,12 +309,16 @@ mbox_line_decide(struct mbox_parser *p, bool at_lf)
 		bool continuation = p->head_len > 0 && (p->head[0] == ' ' || p->head[0] == '\t');
 		if (!continuation) {
 			p->skipping_header = mbox_is_mutable_header(p->head, p->head_len);
-			bool received = p->head_len >= 9 && strncasecmp(p->head, "Received:", 9) == 0;
-			p->p3_line = !p->p3_done && (received ||
-			    (p->head_len >= 5 && strncasecmp(p->head, "Date:", 5) == 0) ||
-			    (p->head_len >= 11 && strncasecmp(p->head, "Message-ID:", 11) == 0));
-			if (received)
-				p->p3_done = true;
+			if (!p->p3_done) {
+				bool received = p->head_len >= 9 &&
+				    strncasecmp(p->head, "Received:", 9) == 0;
+				p->p3_line = received ||
+				    (p->head_len >= 5 && strncasecmp(p->head, "Date:", 5) == 0) ||
+				    (p->head_len >= 11 && strncasecmp(p->head, "Message-ID:", 11) == 0);
+				p->p3_done = received;
+			} else {
+				p->p3_line = false;
+			}
 		}
 		mbox_hash_p3(p, p->head, p->head_len);
 		p->line_hashed = !p->skipping_header;

@@ -670,15 +670,15 @@ mbox_rec_size(const unsigned char *recs, uint32_t i)
 
 static const char mbox_hexdigits[] = "0123456789abcdef";
 
-static bool
-mbox_unhex_byte(const char *s, unsigned char *out)
+/* A lowercase hex digit's value; -1 for anything else. */
+static inline int
+mbox_hex_value(char c)
 {
-	unsigned char b[1];
-	char two[3] = { s[0], s[1], '\0' };
-	if (!mbox_unhex(two, b, 1))
-		return false;
-	*out = b[0];
-	return true;
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
 }
 
 /* Record of m (the UIDL's place: uoff, ulen; 0 in memory). False if it
@@ -695,12 +695,17 @@ mbox_rec_put(unsigned char *r, const struct mbox_message *m, uint32_t uoff, size
 	mbox_put32(r + MBOX_IX_REC_FROM_LEN, (uint32_t)(m->data_offset - m->from_offset));
 	mbox_put32(r + MBOX_IX_REC_UIDL_OFF, uoff);
 	memcpy(r + MBOX_IX_REC_KEY, m->digest, MBOX_KEY_LEN);
-	if (strlen(m->popa3d_uidl) == 16)
-		for (unsigned j = 0; j < 8; j++) {
-			unsigned char b = 0;
-			mbox_unhex_byte(m->popa3d_uidl + 2 * j, &b);
-			r[MBOX_IX_REC_P3 + j] = b;
-		}
+	/* popa3d's UIDL: 16 hex digits as 8 bytes (else zeros) */
+	unsigned char p3[8];
+	bool hex = m->popa3d_uidl[16] == '\0';
+	for (unsigned j = 0; j < 8 && hex; j++) {
+		int hi = mbox_hex_value(m->popa3d_uidl[2 * j]);
+		int lo = hi < 0 ? -1 : mbox_hex_value(m->popa3d_uidl[2 * j + 1]);
+		hex = lo >= 0;
+		p3[j] = (unsigned char)(hi << 4 | lo);
+	}
+	if (hex)
+		memcpy(r + MBOX_IX_REC_P3, p3, 8);
 	r[MBOX_IX_REC_UIDL_LEN] = (unsigned char)ulen;
 	return true;
 }
@@ -1164,6 +1169,31 @@ mbox_assign_popa3d(struct mbox_store *ms)
 /* Give every message its UIDL: the one the old index remembers for the
  * same identity (the k-th copy takes the k-th), else its identity's own
  * (mbox_uidl_for). Unique whatever the index says. */
+/* Are the n messages' UIDLs all different? */
+static bool
+mbox_strings_unique(const struct store_message *m, uint32_t n)
+{
+	size_t size = mbox_unique_slots(n);
+	uint32_t *slot = xcalloc(size, sizeof(*slot));
+	bool ok = true;
+	for (uint32_t i = 0; i < n && ok; i++) {
+		size_t len = strlen(m[i].uidl);
+		for (size_t h = (size_t)mbox_index_sum(m[i].uidl, len, 5) & (size - 1);;
+		    h = (h + 1) & (size - 1)) {
+			if (slot[h] == 0) {
+				slot[h] = i + 1;
+				break;
+			}
+			if (strcmp(m[slot[h] - 1].uidl, m[i].uidl) == 0) {
+				ok = false;
+				break;
+			}
+		}
+	}
+	free(slot);
+	return ok;
+}
+
 static void
 mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
 {
@@ -1222,8 +1252,9 @@ mbox_assign_uidls(struct mbox_store *ms, const struct mbox_index *old)
 	free(ordinal);
 	free(rem);
 	/* Unique: a remembered UIDL may equal a computed one (a damaged or
-	 * edited index); the later one gets another. */
-	if (n > 1) {
+	 * edited index); the later one gets another. A hash table says
+	 * whether any is there; only then the sort finds them. */
+	if (n > 1 && !mbox_strings_unique(ms->store.messages, n)) {
 		char **v = xmalloc((size_t)n * sizeof(*v));
 		for (;;) {
 			for (uint32_t i = 0; i < n; i++)

@@ -414,6 +414,53 @@ test_checksum_sees_every_word(void **state)
 	}
 }
 
+/* A remembered UIDL that equals another message's computed one (an edited
+ * or damaged text index): the later message gets another UIDL, every
+ * UIDL stays unique. */
+static void
+test_remembered_uidl_taken_by_another_message(void **state)
+{
+	struct fix *f = *state;
+	struct snap cold, s;
+	open_snap(f, true, &cold);
+	unlink(f->index);
+	struct mbox_parser *p = mbox_parser_new(WIRE_FROM_MBOXO, 100);
+	assert_true(mbox_parser_feed(p, spool, sizeof(spool) - 1));
+	assert_true(mbox_parser_finish(p));
+	uint32_t n = 0;
+	const struct mbox_message *m = mbox_parser_messages(p, &n);
+	assert_int_equal(n, 5);
+	char text[8192];
+	size_t at = (size_t)snprintf(text, sizeof(text), "popbox-mbox-index 1\nident none\n");
+	for (uint32_t i = 0; i < n; i++) {
+		char hex[2 * MBOX_DIGEST_LEN + 1];
+		for (unsigned j = 0; j < MBOX_DIGEST_LEN; j++)
+			snprintf(hex + 2 * j, 3, "%02x", m[i].digest[j]);
+		if (i == 4)
+			hex[0] = hex[0] == '0' ? '1' : '0';   /* not found: computed */
+		at += (size_t)snprintf(text + at, sizeof(text) - at,
+		    "m %llu %llu %llu %llu %llu %s %s\n", (unsigned long long)m[i].from_offset,
+		    (unsigned long long)m[i].data_offset, (unsigned long long)m[i].data_length,
+		    (unsigned long long)m[i].end_offset, (unsigned long long)m[i].size, hex,
+		    i == 0 ? cold.uidl[4] : cold.uidl[i]);
+	}
+	at += (size_t)snprintf(text + at, sizeof(text) - at, "end %u\n", n);
+	mbox_parser_free(p);
+	write_file(f->index, text, at);
+	open_snap(f, false, &s);
+	assert_full_parse(f);
+	assert_int_equal(s.count, 5);
+	assert_string_equal(s.uidl[0], cold.uidl[4]);
+	for (uint32_t i = 1; i < 4; i++)
+		assert_string_equal(s.uidl[i], cold.uidl[i]);
+	assert_string_not_equal(s.uidl[4], cold.uidl[4]);
+	for (uint32_t i = 0; i < 5; i++)
+		for (uint32_t j = i + 1; j < 5; j++)
+			assert_string_not_equal(s.uidl[i], s.uidl[j]);
+	snap_free(&s);
+	snap_free(&cold);
+}
+
 /* Warm opens take the memory of earlier ones (mbox_map_get): a smaller
  * maildrop's after a bigger one's and the other way round, and two open at
  * once, each with exactly its own messages. */
@@ -496,6 +543,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_text_index_is_read_once_for_its_uidls, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_warm_opens_after_other_maildrops, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_remembered_uidl_taken_by_another_message, setup,
+		    teardown),
 	};
 	log_init("test_mbox_index", true, false);
 	return cmocka_run_group_tests(tests, NULL, NULL);
