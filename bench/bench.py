@@ -310,14 +310,16 @@ class Popboxd(Server):
             f.write("\n".join(self.lines + extra) + "\n")
 
     def fit_sessions(self, k):
-        """Enough workers that k idle sessions (4 descriptors each: socket,
-        maildrop lock, new/, cur/) fit under this process's open-file limit,
-        which popboxd can raise only with CAP_SYS_RESOURCE; one per core
-        when they fit anyway."""
+        """Enough workers that k idle sessions fit under this process's
+        open-file limit, which popboxd can raise only with CAP_SYS_RESOURCE:
+        a worker accepts a connection only while it has 5 descriptors for
+        it beyond 64 of its own (POPBOXD_FDS_PER_SESSION, _SPARE in
+        src/server/limits_popboxd.h); one worker per core when they fit
+        anyway."""
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         ncpu = os.cpu_count() or 1
-        need = -(-4 * k // max(1, soft - 200))
+        need = -(-k // max(1, (soft - 64) // 5 - 16))
         self.workers = need if need > ncpu else None
         if self.workers:
             log("popboxd: %d workers for %d sessions (open file limit %d)" % (self.workers, k, soft))

@@ -13,7 +13,18 @@
 #define POPBOX_LIMITS_POPBOXD_H
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
+
+/* Open files: a logged-in session holds its socket, the maildrop lock,
+ * new/ and cur/ (an mbox: its directory, the file and the lock), and while
+ * RETR streams one a message file. The master raises the limit to what
+ * max_connections needs per worker (master.c); a worker takes no new
+ * connection while its sessions could use up what it has (worker.c). The
+ * spare is the worker's own: listeners, the auth and control channels,
+ * the event loop, the store threads' wake-ups, the log. */
+#define POPBOXD_FDS_PER_SESSION 5
+#define POPBOXD_FDS_SPARE 64
 
 /* The config file: about twenty keys with short values; 128 KiB leaves room
  * for long comments and proxy_trusted lists, and keeps the reload message

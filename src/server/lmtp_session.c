@@ -1302,6 +1302,8 @@ lmtp_free(struct lmtp_session *s)
 		s->all_next->all_prev = s->all_prev;
 	w->lmtp_sessions--;
 	free(s);
+	if (w->connection_ended != NULL)
+		w->connection_ended(w);
 }
 
 static void

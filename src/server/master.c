@@ -2,6 +2,7 @@
  * workers, restarts a child that dies (with back-off), forwards reloads and
  * stops everything on SIGTERM. It never reads a byte from the network and never
  * reads a password, so it is the only part that may keep root. */
+#include "server/limits_popboxd.h"
 #include "server/master.h"
 #include "server/passwd.h"
 
@@ -1795,13 +1796,12 @@ fail:
 	return -1;
 }
 
-/* A logged-in session holds its socket, the maildrop lock, new/ and cur/,
- * and while RETR streams a message file. The master, still root, raises
- * the limit on open files to what max_connections needs per worker (never
+/* The master, still root, raises the limit on open files to what
+ * max_connections needs per worker (POPBOXD_FDS_PER_SESSION each, never
  * lowering it); otherwise the soft limit goes up to the hard one, with a
  * warning when even that is too low. */
-#define MASTER_FDS_PER_SESSION 5
-#define MASTER_FDS_SPARE 64
+#define MASTER_FDS_PER_SESSION POPBOXD_FDS_PER_SESSION
+#define MASTER_FDS_SPARE POPBOXD_FDS_SPARE
 static void
 master_raise_nofile(const struct config *config)
 {

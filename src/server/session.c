@@ -312,6 +312,8 @@ session_free(struct session *s)
 	free(s);
 	if (w->session_freed != NULL)
 		w->session_freed(w, id);
+	if (w->connection_ended != NULL)
+		w->connection_ended(w);
 	if (w->exit_when_idle && w->sessions == 0)
 		event_base_loopexit(w->base, NULL);
 }

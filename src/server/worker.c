@@ -31,6 +31,9 @@
 #include "server/store_pool.h"
 #include "server/tls.h"
 #include "server/worker.h"
+#include "server/limits_popboxd.h"
+
+#include <sys/resource.h>
 
 /* After accept() fails for lack of descriptors, stop accepting this long so
  * the loop does not spin; sessions ending meanwhile free descriptors. */
@@ -38,6 +41,13 @@
 
 static struct worker worker;
 static struct event *accept_resume_ev;
+/* Connections this worker can hold with its open files
+ * (POPBOXD_FDS_PER_SESSION each); at that many its listeners are off and
+ * the other workers, accepting from the same sockets, take new ones. */
+static unsigned worker_capacity = UINT_MAX;
+static unsigned long long worker_nofile;
+static bool worker_full;
+static void worker_check_capacity(struct worker *w);
 
 struct listener_arg {
 	struct worker *w;
@@ -123,6 +133,7 @@ proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
 		session_create_unknown(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls,
 		    &commands_handler);
 	proxy_wait_end(pw, NULL, false);
+	worker_check_capacity(w);
 }
 
 static bool
@@ -154,9 +165,8 @@ accept_lmtp(struct worker *w, int fd, struct sockaddr *sa, int salen)
 }
 
 static void
-accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+accept_conn(struct listener_arg *la, evutil_socket_t fd, struct sockaddr *sa, int salen)
 {
-	struct listener_arg *la = arg;
 	struct worker *w = la->w;
 	if (w->stopping) {
 		close(fd);
@@ -187,10 +197,49 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 }
 
 static void
+accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	struct listener_arg *la = arg;
+	accept_conn(la, fd, sa, salen);
+	worker_check_capacity(la->w);
+}
+
+static void
+worker_listen(bool on)
+{
+	for (size_t i = 0; i < worker.n_listeners; i++) {
+		if (on)
+			evconnlistener_enable(worker.listeners[i]);
+		else
+			evconnlistener_disable(worker.listeners[i]);
+	}
+}
+
+/* After a connection came or went: is the worker full, or no longer? */
+static void
+worker_check_capacity(struct worker *w)
+{
+	bool full = w->sessions + w->lmtp_sessions >= worker_capacity;
+	if (full == worker_full || w->stopping)
+		return;
+	worker_full = full;
+	if (full) {
+		log_warnx("%u connections could use all %llu open files of this worker: it accepts "
+		    "no more until one ends (other workers may; for more, raise the open file "
+		    "limit, LimitNOFILE=, or the number of workers)", w->sessions + w->lmtp_sessions,
+		    worker_nofile);
+		worker_listen(false);
+	} else if (!evtimer_pending(accept_resume_ev, NULL)) {
+		log_info("a connection ended: this worker accepts new ones again");
+		worker_listen(true);
+	}
+}
+
+static void
 accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 {
-	for (size_t i = 0; i < worker.n_listeners; i++)
-		evconnlistener_enable(worker.listeners[i]);
+	if (!worker_full && !worker.stopping)
+		worker_listen(true);
 }
 
 static void
@@ -355,6 +404,14 @@ worker_main(struct child_env *env)
 	worker.auth_fd = env->worker_fds[env->slot];
 	worker.control_fd = env->control_fd;
 	session_buffers_new(&worker);
+	worker.connection_ended = worker_check_capacity;
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		rlim_t cap = rl.rlim_cur > POPBOXD_FDS_SPARE + POPBOXD_FDS_PER_SESSION ?
+		    (rl.rlim_cur - POPBOXD_FDS_SPARE) / POPBOXD_FDS_PER_SESSION : 1;
+		worker_capacity = cap < UINT_MAX ? (unsigned)cap : UINT_MAX;
+		worker_nofile = (unsigned long long)rl.rlim_cur;
+	}
 	worker.ssl_ctx = env->ssl_ctx;
 	worker.iplimit = env->iplimit;
 	iplimit_reset_worker(worker.iplimit, worker.slot);

@@ -416,10 +416,11 @@ def test_client_that_never_reads_a_20mib_retr(server_factory):
 # ------------------------------------------------------------------ S60 EMFILE
 
 def test_emfile_server_survives_and_serves_again(server_factory, monkeypatch):
-    """S60: popboxd with RLIMIT_NOFILE 48 and 120 connections: accept() runs
-    out of descriptors; the worker neither dies nor spins, sessions it already
-    has keep working, and after the connections close new clients are
-    served."""
+    """S60: popboxd with RLIMIT_NOFILE 48 and 120 connections: the worker
+    stops accepting while its sessions could use up its descriptors (else
+    accept() runs out of them); it neither dies nor spins, sessions it
+    already has keep working, and after the connections close new clients
+    are served."""
     limit = 48
     orig = popbox_server._die_with_parent
 
@@ -456,6 +457,66 @@ def test_emfile_server_survives_and_serves_again(server_factory, monkeypatch):
         raise AssertionError("%s\n%s" % (e, srv.log()[-3000:]))
     assert srv.alive() and srv.children_by_comm(WORKER) == [worker]
     assert "accept" in srv.log()
+
+
+def test_full_worker_leaves_new_connections_waiting(server_factory, monkeypatch):
+    """A worker accepts no connection its open files could not serve: with
+    RLIMIT_NOFILE 84 (64 for the worker itself, 5 per session) each of the
+    two workers holds 4 sessions. The 9th client is not accepted and then
+    failed at login for want of a descriptor; it waits in the listen queue,
+    and is greeted and served as soon as one of the 8 sessions ends."""
+    limit = 84
+    orig = popbox_server._die_with_parent
+
+    def preexec():
+        orig()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    srv = server_factory(start=False, workers=2)
+    users = ["u%d" % i for i in range(9)]
+    for u in users:
+        srv.add_user(u, "pw")
+        srv.deliver(b"Subject: for %s\n\nbody\n" % u.encode(), user=u)
+    monkeypatch.setattr(popbox_server, "_die_with_parent", preexec)
+    srv.start()
+    monkeypatch.setattr(popbox_server, "_die_with_parent", orig)
+    ch = srv.wait_children(lambda c: list(c.values()).count(WORKER) == 2)
+    for pid in [p for p, c in ch.items() if c == WORKER]:
+        with open("/proc/%d/limits" % pid) as f:
+            assert any(l.startswith("Max open files") and str(limit) in l for l in f)
+    held = []
+    waiting = None
+    try:
+        for u in users[:8]:
+            held.append(srv.session(user=u, password="pw"))
+            assert held[-1].stat()[0] == 1
+        waiting = socket.create_connection((srv.host, srv.port), timeout=RUNAWAY_SEC,
+                                           source_address=(fresh_source(), 0))
+        waiting.settimeout(1.5)
+        with pytest.raises(socket.timeout):
+            data = waiting.recv(100)
+            pytest.fail("a 9th connection was served while 8 sessions fill both workers: %r"
+                        % data)
+        for c in held:
+            assert c.stat()[0] == 1
+        held.pop(0).quit()
+        waiting.settimeout(RUNAWAY_SEC)   # runaway guard only
+        greeting = waiting.recv(100)
+        assert greeting.startswith(b"+OK"), greeting
+        waiting.sendall(b"USER u8\r\nPASS pw\r\nSTAT\r\nQUIT\r\n")
+        got = b""
+        while got.count(b"\r\n") < 4:
+            chunk = waiting.recv(1000)
+            assert chunk, got
+            got += chunk
+        assert got.split(b"\r\n")[2].startswith(b"+OK 1 "), got
+    finally:
+        if waiting is not None:
+            waiting.close()
+        for c in held:
+            c.close()
+    log = srv.log()
+    assert "could use all %d open files of this worker" % limit in log, log[-3000:]
+    assert "Too many open files" not in log, log[-3000:]
 
 
 # ------------------------------------------------------------------ S21 privileges
