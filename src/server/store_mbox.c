@@ -702,7 +702,8 @@ mbox_rec_put(unsigned char *r, const struct mbox_message *m, uint32_t uoff, size
 		int hi = mbox_hex_value(m->popa3d_uidl[2 * j]);
 		int lo = hi < 0 ? -1 : mbox_hex_value(m->popa3d_uidl[2 * j + 1]);
 		hex = lo >= 0;
-		p3[j] = (unsigned char)(hi << 4 | lo);
+		if (hex)
+			p3[j] = (unsigned char)(hi << 4 | lo);
 	}
 	if (hex)
 		memcpy(r + MBOX_IX_REC_P3, p3, 8);

@@ -34,6 +34,7 @@
 #include "server/limits_popboxd.h"
 
 #include <sys/resource.h>
+#include <time.h>
 
 /* After accept() fails for lack of descriptors, stop accepting this long so
  * the loop does not spin; sessions ending meanwhile free descriptors. */
@@ -47,6 +48,10 @@ static struct event *accept_resume_ev;
 static unsigned worker_capacity = UINT_MAX;
 static unsigned long long worker_nofile;
 static bool worker_full;
+static unsigned worker_proxy_waits;  /* connections waiting for their PROXY header */
+static bool *listener_lmtp;          /* per listener: LMTP (not stopped when full) */
+static time_t worker_full_logged;    /* when "full" was last logged (once a minute) */
+static bool worker_full_told;
 static void worker_check_capacity(struct worker *w);
 
 struct listener_arg {
@@ -88,8 +93,11 @@ proxy_wait_end(struct proxy_wait *pw, const char *why, bool quiet)
 			log_warnx("connection from %s closed: %s", host, why);
 		close(pw->fd);
 	}
+	struct worker *w = pw->w;
 	event_free(pw->ev);
 	free(pw);
+	worker_proxy_waits--;
+	worker_check_capacity(w);
 }
 
 static void
@@ -133,7 +141,6 @@ proxy_wait_cb(evutil_socket_t fd, short what, void *arg)
 		session_create_unknown(w, cfd, (struct sockaddr *)&pw->peer, (int)pw->peer_len, tls,
 		    &commands_handler);
 	proxy_wait_end(pw, NULL, false);
-	worker_check_capacity(w);
 }
 
 static bool
@@ -181,6 +188,7 @@ accept_conn(struct listener_arg *la, evutil_socket_t fd, struct sockaddr *sa, in
 		return;
 	}
 	struct proxy_wait *pw = xcalloc(1, sizeof(*pw));
+	worker_proxy_waits++;
 	pw->w = w;
 	pw->fd = fd;
 	pw->tls = la->tls;
@@ -204,42 +212,57 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	worker_check_capacity(la->w);
 }
 
+/* The POP3 listeners (pop3) and the LMTP ones (lmtp) on or off, each
+ * only if asked for. LMTP is not stopped when POP3 sessions fill the
+ * worker: mail keeps coming in (LMTP_MAX_SESSIONS bounds it). */
 static void
-worker_listen(bool on)
+worker_listen(int pop3, int lmtp)
 {
 	for (size_t i = 0; i < worker.n_listeners; i++) {
-		if (on)
+		int on = listener_lmtp[i] ? lmtp : pop3;
+		if (on > 0)
 			evconnlistener_enable(worker.listeners[i]);
-		else
+		else if (on == 0)
 			evconnlistener_disable(worker.listeners[i]);
 	}
 }
 
-/* After a connection came or went: is the worker full, or no longer? */
+/* After a connection came or went: is the worker full, or no longer?
+ * Connections still waiting for their PROXY header count: a connect storm
+ * through a balancer is accepted in one go, before any becomes a session. */
 static void
 worker_check_capacity(struct worker *w)
 {
-	bool full = w->sessions + w->lmtp_sessions >= worker_capacity;
+	unsigned n = w->sessions + w->lmtp_sessions + worker_proxy_waits;
+	bool full = n >= worker_capacity;
 	if (full == worker_full || w->stopping)
 		return;
 	worker_full = full;
 	if (full) {
-		log_warnx("%u connections could use all %llu open files of this worker: it accepts "
-		    "no more until one ends (other workers may; for more, raise the open file "
-		    "limit, LimitNOFILE=, or the number of workers)", w->sessions + w->lmtp_sessions,
-		    worker_nofile);
-		worker_listen(false);
+		time_t now = time(NULL);
+		if (now - worker_full_logged >= 60) {
+			worker_full_logged = now;
+			worker_full_told = true;
+			log_warnx("%u connections could use all %llu open files of this worker: it "
+			    "accepts no POP3 connection until one ends (other workers may; for more, "
+			    "raise the open file limit, LimitNOFILE=, or the number of workers)", n,
+			    worker_nofile);
+		}
+		worker_listen(0, -1);
 	} else if (!evtimer_pending(accept_resume_ev, NULL)) {
-		log_info("a connection ended: this worker accepts new ones again");
-		worker_listen(true);
+		if (worker_full_told) {
+			worker_full_told = false;
+			log_info("a connection ended: this worker accepts new ones again");
+		}
+		worker_listen(1, -1);
 	}
 }
 
 static void
 accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 {
-	if (!worker_full && !worker.stopping)
-		worker_listen(true);
+	if (!worker.stopping)
+		worker_listen(worker_full ? -1 : 1, 1);
 }
 
 static void
@@ -454,11 +477,13 @@ worker_main(struct child_env *env)
 	worker.store_pool = store_pool_new(worker.base);
 
 	worker.listeners = xcalloc(env->n_listeners, sizeof(*worker.listeners));
+	listener_lmtp = xcalloc(env->n_listeners ? env->n_listeners : 1, sizeof(*listener_lmtp));
 	for (size_t i = 0; i < env->n_listeners; i++) {
 		struct listener_arg *la = xcalloc(1, sizeof(*la));
 		la->w = &worker;
 		la->tls = env->listeners[i].tls;
 		la->lmtp = env->listeners[i].lmtp;
+		listener_lmtp[i] = la->lmtp;
 		/* Backlog 0: the socket already listens with the master's
 		 * backlog (or systemd's). A negative value would make libevent
 		 * call listen(fd, 128) again and shrink the accept queue to

@@ -464,7 +464,8 @@ def test_full_worker_leaves_new_connections_waiting(server_factory, monkeypatch)
     RLIMIT_NOFILE 84 (64 for the worker itself, 5 per session) each of the
     two workers holds 4 sessions. The 9th client is not accepted and then
     failed at login for want of a descriptor; it waits in the listen queue,
-    and is greeted and served as soon as one of the 8 sessions ends."""
+    and is greeted and served as soon as one of the 8 sessions ends. LMTP
+    is still accepted meanwhile: mail keeps coming in."""
     limit = 84
     orig = popbox_server._die_with_parent
 
@@ -472,6 +473,8 @@ def test_full_worker_leaves_new_connections_waiting(server_factory, monkeypatch)
         orig()
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
     srv = server_factory(start=False, workers=2)
+    lmtp_port = popbox_server.free_port()
+    srv.config["listen_lmtp"] = "127.0.0.1:%d" % lmtp_port
     users = ["u%d" % i for i in range(9)]
     for u in users:
         srv.add_user(u, "pw")
@@ -498,6 +501,8 @@ def test_full_worker_leaves_new_connections_waiting(server_factory, monkeypatch)
                         % data)
         for c in held:
             assert c.stat()[0] == 1
+        with socket.create_connection(("127.0.0.1", lmtp_port), timeout=RUNAWAY_SEC) as lm:
+            assert lm.recv(100).startswith(b"220 "), "LMTP not accepted by a full worker"
         held.pop(0).quit()
         waiting.settimeout(RUNAWAY_SEC)   # runaway guard only
         greeting = waiting.recv(100)
@@ -517,6 +522,47 @@ def test_full_worker_leaves_new_connections_waiting(server_factory, monkeypatch)
     log = srv.log()
     assert "could use all %d open files of this worker" % limit in log, log[-3000:]
     assert "Too many open files" not in log, log[-3000:]
+
+
+def test_connections_waiting_for_proxy_headers_count_as_sessions(server_factory, monkeypatch):
+    """With proxy_protocol, a connection counts against the worker's open
+    files from its accept, not from its PROXY header: one worker with
+    RLIMIT_NOFILE 84 (room for 4) holding 4 silent connections from the
+    balancer accepts no 5th, even one that sends its header at once, until
+    the 4 go; then the 5th is served."""
+    from test_server_proxy import start_proxied
+    limit = 84
+    orig = popbox_server._die_with_parent
+
+    def preexec():
+        orig()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    srv = server_factory(config={"proxy_protocol": "yes", "proxy_trusted": "127.0.0.0/8",
+                                 "plaintext_auth": "always"}, start=False, workers=1)
+    monkeypatch.setattr(popbox_server, "_die_with_parent", preexec)
+    start_proxied(srv)
+    monkeypatch.setattr(popbox_server, "_die_with_parent", orig)
+    silent = []
+    fifth = None
+    try:
+        for _ in range(4):
+            silent.append(socket.create_connection((srv.host, srv.port), timeout=RUNAWAY_SEC,
+                                                   source_address=(fresh_source(), 0)))
+        fifth = socket.create_connection((srv.host, srv.port), timeout=RUNAWAY_SEC,
+                                         source_address=(fresh_source(), 0))
+        fifth.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 110\r\n")
+        fifth.settimeout(1.5)
+        with pytest.raises(socket.timeout):
+            data = fifth.recv(100)
+            pytest.fail("a 5th connection was served while 4 wait for their header: %r" % data)
+        while silent:
+            silent.pop().close()
+        fifth.settimeout(RUNAWAY_SEC)   # runaway guard only
+        assert fifth.recv(100).startswith(b"+OK"), srv.log()[-2000:]
+    finally:
+        for c in silent + ([fifth] if fifth else []):
+            c.close()
+    assert "Too many open files" not in srv.log()
 
 
 # ------------------------------------------------------------------ S21 privileges
