@@ -536,17 +536,23 @@ mbox_index_free(struct mbox_index *ix)
 	memset(ix, 0, sizeof(*ix));
 }
 
+/* A lowercase hex digit's value; -1 for anything else. */
+static inline int
+mbox_hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
 static bool
 mbox_unhex(const char *s, unsigned char *out, size_t n)
 {
 	for (size_t i = 0; i < 2 * n; i++) {
-		int v;
-		char c = s[i];
-		if (c >= '0' && c <= '9')
-			v = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			v = c - 'a' + 10;
-		else
+		int v = mbox_hex_value(s[i]);
+		if (v < 0)
 			return false;
 		if (i % 2 == 0)
 			out[i / 2] = (unsigned char)(v << 4);
@@ -670,16 +676,6 @@ mbox_rec_size(const unsigned char *recs, uint32_t i)
 
 static const char mbox_hexdigits[] = "0123456789abcdef";
 
-/* A lowercase hex digit's value; -1 for anything else. */
-static inline int
-mbox_hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
 
 /* Record of m (the UIDL's place: uoff, ulen; 0 in memory). False if it
  * cannot be one (a From_ line over 4 GB). */

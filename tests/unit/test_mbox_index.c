@@ -344,14 +344,12 @@ test_own_append_parses_only_the_tail(void **state)
 	snap_free(&cold);
 }
 
+/* A format-1 (text) index of the spool's 5 messages remembering uidl[i]
+ * for message i; the digest of message alien (< 5) altered, so that no
+ * message matches that entry. */
 static void
-test_text_index_is_read_once_for_its_uidls(void **state)
+write_text_index(struct fix *f, const char *const *uidl, uint32_t alien)
 {
-	struct fix *f = *state;
-	struct snap cold, s;
-	open_snap(f, true, &cold);
-	unlink(f->index);
-	/* a format-1 index remembering other UIDLs for messages 1 and 3 */
 	struct mbox_parser *p = mbox_parser_new(WIRE_FROM_MBOXO, 100);
 	assert_true(mbox_parser_feed(p, spool, sizeof(spool) - 1));
 	assert_true(mbox_parser_finish(p));
@@ -364,17 +362,29 @@ test_text_index_is_read_once_for_its_uidls(void **state)
 		char hex[2 * MBOX_DIGEST_LEN + 1];
 		for (unsigned j = 0; j < MBOX_DIGEST_LEN; j++)
 			snprintf(hex + 2 * j, 3, "%02x", m[i].digest[j]);
-		char uidl[64];
-		snprintf(uidl, sizeof(uidl), "%s", i == 0 ? "legacy-one" : i == 2 ? "legacy-three" :
-		    cold.uidl[i]);
+		if (i == alien)
+			hex[0] = hex[0] == '0' ? '1' : '0';
 		at += (size_t)snprintf(text + at, sizeof(text) - at,
 		    "m %llu %llu %llu %llu %llu %s %s\n", (unsigned long long)m[i].from_offset,
 		    (unsigned long long)m[i].data_offset, (unsigned long long)m[i].data_length,
-		    (unsigned long long)m[i].end_offset, (unsigned long long)m[i].size, hex, uidl);
+		    (unsigned long long)m[i].end_offset, (unsigned long long)m[i].size, hex, uidl[i]);
 	}
 	at += (size_t)snprintf(text + at, sizeof(text) - at, "end %u\n", n);
 	mbox_parser_free(p);
 	write_file(f->index, text, at);
+}
+
+static void
+test_text_index_is_read_once_for_its_uidls(void **state)
+{
+	struct fix *f = *state;
+	struct snap cold, s;
+	open_snap(f, true, &cold);
+	unlink(f->index);
+	/* a format-1 index remembering other UIDLs for messages 1 and 3 */
+	const char *remember[5] = { "legacy-one", cold.uidl[1], "legacy-three", cold.uidl[3],
+		cold.uidl[4] };
+	write_text_index(f, remember, 5);
 	open_snap(f, false, &s);
 	assert_full_parse(f);
 	assert_string_equal(s.uidl[0], "legacy-one");
@@ -424,29 +434,11 @@ test_remembered_uidl_taken_by_another_message(void **state)
 	struct snap cold, s;
 	open_snap(f, true, &cold);
 	unlink(f->index);
-	struct mbox_parser *p = mbox_parser_new(WIRE_FROM_MBOXO, 100);
-	assert_true(mbox_parser_feed(p, spool, sizeof(spool) - 1));
-	assert_true(mbox_parser_finish(p));
-	uint32_t n = 0;
-	const struct mbox_message *m = mbox_parser_messages(p, &n);
-	assert_int_equal(n, 5);
-	char text[8192];
-	size_t at = (size_t)snprintf(text, sizeof(text), "popbox-mbox-index 1\nident none\n");
-	for (uint32_t i = 0; i < n; i++) {
-		char hex[2 * MBOX_DIGEST_LEN + 1];
-		for (unsigned j = 0; j < MBOX_DIGEST_LEN; j++)
-			snprintf(hex + 2 * j, 3, "%02x", m[i].digest[j]);
-		if (i == 4)
-			hex[0] = hex[0] == '0' ? '1' : '0';   /* not found: computed */
-		at += (size_t)snprintf(text + at, sizeof(text) - at,
-		    "m %llu %llu %llu %llu %llu %s %s\n", (unsigned long long)m[i].from_offset,
-		    (unsigned long long)m[i].data_offset, (unsigned long long)m[i].data_length,
-		    (unsigned long long)m[i].end_offset, (unsigned long long)m[i].size, hex,
-		    i == 0 ? cold.uidl[4] : cold.uidl[i]);
-	}
-	at += (size_t)snprintf(text + at, sizeof(text) - at, "end %u\n", n);
-	mbox_parser_free(p);
-	write_file(f->index, text, at);
+	/* message 1 remembers message 5's computed UIDL; message 5's digest
+	 * is altered, so that it is not found and its UIDL is computed */
+	const char *remember[5] = { cold.uidl[4], cold.uidl[1], cold.uidl[2], cold.uidl[3],
+		cold.uidl[4] };
+	write_text_index(f, remember, 4);
 	open_snap(f, false, &s);
 	assert_full_parse(f);
 	assert_int_equal(s.count, 5);
