@@ -43,7 +43,7 @@
 static struct worker worker;
 static struct event *accept_resume_ev;
 /* Connections this worker can hold with its open files
- * (POPBOXD_FDS_PER_SESSION each); at that many its listeners are off and
+ * (POPBOXD_FDS_PER_SESSION each); at that many its POP3 listeners are off and
  * the other workers, accepting from the same sockets, take new ones. */
 static unsigned worker_capacity = UINT_MAX;
 static unsigned long long worker_nofile;

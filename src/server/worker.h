@@ -51,7 +51,7 @@ struct worker {
 	bool session_process;
 	bool exit_when_idle;
 	void (*session_freed)(struct worker *w, uint64_t session_id);
-	/* A worker's listeners are off while its sessions (POP3 and LMTP)
+	/* A worker's POP3 listeners are off while its connections
 	 * could use up its open files (worker.c); told of each end. */
 	void (*connection_ended)(struct worker *w);
 };
